@@ -1,0 +1,154 @@
+"""Composition and lifecycle: start in data-path order, stop in reverse with a bounded drain.
+
+Start: lock the spool, open it (taking back leases a crash left), start the sender and the
+worker, and bind the SMTP listeners last, so nothing is accepted before it can be stored.
+Stop: close the listeners and say 421 to sessions, let in-flight sends finish (bounded), close
+the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import IO
+
+from gateway.config import Config, load_config
+from gateway.deliver import DryRunClient, PulseClient
+from gateway.errors import ConfigError, GatewayError
+from gateway.smtp import SmtpFront
+from gateway.spool import Spool
+from gateway.worker import Sender, Worker
+
+log = logging.getLogger("smtp2pulse")
+
+# Settings a running daemon cannot change in place; a reload that changes them says so.
+_RESTART_ONLY = ("smtp.listen", "spool.path", "api.base_url", "api.timeout", "api.dry_run",
+                 "api.max_concurrency")
+
+
+class SpoolLocked(GatewayError):
+    pass
+
+
+class Gateway:
+    def __init__(self, config: Config, *, sender: Sender | None = None) -> None:
+        self._config = config
+        self.spool = Spool(config.spool.path)
+        self.sender = sender or (DryRunClient(config.api) if config.api.dry_run
+                                 else PulseClient(config.api))
+        self.worker = Worker(self.spool, self.sender, lambda: self._config)
+        self.smtp = SmtpFront(lambda: self._config, self.spool, self.worker.wake)
+        self._lock: IO[str] | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    async def start(self) -> None:
+        self._lock = _lock_spool(self._config.spool.path)
+        try:
+            recovered = await self.spool.start()
+            if recovered:
+                log.warning("took back %d deliveries left in flight by a previous run", recovered)
+            await _start(self.sender)
+            await self.worker.start()
+            await self.smtp.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("smtp2pulse ready: %d domains, platform %s%s", len(self._config.domains),
+                 self._config.api.send_url, " (dry run)" if self._config.api.dry_run else "")
+
+    async def stop(self) -> None:
+        timeout = self._config.shutdown_timeout
+        await self.smtp.stop(timeout)
+        await self.worker.stop(timeout)
+        await _close(self.sender)
+        await self.spool.stop()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def reload(self, path: str | os.PathLike[str]) -> bool:
+        """Swap in a re-read config for new sessions and deliveries; keep the old on error."""
+        try:
+            new = load_config(path, dry_run=self._config.api.dry_run)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused, keeping the running config: %s", problem)
+            return False
+        for key in _RESTART_ONLY:
+            if _dig(new, key) != _dig(self._config, key):
+                log.warning("reload: %s changed; that takes effect only after a restart", key)
+        self._config = _keep_restart_only(new, self._config)
+        log.info("config reloaded: %d domains", len(new.domains))
+        return True
+
+
+def _dig(config: Config, dotted: str) -> object:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def _keep_restart_only(new: Config, old: Config) -> Config:
+    import dataclasses
+    api = dataclasses.replace(new.api, base_url=old.api.base_url, timeout=old.api.timeout,
+                              dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency)
+    smtp = dataclasses.replace(new.smtp, listen=old.smtp.listen)
+    spool = dataclasses.replace(new.spool, path=old.spool.path)
+    return dataclasses.replace(new, api=api, smtp=smtp, spool=spool)
+
+
+async def _start(sender: Sender) -> None:
+    start = getattr(sender, "start", None)
+    if start is not None:
+        await start()
+
+
+async def _close(sender: Sender) -> None:
+    close = getattr(sender, "close", None)
+    if close is not None:
+        await close()
+
+
+def _lock_spool(path: Path) -> IO[str]:
+    """One daemon per spool: two would send every message twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held while running
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SpoolLocked(f"spool {path} is in use by another smtp2pulse") from None
+    return handle
+
+
+async def serve(config_path: str, *, dry_run: bool = False) -> int:
+    config = load_config(config_path, dry_run=dry_run)
+    logging.getLogger().setLevel(config.log_level.upper())
+    gateway = Gateway(config)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_stop(signame: str) -> None:
+        log.info("%s received: draining", signame)
+        stopping.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload, config_path)
+    try:
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await gateway.stop()
+    log.info("stopped")
+    return 0

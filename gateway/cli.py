@@ -1,0 +1,218 @@
+"""`smtp2pulse` on the command line; exit codes as the contract gives them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from gateway import admin
+from gateway.app import SpoolLocked, serve
+from gateway.config import DEFAULT_PATH, Config, load_config
+from gateway.deliver import masked_request
+from gateway.errors import ConfigError, Refusal, SpoolError
+from gateway.mapping import build_request, resolve_recipient
+from gateway.parse import parse_message
+from gateway.passwords import hash_password
+from gateway.spool import Spool
+
+EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
+T = TypeVar("T")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        result: int = args.run(args)
+        return result
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smtp2pulse",
+                                     description="SMTP-to-API gateway for the Pulse platform")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], helptext: str,
+                config: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=helptext, description=helptext)
+        if config:
+            sub.add_argument("-c", "--config", default=os.environ.get("SMTP2PULSE_CONFIG",
+                                                                      DEFAULT_PATH),
+                             help="config file (default: $SMTP2PULSE_CONFIG or %(default)s)")
+        sub.set_defaults(run=run)
+        return sub
+
+    serve_cmd = command("serve", _serve, "run the daemon in the foreground")
+    serve_cmd.add_argument("--dry-run", action="store_true",
+                           help="accept and spool as usual, log API requests instead of sending")
+    serve_cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    check = command("check-config", _check_config, "validate a config file")
+    check.add_argument("--dry-run", action="store_true", help="validate as serve --dry-run would")
+    preview = command("preview", _preview, "print the API request(s) a message would become")
+    preview.add_argument("--to", action="append", required=True, metavar="ADDR",
+                         help="envelope recipient (may be repeated)")
+    preview.add_argument("--from", dest="mail_from", default="", metavar="ADDR",
+                         help="envelope sender")
+    preview.add_argument("message", nargs="?", help="RFC 5322 message file (default: stdin)")
+    queue = command("queue", _queue, "inspect and manage the spool")
+    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="messages with deliveries still to do")
+    listing.add_argument("--all", action="store_true", help="include finished messages")
+    for name, helptext in (("show", "a message with its whole history"),
+                           ("retry", "send a message's unfinished or failed deliveries now"),
+                           ("drop", "remove a message and its deliveries from the spool")):
+        actions.add_parser(name, help=helptext).add_argument("queue_id", metavar="ID")
+    command("hash-password", _hash_password, "print a hash for smtp.auth.users.*.password_hash",
+            config=False)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    # journald stamps each line itself; a terminal wants the time.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every command line at INFO; a busy gateway's journal does not want that.
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(serve(args.config, dry_run=args.dry_run))
+    except (SpoolLocked, SpoolError, OSError) as exc:
+        logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
+        return EX_FAIL
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config, dry_run=args.dry_run)
+    print(f"{args.config}: valid")
+    print(f"  SMTP listeners: {', '.join(str(listener) for listener in config.smtp.listen)}"
+          f" (hostname {config.smtp.hostname}, max {config.smtp.max_message_size} bytes,"
+          f" {config.smtp.max_recipients} recipients)")
+    print(f"  platform: {config.api.send_url}{' (dry run)' if config.api.dry_run else ''}")
+    print(f"  spool: {config.spool.path}")
+    for domain in config.domains.values():
+        details = ", ".join(f"{k}={v}" for k, v in domain.fields.items())
+        print(f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"
+              + (f", {details}" if details else ""))
+    return EX_OK
+
+
+def _preview(args: argparse.Namespace) -> int:
+    config = load_config(args.config, dry_run=True)
+    if args.message:
+        with open(args.message, "rb") as handle:
+            raw = handle.read()
+    else:
+        raw = sys.stdin.buffer.read()
+    try:
+        requests = _preview_requests(config, raw, args.to, args.mail_from)
+    except Refusal as refusal:
+        print(refusal.reply, file=sys.stderr)
+        return EX_REFUSED
+    json.dump(requests, sys.stdout, ensure_ascii=False, indent=2)
+    print()
+    return EX_OK
+
+
+def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_from: str
+                      ) -> list[dict[str, object]]:
+    parsed = parse_message(raw, config.smtp.fallback_charset)
+    requests: list[dict[str, object]] = []
+    for address in recipients:
+        recipient = resolve_recipient(address, config)
+        fields = build_request(parsed, recipient, config.domains[recipient.domain], mail_from)
+        requests.append({"method": "POST", "url": config.api.send_url,
+                         "form": masked_request(fields, config.api.token.reveal())})
+    return requests
+
+
+def _queue(args: argparse.Namespace) -> int:
+    config = load_config(args.config, dry_run=True)
+    if not config.spool.path.exists():
+        print(f"no spool at {config.spool.path}", file=sys.stderr)
+        return EX_FAIL
+    return _with_spool(config, lambda spool: _queue_action(spool, args))
+
+
+async def _queue_action(spool: Spool, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        messages = await admin.list_messages(spool, include_finished=args.all)
+        for m in messages:
+            states = ",".join(f"{state}:{count}" for state, count in sorted(m.states.items()))
+            print(f"{m.id}  {_when(m.received_at)}  <{m.mail_from}>  {states}  "
+                  f"{' '.join(m.recipients)}")
+        print(f"{len(messages)} messages", file=sys.stderr)
+        return EX_OK
+    if args.action == "show":
+        detail = await admin.show_message(spool, args.queue_id)
+        if detail is None:
+            print(f"{args.queue_id}: no such message", file=sys.stderr)
+            return EX_FAIL
+        json.dump(admin.as_jsonable(detail), sys.stdout, ensure_ascii=False, indent=2)
+        print()
+        return EX_OK
+    if args.action == "retry":
+        count = await admin.retry_message(spool, args.queue_id)
+        if count is None:
+            print(f"{args.queue_id}: no such message", file=sys.stderr)
+            return EX_FAIL
+        print(f"{args.queue_id}: {count} deliveries queued for a new attempt")
+        return EX_OK
+    dropped = await admin.drop_message(spool, args.queue_id)
+    if not dropped:
+        print(f"{args.queue_id}: no such message", file=sys.stderr)
+        return EX_FAIL
+    print(f"{args.queue_id}: dropped")
+    return EX_OK
+
+
+def _with_spool(config: Config, action: Callable[[Spool], Awaitable[int]]) -> int:
+    async def run() -> int:
+        spool = Spool(config.spool.path)
+        await spool.start(recover=False)  # the daemon may be running
+        try:
+            return await action(spool)
+        finally:
+            await spool.stop()
+    try:
+        return asyncio.run(run())
+    except SpoolError as exc:
+        print(f"spool: {exc}", file=sys.stderr)
+        return EX_FAIL
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return EX_FAIL
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("empty password", file=sys.stderr)
+        return EX_FAIL
+    print(hash_password(password))
+    return EX_OK

@@ -1,0 +1,547 @@
+"""The YAML configuration: read once, validated once, frozen.
+
+Every mistake is collected (not just the first) and reported as one line naming its key path, so
+an operator fixes a file in one round. What comes out is a tree of frozen dataclasses; nothing
+downstream sees raw YAML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.errors import ConfigError
+from gateway.units import parse_duration, parse_hostport, parse_size
+
+DEFAULT_PATH = "/etc/smtp2pulse/config.yaml"
+DEFAULT_BASE_URL = "https://1-pulse.kupon.mobi/api/v1/bulk"
+
+MESSAGE_TYPES = (
+    "sms", "push", "viber", "whatsapp", "telegram", "vk", "ok",
+    "email", "hlr", "voice", "mms", "bot", "bulk",
+)
+HTML_TYPES = frozenset({"email", "push"})
+API_CHARSETS = (
+    "UTF16BE", "UTF16LE", "CP1251", "UTF-8", "UTF-16BE", "UTF-16LE",
+    "UCS-2BE", "UCS-2LE", "UCS2BE", "UCS2LE",
+)
+RECIPIENT_KINDS = ("phone", "email", "verbatim")
+OVERRIDABLE = ("sender", "ttl", "send_date", "button", "action", "image")
+PLACEHOLDERS = frozenset({"subject", "body", "from", "from_name", "to", "recipient", "domain"})
+DEFAULT_TEXT = "{subject}\n{body}"
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or an error message."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def mask(token: str) -> str:
+    """How a token appears anywhere a person can read it."""
+    return "***" if token else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
+    hostname: str = "smtp2pulse.local"
+    max_message_size: int = 1024 * 1024
+    max_recipients: int = 100
+    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    timeout: float = 300.0
+    fallback_charset: str = "cp1251"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    base_url: str = DEFAULT_BASE_URL
+    token: Secret = field(default_factory=lambda: Secret(""))
+    timeout: float = 10.0
+    dry_run: bool = False
+    max_concurrency: int = 8
+
+    @property
+    def send_url(self) -> str:
+        return self.base_url.rstrip("/") + "/send-message"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    path: Path = Path("/var/lib/smtp2pulse/spool.sqlite3")
+    retry: tuple[float, ...] = (30.0, 120.0, 600.0, 1800.0, 3600.0)
+    give_up_after: float = 2 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneRewrite:
+    match: re.Pattern[str]
+    replace: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainConfig:
+    name: str
+    type: str
+    recipient: str = "phone"
+    text: str | None = None
+    html: bool = True
+    max_length: int | None = None
+    strip_signature: bool = True
+    rewrite: tuple[PhoneRewrite, ...] = ()
+    allow_headers: frozenset[str] = frozenset()
+    # Platform fields sent as they are; a None one is not sent.
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sends_html(self) -> bool:
+        return self.html and self.type in HTML_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    smtp: SmtpConfig
+    api: ApiConfig
+    spool: SpoolConfig
+    domains: Mapping[str, DomainConfig]
+    shutdown_timeout: float = 15.0
+    log_level: str = "info"
+    source: str = "<memory>"
+
+    def domain(self, name: str) -> DomainConfig | None:
+        return self.domains.get(name.lower())
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+T = TypeVar("T")
+
+
+class _Problems:
+    """Collects every problem, each naming the key path it is about."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.lines.append(f"{path}: {message}")
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+                dry_run: bool = False) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: not valid YAML{at}: {reason}"]) from None
+    return parse_config(data, env=os.environ if env is None else env, dry_run=dry_run,
+                        source=str(path))
+
+
+def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
+                 source: str = "<memory>") -> Config:
+    problems = _Problems()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of sections"])
+    data = _substitute_env(data, "", env, problems)
+    top = _keys(data, "", {"smtp", "api", "spool", "http", "domains", "shutdown_timeout", "log"},
+                problems)
+    smtp = _smtp(_section(top, "smtp", problems), problems)
+    api = _api(_section(top, "api", problems), problems, dry_run)
+    spool = _spool(_section(top, "spool", problems), problems)
+    if "http" in top:
+        problems.add("http", "not supported by this version yet (health, metrics and "
+                     "callbacks are planned); remove the section")
+    domains = _domains(top.get("domains"), problems)
+    shutdown = _value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
+    log = _section(top, "log", problems)
+    _keys(log, "log", {"level"}, problems)
+    level = _choice(log, "level", "log", ("debug", "info", "warning", "error"), "info", problems)
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return Config(smtp=smtp, api=api, spool=spool, domains=domains, shutdown_timeout=shutdown,
+                  log_level=level, source=source)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: _Problems) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, _child_path(path, k), env, problems)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.add(path, f"environment variable {name} is not set "
+                               f"(write ${{{name}:-default}} to make it optional)")
+            return ""
+        return _ENV_REF.sub(replace, node)
+    return node
+
+
+def _child_path(path: str, key: object) -> str:
+    if path == "domains":
+        return f"domains[{key}]"
+    return _join(path, str(key))
+
+
+def _keys(data: dict[str, Any], path: str, known: set[str], problems: _Problems
+          ) -> dict[str, Any]:
+    for key in data:
+        if key not in known:
+            hint = f" (known: {', '.join(sorted(known))})"
+            problems.add(_join(path, str(key)), f"unknown key{hint}")
+    return data
+
+
+def _section(parent: dict[str, Any], key: str, problems: _Problems, path: str = ""
+             ) -> dict[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(_join(path, key), f"must be a mapping, not {type(value).__name__}")
+        return {}
+    return value
+
+
+def _value(data: dict[str, Any], key: str, path: str, convert: Callable[[Any], T], default: T,
+           problems: _Problems) -> T:
+    if key not in data or data[key] is None:
+        return default
+    try:
+        return convert(data[key])
+    except (ValueError, TypeError) as exc:
+        problems.add(_join(path, key), str(exc))
+        return default
+
+
+def _choice(data: dict[str, Any], key: str, path: str, choices: Iterable[str], default: str,
+            problems: _Problems) -> str:
+    choices = tuple(choices)
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+    return _value(data, key, path, check, default, problems)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True  # "${FLAG}" substitutions arrive as strings
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0", ""):
+            return False
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"{value!r} is not a whole number")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a whole number") from None
+        if number < low or (high is not None and number > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"{number} is out of range ({bound})")
+        return number
+    return check
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{value!r} is not text")
+    return str(value)
+
+
+def _listeners(value: Any) -> tuple[Listener, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("at least one host:port is needed")
+    return tuple(Listener(*parse_hostport(item)) for item in items)
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of networks, e.g. [127.0.0.0/8, \"::1/128\"]")
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 or IPv6 network") from None
+    return tuple(networks)
+
+
+def _charset_name(value: Any) -> str:
+    import codecs
+    name = _text(value)
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"{name!r} is not a charset Python knows") from None
+    return name
+
+
+def _smtp(data: dict[str, Any], problems: _Problems) -> SmtpConfig:
+    path = "smtp"
+    _keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
+                       "allow_networks", "tls", "auth", "timeout", "fallback_charset"}, problems)
+    for later in ("tls", "auth"):
+        if data.get(later) is not None:
+            problems.add(f"smtp.{later}", "not supported by this version yet (TLS and SMTP AUTH "
+                         "are planned); remove the section and keep the listener on a trusted "
+                         "network")
+    defaults = SmtpConfig()
+    return SmtpConfig(
+        listen=_value(data, "listen", path, _listeners, defaults.listen, problems),
+        hostname=_value(data, "hostname", path, _hostname, defaults.hostname, problems),
+        max_message_size=_value(data, "max_message_size", path, _positive_size,
+                                defaults.max_message_size, problems),
+        max_recipients=_value(data, "max_recipients", path, _integer(1, 100_000),
+                              defaults.max_recipients, problems),
+        allow_networks=_value(data, "allow_networks", path, _networks, (), problems),
+        timeout=_value(data, "timeout", path, _positive_duration, defaults.timeout, problems),
+        fallback_charset=_value(data, "fallback_charset", path, _charset_name,
+                                defaults.fallback_charset, problems),
+    )
+
+
+def _hostname(value: Any) -> str:
+    name = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", name):
+        raise ValueError(f"{name!r} is not a host name")
+    return name
+
+
+def _positive_size(value: Any) -> int:
+    size = parse_size(value)
+    if size < 1024:
+        raise ValueError(f"{value!r} is too small (at least 1KiB)")
+    return size
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be more than zero")
+    return seconds
+
+
+def _url(value: Any) -> str:
+    url = _text(value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return url
+
+
+def _api(data: dict[str, Any], problems: _Problems, dry_run: bool) -> ApiConfig:
+    path = "api"
+    _keys(data, path, {"base_url", "token", "timeout", "dry_run", "max_concurrency"}, problems)
+    defaults = ApiConfig()
+    dry = _value(data, "dry_run", path, _boolean, False, problems) or dry_run
+    token = _value(data, "token", path, _text, "", problems)
+    if not token and not dry:
+        problems.add("api.token", "is required (or run with --dry-run / api.dry_run: true)")
+    return ApiConfig(
+        base_url=_value(data, "base_url", path, _url, defaults.base_url, problems),
+        token=Secret(token),
+        timeout=_value(data, "timeout", path, _positive_duration, defaults.timeout, problems),
+        dry_run=dry,
+        max_concurrency=_value(data, "max_concurrency", path, _integer(1, 1000),
+                               defaults.max_concurrency, problems),
+    )
+
+
+def _retry(value: Any) -> tuple[float, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("at least one wait is needed, e.g. [30s, 2m, 10m]")
+    return tuple(parse_duration(item) for item in items)
+
+
+def _spool(data: dict[str, Any], problems: _Problems) -> SpoolConfig:
+    path = "spool"
+    _keys(data, path, {"path", "retry", "give_up_after"}, problems)
+    defaults = SpoolConfig()
+    return SpoolConfig(
+        path=_value(data, "path", path, lambda v: Path(_text(v)), defaults.path, problems),
+        retry=_value(data, "retry", path, _retry, defaults.retry, problems),
+        give_up_after=_value(data, "give_up_after", path, _positive_duration,
+                             defaults.give_up_after, problems),
+    )
+
+
+_DOMAIN_KEYS = {
+    "type", "recipient", "text", "html", "max_length", "strip_signature", "rewrite",
+    "allow_headers", "sender", "ttl", "charset", "button", "action", "image", "find_token",
+    "kannel_status",
+}
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def _domains(value: Any, problems: _Problems) -> dict[str, DomainConfig]:
+    if value is None or value == {}:
+        problems.add("domains", "at least one recipient domain is needed")
+        return {}
+    if not isinstance(value, dict):
+        problems.add("domains", "must be a mapping of domain name to its settings")
+        return {}
+    domains: dict[str, DomainConfig] = {}
+    for raw_name, settings in value.items():
+        name = str(raw_name).strip().lower()
+        path = f"domains[{raw_name}]"
+        if not _DOMAIN_NAME.match(name):
+            problems.add(path, f"{raw_name!r} is not a domain name")
+            continue
+        if name in domains:
+            problems.add(path, "listed twice (domain names are case-insensitive)")
+            continue
+        if not isinstance(settings, dict):
+            problems.add(path, "must be a mapping with at least `type`")
+            continue
+        domain = _domain(name, settings, path, problems)
+        if domain is not None:
+            domains[name] = domain
+    return domains
+
+
+def _domain(name: str, data: dict[str, Any], path: str, problems: _Problems
+            ) -> DomainConfig | None:
+    _keys(data, path, _DOMAIN_KEYS, problems)
+    if "type" not in data:
+        problems.add(f"{path}.type", f"is required (one of {', '.join(MESSAGE_TYPES)})")
+        return None
+    kind = _choice(data, "type", path, MESSAGE_TYPES, "sms", problems)
+    default_recipient = "email" if kind == "email" else "phone"
+    fields: dict[str, str] = {}
+    for key in ("sender", "button", "action", "image"):
+        if data.get(key) is not None:
+            fields[key] = _value(data, key, path, _text, "", problems)
+    if data.get("ttl") is not None:
+        fields["ttl"] = str(_value(data, "ttl", path, _integer(1), 1, problems))
+    if data.get("charset") is not None:
+        fields["charset"] = _choice(data, "charset", path, API_CHARSETS, "UTF-8", problems)
+    for flag in ("find_token", "kannel_status"):
+        if _value(data, flag, path, _boolean, False, problems):
+            fields[flag] = "1"
+    return DomainConfig(
+        name=name,
+        type=kind,
+        recipient=_choice(data, "recipient", path, RECIPIENT_KINDS, default_recipient, problems),
+        text=_value(data, "text", path, _template, None, problems),
+        html=_value(data, "html", path, _boolean, True, problems),
+        max_length=_value(data, "max_length", path, _integer(2), None, problems),
+        strip_signature=_value(data, "strip_signature", path, _boolean, True, problems),
+        rewrite=_value(data, "rewrite", path, _rewrites, (), problems),
+        allow_headers=_value(data, "allow_headers", path, _overrides, frozenset(), problems),
+        fields=fields,
+    )
+
+
+def _template(value: Any) -> str:
+    text = _text(value)
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc} (write {{{{ and }}}} for literal braces)") from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS or spec or conversion:
+            raise ValueError(f"unknown placeholder {{{name}}} (known: "
+                             f"{', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))})")
+    return text
+
+
+def _rewrites(value: Any) -> tuple[PhoneRewrite, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {match: REGEX, replace: TEXT}")
+    rules = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"match", "replace"}:
+            raise ValueError(f"[{index}] must have exactly the keys match and replace")
+        try:
+            pattern = re.compile(str(item["match"]))
+        except re.error as exc:
+            raise ValueError(f"[{index}].match: not a regular expression: {exc}") from None
+        replace = str(item["replace"])
+        try:
+            pattern.sub(replace, "0" * 11)
+        except (re.error, IndexError) as exc:
+            raise ValueError(f"[{index}].replace: {exc}") from None
+        rules.append(PhoneRewrite(pattern, replace))
+    return tuple(rules)
+
+
+def _overrides(value: Any) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list drawn from {', '.join(OVERRIDABLE)}")
+    unknown = [str(v) for v in value if v not in OVERRIDABLE]
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))}: not one of {', '.join(OVERRIDABLE)}")
+    return frozenset(str(v) for v in value)

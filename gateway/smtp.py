@@ -1,0 +1,323 @@
+"""The SMTP front: aiosmtpd's protocol in our own event loop, our handler behind it.
+
+aiosmtpd does the protocol; the handler decides what to take (recipients at RCPT time, the
+message at the end of DATA) and answers 250 only after the spool has committed the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.config import Config
+from gateway.errors import Refusal, ShuttingDown, SpoolError
+from gateway.mapping import build_request, ignored_overrides, resolve_recipient
+from gateway.parse import parse_message
+from gateway.replies import with_enhanced_code
+from gateway.spool import IncomingMessage, NewDelivery, Spool
+
+log = logging.getLogger("smtp2pulse.smtp")
+
+REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+REPLY_TRY_LATER = "451 4.3.0 Temporary failure storing the message, try again later"
+
+
+class Sessions:
+    """The open SMTP connections, so that a stop can drain them."""
+
+    def __init__(self) -> None:
+        self.open: set[GatewaySMTP] = set()
+        self.closing = False
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, session: GatewaySMTP) -> None:
+        self.open.add(session)
+        self._empty.clear()
+
+    def discard(self, session: GatewaySMTP) -> None:
+        self.open.discard(session)
+        if not self.open:
+            self._empty.set()
+
+    async def drain(self, grace: float) -> None:
+        """Say 421 to idle sessions at once, to busy ones when their command ends."""
+        self.closing = True
+        for session in list(self.open):
+            if not session.busy:
+                session.say_goodbye()
+        try:
+            await asyncio.wait_for(self._empty.wait(), grace)
+        except TimeoutError:
+            log.warning("%d SMTP sessions still busy after %.0fs; closing them",
+                        len(self.open), grace)
+            for session in list(self.open):
+                session.abort()
+
+
+def _peer_address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(peer[0].split("%")[0])
+    except (TypeError, IndexError, ValueError, AttributeError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with precise replies, a drain hook and a client network check."""
+
+    def __init__(self, handler: Handler, sessions: Sessions, config: Config,
+                 **kwargs: Any) -> None:
+        # A real HTML mail has lines far above RFC 5321's 1000 octets; any line that fits in
+        # the size limit is taken (aiosmtpd reads it into a StreamReader of this limit).
+        self.line_length_limit = max(1001, config.smtp.max_message_size)
+        super().__init__(handler, **kwargs)
+        self.sessions = sessions
+        self.config = config
+        self.busy = False
+        self._smtp_methods = {name: self._tracked(name, method)
+                              for name, method in self._smtp_methods.items()}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        networks = self.config.smtp.allow_networks
+        assert self.session is not None and self.transport is not None
+        if networks:
+            address = _peer_address(self.session.peer)
+            if address is None or not any(address in net for net in networks):
+                log.warning("refused connection from %s: network not allowed",
+                            _peer(self.session))
+                await self.push("554 5.7.1 Access denied: your network is not allowed here")
+                self.transport.close()
+                return
+        if self.sessions.closing:
+            self.say_goodbye()
+            return
+        await super()._handle_client()
+
+    def _tracked(self, name: str, method: Callable[[str | None], Awaitable[None]]
+                 ) -> Callable[[str | None], Awaitable[None]]:
+        async def call(arg: str | None) -> None:
+            self.busy = True
+            try:
+                await method(arg)
+            finally:
+                self.busy = False
+            if self.sessions.closing and name != "QUIT":
+                self.say_goodbye()
+        return call
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and not (self._in_greeting_reply
+                                            and status.startswith("250")):
+            await super().push(with_enhanced_code(status))
+        else:
+            await super().push(status)
+
+    _in_greeting_reply = False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_greeting_reply = True   # EHLO's keyword lines carry no status codes
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_greeting_reply = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_greeting_reply = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_greeting_reply = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The address parser drops (comments) silently, so "<7(900)1234567@sms.local>" would
+        # become other digits than the sender wrote. Refuse instead of guessing.
+        address_part = arg.split(">", 1)[0] if arg.lstrip().startswith("<") else arg.split()[0]
+        if "(" in address_part or ")" in address_part:
+            return None, None
+        result: tuple[str | None, str | None] = super()._getaddr(arg)
+        return result
+
+    def say_goodbye(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(REPLY_SHUTTING_DOWN.encode() + b"\r\n")
+            self.transport.close()
+
+    def abort(self) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.abort()
+
+
+class Handler:
+    """aiosmtpd handler hooks: recipient checks at RCPT, the durable store at end of DATA."""
+
+    def __init__(self, config: Callable[[], Config], spool: Spool,
+                 on_stored: Callable[[], None]) -> None:
+        self.config = config
+        self.spool = spool
+        self.on_stored = on_stored
+
+    @staticmethod
+    def _session_config(server: GatewaySMTP) -> Config:
+        # Pinned per connection: a reload applies to new sessions, never half-way through one.
+        return server.config
+
+    async def handle_EHLO(self, server: GatewaySMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(self, server: GatewaySMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender ok"
+
+    async def handle_RCPT(self, server: GatewaySMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        config = self._session_config(server)
+        if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {config.smtp.max_recipients})"
+        try:
+            resolve_recipient(address, config)
+        except Refusal as refusal:
+            log.info("refused recipient <%s> from %s: %s", address, _peer(session),
+                     refusal.reply)
+            return refusal.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient ok"
+
+    async def handle_DATA(self, server: GatewaySMTP, session: Session,
+                          envelope: Envelope) -> str:
+        config = self._session_config(server)
+        raw: bytes = envelope.original_content or b""
+        try:
+            incoming = self._prepare(config, session, envelope, raw)
+        except Refusal as refusal:
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, _peer(session),
+                     refusal.reply)
+            return refusal.reply
+        started = time.monotonic()
+        try:
+            # Shielded: a client hanging up mid-commit must not cancel the commit half-way.
+            queue_id = await asyncio.shield(self.spool.accept(incoming))
+        except ShuttingDown:
+            return REPLY_SHUTTING_DOWN
+        except SpoolError as exc:
+            log.error("could not store message from <%s> %s: %s", envelope.mail_from,
+                      _peer(session), exc)
+            return REPLY_TRY_LATER
+        self.on_stored()
+        log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s (stored in %.1f ms)",
+                 queue_id, envelope.mail_from, _peer(session), len(raw),
+                 ",".join(d.request["sent_to"] for d in incoming.deliveries),
+                 (time.monotonic() - started) * 1000)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _prepare(self, config: Config, session: Session, envelope: Envelope,
+                 raw: bytes) -> IncomingMessage:
+        parsed = parse_message(raw, config.smtp.fallback_charset)
+        if parsed.dropped_attachments:
+            log.info("from=<%s> %s: attachments not sent: %s", envelope.mail_from,
+                     _peer(session), ", ".join(parsed.dropped_attachments))
+        deliveries: list[NewDelivery] = []
+        seen: set[tuple[str, str]] = set()
+        for address in envelope.rcpt_tos:
+            recipient = resolve_recipient(address, config)
+            domain = config.domains[recipient.domain]
+            ignored = ignored_overrides(parsed, domain)
+            if ignored:
+                log.info("from=<%s>: %s not allowed for %s, ignored", envelope.mail_from,
+                         ", ".join(ignored), domain.name)
+            if (domain.name, recipient.sent_to) in seen:
+                continue   # the same person twice in one envelope gets one message
+            seen.add((domain.name, recipient.sent_to))
+            request = build_request(parsed, recipient, domain, envelope.mail_from or "")
+            deliveries.append(NewDelivery(address, request))
+        return IncomingMessage(mail_from=envelope.mail_from or "", peer=_peer(session),
+                               helo=session.host_name or "", raw=raw,
+                               deliveries=tuple(deliveries))
+
+    async def handle_exception(self, error: Exception) -> str:
+        # The one place an unexpected error becomes a reply: temporary, and without its text.
+        log.error("unexpected error in SMTP session", exc_info=error)
+        return "451 4.3.0 Internal error, try again later"
+
+
+def _peer(session: Session) -> str:
+    peer: Any = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "?")
+
+
+class SmtpFront:
+    """Binds the listeners and drains them on stop."""
+
+    def __init__(self, config: Callable[[], Config], spool: Spool,
+                 on_stored: Callable[[], None]) -> None:
+        self.config = config
+        self.handler = Handler(config, spool, on_stored)
+        self.sessions = Sessions()
+        self._servers: list[asyncio.Server] = []
+
+    def _protocol(self) -> GatewaySMTP:
+        config = self.config()
+        return GatewaySMTP(
+            self.handler, self.sessions, config,
+            data_size_limit=config.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=config.smtp.hostname,    # never the default: it does a DNS lookup
+            ident="smtp2pulse",
+            timeout=config.smtp.timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self.config().smtp.listen:
+            try:
+                server = await loop.create_server(self._protocol, listener.host, listener.port,
+                                                  reuse_address=True)
+            except OSError as exc:
+                await self.close_listeners()
+                raise OSError(exc.errno, f"cannot listen on {listener}: {exc.strerror}") from exc
+            self._servers.append(server)
+            log.info("SMTP listening on %s", ", ".join(_describe(s) for s in server.sockets))
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for s in self._servers for sock in s.sockets]
+
+    async def close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    async def stop(self, grace: float) -> None:
+        await self.close_listeners()
+        await self.sessions.drain(grace)
+
+
+def _describe(sock: Any) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,359 @@
+"""The durable spool: one SQLite file, one writer thread, commits grouped.
+
+Why one thread: SQLite allows one writer at a time anyway, and a single connection owned by a
+single thread needs no locking of our own. Why grouping: a commit with `synchronous=FULL` costs an
+fsync; every job that arrived while the previous commit was running shares the next one, each in
+its own savepoint so one failing job does not take its neighbours down. A caller's future
+resolves only after the COMMIT that contains its work returned — that is what makes a 250 a
+promise.
+
+Deliveries are leased the way litequeue does it: leasing moves a row to `sending` and sets
+`next_attempt_at` to the lease's end, so a lease a crash left behind simply becomes due again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import ShuttingDown, SpoolError
+
+log = logging.getLogger("smtp2pulse.spool")
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    mail_from   TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    helo        TEXT NOT NULL DEFAULT '',
+    auth_user   TEXT,
+    size        INTEGER NOT NULL,
+    raw         BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    message_id      TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    recipient       TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    platform_id     TEXT,
+    last_error      TEXT,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_attempt_at)
+    WHERE state IN ('queued', 'sending');
+CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries(message_id);
+CREATE TABLE IF NOT EXISTS events (
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    at          REAL NOT NULL,
+    kind        TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_delivery ON events(delivery_id);
+"""
+
+ACTIVE_STATES = ("queued", "sending")
+FINAL_STATES = ("sent", "refused", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    recipient: str
+    request: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    mail_from: str
+    peer: str
+    helo: str
+    raw: bytes
+    deliveries: tuple[NewDelivery, ...]
+    auth_user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    message_id: str
+    recipient: str
+    request: Mapping[str, str]
+    attempts: int
+    received_at: float
+    auth_user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one attempt changed: the new state and when, if ever, to try again."""
+
+    delivery_id: int
+    state: str
+    next_attempt_at: float
+    event: str
+    detail: str = ""
+    platform_id: str | None = None
+
+
+def new_queue_id(now: float) -> str:
+    # Time first so ids sort by arrival, like Postfix queue ids; random tail for uniqueness.
+    return f"{int(now * 1000):011X}{secrets.token_hex(3).upper()}"
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.fn, self.future, self.loop = fn, future, loop
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        def apply() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(apply)
+
+
+_STOP = object()
+
+
+class Spool:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time,
+                 max_batch: int = 512) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.commits = 0   # how many group commits ran, for tests and metrics
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, *, recover: bool = True) -> int:
+        """Open (creating if needed); with `recover`, which only the daemon holding the spool's
+        lock may ask for, take back leases a crash left. Returns how many were taken back."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[sqlite3.Connection] = loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(ready, loop),
+                                        name="spool-writer", daemon=True)
+        self._thread.start()
+        await ready
+        return await self.run(self._recover) if recover else 0
+
+    async def stop(self) -> None:
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._jobs.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=5.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL (not NORMAL) in WAL mode: a committed row survives power loss, not just a crash.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SpoolError(f"{self.path}: spool schema {version} is newer than this program")
+        conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return conn
+
+    def _run(self, ready: asyncio.Future[sqlite3.Connection],
+             loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            conn = self._open()
+        except (sqlite3.Error, OSError, SpoolError) as exc:
+            error = exc if isinstance(exc, SpoolError) else SpoolError(
+                f"cannot open spool {self.path}: {exc}")
+            _Job(lambda c: None, ready, loop).settle(error=error)
+            return
+        _Job(lambda c: None, ready, loop).settle(conn)
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is _STOP:
+                    break
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._jobs.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = _STOP in batch
+                self._commit_batch(conn, [job for job in batch if isinstance(job, _Job)])
+                if stop:
+                    break
+        finally:
+            conn.close()
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(job, _Job):
+                job.settle(error=ShuttingDown("spool is closed"))
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, None, _as_spool_error(exc)))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, result, None))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = _as_spool_error(exc)
+            log.error("spool commit failed: %s", error)
+            for job in batch:
+                job.settle(error=error)
+            return
+        for job, result, job_error in outcomes:
+            job.settle(result, job_error)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the writer thread inside a committed transaction; returns its result."""
+        if self._closed or self._thread is None:
+            raise ShuttingDown("spool is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, future, loop))
+        return await future
+
+    # --- the accept path ---------------------------------------------------------------------
+
+    async def accept(self, message: IncomingMessage) -> str:
+        """Store a message and its deliveries durably; returns the queue id."""
+        now = self.clock()
+        queue_id = new_queue_id(now)
+
+        def insert(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user, size,"
+                " raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (queue_id, now, message.mail_from, message.peer, message.helo,
+                 message.auth_user, len(message.raw), message.raw))
+            for delivery in message.deliveries:
+                cursor = conn.execute(
+                    "INSERT INTO deliveries (message_id, recipient, request, state,"
+                    " next_attempt_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?)",
+                    (queue_id, delivery.recipient, json.dumps(dict(delivery.request),
+                                                              ensure_ascii=False), now, now))
+                conn.execute("INSERT INTO events (delivery_id, at, kind) VALUES (?, ?, ?)",
+                             (cursor.lastrowid, now, "received"))
+            return queue_id
+        return await self.run(insert)
+
+    # --- the delivery path -------------------------------------------------------------------
+
+    def _recover(self, conn: sqlite3.Connection) -> int:
+        # Only one daemon uses a spool (the caller holds its lock), so any `sending` row was left
+        # by a process that died mid-attempt: due again now, at least once.
+        now = self.clock()
+        cursor = conn.execute(
+            "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, updated_at = ?"
+            " WHERE state = 'sending'", (now, now))
+        return cursor.rowcount
+
+    async def lease(self, limit: int, lease_seconds: float) -> list[Delivery]:
+        def take(conn: sqlite3.Connection) -> list[Delivery]:
+            now = self.clock()
+            rows = conn.execute(
+                "UPDATE deliveries SET state = 'sending', next_attempt_at = ?, updated_at = ?"
+                " WHERE id IN (SELECT id FROM deliveries WHERE state IN ('queued', 'sending')"
+                "   AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+                " RETURNING id, message_id, recipient, request, attempts",
+                (now + lease_seconds, now, now, limit)).fetchall()
+            if not rows:
+                return []
+            meta = dict(_fetch_message_meta(conn, {row[1] for row in rows}))
+            return [Delivery(id=row[0], message_id=row[1], recipient=row[2],
+                             request=json.loads(row[3]), attempts=row[4],
+                             received_at=meta[row[1]][0], auth_user=meta[row[1]][1])
+                    for row in sorted(rows)]
+        return await self.run(take)
+
+    async def next_due(self) -> float | None:
+        def earliest(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT min(next_attempt_at) FROM deliveries"
+                               " WHERE state IN ('queued', 'sending')").fetchone()
+            return None if row[0] is None else float(row[0])
+        return await self.run(earliest)
+
+    async def record(self, result: Result) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            now = self.clock()
+            cursor = conn.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                " platform_id = coalesce(?, platform_id), last_error = ?, updated_at = ?"
+                " WHERE id = ?",
+                (result.state, result.next_attempt_at, result.platform_id,
+                 None if result.state == "sent" else result.detail, now, result.delivery_id))
+            if cursor.rowcount == 0:
+                return   # dropped by an operator while it was being sent
+            conn.execute("INSERT INTO events (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+                         (result.delivery_id, now, result.event, result.detail))
+        await self.run(write)
+
+    async def purge(self, older_than: float) -> int:
+        """Forget messages whose every delivery ended before `older_than`."""
+        def delete(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM messages WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM"
+                " deliveries d WHERE d.message_id = messages.id AND (d.state IN"
+                " ('queued', 'sending') OR d.updated_at >= ?))", (older_than, older_than))
+            return cursor.rowcount
+        return await self.run(delete)
+
+
+def _fetch_message_meta(conn: sqlite3.Connection, ids: set[str]
+                        ) -> list[tuple[str, tuple[float, str | None]]]:
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(f"SELECT id, received_at, auth_user FROM messages WHERE id IN ({marks})",  # noqa: S608
+                        tuple(ids)).fetchall()
+    return [(row[0], (row[1], row[2])) for row in rows]
+
+
+def _as_spool_error(exc: BaseException) -> SpoolError:
+    if isinstance(exc, SpoolError):
+        return exc
+    return SpoolError(f"{type(exc).__name__}: {exc}")

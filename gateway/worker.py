@@ -1,0 +1,170 @@
+"""Takes due deliveries from the spool, sends them, writes down what happened.
+
+The worker sleeps until woken (a message was stored) or until the next retry is due, so an idle
+gateway hands a new message over at once without polling the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from gateway.config import Config
+from gateway.deliver import Outcome
+from gateway.errors import ShuttingDown, SpoolError
+from gateway.spool import Delivery, Result, Spool
+
+log = logging.getLogger("smtp2pulse.worker")
+
+MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
+PURGE_EVERY = 3600.0
+KEEP_FINISHED = 7 * 86400.0
+
+
+class Sender(Protocol):
+    async def send(self, request: Mapping[str, str], token: str) -> Outcome: ...
+
+
+def next_wait(schedule: tuple[float, ...], attempts_done: int, rng: random.Random) -> float:
+    """The wait after the n-th failed attempt: the schedule's n-th step (the last repeats), ±10%."""
+    base = schedule[min(attempts_done, len(schedule)) - 1]
+    return base * rng.uniform(0.9, 1.1)
+
+
+def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
+           rng: random.Random) -> Result:
+    """Turn an attempt's outcome into the delivery's next state."""
+    if outcome.kind == "sent":
+        return Result(delivery.id, "sent", now, "sent", outcome.platform_id or "",
+                      outcome.platform_id)
+    if outcome.kind == "refused":
+        return Result(delivery.id, "refused", now, "refused", outcome.detail)
+    if now - delivery.received_at >= config.spool.give_up_after:
+        return Result(delivery.id, "failed", now, "failed",
+                      f"gave up after {delivery.attempts + 1} attempts: {outcome.detail}")
+    wait = next_wait(config.spool.retry, delivery.attempts + 1, rng)
+    if outcome.retry_after is not None:
+        wait = max(wait, outcome.retry_after)
+    return Result(delivery.id, "queued", now + wait, "deferred",
+                  f"{outcome.detail}; next attempt in {wait:.0f}s")
+
+
+class Worker:
+    def __init__(self, spool: Spool, sender: Sender, config: Callable[[], Config], *,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None
+                 ) -> None:
+        self.spool = spool
+        self.sender = sender
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_purge = 0.0
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._inflight)
+
+    async def stop(self, grace: float) -> None:
+        """Stop leasing, give in-flight sends up to `grace` seconds, then cancel them."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._inflight:
+            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()   # its lease stays in the spool: sent again after restart
+            if pending:
+                log.warning("stopped with %d sends unfinished; they will be retried", len(pending))
+                await asyncio.wait(pending)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._fill()
+                await self._sleep()
+                await self._maybe_purge()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The spool may be briefly unwritable (disk full); keep the loop alive.
+                log.exception("delivery loop error; retrying in 5s")
+                await asyncio.sleep(5)
+
+    async def _fill(self) -> None:
+        # Cleared before looking, so a wake-up that arrives while we look is not lost.
+        self._wake.clear()
+        config = self.config()
+        free = config.api.max_concurrency - len(self._inflight)
+        if free <= 0:
+            return
+        lease = config.api.timeout + 60.0
+        for delivery in await self.spool.lease(free, lease):
+            task = asyncio.create_task(self._deliver(delivery), name=f"deliver-{delivery.id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        if self._wake.is_set():
+            return
+        timeout = MAX_IDLE_SLEEP
+        if len(self._inflight) < self.config().api.max_concurrency:
+            due = await self.spool.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - self.clock()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        config = self.config()
+        token = config.api.token.reveal()
+        started = time.monotonic()
+        try:
+            outcome = await self.sender.send(delivery.request, token)
+        except Exception as exc:  # a bug in a sender must not lose the delivery
+            log.exception("queue_id=%s send raised", delivery.message_id)
+            outcome = Outcome("retry", detail=f"internal error: {type(exc).__name__}")
+        result = settle(delivery, outcome, config, self.clock(), self.rng)
+        try:
+            await self.spool.record(result)
+        except (SpoolError, ShuttingDown) as exc:
+            # The lease runs out and the delivery is tried again: at least once, not lost.
+            log.error("queue_id=%s could not record outcome %s: %s", delivery.message_id,
+                      result.event, exc)
+            return
+        log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms)",
+                 delivery.message_id, delivery.request.get("sent_to", delivery.recipient),
+                 delivery.attempts + 1, result.event,
+                 f"platform_id={outcome.platform_id} " if outcome.platform_id else
+                 f"reason={result.detail!r} ", (time.monotonic() - started) * 1000)
+
+    async def _maybe_purge(self) -> None:
+        now = self.clock()
+        if now - self._last_purge < PURGE_EVERY:
+            return
+        self._last_purge = now
+        purged = await self.spool.purge(now - KEEP_FINISHED)
+        if purged:
+            log.info("purged %d finished messages older than 7 days", purged)

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import asyncio
+import copy
+import smtplib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import Config, parse_config
+from tests.fakeplatform import FakePlatform
+
+TOKEN = "tok-SECRET-0123456789abcdef"
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Until `condition()` holds, for state that other threads or processes change."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the state itself
+            await asyncio.sleep(0.01)
+
+
+def base_config(spool: Path, base_url: str) -> dict[str, Any]:
+    return {
+        "smtp": {"listen": "127.0.0.1:0", "hostname": "gw.test", "max_message_size": "64KiB",
+                 "max_recipients": 5},
+        "api": {"base_url": base_url, "token": TOKEN, "timeout": "2s"},
+        "spool": {"path": str(spool), "retry": ["50ms", "100ms"], "give_up_after": "1d"},
+        "shutdown_timeout": "2s",
+        "domains": {
+            "sms.local": {"type": "sms", "sender": "MyShop"},
+            "mail.local": {"type": "email", "sender": "shop@example.com"},
+            "push.local": {"type": "push", "recipient": "verbatim"},
+        },
+    }
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[FakePlatform]:
+    fake = FakePlatform()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, platform: FakePlatform) -> Callable[..., Config]:
+    def make(changes: dict[str, Any] | None = None) -> Config:
+        data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), changes or {})
+        return parse_config(data, env={})
+    return make
+
+
+class Running:
+    """A started gateway and how to talk to it."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.host, self.port = gateway.smtp.addresses[0]
+
+    def client(self) -> smtplib.SMTP:
+        client = smtplib.SMTP(self.host, self.port, timeout=10)
+        client.ehlo("client.test")
+        return client
+
+    async def send(self, message: EmailMessage | bytes | str, to: list[str] | str,
+                   sender: str = "app@corp.test") -> dict[str, tuple[int, bytes]]:
+        """Send with smtplib; returns smtplib's refused-recipients dict (raises on refusal)."""
+        recipients = [to] if isinstance(to, str) else to
+
+        def run() -> dict[str, tuple[int, bytes]]:
+            with self.client() as client:
+                if isinstance(message, EmailMessage):
+                    return client.send_message(message, sender, recipients)
+                return client.sendmail(sender, recipients, message)
+        return await asyncio.to_thread(run)
+
+    async def submit(self, message: EmailMessage, to: list[str] | str,
+                     sender: str = "app@corp.test") -> str:
+        """Send one message; returns the queue id from the 250 reply."""
+        recipients = [to] if isinstance(to, str) else to
+
+        def run() -> tuple[int, bytes]:
+            with self.client() as client:
+                client.mail(sender)
+                for rcpt in recipients:
+                    client.rcpt(rcpt)
+                return client.data(message.as_bytes())
+        code, text = await asyncio.to_thread(run)
+        assert code == 250, (code, text)
+        return text.rsplit(b" ", 1)[1].decode()
+
+    async def wait_final(self, queue_id: str, within: float = 10.0) -> list[str]:
+        """Until every delivery of a message is finished; returns their states."""
+        from gateway import admin
+        async with asyncio.timeout(within):
+            while True:
+                detail = await admin.show_message(self.gateway.spool, queue_id)
+                assert detail is not None
+                states = [d.state for d in detail.deliveries]
+                if all(state in ("sent", "refused", "failed") for state in states):
+                    return states
+                await asyncio.sleep(0.02)
+
+    async def dialog(self, *commands: str | bytes) -> list[tuple[int, bytes]]:
+        """Send raw command lines after EHLO; returns each reply (code, text)."""
+        def run() -> list[tuple[int, bytes]]:
+            replies = []
+            with self.client() as client:
+                for command in commands:
+                    data = command if isinstance(command, bytes) else command.encode()
+                    client.send(data + b"\r\n")
+                    replies.append(client.getreply())
+            return replies
+        return await asyncio.to_thread(run)
+
+
+@pytest.fixture
+async def start_gateway(make_config: Callable[..., Config]
+                        ) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    started: list[Gateway] = []
+
+    async def start(changes: dict[str, Any] | None = None, **kwargs: Any) -> Running:
+        gateway = Gateway(make_config(changes), **kwargs)
+        await gateway.start()
+        started.append(gateway)
+        return Running(gateway)
+
+    yield start
+    for gateway in reversed(started):
+        await gateway.stop()
+
+
+@pytest.fixture
+async def gw(start_gateway: Callable[..., Awaitable[Running]]) -> Running:
+    return await start_gateway()
+
+
+def text_message(subject: str = "Hello", body: str = "World", **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "App <app@corp.test>"
+    message["To"] = "someone@sms.local"
+    message["Subject"] = subject
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(body)
+    return message

@@ -1,0 +1,91 @@
+"""A fake Pulse platform: a real HTTP server on 127.0.0.1 that records every request.
+
+Tests script its replies and assert on exactly the form fields it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: str | None = None          # None: the documented success JSON with a fresh id
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Received:
+    path: str
+    method: str
+    content_type: str
+    raw: bytes
+    form: dict[str, str]
+
+
+class FakePlatform:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.script: list[Reply] = []          # consumed one per request, then `default`
+        self.default: Reply = Reply()
+        self.decode_as: Callable[[bytes], dict[str, str]] | None = None
+        self._ids = itertools.count(1000)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/bulk"
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/api/v1/bulk/send-message", self._send_message)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def restart_on(self, port: int) -> None:
+        await self.start(port)
+
+    async def _send_message(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        form = (self.decode_as or _utf8_form)(raw)
+        self.requests.append(Received(request.path, request.method,
+                                      request.headers.get("Content-Type", ""), raw, form))
+        async with self._changed:
+            self._changed.notify_all()
+        reply = self.script.pop(0) if self.script else self.default
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        body = reply.body
+        if body is None:
+            body = f'{{"type": "success", "id": "{next(self._ids)}"}}'
+        return web.Response(status=reply.status, text=body, headers=reply.headers,
+                            content_type="application/json")
+
+    async def wait_for(self, count: int, within: float = 10.0) -> list[Received]:
+        """Until at least `count` requests arrived (fails the test after `within` seconds)."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: len(self.requests) >= count), within)
+        return self.requests
+
+
+def _utf8_form(raw: bytes) -> dict[str, str]:
+    return dict(parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=True))

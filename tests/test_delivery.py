@@ -1,0 +1,125 @@
+"""What the gateway does with each kind of platform reply, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from gateway import admin
+from tests.conftest import Running, text_message
+from tests.fakeplatform import FakePlatform, Reply
+
+
+async def history(gw: Running, queue_id: str) -> admin.MessageDetail:
+    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    assert detail is not None
+    return detail
+
+
+async def test_success_stores_the_platform_id(gw: Running, platform: FakePlatform) -> None:
+    platform.script = [Reply(body='{"type": "success", "id": "abc-77"}')]
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["sent"]
+    [delivery] = (await history(gw, queue_id)).deliveries
+    assert delivery.platform_id == "abc-77"
+    assert delivery.attempts == 1
+    assert [kind for _, kind, _ in delivery.events] == ["received", "sent"]
+
+
+async def test_platform_error_is_a_permanent_refusal(gw: Running,
+                                                     platform: FakePlatform) -> None:
+    platform.script = [Reply(body='{"type": "error", "msg": "Недостаточно средств"}')]
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["refused"]
+    [delivery] = (await history(gw, queue_id)).deliveries
+    assert delivery.last_error == "Недостаточно средств"
+    assert len(platform.requests) == 1   # never retried
+
+
+async def test_5xx_timeout_garbage_and_429_are_retried_until_success(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    gw = await start_gateway({"api": {"timeout": "300ms"}})
+    platform.script = [
+        Reply(status=502, body="<html>Bad Gateway</html>"),
+        Reply(delay=1.0),                                   # longer than api.timeout
+        Reply(body="<html>maintenance</html>"),             # 200 but not the documented JSON
+        Reply(body='{"type": "success"}'),                  # success without an id: unknown
+        Reply(status=429, body="slow down", headers={"Retry-After": "0"}),
+        Reply(body='{"type": "success", "id": "42"}'),
+    ]
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["sent"]
+    [delivery] = (await history(gw, queue_id)).deliveries
+    assert delivery.platform_id == "42"
+    assert delivery.attempts == 6
+    kinds = [kind for _, kind, _ in delivery.events]
+    assert kinds == ["received"] + ["deferred"] * 5 + ["sent"]
+    details = [detail for _, kind, detail in delivery.events if kind == "deferred"]
+    assert details[0].startswith("HTTP 502")
+    assert details[1].startswith("timeout")
+    assert "unrecognised reply" in details[2]
+    assert details[4].startswith("HTTP 429")
+    forms = [r.form for r in platform.requests]
+    assert len(forms) == 6 and all(f == forms[0] for f in forms)   # the same request each time
+
+
+async def test_retry_after_is_honoured(start_gateway: Callable[..., Awaitable[Running]],
+                                       platform: FakePlatform) -> None:
+    gw = await start_gateway()
+    platform.script = [Reply(status=429, headers={"Retry-After": "3600"})]
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    await platform.wait_for(1)
+    detail = await history(gw, queue_id)
+    async with asyncio.timeout(10):
+        while detail.deliveries[0].attempts == 0:
+            detail = await history(gw, queue_id)
+    [delivery] = detail.deliveries
+    assert delivery.state == "queued"
+    assert delivery.next_attempt_at - detail.received_at > 3500   # not the 50 ms schedule
+
+
+async def test_gives_up_after_give_up_after(start_gateway: Callable[..., Awaitable[Running]],
+                                           platform: FakePlatform) -> None:
+    gw = await start_gateway({"spool": {"give_up_after": "300ms"}})
+    platform.default = Reply(status=503, body="down")
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["failed"]
+    [delivery] = (await history(gw, queue_id)).deliveries
+    assert delivery.attempts >= 2
+    assert delivery.last_error is not None and delivery.last_error.startswith("gave up after")
+
+
+async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Running]],
+                                       platform: FakePlatform) -> None:
+    gw = await start_gateway()
+    port = platform.port
+    await platform.stop()                      # connection refused from now on
+    queue_id = await gw.submit(text_message("while down"), "79001234567@sms.local")
+    detail = await history(gw, queue_id)
+    async with asyncio.timeout(10):
+        while detail.deliveries[0].attempts < 2:
+            await asyncio.sleep(0.02)
+            detail = await history(gw, queue_id)
+    assert detail.deliveries[0].state in ("queued", "sending")
+    platform.port = port
+    await platform.restart_on(port)
+    assert await gw.wait_final(queue_id) == ["sent"]
+    assert platform.requests[-1].form["sent_text"] == "while down\nWorld"
+
+
+async def test_dry_run_sends_nothing_and_records_sent(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        caplog: object) -> None:
+    import logging
+
+    import pytest
+    assert isinstance(caplog, pytest.LogCaptureFixture)
+    caplog.set_level(logging.INFO)
+    gw = await start_gateway({"api": {"dry_run": True}})
+    queue_id = await gw.submit(text_message("dry"), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["sent"]
+    assert platform.requests == []
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "would POST" in logged and '"sent_text": "dry\\nWorld"' in logged
+    from tests.conftest import TOKEN
+    assert TOKEN not in logged
