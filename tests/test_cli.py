@@ -1,0 +1,119 @@
+"""The command line: preview, queue management, hash-password, serve's config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.cli import main
+from gateway.passwords import verify_password
+from tests.conftest import TOKEN, Running, base_config, text_message
+from tests.fakeplatform import FakePlatform, Reply
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3",
+                                               "https://pulse.invalid/api/v1/bulk")))
+    return path
+
+
+def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin,
+                          capture_output=True, timeout=60, check=False)
+
+
+def test_preview_prints_the_exact_requests_token_masked(config_file: Path) -> None:
+    raw = text_message("Заказ 42", "Готов к выдаче").as_bytes()
+    result = run_cli("preview", "-c", str(config_file), "--to", "+7 900 123-45-67@sms.local"
+                     .replace(" ", "-"), "--to", "ivan=example.com@mail.local", stdin=raw)
+    assert result.returncode == 0, result.stderr
+    requests = json.loads(result.stdout)
+    assert requests == [
+        {"method": "POST", "url": "https://pulse.invalid/api/v1/bulk/send-message",
+         "form": {"token": "***", "type": "sms", "sent_to": "79001234567",
+                  "sent_text": "Заказ 42\nГотов к выдаче", "sender": "MyShop"}},
+        {"method": "POST", "url": "https://pulse.invalid/api/v1/bulk/send-message",
+         "form": {"token": "***", "type": "email", "sent_to": "ivan@example.com",
+                  "sent_text": "Заказ 42\nГотов к выдаче", "sender": "shop@example.com"}},
+    ]
+    assert TOKEN.encode() not in result.stdout + result.stderr
+
+
+def test_preview_refusal_exits_2_with_the_smtp_reply(config_file: Path, tmp_path: Path) -> None:
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(text_message().as_bytes())
+    result = run_cli("preview", "-c", str(config_file), "--to", "x@gmail.com", str(eml))
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("550 5.7.1 ")
+    assert result.stdout == b""
+
+
+def test_serve_with_invalid_config_exits_78(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("domains:\n  sms.local: {type: smss}\napi: {token: t}\n")
+    result = run_cli("serve", "-c", str(bad))
+    assert result.returncode == 78
+    assert b"domains[sms.local].type: 'smss' is not one of" in result.stderr
+
+
+def test_config_from_environment_variable(tmp_path: Path, config_file: Path) -> None:
+    env = {**os.environ, "SMTP2PULSE_CONFIG": str(config_file)}
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config"], env=env,
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert b"domain sms.local: type sms" in result.stdout
+
+
+def test_hash_password_from_stdin() -> None:
+    result = run_cli("hash-password", stdin=b"s3cret\n")
+    assert result.returncode == 0
+    hashed = result.stdout.decode().strip()
+    assert hashed.startswith("scrypt$") and "s3cret" not in hashed
+    assert verify_password("s3cret", hashed)
+    assert not verify_password("wrong", hashed)
+
+
+async def test_queue_list_show_retry_drop(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    platform.default = Reply(body='{"type": "error", "msg": "no money"}')
+    gw = await start_gateway()
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["refused"]
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3",
+                                                 platform.base_url)))
+    c = str(config)
+    # The CLI runs beside the live daemon, as an operator would use it.
+    assert await asyncio.to_thread(main, ["queue", "-c", c, "list"]) == 0
+    assert queue_id not in capsys.readouterr().out          # finished: not pending
+    assert await asyncio.to_thread(main, ["queue", "-c", c, "list", "--all"]) == 0
+    assert f"{queue_id}  " in capsys.readouterr().out
+
+    assert await asyncio.to_thread(main, ["queue", "-c", c, "show", queue_id]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    [delivery] = shown["deliveries"]
+    assert delivery["state"] == "refused" and delivery["last_error"] == "no money"
+    assert delivery["request"]["sent_to"] == "79001234567"
+    assert "token" not in delivery["request"]
+
+    platform.default = Reply()
+    assert await asyncio.to_thread(main, ["queue", "-c", c, "retry", queue_id]) == 0
+    gw.gateway.worker.wake()   # the daemon would notice on its next look at the spool
+    assert await gw.wait_final(queue_id) == ["sent"]
+    assert len(platform.requests) == 2
+
+    assert await asyncio.to_thread(main, ["queue", "-c", c, "drop", queue_id]) == 0
+    for action in ("show", "retry", "drop"):
+        assert await asyncio.to_thread(main, ["queue", "-c", c, action, queue_id]) == 1
