@@ -150,7 +150,7 @@ class GatewaySMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # The address parser drops (comments) silently, so "<7(900)1234567@sms.local>" would
         # become other digits than the sender wrote. Refuse instead of guessing.
-        address_part = arg.split(">", 1)[0] if arg.lstrip().startswith("<") else arg.split()[0]
+        address_part = arg.split(">", 1)[0] if arg.lstrip().startswith("<") else arg
         if "(" in address_part or ")" in address_part:
             return None, None
         result: tuple[str | None, str | None] = super()._getaddr(arg)

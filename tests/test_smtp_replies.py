@@ -138,6 +138,13 @@ async def test_new_connections_are_refused_after_stop(gw: Running) -> None:
         await asyncio.to_thread(socket.create_connection, (gw.host, gw.port), 2)
 
 
+async def test_empty_and_odd_addresses_get_syntax_replies(gw: Running) -> None:
+    replies = await gw.dialog("MAIL FROM:", "MAIL FROM:<>", "RCPT TO:", "RCPT TO:<>",
+                              "RCPT TO:79001234567@sms.local")
+    assert [code for code, _ in replies] == [501, 250, 501, 553, 250]
+    assert all(text[:1] in b"25" and text[1:2] == b"." for _, text in replies)
+
+
 async def test_protocol_errors_carry_enhanced_codes(gw: Running) -> None:
     replies = await gw.dialog("RCPT TO:<79001234567@sms.local>", "BOGUS", "DATA",
                               "MAIL FROM:<a@b.c>", "MAIL FROM:<a@b.c>", "NOOP", "RSET")
