@@ -97,7 +97,8 @@ async def test_8bitmime_and_smtputf8_are_offered(gw: Running) -> None:
         with gw.client() as client:
             return client.ehlo_resp or b""
     features = await asyncio.to_thread(run)
-    for keyword in (b"8BITMIME", b"SMTPUTF8", b"SIZE 65536", b"ENHANCEDSTATUSCODES"):
+    for keyword in (b"8BITMIME", b"SMTPUTF8", b"SIZE 65536", b"ENHANCEDSTATUSCODES",
+                    b"PIPELINING"):
         assert keyword in features
 
 

@@ -157,3 +157,25 @@ async def test_unexpected_error_reply_is_temporary_and_hides_the_exception() -> 
     from gateway.smtp import Handler
     reply = await Handler.handle_exception(None, RuntimeError("secret detail"))  # type: ignore[arg-type]
     assert reply == "451 4.3.0 Internal error, try again later"
+
+
+async def test_pipelined_commands_are_answered_in_order(gw: Running,
+                                                        platform: FakePlatform) -> None:
+    def run() -> list[bytes]:
+        with socket.create_connection((gw.host, gw.port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()
+            sock.sendall(b"EHLO c.test\r\n")
+            while not reader.readline().startswith(b"250 "):
+                pass
+            sock.sendall(b"MAIL FROM:<a@corp.test>\r\nRCPT TO:<79001234567@sms.local>\r\n"
+                         b"RCPT TO:<x@gmail.com>\r\nRCPT TO:<79007654321@sms.local>\r\n"
+                         b"DATA\r\n")
+            replies = [reader.readline() for _ in range(5)]
+            sock.sendall(b"Subject: piped\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            replies += [reader.readline(), reader.readline()]
+            return [line[:9] for line in replies]
+    assert await asyncio.to_thread(run) == [b"250 2.1.0", b"250 2.1.5", b"550 5.7.1", b"250 2.1.5",
+                                            b"354 End d", b"250 2.0.0", b"221 2.0.0"]
+    requests = await platform.wait_for(2)
+    assert sorted(r.form["sent_to"] for r in requests) == ["79001234567", "79007654321"]
