@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import quote_plus
 
@@ -125,7 +125,10 @@ class PulseClient:
             return Outcome("retry", detail=f"timeout ({type(exc).__name__})")
         except httpx.HTTPError as exc:
             return Outcome("retry", detail=f"{type(exc).__name__}: {_short(str(exc))}")
-        return classify(response.status_code, response.content, response.headers, time.time())
+        outcome = classify(response.status_code, response.content, response.headers, time.time())
+        if token and token in outcome.detail:   # a platform echoing the request back
+            outcome = replace(outcome, detail=outcome.detail.replace(token, mask(token)))
+        return outcome
 
 
 class DryRunClient:

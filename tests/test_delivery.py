@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from gateway import admin
-from tests.conftest import Running, text_message
+from tests.conftest import TOKEN, Running, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 
@@ -109,11 +112,7 @@ async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Ru
 
 async def test_dry_run_sends_nothing_and_records_sent(
         start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        caplog: object) -> None:
-    import logging
-
-    import pytest
-    assert isinstance(caplog, pytest.LogCaptureFixture)
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     gw = await start_gateway({"api": {"dry_run": True}})
     queue_id = await gw.submit(text_message("dry"), "79001234567@sms.local")
@@ -121,5 +120,22 @@ async def test_dry_run_sends_nothing_and_records_sent(
     assert platform.requests == []
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "would POST" in logged and '"sent_text": "dry\\nWorld"' in logged
-    from tests.conftest import TOKEN
+    assert TOKEN not in logged
+
+
+async def test_token_never_appears_in_any_log_line(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)   # every logger, httpx and aiosmtpd included
+    gw = await start_gateway({"api": {"timeout": "300ms"}})
+    platform.script = [Reply(status=500, body=f"echo {TOKEN}"), Reply(body=f"echo {TOKEN}"),
+                       Reply(delay=1.0),
+                       Reply(body='{"type": "error", "msg": "bad token"}')]
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["refused"]
+    await gw.gateway.stop()
+    assert len(platform.requests) == 4
+    assert all(r.form["token"] == TOKEN for r in platform.requests)
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "outcome=refused" in logged
     assert TOKEN not in logged
