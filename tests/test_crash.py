@@ -11,8 +11,11 @@ import smtplib
 import sys
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
+import pytest
 import yaml
 
 from tests.conftest import base_config, eventually, text_message
@@ -23,6 +26,8 @@ LISTENING = re.compile(r"SMTP listening on 127\.0\.0\.1:(\d+)")
 
 class Daemon:
     """`python -m gateway serve` as a real subprocess; its port read from its own log."""
+
+    running: ClassVar[set[Daemon]] = set()
 
     def __init__(self, config: Path) -> None:
         self.config = config
@@ -35,6 +40,7 @@ class Daemon:
             sys.executable, "-m", "gateway", "serve", "-c", str(self.config),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        Daemon.running.add(self)
         port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read(port))
         return await asyncio.wait_for(port, 30)
@@ -66,6 +72,15 @@ class Daemon:
         return code
 
 
+@pytest.fixture(autouse=True)
+async def no_daemon_left_behind() -> AsyncIterator[None]:
+    yield
+    for daemon in list(Daemon.running):
+        if daemon.process is not None and daemon.process.returncode is None:
+            await daemon.kill()
+    Daemon.running.clear()
+
+
 def send_stream(port: int, prefix: str, accepted: list[str], stop: threading.Event) -> None:
     """Send numbered messages until the server goes away; record the ones answered 250."""
     number = 0
@@ -85,7 +100,7 @@ def send_stream(port: int, prefix: str, accepted: list[str], stop: threading.Eve
 
 async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
                                                            platform: FakePlatform) -> None:
-    platform.default = Reply(delay=0.05)   # keep deliveries in flight when the kill lands
+    platform.default = Reply(delay=0.3)   # a backlog, and sends in flight, when the kill lands
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
 
