@@ -39,7 +39,7 @@ async def test_each_recipient_gets_its_own_call_with_its_domain_settings(
     assert "html_text" not in by_to["79001234567"]          # sms does not use html
     assert by_to["ivan@example.com"]["type"] == "email"
     assert by_to["ivan@example.com"]["sender"] == "shop@example.com"
-    assert by_to["ivan@example.com"]["html_text"] == "<p>Body <b>text</b></p>\n"
+    assert by_to["ivan@example.com"]["html_text"] == "<p>Body <b>text</b></p>"
     assert by_to["ivan@example.com"]["sent_text"] == "Hi\nBody text"
 
 
