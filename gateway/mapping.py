@@ -13,6 +13,7 @@ from datetime import datetime
 from gateway.config import Config, DomainConfig
 from gateway.errors import Refusal
 from gateway.parse import ParsedMessage
+from gateway.text import clean_text
 
 # A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
 # else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.
@@ -96,7 +97,7 @@ def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainCo
 
 def render_text(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,
                 mail_from: str) -> str:
-    body = tidy(strip_signature(message.text) if domain.strip_signature else message.text)
+    body = clean_text(strip_signature(message.text) if domain.strip_signature else message.text)
     if domain.text is None:
         text = "\n".join(part for part in (message.subject, body) if part.strip())
     else:
@@ -109,16 +110,10 @@ def render_text(message: ParsedMessage, recipient: Recipient, domain: DomainConf
             "recipient": recipient.sent_to,
             "domain": recipient.domain,
         })
-    text = tidy(text)
+    text = clean_text(text)
     if domain.max_length is not None and len(text) > domain.max_length:
         text = text[: domain.max_length - 1].rstrip() + ELLIPSIS
     return text
-
-
-def tidy(text: str) -> str:
-    """LF line breaks, no trailing whitespace, no leading or trailing blank lines."""
-    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    return "\n".join(lines).strip("\n")
 
 
 def strip_signature(body: str) -> str:

@@ -19,9 +19,10 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from email.utils import parseaddr
-from html import unescape
-from html.parser import HTMLParser
 from typing import Any
+
+from gateway.htmltext import html_to_text
+from gateway.text import LINE_BREAK, clean_text, one_line, scrub
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ _MAX_PARSED_HEADER = 8192
 # Parts nested deeper than this are ignored; the parser itself gives up at a few hundred.
 _MAX_DEPTH = 200
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_BLANK_LINES = re.compile(r"\n{3,}")
 # RFC 2047: =?charset[*lang]?B|Q?text?= where text is printable ASCII other than "?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([!->@-~]*)\?=")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
@@ -113,9 +110,9 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
     parts = list(_walk(message))
     plain, html, unused = _sort_parts(parts)
     # LF line breaks and no trailing blank lines, as for sent_text: the platform gets one style.
-    html_text = (_scrub(_LINE_BREAK.sub("\n", _part_text(html, fallback))).strip()
+    html_text = (scrub(LINE_BREAK.sub("\n", _part_text(html, fallback))).strip()
                  if html is not None else None)
-    text = _clean_text(_part_text(plain, fallback)) if plain is not None else ""
+    text = clean_text(_part_text(plain, fallback)) if plain is not None else ""
     if not text and html_text is not None:
         text = html_to_text(html_text)
     return ParsedMessage(
@@ -136,7 +133,7 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
 def _unparsed(raw: bytes, fallback: str) -> ParsedMessage:
     sections = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)
     body = sections[-1] if len(sections) == 2 else raw
-    return ParsedMessage(subject="", text=_clean_text(decode_bytes(body, None, fallback)),
+    return ParsedMessage(subject="", text=clean_text(decode_bytes(body, None, fallback)),
                          html=None, from_addr="", from_name="", headers={}, auto_submitted="",
                          dropped_attachments=(), defects=1)
 
@@ -254,18 +251,18 @@ def _param(header: str, value: str, param: str) -> str:
 # --- headers ---------------------------------------------------------------------------------
 
 def _header_text(value: str, fallback: str) -> str:
-    return _one_line(_decode_words(_unfolded(value, fallback), fallback))
+    return one_line(_decode_words(_unfolded(value, fallback), fallback))
 
 
 def _address(value: str, fallback: str) -> tuple[str, str]:
     """Display name and addr-spec of an address header."""
     name, addr = parseaddr(_unfolded(value[:_MAX_PARSED_HEADER], fallback))
-    return _one_line(_decode_words(name, fallback)), _one_line(addr)
+    return one_line(_decode_words(name, fallback)), one_line(addr)
 
 
 def _unfolded(value: str, fallback: str) -> str:
     """The header value on one line, with raw 8-bit bytes (no RFC 2047) decoded as text."""
-    value = _LINE_BREAK.sub("", value)
+    value = LINE_BREAK.sub("", value)
     if value.isascii():
         return value
     # The parser keeps undecodable bytes as surrogate escapes; get the bytes back.
@@ -315,173 +312,3 @@ def _word_bytes(encoding: str, payload: str) -> bytes | None:
             return None
     data = payload.encode("ascii").replace(b"_", b" ")
     return _QP_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), data)
-
-
-# --- text cleanup ----------------------------------------------------------------------------
-
-def _scrub(text: str) -> str:
-    """No NULs and no lone surrogates: neither survives the trip to the HTTP API."""
-    return _SURROGATE.sub("\ufffd", text.replace("\x00", ""))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(_scrub(_CONTROL.sub("", _LINE_BREAK.sub(" ", text))).split())
-
-
-def _clean_text(text: str) -> str:
-    text = _scrub(_CONTROL.sub("", _LINE_BREAK.sub("\n", text)))
-    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
-
-
-# --- HTML ------------------------------------------------------------------------------------
-
-# Line breaks around block elements: 2 leaves a blank line, 1 starts a new line.
-_BLOCKS = {
-    **dict.fromkeys(("p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "hr"), 2),
-    **dict.fromkeys(("div", "li", "tr", "table", "ul", "ol", "section", "article", "header",
-                     "footer", "main", "nav", "aside", "dl", "dt", "dd", "center"), 1),
-}
-_HIDDEN = frozenset(("head", "title", "script", "style", "template"))
-_HEAD_ONLY = frozenset(("meta", "link", "base", "title", "style", "script", "noscript"))
-_MAX_INDENT = 4   # nesting levels of lists shown by indentation
-_HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
-_TAG = re.compile(r"<[^<>]*>")
-_LONE_LT = re.compile(r"<(?=[^<>]*(?:<|\Z))")
-
-
-def html_to_text(html: str) -> str:
-    """Readable plain text of an HTML document; never raises."""
-    extractor = _TextExtractor()
-    try:
-        extractor.feed(_defuse(html))
-        extractor.close()
-        text = extractor.text()
-    except Exception:
-        # html.parser still raises on some malformed declarations ("<![foo"): strip tags crudely.
-        text = " ".join(unescape(_TAG.sub(" ", html)).split())
-    return _BLANK_LINES.sub("\n\n", _clean_text(text))
-
-
-def _defuse(html: str) -> str:
-    """Escape each "<" that cannot begin a complete tag (no ">" before the next "<").
-
-    For every such "<", html.parser rescans the rest of the document: "<a <a <a ..." of a few
-    hundred kilobytes takes hours. It would show these as text anyway. Comments are kept
-    whole, since they may hold tags.
-    """
-    pieces: list[str] = []
-    pos = 0
-    while (start := html.find("<!--", pos)) >= 0 and (end := html.find("-->", start + 4)) >= 0:
-        pieces += (_LONE_LT.sub("&lt;", html[pos:start]), html[start:end + 3])
-        pos = end + 3
-    pieces.append(_LONE_LT.sub("&lt;", html[pos:]))
-    return "".join(pieces)
-
-
-def _is_web_link(href: str) -> bool:
-    return href.lower().startswith(("http://", "https://"))
-
-
-def _same_link(label: str, href: str) -> bool:
-    def bare(url: str) -> str:
-        url = url.strip().lower()
-        for prefix in ("https://", "http://", "www."):
-            url = url.removeprefix(prefix)
-        return url.rstrip("/")
-    return bare(label) == bare(href)
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self._out: list[str] = []
-        self._breaks = 0           # line breaks owed before the next text
-        self._line_start = True
-        self._bullet = ""         # a list item's "- ", written with its first text
-        self._hidden: list[str] = []
-        self._pre = 0
-        self._lists = 0
-        self._link: tuple[str, int] | None = None   # href and where its text starts
-
-    def text(self) -> str:
-        self._close_link()
-        return "".join(self._out)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        # A <head> or <title> left open ends where body content begins, as in browsers.
-        if tag == "body" or (self._hidden == ["head"] and tag not in _HEAD_ONLY):
-            self._hidden.clear()
-        if tag in _HIDDEN and tag not in self._hidden:
-            self._hidden.append(tag)
-        if self._hidden:
-            return
-        if tag == "br":
-            self._breaks += 1
-        self._block(tag, opening=True)
-        if tag == "pre":
-            self._pre += 1
-        elif tag in ("ul", "ol"):
-            self._lists += 1
-        elif tag == "li":
-            self._bullet = "  " * min(max(self._lists - 1, 0), _MAX_INDENT) + "- "
-        elif tag in ("td", "th"):
-            self._space()
-        elif tag == "a":
-            self._close_link()   # links do not nest: a new one ends the last, as in browsers
-            href = next((value for name, value in attrs if name == "href"), None) or ""
-            self._link = (href.strip(), len(self._out))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _HIDDEN:
-            if tag in self._hidden:
-                del self._hidden[self._hidden.index(tag):]
-            return
-        if self._hidden:
-            return
-        if tag == "pre":
-            self._pre = max(self._pre - 1, 0)
-        elif tag in ("ul", "ol"):
-            self._lists = max(self._lists - 1, 0)
-        elif tag == "a":
-            self._close_link()
-        self._block(tag, opening=False)
-
-    def handle_data(self, data: str) -> None:
-        if self._hidden:
-            return
-        text = data.replace("\xa0", " ")
-        self._write(text if self._pre else _HTML_SPACE.sub(" ", text))
-
-    def _close_link(self) -> None:
-        if self._link is None:
-            return
-        href, start = self._link
-        self._link = None
-        if not _is_web_link(href):
-            return
-        label = " ".join("".join(self._out[start:]).split())
-        if not label:
-            self._write(href)
-        elif not _same_link(label, href):
-            self._write(f" ({href})")
-
-    def _block(self, tag: str, *, opening: bool) -> None:
-        # "<li><p>item</p></li>" should not leave the bullet alone on its line.
-        if tag in _BLOCKS and not (opening and self._bullet and tag != "li"):
-            self._breaks = max(self._breaks, _BLOCKS[tag])
-
-    def _space(self) -> None:
-        if not self._line_start and not self._breaks and not self._out[-1].endswith(" "):
-            self._out.append(" ")
-
-    def _write(self, text: str) -> None:
-        starting = self._line_start or self._breaks > 0
-        if not self._pre and (starting or self._out[-1].endswith(" ")):
-            text = text.lstrip(" ")
-        if not text:
-            return
-        if self._breaks and self._out:
-            self._out.append("\n" * self._breaks)
-        self._out.append(self._bullet + text)
-        self._breaks, self._bullet = 0, ""
-        self._line_start = text.endswith("\n")
