@@ -33,6 +33,10 @@ class DeliveryDetail:
     platform_id: str | None
     last_error: str | None
     request: dict[str, str]
+    status: str | None = None          # the platform's last delivery status, verbatim
+    status_class: str | None = None    # delivered | failed | pending | unknown
+    status_at: float | None = None
+    bounce: str | None = None          # pending | sent | failed: the DSN to the sender
     events: list[tuple[float, str, str]] = field(default_factory=list)
 
 
@@ -76,14 +80,16 @@ async def show_message(spool: Spool, queue_id: str) -> MessageDetail | None:
         deliveries = []
         for d in conn.execute(
                 "SELECT id, recipient, state, attempts, next_attempt_at, platform_id,"
-                " last_error, request FROM deliveries WHERE message_id = ? ORDER BY id",
+                " last_error, request, status, status_class, status_at, bounce"
+                " FROM deliveries WHERE message_id = ? ORDER BY id",
                 (queue_id,)).fetchall():
             events = [tuple(e) for e in conn.execute(
                 "SELECT at, kind, detail FROM events WHERE delivery_id = ? ORDER BY at, rowid",
                 (d[0],)).fetchall()]
             deliveries.append(DeliveryDetail(
                 id=d[0], recipient=d[1], state=d[2], attempts=d[3], next_attempt_at=d[4],
-                platform_id=d[5], last_error=d[6], request=json.loads(d[7]), events=events))
+                platform_id=d[5], last_error=d[6], request=json.loads(d[7]), status=d[8],
+                status_class=d[9], status_at=d[10], bounce=d[11], events=events))
         return MessageDetail(id=row[0], received_at=row[1], mail_from=row[2], peer=row[3],
                              helo=row[4], size=row[5], deliveries=deliveries)
     return await spool.run(query)

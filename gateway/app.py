@@ -17,18 +17,22 @@ import signal
 from pathlib import Path
 from typing import IO
 
+from gateway.bounce import Bouncer
 from gateway.config import Config, load_config
 from gateway.deliver import DryRunClient, PulseClient
 from gateway.errors import ConfigError, GatewayError
+from gateway.metrics import Metrics
+from gateway.sdnotify import Notifier
 from gateway.smtp import SmtpFront
 from gateway.spool import Spool
+from gateway.status import StatusServer
 from gateway.worker import Sender, Worker
 
 log = logging.getLogger("smtp2pulse")
 
 # Settings a running daemon cannot change in place; a reload that changes them says so.
 _RESTART_ONLY = ("smtp.listen", "spool.path", "api.base_url", "api.timeout", "api.dry_run",
-                 "api.max_concurrency")
+                 "api.max_concurrency", "http.listen")
 
 
 class SpoolLocked(GatewayError):
@@ -36,13 +40,24 @@ class SpoolLocked(GatewayError):
 
 
 class Gateway:
-    def __init__(self, config: Config, *, sender: Sender | None = None) -> None:
+    def __init__(self, config: Config, *, sender: Sender | None = None,
+                 notifier: Notifier | None = None) -> None:
         self._config = config
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier()
         self.spool = Spool(config.spool.path)
         self.sender = sender or (DryRunClient(config.api) if config.api.dry_run
                                  else PulseClient(config.api))
-        self.worker = Worker(self.spool, self.sender, lambda: self._config)
-        self.smtp = SmtpFront(lambda: self._config, self.spool, self.worker.wake)
+        self.bouncer = Bouncer(self.spool, lambda: self._config, self.metrics)
+        self.worker = Worker(self.spool, self.sender, lambda: self._config,
+                             metrics=self.metrics, on_bounce=self.bouncer.wake)
+        self.smtp = SmtpFront(lambda: self._config, self.spool, self.worker.wake,
+                              metrics=self.metrics)
+        self.status: StatusServer | None = None
+        if config.http is not None:
+            self.status = StatusServer(config.http, lambda: self._config, self.spool,
+                                       self.metrics, ready=self.smtp.listening,
+                                       on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None
 
     @property
@@ -57,17 +72,25 @@ class Gateway:
                 log.warning("took back %d deliveries left in flight by a previous run", recovered)
             await _start(self.sender)
             await self.worker.start()
+            await self.bouncer.start()
             await self.smtp.start()
+            if self.status is not None:
+                await self.status.start()
         except BaseException:
             await self.stop()
             raise
         log.info("smtp2pulse ready: %d domains, platform %s%s", len(self._config.domains),
                  self._config.api.send_url, " (dry run)" if self._config.api.dry_run else "")
+        self.notifier.ready(f"accepting mail for {len(self._config.domains)} domains")
 
     async def stop(self) -> None:
         timeout = self._config.shutdown_timeout
+        await self.notifier.stopping()
         await self.smtp.stop(timeout)
         await self.worker.stop(timeout)
+        await self.bouncer.stop()
+        if self.status is not None:
+            await self.status.stop()   # last but the spool: /healthz says 503 while draining
         await _close(self.sender)
         await self.spool.stop()
         if self._lock is not None:
@@ -76,23 +99,26 @@ class Gateway:
 
     def reload(self, path: str | os.PathLike[str]) -> bool:
         """Swap in a re-read config for new sessions and deliveries; keep the old on error."""
+        self.notifier.reloading()
         try:
             new = load_config(path, dry_run=self._config.api.dry_run)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the running config: %s", problem)
+            self.notifier.reloaded("reload refused; running the previous config")
             return False
         for key in _RESTART_ONLY:
             if _dig(new, key) != _dig(self._config, key):
                 log.warning("reload: %s changed; that takes effect only after a restart", key)
         self._config = _keep_restart_only(new, self._config)
         log.info("config reloaded: %d domains", len(new.domains))
+        self.notifier.reloaded(f"accepting mail for {len(new.domains)} domains")
         return True
 
 
 def _dig(config: Config, dotted: str) -> object:
     section, key = dotted.split(".")
-    return getattr(getattr(config, section), key)
+    return getattr(getattr(config, section), key, None)
 
 
 def _keep_restart_only(new: Config, old: Config) -> Config:
@@ -101,7 +127,10 @@ def _keep_restart_only(new: Config, old: Config) -> Config:
                               dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency)
     smtp = dataclasses.replace(new.smtp, listen=old.smtp.listen)
     spool = dataclasses.replace(new.spool, path=old.spool.path)
-    return dataclasses.replace(new, api=api, smtp=smtp, spool=spool)
+    # The status server keeps its socket; a removed or added http section needs a restart too.
+    http = (dataclasses.replace(new.http, listen=old.http.listen)
+            if new.http is not None and old.http is not None else old.http)
+    return dataclasses.replace(new, api=api, smtp=smtp, spool=spool, http=http)
 
 
 async def _start(sender: Sender) -> None:

@@ -38,6 +38,7 @@ RECIPIENT_KINDS = ("phone", "email", "verbatim")
 OVERRIDABLE = ("sender", "ttl", "send_date", "button", "action", "image")
 PLACEHOLDERS = frozenset({"subject", "body", "from", "from_name", "to", "recipient", "domain"})
 DEFAULT_TEXT = "{subject}\n{body}"
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class Secret:
@@ -112,6 +113,32 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The status side: health, metrics, delivery-status callbacks."""
+
+    listen: Listener
+    public_url: str | None = None
+    callback_secret: Secret = field(default_factory=lambda: Secret(""))
+    # Who may read /metrics and /messages (message history is personal data); /healthz and the
+    # signed /callback are open to all, since the platform must reach the latter.
+    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
+
+    @property
+    def callback_url(self) -> str | None:
+        return self.public_url.rstrip("/") + "/callback" if self.public_url else None
+
+
+@dataclass(frozen=True, slots=True)
+class BounceConfig:
+    """Delivery status notifications (RFC 3464) to the envelope sender; off by default."""
+
+    enabled: bool = False
+    relay: Listener = Listener("127.0.0.1", 25)
+    sender: str = ""          # the From: of the notification; "" = MAILER-DAEMON@smtp.hostname
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class PhoneRewrite:
     match: re.Pattern[str]
     replace: str
@@ -142,8 +169,11 @@ class Config:
     api: ApiConfig
     spool: SpoolConfig
     domains: Mapping[str, DomainConfig]
+    http: HttpConfig | None = None
+    bounces: BounceConfig = BounceConfig()
     shutdown_timeout: float = 15.0
     log_level: str = "info"
+    log_format: str = "plain"
     source: str = "<memory>"
 
     def domain(self, name: str) -> DomainConfig | None:
@@ -194,23 +224,24 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
     data = _substitute_env(data, "", env, problems)
-    top = _keys(data, "", {"smtp", "api", "spool", "http", "domains", "shutdown_timeout", "log"},
-                problems)
+    top = _keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
+                           "shutdown_timeout", "log"}, problems)
     smtp = _smtp(_section(top, "smtp", problems), problems)
     api = _api(_section(top, "api", problems), problems, dry_run)
     spool = _spool(_section(top, "spool", problems), problems)
-    if "http" in top:
-        problems.add("http", "not supported by this version yet (health, metrics and "
-                     "callbacks are planned); remove the section")
+    http = _http(_section(top, "http", problems), problems) if top.get("http") else None
+    bounces = _bounces(_section(top, "bounces", problems), problems)
     domains = _domains(top.get("domains"), problems)
     shutdown = _value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
     log = _section(top, "log", problems)
-    _keys(log, "log", {"level"}, problems)
+    _keys(log, "log", {"level", "format"}, problems)
     level = _choice(log, "level", "log", ("debug", "info", "warning", "error"), "info", problems)
+    log_format = _choice(log, "format", "log", ("plain", "json"), "plain", problems)
     if problems.lines:
         raise ConfigError(problems.lines)
-    return Config(smtp=smtp, api=api, spool=spool, domains=domains, shutdown_timeout=shutdown,
-                  log_level=level, source=source)
+    return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
+                  shutdown_timeout=shutdown, log_level=level, log_format=log_format,
+                  source=source)
 
 
 def _join(path: str, key: str) -> str:
@@ -413,6 +444,36 @@ def _api(data: dict[str, Any], problems: _Problems, dry_run: bool) -> ApiConfig:
         dry_run=dry,
         max_concurrency=_value(data, "max_concurrency", path, _integer(1, 1000),
                                defaults.max_concurrency, problems),
+    )
+
+
+def _http(data: dict[str, Any], problems: _Problems) -> HttpConfig:
+    path = "http"
+    _keys(data, path, {"listen", "public_url", "callback_secret", "allow_networks"}, problems)
+    if "listen" not in data:
+        problems.add("http.listen", "is required when the http section is present")
+    listen = _value(data, "listen", path, lambda v: Listener(*parse_hostport(v)),
+                    Listener("127.0.0.1", 8025), problems)
+    public_url = _value(data, "public_url", path, _url, None, problems)
+    secret = _value(data, "callback_secret", path, _text, "", problems)
+    if public_url and len(secret) < 16:
+        problems.add("http.callback_secret", "at least 16 characters are required when "
+                     "public_url is set (callbacks are signed with it)")
+    return HttpConfig(listen=listen, public_url=public_url, callback_secret=Secret(secret),
+                      allow_networks=_value(data, "allow_networks", path, _networks, LOOPBACK,
+                                            problems))
+
+
+def _bounces(data: dict[str, Any], problems: _Problems) -> BounceConfig:
+    path = "bounces"
+    _keys(data, path, {"enabled", "relay", "from", "timeout"}, problems)
+    defaults = BounceConfig()
+    return BounceConfig(
+        enabled=_value(data, "enabled", path, _boolean, False, problems),
+        relay=_value(data, "relay", path, lambda v: Listener(*parse_hostport(v)),
+                     defaults.relay, problems),
+        sender=_value(data, "from", path, _text, "", problems),
+        timeout=_value(data, "timeout", path, _positive_duration, defaults.timeout, problems),
     )
 
 

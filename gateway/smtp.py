@@ -18,6 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import Config
 from gateway.errors import Refusal, ShuttingDown, SpoolError
 from gateway.mapping import build_request, ignored_overrides, resolve_recipient
+from gateway.metrics import Metrics
 from gateway.parse import parse_message
 from gateway.replies import with_enhanced_code
 from gateway.spool import IncomingMessage, NewDelivery, Spool
@@ -31,7 +32,8 @@ REPLY_TRY_LATER = "451 4.3.0 Temporary failure storing the message, try again la
 class Sessions:
     """The open SMTP connections, so that a stop can drain them."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
         self.open: set[GatewaySMTP] = set()
         self.closing = False
         self._empty = asyncio.Event()
@@ -40,9 +42,12 @@ class Sessions:
     def add(self, session: GatewaySMTP) -> None:
         self.open.add(session)
         self._empty.clear()
+        self.metrics.sessions.inc()
+        self.metrics.sessions_open.set(len(self.open))
 
     def discard(self, session: GatewaySMTP) -> None:
         self.open.discard(session)
+        self.metrics.sessions_open.set(len(self.open))
         if not self.open:
             self._empty.set()
 
@@ -127,7 +132,9 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not (self._in_greeting_reply
                                             and status.startswith("250")):
-            await super().push(with_enhanced_code(status))
+            reply = with_enhanced_code(status)
+            self.sessions.metrics.refusal(reply)
+            await super().push(reply)
         else:
             await super().push(status)
 
@@ -170,10 +177,11 @@ class Handler:
     """aiosmtpd handler hooks: recipient checks at RCPT, the durable store at end of DATA."""
 
     def __init__(self, config: Callable[[], Config], spool: Spool,
-                 on_stored: Callable[[], None]) -> None:
+                 on_stored: Callable[[], None], metrics: Metrics) -> None:
         self.config = config
         self.spool = spool
         self.on_stored = on_stored
+        self.metrics = metrics
 
     @staticmethod
     def _session_config(server: GatewaySMTP) -> Config:
@@ -189,7 +197,7 @@ class Handler:
 
     async def handle_MAIL(self, server: GatewaySMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        envelope.mail_from = address
+        envelope.mail_from = address   # "<>" for the null reverse-path (aiosmtpd needs it truthy)
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender ok"
 
@@ -229,6 +237,7 @@ class Handler:
                       _peer(session), exc)
             return REPLY_TRY_LATER
         self.on_stored()
+        self.metrics.accepted.inc()
         log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s (stored in %.1f ms)",
                  queue_id, envelope.mail_from, _peer(session), len(raw),
                  ",".join(d.request["sent_to"] for d in incoming.deliveries),
@@ -255,7 +264,9 @@ class Handler:
             seen.add((domain.name, recipient.sent_to))
             request = build_request(parsed, recipient, domain, envelope.mail_from or "")
             deliveries.append(NewDelivery(address, request))
-        return IncomingMessage(mail_from=envelope.mail_from or "", peer=_peer(session),
+        # The null reverse-path is stored as "", which is what bounce logic looks for.
+        mail_from = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        return IncomingMessage(mail_from=mail_from, peer=_peer(session),
                                helo=session.host_name or "", raw=raw,
                                deliveries=tuple(deliveries))
 
@@ -276,10 +287,11 @@ class SmtpFront:
     """Binds the listeners and drains them on stop."""
 
     def __init__(self, config: Callable[[], Config], spool: Spool,
-                 on_stored: Callable[[], None]) -> None:
+                 on_stored: Callable[[], None], *, metrics: Metrics | None = None) -> None:
         self.config = config
-        self.handler = Handler(config, spool, on_stored)
-        self.sessions = Sessions()
+        self.metrics = metrics or Metrics()
+        self.handler = Handler(config, spool, on_stored, self.metrics)
+        self.sessions = Sessions(self.metrics)
         self._servers: list[asyncio.Server] = []
 
     def _protocol(self) -> GatewaySMTP:
@@ -305,6 +317,9 @@ class SmtpFront:
                 raise OSError(exc.errno, f"cannot listen on {listener}: {exc.strerror}") from exc
             self._servers.append(server)
             log.info("SMTP listening on %s", ", ".join(_describe(s) for s in server.sockets))
+
+    def listening(self) -> bool:
+        return bool(self._servers) and not self.sessions.closing
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -32,7 +32,7 @@ from gateway.errors import ShuttingDown, SpoolError
 log = logging.getLogger("smtp2pulse.spool")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          TEXT PRIMARY KEY,
@@ -67,6 +67,17 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_delivery ON events(delivery_id);
 """
+# Each step brings a spool from the version before it; a new spool runs them all.
+MIGRATIONS = {
+    2: """
+ALTER TABLE deliveries ADD COLUMN status TEXT;        -- the platform's last status, verbatim
+ALTER TABLE deliveries ADD COLUMN status_class TEXT;  -- delivered | failed | pending | unknown
+ALTER TABLE deliveries ADD COLUMN status_at REAL;
+ALTER TABLE deliveries ADD COLUMN bounce TEXT;        -- pending | sent | failed (DSN to sender)
+CREATE INDEX IF NOT EXISTS deliveries_bounce ON deliveries(bounce) WHERE bounce = 'pending';
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+}
 
 ACTIVE_STATES = ("queued", "sending")
 FINAL_STATES = ("sent", "refused", "failed")
@@ -109,6 +120,7 @@ class Result:
     event: str
     detail: str = ""
     platform_id: str | None = None
+    bounce: bool = False     # a final failure the envelope sender is to be told of
 
 
 def new_queue_id(now: float) -> str:
@@ -180,8 +192,15 @@ class Spool:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise SpoolError(f"{self.path}: spool schema {version} is newer than this program")
-        conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _statements(SCHEMA):
+                conn.execute(statement)
+            for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in _statements(MIGRATIONS[step]):
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         return conn
 
     def _run(self, ready: asyncio.Future[sqlite3.Connection],
@@ -330,6 +349,8 @@ class Spool:
                  None if result.state == "sent" else result.detail, now, result.delivery_id))
             if cursor.rowcount == 0:
                 return   # dropped by an operator while it was being sent
+            if result.bounce:
+                mark_bounce(conn, result.delivery_id)
             conn.execute("INSERT INTO events (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)",
                          (result.delivery_id, now, result.event, result.detail))
         await self.run(write)
@@ -345,12 +366,27 @@ class Spool:
         return await self.run(delete)
 
 
+def mark_bounce(conn: sqlite3.Connection, delivery_id: int) -> bool:
+    """Queue one notification for a failed delivery; never for a null sender, never twice."""
+    cursor = conn.execute(
+        "UPDATE deliveries SET bounce = 'pending' WHERE id = ? AND bounce IS NULL AND"
+        " (SELECT mail_from FROM messages WHERE messages.id = deliveries.message_id) != ''",
+        (delivery_id,))
+    return cursor.rowcount > 0
+
+
 def _fetch_message_meta(conn: sqlite3.Connection, ids: set[str]
                         ) -> list[tuple[str, tuple[float, str | None]]]:
     marks = ",".join("?" * len(ids))
     rows = conn.execute(f"SELECT id, received_at, auth_user FROM messages WHERE id IN ({marks})",  # noqa: S608
                         tuple(ids)).fetchall()
     return [(row[0], (row[1], row[2])) for row in rows]
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT on its own; one statement at a time keeps the upgrade atomic.
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
 def _as_spool_error(exc: BaseException) -> SpoolError:

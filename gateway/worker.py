@@ -17,7 +17,9 @@ from typing import Protocol
 from gateway.config import Config
 from gateway.deliver import Outcome
 from gateway.errors import ShuttingDown, SpoolError
+from gateway.metrics import Metrics
 from gateway.spool import Delivery, Result, Spool
+from gateway.tracking import callback_url
 
 log = logging.getLogger("smtp2pulse.worker")
 
@@ -39,14 +41,16 @@ def next_wait(schedule: tuple[float, ...], attempts_done: int, rng: random.Rando
 def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
            rng: random.Random) -> Result:
     """Turn an attempt's outcome into the delivery's next state."""
+    bounce = config.bounces.enabled
     if outcome.kind == "sent":
         return Result(delivery.id, "sent", now, "sent", outcome.platform_id or "",
                       outcome.platform_id)
     if outcome.kind == "refused":
-        return Result(delivery.id, "refused", now, "refused", outcome.detail)
+        return Result(delivery.id, "refused", now, "refused", outcome.detail, bounce=bounce)
     if now - delivery.received_at >= config.spool.give_up_after:
         return Result(delivery.id, "failed", now, "failed",
-                      f"gave up after {delivery.attempts + 1} attempts: {outcome.detail}")
+                      f"gave up after {delivery.attempts + 1} attempts: {outcome.detail}",
+                      bounce=bounce)
     wait = next_wait(config.spool.retry, delivery.attempts + 1, rng)
     if outcome.retry_after is not None:
         wait = max(wait, outcome.retry_after)
@@ -56,9 +60,12 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
 
 class Worker:
     def __init__(self, spool: Spool, sender: Sender, config: Callable[[], Config], *,
+                 metrics: Metrics | None = None, on_bounce: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None
                  ) -> None:
         self.spool = spool
+        self.metrics = metrics or Metrics()
+        self.on_bounce = on_bounce or (lambda: None)
         self.sender = sender
         self.config = config
         self.clock = clock
@@ -140,13 +147,21 @@ class Worker:
     async def _deliver(self, delivery: Delivery) -> None:
         config = self.config()
         token = config.api.token.reveal()
+        request = dict(delivery.request)
+        if config.http is not None and config.http.callback_url:
+            request["callback"] = callback_url(config.http.callback_url,
+                                               config.http.callback_secret.reveal(),
+                                               delivery.id, delivery.message_id)
         started = time.monotonic()
         try:
-            outcome = await self.sender.send(delivery.request, token)
+            outcome = await self.sender.send(request, token)
         except Exception as exc:  # a bug in a sender must not lose the delivery
             log.exception("queue_id=%s send raised", delivery.message_id)
             outcome = Outcome("retry", detail=f"internal error: {type(exc).__name__}")
+        elapsed = time.monotonic() - started
+        self.metrics.platform_latency.observe(elapsed)
         result = settle(delivery, outcome, config, self.clock(), self.rng)
+        self.metrics.deliveries.labels(result.event).inc()
         try:
             await self.spool.record(result)
         except (SpoolError, ShuttingDown) as exc:
@@ -154,11 +169,14 @@ class Worker:
             log.error("queue_id=%s could not record outcome %s: %s", delivery.message_id,
                       result.event, exc)
             return
+        if result.bounce:
+            self.on_bounce()
         log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms)",
                  delivery.message_id, delivery.request.get("sent_to", delivery.recipient),
                  delivery.attempts + 1, result.event,
                  f"platform_id={outcome.platform_id} " if outcome.platform_id else
-                 f"reason={result.detail!r} ", (time.monotonic() - started) * 1000)
+                 f"reason={result.detail!r} ", elapsed * 1000,
+                 extra={"queue_id": delivery.message_id})
 
     async def _maybe_purge(self) -> None:
         now = self.clock()
