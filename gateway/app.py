@@ -21,6 +21,7 @@ from gateway.bounce import Bouncer
 from gateway.config import Config, load_config
 from gateway.deliver import DryRunClient, PulseClient
 from gateway.errors import ConfigError, GatewayError
+from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.sdnotify import Notifier
 from gateway.smtp import SmtpFront
@@ -157,9 +158,9 @@ def _lock_spool(path: Path) -> IO[str]:
     return handle
 
 
-async def serve(config_path: str, *, dry_run: bool = False) -> int:
+async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = False) -> int:
     config = load_config(config_path, dry_run=dry_run)
-    logging.getLogger().setLevel(config.log_level.upper())
+    setup_logging("debug" if verbose else config.log_level, config.log_format)
     gateway = Gateway(config)
     await gateway.start()
     loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ from gateway.app import SpoolLocked, serve
 from gateway.config import DEFAULT_PATH, Config, load_config
 from gateway.deliver import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
+from gateway.logs import setup_logging
 from gateway.mapping import build_request, resolve_recipient
 from gateway.parse import parse_message
 from gateway.passwords import hash_password
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False))
+    setup_logging("debug" if getattr(args, "verbose", False) else "info")
     try:
         result: int = args.run(args)
         return result
@@ -81,20 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    # journald stamps each line itself; a terminal wants the time.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format=stamp + "%(levelname)s %(name)s: %(message)s")
-    # aiosmtpd logs every command line at INFO; a busy gateway's journal does not want that.
-    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
-
-
 def _serve(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(serve(args.config, dry_run=args.dry_run))
+        return asyncio.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose))
     except (SpoolLocked, SpoolError, OSError) as exc:
         logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
         return EX_FAIL

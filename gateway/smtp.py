@@ -220,8 +220,9 @@ class Handler:
                           envelope: Envelope) -> str:
         config = self._session_config(server)
         raw: bytes = envelope.original_content or b""
+        notes: list[str] = []
         try:
-            incoming = self._prepare(config, session, envelope, raw)
+            incoming = self._prepare(config, session, envelope, raw, notes)
         except Refusal as refusal:
             log.info("refused message from <%s> %s: %s", envelope.mail_from, _peer(session),
                      refusal.reply)
@@ -241,15 +242,18 @@ class Handler:
         log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s (stored in %.1f ms)",
                  queue_id, envelope.mail_from, _peer(session), len(raw),
                  ",".join(d.request["sent_to"] for d in incoming.deliveries),
-                 (time.monotonic() - started) * 1000)
+                 (time.monotonic() - started) * 1000, extra={"queue_id": queue_id})
+        for note in notes:
+            log.info("queue_id=%s %s", queue_id, note, extra={"queue_id": queue_id})
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def _prepare(self, config: Config, session: Session, envelope: Envelope,
-                 raw: bytes) -> IncomingMessage:
+                 raw: bytes, notes: list[str]) -> IncomingMessage:
+        """The message as it will be stored; `notes` collects what the log should say once
+        the message has a queue id."""
         parsed = parse_message(raw, config.smtp.fallback_charset)
         if parsed.dropped_attachments:
-            log.info("from=<%s> %s: attachments not sent: %s", envelope.mail_from,
-                     _peer(session), ", ".join(parsed.dropped_attachments))
+            notes.append(f"attachments not sent: {', '.join(parsed.dropped_attachments)}")
         deliveries: list[NewDelivery] = []
         seen: set[tuple[str, str]] = set()
         for address in envelope.rcpt_tos:
@@ -257,8 +261,7 @@ class Handler:
             domain = config.domains[recipient.domain]
             ignored = ignored_overrides(parsed, domain)
             if ignored:
-                log.info("from=<%s>: %s not allowed for %s, ignored", envelope.mail_from,
-                         ", ".join(ignored), domain.name)
+                notes.append(f"{', '.join(ignored)} not allowed for {domain.name}, ignored")
             if (domain.name, recipient.sent_to) in seen:
                 continue   # the same person twice in one envelope gets one message
             seen.add((domain.name, recipient.sent_to))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -157,3 +158,30 @@ def _send_one(port: int, body: str) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.sendmail("app@corp.test", ["79001234567@sms.local"],
                         text_message("one", body).as_bytes())
+
+
+async def test_json_log_lines_carry_the_queue_id(tmp_path: Path, platform: FakePlatform) -> None:
+    config = tmp_path / "config.yaml"
+    data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
+    data["log"] = {"format": "json"}
+    config.write_text(yaml.safe_dump(data))
+    daemon = Daemon(config)
+    port = await daemon.start()
+    message = text_message("json", "logs")
+    message.add_attachment(b"x", maintype="application", subtype="octet-stream",
+                           filename="a.bin")
+    await asyncio.to_thread(_send_raw, port, message.as_bytes())
+    await platform.wait_for(1)
+    assert await daemon.terminate() == 0
+    entries = [json.loads(line) for line in daemon.log]
+    about_message = [e for e in entries if "accepted" in e["message"]
+                     or "attempt=" in e["message"] or "attachments" in e["message"]]
+    assert len(about_message) == 3
+    queue_ids = {e.get("queue_id") for e in about_message}
+    assert len(queue_ids) == 1 and None not in queue_ids
+    assert all(set(e) >= {"time", "level", "logger", "message"} for e in entries)
+
+
+def _send_raw(port: int, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("app@corp.test", ["79001234567@sms.local"], raw)
