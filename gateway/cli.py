@@ -98,6 +98,12 @@ def _check_config(args: argparse.Namespace) -> int:
           f" {config.smtp.max_recipients} recipients)")
     print(f"  platform: {config.api.send_url}{' (dry run)' if config.api.dry_run else ''}")
     print(f"  spool: {config.spool.path}")
+    if config.http is not None:
+        print(f"  HTTP status: {config.http.listen}"
+              + (f", callbacks via {config.http.callback_url}" if config.http.callback_url
+                 else ", no callbacks (http.public_url not set)"))
+    if config.bounces.enabled:
+        print(f"  bounces: to senders through {config.bounces.relay}")
     for domain in config.domains.values():
         details = ", ".join(f"{k}={v}" for k, v in domain.fields.items())
         print(f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"

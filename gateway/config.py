@@ -454,7 +454,9 @@ def _http(data: dict[str, Any], problems: _Problems) -> HttpConfig:
         problems.add("http.listen", "is required when the http section is present")
     listen = _value(data, "listen", path, lambda v: Listener(*parse_hostport(v)),
                     Listener("127.0.0.1", 8025), problems)
-    public_url = _value(data, "public_url", path, _url, None, problems)
+    # "" (an unset ${PUBLIC_URL:-}) means no callbacks, like leaving the key out.
+    public_url = _value(data, "public_url", path, _url, None, problems) \
+        if data.get("public_url") else None
     secret = _value(data, "callback_secret", path, _text, "", problems)
     if public_url and len(secret) < 16:
         problems.add("http.callback_secret", "at least 16 characters are required when "

@@ -136,7 +136,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
                 "shutdown_timeout:", "level:", "type:", "recipient:", "text:", "html:",
                 "max_length:", "strip_signature:", "rewrite:", "allow_headers:", "sender:",
                 "ttl:", "charset:", "button:", "action:", "image:", "find_token:",
-                "kannel_status:"):
+                "kannel_status:", "public_url:", "callback_secret:", "enabled:", "relay:",
+                "from:", "format:"):
         assert key in text, key
 
 
