@@ -185,3 +185,30 @@ async def test_json_log_lines_carry_the_queue_id(tmp_path: Path, platform: FakeP
 def _send_raw(port: int, raw: bytes) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.sendmail("app@corp.test", ["79001234567@sms.local"], raw)
+
+
+async def test_sighup_reloads_domains_in_the_running_daemon(tmp_path: Path,
+                                                            platform: FakePlatform) -> None:
+    config = tmp_path / "config.yaml"
+    data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
+    config.write_text(yaml.safe_dump(data))
+    daemon = Daemon(config)
+    port = await daemon.start()
+    assert daemon.process is not None
+
+    def rcpt(address: str) -> int:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.mail("app@corp.test")
+            return client.rcpt(address)[0]
+    assert await asyncio.to_thread(rcpt, "79001234567@new.local") == 550
+    data["domains"]["new.local"] = {"type": "viber", "sender": "Shop"}
+    config.write_text(yaml.safe_dump(data))
+    daemon.process.send_signal(signal.SIGHUP)
+    await eventually(lambda: any("config reloaded" in line for line in daemon.log))
+    assert await asyncio.to_thread(rcpt, "79001234567@new.local") == 250
+
+    config.write_text("domains: [broken")
+    daemon.process.send_signal(signal.SIGHUP)
+    await eventually(lambda: any("reload refused" in line for line in daemon.log))
+    assert await asyncio.to_thread(rcpt, "79001234567@new.local") == 250
+    assert await daemon.terminate() == 0
