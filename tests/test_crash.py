@@ -198,6 +198,7 @@ async def test_sighup_reloads_domains_in_the_running_daemon(tmp_path: Path,
 
     def rcpt(address: str) -> int:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo()
             client.mail("app@corp.test")
             return client.rcpt(address)[0]
     assert await asyncio.to_thread(rcpt, "79001234567@new.local") == 550
