@@ -160,24 +160,25 @@ async def _queue_action(spool: Spool, args: argparse.Namespace) -> int:
     if args.action == "show":
         detail = await admin.show_message(spool, args.queue_id)
         if detail is None:
-            print(f"{args.queue_id}: no such message", file=sys.stderr)
-            return EX_FAIL
+            return _not_found(args.queue_id)
         json.dump(admin.as_jsonable(detail), sys.stdout, ensure_ascii=False, indent=2)
         print()
         return EX_OK
     if args.action == "retry":
         count = await admin.retry_message(spool, args.queue_id)
         if count is None:
-            print(f"{args.queue_id}: no such message", file=sys.stderr)
-            return EX_FAIL
+            return _not_found(args.queue_id)
         print(f"{args.queue_id}: {count} deliveries queued for a new attempt")
         return EX_OK
-    dropped = await admin.drop_message(spool, args.queue_id)
-    if not dropped:
-        print(f"{args.queue_id}: no such message", file=sys.stderr)
-        return EX_FAIL
+    if not await admin.drop_message(spool, args.queue_id):
+        return _not_found(args.queue_id)
     print(f"{args.queue_id}: dropped")
     return EX_OK
+
+
+def _not_found(queue_id: str) -> int:
+    print(f"{queue_id}: no such message", file=sys.stderr)
+    return EX_FAIL
 
 
 def _with_spool(config: Config, action: Callable[[Spool], Awaitable[int]]) -> int:
