@@ -7,7 +7,6 @@ message at the end of DATA) and answers 250 only after the spool has committed t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from gateway.config import Config
 from gateway.errors import Refusal, ShuttingDown, SpoolError
 from gateway.mapping import build_request, ignored_overrides, resolve_recipient
 from gateway.metrics import Metrics
+from gateway.networks import allowed
 from gateway.parse import parse_message
 from gateway.replies import with_enhanced_code
 from gateway.spool import IncomingMessage, NewDelivery, Spool
@@ -66,16 +66,6 @@ class Sessions:
                 session.abort()
 
 
-def _peer_address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(peer[0].split("%")[0])
-    except (TypeError, IndexError, ValueError, AttributeError):
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
-
-
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with precise replies, a drain hook and a client network check."""
 
@@ -102,16 +92,12 @@ class GatewaySMTP(SMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        networks = self.config.smtp.allow_networks
         assert self.session is not None and self.transport is not None
-        if networks:
-            address = _peer_address(self.session.peer)
-            if address is None or not any(address in net for net in networks):
-                log.warning("refused connection from %s: network not allowed",
-                            _peer(self.session))
-                await self.push("554 5.7.1 Access denied: your network is not allowed here")
-                self.transport.close()
-                return
+        if not allowed(_peer(self.session), self.config.smtp.allow_networks):
+            log.warning("refused connection from %s: network not allowed", _peer(self.session))
+            await self.push("554 5.7.1 Access denied: your network is not allowed here")
+            self.transport.close()
+            return
         if self.sessions.closing:
             self.say_goodbye()
             return
