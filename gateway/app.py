@@ -17,6 +17,7 @@ import signal
 from pathlib import Path
 from typing import IO
 
+from gateway import privacy
 from gateway.bounce import Bouncer
 from gateway.config import Config, load_config
 from gateway.deliver import DryRunClient, PulseClient
@@ -162,6 +163,7 @@ async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = Fals
     config = load_config(config_path, dry_run=dry_run)
     setup_logging("debug" if verbose else config.log_level, config.log_format)
     gateway = Gateway(config)
+    privacy.install(lambda: gateway.config.log_mask_personal)
     await gateway.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -14,13 +14,17 @@ import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.credentials import TOKEN_KEYS, read_token
 from gateway.errors import ConfigError
 from gateway.units import parse_duration, parse_hostport, parse_size
+
+if TYPE_CHECKING:
+    from gateway.access import AuthSettings, TlsSettings
 
 DEFAULT_PATH = "/etc/smtp2pulse/config.yaml"
 DEFAULT_BASE_URL = "https://1-pulse.kupon.mobi/api/v1/bulk"
@@ -76,6 +80,10 @@ def mask(token: str) -> str:
 class Listener:
     host: str
     port: int
+    # SMTP listeners only: None follows smtp.tls.require_starttls / smtp.auth.required.
+    require_starttls: bool | None = None
+    require_auth: bool | None = None
+    implicit_tls: bool = False
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -90,6 +98,14 @@ class SmtpConfig:
     allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     timeout: float = 300.0
     fallback_charset: str = "cp1251"
+    tls: TlsSettings | None = None          # gateway.access
+    auth: AuthSettings | None = None        # None: AUTH is not offered
+    max_connections: int = 100
+    max_connections_per_address: int = 20
+    max_messages_per_minute_per_user: int = 0       # 0: no limit
+    max_messages_per_minute_per_address: int = 0
+    null_sender: str = "refuse"             # refuse | drop | accept (MAIL FROM:<>, bounces)
+    auto_submitted: str = "refuse"          # the same, for auto-replies and Auto-Submitted mail
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +190,7 @@ class Config:
     shutdown_timeout: float = 15.0
     log_level: str = "info"
     log_format: str = "plain"
+    log_mask_personal: bool = False    # phone numbers and e-mail addresses in logs
     source: str = "<memory>"
 
     def domain(self, name: str) -> DomainConfig | None:
@@ -226,22 +243,25 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     data = _substitute_env(data, "", env, problems)
     top = _keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
                            "shutdown_timeout", "log"}, problems)
-    smtp = _smtp(_section(top, "smtp", problems), problems)
-    api = _api(_section(top, "api", problems), problems, dry_run)
+    smtp = _smtp(_section(top, "smtp", problems), problems, env)
+    api = _api(_section(top, "api", problems), problems, dry_run, env)
     spool = _spool(_section(top, "spool", problems), problems)
     http = _http(_section(top, "http", problems), problems) if top.get("http") else None
     bounces = _bounces(_section(top, "bounces", problems), problems)
     domains = _domains(top.get("domains"), problems)
+    from gateway.access import check_access  # late: gateway.access uses this module
+    check_access(smtp, domains, problems)
     shutdown = _value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
     log = _section(top, "log", problems)
-    _keys(log, "log", {"level", "format"}, problems)
+    _keys(log, "log", {"level", "format", "mask_personal_data"}, problems)
     level = _choice(log, "level", "log", ("debug", "info", "warning", "error"), "info", problems)
     log_format = _choice(log, "format", "log", ("plain", "json"), "plain", problems)
+    log_mask = _value(log, "mask_personal_data", "log", _boolean, False, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
                   shutdown_timeout=shutdown, log_level=level, log_format=log_format,
-                  source=source)
+                  log_mask_personal=log_mask, source=source)
 
 
 def _join(path: str, key: str) -> str:
@@ -351,7 +371,8 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ValueError("at least one host:port is needed")
-    return tuple(Listener(*parse_hostport(item)) for item in items)
+    from gateway.access import listener_entry  # late: gateway.access uses this module
+    return tuple(listener_entry(item) for item in items)
 
 
 def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -376,17 +397,32 @@ def _charset_name(value: Any) -> str:
     return name
 
 
-def _smtp(data: dict[str, Any], problems: _Problems) -> SmtpConfig:
+def _smtp(data: dict[str, Any], problems: _Problems, env: Mapping[str, str]) -> SmtpConfig:
+    from gateway.access import read_auth, read_tls  # late: gateway.access uses this module
     path = "smtp"
     _keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
-                       "allow_networks", "tls", "auth", "timeout", "fallback_charset"}, problems)
-    for later in ("tls", "auth"):
-        if data.get(later) is not None:
-            problems.add(f"smtp.{later}", "not supported by this version yet (TLS and SMTP AUTH "
-                         "are planned); remove the section and keep the listener on a trusted "
-                         "network")
+                       "allow_networks", "tls", "auth", "timeout", "fallback_charset",
+                       "max_connections", "max_connections_per_address",
+                       "max_messages_per_minute_per_user", "max_messages_per_minute_per_address",
+                       "null_sender", "auto_submitted"}, problems)
     defaults = SmtpConfig()
+    tls_data, auth_data = (_section(data, key, problems, path) for key in ("tls", "auth"))
+    hygiene = ("refuse", "drop", "accept")
     return SmtpConfig(
+        tls=read_tls(tls_data, problems) if tls_data else None,
+        auth=read_auth(auth_data, problems, env) if auth_data else None,
+        max_connections=_value(data, "max_connections", path, _integer(1, 100_000),
+                               defaults.max_connections, problems),
+        max_connections_per_address=_value(data, "max_connections_per_address", path,
+                                           _integer(1, 100_000),
+                                           defaults.max_connections_per_address, problems),
+        max_messages_per_minute_per_user=_value(data, "max_messages_per_minute_per_user", path,
+                                                _integer(0), 0, problems),
+        max_messages_per_minute_per_address=_value(data, "max_messages_per_minute_per_address",
+                                                   path, _integer(0), 0, problems),
+        null_sender=_choice(data, "null_sender", path, hygiene, defaults.null_sender, problems),
+        auto_submitted=_choice(data, "auto_submitted", path, hygiene, defaults.auto_submitted,
+                               problems),
         listen=_value(data, "listen", path, _listeners, defaults.listen, problems),
         hostname=_value(data, "hostname", path, _hostname, defaults.hostname, problems),
         max_message_size=_value(data, "max_message_size", path, _positive_size,
@@ -429,12 +465,14 @@ def _url(value: Any) -> str:
     return url
 
 
-def _api(data: dict[str, Any], problems: _Problems, dry_run: bool) -> ApiConfig:
+def _api(data: dict[str, Any], problems: _Problems, dry_run: bool, env: Mapping[str, str]
+         ) -> ApiConfig:
     path = "api"
-    _keys(data, path, {"base_url", "token", "timeout", "dry_run", "max_concurrency"}, problems)
+    _keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", *TOKEN_KEYS},
+          problems)
     defaults = ApiConfig()
     dry = _value(data, "dry_run", path, _boolean, False, problems) or dry_run
-    token = _value(data, "token", path, _text, "", problems)
+    token = read_token(data, path, env, problems.add)
     if not token and not dry:
         problems.add("api.token", "is required (or run with --dry-run / api.dry_run: true)")
     return ApiConfig(

@@ -7,15 +7,18 @@ message at the end of DATA) and answers 250 only after the spool has committed t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
-from gateway.config import Config
+from gateway.config import Config, Listener
 from gateway.errors import Refusal, ShuttingDown, SpoolError
+from gateway.guard import Guard, GuardedSMTP, implicit_tls
 from gateway.mapping import build_request, ignored_overrides, resolve_recipient
 from gateway.metrics import Metrics
 from gateway.networks import allowed
@@ -66,15 +69,16 @@ class Sessions:
                 session.abort()
 
 
-class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with precise replies, a drain hook and a client network check."""
+class GatewaySMTP(GuardedSMTP):
+    """aiosmtpd's SMTP with precise replies, a drain hook and a client network check
+    (who may send, and how, is GuardedSMTP's part)."""
 
     def __init__(self, handler: Handler, sessions: Sessions, config: Config,
                  **kwargs: Any) -> None:
         # A real HTML mail has lines far above RFC 5321's 1000 octets; any line that fits in
         # the size limit is taken (aiosmtpd reads it into a StreamReader of this limit).
         self.line_length_limit = max(1001, config.smtp.max_message_size)
-        super().__init__(handler, **kwargs)
+        super().__init__(handler, config=config, **kwargs)
         self.sessions = sessions
         self.config = config
         self.busy = False
@@ -179,10 +183,14 @@ class Handler:
         session.host_name = hostname
         # aiosmtpd reads commands in order from one buffer and answers each in turn, which is
         # all RFC 2920 asks; advertising it saves relays such as Postfix a round trip per RCPT.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        return server.ehlo_keywords(
+            [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]])
 
     async def handle_MAIL(self, server: GatewaySMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
+        refusal = server.mail_refusal(address)    # bounces, rate limits
+        if refusal is not None:
+            return refusal
         envelope.mail_from = address   # "<>" for the null reverse-path (aiosmtpd needs it truthy)
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender ok"
@@ -193,11 +201,15 @@ class Handler:
         if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {config.smtp.max_recipients})"
         try:
-            resolve_recipient(address, config)
+            recipient = resolve_recipient(address, config)
         except Refusal as refusal:
             log.info("refused recipient <%s> from %s: %s", address, _peer(session),
                      refusal.reply)
             return refusal.reply
+        denied = server.recipient_refusal(recipient.domain)   # the user's own domains
+        if denied is not None:
+            log.info("refused recipient <%s> from %s: %s", address, _peer(session), denied)
+            return denied
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient ok"
@@ -206,6 +218,9 @@ class Handler:
                           envelope: Envelope) -> str:
         config = self._session_config(server)
         raw: bytes = envelope.original_content or b""
+        verdict = server.data_verdict(envelope, raw)     # bounces and auto-replies
+        if verdict is not None:
+            return verdict
         notes: list[str] = []
         try:
             incoming = self._prepare(config, session, envelope, raw, notes)
@@ -213,6 +228,14 @@ class Handler:
             log.info("refused message from <%s> %s: %s", envelope.mail_from, _peer(session),
                      refusal.reply)
             return refusal.reply
+        refused = (server.sender_refusal(d.request.get("sender", "") for d in incoming.deliveries)
+                   or server.take_rate())
+        if refused is not None:
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, _peer(session),
+                     refused)
+            return refused
+        if server.login_user is not None:
+            incoming = dataclasses.replace(incoming, auth_user=server.login_user.name)
         started = time.monotonic()
         try:
             # Shielded: a client hanging up mid-commit must not cancel the commit half-way.
@@ -281,12 +304,13 @@ class SmtpFront:
         self.metrics = metrics or Metrics()
         self.handler = Handler(config, spool, on_stored, self.metrics)
         self.sessions = Sessions(self.metrics)
+        self.guard = Guard(self.metrics.registry)
         self._servers: list[asyncio.Server] = []
 
-    def _protocol(self) -> GatewaySMTP:
+    def _protocol(self, listener: Listener) -> GatewaySMTP:
         config = self.config()
         return GatewaySMTP(
-            self.handler, self.sessions, config,
+            self.handler, self.sessions, config, guard=self.guard, listener=listener,
             data_size_limit=config.smtp.max_message_size,
             enable_SMTPUTF8=True,
             hostname=config.smtp.hostname,    # never the default: it does a DNS lookup
@@ -297,10 +321,12 @@ class SmtpFront:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for listener in self.config().smtp.listen:
+        smtp = self.config().smtp
+        for listener in (*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())):
             try:
-                server = await loop.create_server(self._protocol, listener.host, listener.port,
-                                                  reuse_address=True)
+                server = await loop.create_server(
+                    functools.partial(self._protocol, listener), listener.host, listener.port,
+                    reuse_address=True, **implicit_tls(listener, self.config))
             except OSError as exc:
                 await self.close_listeners()
                 raise OSError(exc.errno, f"cannot listen on {listener}: {exc.strerror}") from exc

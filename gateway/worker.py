@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from gateway.access import token_for
 from gateway.config import Config
 from gateway.deliver import Outcome
 from gateway.errors import ShuttingDown, SpoolError
@@ -146,7 +147,7 @@ class Worker:
 
     async def _deliver(self, delivery: Delivery) -> None:
         config = self.config()
-        token = config.api.token.reveal()
+        token = token_for(config, delivery.auth_user)   # a user's own token, else api.token
         request = dict(delivery.request)
         if config.http is not None and config.http.callback_url:
             request["callback"] = callback_url(config.http.callback_url,
