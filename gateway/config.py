@@ -473,7 +473,7 @@ def _api(data: dict[str, Any], problems: _Problems, dry_run: bool, env: Mapping[
     defaults = ApiConfig()
     dry = _value(data, "dry_run", path, _boolean, False, problems) or dry_run
     token = read_token(data, path, env, problems.add)
-    if not token and not dry:
+    if not token and not dry and not any(data.get(key) for key in TOKEN_KEYS):
         problems.add("api.token", "is required (or run with --dry-run / api.dry_run: true)")
     return ApiConfig(
         base_url=_value(data, "base_url", path, _url, defaults.base_url, problems),

@@ -136,6 +136,14 @@ class GuardedSMTP(SMTP):
         status: str = await super().handle_exception(error)
         return status
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # Bytes that are not UTF-8 (aiosmtpd keeps them as lone surrogates) or control
+        # characters make an address nobody can store, log or answer to: a malformed one.
+        if any(ch < " " or "\udc80" <= ch <= "\udcff" for ch in arg):
+            return None, None
+        result: tuple[str | None, str | None] = super()._getaddr(arg)
+        return result
+
     # --- TLS and AUTH ------------------------------------------------------------------------
 
     def encrypted(self) -> bool:
