@@ -238,3 +238,15 @@ def test_phone_numbers_and_addresses_are_masked_in_logs_when_asked() -> None:
 
 def test_reply_helper_reads_final_lines() -> None:
     assert replies(b"250-a\r\n250 b\r\n421 c\r\n") == [(250, "b"), (421, "c")]
+
+
+def test_example_config_documents_the_access_keys() -> None:
+    text = (Path(__file__).resolve().parents[1] / "config" / "example.yaml").read_text()
+    for key in ("max_connections:", "max_connections_per_address:",
+                "max_messages_per_minute_per_user:", "max_messages_per_minute_per_address:",
+                "null_sender:", "auto_submitted:", "require_starttls:", "require_auth:",
+                "cert:", "key:", "min_version:", "implicit_listen:", "required:",
+                "allow_without_tls:", "accept_any_credentials:", "max_failures:", "block_for:",
+                "password_hash:", "domains:", "senders:", "token_file:", "token_credential:",
+                "mask_personal_data:"):
+        assert key in text, key
