@@ -263,3 +263,38 @@ def test_listener_policies_and_defaults(certificate: Certificate) -> None:
     assert smtp.auth.max_failures == 3 and smtp.auth.block_for == 300
     assert "correct" not in repr(config) and PASSWORD not in repr(config)
     assert "scrypt$" not in repr(config)
+
+
+async def test_reload_brings_a_renewed_certificate_to_new_sessions(
+        tmp_path: Path, certificate: Certificate, platform: FakePlatform) -> None:
+    import yaml
+
+    from gateway.app import Gateway
+    from gateway.config import load_config
+    from tests.conftest import base_config, merge
+
+    renewed = make_certificate(tmp_path)
+    path = tmp_path / "config.yaml"
+    data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url),
+                 secured(certificate))
+    path.write_text(yaml.safe_dump(data))
+    gateway = Gateway(load_config(path))
+    await gateway.start()
+    try:
+        data["smtp"]["tls"].update(cert=str(renewed.cert), key=str(renewed.key))
+        path.write_text(yaml.safe_dump(data))
+        assert gateway.reload(path) is True
+        gw = Running(gateway)
+
+        def handshake(cert: Certificate, implicit: bool) -> None:
+            if implicit:
+                smtplib.SMTP_SSL(*listener(gw, implicit=True), context=cert.client_context(),
+                                 timeout=10).quit()
+            else:
+                starttls_client(gw, cert).quit()
+        for implicit in (False, True):
+            await asyncio.to_thread(handshake, renewed, implicit)
+            with pytest.raises(ssl.SSLError):
+                await asyncio.to_thread(handshake, certificate, implicit)
+    finally:
+        await gateway.stop()
