@@ -15,17 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import tls
-from gateway.config import (
-    Listener,
-    Secret,
-    _boolean,
-    _choice,
-    _integer,
-    _keys,
-    _Problems,
-    _text,
-    _value,
-)
+from gateway import validation as v
+from gateway.config import Listener, Secret
 from gateway.credentials import TOKEN_KEYS, read_token
 from gateway.units import parse_duration, parse_hostport
 
@@ -98,7 +89,7 @@ def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
                          f"{', '.join(sorted(_LISTENER_KEYS))})")
     if "address" not in item:
         raise ValueError("a listener mapping needs `address: host:port`")
-    starttls, auth = (None if item.get(key) is None else _boolean(item[key])
+    starttls, auth = (None if item.get(key) is None else v.boolean(item[key])
                       for key in ("require_starttls", "require_auth"))
     if implicit_tls and starttls is not None:
         raise ValueError("require_starttls means nothing on an implicit-TLS listener")
@@ -106,23 +97,23 @@ def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
                     require_auth=auth, implicit_tls=implicit_tls)
 
 
-def read_tls(data: dict[str, Any], problems: _Problems) -> TlsSettings | None:
+def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
     path = "smtp.tls"
-    _keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen"},
+    v.keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen"},
           problems)
     for key in ("cert", "key"):
         if not data.get(key):
             problems.add(f"{path}.{key}", "is required when the tls section is present")
-    min_version = _choice(data, "min_version", path, tuple(tls.MIN_VERSIONS), "1.2", problems)
+    min_version = v.choice(data, "min_version", path, tuple(tls.MIN_VERSIONS), "1.2", problems)
     no_listeners: tuple[Listener, ...] = ()
-    implicit = _value(data, "implicit_listen", path,
-                      lambda v: tuple(listener_entry(item, implicit_tls=True)
-                                      for item in (v if isinstance(v, list) else [v])),
+    implicit = v.value(data, "implicit_listen", path,
+                      lambda raw: tuple(listener_entry(item, implicit_tls=True)
+                                        for item in (raw if isinstance(raw, list) else [raw])),
                       no_listeners, problems)
-    require = _value(data, "require_starttls", path, _boolean, False, problems)
+    require = v.value(data, "require_starttls", path, v.boolean, False, problems)
     if not data.get("cert") or not data.get("key"):
         return None
-    cert_path, key_path = Path(_text(data["cert"])), Path(_text(data["key"]))
+    cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
     try:
         context = tls.server_context(cert_path, key_path, min_version)
     except ValueError as exc:
@@ -135,10 +126,10 @@ def read_tls(data: dict[str, Any], problems: _Problems) -> TlsSettings | None:
 _USER_KEYS = {"password_hash", "domains", "senders", *TOKEN_KEYS}
 
 
-def read_auth(data: dict[str, Any], problems: _Problems, env: Mapping[str, str]
+def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
               ) -> AuthSettings:
     path = "smtp.auth"
-    _keys(data, path, {"required", "allow_without_tls", "accept_any_credentials",
+    v.keys(data, path, {"required", "allow_without_tls", "accept_any_credentials",
                        "max_failures", "block_for", "users"}, problems)
     users_data = data.get("users") or {}
     users: dict[str, User] = {}
@@ -153,23 +144,23 @@ def read_auth(data: dict[str, Any], problems: _Problems, env: Mapping[str, str]
     return AuthSettings(
         users=users,
         # A section that lists users means "these may send": required unless said otherwise.
-        required=_value(data, "required", path, _boolean, bool(users), problems),
-        allow_without_tls=_value(data, "allow_without_tls", path, _boolean, False, problems),
-        accept_any_credentials=_value(data, "accept_any_credentials", path, _boolean, False,
+        required=v.value(data, "required", path, v.boolean, bool(users), problems),
+        allow_without_tls=v.value(data, "allow_without_tls", path, v.boolean, False, problems),
+        accept_any_credentials=v.value(data, "accept_any_credentials", path, v.boolean, False,
                                       problems),
-        max_failures=_value(data, "max_failures", path, _integer(1, 1000),
+        max_failures=v.value(data, "max_failures", path, v.integer(1, 1000),
                             defaults.max_failures, problems),
-        block_for=_value(data, "block_for", path, parse_duration, defaults.block_for,
+        block_for=v.value(data, "block_for", path, parse_duration, defaults.block_for,
                          problems),
     )
 
 
-def _user(name: str, data: Any, path: str, problems: _Problems, env: Mapping[str, str]
+def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str]
           ) -> User | None:
     if not isinstance(data, dict):
         problems.add(path, "must be a mapping with at least password_hash")
         return None
-    _keys(data, path, _USER_KEYS, problems)
+    v.keys(data, path, _USER_KEYS, problems)
     stored = data.get("password_hash")
     if not isinstance(stored, str) or not stored.startswith("scrypt$") \
             or stored.count("$") != 5:
@@ -180,8 +171,8 @@ def _user(name: str, data: Any, path: str, problems: _Problems, env: Mapping[str
     return User(
         name=name,
         password_hash=Secret(stored),
-        domains=_value(data, "domains", path, _names(str.lower), frozenset(), problems),
-        senders=_value(data, "senders", path, _names(str), None, problems),
+        domains=v.value(data, "domains", path, _names(str.lower), frozenset(), problems),
+        senders=v.value(data, "senders", path, _names(str), None, problems),
         token=Secret(token) if token else None,
     )
 
@@ -190,11 +181,11 @@ def _names(normal: Callable[[str], str]) -> Callable[[Any], frozenset[str]]:
     def convert(value: Any) -> frozenset[str]:
         if not isinstance(value, list) or not value:
             raise ValueError("must be a non-empty list")
-        return frozenset(normal(_text(item)) for item in value)
+        return frozenset(normal(v.text(item)) for item in value)
     return convert
 
 
-def check_access(smtp: SmtpConfig, domains: Mapping[str, object], problems: _Problems) -> None:
+def check_access(smtp: SmtpConfig, domains: Mapping[str, object], problems: v.Problems) -> None:
     """What only the whole config can tell: policies that no client could ever meet."""
     auth = smtp.auth
     if auth is not None:

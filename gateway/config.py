@@ -11,17 +11,17 @@ import ipaddress
 import os
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from gateway import validation as v
 from gateway.credentials import TOKEN_KEYS, read_token
 from gateway.errors import ConfigError
-from gateway.units import parse_duration, parse_hostport, parse_size
+from gateway.units import parse_duration, parse_hostport
 
 if TYPE_CHECKING:
     from gateway.access import AuthSettings, TlsSettings
@@ -200,17 +200,6 @@ class Config:
 # --- loading ---------------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-T = TypeVar("T")
-
-
-class _Problems:
-    """Collects every problem, each naming the key path it is about."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.lines.append(f"{path}: {message}")
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
@@ -235,28 +224,28 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
 
 def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
                  source: str = "<memory>") -> Config:
-    problems = _Problems()
+    problems = v.Problems()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
     data = _substitute_env(data, "", env, problems)
-    top = _keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
+    top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
                            "shutdown_timeout", "log"}, problems)
-    smtp = _smtp(_section(top, "smtp", problems), problems, env)
-    api = _api(_section(top, "api", problems), problems, dry_run, env)
-    spool = _spool(_section(top, "spool", problems), problems)
-    http = _http(_section(top, "http", problems), problems) if top.get("http") else None
-    bounces = _bounces(_section(top, "bounces", problems), problems)
+    smtp = _smtp(v.section(top, "smtp", problems), problems, env)
+    api = _api(v.section(top, "api", problems), problems, dry_run, env)
+    spool = _spool(v.section(top, "spool", problems), problems)
+    http = _http(v.section(top, "http", problems), problems) if top.get("http") else None
+    bounces = _bounces(v.section(top, "bounces", problems), problems)
     domains = _domains(top.get("domains"), problems)
     from gateway.access import check_access  # late: gateway.access uses this module
     check_access(smtp, domains, problems)
-    shutdown = _value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
-    log = _section(top, "log", problems)
-    _keys(log, "log", {"level", "format", "mask_personal_data"}, problems)
-    level = _choice(log, "level", "log", ("debug", "info", "warning", "error"), "info", problems)
-    log_format = _choice(log, "format", "log", ("plain", "json"), "plain", problems)
-    log_mask = _value(log, "mask_personal_data", "log", _boolean, False, problems)
+    shutdown = v.value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
+    log = v.section(top, "log", problems)
+    v.keys(log, "log", {"level", "format", "mask_personal_data"}, problems)
+    level = v.choice(log, "level", "log", ("debug", "info", "warning", "error"), "info", problems)
+    log_format = v.choice(log, "format", "log", ("plain", "json"), "plain", problems)
+    log_mask = v.value(log, "mask_personal_data", "log", v.boolean, False, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
@@ -264,11 +253,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
                   log_mask_personal=log_mask, source=source)
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: _Problems) -> Any:
+def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems) -> Any:
     if isinstance(node, dict):
         return {k: _substitute_env(v, _child_path(path, k), env, problems)
                 for k, v in node.items()}
@@ -291,80 +276,7 @@ def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: _Pro
 def _child_path(path: str, key: object) -> str:
     if path == "domains":
         return f"domains[{key}]"
-    return _join(path, str(key))
-
-
-def _keys(data: dict[str, Any], path: str, known: set[str], problems: _Problems
-          ) -> dict[str, Any]:
-    for key in data:
-        if key not in known:
-            hint = f" (known: {', '.join(sorted(known))})"
-            problems.add(_join(path, str(key)), f"unknown key{hint}")
-    return data
-
-
-def _section(parent: dict[str, Any], key: str, problems: _Problems, path: str = ""
-             ) -> dict[str, Any]:
-    value = parent.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.add(_join(path, key), f"must be a mapping, not {type(value).__name__}")
-        return {}
-    return value
-
-
-def _value(data: dict[str, Any], key: str, path: str, convert: Callable[[Any], T], default: T,
-           problems: _Problems) -> T:
-    if key not in data or data[key] is None:
-        return default
-    try:
-        return convert(data[key])
-    except (ValueError, TypeError) as exc:
-        problems.add(_join(path, key), str(exc))
-        return default
-
-
-def _choice(data: dict[str, Any], key: str, path: str, choices: Iterable[str], default: str,
-            problems: _Problems) -> str:
-    choices = tuple(choices)
-
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return str(value)
-    return _value(data, key, path, check, default, problems)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
-            return True  # "${FLAG}" substitutions arrive as strings
-        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0", ""):
-            return False
-        raise ValueError(f"{value!r} is not true or false")
-    return value
-
-
-def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError(f"{value!r} is not a whole number")
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a whole number") from None
-        if number < low or (high is not None and number > high):
-            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise ValueError(f"{number} is out of range ({bound})")
-        return number
-    return check
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{value!r} is not text")
-    return str(value)
+    return v.join(path, str(key))
 
 
 def _listeners(value: Any) -> tuple[Listener, ...]:
@@ -375,145 +287,94 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
     return tuple(listener_entry(item) for item in items)
 
 
-def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    if not isinstance(value, list):
-        raise ValueError("must be a list of networks, e.g. [127.0.0.0/8, \"::1/128\"]")
-    networks = []
-    for item in value:
-        try:
-            networks.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IPv4 or IPv6 network") from None
-    return tuple(networks)
-
-
-def _charset_name(value: Any) -> str:
-    import codecs
-    name = _text(value)
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        raise ValueError(f"{name!r} is not a charset Python knows") from None
-    return name
-
-
-def _smtp(data: dict[str, Any], problems: _Problems, env: Mapping[str, str]) -> SmtpConfig:
+def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) -> SmtpConfig:
     from gateway.access import read_auth, read_tls  # late: gateway.access uses this module
     path = "smtp"
-    _keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
+    v.keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
                        "allow_networks", "tls", "auth", "timeout", "fallback_charset",
                        "max_connections", "max_connections_per_address",
                        "max_messages_per_minute_per_user", "max_messages_per_minute_per_address",
                        "null_sender", "auto_submitted"}, problems)
     defaults = SmtpConfig()
-    tls_data, auth_data = (_section(data, key, problems, path) for key in ("tls", "auth"))
+    tls_data, auth_data = (v.section(data, key, problems, path) for key in ("tls", "auth"))
     hygiene = ("refuse", "drop", "accept")
     return SmtpConfig(
         tls=read_tls(tls_data, problems) if tls_data else None,
         auth=read_auth(auth_data, problems, env) if auth_data else None,
-        max_connections=_value(data, "max_connections", path, _integer(1, 100_000),
+        max_connections=v.value(data, "max_connections", path, v.integer(1, 100_000),
                                defaults.max_connections, problems),
-        max_connections_per_address=_value(data, "max_connections_per_address", path,
-                                           _integer(1, 100_000),
+        max_connections_per_address=v.value(data, "max_connections_per_address", path,
+                                           v.integer(1, 100_000),
                                            defaults.max_connections_per_address, problems),
-        max_messages_per_minute_per_user=_value(data, "max_messages_per_minute_per_user", path,
-                                                _integer(0), 0, problems),
-        max_messages_per_minute_per_address=_value(data, "max_messages_per_minute_per_address",
-                                                   path, _integer(0), 0, problems),
-        null_sender=_choice(data, "null_sender", path, hygiene, defaults.null_sender, problems),
-        auto_submitted=_choice(data, "auto_submitted", path, hygiene, defaults.auto_submitted,
+        max_messages_per_minute_per_user=v.value(data, "max_messages_per_minute_per_user", path,
+                                                v.integer(0), 0, problems),
+        max_messages_per_minute_per_address=v.value(data, "max_messages_per_minute_per_address",
+                                                   path, v.integer(0), 0, problems),
+        null_sender=v.choice(data, "null_sender", path, hygiene, defaults.null_sender, problems),
+        auto_submitted=v.choice(data, "auto_submitted", path, hygiene, defaults.auto_submitted,
                                problems),
-        listen=_value(data, "listen", path, _listeners, defaults.listen, problems),
-        hostname=_value(data, "hostname", path, _hostname, defaults.hostname, problems),
-        max_message_size=_value(data, "max_message_size", path, _positive_size,
+        listen=v.value(data, "listen", path, _listeners, defaults.listen, problems),
+        hostname=v.value(data, "hostname", path, v.hostname, defaults.hostname, problems),
+        max_message_size=v.value(data, "max_message_size", path, v.positive_size,
                                 defaults.max_message_size, problems),
-        max_recipients=_value(data, "max_recipients", path, _integer(1, 100_000),
+        max_recipients=v.value(data, "max_recipients", path, v.integer(1, 100_000),
                               defaults.max_recipients, problems),
-        allow_networks=_value(data, "allow_networks", path, _networks, (), problems),
-        timeout=_value(data, "timeout", path, _positive_duration, defaults.timeout, problems),
-        fallback_charset=_value(data, "fallback_charset", path, _charset_name,
+        allow_networks=v.value(data, "allow_networks", path, v.networks, (), problems),
+        timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
+        fallback_charset=v.value(data, "fallback_charset", path, v.charset_name,
                                 defaults.fallback_charset, problems),
     )
 
 
-def _hostname(value: Any) -> str:
-    name = _text(value)
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", name):
-        raise ValueError(f"{name!r} is not a host name")
-    return name
-
-
-def _positive_size(value: Any) -> int:
-    size = parse_size(value)
-    if size < 1024:
-        raise ValueError(f"{value!r} is too small (at least 1KiB)")
-    return size
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"{value!r} must be more than zero")
-    return seconds
-
-
-def _url(value: Any) -> str:
-    url = _text(value)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
-    return url
-
-
-def _api(data: dict[str, Any], problems: _Problems, dry_run: bool, env: Mapping[str, str]
+def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str]
          ) -> ApiConfig:
     path = "api"
-    _keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", *TOKEN_KEYS},
+    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", *TOKEN_KEYS},
           problems)
     defaults = ApiConfig()
-    dry = _value(data, "dry_run", path, _boolean, False, problems) or dry_run
+    dry = v.value(data, "dry_run", path, v.boolean, False, problems) or dry_run
     token = read_token(data, path, env, problems.add)
     if not token and not dry and not any(data.get(key) for key in TOKEN_KEYS):
         problems.add("api.token", "is required (or run with --dry-run / api.dry_run: true)")
     return ApiConfig(
-        base_url=_value(data, "base_url", path, _url, defaults.base_url, problems),
+        base_url=v.value(data, "base_url", path, v.url, defaults.base_url, problems),
         token=Secret(token),
-        timeout=_value(data, "timeout", path, _positive_duration, defaults.timeout, problems),
+        timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
         dry_run=dry,
-        max_concurrency=_value(data, "max_concurrency", path, _integer(1, 1000),
+        max_concurrency=v.value(data, "max_concurrency", path, v.integer(1, 1000),
                                defaults.max_concurrency, problems),
     )
 
 
-def _http(data: dict[str, Any], problems: _Problems) -> HttpConfig:
+def _http(data: dict[str, Any], problems: v.Problems) -> HttpConfig:
     path = "http"
-    _keys(data, path, {"listen", "public_url", "callback_secret", "allow_networks"}, problems)
+    v.keys(data, path, {"listen", "public_url", "callback_secret", "allow_networks"}, problems)
     if "listen" not in data:
         problems.add("http.listen", "is required when the http section is present")
-    listen = _value(data, "listen", path, lambda v: Listener(*parse_hostport(v)),
+    listen = v.value(data, "listen", path, lambda raw: Listener(*parse_hostport(raw)),
                     Listener("127.0.0.1", 8025), problems)
     # "" (an unset ${PUBLIC_URL:-}) means no callbacks, like leaving the key out.
-    public_url = _value(data, "public_url", path, _url, None, problems) \
+    public_url = v.value(data, "public_url", path, v.url, None, problems) \
         if data.get("public_url") else None
-    secret = _value(data, "callback_secret", path, _text, "", problems)
+    secret = v.value(data, "callback_secret", path, v.text, "", problems)
     if public_url and len(secret) < 16:
         problems.add("http.callback_secret", "at least 16 characters are required when "
                      "public_url is set (callbacks are signed with it)")
     return HttpConfig(listen=listen, public_url=public_url, callback_secret=Secret(secret),
-                      allow_networks=_value(data, "allow_networks", path, _networks, LOOPBACK,
+                      allow_networks=v.value(data, "allow_networks", path, v.networks, LOOPBACK,
                                             problems))
 
 
-def _bounces(data: dict[str, Any], problems: _Problems) -> BounceConfig:
+def _bounces(data: dict[str, Any], problems: v.Problems) -> BounceConfig:
     path = "bounces"
-    _keys(data, path, {"enabled", "relay", "from", "timeout"}, problems)
+    v.keys(data, path, {"enabled", "relay", "from", "timeout"}, problems)
     defaults = BounceConfig()
     return BounceConfig(
-        enabled=_value(data, "enabled", path, _boolean, False, problems),
-        relay=_value(data, "relay", path, lambda v: Listener(*parse_hostport(v)),
+        enabled=v.value(data, "enabled", path, v.boolean, False, problems),
+        relay=v.value(data, "relay", path, lambda raw: Listener(*parse_hostport(raw)),
                      defaults.relay, problems),
-        sender=_value(data, "from", path, _text, "", problems),
-        timeout=_value(data, "timeout", path, _positive_duration, defaults.timeout, problems),
+        sender=v.value(data, "from", path, v.text, "", problems),
+        timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
     )
 
 
@@ -524,14 +385,14 @@ def _retry(value: Any) -> tuple[float, ...]:
     return tuple(parse_duration(item) for item in items)
 
 
-def _spool(data: dict[str, Any], problems: _Problems) -> SpoolConfig:
+def _spool(data: dict[str, Any], problems: v.Problems) -> SpoolConfig:
     path = "spool"
-    _keys(data, path, {"path", "retry", "give_up_after"}, problems)
+    v.keys(data, path, {"path", "retry", "give_up_after"}, problems)
     defaults = SpoolConfig()
     return SpoolConfig(
-        path=_value(data, "path", path, lambda v: Path(_text(v)), defaults.path, problems),
-        retry=_value(data, "retry", path, _retry, defaults.retry, problems),
-        give_up_after=_value(data, "give_up_after", path, _positive_duration,
+        path=v.value(data, "path", path, lambda raw: Path(v.text(raw)), defaults.path, problems),
+        retry=v.value(data, "retry", path, _retry, defaults.retry, problems),
+        give_up_after=v.value(data, "give_up_after", path, v.positive_duration,
                              defaults.give_up_after, problems),
     )
 
@@ -545,7 +406,7 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
-def _domains(value: Any, problems: _Problems) -> dict[str, DomainConfig]:
+def _domains(value: Any, problems: v.Problems) -> dict[str, DomainConfig]:
     if value is None or value == {}:
         problems.add("domains", "at least one recipient domain is needed")
         return {}
@@ -571,41 +432,41 @@ def _domains(value: Any, problems: _Problems) -> dict[str, DomainConfig]:
     return domains
 
 
-def _domain(name: str, data: dict[str, Any], path: str, problems: _Problems
+def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
             ) -> DomainConfig | None:
-    _keys(data, path, _DOMAIN_KEYS, problems)
+    v.keys(data, path, _DOMAIN_KEYS, problems)
     if "type" not in data:
         problems.add(f"{path}.type", f"is required (one of {', '.join(MESSAGE_TYPES)})")
         return None
-    kind = _choice(data, "type", path, MESSAGE_TYPES, "sms", problems)
+    kind = v.choice(data, "type", path, MESSAGE_TYPES, "sms", problems)
     default_recipient = "email" if kind == "email" else "phone"
     fields: dict[str, str] = {}
     for key in ("sender", "button", "action", "image"):
         if data.get(key) is not None:
-            fields[key] = _value(data, key, path, _text, "", problems)
+            fields[key] = v.value(data, key, path, v.text, "", problems)
     if data.get("ttl") is not None:
-        fields["ttl"] = str(_value(data, "ttl", path, _integer(1), 1, problems))
+        fields["ttl"] = str(v.value(data, "ttl", path, v.integer(1), 1, problems))
     if data.get("charset") is not None:
-        fields["charset"] = _choice(data, "charset", path, API_CHARSETS, "UTF-8", problems)
+        fields["charset"] = v.choice(data, "charset", path, API_CHARSETS, "UTF-8", problems)
     for flag in ("find_token", "kannel_status"):
-        if _value(data, flag, path, _boolean, False, problems):
+        if v.value(data, flag, path, v.boolean, False, problems):
             fields[flag] = "1"
     return DomainConfig(
         name=name,
         type=kind,
-        recipient=_choice(data, "recipient", path, RECIPIENT_KINDS, default_recipient, problems),
-        text=_value(data, "text", path, _template, None, problems),
-        html=_value(data, "html", path, _boolean, True, problems),
-        max_length=_value(data, "max_length", path, _integer(2), None, problems),
-        strip_signature=_value(data, "strip_signature", path, _boolean, True, problems),
-        rewrite=_value(data, "rewrite", path, _rewrites, (), problems),
-        allow_headers=_value(data, "allow_headers", path, _overrides, frozenset(), problems),
+        recipient=v.choice(data, "recipient", path, RECIPIENT_KINDS, default_recipient, problems),
+        text=v.value(data, "text", path, _template, None, problems),
+        html=v.value(data, "html", path, v.boolean, True, problems),
+        max_length=v.value(data, "max_length", path, v.integer(2), None, problems),
+        strip_signature=v.value(data, "strip_signature", path, v.boolean, True, problems),
+        rewrite=v.value(data, "rewrite", path, _rewrites, (), problems),
+        allow_headers=v.value(data, "allow_headers", path, _overrides, frozenset(), problems),
         fields=fields,
     )
 
 
 def _template(value: Any) -> str:
-    text = _text(value)
+    text = v.text(value)
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
