@@ -17,6 +17,7 @@ from typing import Literal
 from urllib.parse import quote_plus
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from gateway.config import ApiConfig, mask
 
@@ -106,8 +107,11 @@ class PulseClient:
                         self.api.base_url)
         limits = httpx.Limits(max_connections=self.api.max_concurrency,
                               max_keepalive_connections=self.api.max_concurrency)
+        # httpx's API and exceptions over aiohttp's connection handling: measured here at about
+        # 0.5 ms of CPU per request against about 3 ms for httpx's own transport (bench/).
+        transport = self._transport or AiohttpTransport(limits=limits)
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.api.timeout), limits=limits, transport=self._transport,
+            timeout=httpx.Timeout(self.api.timeout), limits=limits, transport=transport,
             headers={"Content-Type": "application/x-www-form-urlencoded",
                      "User-Agent": "smtp2pulse"})
 
