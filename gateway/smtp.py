@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
@@ -28,6 +29,10 @@ from gateway.spool import IncomingMessage, NewDelivery, Spool
 
 log = logging.getLogger("smtp2pulse.smtp")
 
+_SIMPLE_ADDRESS = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
+    r"((?:\s.*)?)", re.DOTALL)
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 REPLY_TRY_LATER = "451 4.3.0 Temporary failure storing the message, try again later"
 
@@ -145,6 +150,11 @@ class GatewaySMTP(GuardedSMTP):
             self._in_greeting_reply = False
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The common case needs no RFC 5322 parser (about 5% of a busy gateway's CPU: aiosmtpd's
+        # builds a class on every call); anything unusual still goes through it.
+        simple = _SIMPLE_ADDRESS.fullmatch(arg)
+        if simple:
+            return simple.group(1), simple.group(2).lstrip()
         # The address parser drops (comments) silently, so "<7(900)1234567@sms.local>" would
         # become other digits than the sender wrote. Refuse instead of guessing.
         address_part = arg.split(">", 1)[0] if arg.lstrip().startswith("<") else arg

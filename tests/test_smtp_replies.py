@@ -181,3 +181,18 @@ async def test_pipelined_commands_are_answered_in_order(gw: Running,
                                             b"354 End d", b"250 2.0.0", b"221 2.0.0"]
     requests = await platform.wait_for(2)
     assert sorted(r.form["sent_to"] for r in requests) == ["79001234567", "79007654321"]
+
+
+@pytest.mark.parametrize("arg", ["<79001234567@sms.local>", "<a.b+c@x.y> SIZE=100 BODY=8BITMIME",
+                                 " <+7-900-123-45-67@sms.local>", "<ivan=example.com@mail.local>",
+                                 "<a@b>", "<>", "<a..b@c>", '<"q r"@b>', "<a@b.c(x)>",
+                                 "<@route:a@b.c>"])
+def test_fast_address_path_agrees_with_the_rfc_parser(arg: str) -> None:
+    from email._header_value_parser import get_angle_addr
+
+    from gateway.smtp import _SIMPLE_ADDRESS
+    simple = _SIMPLE_ADDRESS.fullmatch(arg)
+    if simple is None:
+        return   # left to the full parser
+    parsed, rest = get_angle_addr(arg)
+    assert (simple.group(1), simple.group(2).lstrip()) == (parsed.addr_spec, rest)
