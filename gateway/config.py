@@ -115,6 +115,7 @@ class ApiConfig:
     timeout: float = 10.0
     dry_run: bool = False
     max_concurrency: int = 8
+    max_rate: float = 0.0      # requests per second to the platform; 0 = no cap
 
     @property
     def send_url(self) -> str:
@@ -329,7 +330,8 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
 def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str]
          ) -> ApiConfig:
     path = "api"
-    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", *TOKEN_KEYS},
+    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate",
+                        *TOKEN_KEYS},
           problems)
     defaults = ApiConfig()
     dry = v.value(data, "dry_run", path, v.boolean, False, problems) or dry_run
@@ -343,6 +345,7 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
         dry_run=dry,
         max_concurrency=v.value(data, "max_concurrency", path, v.integer(1, 1000),
                                defaults.max_concurrency, problems),
+        max_rate=v.value(data, "max_rate", path, _rate, 0.0, problems),
     )
 
 
@@ -376,6 +379,18 @@ def _bounces(data: dict[str, Any], problems: v.Problems) -> BounceConfig:
         sender=v.value(data, "from", path, v.text, "", problems),
         timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
     )
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} is not a number of requests per second")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of requests per second") from None
+    if rate < 0:
+        raise ValueError(f"{value!r} is negative (0 means no cap)")
+    return rate
 
 
 def _retry(value: Any) -> tuple[float, ...]:

@@ -29,6 +29,22 @@ PURGE_EVERY = 3600.0
 KEEP_FINISHED = 7 * 86400.0
 
 
+class Pacer:
+    """At most `rate` request starts per second, spaced evenly (api.max_rate)."""
+
+    def __init__(self) -> None:
+        self._next_slot = 0.0
+
+    async def wait(self, rate: float) -> None:
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class Sender(Protocol):
     async def send(self, request: Mapping[str, str], token: str) -> Outcome: ...
 
@@ -71,6 +87,7 @@ class Worker:
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
+        self._pacer = Pacer()
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -123,7 +140,9 @@ class Worker:
         free = config.api.max_concurrency - len(self._inflight)
         if free <= 0:
             return
-        lease = config.api.timeout + 60.0
+        # Long enough for the send itself and for the wait for a rate slot before it.
+        pacing = config.api.max_concurrency / config.api.max_rate if config.api.max_rate else 0.0
+        lease = config.api.timeout + pacing + 60.0
         for delivery in await self.spool.lease(free, lease):
             task = asyncio.create_task(self._deliver(delivery), name=f"deliver-{delivery.id}")
             self._inflight.add(task)
@@ -153,6 +172,7 @@ class Worker:
             request["callback"] = callback_url(config.http.callback_url,
                                                config.http.callback_secret.reveal(),
                                                delivery.id, delivery.message_id)
+        await self._pacer.wait(config.api.max_rate)
         started = time.monotonic()
         try:
             outcome = await self.sender.send(request, token)

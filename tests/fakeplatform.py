@@ -29,6 +29,7 @@ class Received:
     content_type: str
     raw: bytes
     form: dict[str, str]
+    at: float = 0.0          # loop time of arrival
 
 
 class FakePlatform:
@@ -38,6 +39,8 @@ class FakePlatform:
         self.default: Reply = Reply()
         self.decode_as: Callable[[bytes], dict[str, str]] | None = None
         self._ids = itertools.count(1000)
+        self.inflight = 0
+        self.max_inflight = 0
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -67,7 +70,16 @@ class FakePlatform:
         raw = await request.read()
         form = (self.decode_as or _utf8_form)(raw)
         self.requests.append(Received(request.path, request.method,
-                                      request.headers.get("Content-Type", ""), raw, form))
+                                      request.headers.get("Content-Type", ""), raw, form,
+                                      asyncio.get_running_loop().time()))
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            return await self._reply()
+        finally:
+            self.inflight -= 1
+
+    async def _reply(self) -> web.Response:
         async with self._changed:
             self._changed.notify_all()
         reply = self.script.pop(0) if self.script else self.default

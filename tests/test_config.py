@@ -137,7 +137,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
                 "max_length:", "strip_signature:", "rewrite:", "allow_headers:", "sender:",
                 "ttl:", "charset:", "button:", "action:", "image:", "find_token:",
                 "kannel_status:", "public_url:", "callback_secret:", "enabled:", "relay:",
-                "from:", "format:"):
+                "from:", "format:", "max_rate:"):
         assert key in text, key
 
 

@@ -139,3 +139,28 @@ async def test_token_never_appears_in_any_log_line(
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert "outcome=refused" in logged
     assert TOKEN not in logged
+
+
+async def test_concurrency_cap_is_held_under_load(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    gw = await start_gateway({"api": {"max_concurrency": 3}})
+    platform.default = Reply(delay=0.2)
+    for n in range(4):
+        await gw.send(text_message(f"m{n}"), [f"7900123456{i}@sms.local" for i in range(3)])
+    await platform.wait_for(12)
+    assert platform.max_inflight == 3
+
+
+async def test_rate_cap_spaces_the_requests(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    gw = await start_gateway({"api": {"max_rate": 20, "max_concurrency": 8},
+                              "smtp": {"max_recipients": 20}})
+    await gw.send(text_message(), [f"790012345{i:02d}@sms.local" for i in range(15)])
+    requests = await platform.wait_for(15)
+    arrivals = sorted(r.at for r in requests)
+    # Lower bounds only: however slow the machine, k+1 requests never span less than k/rate;
+    # one slot of slack absorbs a request that the loop sent a little late.
+    for i in range(len(arrivals)):
+        for j in range(i + 4, len(arrivals)):
+            assert arrivals[j] - arrivals[i] >= (j - i - 1) / 20
+    assert arrivals[-1] - arrivals[0] >= 13 / 20
