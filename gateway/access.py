@@ -8,6 +8,7 @@ or a mapping `{address, require_starttls, require_auth}`; implicit-TLS listeners
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from gateway import validation as v
 from gateway.config import Listener, Secret
 from gateway.credentials import TOKEN_KEYS, read_token
 from gateway.units import parse_duration, parse_hostport
+
+log = logging.getLogger("smtp2pulse.access")
 
 if TYPE_CHECKING:
     from gateway.config import Config, SmtpConfig
@@ -216,4 +219,9 @@ def token_for(config: Config, user_name: str | None) -> str:
     """The platform token for a message: its user's own, else api.token."""
     auth = config.smtp.auth
     user = auth.users.get(user_name) if auth is not None and user_name else None
+    if user_name and user is None:
+        # Removed from the config (and reloaded) while its mail was queued: say whose account
+        # now pays for it.
+        log.warning("user %s is no longer configured; its queued mail goes with api.token",
+                    user_name)
     return (user.token if user is not None and user.token else config.api.token).reveal()
