@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import Child, parse_args, proc_status, start_gateway, start_helper  # noqa: E402
+from run import Child, parse_args, proc_status, start_gateway, start_helper
 
 EHLO = b"EHLO hostile.test\r\n"
 
