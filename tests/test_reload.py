@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from gateway.app import Gateway
@@ -14,57 +17,57 @@ from tests.conftest import Running, base_config, merge, text_message
 from tests.fakeplatform import FakePlatform
 
 
-async def test_reload_adds_a_domain_and_keeps_open_sessions(tmp_path: Path,
-                                                            platform: FakePlatform) -> None:
+@pytest.fixture
+async def from_file(tmp_path: Path, platform: FakePlatform
+                    ) -> AsyncIterator[tuple[Path, dict[str, Any], Gateway]]:
+    """A gateway started from a config file, so that reload() has a file to re-read."""
     path = tmp_path / "config.yaml"
     data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
     path.write_text(yaml.safe_dump(data))
     gateway = Gateway(load_config(path))
     await gateway.start()
-    try:
-        gw = Running(gateway)
-        open_session = await asyncio.to_thread(gw.client)
-        path.write_text(yaml.safe_dump(merge(data, {"domains": {"tg.local": {
-            "type": "telegram", "sender": "Bot"}}})))
-        assert gateway.reload(path) is True
-
-        await gw.send(text_message("new"), "79001234567@tg.local")
-        [request] = await platform.wait_for(1)
-        assert request.form["type"] == "telegram" and request.form["sender"] == "Bot"
-
-        # The session opened before the reload keeps the config it started with.
-        code, _ = await asyncio.to_thread(open_session.mail, "a@corp.test")
-        code, text = await asyncio.to_thread(open_session.rcpt, "79001234567@tg.local")
-        assert (code, text[:6]) == (550, b"5.7.1 ")
-        code, _ = await asyncio.to_thread(open_session.rcpt, "79001234567@sms.local")
-        assert code == 250
-        code, _ = await asyncio.to_thread(open_session.data, text_message("old").as_bytes())
-        assert code == 250
-        await asyncio.to_thread(open_session.quit)
-        await platform.wait_for(2)
-
-        path.write_text("domains: {broken")
-        assert gateway.reload(path) is False
-        await gw.send(text_message("still"), "79001234567@tg.local")
-        await platform.wait_for(3)
-    finally:
-        await gateway.stop()
+    yield path, data, gateway
+    await gateway.stop()
 
 
-async def test_reload_cannot_move_the_listener(tmp_path: Path, platform: FakePlatform) -> None:
-    path = tmp_path / "config.yaml"
-    data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
-    path.write_text(yaml.safe_dump(data))
-    gateway = Gateway(load_config(path))
-    await gateway.start()
-    try:
-        port = gateway.smtp.addresses[0][1]
-        path.write_text(yaml.safe_dump(merge(data, {"smtp": {"listen": "127.0.0.1:1"}})))
-        assert gateway.reload(path) is True
-        assert str(gateway.config.smtp.listen[0]) == "127.0.0.1:0"
-        def noop() -> int:
-            with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
-                return client.noop()[0]
-        assert await asyncio.to_thread(noop) == 250
-    finally:
-        await gateway.stop()
+async def test_reload_adds_a_domain_and_keeps_open_sessions(
+        from_file: tuple[Path, dict[str, Any], Gateway], platform: FakePlatform) -> None:
+    path, data, gateway = from_file
+    gw = Running(gateway)
+    open_session = await asyncio.to_thread(gw.client)
+    path.write_text(yaml.safe_dump(merge(data, {"domains": {"tg.local": {
+        "type": "telegram", "sender": "Bot"}}})))
+    assert gateway.reload(path) is True
+
+    await gw.send(text_message("new"), "79001234567@tg.local")
+    [request] = await platform.wait_for(1)
+    assert request.form["type"] == "telegram" and request.form["sender"] == "Bot"
+
+    # The session opened before the reload keeps the config it started with.
+    code, _ = await asyncio.to_thread(open_session.mail, "a@corp.test")
+    code, text = await asyncio.to_thread(open_session.rcpt, "79001234567@tg.local")
+    assert (code, text[:6]) == (550, b"5.7.1 ")
+    code, _ = await asyncio.to_thread(open_session.rcpt, "79001234567@sms.local")
+    assert code == 250
+    code, _ = await asyncio.to_thread(open_session.data, text_message("old").as_bytes())
+    assert code == 250
+    await asyncio.to_thread(open_session.quit)
+    await platform.wait_for(2)
+
+    path.write_text("domains: {broken")
+    assert gateway.reload(path) is False
+    await gw.send(text_message("still"), "79001234567@tg.local")
+    await platform.wait_for(3)
+
+
+async def test_reload_cannot_move_the_listener(
+        from_file: tuple[Path, dict[str, Any], Gateway]) -> None:
+    path, data, gateway = from_file
+    port = gateway.smtp.addresses[0][1]
+    path.write_text(yaml.safe_dump(merge(data, {"smtp": {"listen": "127.0.0.1:1"}})))
+    assert gateway.reload(path) is True
+    assert str(gateway.config.smtp.listen[0]) == "127.0.0.1:0"
+    def noop() -> int:
+        with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+            return client.noop()[0]
+    assert await asyncio.to_thread(noop) == 250
