@@ -162,10 +162,11 @@ def _lock_spool(path: Path) -> IO[str]:
 async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = False) -> int:
     config = load_config(config_path, dry_run=dry_run)
     setup_logging("debug" if verbose else config.log_level, config.log_format)
+    loop = asyncio.get_running_loop()
+    log.info("event loop: %s", type(loop).__module__.split(".")[0])
     gateway = Gateway(config)
     privacy.install(lambda: gateway.config.log_mask_personal)
     await gateway.start()
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
     def on_stop(signame: str) -> None:

@@ -30,8 +30,9 @@ class Daemon:
 
     running: ClassVar[set[Daemon]] = set()
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, **env: str) -> None:
         self.config = config
+        self.env = env
         self.process: asyncio.subprocess.Process | None = None
         self.log: list[str] = []
         self._reader: asyncio.Task[None] | None = None
@@ -40,7 +41,7 @@ class Daemon:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "-c", str(self.config),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         Daemon.running.add(self)
         port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read(port))
@@ -142,11 +143,14 @@ async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
     assert len(duplicates) <= ApiConfig().max_concurrency
 
 
-async def test_sigterm_drains_and_exits_0(tmp_path: Path, platform: FakePlatform) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_sigterm_drains_and_exits_0(tmp_path: Path, platform: FakePlatform,
+                                          loop: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
-    daemon = Daemon(config)
+    daemon = Daemon(config, SMTP2PULSE_LOOP=loop)
     port = await daemon.start()
+    assert any(line.endswith(f"event loop: {loop}") for line in daemon.log)
     await asyncio.to_thread(_send_one, port, "before-term")
     await platform.wait_for(1)
     assert await daemon.terminate() == 0
