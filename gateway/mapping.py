@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.config import Config, DomainConfig
+from gateway.config import Config
+from gateway.domains import DomainConfig
 from gateway.errors import Refusal
 from gateway.parse import ParsedMessage
 from gateway.text import clean_text
