@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from gateway import admin
+from gateway.access import policy_for
 from gateway.app import SpoolLocked, serve
-from gateway.config import DEFAULT_PATH, Config, load_config
+from gateway.config import DEFAULT_PATH, Config, Listener, load_config
 from gateway.deliver import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
@@ -110,9 +111,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config, dry_run=args.dry_run)
     print(f"{args.config}: valid")
-    print(f"  SMTP listeners: {', '.join(str(listener) for listener in config.smtp.listen)}"
-          f" (hostname {config.smtp.hostname}, max {config.smtp.max_message_size} bytes,"
-          f" {config.smtp.max_recipients} recipients)")
+    smtp = config.smtp
+    print(f"  SMTP (hostname {smtp.hostname}, max {smtp.max_message_size} bytes,"
+          f" {smtp.max_recipients} recipients):")
+    for listener in (*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())):
+        print(f"    {listener}: {_policy_summary(listener, config)}")
+    if smtp.auth is not None:
+        print(f"  SMTP AUTH users: {', '.join(sorted(smtp.auth.users)) or 'none'}")
     print(f"  platform: {config.api.send_url}{' (dry run)' if config.api.dry_run else ''}")
     print(f"  spool: {config.spool.path}")
     if config.http is not None:
@@ -126,6 +131,18 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"
               + (f", {details}" if details else ""))
     return EX_OK
+
+
+def _policy_summary(listener: Listener, config: Config) -> str:
+    policy = policy_for(listener, config.smtp)
+    parts = ["SMTPS" if policy.implicit_tls else
+             "STARTTLS required" if policy.require_starttls else
+             "STARTTLS offered" if config.smtp.tls else "plain"]
+    parts.append("AUTH required" if policy.require_auth else
+                 "AUTH optional" if config.smtp.auth else "no AUTH")
+    if config.smtp.tls:
+        parts.append(f"TLS {config.smtp.tls.min_version}+")
+    return ", ".join(parts)
 
 
 def _preview(args: argparse.Namespace) -> int:

@@ -160,3 +160,22 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check-config", "-c", str(broken)]) == 78
     assert "not valid YAML (line" in capsys.readouterr().err
     assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 78
+
+
+def test_check_config_summarises_listener_policies(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.passwords import hash_password
+    path = tmp_path / "auth.yaml"
+    path.write_text(
+        "api: {token: t}\n"
+        "smtp:\n"
+        "  listen: [127.0.0.1:2525, {address: '127.0.0.1:2526', require_auth: false}]\n"
+        "  auth:\n"
+        "    allow_without_tls: true\n"
+        f"    users: {{crm: {{password_hash: '{hash_password('pw')}'}}}}\n"
+        "domains:\n  sms.local: {type: sms}\n")
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "    127.0.0.1:2525: plain, AUTH required\n" in out
+    assert "    127.0.0.1:2526: plain, AUTH optional\n" in out
+    assert "  SMTP AUTH users: crm\n" in out
