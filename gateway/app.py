@@ -57,7 +57,7 @@ class Gateway:
                               metrics=self.metrics)
         self.status: StatusServer | None = None
         if config.http is not None:
-            self.status = StatusServer(config.http, lambda: self._config, self.spool,
+            self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self.smtp.listening,
                                        on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None

@@ -26,7 +26,6 @@ API_CHARSETS = (
 RECIPIENT_KINDS = ("phone", "email", "verbatim")
 OVERRIDABLE = ("sender", "ttl", "send_date", "button", "action", "image")
 PLACEHOLDERS = frozenset({"subject", "body", "from", "from_name", "to", "recipient", "domain"})
-DEFAULT_TEXT = "{subject}\n{body}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,10 +33,6 @@ class Refusal(GatewayError):
     def reply(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"
 
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
 
 class SpoolError(GatewayError):
     """The spool could not store or update something; nothing was promised."""

@@ -176,17 +176,10 @@ class GatewaySMTP(GuardedSMTP):
 class Handler:
     """aiosmtpd handler hooks: recipient checks at RCPT, the durable store at end of DATA."""
 
-    def __init__(self, config: Callable[[], Config], spool: Spool,
-                 on_stored: Callable[[], None], metrics: Metrics) -> None:
-        self.config = config
+    def __init__(self, spool: Spool, on_stored: Callable[[], None], metrics: Metrics) -> None:
         self.spool = spool
         self.on_stored = on_stored
         self.metrics = metrics
-
-    @staticmethod
-    def _session_config(server: GatewaySMTP) -> Config:
-        # Pinned per connection: a reload applies to new sessions, never half-way through one.
-        return server.config
 
     async def handle_EHLO(self, server: GatewaySMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -207,7 +200,7 @@ class Handler:
 
     async def handle_RCPT(self, server: GatewaySMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        config = self._session_config(server)
+        config = server.config   # pinned per connection: a reload applies to new sessions
         if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {config.smtp.max_recipients})"
         try:
@@ -226,7 +219,7 @@ class Handler:
 
     async def handle_DATA(self, server: GatewaySMTP, session: Session,
                           envelope: Envelope) -> str:
-        config = self._session_config(server)
+        config = server.config
         raw: bytes = envelope.original_content or b""
         verdict = server.data_verdict(envelope, raw)     # bounces and auto-replies
         if verdict is not None:
@@ -312,7 +305,7 @@ class SmtpFront:
                  on_stored: Callable[[], None], *, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.handler = Handler(config, spool, on_stored, self.metrics)
+        self.handler = Handler(spool, on_stored, self.metrics)
         self.sessions = Sessions(self.metrics)
         self.guard = Guard(self.metrics.registry)
         self._servers: list[asyncio.Server] = []

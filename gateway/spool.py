@@ -80,8 +80,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """,
 }
 
-ACTIVE_STATES = ("queued", "sending")
-FINAL_STATES = ("sent", "refused", "failed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from aiohttp import web
 
 from gateway import admin, tracking
-from gateway.config import Config, HttpConfig
+from gateway.config import Config, HttpConfig, Listener
 from gateway.errors import GatewayError
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.networks import allowed
@@ -22,10 +22,10 @@ HEALTH_PROBE_SECONDS = 2.0
 
 
 class StatusServer:
-    def __init__(self, http: HttpConfig, config: Callable[[], Config], spool: Spool,
+    def __init__(self, listen: Listener, config: Callable[[], Config], spool: Spool,
                  metrics: Metrics, ready: Callable[[], bool],
                  on_failed_status: Callable[[int], Awaitable[None]]) -> None:
-        self.http = http
+        self.listen = listen     # the socket stays; everything else follows a reload
         self.config = config
         self.spool = spool
         self.metrics = metrics
@@ -42,7 +42,7 @@ class StatusServer:
         app.router.add_get("/messages/{queue_id}", self._message)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.http.listen.host, self.http.listen.port,
+        site = web.TCPSite(self._runner, self.listen.host, self.listen.port,
                            reuse_address=True)
         await site.start()
         log.info("HTTP status listening on %s", ", ".join(
@@ -66,9 +66,14 @@ class StatusServer:
         # Metrics and message history are for the operator's networks only.
         if request.path in ("/healthz", "/callback"):
             return await handler(request)
-        if not allowed(request.remote, self.http.allow_networks):
+        if not allowed(request.remote, self._http().allow_networks):
             return web.json_response({"error": "forbidden"}, status=403)
         return await handler(request)
+
+    def _http(self) -> HttpConfig:
+        http = self.config().http
+        assert http is not None, "the status server runs only with an http section"
+        return http
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if not self.ready():
@@ -97,7 +102,7 @@ class StatusServer:
             params.update({k: str(v) for k, v in (await request.post()).items()})
         delivery, queue_id, signature = params.get("d", ""), params.get("q", ""), \
             params.get("sig", "")
-        secret = self.http.callback_secret.reveal()
+        secret = self._http().callback_secret.reveal()
         if not delivery.isdigit() or not tracking.verify(secret, int(delivery), queue_id,
                                                          signature):
             self.metrics.callbacks.labels("forged").inc()

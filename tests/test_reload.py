@@ -71,3 +71,22 @@ async def test_reload_cannot_move_the_listener(
         with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
             return client.noop()[0]
     assert await asyncio.to_thread(noop) == 250
+
+
+async def test_reload_of_the_callback_secret_signs_and_verifies_with_the_new_one(
+        tmp_path: Path, platform: FakePlatform) -> None:
+    from tests.test_status import HTTP, get, submit_and_callback_url
+    path = tmp_path / "config.yaml"
+    data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), HTTP)
+    path.write_text(yaml.safe_dump(data))
+    gateway = Gateway(load_config(path))
+    await gateway.start()
+    try:
+        data["http"]["callback_secret"] = "a-brand-new-secret-0123456789"
+        path.write_text(yaml.safe_dump(data))
+        assert gateway.reload(path) is True
+        _, url = await submit_and_callback_url(Running(gateway), platform)
+        filled = url.replace("{id}", "1").replace("{status}", "delivered")
+        assert await get(filled) == (200, '{"result": "recorded"}')
+    finally:
+        await gateway.stop()
