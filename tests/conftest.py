@@ -45,7 +45,7 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge(merged[key], value)
         else:
-            merged[key] = value
+            merged[key] = copy.deepcopy(value)   # never share a caller's dict
     return merged
 
 
