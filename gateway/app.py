@@ -20,11 +20,11 @@ from typing import IO
 from gateway import privacy
 from gateway.bounce import Bouncer
 from gateway.config import Config, load_config
-from gateway.deliver import DryRunClient, PulseClient
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.sdnotify import Notifier
+from gateway.sender_process import SenderProcess
 from gateway.smtp import SmtpFront
 from gateway.spool import Spool
 from gateway.status import StatusServer
@@ -43,13 +43,14 @@ class SpoolLocked(GatewayError):
 
 class Gateway:
     def __init__(self, config: Config, *, sender: Sender | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, verbose: bool = False) -> None:
         self._config = config
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
         self.spool = Spool(config.spool.path)
-        self.sender = sender or (DryRunClient(config.api) if config.api.dry_run
-                                 else PulseClient(config.api))
+        self.sender = sender or SenderProcess(
+            config.api, mask_personal=lambda: self._config.log_mask_personal,
+            log_level="debug" if verbose else config.log_level, log_format=config.log_format)
         self.bouncer = Bouncer(self.spool, lambda: self._config, self.metrics)
         self.worker = Worker(self.spool, self.sender, lambda: self._config,
                              metrics=self.metrics, on_bounce=self.bouncer.wake)
@@ -59,6 +60,7 @@ class Gateway:
         if config.http is not None:
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self.smtp.listening,
+                                       sending=lambda: getattr(self.sender, "running", True),
                                        on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None
 
@@ -164,7 +166,7 @@ async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = Fals
     setup_logging("debug" if verbose else config.log_level, config.log_format)
     loop = asyncio.get_running_loop()
     log.info("event loop: %s", type(loop).__module__.split(".")[0])
-    gateway = Gateway(config)
+    gateway = Gateway(config, verbose=verbose)
     privacy.install(lambda: gateway.config.log_mask_personal)
     await gateway.start()
     stopping = asyncio.Event()

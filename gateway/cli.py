@@ -20,6 +20,7 @@ from gateway.config import DEFAULT_PATH, Config, Listener, load_config
 from gateway.deliver import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
+from gateway.loops import loop_factory
 from gateway.mapping import build_request, resolve_recipient
 from gateway.parse import parse_message
 from gateway.passwords import hash_password
@@ -85,27 +86,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose))
     except (SpoolLocked, SpoolError, OSError) as exc:
         logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
         return EX_FAIL
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (the `speed` extra): about a fifth more mail accepted per
-    second in bench/. SMTP2PULSE_LOOP=asyncio turns it off, =uvloop insists on it."""
-    choice = os.environ.get("SMTP2PULSE_LOOP", "auto")
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise SystemExit("SMTP2PULSE_LOOP=uvloop, but uvloop is not installed") from None
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -40,3 +40,7 @@ class SpoolError(GatewayError):
 
 class ShuttingDown(GatewayError):
     """The component is stopping and takes no new work."""
+
+
+class DeliveryProcessError(GatewayError):
+    """The process that sends requests to the platform could not be started."""

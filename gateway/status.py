@@ -23,13 +23,14 @@ HEALTH_PROBE_SECONDS = 2.0
 
 class StatusServer:
     def __init__(self, listen: Listener, config: Callable[[], Config], spool: Spool,
-                 metrics: Metrics, ready: Callable[[], bool],
+                 metrics: Metrics, ready: Callable[[], bool], sending: Callable[[], bool],
                  on_failed_status: Callable[[int], Awaitable[None]]) -> None:
         self.listen = listen     # the socket stays; everything else follows a reload
         self.config = config
         self.spool = spool
         self.metrics = metrics
         self.ready = ready
+        self.sending = sending
         self.on_failed_status = on_failed_status
         self._runner: web.AppRunner | None = None
 
@@ -79,6 +80,10 @@ class StatusServer:
         if not self.ready():
             return web.json_response({"status": "unavailable",
                                       "reason": "SMTP listeners are not bound"}, status=503)
+        if not self.sending():
+            # Mail is still accepted and kept, but nothing leaves until it is back.
+            return web.json_response({"status": "unavailable",
+                                      "reason": "sender process is not running"}, status=503)
         try:
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await tracking.probe_writable(self.spool)

@@ -112,22 +112,23 @@ async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Ru
 
 async def test_dry_run_sends_nothing_and_records_sent(
         start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
+        capfd: pytest.CaptureFixture[str]) -> None:
     gw = await start_gateway({"api": {"dry_run": True}})
     queue_id = await gw.submit(text_message("dry"), "79001234567@sms.local")
     assert await gw.wait_final(queue_id) == ["sent"]
     assert platform.requests == []
-    logged = "\n".join(r.getMessage() for r in caplog.records)
+    await gw.gateway.stop()
+    logged = capfd.readouterr().err   # the delivery process logs to the stderr it inherited
     assert "would POST" in logged and '"sent_text": "dry\\nWorld"' in logged
     assert TOKEN not in logged
 
 
 async def test_token_never_appears_in_any_log_line(
         start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     caplog.set_level(logging.DEBUG)   # every logger, httpx and aiosmtpd included
-    gw = await start_gateway({"api": {"timeout": "300ms"}})
+    # The delivery process logs to the stderr it inherited, at the configured level.
+    gw = await start_gateway({"api": {"timeout": "300ms"}, "log": {"level": "debug"}})
     platform.script = [Reply(status=500, body=f"echo {TOKEN}"), Reply(body=f"echo {TOKEN}"),
                        Reply(delay=1.0),
                        Reply(body='{"type": "error", "msg": "bad token"}')]
@@ -137,7 +138,8 @@ async def test_token_never_appears_in_any_log_line(
     assert len(platform.requests) == 4
     assert all(r.form["token"] == TOKEN for r in platform.requests)
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
-    assert "outcome=refused" in logged
+    logged += capfd.readouterr().err
+    assert "outcome=refused" in logged and "httpx: HTTP Request: POST" in logged
     assert TOKEN not in logged
 
 
