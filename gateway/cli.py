@@ -17,13 +17,13 @@ from gateway import admin
 from gateway.access import policy_for
 from gateway.app import SpoolLocked, serve
 from gateway.config import DEFAULT_PATH, Config, Listener, load_config
-from gateway.deliver import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
 from gateway.mapping import build_request, resolve_recipient
 from gateway.parse import parse_message
 from gateway.passwords import hash_password
+from gateway.platform import masked_request
 from gateway.spool import Spool
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78

@@ -16,9 +16,9 @@ from typing import Protocol
 
 from gateway.access import token_for
 from gateway.config import Config
-from gateway.deliver import Outcome
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.metrics import Metrics
+from gateway.platform import Outcome
 from gateway.spool import Delivery, Result, Spool
 from gateway.tracking import callback_url
 

@@ -58,6 +58,11 @@ class Daemon:
         if not port.done():
             port.set_exception(RuntimeError("daemon exited:\n" + "\n".join(self.log)))
 
+    def children(self) -> list[int]:
+        """The daemon's child processes (its sender process), from /proc."""
+        assert self.process is not None
+        return [pid for pid in _all_pids() if _parent_of(pid) == self.process.pid]
+
     async def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
@@ -72,6 +77,26 @@ class Daemon:
         if self._reader:
             await self._reader
         return code
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")     # a zombie has stopped; reaping it is its new parent's job
 
 
 @pytest.fixture(autouse=True)
@@ -113,12 +138,15 @@ async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
     senders = [asyncio.create_task(asyncio.to_thread(send_stream, port, f"s{i}", accepted, stop))
                for i in range(3)]
     await eventually(lambda: len(accepted) >= 60, within=60)
+    [sender] = daemon.children()
     await daemon.kill()
     stop.set()
     await asyncio.gather(*senders)
     taken = list(accepted)
     delivered_before = len(platform.requests)
     assert delivered_before < len(taken), "the kill should land with deliveries outstanding"
+    # The sender process sees its parent gone and stops by itself: nothing sends twice.
+    await eventually(lambda: _gone(sender), within=10)
 
     restarted = Daemon(config)
     await restarted.start()
@@ -217,3 +245,24 @@ async def test_sighup_reloads_domains_in_the_running_daemon(tmp_path: Path,
     await eventually(lambda: any("reload refused" in line for line in daemon.log))
     assert await asyncio.to_thread(rcpt, "79001234567@new.local") == 250
     assert await daemon.terminate() == 0
+
+
+async def test_sigterm_to_every_process_of_the_unit_still_drains(
+        tmp_path: Path, platform: FakePlatform) -> None:
+    """systemd's default stop (KillMode=control-group) signals the sender process too: it must
+    leave the drain to its parent, so the send in flight still finishes and is recorded."""
+    platform.default = Reply(delay=1.0)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
+    daemon = Daemon(config)
+    port = await daemon.start()
+    [sender] = daemon.children()
+    await asyncio.to_thread(_send_one, port, "in-flight")
+    await platform.wait_for(1)
+    assert daemon.process is not None
+    os.kill(sender, signal.SIGTERM)
+    assert await daemon.terminate() == 0
+    assert _gone(sender)
+    assert any("outcome=sent" in line for line in daemon.log), "\n".join(daemon.log)
+    assert not any("sender process exited" in line for line in daemon.log)
+    assert len(platform.requests) == 1

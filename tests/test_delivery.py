@@ -166,3 +166,28 @@ async def test_rate_cap_spaces_the_requests(
         for j in range(i + 4, len(arrivals)):
             assert arrivals[j] - arrivals[i] >= (j - i - 1) / 20
     assert arrivals[-1] - arrivals[0] >= 13 / 20
+
+
+async def test_a_dead_sender_process_costs_a_retry_not_the_message(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import signal
+
+    from gateway.sender_process import SenderProcess
+
+    gw = await start_gateway()
+    sender = gw.gateway.sender
+    assert isinstance(sender, SenderProcess) and sender.pid is not None
+    first_pid = sender.pid
+    platform.script = [Reply(delay=2.0)]     # the first request hangs until the kill
+    queue_id = await gw.submit(text_message("survivor"), "79001234567@sms.local")
+    await platform.wait_for(1)
+    os.kill(first_pid, signal.SIGKILL)
+    assert await gw.wait_final(queue_id) == ["sent"]
+    assert sender.restarts == 1 and sender.pid != first_pid and sender.running
+    detail = await history(gw, queue_id)
+    assert detail.deliveries[0].attempts == 2
+    assert platform.requests[-1].form["sent_text"] == "survivor\nWorld"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "sender process exited (code -9)" in logged

@@ -1,0 +1,88 @@
+"""What a send-message request looks like on the wire and what the platform's reply means.
+
+Pure functions, no HTTP: the parent process uses them without loading an HTTP client.
+The platform documents exactly two replies: `{"type": "success", "id": ...}` and
+`{"type": "error", "msg": ...}`. Everything else — a timeout, a reset, a 5xx, a 429, an HTML
+error page, JSON of another shape — is an unknown outcome and is retried, never taken as success.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote_plus
+
+from gateway.config import mask
+
+# The platform's names for the encodings it accepts, to Python codec names.
+_CODECS = {
+    **dict.fromkeys(("UTF16BE", "UTF-16BE", "UCS-2BE", "UCS2BE"), "utf-16-be"),
+    **dict.fromkeys(("UTF16LE", "UTF-16LE", "UCS-2LE", "UCS2LE"), "utf-16-le"),
+    "CP1251": "cp1251", "UTF-8": "utf-8",
+}
+_TEXT_FIELDS = ("sent_text", "html_text")
+_MAX_ERROR_TEXT = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Literal["sent", "refused", "retry"]
+    platform_id: str | None = None
+    detail: str = ""
+    retry_after: float | None = None
+
+
+def encode_form(request: Mapping[str, str], token: str) -> bytes:
+    """Form-encode a request; the text fields in the charset the request declares."""
+    codec = _CODECS.get(request.get("charset", "UTF-8"), "utf-8")
+    pairs = [("token", token), *request.items()]
+    return "&".join(
+        quote_plus(name) + "=" + quote_plus(
+            value, encoding=codec if name in _TEXT_FIELDS else "utf-8", errors="replace")
+        for name, value in pairs).encode("ascii")
+
+
+def masked_request(request: Mapping[str, str], token: str) -> dict[str, str]:
+    """The request as a person may see it: token masked."""
+    return {"token": mask(token), **request}
+
+
+def classify(status: int, body: bytes, headers: Mapping[str, str], now: float) -> Outcome:
+    if status == 429 or status >= 500:
+        return Outcome("retry", detail=f"HTTP {status}",
+                       retry_after=retry_after_seconds(headers.get("retry-after"), now))
+    try:
+        reply = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        reply = None
+    if isinstance(reply, dict):
+        kind = reply.get("type")
+        if kind == "success" and isinstance(reply.get("id"), str | int) and reply["id"] != "":
+            return Outcome("sent", platform_id=str(reply["id"]))
+        if kind == "error":
+            return Outcome("refused", detail=short(str(reply.get("msg", "")) or "error"))
+    return Outcome("retry", detail=f"HTTP {status}, unrecognised reply: "
+                                   f"{short(body.decode('utf-8', 'replace'))!r}")
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + "…"
+
+
