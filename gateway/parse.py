@@ -23,7 +23,7 @@ from email.utils import parseaddr
 from typing import Any
 
 from gateway.htmltext import html_to_text
-from gateway.text import LINE_BREAK, clean_text, one_line, scrub
+from gateway.text import clean_text, lf, one_line, scrub
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
     parts = list(_walk(message))
     plain, html, unused = _sort_parts(parts)
     # LF line breaks and no trailing blank lines, as for sent_text: the platform gets one style.
-    html_text = (scrub(LINE_BREAK.sub("\n", _part_text(html, fallback))).strip()
+    html_text = (scrub(lf(_part_text(html, fallback))).strip()
                  if html is not None else None)
     text = clean_text(_part_text(plain, fallback)) if plain is not None else ""
     if not text and html_text is not None:
@@ -267,7 +267,7 @@ def _address(value: str, fallback: str) -> tuple[str, str]:
 
 def _unfolded(value: str, fallback: str) -> str:
     """The header value on one line, with raw 8-bit bytes (no RFC 2047) decoded as text."""
-    value = LINE_BREAK.sub("", value)
+    value = value.replace("\r", "").replace("\n", "")
     if value.isascii():
         return value
     # The parser keeps undecodable bytes as surrogate escapes; get the bytes back.
