@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterator, Mapping
+from email.feedparser import FeedParser
 from email.headerregistry import BaseHeader, HeaderRegistry, ParameterizedMIMEHeader
 from email.message import Message
 from email.parser import BytesParser
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 _MAX_PARSED_HEADER = 8192
 # Parts nested deeper than this are ignored; the parser itself gives up at a few hundred.
 _MAX_DEPTH = 200
+# What email.parser.Parser.parse reads from its file at a time (see _structure).
+_PARSER_CHUNK = 8192
 
 # RFC 2047: =?charset[*lang]?B|Q?text?= where text is printable ASCII other than "?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([!->@-~]*)\?=")
@@ -80,7 +83,7 @@ _STRUCTURE = compat32
 def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage:
     """The parts of a raw message the gateway uses; never raises."""
     try:
-        return _parsed(BytesParser(policy=_STRUCTURE).parsebytes(raw), fallback_charset)
+        return _parsed(_structure(raw), fallback_charset)
     except Exception:
         # A bug here or in the stdlib (deep nesting ends in RecursionError inside the parser)
         # must not lose the message: keep its headers if we can and its body as plain text.
@@ -91,6 +94,19 @@ def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage
         return dataclasses.replace(parsed, defects=parsed.defects + 1)
     except Exception:
         return _unparsed(raw, fallback_charset)
+
+
+def _structure(raw: bytes) -> Message:
+    """BytesParser(policy=_STRUCTURE).parsebytes(raw), without its trip through a StringIO.
+
+    The same FeedParser gets the same 8192-character pieces Parser.parse would read from the
+    StringIO; filling it and reading it back cost a third of parsing a 150 KB message.
+    """
+    text = raw.decode("ascii", "surrogateescape")
+    parser = FeedParser(policy=_STRUCTURE)
+    for start in range(0, len(text), _PARSER_CHUNK):
+        parser.feed(text[start:start + _PARSER_CHUNK])
+    return parser.close()
 
 
 def decode_bytes(data: bytes, declared: str | None, fallback_charset: str) -> str:

@@ -11,7 +11,48 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.parse import _charset, _split_address
+from gateway.parse import _charset, _split_address, _structure
+
+# --- the structure -------------------------------------------------------------------------
+
+def summary(message: Message) -> object:
+    """Everything the parser decided about a message, comparable with ==."""
+    payload = message.get_payload()
+    return (message.get_unixfrom(), list(message.raw_items()), message.preamble,
+            message.epilogue, [type(defect) for defect in message.defects],
+            [summary(part) for part in payload] if isinstance(payload, list) else payload)
+
+
+def multipart(size: int, newline: str) -> bytes:
+    """A multipart whose lines straddle the parser's 8192-character reads near `size`."""
+    filler = ("x" * 70 + newline) * (size // 72) + "y" * (size % 72)
+    return (f"Content-Type: multipart/mixed; boundary=b{newline}{newline}--b{newline}"
+            f"Content-Type: text/plain{newline}{newline}{filler}{newline}--b{newline}"
+            f"Content-Type: text/html{newline}{newline}<p>\xff</p>{newline}--b--{newline}"
+            ).encode("latin-1")
+
+
+@pytest.mark.parametrize("raw", [
+    *(multipart(size, newline) for size in range(8000, 8300, 7) for newline in ("\r\n", "\n")),
+    b"Subject: x\r\n\r\n" + b"a" * 8175 + b"\r\n" + b"b" * 9000,
+    b"Subject: x\r\n" + b"X-Long: " + b"z" * 20000 + b"\r\n\r\nbody",
+    b"", b"\r\n", b"no headers at all", b"From nobody Mon Jan  1 00:00:00 2024\nSubject: s\n\nb",
+])
+def test_structure_is_bytes_parser(raw: bytes) -> None:
+    assert summary(_structure(raw)) == summary(BytesParser(policy=compat32).parsebytes(raw))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([b"Content-Type: multipart/alternative; boundary=q", b"--q",
+                                 b"--q--", b"Subject: \xd0\x96", b"", b"text \xff", b" folded",
+                                 b"Content-Type: message/rfc822", b"From: a@b", b"\r"]),
+                max_size=40),
+       st.sampled_from([b"\r\n", b"\n", b"\r"]), st.integers(0, 9000))
+def test_structure_is_bytes_parser_on_random_mail(lines: list[bytes], newline: bytes,
+                                                  padding: int) -> None:
+    raw = newline.join(lines[:3]) + newline + b"p" * padding + newline.join(lines[3:])
+    assert summary(_structure(raw)) == summary(BytesParser(policy=compat32).parsebytes(raw))
+
 
 # --- From: -----------------------------------------------------------------------------------
 
