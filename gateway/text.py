@@ -43,4 +43,4 @@ def clean_text(text: str) -> str:
     text = lf(text)
     if _UNUSUAL.search(text):
         text = scrub(CONTROL.sub("", text))
-    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+    return "\n".join(map(str.rstrip, text.split("\n"))).strip("\n")
