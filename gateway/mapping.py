@@ -119,6 +119,8 @@ def render_text(message: ParsedMessage, recipient: Recipient, domain: DomainConf
 
 def strip_signature(body: str) -> str:
     """Cut at the last signature separator line ("-- "; many clients drop its trailing space)."""
+    if "--" not in body:
+        return body   # most bodies: no line to look for
     lines = body.split("\n")
     for index in range(len(lines) - 1, -1, -1):
         if lines[index].rstrip() == "--":

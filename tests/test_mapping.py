@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.config import Config, parse_config
 from gateway.errors import Refusal
-from gateway.mapping import build_request, resolve_recipient
+from gateway.mapping import build_request, resolve_recipient, strip_signature
 from gateway.parse import ParsedMessage
 
 
@@ -95,6 +97,14 @@ def test_text_is_trimmed_and_signature_dropped() -> None:
     assert request(config(), msg)["sent_text"] == "S\nline one\nline two"
     assert request(config(strip_signature=False), msg)["sent_text"] == \
         "S\nline one\nline two\n\n--\nBest regards\nBob"
+
+
+@given(st.text(st.sampled_from("-- \t\n\u3000ab")))
+def test_strip_signature_shortcut(body: str) -> None:
+    # The definition, without the shortcut for bodies that have no "--" at all.
+    lines = body.split("\n")
+    cut = [i for i, line in enumerate(lines) if line.rstrip() == "--"]
+    assert strip_signature(body) == ("\n".join(lines[:cut[-1]]) if cut else body)
 
 
 def test_max_length_cuts_with_an_ellipsis() -> None:
