@@ -191,3 +191,14 @@ async def test_a_dead_sender_process_costs_a_retry_not_the_message(
     assert platform.requests[-1].form["sent_text"] == "survivor\nWorld"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "sender process exited (code -9)" in logged
+
+
+async def test_the_sender_process_runs_below_the_smtp_side(gw: Running) -> None:
+    import os
+
+    from gateway.sender_process import SENDER_NICENESS, SenderProcess
+
+    sender = gw.gateway.sender
+    assert isinstance(sender, SenderProcess) and sender.pid is not None
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, sender.pid) == min(19, ours + SENDER_NICENESS)
