@@ -310,7 +310,10 @@ def main(argv: list[str]) -> int:
     # nothing. Under a burst on a small machine the acceptor runs first and the spool holds
     # the backlog; with a core to spare this changes nothing. (bench/: +20% accepted a second
     # on 2 cores, end-to-end rate unchanged.)
-    os.nice(SENDER_NICENESS)
+    try:
+        os.nice(SENDER_NICENESS)
+    except OSError as exc:   # a seccomp filter without setpriority: slower bursts, nothing worse
+        print(f"smtp2pulse sender process: cannot lower its priority: {exc}", file=sys.stderr)
     # asyncio's own loop: uvloop costs this process 10 MB of RSS and measured no gain here
     # (bench/, child CPU per request the same within noise); the SMTP side keeps it.
     with asyncio.Runner() as runner:
