@@ -40,9 +40,22 @@ def encode_form(request: Mapping[str, str], token: str) -> bytes:
     codec = _CODECS.get(request.get("charset", "UTF-8"), "utf-8")
     pairs = [("token", token), *request.items()]
     return "&".join(
-        quote_plus(name) + "=" + quote_plus(
-            value, encoding=codec if name in _TEXT_FIELDS else "utf-8", errors="replace")
+        quote_plus(name) + "=" + form_value(value, codec if name in _TEXT_FIELDS else "utf-8")
         for name, value in pairs).encode("ascii")
+
+
+def form_value(value: str, codec: str) -> str:
+    """One value, percent-encoded from its bytes in `codec`.
+
+    ASCII in an ASCII-compatible codec takes quote_plus. Anything else has every octet
+    escaped, which form decoding reads the same way (any %XX is that byte) and which runs at C
+    speed: quote_plus's per-byte Python loop was an eighth of the sender process's CPU for a
+    Cyrillic text, where nearly every byte is escaped anyway.
+    """
+    if value.isascii() and codec in ("utf-8", "cp1251"):
+        return quote_plus(value)
+    data = value.encode(codec, "replace")
+    return "%" + data.hex("%").upper() if data else ""
 
 
 def masked_request(request: Mapping[str, str], token: str) -> dict[str, str]:
