@@ -2,6 +2,19 @@
 
 Everything here is total: broken or hostile input gives a degraded result, never an exception,
 because the SMTP session still has to answer for a message nobody can parse.
+
+Most mail to the gateway is the simplest shape, and parse_message reads that shape itself (the
+fast path, _simple_parsed) instead of running the email package's FeedParser (_slow), giving
+an equal ParsedMessage (tests/test_parse_simple.py pins it to _slow). The shape, exactly:
+  * header lines `Name:value` up to the first empty line (CRLF or LF, the two may mix); a name
+    is one or more of the printable ASCII characters other than ":"; a value is any bytes but
+    CR and LF; no folded lines, no "From " envelope line, no lone CR, an empty line present;
+  * Content-Type, Content-Transfer-Encoding and MIME-Version at most once, no
+    Content-Disposition;
+  * Content-Type absent, `text/plain`, or `text/plain; charset=name` (name maybe quoted; the
+    form _PLAIN_CONTENT_TYPE reads), ASCII, any case, nothing else around it;
+  * Content-Transfer-Encoding absent, 7bit, 8bit, binary or quoted-printable (any case).
+Anything else, or any exception on the way, goes to the FeedParser as before.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ import codecs
 import contextlib
 import dataclasses
 import logging
+import quopri
 import re
 from collections.abc import Iterator, Mapping
 from email.feedparser import FeedParser
@@ -50,6 +64,21 @@ _CHARSET = r"[A-Za-z0-9_.:-]+"
 _PLAIN_CONTENT_TYPE = re.compile(
     rf"{_MIME_NAME}/{_MIME_NAME}[ \t]*;[ \t]*(?i:charset)=(?:\"({_CHARSET})\"|({_CHARSET}))",
     re.ASCII)
+# The fast path's shape (see the module docstring). A line FeedParser would see as a header
+# (its headerRE) that is neither folded nor "From ", then the empty line that ends the headers;
+# a lone CR (a line break to FeedParser) fails the match.
+_SIMPLE_HEADER_BLOCK = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r?\n)*\r?\n")
+# One of its lines as compat32's header_source_parse splits it: name up to the colon, value
+# without its leading blanks (trailing ones stay).
+_SIMPLE_HEADER_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
+_SIMPLE_CONTENT_TYPE = re.compile(
+    rf"(?i:text/plain)(?:[ \t]*;[ \t]*(?i:charset)=(?:\"({_CHARSET})\"|({_CHARSET})))?",
+    re.ASCII)
+# Transfer encodings whose payload get_payload(decode=True) gives as the raw body bytes.
+_RAW_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+# Headers that say how to read the body: at most one each. Message.get would read the first of
+# several, as the fast path does, but a message with two is odd enough for the slow path.
+_STRUCTURAL = ("content-type", "content-transfer-encoding", "mime-version")
 _PLAIN_ADDRESS = re.compile(rf"((?:[\w!#$%&'*+/=?^`{{|}}~-]+ )*)<({_ADDR_SPEC})>|({_ADDR_SPEC})")
 
 
@@ -82,6 +111,16 @@ _STRUCTURE = compat32
 
 def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage:
     """The parts of a raw message the gateway uses; never raises."""
+    try:
+        simple = _simple_parsed(raw, fallback_charset)
+    except Exception:
+        # The same input fails the same way on the slow path, which knows what to do then.
+        simple = None
+    return simple if simple is not None else _slow(raw, fallback_charset)
+
+
+def _slow(raw: bytes, fallback_charset: str) -> ParsedMessage:
+    """parse_message through the email package's FeedParser, for any shape of message."""
     try:
         return _parsed(_structure(raw), fallback_charset)
     except Exception:
@@ -137,9 +176,45 @@ def _text_codec(name: str | None) -> str | None:
     return info.name
 
 
+def _simple_parsed(raw: bytes, fallback: str) -> ParsedMessage | None:
+    """What _slow gives for a message of the fast path's shape; None for any other message.
+
+    For this shape FeedParser stores each header as (name, value) exactly as
+    _SIMPLE_HEADER_LINE splits it, with no defects, and the rest of the message after the empty
+    line as the payload of a text/plain leaf; get_payload(decode=True) gives that payload's
+    bytes back as they were (7bit, 8bit, binary) or through quopri.decodestring.
+    """
+    block = _SIMPLE_HEADER_BLOCK.match(raw)
+    if block is None:
+        return None
+    first: dict[str, str] = {}
+    for name, value in _SIMPLE_HEADER_LINE.findall(
+            raw[:block.end()].decode("ascii", "surrogateescape")):
+        key = name.lower()
+        if key in first and key in _STRUCTURAL:
+            return None
+        first.setdefault(key, value)
+    if "content-disposition" in first:
+        return None   # an attachment is no body; let the slow path decide
+    content_type = first.get("content-type")
+    charset: str | None = None
+    if content_type is not None:
+        plain = _SIMPLE_CONTENT_TYPE.fullmatch(content_type)
+        if plain is None:
+            return None
+        charset = (plain[1] or plain[2] or "").lower() or None
+    encoding = first.get("content-transfer-encoding", "").lower()
+    body = raw[block.end():]
+    if encoding == "quoted-printable":
+        body = quopri.decodestring(body)
+    elif encoding and encoding not in _RAW_ENCODINGS:
+        return None
+    text = clean_text(decode_bytes(body, charset, fallback))
+    return _assembled(first, fallback, text=text, html=None, dropped=(), defects=0)
+
+
 def _parsed(message: Message, fallback: str) -> ParsedMessage:
     first = _first_headers(message)
-    from_name, from_addr = _address(first.get("from", ""), fallback)
     parts = list(_walk(message))
     plain, html, unused = _sort_parts(parts)
     # LF line breaks and no trailing blank lines, as for sent_text: the platform gets one style.
@@ -148,18 +223,31 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
     text = clean_text(_part_text(plain, fallback)) if plain is not None else ""
     if not text and html_text is not None:
         text = html_to_text(html_text)
+    dropped = tuple(_describe(part, fallback) for part in unused)
+    # Counted last: decoding a payload (bad base64, say) adds defects of its own.
+    defects = sum(len(part.defects) for part in parts)
+    return _assembled(first, fallback, text=text, html=html_text, dropped=dropped,
+                      defects=defects)
+
+
+def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str | None,
+               dropped: tuple[str, ...], defects: int) -> ParsedMessage:
+    """The ParsedMessage, its header fields read from the first value of each header.
+
+    Both paths end here, so the header fields cannot differ between them.
+    """
+    from_name, from_addr = _address(first.get("from", ""), fallback)
     return ParsedMessage(
         subject=_header_text(first.get("subject", ""), fallback),
         text=text,
-        html=html_text,
+        html=html,
         from_addr=from_addr,
         from_name=from_name,
         headers={name: _header_text(value, fallback) for name, value in first.items()
                  if name.startswith("x-pulse-")},
         auto_submitted=_header_text(first.get("auto-submitted", ""), fallback).lower(),
-        dropped_attachments=tuple(_describe(part, fallback) for part in unused),
-        # Counted last: decoding a payload (bad base64, say) adds defects of its own.
-        defects=sum(len(part.defects) for part in parts),
+        dropped_attachments=dropped,
+        defects=defects,
     )
 
 

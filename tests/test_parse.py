@@ -391,7 +391,9 @@ def test_a_bug_while_parsing_still_gives_the_body(monkeypatch: pytest.MonkeyPatc
     def broken(*args: object) -> ParsedMessage:
         raise RuntimeError("bug")
 
+    # Both paths: the message is simple enough for the fast one, and its bug must not lose it.
     monkeypatch.setattr("gateway.parse._parsed", broken)
+    monkeypatch.setattr("gateway.parse._simple_parsed", broken)
     logging.disable(logging.WARNING)
     try:
         message = parse_message(raw("Subject: x", body="Тело\r\n".encode("cp1251")))
