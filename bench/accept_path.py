@@ -37,32 +37,17 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
+from loadgen import RUSSIAN, body_text
+
 ROOT = Path(__file__).resolve().parent.parent
-RUSSIAN = ("Здравствуйте! Ваш заказ № 4217 собран и ждёт вас в пункте выдачи на улице "
-           "Ленина, 15. Срок хранения — пять дней. Спасибо, что выбрали наш магазин. ")
 STEPS = ("auto_generated", "parse_message", "clean_text", "build_request", "prepare")
 
 
 # --- messages --------------------------------------------------------------------------------
 
 def wrapped(size: int, codec: str) -> str:
-    """About `size` encoded bytes of Russian text, wrapped at ~72 characters."""
-    words: list[str] = []
-    total = 0
-    source = RUSSIAN.split()
-    while total < size:
-        word = source[len(words) % len(source)]
-        words.append(word)
-        total += len(word.encode(codec)) + 1
-    lines, line = [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > 72:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    lines.append(line)
-    return "\n".join(lines)
+    """About `size` encoded bytes of Russian text, wrapped at ~72 characters (as loadgen's)."""
+    return body_text(RUSSIAN, size, codec)
 
 
 def crlf(text: str) -> str:

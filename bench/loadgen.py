@@ -94,7 +94,7 @@ def build_message(marker: str, recipients: tuple[str, ...], body_size: int, char
     mime_charset = CHARSETS[charset]
     sample = LATIN if charset == "ascii" else RUSSIAN
     codec = "cp1251" if charset == "cp1251" else "ascii" if charset == "ascii" else "utf-8"
-    body = _body_text(sample, body_size, codec)
+    body = body_text(sample, body_size, codec)
     headers = (f"From: Bench <bench@example.com>\r\nTo: {', '.join(recipients)}\r\n"
                f"Subject: {marker}\r\nMessage-ID: <{marker}@bench.example>\r\n"
                f"Date: {formatdate(localtime=True)}\r\nMIME-Version: 1.0\r\n"
@@ -105,7 +105,7 @@ def build_message(marker: str, recipients: tuple[str, ...], body_size: int, char
     return headers + b"\r\n".join(lines) + b"\r\n.\r\n"
 
 
-def _body_text(sample: str, size: int, codec: str) -> str:
+def body_text(sample: str, size: int, codec: str) -> str:
     """About `size` encoded bytes of text, wrapped at ~72 characters like a mail client."""
     words: list[str] = []
     total = 0
