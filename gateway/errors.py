@@ -42,5 +42,5 @@ class ShuttingDown(GatewayError):
     """The component is stopping and takes no new work."""
 
 
-class DeliveryProcessError(GatewayError):
+class SenderProcessError(GatewayError):
     """The process that sends requests to the platform could not be started."""

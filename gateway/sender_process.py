@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway import privacy
 from gateway.config import ApiConfig
-from gateway.errors import DeliveryProcessError
+from gateway.errors import SenderProcessError
 from gateway.logs import setup_logging
 from gateway.platform import Outcome
 
@@ -185,7 +185,7 @@ class SenderProcess:
         if reply is None or reply[0] != "ready":
             reason = reply[1] if reply is not None else "it exited"
             await self._reap()
-            raise DeliveryProcessError(f"sender process did not start: {reason}")
+            raise SenderProcessError(f"sender process did not start: {reason}")
         self._up.set()
         log.debug("sender process %d started", self._process.pid)
 
@@ -236,7 +236,7 @@ class SenderProcess:
                 break
             try:
                 await self._spawn()
-            except (DeliveryProcessError, OSError) as exc:
+            except (SenderProcessError, OSError) as exc:
                 log.error("%s", exc)
                 continue
             self.restarts += 1

@@ -53,6 +53,13 @@ async def test_healthz_ok_then_503_when_listeners_are_gone(gw: Running) -> None:
     assert status == 503 and '"reason": "SMTP listeners are not bound"' in body
 
 
+async def test_healthz_503_while_the_sender_process_is_not_running(gw: Running) -> None:
+    assert await get(base(gw) + "/healthz") == (200, '{"status": "ok"}')
+    await gw.gateway.sender.close()    # stopped for good: no new child comes
+    status, body = await get(base(gw) + "/healthz")
+    assert status == 503 and '"reason": "sender process is not running"' in body
+
+
 async def test_healthz_503_when_the_spool_cannot_be_written(gw: Running) -> None:
     blocker = sqlite3.connect(gw.gateway.config.spool.path, timeout=5)
     blocker.execute("BEGIN IMMEDIATE")   # another writer holds the lock
