@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from gateway import privacy
 from gateway.bounce import Bouncer
@@ -28,8 +28,10 @@ from gateway.sdnotify import Notifier
 from gateway.sender_process import SenderProcess
 from gateway.smtp import SmtpFront
 from gateway.spool import Spool
-from gateway.status import StatusServer
 from gateway.worker import Sender, Worker
+
+if TYPE_CHECKING:
+    from gateway.status import StatusServer
 
 log = logging.getLogger("smtp2pulse")
 
@@ -59,6 +61,9 @@ class Gateway:
                               metrics=self.metrics)
         self.status: StatusServer | None = None
         if config.http is not None:
+            # Imported only when configured: aiohttp's server is about 10 MB of the daemon's
+            # memory, and the http section is optional (bench/run.py --memory).
+            from gateway.status import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self.smtp.listening,
                                        sending=lambda: getattr(self.sender, "running", True),
