@@ -125,20 +125,23 @@ def send_stream(port: int, prefix: str, accepted: list[str], stop: threading.Eve
             return
 
 
+@pytest.mark.parametrize("mode", ["inline", "process"])
 async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
-                                                           platform: FakePlatform) -> None:
+                                                           platform: FakePlatform,
+                                                           mode: str) -> None:
     platform.default = Reply(delay=0.3)   # a backlog, and sends in flight, when the kill lands
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
 
-    daemon = Daemon(config)
+    daemon = Daemon(config, SMTP2PULSE_SENDER=mode)
     port = await daemon.start()
     accepted: list[str] = []
     stop = threading.Event()
     senders = [asyncio.create_task(asyncio.to_thread(send_stream, port, f"s{i}", accepted, stop))
                for i in range(3)]
     await eventually(lambda: len(accepted) >= 60, within=60)
-    [sender] = daemon.children()
+    senders_before = daemon.children()
+    assert len(senders_before) == (1 if mode == "process" else 0)
     await daemon.kill()
     stop.set()
     await asyncio.gather(*senders)
@@ -146,9 +149,9 @@ async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
     delivered_before = len(platform.requests)
     assert delivered_before < len(taken), "the kill should land with deliveries outstanding"
     # The sender process sees its parent gone and stops by itself: nothing sends twice.
-    await eventually(lambda: _gone(sender), within=10)
+    await eventually(lambda: all(_gone(pid) for pid in senders_before), within=10)
 
-    restarted = Daemon(config)
+    restarted = Daemon(config, SMTP2PULSE_SENDER=mode)
     await restarted.start()
     def delivered() -> set[str]:
         return {r.form["sent_text"].split("\n")[1] for r in platform.requests}
@@ -254,7 +257,7 @@ async def test_sigterm_to_every_process_of_the_unit_still_drains(
     platform.default = Reply(delay=1.0)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
-    daemon = Daemon(config)
+    daemon = Daemon(config, SMTP2PULSE_SENDER="process")
     port = await daemon.start()
     [sender] = daemon.children()
     await asyncio.to_thread(_send_one, port, "in-flight")

@@ -111,22 +111,30 @@ async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Ru
     assert platform.requests[-1].form["sent_text"] == "while down\nWorld"
 
 
+@pytest.mark.parametrize("mode", ["inline", "process"])
 async def test_dry_run_sends_nothing_and_records_sent(
         start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        capfd: pytest.CaptureFixture[str]) -> None:
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
     gw = await start_gateway({"api": {"dry_run": True}})
     queue_id = await gw.submit(text_message("dry"), "79001234567@sms.local")
     assert await gw.wait_final(queue_id) == ["sent"]
     assert platform.requests == []
     await gw.gateway.stop()
-    logged = capfd.readouterr().err   # the delivery process logs to the stderr it inherited
+    # The sender process logs to the stderr it inherited; inline, the daemon's loggers do.
+    logged = capfd.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
     assert "would POST" in logged and '"sent_text": "dry\\nWorld"' in logged
     assert TOKEN not in logged
 
 
+@pytest.mark.parametrize("mode", ["inline", "process"])
 async def test_token_never_appears_in_any_log_line(
         start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
     caplog.set_level(logging.DEBUG)   # every logger, httpx and aiosmtpd included
     # The delivery process logs to the stderr it inherited, at the configured level.
     gw = await start_gateway({"api": {"timeout": "300ms"}, "log": {"level": "debug"}})
@@ -140,7 +148,7 @@ async def test_token_never_appears_in_any_log_line(
     assert all(r.form["token"] == TOKEN for r in platform.requests)
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     logged += capfd.readouterr().err
-    # The sender process's own lines (its plain-http warning) are in what was read.
+    # The sender's own lines (its plain-http warning) are in what was read, in either mode.
     assert "outcome=refused" in logged and "is plain http" in logged
     assert TOKEN not in logged
 
@@ -172,12 +180,13 @@ async def test_rate_cap_spaces_the_requests(
 
 async def test_a_dead_sender_process_costs_a_retry_not_the_message(
         start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import signal
 
     from gateway.sender_process import SenderProcess
 
+    monkeypatch.setenv("SMTP2PULSE_SENDER", "process")
     gw = await start_gateway()
     sender = gw.gateway.sender
     assert isinstance(sender, SenderProcess) and sender.pid is not None
@@ -195,28 +204,34 @@ async def test_a_dead_sender_process_costs_a_retry_not_the_message(
     assert "sender process exited (code -9)" in logged
 
 
-async def test_the_sender_process_runs_below_the_smtp_side(gw: Running) -> None:
+async def test_the_sender_process_runs_below_the_smtp_side(
+        start_gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
     from gateway.sender_process import SENDER_NICENESS, SenderProcess
 
-    sender = gw.gateway.sender
+    monkeypatch.setenv("SMTP2PULSE_SENDER", "process")
+    sender = (await start_gateway()).gateway.sender
     assert isinstance(sender, SenderProcess) and sender.pid is not None
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, sender.pid) == min(19, ours + SENDER_NICENESS)
 
 
-async def test_inline_sender_delivers_from_the_daemon_itself(
+@pytest.mark.parametrize(("mode", "kind"), [(None, "PulseClient"), ("inline", "PulseClient"),
+                                            ("process", "SenderProcess")])
+async def test_each_sender_mode_delivers(
         start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.deliver import PulseClient
-
-    monkeypatch.setenv("SMTP2PULSE_SENDER", "inline")
+        monkeypatch: pytest.MonkeyPatch, mode: str | None, kind: str) -> None:
+    if mode is None:
+        monkeypatch.delenv("SMTP2PULSE_SENDER", raising=False)   # the default: in the daemon
+    else:
+        monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
     gw = await start_gateway()
-    assert isinstance(gw.gateway.sender, PulseClient)
-    queue_id = await gw.submit(text_message("inline"), "79001234567@sms.local")
+    assert type(gw.gateway.sender).__name__ == kind
+    queue_id = await gw.submit(text_message(f"via {mode}"), "79001234567@sms.local")
     assert await gw.wait_final(queue_id) == ["sent"]
-    assert platform.requests[-1].form["sent_text"] == "inline\nWorld"
+    assert platform.requests[-1].form["sent_text"] == f"via {mode}\nWorld"
 
 
 def test_an_unknown_sender_mode_is_a_config_error(make_config: Callable[..., Config],

@@ -53,7 +53,11 @@ async def test_healthz_ok_then_503_when_listeners_are_gone(gw: Running) -> None:
     assert status == 503 and '"reason": "SMTP listeners are not bound"' in body
 
 
-async def test_healthz_503_while_the_sender_process_is_not_running(gw: Running) -> None:
+async def test_healthz_503_while_the_sender_process_is_not_running(
+        start_gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMTP2PULSE_SENDER", "process")
+    gw = await start_gateway(HTTP)
     assert await get(base(gw) + "/healthz") == (200, '{"status": "ok"}')
     await gw.gateway.sender.close()    # stopped for good: no new child comes
     status, body = await get(base(gw) + "/healthz")
