@@ -136,7 +136,7 @@ async def test_token_never_appears_in_any_log_line(
         monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
     caplog.set_level(logging.DEBUG)   # every logger, httpx and aiosmtpd included
-    # The delivery process logs to the stderr it inherited, at the configured level.
+    # A sender process logs to the stderr it inherited, at the configured level.
     gw = await start_gateway({"api": {"timeout": "300ms"}, "log": {"level": "debug"}})
     platform.script = [Reply(status=500, body=f"echo {TOKEN}"), Reply(body=f"echo {TOKEN}"),
                        Reply(delay=1.0),
