@@ -61,8 +61,8 @@ class Gateway:
                               metrics=self.metrics)
         self.status: StatusServer | None = None
         if config.http is not None:
-            # Imported only when configured: aiohttp's server is about 10 MB of the daemon's
-            # memory, and the http section is optional (bench/run.py --memory).
+            # Imported only when configured, since the http section is optional: with the
+            # sender in its own process, aiohttp's server is 10 MB of the daemon's 48 MB.
             from gateway.status import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self.smtp.listening,
