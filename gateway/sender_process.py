@@ -5,8 +5,8 @@ child's own interpreter, asyncio, httpx and aiohttp take, for about 7% fewer acc
 second on 2 cores (bench/). This mode is for a busy machine with a core to spare.
 
 Python runs one thread of Python at a time per process. In one process every request to the
-platform (httpx over aiohttp: building, writing, reading, classifying) took its CPU from the SMTP
-sessions: about a quarter of a busy gateway's main thread. `SenderProcess` is a `Sender` like
+platform (httpx over aiohttp: building, writing, reading, classifying) takes its CPU from the
+SMTP sessions: about a fifth of a busy gateway's main thread. `SenderProcess` is a `Sender` like
 `PulseClient`, and the worker uses it the same way; it hands each request to a child that runs
 the real `PulseClient` (or the dry-run one) and answers with its `Outcome`.
 

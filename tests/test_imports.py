@@ -1,36 +1,58 @@
 """What each process loads is part of its memory (issue 5): guard the imports that keep it down.
 
-Each check runs in a fresh interpreter, since this test process has imported everything.
+Each check runs in a fresh interpreter, since this test process has imported everything. The
+daemon's checks build a `Gateway` (nothing is started), so the imports its constructor makes
+for the sender mode and the `http:` section count too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import base_config
 
-def _loaded_after(module: str, prefixes: tuple[str, ...]) -> list[str]:
-    code = (f"import json, sys, {module}; print(json.dumps(sorted("
-            f"{{m.split('.')[0] for m in sys.modules}} & {set(prefixes)!r})))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, timeout=60)
+HTTP_LIBRARIES = ("httpx", "aiohttp", "httpx_aiohttp")
+
+
+def _loaded_after(code: str, prefixes: tuple[str, ...], **env: str) -> list[str]:
+    script = (f"import json, sys\n{code}\nprint(json.dumps(sorted("
+              f"{{m.split('.')[0] for m in sys.modules}} & {set(prefixes)!r})))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True, timeout=60, env={**os.environ, **env})
     loaded: list[str] = json.loads(result.stdout)
     return loaded
 
 
-@pytest.mark.parametrize("module", ["gateway.app", "gateway.cli"])
-def test_the_daemon_loads_no_http_library_until_configured_to(module: str) -> None:
-    # The platform's HTTP runs in the sender process; aiohttp's server only with `http:`.
-    assert _loaded_after(module, ("httpx", "aiohttp", "httpx_aiohttp")) == []
+def _gateway(tmp_path: Path, *, http: bool) -> str:
+    data = base_config(tmp_path / "spool.sqlite3", "http://127.0.0.1:9/api/v1/bulk")
+    if http:
+        data["http"] = {"listen": "127.0.0.1:0"}
+    return ("from gateway.app import Gateway\nfrom gateway.config import parse_config\n"
+            f"Gateway(parse_config({data!r}, env={{}}))")
+
+
+def test_the_daemon_with_a_sender_process_and_no_http_section_loads_no_http_library(
+        tmp_path: Path) -> None:
+    code = _gateway(tmp_path, http=False)
+    assert _loaded_after(code, HTTP_LIBRARIES, SMTP2PULSE_SENDER="process") == []
+
+
+@pytest.mark.parametrize(("mode", "http", "expected"), [
+    ("process", True, ["aiohttp"]),                          # the status server only
+    ("inline", False, ["aiohttp", "httpx", "httpx_aiohttp"]),  # the platform's client
+])
+def test_what_the_daemon_loads_follows_its_config(tmp_path: Path, mode: str, http: bool,
+                                                  expected: list[str]) -> None:
+    # The positive cases: the check above can see these libraries when they are there.
+    code = _gateway(tmp_path, http=http)
+    assert _loaded_after(code, HTTP_LIBRARIES, SMTP2PULSE_SENDER=mode) == expected
 
 
 def test_the_sender_process_loads_no_yaml() -> None:
-    assert _loaded_after("gateway.sender_process", ("yaml",)) == []
-
-
-def test_the_status_server_loads_aiohttp() -> None:
-    # The check above is only worth something if it can see aiohttp at all.
-    assert _loaded_after("gateway.status", ("aiohttp",)) == ["aiohttp"]
+    assert _loaded_after("import gateway.sender_process", ("yaml",)) == []
