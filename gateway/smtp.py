@@ -18,6 +18,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import Envelope, Session
 
 from gateway.config import Config, Listener
+from gateway.data_phase import StretchedData
 from gateway.errors import Refusal, ShuttingDown, SpoolError
 from gateway.guard import Guard, GuardedSMTP, implicit_tls
 from gateway.mapping import build_request, ignored_overrides, resolve_recipient
@@ -74,7 +75,7 @@ class Sessions:
                 session.abort()
 
 
-class GatewaySMTP(GuardedSMTP):
+class GatewaySMTP(StretchedData, GuardedSMTP):
     """aiosmtpd's SMTP with precise replies, a drain hook and a client network check
     (who may send, and how, is GuardedSMTP's part)."""
 
