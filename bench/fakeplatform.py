@@ -25,7 +25,7 @@ import itertools
 import json
 import random
 import time
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 from lifetime import until_stopped
 
@@ -135,13 +135,30 @@ class Http(asyncio.Protocol):
 
 
 def delivery_key(raw: bytes) -> str | None:
-    """`<marker> <sent_to>` from a form-encoded request, or None if it carries no marker."""
-    form = parse_qs(raw.decode("ascii", "replace"), encoding="utf-8", errors="replace")
-    text = form.get("sent_text", [""])[0]
-    words = text.split(None, 1)
+    """`<marker> <sent_to>` from a form-encoded request, or None if it carries no marker.
+
+    Only the start of `sent_text` is decoded: the gateway escapes every octet of a non-ASCII
+    text, so decoding a 1 KB Cyrillic text whole (parse_qs) cost about 0.2 ms of CPU a
+    request, taken on the bench's two cores from the gateway it measures."""
+    text = sent_to = None
+    for part in raw.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"sent_text" and text is None:
+            text = value
+        elif name == b"sent_to" and sent_to is None:
+            sent_to = value
+    # A marker is about 20 characters: 240 escaped octets hold it with room to spare.
+    words = _decoded((text or b"")[:_MARKER_ROOM]).split(None, 1)
     if not words or not words[0].startswith("bench-"):
         return None
-    return f"{words[0]} {form.get('sent_to', [''])[0]}"
+    return f"{words[0]} {_decoded(sent_to or b'')}"
+
+
+_MARKER_ROOM = 240
+
+
+def _decoded(value: bytes) -> str:
+    return unquote_plus(value.decode("ascii", "replace"), encoding="utf-8", errors="replace")
 
 
 async def serve(port: int, platform: Platform, max_seconds: float) -> None:
