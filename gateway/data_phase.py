@@ -95,10 +95,9 @@ class StretchedData(SMTP):
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        except asyncio.IncompleteReadError:   # the client hung up: nobody to answer
-            self._writer.close()
-            return
-        except asyncio.CancelledError:        # the connection was lost (aiosmtpd cancels us)
+        except asyncio.CancelledError:
+            # The client hung up or the connection broke: aiosmtpd cancels the session before
+            # its reader sees the end of the stream, so readuntil never meets EOF here.
             self._writer.close()
             raise
         self.envelope.content = self.envelope.original_content = data

@@ -4,6 +4,7 @@ same refusals as aiosmtpd's line-by-line loop, checked against aiosmtpd itself."
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.data_phase import TooBig, read_data
+from gateway.data_phase import StretchedData, TooBig, read_data
 from tests.conftest import Running
 from tests.fakeplatform import FakePlatform
 
@@ -146,3 +147,40 @@ async def test_dots_at_line_starts_reach_the_platform_unstuffed(
     [request] = await platform.wait_for(1)
     assert request.form["sent_text"] == ("dots\n.starts with a dot\n..two dots\n.\n"
                                          "ends with a dot.")
+
+
+async def test_client_hanging_up_mid_data_stores_nothing(
+        gw: Running, platform: FakePlatform, caplog: pytest.LogCaptureFixture) -> None:
+    def run() -> None:
+        with socket.create_connection((gw.host, gw.port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(ENVELOPE + b"Subject: cut\r\n\r\nhalf a mess")
+            while not reader.readline().startswith(b"354"):
+                pass
+            sock.shutdown(socket.SHUT_WR)
+            assert reader.read() == b""     # closed without another word
+    await asyncio.to_thread(run)
+    await gw.send(b"Subject: whole\r\n\r\nnext client", "79001234567@sms.local")
+    [request] = await platform.wait_for(1)
+    assert request.form["sent_text"] == "whole\nnext client"
+    stored = await gw.gateway.spool.run(
+        lambda conn: conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+    assert stored == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_reader_limit_below_the_size_limit_keeps_aiosmtpds_loop() -> None:
+    """read_data needs the reader's limit at or above the size limit (the gateway sets it so);
+    a server without that falls back to aiosmtpd's loop, which takes long text in short lines."""
+    capture = Capture()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(   # aiosmtpd's default reader limit: 1001
+        lambda: StretchedData(capture, hostname="x.test", data_size_limit=5000), "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        data = b"word " * 9 + b"\r\n"       # no ".<CRLF>" in 3000 bytes: one long stretch
+        assert await asyncio.to_thread(reference_read, port, capture, data * 60 + b".\r\n") \
+            == data * 60
+    finally:
+        server.close()
+        await server.wait_closed()
