@@ -146,7 +146,7 @@ def _keep_restart_only(new: Config, old: Config) -> Config:
 def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: str) -> Sender:
     """The HTTP client in this process (SMTP2PULSE_SENDER=inline, the default), or with
     =process in a child process: a second core for the sends, for about 26 MB more memory
-    (bench/: 49 against 75 MB, and about 7% more accepts a second on 2 cores)."""
+    (bench/: 49 against 75 MB, and about 15% more accepts a second on 2 cores)."""
     mode = os.environ.get("SMTP2PULSE_SENDER", "inline")
     if mode == "inline":
         from gateway.deliver import DryRunClient, PulseClient  # httpx, only when used here

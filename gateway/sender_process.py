@@ -1,7 +1,7 @@
 """With SMTP2PULSE_SENDER=process, the HTTP requests to the platform run in a child process.
 
 The default is one process (gateway.app._make_sender): about 26 MB less memory, which the
-child's own interpreter, asyncio, httpx and aiohttp take, for about 7% fewer accepts a
+child's own interpreter, asyncio, httpx and aiohttp take, for about 13% fewer accepts a
 second on 2 cores (bench/). This mode is for a busy machine with a core to spare.
 
 Python runs one thread of Python at a time per process. In one process every request to the
