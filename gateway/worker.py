@@ -98,7 +98,11 @@ class Worker:
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
 
     def wake(self) -> None:
-        self._wake.set()
+        """Something was stored. With every slot busy this is a no-op: the slot that finishes
+        first wakes the loop, which then leases whatever is due, this included — and a busy
+        SMTP side is spared a turn of the delivery loop for every message it stores."""
+        if len(self._inflight) < self.config().api.max_concurrency:
+            self._wake.set()
 
     @property
     def busy(self) -> int:
