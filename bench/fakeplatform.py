@@ -135,6 +135,9 @@ class Http(asyncio.Protocol):
         self.transport = None
 
 
+_MARKER_ROOM = 240   # a marker is about 20 characters: 240 escaped octets hold it and more
+
+
 def delivery_key(raw: bytes) -> str | None:
     """`<marker> <sent_to>` from a form-encoded request, or None if it carries no marker.
 
@@ -148,14 +151,10 @@ def delivery_key(raw: bytes) -> str | None:
             text = value
         elif name == b"sent_to" and sent_to is None:
             sent_to = value
-    # A marker is about 20 characters: 240 escaped octets hold it with room to spare.
     words = _decoded((text or b"")[:_MARKER_ROOM]).split(None, 1)
     if not words or not words[0].startswith("bench-"):
         return None
     return f"{words[0]} {_decoded(sent_to or b'')}"
-
-
-_MARKER_ROOM = 240
 
 
 def _decoded(value: bytes) -> str:

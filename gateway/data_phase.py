@@ -73,11 +73,13 @@ class StretchedData(SMTP):
     """aiosmtpd's SMTP whose DATA command reads the data with `read_data`.
 
     The rest is aiosmtpd's smtp_DATA as of 1.4.6: the same checks and replies before the 354,
-    the same hook call after (this server never decodes the data: `decode_data` stays off)."""
+    the same hook call after. A server that decodes the data, has no size limit or reads lines
+    shorter than it (none of which the gateway does) keeps aiosmtpd's own loop."""
 
     async def smtp_DATA(self, arg: str) -> None:
-        if not self.data_size_limit or self.line_length_limit < self.data_size_limit:
-            await super().smtp_DATA(arg)   # read_data's bound does not hold: aiosmtpd's loop
+        if (self._decode_data or not self.data_size_limit
+                or self.line_length_limit < self.data_size_limit):
+            await super().smtp_DATA(arg)   # outside what read_data covers: aiosmtpd's loop
             return
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return

@@ -82,7 +82,8 @@ class GatewaySMTP(StretchedData, GuardedSMTP):
     def __init__(self, handler: Handler, sessions: Sessions, config: Config,
                  **kwargs: Any) -> None:
         # A real HTML mail has lines far above RFC 5321's 1000 octets; any line that fits in
-        # the size limit is taken (aiosmtpd reads it into a StreamReader of this limit).
+        # the size limit is taken (aiosmtpd reads it into a StreamReader of this limit, and
+        # gateway.data_phase needs that limit at or above the size limit).
         self.line_length_limit = max(1001, config.smtp.max_message_size)
         super().__init__(handler, config=config, **kwargs)
         self.sessions = sessions
