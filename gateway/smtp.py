@@ -20,12 +20,11 @@ from aiosmtpd.smtp import Envelope, Session
 from gateway.config import Config, Listener
 from gateway.data_phase import StretchedData
 from gateway.errors import Refusal, ShuttingDown, SpoolError
-from gateway.guard import Guard, GuardedSMTP, implicit_tls
+from gateway.guard import Guard, GuardedSMTP, TlsAcceptor
 from gateway.mapping import build_request, ignored_overrides, resolve_recipient
 from gateway.metrics import Metrics
-from gateway.networks import allowed
 from gateway.parse import parse_message
-from gateway.replies import with_enhanced_code
+from gateway.replies import REPLY_SESSION_TOO_LONG, with_enhanced_code
 from gateway.spool import IncomingMessage, NewDelivery, Spool
 
 log = logging.getLogger("smtp2pulse.smtp")
@@ -76,8 +75,8 @@ class Sessions:
 
 
 class GatewaySMTP(StretchedData, GuardedSMTP):
-    """aiosmtpd's SMTP with precise replies, a drain hook and a client network check
-    (who may send, and how, is GuardedSMTP's part)."""
+    """aiosmtpd's SMTP with precise replies, a drain hook and a bounded lifetime
+    (who may connect and send, and how, is GuardedSMTP's part)."""
 
     def __init__(self, handler: Handler, sessions: Sessions, config: Config,
                  **kwargs: Any) -> None:
@@ -103,12 +102,6 @@ class GatewaySMTP(StretchedData, GuardedSMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        assert self.session is not None and self.transport is not None
-        if not allowed(_peer(self.session), self.config.smtp.allow_networks):
-            log.warning("refused connection from %s: network not allowed", _peer(self.session))
-            await self.push("554 5.7.1 Access denied: your network is not allowed here")
-            self.transport.close()
-            return
         if self.sessions.closing:
             self.say_goodbye()
             return
@@ -117,6 +110,14 @@ class GatewaySMTP(StretchedData, GuardedSMTP):
     def _tracked(self, name: str, method: Callable[[str | None], Awaitable[None]]
                  ) -> Callable[[str | None], Awaitable[None]]:
         async def call(arg: str | None) -> None:
+            if self.loop.time() > self.deadline and name != "QUIT":
+                # A NOOP every few minutes would otherwise keep a session (and the config and
+                # login it started with) for ever.
+                log.info("closing session of %s: smtp.max_session_duration reached",
+                         _peer(self.session) if self.session else "?")
+                await self.push(REPLY_SESSION_TOO_LONG)
+                self._close()
+                return
             self.busy = True
             try:
                 await method(arg)
@@ -311,11 +312,13 @@ class SmtpFront:
         self.sessions = Sessions(self.metrics)
         self.guard = Guard(self.metrics.registry)
         self._servers: list[asyncio.Server] = []
+        self._handshakes: set[asyncio.Task[None]] = set()
 
-    def _protocol(self, listener: Listener) -> GatewaySMTP:
+    def _protocol(self, listener: Listener, admitted: str | None = None) -> GatewaySMTP:
         config = self.config()
         return GatewaySMTP(
             self.handler, self.sessions, config, guard=self.guard, listener=listener,
+            current_config=self.config, admitted=admitted,
             data_size_limit=config.smtp.max_message_size,
             enable_SMTPUTF8=True,
             hostname=config.smtp.hostname,    # never the default: it does a DNS lookup
@@ -328,10 +331,15 @@ class SmtpFront:
         loop = asyncio.get_running_loop()
         smtp = self.config().smtp
         for listener in (*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())):
+            factory: Callable[[], asyncio.Protocol] = functools.partial(self._protocol, listener)
+            if listener.implicit_tls:
+                factory = functools.partial(
+                    TlsAcceptor, self.guard, self.config,
+                    functools.partial(self._protocol, listener), self._handshakes,
+                    lambda: self.sessions.closing)
             try:
-                server = await loop.create_server(
-                    functools.partial(self._protocol, listener), listener.host, listener.port,
-                    reuse_address=True, **implicit_tls(listener, self.config))
+                server = await loop.create_server(factory, listener.host, listener.port,
+                                                  reuse_address=True)
             except OSError as exc:
                 await self.close_listeners()
                 raise OSError(exc.errno, f"cannot listen on {listener}: {exc.strerror}") from exc
@@ -349,6 +357,8 @@ class SmtpFront:
         for server in self._servers:
             server.close()
         self._servers.clear()
+        for handshake in list(self._handshakes):
+            handshake.cancel()     # its slot and socket are released as it ends
 
     async def stop(self, grace: float) -> None:
         await self.close_listeners()
