@@ -6,9 +6,8 @@ before MAIL, AUTH before MAIL), runs SMTP AUTH itself (so that the password chec
 failures are counted per address, and AUTH is offered only where the policy says), and answers
 the per-user, rate-limit and hygiene questions the handler asks at MAIL, RCPT and DATA.
 
-`TlsAcceptor` admits implicit-TLS (SMTPS) connections the same way, but at TCP accept, before
-their TLS handshake: a silent handshake must not hold a slot, or a socket, that caps and
-networks were meant to refuse.
+Implicit-TLS (SMTPS) connections are admitted the same way (`Guard.admit`), but at TCP accept,
+before their TLS handshake: see gateway.smtps.
 """
 
 from __future__ import annotations
@@ -72,83 +71,6 @@ class Guard:
         return key, None
 
 
-class TlsAcceptor(asyncio.Protocol):
-    """An SMTPS connection from TCP accept to the end of its TLS handshake.
-
-    The listener is a plain TCP one: the check runs on the bare connection (a refused client is
-    closed before any handshake: it would not read an SMTP reply in clear anyway), then
-    loop.start_tls does the handshake with the newest config's context and its own short
-    timeout, and the SMTP session takes over the encrypted transport with its slot already
-    counted."""
-
-    def __init__(self, guard: Guard, config: Callable[[], Config],
-                 session: Callable[[str], asyncio.Protocol], pending: set[asyncio.Task[None]],
-                 closing: Callable[[], bool]) -> None:
-        self.guard = guard
-        self.config = config
-        self.session = session
-        self.pending = pending
-        self.closing = closing
-        self._early: list[bytes] = []     # decrypted bytes that came before the session
-        self._eof = False
-        self._lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()    # the ClientHello waits in the kernel for start_tls
-        host = client_host(transport.get_extra_info("peername"))
-        smtp = self.config().smtp
-        key, refusal = self.guard.admit(host, smtp)
-        if refusal is None and (self.closing() or smtp.tls is None):
-            self.guard.connections.close(key)
-            refusal = ("shutting down" if self.closing() else
-                       "smtp.tls was removed by a reload")
-        if refusal is not None:
-            log.warning("refused SMTPS connection from %s before its TLS handshake: %s",
-                        host, refusal)
-            transport.abort()
-            return
-        assert smtp.tls is not None
-        task = asyncio.get_running_loop().create_task(
-            self._handshake(transport, host, key, smtp.tls.context, smtp.tls.handshake_timeout))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _handshake(self, transport: asyncio.Transport, host: str, key: str,
-                         context: Any, handshake_timeout: float) -> None:
-        secure: asyncio.Transport | None = None
-        try:
-            secure = await asyncio.get_running_loop().start_tls(
-                transport, self, context, server_side=True,
-                ssl_handshake_timeout=handshake_timeout)
-        except Exception as exc:
-            log.info("TLS handshake with %s failed: %s", host, str(exc) or type(exc).__name__)
-        finally:
-            if secure is None or self._lost:
-                self.guard.connections.close(key)
-                transport.abort()
-        if secure is None or self._lost:
-            return
-        session = self.session(key)
-        secure.set_protocol(session)
-        session.connection_made(secure)
-        for data in self._early:
-            session.data_received(data)
-        if self._eof:
-            session.eof_received()
-
-    # Between the handshake's end and the session taking over, the transport reports here.
-    def data_received(self, data: bytes) -> None:
-        self._early.append(data)
-
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-
-
 def client_host(peer: Any) -> str:
     host = peer[0] if isinstance(peer, tuple) and peer else str(peer or "?")
     return str(host).removeprefix("::ffff:")    # dual-stack sockets report IPv4 clients so
@@ -199,10 +121,14 @@ class GuardedSMTP(SMTP):
         self._counted = self._refusal is None
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.release_slot()
+        super().connection_lost(error)
+
+    def release_slot(self) -> None:
+        """Give back the connection slot; also for a session whose TLS handshake failed."""
         if self._counted:
             self._counted = False
             self.guard.connections.close(self._key)
-        super().connection_lost(error)
 
     async def _handle_client(self) -> None:
         if self._refusal is not None:

@@ -20,11 +20,12 @@ from aiosmtpd.smtp import Envelope, Session
 from gateway.config import Config, Listener
 from gateway.data_phase import StretchedData
 from gateway.errors import Refusal, ShuttingDown, SpoolError
-from gateway.guard import Guard, GuardedSMTP, TlsAcceptor
+from gateway.guard import Guard, GuardedSMTP
 from gateway.mapping import build_request, ignored_overrides, resolve_recipient
 from gateway.metrics import Metrics
 from gateway.parse import parse_message
 from gateway.replies import REPLY_SESSION_TOO_LONG, with_enhanced_code
+from gateway.smtps import TlsListener
 from gateway.spool import IncomingMessage, NewDelivery, Spool
 
 log = logging.getLogger("smtp2pulse.smtp")
@@ -172,8 +173,10 @@ class GatewaySMTP(StretchedData, GuardedSMTP):
             self.transport.close()
 
     def abort(self) -> None:
-        if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.abort()
+        # Not isinstance(asyncio.WriteTransport): uvloop's transports do not derive from it.
+        abort = getattr(self.transport, "abort", None)
+        if abort is not None:
+            abort()
 
 
 class Handler:
@@ -312,7 +315,7 @@ class SmtpFront:
         self.sessions = Sessions(self.metrics)
         self.guard = Guard(self.metrics.registry)
         self._servers: list[asyncio.Server] = []
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._tls_listeners: list[TlsListener] = []
 
     def _protocol(self, listener: Listener, admitted: str | None = None) -> GatewaySMTP:
         config = self.config()
@@ -331,34 +334,41 @@ class SmtpFront:
         loop = asyncio.get_running_loop()
         smtp = self.config().smtp
         for listener in (*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())):
-            factory: Callable[[], asyncio.Protocol] = functools.partial(self._protocol, listener)
-            if listener.implicit_tls:
-                factory = functools.partial(
-                    TlsAcceptor, self.guard, self.config,
-                    functools.partial(self._protocol, listener), self._handshakes,
-                    lambda: self.sessions.closing)
             try:
-                server = await loop.create_server(factory, listener.host, listener.port,
-                                                  reuse_address=True)
+                if listener.implicit_tls:
+                    tls_listener = TlsListener(listener, self.guard, self.config,
+                                               functools.partial(self._protocol, listener),
+                                               lambda: self.sessions.closing)
+                    self._tls_listeners.append(tls_listener)
+                    await tls_listener.start()
+                    sockets: list[Any] = tls_listener.sockets
+                else:
+                    server = await loop.create_server(
+                        functools.partial(self._protocol, listener), listener.host,
+                        listener.port, reuse_address=True)
+                    self._servers.append(server)
+                    sockets = list(server.sockets)
             except OSError as exc:
                 await self.close_listeners()
                 raise OSError(exc.errno, f"cannot listen on {listener}: {exc.strerror}") from exc
-            self._servers.append(server)
-            log.info("SMTP listening on %s", ", ".join(_describe(s) for s in server.sockets))
+            log.info("SMTP listening on %s", ", ".join(_describe(s) for s in sockets))
 
     def listening(self) -> bool:
-        return bool(self._servers) and not self.sessions.closing
+        return bool(self._servers or self._tls_listeners) and not self.sessions.closing
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [sock.getsockname()[:2] for s in self._servers for sock in s.sockets]
+        # Implicit-TLS listeners come last in the config, and last here.
+        return [*(sock.getsockname()[:2] for s in self._servers for sock in s.sockets),
+                *(sock.getsockname()[:2] for t in self._tls_listeners for sock in t.sockets)]
 
     async def close_listeners(self) -> None:
         for server in self._servers:
             server.close()
         self._servers.clear()
-        for handshake in list(self._handshakes):
-            handshake.cancel()     # its slot and socket are released as it ends
+        for tls_listener in self._tls_listeners:
+            tls_listener.close()
+        self._tls_listeners.clear()
 
     async def stop(self, grace: float) -> None:
         await self.close_listeners()

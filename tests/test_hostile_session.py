@@ -280,7 +280,7 @@ async def test_ipv6_clients_are_counted_per_prefix(start_gateway: Start,
         assert answers == [BAD, BAD, BLOCKED]
         assert list(gw.gateway.smtp.guard.logins.blocked) == [key]
 
-    from gateway.networks import address_key   # here: the module predates it
+    from gateway.networks import address_key  # here: the module predates it
     logins = LoginFailures()
     neighbours = [f"2001:db8:1:2::{n:x}" for n in range(1, 41)]
     blocked = [logins.fail(address_key(a, 64), 3, 300) for a in neighbours[:3]]
@@ -412,3 +412,53 @@ async def test_an_unquoted_min_version_is_taken(tmp_path: Path, certificate: Cer
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert error.value.problems == ["smtp.tls.min_version: '1.1' is not one of 1.2, 1.3"]
+
+
+def test_smtps_admission_on_uvloop(tmp_path: Path, certificate: Certificate) -> None:
+    # The daemon runs on uvloop when installed, whose transports start reading on their own
+    # schedule: the SMTPS path is checked there too, a pipelining client included.
+    import uvloop
+
+    async def scenario() -> tuple[int, bytes, bool]:
+        platform = FakePlatform()
+        await platform.start()
+        config = parse_config(merge(base_config(tmp_path / "spool.sqlite3", platform.base_url),
+                                    secured(certificate, tls={"handshake_timeout": "1s"},
+                                            max_connections_per_address=3)), env={})
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            host, port = gateway.smtp.addresses[-1]
+
+            def attack() -> tuple[set[int], bytes]:
+                silent = [socket.create_connection((host, port), timeout=10)
+                          for _ in range(6)]
+                try:
+                    early = closed_within(silent, 5, 3)
+                    late = closed_within(silent, 10)      # the handshake timeout
+                finally:
+                    for sock in silent:
+                        sock.close()
+                assert len(late) == 6
+                context = certificate.client_context()
+                with socket.create_connection((host, port), timeout=10) as bare, \
+                        context.wrap_socket(bare, server_hostname="gw.test") as tls:
+                    tls.sendall(b"EHLO early.test\r\nNOOP\r\nQUIT\r\n")
+                    said = b""
+                    while chunk := tls.recv(4096):
+                        said += chunk
+                return early, said
+            early, said = await asyncio.to_thread(attack)
+            async with asyncio.timeout(10):
+                while gateway.smtp.guard.connections.total:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            loop_name = type(asyncio.get_running_loop()).__module__
+            return len(early), said, loop_name.startswith("uvloop")
+        finally:
+            await gateway.stop()
+            await platform.stop()
+
+    refused_at_once, said, on_uvloop = uvloop.run(scenario())
+    assert on_uvloop
+    assert refused_at_once == 3
+    assert said.endswith(b"250 2.0.0 OK\r\n221 2.0.0 Bye\r\n"), said
