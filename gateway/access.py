@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from gateway.config import Config, SmtpConfig
 
 
+HANDSHAKE_TIMEOUT = 20.0
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     cert: Path
@@ -35,6 +38,8 @@ class TlsSettings:
     min_version: str = "1.2"
     require_starttls: bool = False        # default for plain listeners
     implicit_listen: tuple[Listener, ...] = ()
+    # An SMTPS connection holds a connection slot from accept to the end of its handshake.
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,9 @@ class ListenerPolicy:
     require_starttls: bool
     require_auth: bool
     offer_auth_in_clear: bool      # AUTH before any TLS (allow_without_tls)
+    # Unknown credentials leave the session anonymous instead of failing: never where AUTH is
+    # required, since there a 235 for any password would be an oracle and an open door.
+    accept_any_credentials: bool = False
 
 
 def policy_for(listener: Listener, smtp: SmtpConfig) -> ListenerPolicy:
@@ -70,20 +78,24 @@ def policy_for(listener: Listener, smtp: SmtpConfig) -> ListenerPolicy:
                 else tls_settings is not None and tls_settings.require_starttls)
     required = (listener.require_auth if listener.require_auth is not None
                 else auth is not None and auth.required)
+    accept_any = (listener.accept_any_credentials if listener.accept_any_credentials is not None
+                  else auth is not None and auth.accept_any_credentials)
     return ListenerPolicy(
         implicit_tls=listener.implicit_tls,
         require_starttls=bool(starttls) and not listener.implicit_tls,
         require_auth=bool(required),
-        offer_auth_in_clear=auth is not None and auth.allow_without_tls)
+        offer_auth_in_clear=auth is not None and auth.allow_without_tls,
+        accept_any_credentials=bool(accept_any) and not required)
 
 
 # --- reading ---------------------------------------------------------------------------------
 
-_LISTENER_KEYS = {"address", "require_starttls", "require_auth"}
+_LISTENER_KEYS = {"address", "require_starttls", "require_auth", "accept_any_credentials"}
 
 
 def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
-    """One `listen` entry: "host:port" or {address, require_starttls, require_auth}."""
+    """One `listen` entry: "host:port" or {address, require_starttls, require_auth,
+    accept_any_credentials}."""
     if not isinstance(item, dict):
         return Listener(*parse_hostport(item), implicit_tls=implicit_tls)
     unknown = sorted(str(k) for k in item if k not in _LISTENER_KEYS)
@@ -92,21 +104,26 @@ def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
                          f"{', '.join(sorted(_LISTENER_KEYS))})")
     if "address" not in item:
         raise ValueError("a listener mapping needs `address: host:port`")
-    starttls, auth = (None if item.get(key) is None else v.boolean(item[key])
-                      for key in ("require_starttls", "require_auth"))
+    starttls, auth, accept_any = (None if item.get(key) is None else v.boolean(item[key])
+                                  for key in ("require_starttls", "require_auth",
+                                              "accept_any_credentials"))
     if implicit_tls and starttls is not None:
         raise ValueError("require_starttls means nothing on an implicit-TLS listener")
     return Listener(*parse_hostport(item["address"]), require_starttls=starttls,
-                    require_auth=auth, implicit_tls=implicit_tls)
+                    require_auth=auth, implicit_tls=implicit_tls,
+                    accept_any_credentials=accept_any)
 
 
 def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
     path = "smtp.tls"
-    v.keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen"},
-          problems)
+    v.keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen",
+                       "handshake_timeout"}, problems)
     for key in ("cert", "key"):
         if not data.get(key):
             problems.add(f"{path}.{key}", "is required when the tls section is present")
+    if isinstance(data.get("min_version"), float):
+        # YAML reads an unquoted 1.3 as a number; str() gives back what was written.
+        data = {**data, "min_version": str(data["min_version"])}
     min_version = v.choice(data, "min_version", path, tuple(tls.MIN_VERSIONS), "1.2", problems)
     no_listeners: tuple[Listener, ...] = ()
     implicit = v.value(data, "implicit_listen", path,
@@ -114,6 +131,8 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
                                         for item in (raw if isinstance(raw, list) else [raw])),
                       no_listeners, problems)
     require = v.value(data, "require_starttls", path, v.boolean, False, problems)
+    handshake_timeout = v.value(data, "handshake_timeout", path, v.positive_duration,
+                                HANDSHAKE_TIMEOUT, problems)
     if not data.get("cert") or not data.get("key"):
         return None
     cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
@@ -123,7 +142,8 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
         problems.add(f"{path}.cert", str(exc))
         return None
     return TlsSettings(cert=cert_path, key=key_path, context=context, min_version=min_version,
-                       require_starttls=require, implicit_listen=implicit)
+                       require_starttls=require, implicit_listen=implicit,
+                       handshake_timeout=handshake_timeout)
 
 
 _USER_KEYS = {"password_hash", "domains", "senders", *TOKEN_KEYS}
@@ -203,6 +223,9 @@ def check_access(smtp: SmtpConfig, domains: Mapping[str, object], problems: v.Pr
         policy = policy_for(listener, smtp)
         if policy.require_starttls and smtp.tls is None:
             problems.add(f"{where}.require_starttls", "needs smtp.tls (cert and key)")
+        if listener.accept_any_credentials and policy.require_auth:
+            problems.add(f"{where}.accept_any_credentials", "cannot be true where AUTH is "
+                         "required: any password would pass; set require_auth: false there")
         if not policy.require_auth:
             continue
         if auth is None or not auth.users:

@@ -69,6 +69,7 @@ class Listener:
     require_starttls: bool | None = None
     require_auth: bool | None = None
     implicit_tls: bool = False
+    accept_any_credentials: bool | None = None   # None: smtp.auth.accept_any_credentials
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -91,6 +92,8 @@ class SmtpConfig:
     max_messages_per_minute_per_address: int = 0
     null_sender: str = "refuse"             # refuse | drop | accept (MAIL FROM:<>, bounces)
     auto_submitted: str = "refuse"          # the same, for auto-replies and Auto-Submitted mail
+    ipv6_prefix: int = 64                   # IPv6 clients are counted and blocked per prefix
+    max_session_duration: float = 3600.0    # then 421 at the next command, however busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +261,8 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
                        "allow_networks", "tls", "auth", "timeout", "fallback_charset",
                        "max_connections", "max_connections_per_address",
                        "max_messages_per_minute_per_user", "max_messages_per_minute_per_address",
-                       "null_sender", "auto_submitted"}, problems)
+                       "null_sender", "auto_submitted", "ipv6_prefix",
+                       "max_session_duration"}, problems)
     defaults = SmtpConfig()
     tls_data, auth_data = (v.section(data, key, problems, path) for key in ("tls", "auth"))
     hygiene = ("refuse", "drop", "accept")
@@ -287,6 +291,10 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
         timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
         fallback_charset=v.value(data, "fallback_charset", path, v.charset_name,
                                 defaults.fallback_charset, problems),
+        ipv6_prefix=v.value(data, "ipv6_prefix", path, v.integer(32, 128), defaults.ipv6_prefix,
+                           problems),
+        max_session_duration=v.value(data, "max_session_duration", path, v.positive_duration,
+                                    defaults.max_session_duration, problems),
     )
 
 

@@ -1,27 +1,39 @@
 """Who may talk to the SMTP front and what they may do: the session side of access control.
 
 `GuardedSMTP` sits between aiosmtpd's SMTP and the gateway's GatewaySMTP. It admits or refuses a
-connection (blocked address, connection caps), applies its listener's policy (STARTTLS before
-MAIL, AUTH before MAIL), runs SMTP AUTH itself (so that the password check runs in a thread,
+connection (network, blocked address, connection caps), applies its listener's policy (STARTTLS
+before MAIL, AUTH before MAIL), runs SMTP AUTH itself (so that the password check runs in a thread,
 failures are counted per address, and AUTH is offered only where the policy says), and answers
 the per-user, rate-limit and hygiene questions the handler asks at MAIL, RCPT and DATA.
+
+Implicit-TLS (SMTPS) connections are admitted the same way (`Guard.admit`), but at TCP accept,
+before their TLS handshake: see gateway.smtps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
+from base64 import b64decode, b64encode
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException
 from prometheus_client import CollectorRegistry
 
-from gateway import hygiene, tls
+from gateway import hygiene
 from gateway.access import User, policy_for
-from gateway.config import Config, Listener
+from gateway.config import Config, Listener, SmtpConfig
 from gateway.limits import ConnectionCounter, LoginFailures, RateLimiter
+from gateway.networks import address_key, allowed
 from gateway.passwords import verify_password
+from gateway.replies import (
+    REPLY_AUTH_IN_TRANSACTION,
+    REPLY_AUTH_LINE_TOO_LONG,
+    REPLY_LINE_TOO_LONG,
+    REPLY_NETWORK_REFUSED,
+)
 
 log = logging.getLogger("smtp2pulse.smtp")
 
@@ -31,6 +43,8 @@ _NOBODY = ("scrypt$16384$8$1$kF+QN4oNk+fRaspKNN7UTw==$"
 REPLY_AUTH_REQUIRED = "530 5.7.0 Authentication required"
 REPLY_BAD_CREDENTIALS = "535 5.7.8 Authentication credentials invalid"
 REPLY_LOGIN_BLOCKED = "421 4.7.0 Too many failed logins from your address, try again later"
+# RFC 4954 section 4: an AUTH exchange line may be up to 12288 octets; nothing longer is read.
+AUTH_LINE_LIMIT = 12288
 
 
 class Guard:
@@ -42,18 +56,19 @@ class Guard:
         self.logins = LoginFailures()
         self.filtered = hygiene.Filtered(registry)
 
-
-def implicit_tls(listener: Listener, config: Callable[[], Config]) -> dict[str, Any]:
-    """create_server()'s TLS arguments for an implicit-TLS (SMTPS) listener; {} for others."""
-    settings = config().smtp.tls
-    if not listener.implicit_tls or settings is None:
-        return {}
-
-    def newest() -> Any:
-        current = config().smtp.tls
-        return current.context if current is not None else None
-    return {"ssl": tls.switching_context(newest, settings.context),
-            "ssl_handshake_timeout": config().smtp.timeout}
+    def admit(self, host: str, smtp: SmtpConfig) -> tuple[str, str | None]:
+        """The key a client is counted by, and why it may not connect (None: admitted, and
+        counted: the caller must release the key with connections.close)."""
+        key = address_key(host, smtp.ipv6_prefix)
+        if not allowed(host, smtp.allow_networks):
+            return key, REPLY_NETWORK_REFUSED
+        if self.logins.is_blocked(key):
+            return key, REPLY_LOGIN_BLOCKED
+        why = self.connections.try_open(key, smtp.max_connections,
+                                        smtp.max_connections_per_address)
+        if why is not None:
+            return key, f"421 4.7.0 {why.capitalize()}, try again later"
+        return key, None
 
 
 def client_host(peer: Any) -> str:
@@ -63,16 +78,21 @@ def client_host(peer: Any) -> str:
 
 class GuardedSMTP(SMTP):
     def __init__(self, handler: Any, *, guard: Guard, listener: Listener, config: Config,
-                 **kwargs: Any) -> None:
+                 current_config: Callable[[], Config] | None = None,
+                 admitted: str | None = None, **kwargs: Any) -> None:
         self.guard = guard
         self.listener = listener
         self.policy = policy_for(listener, config.smtp)
         # Never name an attribute or method auth_*: aiosmtpd takes those for AUTH mechanisms.
         self.login_user: User | None = None
         self._client = "?"
+        self._key = admitted or "?"           # what limits and the login block count
         self._refusal: str | None = None
-        self._counted = False
-        self.access_config = config
+        self._counted = admitted is not None  # admitted (and counted) before a TLS handshake
+        self.access_config = config           # pinned for the session's policy and limits
+        # Users are looked up in the newest config: one removed by a reload cannot log in.
+        self.current_config = current_config or (lambda: config)
+        self.deadline = float("inf")
         tls = config.smtp.tls
         super().__init__(
             handler,
@@ -94,21 +114,21 @@ class GuardedSMTP(SMTP):
         assert self.session is not None
         self._client = client_host(self.session.peer)
         smtp = self.access_config.smtp
-        if self.guard.logins.is_blocked(self._client):
-            self._refusal = REPLY_LOGIN_BLOCKED
+        self.deadline = self.loop.time() + smtp.max_session_duration
+        if self._counted:
             return
-        why = self.guard.connections.try_open(self._client, smtp.max_connections,
-                                              smtp.max_connections_per_address)
-        if why is not None:
-            self._refusal = f"421 4.7.0 {why.capitalize()}, try again later"
-        else:
-            self._counted = True
+        self._key, self._refusal = self.guard.admit(self._client, smtp)
+        self._counted = self._refusal is None
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.release_slot()
+        super().connection_lost(error)
+
+    def release_slot(self) -> None:
+        """Give back the connection slot; also for a session whose TLS handshake failed."""
         if self._counted:
             self._counted = False
-            self.guard.connections.close(self._client)
-        super().connection_lost(error)
+            self.guard.connections.close(self._key)
 
     async def _handle_client(self) -> None:
         if self._refusal is not None:
@@ -133,6 +153,12 @@ class GuardedSMTP(SMTP):
         if isinstance(error, TLSSetupException):
             log.info("TLS handshake with %s failed: %s", self._client, error.__cause__)
             return "454 4.7.0 TLS not available due to temporary reason"
+        if isinstance(error, ValueError) and str(error).startswith("Separator is"):
+            # asyncio's readline() on a line over the reader's limit: the client's doing, so one
+            # line in the log, not a traceback at ERROR.
+            log.warning("line over %d bytes from %s refused", self.line_length_limit,
+                        self._client)
+            return REPLY_LINE_TOO_LONG
         status: str = await super().handle_exception(error)
         return status
 
@@ -174,7 +200,63 @@ class GuardedSMTP(SMTP):
             await self.push("538 5.7.11 Encryption required for requested authentication "
                             "mechanism")
             return
+        assert self.envelope is not None
+        if self.envelope.mail_from is not None:
+            # RFC 4954 section 4; else RCPT would be checked for one identity and the mail
+            # sent (and paid for) as another.
+            await self.push(REPLY_AUTH_IN_TRANSACTION)
+            return
+        if await self._refused_while_blocked():
+            return
         await super().smtp_AUTH(arg)
+
+    async def _refused_while_blocked(self) -> bool:
+        # Sessions opened before the block must not keep guessing during it.
+        if not self.guard.logins.is_blocked(self._key):
+            return False
+        log.warning("AUTH from %s refused: address blocked after failed logins", self._client)
+        await self.push(REPLY_LOGIN_BLOCKED)
+        self._close()
+        return True
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        # aiosmtpd's own reads the answer with readline(), which raises on a line over the
+        # reader's limit (a 451 and a traceback at ERROR, for any client that asks); this one
+        # reads at most AUTH_LINE_LIMIT and answers as RFC 4954 says.
+        data = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(data) if encode_to_b64 else data))
+        line = await self._auth_line()
+        if line is None:
+            log.warning("AUTH from %s: exchange line over %d bytes refused", self._client,
+                        AUTH_LINE_LIMIT)
+            await self.push(REPLY_AUTH_LINE_TOO_LONG)
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
+    async def _auth_line(self) -> bytes | None:
+        """The client's next line, or None (read to its end) when it is over the limit."""
+        too_long = False
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                line = exc.partial          # the end of the stream: the session ends anyway
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.readexactly(exc.consumed)
+                too_long = True
+                continue
+            if too_long or len(line) > AUTH_LINE_LIMIT:
+                return None
+            return line
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # aiosmtpd's PLAIN and LOGIN decode the exchange and end here, synchronously; hand the
@@ -189,27 +271,37 @@ class GuardedSMTP(SMTP):
 
     async def _checked(self, exchange: AuthResult) -> AuthResult:
         if not exchange.success or not isinstance(exchange.auth_data, LoginPassword):
-            return exchange      # aborted or undecodable: aiosmtpd has answered already
-        auth = self.access_config.smtp.auth
+            # Aborted or undecodable: answered already (aiosmtpd would add a 535 to some).
+            return AuthResult(success=False, handled=True)
+        auth = self.access_config.smtp.auth       # the session's limits
         assert auth is not None
+        current = self.current_config().smtp.auth
         login, password = exchange.auth_data
         try:
             name, secret = login.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
             name, secret = "", ""
-        user = auth.users.get(name)
+        user = current.users.get(name) if current is not None else None
         stored = user.password_hash.reveal() if user is not None else _NOBODY
         matches = await asyncio.to_thread(verify_password, secret, stored)
+        # Parallel sessions may have blocked the address during the check: then no answer
+        # tells this guess from a wrong one.
+        if await self._refused_while_blocked():
+            return AuthResult(success=False, handled=True)
         if matches and user is not None:
-            self.guard.logins.succeed(self._client)
+            self.guard.logins.succeed(self._key)
             self.login_user = user
             log.info("AUTH user=%s from %s", user.name, self._client)
             return await self._succeeded()
-        if auth.accept_any_credentials:
+        anonymous = self.policy.accept_any_credentials
+        if anonymous and user is None:
+            # Legacy devices send made-up names: not counted, or the switch would block them.
             log.info("AUTH from %s: credentials not recognised, session stays anonymous "
                      "(accept_any_credentials)", self._client)
             return await self._succeeded()
-        blocked = self.guard.logins.fail(self._client, auth.max_failures, auth.block_for)
+        # A configured user's name with a wrong password is a guess on a real account: counted
+        # on every listener.
+        blocked = self.guard.logins.fail(self._key, auth.max_failures, auth.block_for)
         # A name that is no user may be a password typed in the wrong field: never log it.
         log.warning("AUTH failed from %s for %s%s", self._client,
                     f"user={name}" if user is not None else "an unknown user",
@@ -217,6 +309,8 @@ class GuardedSMTP(SMTP):
         if blocked:
             await self.push(REPLY_LOGIN_BLOCKED)
             self._close()
+        elif anonymous:
+            return await self._succeeded()     # as for any unrecognised credentials here
         else:
             await self.push(REPLY_BAD_CREDENTIALS)
         return AuthResult(success=False, handled=True)
@@ -275,7 +369,7 @@ class GuardedSMTP(SMTP):
 
     def _rate_refusal(self, take: bool) -> str | None:
         smtp, rates = self.access_config.smtp, self.guard.rates
-        limits = [(f"address:{self._client}", smtp.max_messages_per_minute_per_address,
+        limits = [(f"address:{self._key}", smtp.max_messages_per_minute_per_address,
                    "your address")]
         if self.login_user is not None:
             limits.append((f"user:{self.login_user.name}", smtp.max_messages_per_minute_per_user,

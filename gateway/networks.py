@@ -25,3 +25,14 @@ def allowed(host: str | None, networks: Iterable[Network]) -> bool:
         return True
     address = client_address(host or "")
     return address is not None and any(address in network for network in networks)
+
+
+def address_key(host: str, ipv6_prefix: int) -> str:
+    """What per-address limits and the login block count a client as.
+
+    One IPv6 host usually holds a whole /64 and can pick any address in it per connection, so
+    IPv6 clients are counted per prefix; IPv4 clients (mapped ones too) per address."""
+    address = client_address(host)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+    return str(address) if address is not None else host

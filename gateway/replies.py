@@ -53,3 +53,12 @@ def with_enhanced_code(reply: str) -> str:
     if text.startswith("Error: "):
         text = text[len("Error: "):]
     return f"{code}{separator}{enhanced} {text}"
+
+
+# Refusals of the session itself (issue 11), named so that tests and logs agree on them.
+REPLY_NETWORK_REFUSED = "554 5.7.1 Access denied: your network is not allowed here"
+REPLY_AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction"
+# RFC 4954 section 6 names this one.
+REPLY_AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication Exchange line is too long"
+REPLY_LINE_TOO_LONG = "500 5.5.6 Line too long"
+REPLY_SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"

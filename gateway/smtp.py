@@ -20,12 +20,12 @@ from aiosmtpd.smtp import Envelope, Session
 from gateway.config import Config, Listener
 from gateway.data_phase import StretchedData
 from gateway.errors import Refusal, ShuttingDown, SpoolError
-from gateway.guard import Guard, GuardedSMTP, implicit_tls
+from gateway.guard import Guard, GuardedSMTP
 from gateway.mapping import build_request, ignored_overrides, resolve_recipient
 from gateway.metrics import Metrics
-from gateway.networks import allowed
 from gateway.parse import parse_message
-from gateway.replies import with_enhanced_code
+from gateway.replies import REPLY_SESSION_TOO_LONG, with_enhanced_code
+from gateway.smtps import TlsListener
 from gateway.spool import IncomingMessage, NewDelivery, Spool
 
 log = logging.getLogger("smtp2pulse.smtp")
@@ -76,8 +76,8 @@ class Sessions:
 
 
 class GatewaySMTP(StretchedData, GuardedSMTP):
-    """aiosmtpd's SMTP with precise replies, a drain hook and a client network check
-    (who may send, and how, is GuardedSMTP's part)."""
+    """aiosmtpd's SMTP with precise replies, a drain hook and a bounded lifetime
+    (who may connect and send, and how, is GuardedSMTP's part)."""
 
     def __init__(self, handler: Handler, sessions: Sessions, config: Config,
                  **kwargs: Any) -> None:
@@ -103,12 +103,6 @@ class GatewaySMTP(StretchedData, GuardedSMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        assert self.session is not None and self.transport is not None
-        if not allowed(_peer(self.session), self.config.smtp.allow_networks):
-            log.warning("refused connection from %s: network not allowed", _peer(self.session))
-            await self.push("554 5.7.1 Access denied: your network is not allowed here")
-            self.transport.close()
-            return
         if self.sessions.closing:
             self.say_goodbye()
             return
@@ -117,6 +111,14 @@ class GatewaySMTP(StretchedData, GuardedSMTP):
     def _tracked(self, name: str, method: Callable[[str | None], Awaitable[None]]
                  ) -> Callable[[str | None], Awaitable[None]]:
         async def call(arg: str | None) -> None:
+            if self.loop.time() > self.deadline and name != "QUIT":
+                # A NOOP every few minutes would otherwise keep a session (and the config and
+                # login it started with) for ever.
+                log.info("closing session of %s: smtp.max_session_duration reached",
+                         _peer(self.session) if self.session else "?")
+                await self.push(REPLY_SESSION_TOO_LONG)
+                self._close()
+                return
             self.busy = True
             try:
                 await method(arg)
@@ -171,8 +173,10 @@ class GatewaySMTP(StretchedData, GuardedSMTP):
             self.transport.close()
 
     def abort(self) -> None:
-        if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.abort()
+        # Not isinstance(asyncio.WriteTransport): uvloop's transports do not derive from it.
+        abort = getattr(self.transport, "abort", None)
+        if abort is not None:
+            abort()
 
 
 class Handler:
@@ -311,11 +315,13 @@ class SmtpFront:
         self.sessions = Sessions(self.metrics)
         self.guard = Guard(self.metrics.registry)
         self._servers: list[asyncio.Server] = []
+        self._tls_listeners: list[TlsListener] = []
 
-    def _protocol(self, listener: Listener) -> GatewaySMTP:
+    def _protocol(self, listener: Listener, admitted: str | None = None) -> GatewaySMTP:
         config = self.config()
         return GatewaySMTP(
             self.handler, self.sessions, config, guard=self.guard, listener=listener,
+            current_config=self.config, admitted=admitted,
             data_size_limit=config.smtp.max_message_size,
             enable_SMTPUTF8=True,
             hostname=config.smtp.hostname,    # never the default: it does a DNS lookup
@@ -329,26 +335,40 @@ class SmtpFront:
         smtp = self.config().smtp
         for listener in (*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())):
             try:
-                server = await loop.create_server(
-                    functools.partial(self._protocol, listener), listener.host, listener.port,
-                    reuse_address=True, **implicit_tls(listener, self.config))
+                if listener.implicit_tls:
+                    tls_listener = TlsListener(listener, self.guard, self.config,
+                                               functools.partial(self._protocol, listener),
+                                               lambda: self.sessions.closing)
+                    self._tls_listeners.append(tls_listener)
+                    await tls_listener.start()
+                    sockets: list[Any] = tls_listener.sockets
+                else:
+                    server = await loop.create_server(
+                        functools.partial(self._protocol, listener), listener.host,
+                        listener.port, reuse_address=True)
+                    self._servers.append(server)
+                    sockets = list(server.sockets)
             except OSError as exc:
                 await self.close_listeners()
                 raise OSError(exc.errno, f"cannot listen on {listener}: {exc.strerror}") from exc
-            self._servers.append(server)
-            log.info("SMTP listening on %s", ", ".join(_describe(s) for s in server.sockets))
+            log.info("SMTP listening on %s", ", ".join(_describe(s) for s in sockets))
 
     def listening(self) -> bool:
-        return bool(self._servers) and not self.sessions.closing
+        return bool(self._servers or self._tls_listeners) and not self.sessions.closing
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [sock.getsockname()[:2] for s in self._servers for sock in s.sockets]
+        # Implicit-TLS listeners come last in the config, and last here.
+        return [*(sock.getsockname()[:2] for s in self._servers for sock in s.sockets),
+                *(sock.getsockname()[:2] for t in self._tls_listeners for sock in t.sockets)]
 
     async def close_listeners(self) -> None:
         for server in self._servers:
             server.close()
         self._servers.clear()
+        for tls_listener in self._tls_listeners:
+            tls_listener.close()
+        self._tls_listeners.clear()
 
     async def stop(self, grace: float) -> None:
         await self.close_listeners()

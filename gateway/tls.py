@@ -9,7 +9,6 @@ certificates reach new sessions without a restart.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -37,19 +36,3 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2") -> ssl.SSLCo
         raise ValueError(f"certificate {str(cert)!r} and key {str(key)!r} do not load "
                          f"({exc.reason or exc}); both must be PEM and belong together") from None
     return context
-
-
-def switching_context(current: Callable[[], ssl.SSLContext | None],
-                      first: ssl.SSLContext) -> ssl.SSLContext:
-    """A context for a listening socket that hands each handshake the newest context.
-
-    An implicit-TLS listener is bound once with one context; the SNI callback (called for every
-    ClientHello, with or without a server name) swaps in the context of the config loaded last.
-    """
-    def pick(connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None,
-             _context: ssl.SSLContext) -> None:
-        newest = current()
-        if newest is not None and newest is not connection.context:
-            connection.context = newest
-    first.sni_callback = pick
-    return first
