@@ -1,0 +1,176 @@
+"""Hostile input on the delivery side (issue 11): bounces, slow platforms, callbacks, Retry-After,
+a token echoed back. Each against the running gateway, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway import admin
+from tests.conftest import Running, base_config, eventually, text_message
+from tests.fakeplatform import FakePlatform, Reply
+from tests.test_crash import Daemon
+
+Start = Callable[..., Awaitable[Running]]
+REFUSED = Reply(body='{"type": "error", "msg": "Номер в чёрном списке"}')
+
+
+# --- 4: one bad notification does not stop the bouncer ---------------------------------------
+
+class Relay:
+    """A real SMTP server standing in for bounces.relay; it keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.messages.append((envelope.mail_from or "", list(envelope.rcpt_tos),
+                              envelope.original_content or b""))
+        return "250 OK"
+
+    async def start(self, smtputf8: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(self, hostname="relay.test", enable_SMTPUTF8=smtputf8),
+            "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def to(self, rcpt: str) -> list[EmailMessage]:
+        found = []
+        for _, rcpts, raw in self.messages:
+            if rcpt in rcpts:
+                dsn = message_from_bytes(raw, policy=policy.default)
+                assert isinstance(dsn, EmailMessage)
+                found.append(dsn)
+        return found
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    server = Relay()
+    await server.start(smtputf8=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def utf8_relay() -> AsyncIterator[Relay]:
+    server = Relay()
+    await server.start(smtputf8=True)
+    yield server
+    server.close()
+
+
+def bounces(port: int) -> dict[str, Any]:
+    return {"bounces": {"enabled": True, "relay": f"127.0.0.1:{port}",
+                        "from": "gateway@corp.test", "timeout": "5s"}}
+
+
+def cp1251_message(subject: str = "Счёт на оплату № 42") -> bytes:
+    """What 1C sends: an 8-bit Subject in raw CP1251, no RFC 2047."""
+    return (b"From: 1C <buh@corp.test>\r\nTo: 79001234567@sms.local\r\nSubject: "
+            + subject.encode("cp1251") + b"\r\nMessage-ID: <1c-42@corp.test>\r\n"
+            b"Content-Type: text/plain; charset=windows-1251\r\n\r\n"
+            + "Оплатите счёт".encode("cp1251") + b"\r\n")
+
+
+def send_raw(gw: Running, sender: str, data: bytes, *, utf8: bool = False) -> str:
+    with smtplib.SMTP(gw.host, gw.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail(sender, ["SMTPUTF8"] if utf8 else [])
+        code, text = client.rcpt("79001234567@sms.local")
+        assert code == 250, (code, text)
+        code, text = client.data(data)
+        assert code == 250, (code, text)
+        return text.rsplit(b" ", 1)[1].decode()
+
+
+async def bounce_state(gw: Running, queue_id: str, within: float = 15.0) -> tuple[str, str]:
+    """Until the delivery's bounce is settled; its state and the bounce event's detail."""
+    async with asyncio.timeout(within):
+        while True:
+            detail = await admin.show_message(gw.gateway.spool, queue_id)
+            assert detail is not None
+            [delivery] = detail.deliveries
+            if delivery.bounce in ("sent", "failed"):
+                event = [d for _, kind, d in delivery.events if kind.startswith("bounce")]
+                return delivery.bounce, event[-1] if event else ""
+            await asyncio.sleep(0.05)
+
+
+async def test_cp1251_subject_and_utf8_sender_do_not_stop_later_bounces(
+        start_gateway: Start, platform: FakePlatform, relay: Relay) -> None:
+    platform.default = REFUSED
+    gw = await start_gateway(bounces(relay.port))
+    # 1. A 1C message: raw CP1251 Subject; its DSN quotes the original headers in RFC 2047.
+    first = await asyncio.to_thread(send_raw, gw, "buh@corp.test", cp1251_message())
+    assert await bounce_state(gw, first) == ("sent", "")
+    [dsn] = relay.to("buh@corp.test")
+    human, status, headers = dsn.iter_parts()
+    assert "Номер в чёрном списке" in human.get_content()
+    assert "Номер в чёрном списке" in status.get_payload()[1]["Diagnostic-Code"]
+    quoted = headers.get_payload()
+    assert isinstance(quoted, str) and quoted.isascii()
+    original = message_from_bytes(quoted.encode(), policy=policy.default)
+    assert original["Subject"] == "Счёт на оплату № 42"       # decoded as the parser reads it
+    assert original["Message-ID"] == "<1c-42@corp.test>"
+
+    # 2. A UTF-8 envelope sender, and a relay without SMTPUTF8: recorded as failed, one line.
+    second = await asyncio.to_thread(send_raw, gw, "бухгалтерия@corp.test",
+                                     text_message().as_bytes(), utf8=True)
+    state, detail = await bounce_state(gw, second)
+    assert state == "failed" and "SMTPUTF8" in detail
+
+    # 3. The bouncer is still alive: the next one goes out.
+    third = await asyncio.to_thread(send_raw, gw, "crm@corp.test", text_message().as_bytes())
+    assert await bounce_state(gw, third) == ("sent", "")
+    assert len(relay.to("crm@corp.test")) == 1
+    assert relay.to("бухгалтерия@corp.test") == []
+
+
+async def test_utf8_sender_gets_its_dsn_through_a_relay_with_smtputf8(
+        start_gateway: Start, platform: FakePlatform, utf8_relay: Relay) -> None:
+    platform.default = REFUSED
+    gw = await start_gateway(bounces(utf8_relay.port))
+    queue_id = await asyncio.to_thread(send_raw, gw, "бухгалтерия@corp.test",
+                                       cp1251_message(), utf8=True)
+    assert await bounce_state(gw, queue_id) == ("sent", "")
+    [dsn] = utf8_relay.to("бухгалтерия@corp.test")
+    assert dsn["To"] == "бухгалтерия@corp.test"
+
+
+async def test_sigterm_exits_0_after_a_1c_bounce(tmp_path: Path, platform: FakePlatform,
+                                                 relay: Relay) -> None:
+    platform.default = REFUSED
+    config = tmp_path / "config.yaml"
+    data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
+    config.write_text(yaml.safe_dump({**data, **bounces(relay.port)}, allow_unicode=True))
+    daemon = Daemon(config)
+    port = await daemon.start()
+    try:
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.sendmail("buh@corp.test", ["79001234567@sms.local"], cp1251_message())
+                client.sendmail("crm@corp.test", ["79001234567@sms.local"],
+                                text_message().as_bytes())
+        await asyncio.to_thread(send)
+        await eventually(lambda: len(relay.messages) == 2, within=20)
+    finally:
+        code = await daemon.terminate()
+    assert code == 0, "\n".join(daemon.log[-20:])
+    assert any(line.endswith("stopped") for line in daemon.log)
