@@ -255,7 +255,7 @@ def _quoted(name: str, text: str) -> str:
     readable), anything else as unstructured text."""
     if name.lower() in _ADDRESS_HEADERS and len(text) <= _MAX_STRUCTURED:
         with contextlib.suppress(Exception):
-            folded = SMTP_POLICY.header_factory(name, text).fold(policy=SMTP_POLICY)
+            folded = str(SMTP_POLICY.header_factory(name, text).fold(policy=SMTP_POLICY))
             if folded.isascii():
                 return folded.replace("\r\n", "\n")
     return f"{name}: {Header(text, 'utf-8', header_name=name).encode()}\n"

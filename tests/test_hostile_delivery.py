@@ -123,7 +123,8 @@ async def test_cp1251_subject_and_utf8_sender_do_not_stop_later_bounces(
     [dsn] = relay.to("buh@corp.test")
     human, status, headers = dsn.iter_parts()
     assert "Номер в чёрном списке" in human.get_content()
-    assert "Номер в чёрном списке" in status.get_payload()[1]["Diagnostic-Code"]
+    per_recipient: Any = status.get_payload()[1]  # type: ignore[index]
+    assert "Номер в чёрном списке" in per_recipient["Diagnostic-Code"]
     quoted = headers.get_payload()
     assert isinstance(quoted, str) and quoted.isascii()
     original = message_from_bytes(quoted.encode(), policy=policy.default)
