@@ -6,6 +6,7 @@ gateway.platform.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -62,11 +63,17 @@ class PulseClient:
                                      content=encode_form(request, token),
                                      extensions={"timeout": self._timeout})
         try:
-            response = await self._active.handle_async_request(http_request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            # One deadline for the whole request: httpx's timeouts limit each read, and a
+            # platform dribbling a byte a second would hold the send past its lease, when the
+            # same delivery is due again and sent twice.
+            async with asyncio.timeout(self.api.timeout):
+                response = await self._active.handle_async_request(http_request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return Outcome("retry", detail=f"timeout (no whole reply within {self.api.timeout:g}s)")
         except httpx.TimeoutException as exc:
             return Outcome("retry", detail=f"timeout ({type(exc).__name__})")
         except httpx.HTTPError as exc:

@@ -175,3 +175,94 @@ async def test_sigterm_exits_0_after_a_1c_bounce(tmp_path: Path, platform: FakeP
         code = await daemon.terminate()
     assert code == 0, "\n".join(daemon.log[-20:])
     assert any(line.endswith("stopped") for line in daemon.log)
+
+
+# --- 6: one deadline per request; never lease what is in flight ------------------------------
+
+class Dribbler:
+    """A platform that answers one byte at a time: every read is quick, the reply never ends."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self.posts: list[dict[str, str]] = []
+        self.hung_up = 0           # connections the gateway closed before the reply ended
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/bulk"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from urllib.parse import parse_qsl
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            self.posts.append(dict(parse_qsl((await reader.readexactly(length)).decode())))
+            body = b'{"type": "success", "id": "1"}' + b" " * 120
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))
+            for byte in body:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(self.every)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.hung_up += 1
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def dribbler() -> AsyncIterator[Dribbler]:
+    server = Dribbler()
+    await server.start()
+    yield server
+    server.close()
+
+
+async def events_of(gw: Running, queue_id: str) -> list[tuple[str, str]]:
+    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    assert detail is not None
+    return [(kind, text) for _, kind, text in detail.deliveries[0].events]
+
+
+@pytest.mark.parametrize("mode", ["inline", "process"])
+async def test_a_dribbling_platform_gets_one_post_and_a_timeout(
+        start_gateway: Start, dribbler: Dribbler, monkeypatch: pytest.MonkeyPatch,
+        mode: str) -> None:
+    monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
+    gw = await start_gateway({"api": {"base_url": dribbler.base_url, "timeout": "2s"},
+                              "spool": {"retry": ["1h"]}})
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    # The whole reply would take 75 s; every single read takes 0.5 s, well within 2 s.
+    async with asyncio.timeout(15):
+        while not any(kind == "deferred" for kind, _ in await events_of(gw, queue_id)):
+            await asyncio.sleep(0.1)
+    [deferred] = [text for kind, text in await events_of(gw, queue_id) if kind == "deferred"]
+    assert "timeout" in deferred
+    await eventually(lambda: dribbler.hung_up == 1, within=5)   # the request was cancelled
+    assert len(dribbler.posts) == 1
+
+
+async def test_a_delivery_in_flight_past_its_lease_is_not_sent_again(
+        start_gateway: Start, dribbler: Dribbler) -> None:
+    gw = await start_gateway({"api": {"base_url": dribbler.base_url, "timeout": "6s"},
+                              "spool": {"retry": ["1h"]}})
+    await gw.submit(text_message(), "79001234567@sms.local")
+    await eventually(lambda: len(dribbler.posts) == 1, within=10)
+    # What a stuck send looked like: its lease runs out while the request is still going.
+    await gw.gateway.spool.run(lambda conn: conn.execute(
+        "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'sending'"))
+    await gw.submit(text_message(), "79007654321@sms.local")     # wakes the worker: a lease
+    await eventually(lambda: len(dribbler.posts) >= 2, within=10)
+    await asyncio.sleep(1.0)
+    assert sorted(post["sent_to"] for post in dribbler.posts) == ["79001234567", "79007654321"]
