@@ -229,10 +229,16 @@ async def dribbler() -> AsyncIterator[Dribbler]:
     server.close()
 
 
-async def events_of(gw: Running, queue_id: str) -> list[tuple[str, str]]:
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
-    assert detail is not None
-    return [(kind, text) for _, kind, text in detail.deliveries[0].events]
+async def event_texts(gw: Running, queue_id: str, kind: str, within: float) -> list[str]:
+    """Until the delivery has events of this kind; their details."""
+    async with asyncio.timeout(within):
+        while True:
+            detail = await admin.show_message(gw.gateway.spool, queue_id)
+            assert detail is not None
+            texts = [text for _, what, text in detail.deliveries[0].events if what == kind]
+            if texts:
+                return texts
+            await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("mode", ["inline", "process"])
@@ -244,10 +250,7 @@ async def test_a_dribbling_platform_gets_one_post_and_a_timeout(
                               "spool": {"retry": ["1h"]}})
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     # The whole reply would take 75 s; every single read takes 0.5 s, well within 2 s.
-    async with asyncio.timeout(15):
-        while not any(kind == "deferred" for kind, _ in await events_of(gw, queue_id)):
-            await asyncio.sleep(0.1)
-    [deferred] = [text for kind, text in await events_of(gw, queue_id) if kind == "deferred"]
+    [deferred] = await event_texts(gw, queue_id, "deferred", within=15)
     assert "timeout" in deferred
     await eventually(lambda: dribbler.hung_up == 1, within=5)   # the request was cancelled
     assert len(dribbler.posts) == 1
