@@ -85,7 +85,7 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():   # not "²": str.isdigit takes any Unicode digit
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -28,6 +28,7 @@ log = logging.getLogger("smtp2pulse.worker")
 MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
 PURGE_EVERY = 3600.0
 KEEP_FINISHED = 7 * 86400.0
+RETRY_AFTER_FLOOR = 3600.0   # the least a Retry-After is honoured up to, whatever the schedule
 
 
 class Pacer:
@@ -71,7 +72,13 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
                       bounce=bounce)
     wait = next_wait(config.spool.retry, delivery.attempts + 1, rng)
     if outcome.retry_after is not None:
-        wait = max(wait, outcome.retry_after)
+        # Honoured up to the schedule's longest wait (an hour at least, so a platform asking
+        # for an hour of quiet gets it from a short schedule too): `Retry-After: 99999999999`
+        # would park the delivery for millennia, never given up on nor bounced.
+        cap = max(max(config.spool.retry), RETRY_AFTER_FLOOR)
+        wait = max(wait, min(outcome.retry_after, cap))
+    # The last attempt comes at the give-up deadline, not after it.
+    wait = max(0.0, min(wait, delivery.received_at + config.spool.give_up_after - now))
     return Result(delivery.id, "queued", now + wait, "deferred",
                   f"{outcome.detail}; next attempt in {wait:.0f}s")
 

@@ -269,3 +269,27 @@ async def test_a_delivery_in_flight_past_its_lease_is_not_sent_again(
     await eventually(lambda: len(dribbler.posts) >= 2, within=10)
     await asyncio.sleep(1.0)
     assert sorted(post["sent_to"] for post in dribbler.posts) == ["79001234567", "79007654321"]
+
+
+# --- 14: Retry-After is capped -----------------------------------------------------------------
+
+async def test_a_huge_retry_after_is_capped(start_gateway: Start, platform: FakePlatform) -> None:
+    gw = await start_gateway({"spool": {"retry": ["50ms", "2h"]}})
+    platform.default = Reply(status=429, headers={"Retry-After": "99999999999"})
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    [deferred] = await event_texts(gw, queue_id, "deferred", within=10)
+    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    assert detail is not None
+    wait = detail.deliveries[0].next_attempt_at - detail.received_at
+    assert 1.8 * 3600 < wait < 2.3 * 3600, deferred       # the schedule's longest wait, ±10%
+
+
+async def test_a_huge_retry_after_still_gives_up_and_bounces_at_the_deadline(
+        start_gateway: Start, platform: FakePlatform, relay: Relay) -> None:
+    gw = await start_gateway({**bounces(relay.port),
+                              "spool": {"retry": ["1h"], "give_up_after": "2s"}})
+    platform.default = Reply(status=429, headers={"Retry-After": "99999999999"})
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local", sender="crm@corp.test")
+    assert await gw.wait_final(queue_id, within=15) == ["failed"]
+    assert len(platform.requests) == 2          # the first, and the last one at the deadline
+    assert await bounce_state(gw, queue_id) == ("sent", "")
