@@ -11,13 +11,12 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.config import ApiConfig, mask
-from gateway.platform import Outcome, classify, encode_form, masked_request, short
+from gateway.config import ApiConfig
+from gateway.platform import Outcome, classify, encode_form, mask_secret, masked_request, short
 
 log = logging.getLogger("smtp2pulse.deliver")
 
@@ -77,11 +76,10 @@ class PulseClient:
         except httpx.TimeoutException as exc:
             return Outcome("retry", detail=f"timeout ({type(exc).__name__})")
         except httpx.HTTPError as exc:
-            return Outcome("retry", detail=f"{type(exc).__name__}: {short(str(exc))}")
-        outcome = classify(response.status_code, response.content, response.headers, time.time())
-        if token and token in outcome.detail:   # a platform echoing the request back
-            outcome = replace(outcome, detail=outcome.detail.replace(token, mask(token)))
-        return outcome
+            text = mask_secret(str(exc), token)
+            return Outcome("retry", detail=f"{type(exc).__name__}: {short(text)}")
+        return classify(response.status_code, response.content, response.headers, time.time(),
+                        secret=token)   # a platform echoing the request back
 
 
 class DryRunClient:

@@ -293,3 +293,89 @@ async def test_a_huge_retry_after_still_gives_up_and_bounces_at_the_deadline(
     assert await gw.wait_final(queue_id, within=15) == ["failed"]
     assert len(platform.requests) == 2          # the first, and the last one at the deadline
     assert await bounce_state(gw, queue_id) == ("sent", "")
+
+
+# --- 16: the token masked in every spelling an echo gives it ----------------------------------
+
+ODD_TOKEN = "tok/SECRET+0123=abc/def+ghi=="
+
+
+class Echo:
+    """A platform whose error pages echo the request: the raw body in an HTML page, then the
+    decoded fields inside the documented error JSON."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self._runner: Any = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/bulk"
+
+    async def start(self) -> None:
+        import json
+        from urllib.parse import parse_qsl
+
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            raw = await request.read()
+            self.requests.append(raw)
+            if len(self.requests) == 1:
+                page = f"<html><body><h1>400 Bad Request</h1><pre>{raw.decode()}</pre>"
+                return web.Response(status=400, text=page, content_type="text/html")
+            fields = dict(parse_qsl(raw.decode()))
+            reply = {"type": "error", "msg": f"bad request {json.dumps(fields)}"}
+            return web.Response(text=json.dumps(reply).replace("/", "\\/"),
+                                content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/api/v1/bulk/send-message", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["inline", "process"])
+async def test_a_token_with_slash_plus_equals_never_reaches_a_log_line(
+        start_gateway: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str], mode: str) -> None:
+    import json
+    import logging
+    from urllib.parse import quote, quote_plus
+    monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
+    caplog.set_level(logging.DEBUG)
+    echo = Echo()
+    await echo.start()
+    try:
+        gw = await start_gateway({"api": {"base_url": echo.base_url, "token": ODD_TOKEN}})
+        queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+        assert await gw.wait_final(queue_id) == ["refused"]
+        await gw.gateway.stop()          # the sender process's last lines are out
+    finally:
+        await echo.stop()
+    assert quote_plus(ODD_TOKEN).encode() in echo.requests[0]      # the echo had it
+    stored = await asyncio.to_thread(_spool_text, gw.gateway.config.spool.path)
+    assert "unrecognised reply" in stored and "***" in stored
+    written = caplog.text + "\n".join(capfd.readouterr()) + stored
+    for spelling in {ODD_TOKEN, quote_plus(ODD_TOKEN), quote(ODD_TOKEN), quote(ODD_TOKEN, ""),
+                     json.dumps(ODD_TOKEN)[1:-1].replace("/", "\\/")}:
+        for piece in (spelling, spelling[:12]):      # nor a part of it, cut by a shortening
+            assert piece.lower() not in written.lower(), piece
+
+
+def _spool_text(path: Path) -> str:
+    import sqlite3
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT detail FROM events UNION ALL SELECT coalesce(last_error, '')"
+                            " FROM deliveries").fetchall()
+    finally:
+        conn.close()
+    return "\n".join(row[0] for row in rows)
