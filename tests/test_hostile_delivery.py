@@ -379,3 +379,73 @@ def _spool_text(path: Path) -> str:
     finally:
         conn.close()
     return "\n".join(row[0] for row in rows)
+
+
+# --- 13: callback input ------------------------------------------------------------------------
+
+async def raw_http(host: str, port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send a request head (and maybe the start of a body); the status line that comes back."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        return (await reader.readline()).rstrip()
+    finally:
+        writer.close()
+
+
+async def test_malformed_delivery_ids_get_400_not_500(start_gateway: Start,
+                                                      platform: FakePlatform,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from tests.test_status import HTTP, base, get, submit_and_callback_url
+    gw = await start_gateway(HTTP)
+    _, url = await submit_and_callback_url(gw, platform)
+    for d in ("%C2%B2", "1" * 5000, "", "-1", "12a", "%EF%BC%91"):   # ², long, fullwidth 1
+        status, body = await get(base(gw) + f"/callback?d={d}&q=ABC&sig=x&status=delivered")
+        assert status == 400, (d[:20], status, body)
+    status, _ = await get(base(gw) + "/callback?d=1&q=%ED%A0%80&sig=x&status=delivered")
+    assert status == 400
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+    good = url.replace("{id}", "1").replace("{status}", "delivered")
+    assert await get(good) == (200, '{"result": "recorded"}')
+
+
+async def test_an_unsigned_body_is_not_read(start_gateway: Start, platform: FakePlatform) -> None:
+    from tests.test_status import HTTP
+    gw = await start_gateway(HTTP)
+    assert gw.gateway.status is not None
+    host, port = gw.gateway.status.addresses[0]
+    mib = 1 << 20
+    # Forged signature in the URL: 403 while the announced MiB has not been sent.
+    head = (b"POST /callback?d=1&q=ABC&sig=00000000 HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % mib)
+    async with asyncio.timeout(5):
+        assert (await raw_http(host, port, head, b"status=x&"))[:12] == b"HTTP/1.1 403"
+    # No signature in the URL: the body is judged by its length before a byte is read.
+    head = (b"POST /callback HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % mib)
+    async with asyncio.timeout(5):
+        assert (await raw_http(host, port, head))[:12] == b"HTTP/1.1 413"
+
+
+async def test_one_signed_url_records_a_bounded_number_of_short_statuses(
+        start_gateway: Start, platform: FakePlatform) -> None:
+    from gateway.tracking import MAX_STATUSES
+    from tests.test_status import HTTP, get, submit_and_callback_url
+    gw = await start_gateway(HTTP)
+    queue_id, url = await submit_and_callback_url(gw, platform)
+    signed = url.replace("&id={id}&status={status}", "")
+    assert await get(signed + "&id=1&status=" + "y" * 5000) == (200, '{"result": "recorded"}')
+    results = [await get(url.replace("{id}", "1").replace("{status}", f"s{n}"))
+               for n in range(60)]
+    assert results.count((200, '{"result": "recorded"}')) == MAX_STATUSES - 1
+    assert results[-1] == (200, '{"result": "ignored"}')
+    assert (await get(signed, "POST", data={"status": "z" * (1 << 20)}))[0] == 413
+    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    assert detail is not None
+    statuses = [text for _, kind, text in detail.deliveries[0].events if kind == "status"]
+    assert len(statuses) == MAX_STATUSES
+    assert statuses[0].startswith("y" * 64 + " (unknown)")
+    assert detail.deliveries[0].status == f"s{MAX_STATUSES - 2}"
