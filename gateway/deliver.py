@@ -6,17 +6,17 @@ gateway.platform.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.config import ApiConfig, mask
-from gateway.platform import Outcome, classify, encode_form, masked_request, short
+from gateway.config import ApiConfig
+from gateway.platform import Outcome, classify, encode_form, mask_secret, masked_request, short
 
 log = logging.getLogger("smtp2pulse.deliver")
 
@@ -62,19 +62,24 @@ class PulseClient:
                                      content=encode_form(request, token),
                                      extensions={"timeout": self._timeout})
         try:
-            response = await self._active.handle_async_request(http_request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            # One deadline for the whole request: httpx's timeouts limit each read, and a
+            # platform dribbling a byte a second would hold the send past its lease, when the
+            # same delivery is due again and sent twice.
+            async with asyncio.timeout(self.api.timeout):
+                response = await self._active.handle_async_request(http_request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return Outcome("retry", detail=f"timeout (no whole reply within {self.api.timeout:g}s)")
         except httpx.TimeoutException as exc:
             return Outcome("retry", detail=f"timeout ({type(exc).__name__})")
         except httpx.HTTPError as exc:
-            return Outcome("retry", detail=f"{type(exc).__name__}: {short(str(exc))}")
-        outcome = classify(response.status_code, response.content, response.headers, time.time())
-        if token and token in outcome.detail:   # a platform echoing the request back
-            outcome = replace(outcome, detail=outcome.detail.replace(token, mask(token)))
-        return outcome
+            text = mask_secret(str(exc), token)
+            return Outcome("retry", detail=f"{type(exc).__name__}: {short(text)}")
+        return classify(response.status_code, response.content, response.headers, time.time(),
+                        secret=token)   # a platform echoing the request back
 
 
 class DryRunClient:

@@ -9,11 +9,14 @@ error page, JSON of another shape — is an unknown outcome and is retried, neve
 from __future__ import annotations
 
 import email.utils
+import functools
+import html
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 from gateway.config import mask
 
@@ -63,7 +66,10 @@ def masked_request(request: Mapping[str, str], token: str) -> dict[str, str]:
     return {"token": mask(token), **request}
 
 
-def classify(status: int, body: bytes, headers: Mapping[str, str], now: float) -> Outcome:
+def classify(status: int, body: bytes, headers: Mapping[str, str], now: float,
+             secret: str = "") -> Outcome:
+    """What a reply means; `secret` (the request's token) is masked in any text it echoes,
+    before that text is shortened, so a cut cannot leave half a token."""
     if status == 429 or status >= 500:
         return Outcome("retry", detail=f"HTTP {status}",
                        retry_after=retry_after_seconds(headers.get("retry-after"), now))
@@ -76,16 +82,37 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], now: float) -
         if kind == "success" and isinstance(reply.get("id"), str | int) and reply["id"] != "":
             return Outcome("sent", platform_id=str(reply["id"]))
         if kind == "error":
-            return Outcome("refused", detail=short(str(reply.get("msg", "")) or "error"))
-    return Outcome("retry", detail=f"HTTP {status}, unrecognised reply: "
-                                   f"{short(body.decode('utf-8', 'replace'))!r}")
+            text = mask_secret(str(reply.get("msg", "")), secret)
+            return Outcome("refused", detail=short(text) or "error")
+    text = mask_secret(body.decode("utf-8", "replace"), secret)
+    return Outcome("retry", detail=f"HTTP {status}, unrecognised reply: {short(text)!r}")
+
+
+def mask_secret(text: str, secret: str) -> str:
+    """`text` with `secret` masked in every spelling an echo of the request can give it."""
+    if not secret:
+        return text
+    return _spellings(secret).sub(mask(secret), text)
+
+
+@functools.lru_cache(maxsize=64)
+def _spellings(secret: str) -> re.Pattern[str]:
+    # Raw; form-encoded as we send it (a `/+=` token is all escapes there) and as other
+    # encoders write it; JSON- and HTML-escaped. Case-blind for %2f against %2F (masking a
+    # look-alike too is harmless).
+    forms = {secret, form_value(secret, "utf-8"), quote_plus(secret), quote(secret),
+             quote(secret, safe=""), html.escape(secret)}
+    forms |= {json.dumps(form)[1:-1] for form in list(forms)}
+    forms |= {form.replace("/", "\\/") for form in list(forms)}   # JSON's optional \/
+    alternatives = sorted(forms, key=len, reverse=True)
+    return re.compile("|".join(re.escape(form) for form in alternatives), re.IGNORECASE)
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():   # not "²": str.isdigit takes any Unicode digit
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

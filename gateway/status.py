@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -19,6 +21,14 @@ from gateway.spool import Spool
 log = logging.getLogger("smtp2pulse.status")
 
 HEALTH_PROBE_SECONDS = 2.0
+# A callback is a handful of short fields; anything bigger is not the platform.
+MAX_CALLBACK_BODY = 8 * 1024
+MAX_STATUS = 64
+MAX_PLATFORM_ID = 128
+# What callback_url signs: a delivery id (a 64-bit SQLite rowid, where 18 digits always fit)
+# and a queue id; ASCII only (str.isdigit takes "²", which int() refuses).
+_ID_DIGITS = re.compile(r"[0-9]{1,18}")
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 
 
 class StatusServer:
@@ -102,20 +112,31 @@ class StatusServer:
                             headers={"Content-Type": CONTENT_TYPE})
 
     async def _callback(self, request: web.Request) -> web.Response:
-        params = dict(request.query)
-        if request.method == "POST":
-            params.update({k: str(v) for k, v in (await request.post()).items()})
-        delivery, queue_id, signature = params.get("d", ""), params.get("q", ""), \
-            params.get("sig", "")
         secret = self._http().callback_secret.reveal()
-        if not delivery.isdigit() or not tracking.verify(secret, int(delivery), queue_id,
-                                                         signature):
-            self.metrics.callbacks.labels("forged").inc()
-            log.warning("forged or unsigned callback from %s refused", request.remote)
-            return web.json_response({"error": "forbidden"}, status=403)
-        status = params.get("status", "")
+        query = request.query
+        if "sig" in query:
+            # The URL we made carries the signature: an unsigned body is never read.
+            refusal = self._refusal(request, query.get("d", ""), query.get("q", ""),
+                                    query.get("sig", ""), secret)
+            if refusal is not None:
+                return refusal
+        params = dict(query)
+        if request.method == "POST":
+            body = await _small_body(request)
+            if body is None:
+                log.warning("callback from %s refused: a body over %d bytes", request.remote,
+                            MAX_CALLBACK_BODY)
+                return web.json_response({"error": "body too large"}, status=413)
+            params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        delivery, queue_id = params.get("d", ""), params.get("q", "")
+        refusal = self._refusal(request, delivery, queue_id, params.get("sig", ""), secret)
+        if refusal is not None:
+            return refusal
+        # Kept short: stored and shown verbatim, and a real status is a word or a code.
+        status = params.get("status", "")[:MAX_STATUS]
+        platform_id = params.get("id", "")[:MAX_PLATFORM_ID]
         result, meaning = await tracking.record_status(
-            self.spool, int(delivery), queue_id, params.get("id", ""), status)
+            self.spool, int(delivery), queue_id, platform_id, status)
         self.metrics.callbacks.labels(result).inc()
         log.info("queue_id=%s delivery=%s status=%r (%s) %s", queue_id, delivery, status,
                  meaning, result, extra={"queue_id": queue_id})
@@ -124,8 +145,34 @@ class StatusServer:
         # 200 even for a delivery we no longer know: the platform would only retry in vain.
         return web.json_response({"result": result})
 
+    def _refusal(self, request: web.Request, delivery: str, queue_id: str, signature: str,
+                 secret: str) -> web.Response | None:
+        """400 for ids of a shape we never sign, 403 for a wrong signature, else None."""
+        if not _ID_DIGITS.fullmatch(delivery) or not _QUEUE_ID.fullmatch(queue_id):
+            self.metrics.callbacks.labels("malformed").inc()
+            log.warning("malformed callback from %s refused", request.remote)
+            return web.json_response({"error": "bad d or q"}, status=400)
+        if not tracking.verify(secret, int(delivery), queue_id, signature):
+            self.metrics.callbacks.labels("forged").inc()
+            log.warning("forged or unsigned callback from %s refused", request.remote)
+            return web.json_response({"error": "forbidden"}, status=403)
+        return None
+
     async def _message(self, request: web.Request) -> web.Response:
         detail = await admin.show_message(self.spool, request.match_info["queue_id"])
         if detail is None:
             return web.json_response({"error": "no such message"}, status=404)
         return web.json_response(asdict(detail))
+
+
+async def _small_body(request: web.Request) -> bytes | None:
+    """The body, or None past MAX_CALLBACK_BODY: judged by Content-Length before reading a
+    byte, and counted while reading one sent without it."""
+    if request.content_length is not None and request.content_length > MAX_CALLBACK_BODY:
+        return None
+    data = bytearray()
+    while chunk := await request.content.read(MAX_CALLBACK_BODY + 1 - len(data)):
+        data += chunk
+        if len(data) > MAX_CALLBACK_BODY:
+            return None
+    return bytes(data)

@@ -28,7 +28,8 @@ _WORDS = {
     "enroute": "pending", "buffered": "pending",
 }
 StatusClass = Literal["delivered", "failed", "pending", "unknown"]
-CallbackResult = Literal["recorded", "repeated", "unknown"]
+CallbackResult = Literal["recorded", "repeated", "unknown", "ignored"]
+MAX_STATUSES = 20   # distinct statuses kept per delivery; a real one goes through a handful
 
 
 def sign(secret: str, delivery_id: int, queue_id: str) -> str:
@@ -74,6 +75,9 @@ async def record_status(spool: Spool, delivery_id: int, queue_id: str, platform_
                             " AND detail = ?", (delivery_id, detail)).fetchone()
         if seen:
             return "repeated", meaning
+        if conn.execute("SELECT count(*) FROM events WHERE delivery_id = ? AND kind = 'status'",
+                        (delivery_id,)).fetchone()[0] >= MAX_STATUSES:
+            return "ignored", meaning    # one signed URL must not fill the spool
         now = time.time()
         conn.execute("UPDATE deliveries SET status = ?, status_class = ?, status_at = ?,"
                      " platform_id = coalesce(platform_id, nullif(?, '')) WHERE id = ?",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -27,6 +28,7 @@ log = logging.getLogger("smtp2pulse.worker")
 MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
 PURGE_EVERY = 3600.0
 KEEP_FINISHED = 7 * 86400.0
+RETRY_AFTER_FLOOR = 3600.0   # the least a Retry-After is honoured up to, whatever the schedule
 
 
 class Pacer:
@@ -70,7 +72,13 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
                       bounce=bounce)
     wait = next_wait(config.spool.retry, delivery.attempts + 1, rng)
     if outcome.retry_after is not None:
-        wait = max(wait, outcome.retry_after)
+        # Honoured up to the schedule's longest wait (an hour at least, so a platform asking
+        # for an hour of quiet gets it from a short schedule too): `Retry-After: 99999999999`
+        # would park the delivery for millennia, never given up on nor bounced.
+        cap = max(max(config.spool.retry), RETRY_AFTER_FLOOR)
+        wait = max(wait, min(outcome.retry_after, cap))
+    # The last attempt comes at the give-up deadline, not after it.
+    wait = max(0.0, min(wait, delivery.received_at + config.spool.give_up_after - now))
     return Result(delivery.id, "queued", now + wait, "deferred",
                   f"{outcome.detail}; next attempt in {wait:.0f}s")
 
@@ -90,6 +98,7 @@ class Worker:
         self._pacer = Pacer()
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._holding: set[int] = set()   # ids of the deliveries in flight here
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_purge = 0.0
@@ -148,12 +157,20 @@ class Worker:
         pacing = config.api.max_concurrency / config.api.max_rate if config.api.max_rate else 0.0
         lease = config.api.timeout + pacing + 60.0
         for delivery in await self.spool.lease(free, lease):
+            if delivery.id in self._holding:
+                # Its lease ran out while this process still sends it (the sender's deadline
+                # should prevent that): the send in flight records the outcome, never a second.
+                log.warning("queue_id=%s delivery %d is still in flight past its lease; not"
+                            " sending it again", delivery.message_id, delivery.id)
+                continue
             task = asyncio.create_task(self._deliver(delivery), name=f"deliver-{delivery.id}")
             self._inflight.add(task)
-            task.add_done_callback(self._finished)
+            self._holding.add(delivery.id)
+            task.add_done_callback(functools.partial(self._finished, delivery.id))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, delivery_id: int, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._holding.discard(delivery_id)
         self._wake.set()
 
     async def _sleep(self) -> None:
