@@ -442,7 +442,8 @@ async def test_one_signed_url_records_a_bounded_number_of_short_statuses(
                for n in range(60)]
     assert results.count((200, '{"result": "recorded"}')) == MAX_STATUSES - 1
     assert results[-1] == (200, '{"result": "ignored"}')
-    assert (await get(signed, "POST", data={"status": "z" * (1 << 20)}))[0] == 413
+    # Past the 8 KiB cap (the MiB case, over a raw socket, is the test above).
+    assert (await get(signed, "POST", data={"status": "z" * (64 << 10)}))[0] == 413
     detail = await admin.show_message(gw.gateway.spool, queue_id)
     assert detail is not None
     statuses = [text for _, kind, text in detail.deliveries[0].events if kind == "status"]
