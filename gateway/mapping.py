@@ -18,7 +18,10 @@ from gateway.text import clean_text
 
 # A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
 # else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.
-_PHONE = re.compile(r"^\+?[0-9]+(?:[.-]*[0-9]+)*$")
+# Every regex here sees client input, so each must match in linear time: a run of separators
+# is mandatory between two digit groups, otherwise the groups nest and a long run of digits
+# followed by one bad character backtracks exponentially.
+_PHONE = re.compile(r"^\+?[0-9]+(?:[.-]+[0-9]+)*$")
 _EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _VERBATIM = re.compile(r"^[^\s\"(),:;<>@\[\\\]]+$")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import contextlib
 import dataclasses
 import logging
@@ -37,6 +36,7 @@ from email.policy import default as default_policy
 from email.utils import parseaddr
 from typing import Any
 
+from gateway.charsets import mail_codec
 from gateway.htmltext import html_to_text
 from gateway.text import clean_text, lf, one_line, scrub
 
@@ -149,31 +149,18 @@ def _structure(raw: bytes) -> Message:
 
 
 def decode_bytes(data: bytes, declared: str | None, fallback_charset: str) -> str:
-    """Bytes as text: the declared charset if Python knows it, else UTF-8, else the fallback."""
-    codec = _text_codec(declared)
+    """Bytes as text: the declared charset if mail uses it, else UTF-8, else the fallback."""
+    codec = mail_codec(declared)
     if codec == "ascii" and not data.isascii():
         codec = None   # legacy mailers label raw 8-bit text "us-ascii"
     if codec is not None:
-        # Some codecs (idna) refuse errors="replace"; the text is then treated as undeclared.
+        # Should a codec refuse errors="replace", the text is treated as undeclared.
         with contextlib.suppress(Exception):
             return data.decode(codec, "replace").removeprefix("\ufeff")
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
-        return data.decode(_text_codec(fallback_charset) or "utf-8", "replace")
-
-
-def _text_codec(name: str | None) -> str | None:
-    """The Python codec for a charset name, if it is one that turns bytes into text."""
-    if not name:
-        return None
-    try:
-        info = codecs.lookup(name.strip())
-    except Exception:   # LookupError, but also ValueError/TypeError for names with NULs etc.
-        return None
-    if not getattr(info, "_is_text_encoding", True):
-        return None     # "base64", "zlib", "rot13"...: known to codecs, but not charsets
-    return info.name
+        return data.decode(mail_codec(fallback_charset) or "utf-8", "replace")
 
 
 def _simple_parsed(raw: bytes, fallback: str) -> ParsedMessage | None:
