@@ -87,7 +87,7 @@ async def main(only: list[str] | None, digits: int) -> None:
     with tempfile.TemporaryDirectory(prefix="smtp2pulse-hostile-parse-") as tmp:
         platform, platform_port = await start_helper("fakeplatform.py", "--max-seconds", 900)
         try:
-            gateway, port, log = await start_gateway(Path(tmp), platform_port, args)
+            _gateway, port, log = await start_gateway(Path(tmp), platform_port, args)
             print(f"{'attack':12} {'reply to the attack':44} {'took':>7} {'2nd client worst':>17}"
                   f" {'probes':>6} {'longest log line':>16}")
             for name, payload in attacks(digits).items():
