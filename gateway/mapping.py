@@ -7,6 +7,7 @@ code the daemon uses.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,12 +19,20 @@ from gateway.text import clean_text
 
 # A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
 # else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.
-_PHONE = re.compile(r"^\+?[0-9]+(?:[.-]*[0-9]+)*$")
+# Every regex here sees client input, so each must match in linear time: a run of separators
+# is mandatory between two digit groups, otherwise the groups nest and a long run of digits
+# followed by one bad character backtracks exponentially.
+_PHONE = re.compile(r"^\+?[0-9]+(?:[.-]+[0-9]+)*$")
 _EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _VERBATIM = re.compile(r"^[^\s\"(),:;<>@\[\\\]]+$")
 _SEND_DATE = "%Y-%m-%d %H:%M"
 ELLIPSIS = "…"
+# A log line names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
+# one hostile message must not write a megabyte line, and a person reading the log learns
+# enough from the first few names and the count of the rest.
+_LISTED = 10
+_LISTED_LENGTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +164,18 @@ def ignored_overrides(message: ParsedMessage, domain: DomainConfig) -> list[str]
     """The X-Pulse-* headers a message carried that its domain does not allow (for the log)."""
     allowed = {"x-pulse-" + name.replace("_", "-") for name in domain.allow_headers}
     return sorted(h for h in message.headers if h not in allowed)
+
+
+def listing(names: Sequence[str], more: int = 0) -> str:
+    """Names for a log line: the first few, each cut short, then how many more there are."""
+    shown = [name if len(name) <= _LISTED_LENGTH else name[:_LISTED_LENGTH - 1] + ELLIPSIS
+             for name in names[:_LISTED]]
+    rest = len(names) - len(shown) + more
+    return ", ".join(shown) + (f" and {rest} more" if rest else "")
+
+
+def dropped_note(message: ParsedMessage) -> str | None:
+    """The log note about the parts of a message that were not sent, if any."""
+    if not message.dropped_attachments and not message.more_dropped:
+        return None
+    return f"attachments not sent: {listing(message.dropped_attachments, message.more_dropped)}"

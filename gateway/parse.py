@@ -19,32 +19,56 @@ Anything else, or any exception on the way, goes to the FeedParser as before.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import codecs
 import contextlib
 import dataclasses
 import logging
 import quopri
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from email.feedparser import FeedParser
 from email.headerregistry import BaseHeader, HeaderRegistry, ParameterizedMIMEHeader
 from email.message import Message
 from email.parser import BytesParser
-from email.policy import compat32
+from email.policy import Compat32
 from email.policy import default as default_policy
 from email.utils import parseaddr
-from typing import Any
+from typing import Any, TypeVar
 
+from gateway.charsets import mail_codec
 from gateway.htmltext import html_to_text
 from gateway.text import clean_text, lf, one_line, scrub
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Mail larger than this is parsed in a parser thread, not on the event loop. Below it, the
+# worst shapes under the caps here cost a few milliseconds; above it, a hostile message costs
+# up to a second of CPU, which the thread spends while the loop keeps serving other clients.
+# Ordinary mail (a text body of a few KB) stays on the loop and pays no thread round trip.
+OFF_LOOP_SIZE = 8 * 1024
+# Their own threads, not the default executor: password checks and bounces use that one and
+# must not queue behind a burst of large mail. Two, because parsing holds the GIL: more threads
+# would only take more turns from the event loop.
+_PARSERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smtp2pulse-parse")
 
 # The stdlib header parser and address parser are quadratic in a header's length; the headers
-# they see here (MIME structure, From) are never legitimately longer than this.
+# they see here (MIME structure, From) are never legitimately longer than this. A file name of
+# 255 Cyrillic letters, percent-encoded in RFC 2231 form, is about 1.5 KB of it.
 _MAX_PARSED_HEADER = 8192
+# The headers whose parameters the email package parses (quadratic in their length, and the
+# FeedParser itself asks Content-Type for its boundary): cut to _MAX_PARSED_HEADER as they are
+# read, before anything parses them.
+_PARAMETERIZED = frozenset({"content-type", "content-disposition"})
+# Parts looked at, in document order: enough for any real mail (a body, its HTML, a few dozen
+# attachments); 100 000 empty parts fit in a megabyte, and each part costs tens of microseconds
+# to sort and describe. The parts after these are neither shown nor named, only counted.
+_MAX_PARTS = 1000
+# Unused parts named in ParsedMessage.dropped_attachments (for the log); the rest are counted.
+_MAX_DESCRIBED = 20
 # Parts nested deeper than this are ignored; the parser itself gives up at a few hundred.
 _MAX_DEPTH = 200
 # What email.parser.Parser.parse reads from its file at a time (see _structure).
@@ -93,6 +117,7 @@ class ParsedMessage:
     auto_submitted: str           # Auto-Submitted:, lower-case, '' if absent
     dropped_attachments: tuple[str, ...]   # file names (or types) of the parts not used
     defects: int                  # parse defects the email package found
+    more_dropped: int = 0         # parts not used beyond those named in dropped_attachments
 
 
 class _BoundedHeaderRegistry(HeaderRegistry):
@@ -102,11 +127,19 @@ class _BoundedHeaderRegistry(HeaderRegistry):
         return super().__call__(name, value)
 
 
+class _BoundedCompat32(Compat32):
+    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
+        name, value = super().header_source_parse(sourcelines)
+        if len(value) > _MAX_PARSED_HEADER and name.lower() in _PARAMETERIZED:
+            value = value[:_MAX_PARSED_HEADER]
+        return name, value
+
+
 _POLICY = default_policy.clone(header_factory=_BoundedHeaderRegistry())
 # The MIME structure is read with compat32: its headers stay strings (about ten times cheaper
 # per message than policy.default's header objects), and every header the gateway shows a
 # person is decoded here, from the raw value, anyway.
-_STRUCTURE = compat32
+_STRUCTURE = _BoundedCompat32()
 
 
 def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage:
@@ -117,6 +150,13 @@ def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage
         # The same input fails the same way on the slow path, which knows what to do then.
         simple = None
     return simple if simple is not None else _slow(raw, fallback_charset)
+
+
+async def off_loop(raw: bytes, work: Callable[[], T]) -> T:
+    """work(), which parses raw: at once for small mail, in a parser thread for large mail."""
+    if len(raw) <= OFF_LOOP_SIZE:
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(_PARSERS, work)
 
 
 def _slow(raw: bytes, fallback_charset: str) -> ParsedMessage:
@@ -149,31 +189,18 @@ def _structure(raw: bytes) -> Message:
 
 
 def decode_bytes(data: bytes, declared: str | None, fallback_charset: str) -> str:
-    """Bytes as text: the declared charset if Python knows it, else UTF-8, else the fallback."""
-    codec = _text_codec(declared)
+    """Bytes as text: the declared charset if mail uses it, else UTF-8, else the fallback."""
+    codec = mail_codec(declared)
     if codec == "ascii" and not data.isascii():
         codec = None   # legacy mailers label raw 8-bit text "us-ascii"
     if codec is not None:
-        # Some codecs (idna) refuse errors="replace"; the text is then treated as undeclared.
+        # Should a codec refuse errors="replace", the text is treated as undeclared.
         with contextlib.suppress(Exception):
             return data.decode(codec, "replace").removeprefix("\ufeff")
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
-        return data.decode(_text_codec(fallback_charset) or "utf-8", "replace")
-
-
-def _text_codec(name: str | None) -> str | None:
-    """The Python codec for a charset name, if it is one that turns bytes into text."""
-    if not name:
-        return None
-    try:
-        info = codecs.lookup(name.strip())
-    except Exception:   # LookupError, but also ValueError/TypeError for names with NULs etc.
-        return None
-    if not getattr(info, "_is_text_encoding", True):
-        return None     # "base64", "zlib", "rot13"...: known to codecs, but not charsets
-    return info.name
+        return data.decode(mail_codec(fallback_charset) or "utf-8", "replace")
 
 
 def _simple_parsed(raw: bytes, fallback: str) -> ParsedMessage | None:
@@ -199,6 +226,8 @@ def _simple_parsed(raw: bytes, fallback: str) -> ParsedMessage | None:
     content_type = first.get("content-type")
     charset: str | None = None
     if content_type is not None:
+        if len(content_type) > _MAX_PARSED_HEADER:
+            return None   # the slow path reads it cut short (see _BoundedCompat32)
         plain = _SIMPLE_CONTENT_TYPE.fullmatch(content_type)
         if plain is None:
             return None
@@ -216,22 +245,23 @@ def _simple_parsed(raw: bytes, fallback: str) -> ParsedMessage | None:
 def _parsed(message: Message, fallback: str) -> ParsedMessage:
     first = _first_headers(message)
     parts = list(_walk(message))
-    plain, html, unused = _sort_parts(parts)
+    plain, html, unused = _sort_parts(parts[:_MAX_PARTS])
     # LF line breaks and no trailing blank lines, as for sent_text: the platform gets one style.
     html_text = (scrub(lf(_part_text(html, fallback))).strip()
                  if html is not None else None)
     text = clean_text(_part_text(plain, fallback)) if plain is not None else ""
     if not text and html_text is not None:
         text = html_to_text(html_text)
-    dropped = tuple(_describe(part, fallback) for part in unused)
+    dropped = tuple(_describe(part, fallback) for part in unused[:_MAX_DESCRIBED])
+    more = len(unused) - len(dropped) + max(len(parts) - _MAX_PARTS, 0)
     # Counted last: decoding a payload (bad base64, say) adds defects of its own.
     defects = sum(len(part.defects) for part in parts)
     return _assembled(first, fallback, text=text, html=html_text, dropped=dropped,
-                      defects=defects)
+                      defects=defects, more_dropped=more)
 
 
 def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str | None,
-               dropped: tuple[str, ...], defects: int) -> ParsedMessage:
+               dropped: tuple[str, ...], defects: int, more_dropped: int = 0) -> ParsedMessage:
     """The ParsedMessage, its header fields read from the first value of each header.
 
     Both paths end here, so the header fields cannot differ between them.
@@ -248,6 +278,7 @@ def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str 
         auto_submitted=_header_text(first.get("auto-submitted", ""), fallback).lower(),
         dropped_attachments=dropped,
         defects=defects,
+        more_dropped=more_dropped,
     )
 
 
@@ -361,6 +392,8 @@ def _filename(part: Message, fallback: str) -> str:
     # Not part.get_filename(): it turns raw 8-bit names (1C writes them in CP1251) into U+FFFD.
     headers = _first_headers(part)
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        if param not in headers.get(header, "").lower():
+            continue   # the header parser costs more than the rest of a part
         value = _param(header, _unfolded(headers.get(header, ""), fallback), param)
         if value:
             return _header_text(value, fallback)

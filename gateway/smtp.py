@@ -21,9 +21,15 @@ from gateway.config import Config, Listener
 from gateway.data_phase import StretchedData
 from gateway.errors import Refusal, ShuttingDown, SpoolError
 from gateway.guard import Guard, GuardedSMTP
-from gateway.mapping import build_request, ignored_overrides, resolve_recipient
+from gateway.mapping import (
+    build_request,
+    dropped_note,
+    ignored_overrides,
+    listing,
+    resolve_recipient,
+)
 from gateway.metrics import Metrics
-from gateway.parse import parse_message
+from gateway.parse import off_loop, parse_message
 from gateway.replies import REPLY_SESSION_TOO_LONG, with_enhanced_code
 from gateway.smtps import TlsListener
 from gateway.spool import IncomingMessage, NewDelivery, Spool
@@ -232,7 +238,9 @@ class Handler:
             return verdict
         notes: list[str] = []
         try:
-            incoming = self._prepare(config, session, envelope, raw, notes)
+            # Large mail is parsed off the loop: other sessions go on while it is.
+            incoming = await off_loop(raw, lambda: self._prepare(config, session, envelope,
+                                                                 raw, notes))
         except Refusal as refusal:
             log.info("refused message from <%s> %s: %s", envelope.mail_from, _peer(session),
                      refusal.reply)
@@ -270,8 +278,9 @@ class Handler:
         """The message as it will be stored; `notes` collects what the log should say once
         the message has a queue id."""
         parsed = parse_message(raw, config.smtp.fallback_charset)
-        if parsed.dropped_attachments:
-            notes.append(f"attachments not sent: {', '.join(parsed.dropped_attachments)}")
+        dropped = dropped_note(parsed)
+        if dropped is not None:
+            notes.append(dropped)
         deliveries: list[NewDelivery] = []
         seen: set[tuple[str, str]] = set()
         for address in envelope.rcpt_tos:
@@ -279,7 +288,7 @@ class Handler:
             domain = config.domains[recipient.domain]
             ignored = ignored_overrides(parsed, domain)
             if ignored:
-                notes.append(f"{', '.join(ignored)} not allowed for {domain.name}, ignored")
+                notes.append(f"{listing(ignored)} not allowed for {domain.name}, ignored")
             if (domain.name, recipient.sent_to) in seen:
                 continue   # the same person twice in one envelope gets one message
             seen.add((domain.name, recipient.sent_to))

@@ -6,13 +6,13 @@ on; `Problems` collects them so that every mistake in a file is reported at once
 
 from __future__ import annotations
 
-import codecs
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from gateway.charsets import mail_codec
 from gateway.units import parse_duration, parse_size
 
 T = TypeVar("T")
@@ -118,10 +118,11 @@ def networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
 
 def charset_name(value: Any) -> str:
     name = text(value)
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        raise ValueError(f"{name!r} is not a charset Python knows") from None
+    if mail_codec(name) is None:
+        # The parser decodes in no other charset (see gateway.charsets), so a fallback outside
+        # the list would be ignored silently at every message.
+        raise ValueError(f"{name!r} is not a charset mail is written in (e.g. cp1251, koi8-r, "
+                         f"iso-8859-5, utf-8)")
     return name
 
 
