@@ -53,3 +53,9 @@ def with_enhanced_code(reply: str) -> str:
     if text.startswith("Error: "):
         text = text[len("Error: "):]
     return f"{code}{separator}{enhanced} {text}"
+
+
+# What the texts of one message to all its recipients may cost the spool, when a template
+# makes them differ per recipient (see gateway.spool.SharedTexts): beyond that, "too large".
+REPLY_TOO_LARGE_FOR_RECIPIENTS = ("552 5.3.4 Message too large for so many recipients with "
+                                  "texts of their own; send it to fewer at a time")
