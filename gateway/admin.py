@@ -57,10 +57,13 @@ async def list_messages(spool: Spool, *, include_finished: bool = False,
         where = "" if include_finished else (
             "WHERE EXISTS (SELECT 1 FROM deliveries a WHERE a.message_id = m.id"
             " AND a.state IN ('queued', 'sending'))")
+        # The oldest messages first, along the index on received_at, and only then their
+        # deliveries: joining first would sort every delivery in the spool to show `limit`.
         rows = conn.execute(
             f"SELECT m.id, m.received_at, m.mail_from, d.state, d.recipient"  # noqa: S608
-            f" FROM messages m JOIN deliveries d ON d.message_id = m.id {where}"
-            f" ORDER BY m.received_at, d.id LIMIT ?", (limit,)).fetchall()
+            f" FROM (SELECT id, received_at, mail_from FROM messages m {where}"
+            f" ORDER BY received_at LIMIT ?) m JOIN deliveries d ON d.message_id = m.id"
+            f" ORDER BY m.received_at, d.id LIMIT ?", (limit, limit)).fetchall()
         summaries: dict[str, MessageSummary] = {}
         for message_id, received_at, mail_from, state, recipient in rows:
             summary = summaries.setdefault(

@@ -83,8 +83,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """,
     3: """
 ALTER TABLE messages ADD COLUMN texts TEXT;  -- JSON list: the long values its requests share
+-- (No index on deliveries(state): the planner would take it for the lease's query instead of
+-- deliveries_due, and scan every queued row at each lease.)
 CREATE INDEX IF NOT EXISTS messages_by_arrival ON messages(received_at);
-CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries(state);
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(message_id)
     WHERE state IN ('queued', 'sending');
 """,

@@ -95,10 +95,11 @@ async def spool_stats(spool: Spool) -> SpoolStats:
     def query(conn: sqlite3.Connection) -> SpoolStats:
         counts = dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
         # Queue ids begin with their received_at, zero-padded, so the least id of an unfinished
-        # delivery is the oldest one: one step down an index, not a join over the backlog.
+        # delivery is the oldest one: one step down the index of unfinished deliveries (named,
+        # so that the plan does not rest on the planner's guess), not a join over the backlog.
         oldest = conn.execute(
             "SELECT received_at FROM messages WHERE id = (SELECT min(message_id) FROM deliveries"
-            " WHERE state IN ('queued', 'sending'))").fetchone()
+            " INDEXED BY deliveries_pending WHERE state IN ('queued', 'sending'))").fetchone()
         return SpoolStats(counts, 0.0 if oldest is None else max(0.0, spool.clock() - oldest[0]))
     return await spool.read(query)
 
