@@ -1,17 +1,17 @@
 """What `smtp2pulse queue` shows and changes, as queries on the spool.
 
-These run beside a live daemon: SQLite's WAL lets them read while it writes, and a retry is
-picked up by the daemon's worker on its next look at the spool.
+These run beside a live daemon: SQLite's WAL lets them read while it writes (the queries that
+only read run on a read connection, never in the writer's transaction, so a long listing does
+not hold up an accept), and a retry is picked up by the daemon's worker on its next look.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.spool import Spool
+from gateway.spool import Spool, load_texts, unpack_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +57,13 @@ async def list_messages(spool: Spool, *, include_finished: bool = False,
         where = "" if include_finished else (
             "WHERE EXISTS (SELECT 1 FROM deliveries a WHERE a.message_id = m.id"
             " AND a.state IN ('queued', 'sending'))")
+        # The oldest messages first, along the index on received_at, and only then their
+        # deliveries: joining first would sort every delivery in the spool to show `limit`.
         rows = conn.execute(
             f"SELECT m.id, m.received_at, m.mail_from, d.state, d.recipient"  # noqa: S608
-            f" FROM messages m JOIN deliveries d ON d.message_id = m.id {where}"
-            f" ORDER BY m.received_at, d.id LIMIT ?", (limit,)).fetchall()
+            f" FROM (SELECT id, received_at, mail_from FROM messages m {where}"
+            f" ORDER BY received_at LIMIT ?) m JOIN deliveries d ON d.message_id = m.id"
+            f" ORDER BY m.received_at, d.id LIMIT ?", (limit, limit)).fetchall()
         summaries: dict[str, MessageSummary] = {}
         for message_id, received_at, mail_from, state, recipient in rows:
             summary = summaries.setdefault(
@@ -68,15 +71,16 @@ async def list_messages(spool: Spool, *, include_finished: bool = False,
             summary.states[state] = summary.states.get(state, 0) + 1
             summary.recipients.append(recipient)
         return list(summaries.values())
-    return await spool.run(query)
+    return await spool.read(query)
 
 
 async def show_message(spool: Spool, queue_id: str) -> MessageDetail | None:
     def query(conn: sqlite3.Connection) -> MessageDetail | None:
-        row = conn.execute("SELECT id, received_at, mail_from, peer, helo, size FROM messages"
-                           " WHERE id = ?", (queue_id,)).fetchone()
+        row = conn.execute("SELECT id, received_at, mail_from, peer, helo, size, texts"
+                           " FROM messages WHERE id = ?", (queue_id,)).fetchone()
         if row is None:
             return None
+        texts = load_texts(row[6])
         deliveries = []
         for d in conn.execute(
                 "SELECT id, recipient, state, attempts, next_attempt_at, platform_id,"
@@ -90,11 +94,11 @@ async def show_message(spool: Spool, queue_id: str) -> MessageDetail | None:
                 " ORDER BY at, rowid", (d[0],)).fetchall())]
             deliveries.append(DeliveryDetail(
                 id=d[0], recipient=d[1], state=d[2], attempts=d[3], next_attempt_at=d[4],
-                platform_id=d[5], last_error=d[6], request=json.loads(d[7]), status=d[8],
+                platform_id=d[5], last_error=d[6], request=unpack_request(d[7], texts), status=d[8],
                 status_class=d[9], status_at=d[10], bounce=d[11], events=events))
         return MessageDetail(id=row[0], received_at=row[1], mail_from=row[2], peer=row[3],
                              helo=row[4], size=row[5], deliveries=deliveries)
-    return await spool.run(query)
+    return await spool.read(query)
 
 
 async def retry_message(spool: Spool, queue_id: str) -> int | None:

@@ -172,7 +172,8 @@ async def _close(sender: Sender) -> None:
 def _lock_spool(path: Path) -> IO[str]:
     """One daemon per spool: two would send every message twice."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held while running
+    lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    handle = os.fdopen(lock, "a+")  # held while running
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

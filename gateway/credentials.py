@@ -8,11 +8,15 @@ key and the file, never the token.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("smtp2pulse.config")
 TOKEN_KEYS = ("token", "token_file", "token_credential")
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
 
@@ -48,7 +52,9 @@ def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
     else:
         file = Path(str(value))
     try:
-        token = file.read_text(encoding="utf-8").rstrip("\r\n")
+        with file.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            token = handle.read().decode("utf-8").rstrip("\r\n")
     except OSError as exc:
         problem(f"{path}.{key}", f"cannot read {str(file)!r}: {exc.strerror or exc}")
         return ""
@@ -57,4 +63,10 @@ def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
         return ""
     if not token.strip():
         problem(f"{path}.{key}", f"{str(file)!r} is empty")
+    elif key == "token_file" and mode & (stat.S_IRGRP | stat.S_IROTH):
+        # Taken all the same (a group may be meant to read it), but said: it is the key to
+        # the platform account.
+        log.warning("%s.%s: %s is readable by %s (mode %04o); chmod 600 it", path, key,
+                    str(file), "others" if mode & stat.S_IROTH else "its group",
+                    stat.S_IMODE(mode))
     return token

@@ -62,3 +62,8 @@ REPLY_AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transact
 REPLY_AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication Exchange line is too long"
 REPLY_LINE_TOO_LONG = "500 5.5.6 Line too long"
 REPLY_SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
+
+# What the texts of one message to all its recipients may cost the spool, when a template
+# makes them differ per recipient (see gateway.spool.SharedTexts): beyond that, "too large".
+REPLY_TOO_LARGE_FOR_RECIPIENTS = ("552 5.3.4 Message too large for so many recipients with "
+                                  "texts of their own; send it to fewer at a time")

@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.parse import off_loop, parse_message
 from gateway.replies import REPLY_SESSION_TOO_LONG, with_enhanced_code
 from gateway.smtps import TlsListener
-from gateway.spool import IncomingMessage, NewDelivery, Spool
+from gateway.spool import IncomingMessage, NewDelivery, SharedTexts, Spool
 
 log = logging.getLogger("smtp2pulse.smtp")
 
@@ -283,6 +283,7 @@ class Handler:
             notes.append(dropped)
         deliveries: list[NewDelivery] = []
         seen: set[tuple[str, str]] = set()
+        texts = SharedTexts(config.smtp.max_message_size)
         for address in envelope.rcpt_tos:
             recipient = resolve_recipient(address, config)
             domain = config.domains[recipient.domain]
@@ -293,7 +294,7 @@ class Handler:
                 continue   # the same person twice in one envelope gets one message
             seen.add((domain.name, recipient.sent_to))
             request = build_request(parsed, recipient, domain, envelope.mail_from or "")
-            deliveries.append(NewDelivery(address, request))
+            deliveries.append(NewDelivery(address, texts.share(request)))
         # The null reverse-path is stored as "", which is what bounce logic looks for.
         mail_from = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         return IncomingMessage(mail_from=mail_from, peer=_peer(session),

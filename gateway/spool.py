@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import queue
 import secrets
 import sqlite3
@@ -29,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import ShuttingDown, SpoolError
+from gateway.errors import Refusal, ShuttingDown, SpoolError
+from gateway.replies import REPLY_TOO_LARGE_FOR_RECIPIENTS
 
 log = logging.getLogger("smtp2pulse.spool")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          TEXT PRIMARY KEY,
@@ -79,8 +81,55 @@ ALTER TABLE deliveries ADD COLUMN bounce TEXT;        -- pending | sent | failed
 CREATE INDEX IF NOT EXISTS deliveries_bounce ON deliveries(bounce) WHERE bounce = 'pending';
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """,
+    3: """
+ALTER TABLE messages ADD COLUMN texts TEXT;  -- JSON list: the long values its requests share
+-- (No index on deliveries(state): the planner would take it for the lease's query instead of
+-- deliveries_due, and scan every queued row at each lease.)
+CREATE INDEX IF NOT EXISTS messages_by_arrival ON messages(received_at);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(message_id)
+    WHERE state IN ('queued', 'sending');
+""",
 }
+# A request value this long is stored once per message, however many deliveries carry it
+# (sent_text and html_text are the size of the mail; a delivery's own fields are a few bytes).
+SHARED_MIN = 64
+# What the distinct texts of one message may add up to, in units of smtp.max_message_size: room
+# for the text and HTML of a message sent to several domains, not for a copy per recipient.
+TEXTS_PER_MESSAGE_SIZE = 10
 
+
+
+class SharedTexts:
+    """The long request values of one message, each kept once however many requests carry it.
+
+    Rendering a request per recipient makes a new copy of the text every time; sharing them as
+    they are made keeps one copy in memory, and the spool stores what is shared once. Texts
+    that differ per recipient (a template with {to} or {recipient}) cannot be shared, so what
+    one message may cost is bounded: past TEXTS_PER_MESSAGE_SIZE times the size limit in
+    distinct texts it is refused as too large, before the next copy is made.
+    """
+
+    __slots__ = ("_seen", "limit", "size")
+
+    def __init__(self, max_message_size: int) -> None:
+        self._seen: dict[str, str] = {}
+        self.size = 0
+        self.limit = TEXTS_PER_MESSAGE_SIZE * max_message_size
+
+    def share(self, request: Mapping[str, str]) -> dict[str, str]:
+        shared = dict(request)
+        for key, value in request.items():
+            if len(value) < SHARED_MIN:
+                continue
+            known = self._seen.get(value)
+            if known is None:
+                self.size += len(value)
+                if self.size > self.limit:
+                    code, enhanced, text = REPLY_TOO_LARGE_FOR_RECIPIENTS.split(" ", 2)
+                    raise Refusal(int(code), enhanced, text)
+                self._seen[value] = known = value
+            shared[key] = known
+        return shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +225,7 @@ class Spool:
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self.commits = 0   # how many group commits ran, for tests and metrics
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -197,9 +247,26 @@ class Spool:
         self._closed = True
         self._jobs.put(_STOP)
         await asyncio.to_thread(self._thread.join)
+        self._close_readers()
+
+    def _create_private(self) -> None:
+        """A new spool is readable by its owner only: it holds every message's text and
+        address. SQLite gives its -wal and -shm files the database file's mode."""
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return
+        except FileExistsError:
+            pass
+        # An existing file keeps the mode its owner gave it (a group may be meant to read
+        # it); it is only pointed out.
+        mode = self.path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("spool %s is readable by others than its owner (mode %04o); "
+                        "chmod 600 it and its -wal and -shm files", self.path, mode)
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._create_private()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=5.0)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -319,6 +386,49 @@ class Spool:
         self._jobs.put(_Job(fn, future, loop))
         return future
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a read transaction on a connection of its own, in a worker thread.
+
+        For queries that change nothing (queue list, metrics, a message's history): in WAL mode
+        they read a snapshot while the writer goes on committing, where on the writer thread a
+        long one would hold up every accept behind it."""
+        if self._closed or self._thread is None:
+            raise ShuttingDown("spool is closed")
+        return await asyncio.to_thread(self._read, fn)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = None
+        try:
+            if conn is None:
+                conn = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False, timeout=5.0)
+                conn.execute("PRAGMA query_only=ON")
+            conn.execute("BEGIN")   # deferred: one snapshot for all of fn's queries, no lock
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+                conn = None
+            raise _as_spool_error(exc) from exc
+        finally:
+            if conn is not None:
+                self._readers.put(conn)
+                if self._closed:
+                    self._close_readers()
+
+    def _close_readers(self) -> None:
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                return
+
     # --- the accept path ---------------------------------------------------------------------
 
     def accept(self, message: IncomingMessage) -> asyncio.Future[str]:
@@ -328,19 +438,20 @@ class Spool:
         to start, a shield to pass through) waits its turn behind every other session's."""
         now = self.clock()
         queue_id = new_queue_id(now)
+        # Encoded here, on the caller's thread, so the writer thread only runs statements.
+        texts, requests = pack_requests([d.request for d in message.deliveries])
 
         def insert(conn: sqlite3.Connection) -> str:
             conn.execute(
                 "INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user, size,"
-                " raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " raw, texts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (queue_id, now, message.mail_from, message.peer, message.helo,
-                 message.auth_user, len(message.raw), message.raw))
+                 message.auth_user, len(message.raw), message.raw, texts))
             conn.executemany(
                 "INSERT INTO deliveries (message_id, recipient, request, state,"
                 " next_attempt_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?)",
-                [(queue_id, delivery.recipient,
-                  json.dumps(dict(delivery.request), ensure_ascii=False), now, now)
-                 for delivery in message.deliveries])
+                [(queue_id, delivery.recipient, request, now, now)
+                 for delivery, request in zip(message.deliveries, requests, strict=True)])
             return queue_id
         return self.submit(insert)
 
@@ -368,8 +479,9 @@ class Spool:
                 return []
             meta = dict(_fetch_message_meta(conn, {row[1] for row in rows}))
             return [Delivery(id=row[0], message_id=row[1], recipient=row[2],
-                             request=json.loads(row[3]), attempts=row[4],
-                             received_at=meta[row[1]][0], auth_user=meta[row[1]][1])
+                             request=unpack_request(row[3], meta[row[1]][2]),
+                             attempts=row[4], received_at=meta[row[1]][0],
+                             auth_user=meta[row[1]][1])
                     for row in sorted(rows)]
         return await self.run(take)
 
@@ -418,11 +530,48 @@ def mark_bounce(conn: sqlite3.Connection, delivery_id: int) -> bool:
 
 
 def _fetch_message_meta(conn: sqlite3.Connection, ids: set[str]
-                        ) -> list[tuple[str, tuple[float, str | None]]]:
+                        ) -> list[tuple[str, tuple[float, str | None, list[str]]]]:
     marks = ",".join("?" * len(ids))
-    rows = conn.execute(f"SELECT id, received_at, auth_user FROM messages WHERE id IN ({marks})",  # noqa: S608
-                        tuple(ids)).fetchall()
-    return [(row[0], (row[1], row[2])) for row in rows]
+    rows = conn.execute(
+        f"SELECT id, received_at, auth_user, texts FROM messages WHERE id IN ({marks})",  # noqa: S608
+        tuple(ids)).fetchall()
+    return [(row[0], (row[1], row[2], load_texts(row[3]))) for row in rows]
+
+
+def pack_requests(requests: list[Mapping[str, str]]) -> tuple[str | None, list[str]]:
+    """A message's requests as stored: the long values once, in a list for the message (its
+    `texts`), and each request as JSON in which such a value is its index in that list (a
+    number, where a request's own values are always text)."""
+    texts: list[str] = []
+    index: dict[str, int] = {}
+    packed: list[str] = []
+    for request in requests:
+        fields: dict[str, str | int] = {}
+        for key, value in request.items():
+            if len(value) >= SHARED_MIN:
+                position = index.get(value)
+                if position is None:
+                    position = index[value] = len(texts)
+                    texts.append(value)
+                fields[key] = position
+            else:
+                fields[key] = value
+        packed.append(json.dumps(fields, ensure_ascii=False))
+    return (json.dumps(texts, ensure_ascii=False) if texts else None), packed
+
+
+def load_texts(column: str | None) -> list[str]:
+    return json.loads(column) if column else []
+
+
+def unpack_request(column: str, texts: list[str]) -> dict[str, str]:
+    """The full request back from a delivery's row and its message's texts; a row written
+    before texts were shared holds every value itself and comes back as it is."""
+    fields = json.loads(column)
+    for key, value in fields.items():
+        if isinstance(value, int):
+            fields[key] = texts[value]
+    return dict(fields)
 
 
 def _statements(script: str) -> list[str]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Awaitable, Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.spool import Spool
+from gateway.spool import Spool, load_texts, unpack_request
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform
 
@@ -167,9 +166,10 @@ async def test_generated_abuse_never_breaks_the_server(gw: Running,
     # ... and whatever was accepted could be parsed: each stored message has deliveries whose
     # number is one of the recipients a session named, with text to send.
     spool: Spool = gw.gateway.spool
-    rows = await spool.run(lambda conn: conn.execute(
-        "SELECT request FROM deliveries").fetchall())
-    for (request,) in rows:
-        fields = json.loads(request)
+    rows = await spool.read(lambda conn: conn.execute(
+        "SELECT d.request, m.texts FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    ).fetchall())
+    for request, texts in rows:
+        fields = unpack_request(request, load_texts(texts))
         assert fields["sent_to"] in ("79001234567", "79005550000")
         assert fields["sent_text"].strip()
