@@ -107,12 +107,12 @@ def worker(iterations: int, repeats: int) -> dict[str, Any]:
     from aiosmtpd.smtp import Envelope, Session
 
     import gateway
-    from gateway import hygiene
-    from gateway.config import parse_config
-    from gateway.mapping import build_request, resolve_recipient
-    from gateway.parse import parse_message
-    from gateway.smtp import Handler
-    from gateway.text import clean_text
+    from gateway.config.loader import parse_config
+    from gateway.message.mapping import build_request, resolve_recipient
+    from gateway.message.parse import parse_message
+    from gateway.message.text import clean_text
+    from gateway.smtp import hygiene
+    from gateway.smtp.server import Handler
 
     config = parse_config({"api": {"token": "t"},
                            "domains": {"sms.local": {"type": "sms", "sender": "Bench"}}},

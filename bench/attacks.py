@@ -218,7 +218,7 @@ def make_cert(workdir: Path) -> tuple[Path, Path]:
 
 
 def password_hash() -> str:
-    from gateway.passwords import hash_password
+    from gateway.smtp.passwords import hash_password
     return hash_password("secret")
 
 

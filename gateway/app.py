@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from gateway import privacy
-from gateway.bounce import Bouncer
-from gateway.config import Config, load_config
+from gateway.config.loader import Config, load_config
+from gateway.delivery.bounce import Bouncer
+from gateway.delivery.sender_process import SenderProcess
+from gateway.delivery.worker import Sender, Worker
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_logging
-from gateway.metrics import Metrics
 from gateway.sdnotify import Notifier
-from gateway.sender_process import SenderProcess
-from gateway.smtp import SmtpFront
-from gateway.spool import Spool
-from gateway.worker import Sender, Worker
+from gateway.smtp.server import SmtpFront
+from gateway.spool.store import Spool
+from gateway.status.metrics import Metrics
 
 if TYPE_CHECKING:
-    from gateway.status import StatusServer
+    from gateway.status.server import StatusServer
 
 log = logging.getLogger("smtp2pulse")
 
@@ -63,7 +63,7 @@ class Gateway:
         if config.http is not None:
             # Imported only when configured, since the http section is optional: with the
             # sender in its own process, aiohttp's server is 10 MB of the daemon's 48 MB.
-            from gateway.status import StatusServer
+            from gateway.status.server import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self.smtp.listening,
                                        sending=lambda: getattr(self.sender, "running", True),
@@ -149,7 +149,7 @@ def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: s
     (bench/: 49 against 75 MB, and about 15% more accepts a second on 2 cores)."""
     mode = os.environ.get("SMTP2PULSE_SENDER", "inline")
     if mode == "inline":
-        from gateway.deliver import DryRunClient, PulseClient  # httpx, only when used here
+        from gateway.delivery.client import DryRunClient, PulseClient  # httpx, only when used here
         return DryRunClient(config.api) if config.api.dry_run else PulseClient(config.api)
     if mode != "process":
         raise ConfigError([f"SMTP2PULSE_SENDER: {mode!r} is neither 'process' nor 'inline'"])

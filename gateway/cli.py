@@ -13,18 +13,18 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from gateway import admin
-from gateway.access import policy_for
 from gateway.app import SpoolLocked, serve
-from gateway.config import DEFAULT_PATH, Config, Listener, load_config
+from gateway.config.access import policy_for
+from gateway.config.loader import DEFAULT_PATH, Config, Listener, load_config
+from gateway.delivery.request import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
-from gateway.mapping import build_request, resolve_recipient
-from gateway.parse import parse_message
-from gateway.passwords import hash_password
-from gateway.platform import masked_request
-from gateway.spool import Spool
+from gateway.message.mapping import build_request, resolve_recipient
+from gateway.message.parse import parse_message
+from gateway.smtp.passwords import hash_password
+from gateway.spool import admin
+from gateway.spool.store import Spool
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.passwords import hash_password
+from gateway.smtp.passwords import hash_password
 
 PASSWORD = "correct horse battery staple"
 # Hashing is deliberately slow; one hash serves every test.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import Config, parse_config
+from gateway.config.loader import Config, parse_config
 from tests.fakeplatform import FakePlatform
 
 TOKEN = "tok-SECRET-0123456789abcdef"
@@ -106,7 +106,7 @@ class Running:
 
     async def wait_final(self, queue_id: str, within: float = 10.0) -> list[str]:
         """Until every delivery of a message is finished; returns their states."""
-        from gateway import admin
+        from gateway.spool import admin
         async with asyncio.timeout(within):
             while True:
                 detail = await admin.show_message(self.gateway.spool, queue_id)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.passwords import verify_password
+from gateway.smtp.passwords import verify_password
 from tests.conftest import TOKEN, Running, base_config, text_message
 from tests.fakeplatform import FakePlatform, Reply
 

@@ -33,7 +33,7 @@ def _gateway(tmp_path: Path, *, http: bool) -> str:
     data = base_config(tmp_path / "spool.sqlite3", "http://127.0.0.1:9/api/v1/bulk")
     if http:
         data["http"] = {"listen": "127.0.0.1:0"}
-    return ("from gateway.app import Gateway\nfrom gateway.config import parse_config\n"
+    return ("from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
             f"Gateway(parse_config({data!r}, env={{}}))")
 
 
@@ -55,4 +55,4 @@ def test_what_the_daemon_loads_follows_its_config(tmp_path: Path, mode: str, htt
 
 
 def test_the_sender_process_loads_no_yaml() -> None:
-    assert _loaded_after("import gateway.sender_process", ("yaml",)) == []
+    assert _loaded_after("import gateway.delivery.sender_process", ("yaml",)) == []

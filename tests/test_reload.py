@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway.app import Gateway
-from gateway.config import load_config
+from gateway.config.loader import load_config
 from tests.conftest import Running, base_config, merge, text_message
 from tests.fakeplatform import FakePlatform
 
@@ -75,7 +75,7 @@ async def test_reload_cannot_move_the_listener(
 
 async def test_reload_of_the_callback_secret_signs_and_verifies_with_the_new_one(
         tmp_path: Path, platform: FakePlatform) -> None:
-    from tests.test_status import HTTP, get, submit_and_callback_url
+    from tests.status.test_status import HTTP, get, submit_and_callback_url
     path = tmp_path / "config.yaml"
     data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), HTTP)
     path.write_text(yaml.safe_dump(data))

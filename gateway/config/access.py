@@ -1,0 +1,250 @@
+"""Who may send: the `smtp.tls` and `smtp.auth` settings, and the policy each listener gets.
+
+Read by gateway.config (which imports this module late, inside its `smtp` section reader, since
+this one uses config's helpers). A listener is a plain "host:port" (the section defaults apply)
+or a mapping `{address, require_starttls, require_auth}`; implicit-TLS listeners come from
+`smtp.tls.implicit_listen`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import validation as v
+from gateway.config.credentials import TOKEN_KEYS, read_token
+from gateway.config.loader import Listener, Secret
+from gateway.config.units import parse_duration, parse_hostport
+from gateway.smtp import tls
+
+log = logging.getLogger("smtp2pulse.access")
+
+if TYPE_CHECKING:
+    from gateway.config.loader import Config, SmtpConfig
+
+
+HANDSHAKE_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert: Path
+    key: Path
+    context: ssl.SSLContext = field(compare=False, repr=False)
+    min_version: str = "1.2"
+    require_starttls: bool = False        # default for plain listeners
+    implicit_listen: tuple[Listener, ...] = ()
+    # An SMTPS connection holds a connection slot from accept to the end of its handshake.
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    password_hash: Secret
+    domains: frozenset[str] = frozenset()        # empty: every served domain
+    senders: frozenset[str] | None = None        # None: any sender name
+    token: Secret | None = None                  # None: api.token
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    users: Mapping[str, User]
+    required: bool = True                 # default for every listener (false with no users)
+    allow_without_tls: bool = False
+    accept_any_credentials: bool = False
+    max_failures: int = 3
+    block_for: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPolicy:
+    implicit_tls: bool
+    require_starttls: bool
+    require_auth: bool
+    offer_auth_in_clear: bool      # AUTH before any TLS (allow_without_tls)
+    # Unknown credentials leave the session anonymous instead of failing: never where AUTH is
+    # required, since there a 235 for any password would be an oracle and an open door.
+    accept_any_credentials: bool = False
+
+
+def policy_for(listener: Listener, smtp: SmtpConfig) -> ListenerPolicy:
+    tls_settings, auth = smtp.tls, smtp.auth
+    starttls = (listener.require_starttls if listener.require_starttls is not None
+                else tls_settings is not None and tls_settings.require_starttls)
+    required = (listener.require_auth if listener.require_auth is not None
+                else auth is not None and auth.required)
+    accept_any = (listener.accept_any_credentials if listener.accept_any_credentials is not None
+                  else auth is not None and auth.accept_any_credentials)
+    return ListenerPolicy(
+        implicit_tls=listener.implicit_tls,
+        require_starttls=bool(starttls) and not listener.implicit_tls,
+        require_auth=bool(required),
+        offer_auth_in_clear=auth is not None and auth.allow_without_tls,
+        accept_any_credentials=bool(accept_any) and not required)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+_LISTENER_KEYS = {"address", "require_starttls", "require_auth", "accept_any_credentials"}
+
+
+def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
+    """One `listen` entry: "host:port" or {address, require_starttls, require_auth,
+    accept_any_credentials}."""
+    if not isinstance(item, dict):
+        return Listener(*parse_hostport(item), implicit_tls=implicit_tls)
+    unknown = sorted(str(k) for k in item if k not in _LISTENER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key {', '.join(unknown)} (known: "
+                         f"{', '.join(sorted(_LISTENER_KEYS))})")
+    if "address" not in item:
+        raise ValueError("a listener mapping needs `address: host:port`")
+    starttls, auth, accept_any = (None if item.get(key) is None else v.boolean(item[key])
+                                  for key in ("require_starttls", "require_auth",
+                                              "accept_any_credentials"))
+    if implicit_tls and starttls is not None:
+        raise ValueError("require_starttls means nothing on an implicit-TLS listener")
+    return Listener(*parse_hostport(item["address"]), require_starttls=starttls,
+                    require_auth=auth, implicit_tls=implicit_tls,
+                    accept_any_credentials=accept_any)
+
+
+def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
+    path = "smtp.tls"
+    v.keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen",
+                       "handshake_timeout"}, problems)
+    for key in ("cert", "key"):
+        if not data.get(key):
+            problems.add(f"{path}.{key}", "is required when the tls section is present")
+    if isinstance(data.get("min_version"), float):
+        # YAML reads an unquoted 1.3 as a number; str() gives back what was written.
+        data = {**data, "min_version": str(data["min_version"])}
+    min_version = v.choice(data, "min_version", path, tuple(tls.MIN_VERSIONS), "1.2", problems)
+    no_listeners: tuple[Listener, ...] = ()
+    implicit = v.value(data, "implicit_listen", path,
+                      lambda raw: tuple(listener_entry(item, implicit_tls=True)
+                                        for item in (raw if isinstance(raw, list) else [raw])),
+                      no_listeners, problems)
+    require = v.value(data, "require_starttls", path, v.boolean, False, problems)
+    handshake_timeout = v.value(data, "handshake_timeout", path, v.positive_duration,
+                                HANDSHAKE_TIMEOUT, problems)
+    if not data.get("cert") or not data.get("key"):
+        return None
+    cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
+    try:
+        context = tls.server_context(cert_path, key_path, min_version)
+    except ValueError as exc:
+        problems.add(f"{path}.cert", str(exc))
+        return None
+    return TlsSettings(cert=cert_path, key=key_path, context=context, min_version=min_version,
+                       require_starttls=require, implicit_listen=implicit,
+                       handshake_timeout=handshake_timeout)
+
+
+_USER_KEYS = {"password_hash", "domains", "senders", *TOKEN_KEYS}
+
+
+def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
+              ) -> AuthSettings:
+    path = "smtp.auth"
+    v.keys(data, path, {"required", "allow_without_tls", "accept_any_credentials",
+                       "max_failures", "block_for", "users"}, problems)
+    users_data = data.get("users") or {}
+    users: dict[str, User] = {}
+    if not isinstance(users_data, dict):
+        problems.add(f"{path}.users", "must be a mapping of user name to its settings")
+        users_data = {}
+    for name, settings in users_data.items():
+        user = _user(str(name), settings, f"{path}.users.{name}", problems, env)
+        if user is not None:
+            users[str(name)] = user
+    defaults = AuthSettings(users={})
+    return AuthSettings(
+        users=users,
+        # A section that lists users means "these may send": required unless said otherwise.
+        required=v.value(data, "required", path, v.boolean, bool(users), problems),
+        allow_without_tls=v.value(data, "allow_without_tls", path, v.boolean, False, problems),
+        accept_any_credentials=v.value(data, "accept_any_credentials", path, v.boolean, False,
+                                      problems),
+        max_failures=v.value(data, "max_failures", path, v.integer(1, 1000),
+                            defaults.max_failures, problems),
+        block_for=v.value(data, "block_for", path, parse_duration, defaults.block_for,
+                         problems),
+    )
+
+
+def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str]
+          ) -> User | None:
+    if not isinstance(data, dict):
+        problems.add(path, "must be a mapping with at least password_hash")
+        return None
+    v.keys(data, path, _USER_KEYS, problems)
+    stored = data.get("password_hash")
+    if not isinstance(stored, str) or not stored.startswith("scrypt$") \
+            or stored.count("$") != 5:
+        problems.add(f"{path}.password_hash", "is required: the output of "
+                     "`smtp2pulse hash-password` (scrypt$...)")
+        return None
+    token = read_token(data, path, env, problems.add)
+    return User(
+        name=name,
+        password_hash=Secret(stored),
+        domains=v.value(data, "domains", path, _names(str.lower), frozenset(), problems),
+        senders=v.value(data, "senders", path, _names(str), None, problems),
+        token=Secret(token) if token else None,
+    )
+
+
+def _names(normal: Callable[[str], str]) -> Callable[[Any], frozenset[str]]:
+    def convert(value: Any) -> frozenset[str]:
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be a non-empty list")
+        return frozenset(normal(v.text(item)) for item in value)
+    return convert
+
+
+def check_access(smtp: SmtpConfig, domains: Mapping[str, object], problems: v.Problems) -> None:
+    """What only the whole config can tell: policies that no client could ever meet."""
+    auth = smtp.auth
+    if auth is not None:
+        for user in auth.users.values():
+            for domain in sorted(user.domains - set(domains)):
+                problems.add(f"smtp.auth.users.{user.name}.domains",
+                             f"{domain!r} is not one of the served domains")
+    listeners = [*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())]
+    for index, listener in enumerate(listeners):
+        where = (f"smtp.listen[{index}]" if index < len(smtp.listen)
+                 else f"smtp.tls.implicit_listen[{index - len(smtp.listen)}]")
+        policy = policy_for(listener, smtp)
+        if policy.require_starttls and smtp.tls is None:
+            problems.add(f"{where}.require_starttls", "needs smtp.tls (cert and key)")
+        if listener.accept_any_credentials and policy.require_auth:
+            problems.add(f"{where}.accept_any_credentials", "cannot be true where AUTH is "
+                         "required: any password would pass; set require_auth: false there")
+        if not policy.require_auth:
+            continue
+        if auth is None or not auth.users:
+            problems.add(f"{where}.require_auth" if listener.require_auth else
+                         "smtp.auth.users", "AUTH is required but no user is configured")
+        elif smtp.tls is None and not auth.allow_without_tls and not policy.implicit_tls:
+            problems.add("smtp.auth.allow_without_tls",
+                         f"AUTH is required on {listener} but is offered only over TLS, and "
+                         "smtp.tls is not set; configure TLS, or set allow_without_tls: true "
+                         "for legacy devices on a trusted network")
+
+
+def token_for(config: Config, user_name: str | None) -> str:
+    """The platform token for a message: its user's own, else api.token."""
+    auth = config.smtp.auth
+    user = auth.users.get(user_name) if auth is not None and user_name else None
+    if user_name and user is None:
+        # Removed from the config (and reloaded) while its mail was queued: say whose account
+        # now pays for it.
+        log.warning("user %s is no longer configured; its queued mail goes with api.token",
+                    user_name)
+    return (user.token if user is not None and user.token else config.api.token).reveal()

@@ -1,0 +1,165 @@
+"""The recipient domains a gateway serves: what each one sends, and how its config is read.
+
+A domain decides the message type, how a local part becomes `sent_to`, how the text is built,
+and which platform fields every request for it carries.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import validation as v
+
+MESSAGE_TYPES = (
+    "sms", "push", "viber", "whatsapp", "telegram", "vk", "ok",
+    "email", "hlr", "voice", "mms", "bot", "bulk",
+)
+HTML_TYPES = frozenset({"email", "push"})
+API_CHARSETS = (
+    "UTF16BE", "UTF16LE", "CP1251", "UTF-8", "UTF-16BE", "UTF-16LE",
+    "UCS-2BE", "UCS-2LE", "UCS2BE", "UCS2LE",
+)
+RECIPIENT_KINDS = ("phone", "email", "verbatim")
+OVERRIDABLE = ("sender", "ttl", "send_date", "button", "action", "image")
+PLACEHOLDERS = frozenset({"subject", "body", "from", "from_name", "to", "recipient", "domain"})
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneRewrite:
+    match: re.Pattern[str]
+    replace: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainConfig:
+    name: str
+    type: str
+    recipient: str = "phone"
+    text: str | None = None
+    html: bool = True
+    max_length: int | None = None
+    strip_signature: bool = True
+    rewrite: tuple[PhoneRewrite, ...] = ()
+    allow_headers: frozenset[str] = frozenset()
+    # Platform fields sent as they are; a None one is not sent.
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sends_html(self) -> bool:
+        return self.html and self.type in HTML_TYPES
+
+
+_DOMAIN_KEYS = {
+    "type", "recipient", "text", "html", "max_length", "strip_signature", "rewrite",
+    "allow_headers", "sender", "ttl", "charset", "button", "action", "image", "find_token",
+    "kannel_status",
+}
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def parse_domains(value: Any, problems: v.Problems) -> dict[str, DomainConfig]:
+    if value is None or value == {}:
+        problems.add("domains", "at least one recipient domain is needed")
+        return {}
+    if not isinstance(value, dict):
+        problems.add("domains", "must be a mapping of domain name to its settings")
+        return {}
+    domains: dict[str, DomainConfig] = {}
+    for raw_name, settings in value.items():
+        name = str(raw_name).strip().lower()
+        path = f"domains[{raw_name}]"
+        if not _DOMAIN_NAME.match(name):
+            problems.add(path, f"{raw_name!r} is not a domain name")
+            continue
+        if name in domains:
+            problems.add(path, "listed twice (domain names are case-insensitive)")
+            continue
+        if not isinstance(settings, dict):
+            problems.add(path, "must be a mapping with at least `type`")
+            continue
+        domain = _domain(name, settings, path, problems)
+        if domain is not None:
+            domains[name] = domain
+    return domains
+
+
+def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
+            ) -> DomainConfig | None:
+    v.keys(data, path, _DOMAIN_KEYS, problems)
+    if "type" not in data:
+        problems.add(f"{path}.type", f"is required (one of {', '.join(MESSAGE_TYPES)})")
+        return None
+    kind = v.choice(data, "type", path, MESSAGE_TYPES, "sms", problems)
+    default_recipient = "email" if kind == "email" else "phone"
+    fields: dict[str, str] = {}
+    for key in ("sender", "button", "action", "image"):
+        if data.get(key) is not None:
+            fields[key] = v.value(data, key, path, v.text, "", problems)
+    if data.get("ttl") is not None:
+        fields["ttl"] = str(v.value(data, "ttl", path, v.integer(1), 1, problems))
+    if data.get("charset") is not None:
+        fields["charset"] = v.choice(data, "charset", path, API_CHARSETS, "UTF-8", problems)
+    for flag in ("find_token", "kannel_status"):
+        if v.value(data, flag, path, v.boolean, False, problems):
+            fields[flag] = "1"
+    return DomainConfig(
+        name=name,
+        type=kind,
+        recipient=v.choice(data, "recipient", path, RECIPIENT_KINDS, default_recipient, problems),
+        text=v.value(data, "text", path, _template, None, problems),
+        html=v.value(data, "html", path, v.boolean, True, problems),
+        max_length=v.value(data, "max_length", path, v.integer(2), None, problems),
+        strip_signature=v.value(data, "strip_signature", path, v.boolean, True, problems),
+        rewrite=v.value(data, "rewrite", path, _rewrites, (), problems),
+        allow_headers=v.value(data, "allow_headers", path, _overrides, frozenset(), problems),
+        fields=fields,
+    )
+
+
+def _template(value: Any) -> str:
+    text = v.text(value)
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc} (write {{{{ and }}}} for literal braces)") from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS or spec or conversion:
+            raise ValueError(f"unknown placeholder {{{name}}} (known: "
+                             f"{', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))})")
+    return text
+
+
+def _rewrites(value: Any) -> tuple[PhoneRewrite, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {match: REGEX, replace: TEXT}")
+    rules = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"match", "replace"}:
+            raise ValueError(f"[{index}] must have exactly the keys match and replace")
+        try:
+            pattern = re.compile(str(item["match"]))
+        except re.error as exc:
+            raise ValueError(f"[{index}].match: not a regular expression: {exc}") from None
+        replace = str(item["replace"])
+        try:
+            pattern.sub(replace, "0" * 11)
+        except (re.error, IndexError) as exc:
+            raise ValueError(f"[{index}].replace: {exc}") from None
+        rules.append(PhoneRewrite(pattern, replace))
+    return tuple(rules)
+
+
+def _overrides(value: Any) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list drawn from {', '.join(OVERRIDABLE)}")
+    unknown = [str(v) for v in value if v not in OVERRIDABLE]
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))}: not one of {', '.join(OVERRIDABLE)}")
+    return frozenset(str(v) for v in value)

@@ -1,0 +1,230 @@
+"""Takes due deliveries from the spool, sends them, writes down what happened.
+
+The worker sleeps until woken (a message was stored) or until the next retry is due, so an idle
+gateway hands a new message over at once without polling the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from gateway.config.access import token_for
+from gateway.config.loader import Config
+from gateway.delivery.request import Outcome
+from gateway.errors import ShuttingDown, SpoolError
+from gateway.spool.store import Delivery, Result, Spool
+from gateway.status.callbacks import callback_url
+from gateway.status.metrics import Metrics
+
+log = logging.getLogger("smtp2pulse.worker")
+
+MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
+PURGE_EVERY = 3600.0
+KEEP_FINISHED = 7 * 86400.0
+RETRY_AFTER_FLOOR = 3600.0   # the least a Retry-After is honoured up to, whatever the schedule
+
+
+class Pacer:
+    """At most `rate` request starts per second, spaced evenly (api.max_rate)."""
+
+    def __init__(self) -> None:
+        self._next_slot = 0.0
+
+    async def wait(self, rate: float) -> None:
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class Sender(Protocol):
+    async def send(self, request: Mapping[str, str], token: str) -> Outcome: ...
+
+
+def next_wait(schedule: tuple[float, ...], attempts_done: int, rng: random.Random) -> float:
+    """The wait after the n-th failed attempt: the schedule's n-th step (the last repeats), ±10%."""
+    base = schedule[min(attempts_done, len(schedule)) - 1]
+    return base * rng.uniform(0.9, 1.1)
+
+
+def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
+           rng: random.Random) -> Result:
+    """Turn an attempt's outcome into the delivery's next state."""
+    bounce = config.bounces.enabled
+    if outcome.kind == "sent":
+        return Result(delivery.id, "sent", now, "sent", outcome.platform_id or "",
+                      outcome.platform_id)
+    if outcome.kind == "refused":
+        return Result(delivery.id, "refused", now, "refused", outcome.detail, bounce=bounce)
+    if now - delivery.received_at >= config.spool.give_up_after:
+        return Result(delivery.id, "failed", now, "failed",
+                      f"gave up after {delivery.attempts + 1} attempts: {outcome.detail}",
+                      bounce=bounce)
+    wait = next_wait(config.spool.retry, delivery.attempts + 1, rng)
+    if outcome.retry_after is not None:
+        # Honoured up to the schedule's longest wait (an hour at least, so a platform asking
+        # for an hour of quiet gets it from a short schedule too): `Retry-After: 99999999999`
+        # would park the delivery for millennia, never given up on nor bounced.
+        cap = max(max(config.spool.retry), RETRY_AFTER_FLOOR)
+        wait = max(wait, min(outcome.retry_after, cap))
+    # The last attempt comes at the give-up deadline, not after it.
+    wait = max(0.0, min(wait, delivery.received_at + config.spool.give_up_after - now))
+    return Result(delivery.id, "queued", now + wait, "deferred",
+                  f"{outcome.detail}; next attempt in {wait:.0f}s")
+
+
+class Worker:
+    def __init__(self, spool: Spool, sender: Sender, config: Callable[[], Config], *,
+                 metrics: Metrics | None = None, on_bounce: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None
+                 ) -> None:
+        self.spool = spool
+        self.metrics = metrics or Metrics()
+        self.on_bounce = on_bounce or (lambda: None)
+        self.sender = sender
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._pacer = Pacer()
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._holding: set[int] = set()   # ids of the deliveries in flight here
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_purge = 0.0
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
+
+    def wake(self) -> None:
+        """Something was stored. With every slot busy this is a no-op: the slot that finishes
+        first wakes the loop, which then leases whatever is due, this included — and a busy
+        SMTP side is spared a turn of the delivery loop for every message it stores."""
+        if len(self._inflight) < self.config().api.max_concurrency:
+            self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._inflight)
+
+    async def stop(self, grace: float) -> None:
+        """Stop leasing, give in-flight sends up to `grace` seconds, then cancel them."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._inflight:
+            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()   # its lease stays in the spool: sent again after restart
+            if pending:
+                log.warning("stopped with %d sends unfinished; they will be retried", len(pending))
+                await asyncio.wait(pending)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._fill()
+                await self._sleep()
+                await self._maybe_purge()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The spool may be briefly unwritable (disk full); keep the loop alive.
+                log.exception("delivery loop error; retrying in 5s")
+                await asyncio.sleep(5)
+
+    async def _fill(self) -> None:
+        # Cleared before looking, so a wake-up that arrives while we look is not lost.
+        self._wake.clear()
+        config = self.config()
+        free = config.api.max_concurrency - len(self._inflight)
+        if free <= 0:
+            return
+        # Long enough for the send itself and for the wait for a rate slot before it.
+        pacing = config.api.max_concurrency / config.api.max_rate if config.api.max_rate else 0.0
+        lease = config.api.timeout + pacing + 60.0
+        for delivery in await self.spool.lease(free, lease):
+            if delivery.id in self._holding:
+                # Its lease ran out while this process still sends it (the sender's deadline
+                # should prevent that): the send in flight records the outcome, never a second.
+                log.warning("queue_id=%s delivery %d is still in flight past its lease; not"
+                            " sending it again", delivery.message_id, delivery.id)
+                continue
+            task = asyncio.create_task(self._deliver(delivery), name=f"deliver-{delivery.id}")
+            self._inflight.add(task)
+            self._holding.add(delivery.id)
+            task.add_done_callback(functools.partial(self._finished, delivery.id))
+
+    def _finished(self, delivery_id: int, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._holding.discard(delivery_id)
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        if self._wake.is_set():
+            return
+        timeout = MAX_IDLE_SLEEP
+        if len(self._inflight) < self.config().api.max_concurrency:
+            due = await self.spool.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - self.clock()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        config = self.config()
+        token = token_for(config, delivery.auth_user)   # a user's own token, else api.token
+        request = dict(delivery.request)
+        if config.http is not None and config.http.callback_url:
+            request["callback"] = callback_url(config.http.callback_url,
+                                               config.http.callback_secret.reveal(),
+                                               delivery.id, delivery.message_id)
+        await self._pacer.wait(config.api.max_rate)
+        started = time.monotonic()
+        try:
+            outcome = await self.sender.send(request, token)
+        except Exception as exc:  # a bug in a sender must not lose the delivery
+            log.exception("queue_id=%s send raised", delivery.message_id)
+            outcome = Outcome("retry", detail=f"internal error: {type(exc).__name__}")
+        elapsed = time.monotonic() - started
+        self.metrics.platform_latency.observe(elapsed)
+        result = settle(delivery, outcome, config, self.clock(), self.rng)
+        self.metrics.deliveries.labels(result.event).inc()
+        try:
+            await self.spool.record(result)
+        except (SpoolError, ShuttingDown) as exc:
+            # The lease runs out and the delivery is tried again: at least once, not lost.
+            log.error("queue_id=%s could not record outcome %s: %s", delivery.message_id,
+                      result.event, exc)
+            return
+        if result.bounce:
+            self.on_bounce()
+        log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms)",
+                 delivery.message_id, delivery.request.get("sent_to", delivery.recipient),
+                 delivery.attempts + 1, result.event,
+                 f"platform_id={outcome.platform_id} " if outcome.platform_id else
+                 f"reason={result.detail!r} ", elapsed * 1000,
+                 extra={"queue_id": delivery.message_id})
+
+    async def _maybe_purge(self) -> None:
+        now = self.clock()
+        if now - self._last_purge < PURGE_EVERY:
+            return
+        self._last_purge = now
+        purged = await self.spool.purge(now - KEEP_FINISHED)
+        if purged:
+            log.info("purged %d finished messages older than 7 days", purged)

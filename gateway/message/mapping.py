@@ -1,0 +1,181 @@
+"""From an envelope recipient and a parsed message to the platform's form fields.
+
+Pure functions: everything here can be tested without sockets, and `preview` uses exactly the
+code the daemon uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.config.domains import DomainConfig
+from gateway.config.loader import Config
+from gateway.errors import Refusal
+from gateway.message.parse import ParsedMessage
+from gateway.message.text import clean_text
+
+# A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
+# else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.
+# Every regex here sees client input, so each must match in linear time: a run of separators
+# is mandatory between two digit groups, otherwise the groups nest and a long run of digits
+# followed by one bad character backtracks exponentially.
+_PHONE = re.compile(r"^\+?[0-9]+(?:[.-]+[0-9]+)*$")
+_EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_VERBATIM = re.compile(r"^[^\s\"(),:;<>@\[\\\]]+$")
+_SEND_DATE = "%Y-%m-%d %H:%M"
+ELLIPSIS = "…"
+# A log line names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
+# one hostile message must not write a megabyte line, and a person reading the log learns
+# enough from the first few names and the count of the rest.
+_LISTED = 10
+_LISTED_LENGTH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str      # the envelope address as the client gave it
+    domain: str       # the served domain it belongs to, lower-case
+    sent_to: str      # what goes into the platform's sent_to
+
+
+def resolve_recipient(address: str, config: Config) -> Recipient:
+    """Which served domain an envelope recipient belongs to and what `sent_to` it becomes."""
+    local, at, domain_name = address.rpartition("@")
+    if not at or not local or not domain_name:
+        raise Refusal(553, "5.1.3", f"<{address}>: not a valid address")
+    domain = config.domain(domain_name)
+    if domain is None:
+        raise Refusal(550, "5.7.1", f"<{address}>: relay access denied, "
+                                    f"domain {domain_name.lower()} is not served here")
+    return Recipient(address, domain.name, recipient_value(local, domain))
+
+
+def recipient_value(local: str, domain: DomainConfig) -> str:
+    if domain.recipient == "phone":
+        return phone_number(local, domain)
+    if domain.recipient == "email":
+        return email_address(local)
+    if not _VERBATIM.match(local):
+        raise Refusal(553, "5.1.3", f"{local!r} is not a valid recipient id")
+    return local
+
+
+def phone_number(local: str, domain: DomainConfig) -> str:
+    if not _PHONE.match(local):
+        raise Refusal(553, "5.1.3", f"{local!r} is not a phone number (digits, optional "
+                                    f"leading +, separators - and . only)")
+    international = local.startswith("+")
+    digits = re.sub(r"[^0-9]", "", local)
+    if not international:
+        # National formats ("8 900 ..." in Russia) are rewritten only when the sender did not
+        # already write the number in international form.
+        for rule in domain.rewrite:
+            rewritten = rule.match.sub(rule.replace, digits, count=1)
+            if rewritten != digits:
+                digits = rewritten
+                break
+    if not digits.isdigit() or not 10 <= len(digits) <= 15:
+        raise Refusal(553, "5.1.3", f"{local!r} is not a phone number in international "
+                                    f"format (10 to 15 digits)")
+    return digits
+
+
+def email_address(local: str) -> str:
+    user, eq, host = local.rpartition("=")
+    if not eq or not user or not _EMAIL_LOCAL.match(user) or not _EMAIL_DOMAIN.match(host):
+        raise Refusal(553, "5.1.3", f"{local!r} is not user=example.com")
+    return f"{user}@{host.lower()}"
+
+
+def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,
+                  mail_from: str) -> dict[str, str]:
+    """The form fields of one send-message call, without token and callback."""
+    text = render_text(message, recipient, domain, mail_from)
+    if not text:
+        raise Refusal(550, "5.6.0", "nothing to send: the message has no subject or text")
+    request = {"type": domain.type, "sent_to": recipient.sent_to, "sent_text": text}
+    if domain.sends_html and message.html and message.html.strip():
+        request["html_text"] = message.html
+    request.update(domain.fields)
+    request.update(header_overrides(message, domain))
+    return request
+
+
+def render_text(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,
+                mail_from: str) -> str:
+    body = clean_text(strip_signature(message.text) if domain.strip_signature else message.text)
+    if domain.text is None:
+        text = "\n".join(part for part in (message.subject, body) if part.strip())
+    else:
+        text = domain.text.format_map({
+            "subject": message.subject,
+            "body": body,
+            "from": message.from_addr or mail_from,
+            "from_name": message.from_name,
+            "to": recipient.address,
+            "recipient": recipient.sent_to,
+            "domain": recipient.domain,
+        })
+    text = clean_text(text)
+    if domain.max_length is not None and len(text) > domain.max_length:
+        text = text[: domain.max_length - 1].rstrip() + ELLIPSIS
+    return text
+
+
+def strip_signature(body: str) -> str:
+    """Cut at the last signature separator line ("-- "; many clients drop its trailing space)."""
+    if "--" not in body:
+        return body   # most bodies: no line to look for
+    lines = body.split("\n")
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].rstrip() == "--":
+            return "\n".join(lines[:index])
+    return body
+
+
+def header_overrides(message: ParsedMessage, domain: DomainConfig) -> dict[str, str]:
+    """X-Pulse-* headers, each only where the domain allows it; bad values are refused."""
+    overrides: dict[str, str] = {}
+    for name in sorted(domain.allow_headers):
+        header = "x-pulse-" + name.replace("_", "-")
+        value = message.headers.get(header, "").strip()
+        if not value:
+            continue
+        if name == "ttl":
+            if not value.isdigit() or int(value) < 1:
+                raise Refusal(550, "5.6.0", f"X-Pulse-TTL: {value!r} is not a number of minutes")
+            value = str(int(value))
+        elif name == "send_date":
+            try:
+                datetime.strptime(value, _SEND_DATE)
+            except ValueError:
+                raise Refusal(550, "5.6.0", f"X-Pulse-Send-Date: {value!r} is not "
+                                            f"YYYY-MM-DD HH:MM") from None
+            name = "sent_date"
+        overrides[name] = value
+    return overrides
+
+
+def ignored_overrides(message: ParsedMessage, domain: DomainConfig) -> list[str]:
+    """The X-Pulse-* headers a message carried that its domain does not allow (for the log)."""
+    allowed = {"x-pulse-" + name.replace("_", "-") for name in domain.allow_headers}
+    return sorted(h for h in message.headers if h not in allowed)
+
+
+def listing(names: Sequence[str], more: int = 0) -> str:
+    """Names for a log line: the first few, each cut short, then how many more there are."""
+    shown = [name if len(name) <= _LISTED_LENGTH else name[:_LISTED_LENGTH - 1] + ELLIPSIS
+             for name in names[:_LISTED]]
+    rest = len(names) - len(shown) + more
+    return ", ".join(shown) + (f" and {rest} more" if rest else "")
+
+
+def dropped_note(message: ParsedMessage) -> str | None:
+    """The log note about the parts of a message that were not sent, if any."""
+    if not message.dropped_attachments and not message.more_dropped:
+        return None
+    return f"attachments not sent: {listing(message.dropped_attachments, message.more_dropped)}"

@@ -1,0 +1,179 @@
+"""The HTTP side (aiohttp, in the daemon's own loop): health, metrics, callbacks, history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from gateway.config.loader import Config, HttpConfig, Listener
+from gateway.config.networks import allowed
+from gateway.errors import GatewayError
+from gateway.spool import admin
+from gateway.spool.store import Spool
+from gateway.status import callbacks as tracking
+from gateway.status.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger("smtp2pulse.status")
+
+HEALTH_PROBE_SECONDS = 2.0
+# A callback is a handful of short fields; anything bigger is not the platform.
+MAX_CALLBACK_BODY = 8 * 1024
+MAX_STATUS = 64
+MAX_PLATFORM_ID = 128
+# What callback_url signs: a delivery id (a 64-bit SQLite rowid, where 18 digits always fit)
+# and a queue id; ASCII only (str.isdigit takes "²", which int() refuses).
+_ID_DIGITS = re.compile(r"[0-9]{1,18}")
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
+
+
+class StatusServer:
+    def __init__(self, listen: Listener, config: Callable[[], Config], spool: Spool,
+                 metrics: Metrics, ready: Callable[[], bool], sending: Callable[[], bool],
+                 on_failed_status: Callable[[int], Awaitable[None]]) -> None:
+        self.listen = listen     # the socket stays; everything else follows a reload
+        self.config = config
+        self.spool = spool
+        self.metrics = metrics
+        self.ready = ready
+        self.sending = sending
+        self.on_failed_status = on_failed_status
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("GET", "/callback", self._callback)
+        app.router.add_route("POST", "/callback", self._callback)
+        app.router.add_get("/messages/{queue_id}", self._message)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.listen.host, self.listen.port,
+                           reuse_address=True)
+        await site.start()
+        log.info("HTTP status listening on %s", ", ".join(
+            f"{host}:{port}" for host, port in self.addresses))
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self._runner is None:
+            return []
+        return [(str(address[0]), int(address[1])) for address in self._runner.addresses]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+        # Metrics and message history are for the operator's networks only.
+        if request.path in ("/healthz", "/callback"):
+            return await handler(request)
+        if not allowed(request.remote, self._http().allow_networks):
+            return web.json_response({"error": "forbidden"}, status=403)
+        return await handler(request)
+
+    def _http(self) -> HttpConfig:
+        http = self.config().http
+        assert http is not None, "the status server runs only with an http section"
+        return http
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if not self.ready():
+            return web.json_response({"status": "unavailable",
+                                      "reason": "SMTP listeners are not bound"}, status=503)
+        if not self.sending():
+            # Mail is still accepted and kept, but nothing leaves until it is back.
+            return web.json_response({"status": "unavailable",
+                                      "reason": "sender process is not running"}, status=503)
+        try:
+            async with asyncio.timeout(HEALTH_PROBE_SECONDS):
+                await tracking.probe_writable(self.spool)
+        except (GatewayError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            return web.json_response({"status": "unavailable",
+                                      "reason": f"spool is not writable: {reason}"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        stats = await tracking.spool_stats(self.spool)
+        for state in ("queued", "sending", "sent", "refused", "failed"):
+            self.metrics.spool_depth.labels(state).set(stats.by_state.get(state, 0))
+        self.metrics.oldest_queued.set(stats.oldest_pending_age)
+        return web.Response(body=self.metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE})
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        secret = self._http().callback_secret.reveal()
+        query = request.query
+        if "sig" in query:
+            # The URL we made carries the signature: an unsigned body is never read.
+            refusal = self._refusal(request, query.get("d", ""), query.get("q", ""),
+                                    query.get("sig", ""), secret)
+            if refusal is not None:
+                return refusal
+        params = dict(query)
+        if request.method == "POST":
+            body = await _small_body(request)
+            if body is None:
+                log.warning("callback from %s refused: a body over %d bytes", request.remote,
+                            MAX_CALLBACK_BODY)
+                return web.json_response({"error": "body too large"}, status=413)
+            params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        delivery, queue_id = params.get("d", ""), params.get("q", "")
+        refusal = self._refusal(request, delivery, queue_id, params.get("sig", ""), secret)
+        if refusal is not None:
+            return refusal
+        # Kept short: stored and shown verbatim, and a real status is a word or a code.
+        status = params.get("status", "")[:MAX_STATUS]
+        platform_id = params.get("id", "")[:MAX_PLATFORM_ID]
+        result, meaning = await tracking.record_status(
+            self.spool, int(delivery), queue_id, platform_id, status)
+        self.metrics.callbacks.labels(result).inc()
+        log.info("queue_id=%s delivery=%s status=%r (%s) %s", queue_id, delivery, status,
+                 meaning, result, extra={"queue_id": queue_id})
+        if result == "recorded" and meaning == "failed":
+            await self.on_failed_status(int(delivery))
+        # 200 even for a delivery we no longer know: the platform would only retry in vain.
+        return web.json_response({"result": result})
+
+    def _refusal(self, request: web.Request, delivery: str, queue_id: str, signature: str,
+                 secret: str) -> web.Response | None:
+        """400 for ids of a shape we never sign, 403 for a wrong signature, else None."""
+        if not _ID_DIGITS.fullmatch(delivery) or not _QUEUE_ID.fullmatch(queue_id):
+            self.metrics.callbacks.labels("malformed").inc()
+            log.warning("malformed callback from %s refused", request.remote)
+            return web.json_response({"error": "bad d or q"}, status=400)
+        if not tracking.verify(secret, int(delivery), queue_id, signature):
+            self.metrics.callbacks.labels("forged").inc()
+            log.warning("forged or unsigned callback from %s refused", request.remote)
+            return web.json_response({"error": "forbidden"}, status=403)
+        return None
+
+    async def _message(self, request: web.Request) -> web.Response:
+        detail = await admin.show_message(self.spool, request.match_info["queue_id"])
+        if detail is None:
+            return web.json_response({"error": "no such message"}, status=404)
+        return web.json_response(asdict(detail))
+
+
+async def _small_body(request: web.Request) -> bytes | None:
+    """The body, or None past MAX_CALLBACK_BODY: judged by Content-Length before reading a
+    byte, and counted while reading one sent without it."""
+    if request.content_length is not None and request.content_length > MAX_CALLBACK_BODY:
+        return None
+    data = bytearray()
+    while chunk := await request.content.read(MAX_CALLBACK_BODY + 1 - len(data)):
+        data += chunk
+        if len(data) > MAX_CALLBACK_BODY:
+            return None
+    return bytes(data)

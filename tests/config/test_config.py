@@ -1,0 +1,181 @@
+"""Config validation: every problem at once, each naming its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config.loader import Secret, load_config, parse_config
+from gateway.config.units import parse_duration, parse_hostport, parse_size
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = {"api": {"token": "t"}, "domains": {"sms.local": {"type": "sms"}}}
+
+
+def problems(data: object, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, env=env or {})
+    return error.value.problems
+
+
+def test_minimal_config_has_the_documented_defaults() -> None:
+    config = parse_config(MINIMAL, env={})
+    assert [str(listener) for listener in config.smtp.listen] == ["127.0.0.1:2525"]
+    assert config.smtp.max_message_size == 1024 * 1024
+    assert config.smtp.max_recipients == 100
+    assert config.api.send_url == "https://1-pulse.kupon.mobi/api/v1/bulk/send-message"
+    assert config.api.timeout == 10
+    assert config.spool.retry == (30, 120, 600, 1800, 3600)
+    assert config.spool.give_up_after == 2 * 86400
+    assert config.domains["sms.local"].recipient == "phone"
+
+
+def test_wrong_message_type_names_its_key_path() -> None:
+    data = {**MINIMAL, "domains": {"sms.local": {"type": "smss"}}}
+    assert problems(data) == [
+        "domains[sms.local].type: 'smss' is not one of sms, push, viber, whatsapp, telegram, "
+        "vk, ok, email, hlr, voice, mms, bot, bulk"]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = {
+        "smtp": {"listen": "nowhere", "max_message_size": "lots", "colour": "red"},
+        "api": {"token": "t", "timeout": "soon"},
+        "spool": {"retry": ["30s", "often"]},
+        "domains": {"sms.local": {"type": "sms", "ttl": "long", "text": "{subjet}"},
+                    "mail.local": {"sender": "x"}},
+        "extra": 1,
+    }
+    found = problems(data)
+    assert len(found) == 9, found
+    for prefix in ("smtp.listen: ", "smtp.max_message_size: ", "smtp.colour: unknown key",
+                   "api.timeout: ", "spool.retry: ", "domains[sms.local].ttl: ",
+                   "domains[sms.local].text: unknown placeholder {subjet}",
+                   "domains[mail.local].type: is required", "extra: unknown key"):
+        assert any(line.startswith(prefix) for line in found), (prefix, found)
+
+
+def test_environment_variables_are_substituted() -> None:
+    data = {"api": {"token": "${PULSE_TOKEN}", "base_url": "${BASE:-http://127.0.0.1:9/x}"},
+            "domains": {"sms.local": {"type": "sms", "sender": "Shop-${SUFFIX:-}"}}}
+    config = parse_config(data, env={"PULSE_TOKEN": "abc"})
+    assert config.api.token.reveal() == "abc"
+    assert config.api.base_url == "http://127.0.0.1:9/x"
+    assert config.domains["sms.local"].fields["sender"] == "Shop-"
+
+
+def test_unset_environment_variable_is_an_error_at_its_key() -> None:
+    data = {"api": {"token": "${PULSE_TOKEN}"}, "domains": {"sms.local": {"type": "sms"}}}
+    found = problems(data)
+    assert found[0].startswith("api.token: environment variable PULSE_TOKEN is not set")
+
+
+def test_token_is_required_unless_dry_run() -> None:
+    data = {"domains": {"sms.local": {"type": "sms"}}}
+    assert problems(data)[0].startswith("api.token: is required")
+    assert parse_config(data, env={}, dry_run=True).api.dry_run is True
+
+
+def test_secret_never_shows_itself() -> None:
+    config = parse_config({**MINIMAL, "api": {"token": "very-secret-token"}}, env={})
+    assert "very-secret-token" not in repr(config)
+    assert "very-secret-token" not in str(config.api.token)
+    assert Secret("x") == Secret("x")
+
+
+def test_domain_fields_are_the_platform_fields_set() -> None:
+    data = {**MINIMAL, "domains": {"v.local": {
+        "type": "viber", "sender": "Shop", "ttl": 60, "charset": "CP1251", "button": "Open",
+        "action": "https://shop.example/o", "image": "https://shop.example/i.png",
+        "find_token": True, "kannel_status": False}}}
+    domain = parse_config(data, env={}).domains["v.local"]
+    assert dict(domain.fields) == {"sender": "Shop", "ttl": "60", "charset": "CP1251",
+                                   "button": "Open", "action": "https://shop.example/o",
+                                   "image": "https://shop.example/i.png", "find_token": "1"}
+
+
+def test_bad_rewrite_and_override_lists_are_refused() -> None:
+    data = {**MINIMAL, "domains": {"sms.local": {
+        "type": "sms", "rewrite": [{"match": "(", "replace": "7"}],
+        "allow_headers": ["sender", "colour"]}}}
+    found = problems(data)
+    assert any(p.startswith("domains[sms.local].rewrite: [0].match: not a regular") for p in found)
+    assert any(p.startswith("domains[sms.local].allow_headers: 'colour'") for p in found)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("2h", 7200),
+                                               ("1d", 86400), ("250ms", 0.25), (45, 45)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("512KiB", 524288), ("10MiB", 10485760),
+                                            ("1MB", 1000000), (2048, 2048)])
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(("text", "pair"), [("127.0.0.1:2525", ("127.0.0.1", 2525)),
+                                            ("[::1]:25", ("::1", 25)),
+                                            (":25", ("127.0.0.1", 25))])
+def test_listen_addresses(text: str, pair: tuple[str, int]) -> None:
+    assert parse_hostport(text) == pair
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    example = ROOT / "config" / "example.yaml"
+    config = load_config(example, env={"PULSE_TOKEN": "x"})
+    assert config.domains
+    text = example.read_text()
+    for key in ("listen:", "hostname:", "max_message_size:", "max_recipients:",
+                "allow_networks:", "timeout:", "fallback_charset:", "base_url:", "token:",
+                "dry_run:", "max_concurrency:", "path:", "retry:", "give_up_after:",
+                "shutdown_timeout:", "level:", "type:", "recipient:", "text:", "html:",
+                "max_length:", "strip_signature:", "rewrite:", "allow_headers:", "sender:",
+                "ttl:", "charset:", "button:", "action:", "image:", "find_token:",
+                "kannel_status:", "public_url:", "callback_secret:", "enabled:", "relay:",
+                "from:", "format:", "max_rate:"):
+        assert key in text, key
+
+
+def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("api: {token: t}\ndomains:\n  sms.local: {type: sms}\n")
+    assert main(["check-config", "-c", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "domain sms.local: type sms" in out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("api: {token: t}\ndomains:\n  sms.local: {type: smss}\nsmtp: {port: 25}\n")
+    assert main(["check-config", "-c", str(bad)]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("smtp.port: unknown key")
+    assert err[1].startswith("domains[sms.local].type: 'smss' is not one of sms, push")
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("domains: [unclosed\n")
+    assert main(["check-config", "-c", str(broken)]) == 78
+    assert "not valid YAML (line" in capsys.readouterr().err
+    assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 78
+
+
+def test_check_config_summarises_listener_policies(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.smtp.passwords import hash_password
+    path = tmp_path / "auth.yaml"
+    path.write_text(
+        "api: {token: t}\n"
+        "smtp:\n"
+        "  listen: [127.0.0.1:2525, {address: '127.0.0.1:2526', require_auth: false}]\n"
+        "  auth:\n"
+        "    allow_without_tls: true\n"
+        f"    users: {{crm: {{password_hash: '{hash_password('pw')}'}}}}\n"
+        "domains:\n  sms.local: {type: sms}\n")
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "    127.0.0.1:2525: plain, AUTH required\n" in out
+    assert "    127.0.0.1:2526: plain, AUTH optional\n" in out
+    assert "  SMTP AUTH users: crm\n" in out

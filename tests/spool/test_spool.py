@@ -1,0 +1,87 @@
+"""The spool on its own: upgrades, group commit, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from gateway.spool import admin
+from gateway.spool.store import SCHEMA, SCHEMA_VERSION, IncomingMessage, NewDelivery, Spool
+
+
+def incoming(n: int = 0) -> IncomingMessage:
+    return IncomingMessage(mail_from="a@corp.test", peer="127.0.0.1", helo="c", raw=b"raw",
+                           deliveries=(NewDelivery(f"7900000000{n}@sms.local",
+                                                   {"sent_to": f"7900000000{n}"}),))
+
+
+async def test_a_version_1_spool_is_upgraded_with_its_mail(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)
+    old.execute("INSERT INTO messages VALUES ('Q1', 1.0, 'a@b.c', '127.0.0.1', 'h', NULL, 3,"
+                " x'616263')")
+    old.execute("INSERT INTO deliveries (message_id, recipient, request, state,"
+                " next_attempt_at, updated_at) VALUES ('Q1', 'r@sms.local', '{}', 'queued',"
+                " 1.0, 1.0)")
+    old.execute("PRAGMA user_version=1")
+    old.commit()
+    old.close()
+
+    spool = Spool(path)
+    await spool.start()
+    try:
+        detail = await admin.show_message(spool, "Q1")
+        assert detail is not None and detail.deliveries[0].state == "queued"
+        assert detail.deliveries[0].status is None and detail.deliveries[0].bounce is None
+        [leased] = await spool.lease(10, 60)
+        assert leased.message_id == "Q1"
+    finally:
+        await spool.stop()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_concurrent_stores_share_commits(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3")
+    await spool.start()
+    try:
+        before = spool.commits
+        ids = await asyncio.gather(*(spool.accept(incoming(i % 10)) for i in range(200)))
+        assert len(set(ids)) == 200
+        assert spool.commits - before < 200     # grouped: fewer fsyncs than messages
+        leased = await spool.lease(500, 60)
+        assert len(leased) == 200
+        assert await spool.lease(500, 60) == []   # leased rows are not handed out twice
+    finally:
+        await spool.stop()
+
+
+async def test_a_failing_job_does_not_take_its_batch_down(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3")
+    await spool.start()
+    try:
+        def broken(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO nowhere VALUES (1)")
+        results = await asyncio.gather(spool.accept(incoming()), spool.run(broken),
+                                       spool.accept(incoming(1)), return_exceptions=True)
+        assert isinstance(results[0], str) and isinstance(results[2], str)
+        assert type(results[1]).__name__ == "SpoolError"
+        assert len(await admin.list_messages(spool)) == 2
+    finally:
+        await spool.stop()
+
+
+async def test_expired_lease_is_handed_out_again(tmp_path: Path) -> None:
+    clock = [1000.0]
+    spool = Spool(tmp_path / "s.sqlite3", clock=lambda: clock[0])
+    await spool.start()
+    try:
+        await spool.accept(incoming())
+        assert len(await spool.lease(10, 30)) == 1
+        clock[0] += 29
+        assert await spool.lease(10, 30) == []
+        clock[0] += 2
+        assert len(await spool.lease(10, 30)) == 1   # its sender died without a word
+    finally:
+        await spool.stop()
