@@ -35,6 +35,7 @@ class Reply:
 
 
 # --- transactions --------------------------------------------------------------------------
+OK = Reply(250, "2.0.0", "OK", None)   # aiosmtpd's default, for a hook that gives none
 SENDER_OK = Reply(250, "2.1.0", "Sender ok", None)
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok", None)
 QUEUED = Reply(250, "2.0.0", "Ok: queued as {queue_id}", None)

@@ -299,8 +299,7 @@ class GatewaySession(SMTP):
         self.envelope.content = self.envelope.original_content = data
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        # aiosmtpd's answer for a handler without handle_DATA (ours always has one).
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(replies.OK if status is MISSING else status)
 
     # --- TLS and AUTH ------------------------------------------------------------------------
 
