@@ -12,7 +12,7 @@ an equal ParsedMessage (tests/message/test_parse_simple.py pins it to _slow). Th
   * Content-Type, Content-Transfer-Encoding and MIME-Version at most once, no
     Content-Disposition;
   * Content-Type absent, `text/plain`, or `text/plain; charset=name` (name maybe quoted; the
-    form _PLAIN_CONTENT_TYPE reads), ASCII, any case, nothing else around it;
+    form _SIMPLE_CONTENT_TYPE reads), ASCII, any case, nothing else around it;
   * Content-Transfer-Encoding absent, 7bit, 8bit, binary or quoted-printable (any case).
 Anything else, or any exception on the way, goes to the FeedParser as before.
 """
