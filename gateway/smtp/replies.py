@@ -105,17 +105,17 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later", "s
 
 _FOR_REFUSAL: dict[type[Refusal], Reply] = {
     BadRecipient: BAD_RECIPIENT, RelayDenied: RELAY_DENIED, BadContent: BAD_CONTENT,
+    TooManyTexts: TOO_LARGE_FOR_RECIPIENTS,
 }
 
 
 def reply_for(refusal: Refusal) -> Reply:
-    """The named reply for a refusal raised after the SMTP stage (mapping, spool)."""
-    if isinstance(refusal, TooManyTexts):
-        return TOO_LARGE_FOR_RECIPIENTS
-    for kind, reply in _FOR_REFUSAL.items():
-        if isinstance(refusal, kind):
-            return reply.format(detail=refusal.detail)
-    return BAD_CONTENT.format(detail=refusal.detail)
+    """The named reply for a refusal raised after the SMTP stage (mapping, spool).
+
+    A kind of refusal without its reply here is a bug: the KeyError reaches the handler's
+    handle_exception, which answers 451, so the sender tries again rather than losing mail."""
+    reply = _FOR_REFUSAL[type(refusal)]
+    return reply.format(detail=refusal.detail) if "{detail}" in reply.text else reply
 
 
 # --- what aiosmtpd says by itself ------------------------------------------------------------

@@ -201,3 +201,24 @@ def test_fast_address_path_agrees_with_the_rfc_parser(arg: str) -> None:
 def test_unusual_addresses_take_the_full_parser(arg: str) -> None:
     from gateway.smtp.session import _SIMPLE_ADDRESS
     assert _SIMPLE_ADDRESS.fullmatch(arg) is None
+
+
+def test_every_named_reply_says_how_it_is_counted() -> None:
+    from gateway.smtp import replies
+    named = [v for v in vars(replies).values() if isinstance(v, replies.Reply)]
+    assert len(named) >= 40
+    for reply in named:
+        # A refusal without a reason would vanish from the dashboard; a 250 with one would
+        # count as a refusal.
+        assert (reply.reason is not None) == (reply.code >= 400), reply
+        assert reply.enhanced.startswith(str(reply.code)[0]) or reply.code == 354, reply
+
+
+def test_every_kind_of_refusal_has_its_reply() -> None:
+    from gateway import errors
+    from gateway.smtp.replies import reply_for
+    kinds = errors.Refusal.__subclasses__()
+    assert kinds
+    for kind in kinds:
+        refusal = kind() if kind is errors.TooManyTexts else kind("why")  # type: ignore[call-arg]
+        assert str(reply_for(refusal))[:3] in ("550", "552", "553")
