@@ -15,11 +15,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.errors import Refusal, ShuttingDown
 from gateway.smtp.replies import REPLY_TOO_LARGE_FOR_RECIPIENTS
 from gateway.spool import deliveries, followup, queue_view
+from gateway.spool.interface import SpoolInterface
 from gateway.spool.packing import SHARED_MIN, load_texts, pack_requests, unpack_request
 from gateway.spool.rows import (
     Delivery,
@@ -209,3 +210,8 @@ class Spool:
 
     async def drop_message(self, queue_id: str) -> bool:
         return await self.run(functools.partial(queue_view.drop_message, queue_id=queue_id))
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the SQLite spool is all a SpoolInterface promises.
+    _IMPLEMENTS: type[SpoolInterface] = Spool
