@@ -110,7 +110,8 @@ def select_one(conn: sqlite3.Connection, statement: str,
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    version = select_one(conn, sql.USER_VERSION)["user_version"]  # type: ignore[index]
+    row = select_one(conn, sql.USER_VERSION)
+    version = 0 if row is None else row["user_version"]
     if version > SCHEMA_VERSION:
         raise SpoolError(f"{path}: spool schema {version} is newer than this program")
     if version == SCHEMA_VERSION:

@@ -116,7 +116,7 @@ class Spool:
 
     async def stop(self) -> None:
         if await self._writer.stop():
-            self._readers.close()
+            await asyncio.to_thread(self._readers.close)
 
     # --- running jobs ------------------------------------------------------------------------
 
