@@ -3,6 +3,7 @@ report, and the notification (DSN) owed to the sender of one that failed. Writer
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 
@@ -21,7 +22,8 @@ def record_status(conn: sqlite3.Connection, clock: Clock, delivery_id: int, queu
     row = select_one(conn, sql.DELIVERY_FOR_STATUS, (delivery_id, queue_id))
     if row is None:
         return "unknown", StatusClass.UNKNOWN
-    meaning = classify(bool(row["kannel"]))
+    # kannel_status is a delivery's own short field, never one of the message's shared texts.
+    meaning = classify(json.loads(row["request"]).get("kannel_status") == "1")
     detail = f"{status} ({meaning})" + (f" platform_id={platform_id}" if platform_id else "")
     if select_one(conn, sql.STATUS_SEEN, (delivery_id, STATUS_EVENT, detail)) is not None:
         return "repeated", meaning

@@ -2,6 +2,11 @@
 
 States are written into the text from the State enum, not bound as parameters: the partial
 indexes (deliveries_due, deliveries_pending) serve only queries whose WHERE is literally theirs.
+
+The statements are written in `?` placeholder style and in SQL that PostgreSQL also runs, so that
+a second backend can reuse them by translating placeholders, except for these, which are
+SQLite's own: the PRAGMAs, BEGIN IMMEDIATE, MESSAGES_META (json_each; `= ANY(?)` there),
+OLDEST_PENDING (INDEXED BY; plain there) and SHOW_EVENTS (rowid breaks ties of `at`).
 """
 
 # Only State members and constant clauses are put into these texts, never a value from outside.
@@ -84,10 +89,9 @@ SETTLE_BOUNCE = "UPDATE deliveries SET bounce = ? WHERE id = ?"
 
 # --- platform callbacks ------------------------------------------------------------------------
 
-# kannel_status is a delivery's own short field, so always inline in its request's JSON.
-DELIVERY_FOR_STATUS = (
-    "SELECT coalesce(json_extract(request, '$.kannel_status') = '1', 0) AS kannel"
-    " FROM deliveries WHERE id = ? AND message_id = ?")
+# The request is parsed by the caller rather than with json_extract: this way the statement is
+# the same in any SQL database.
+DELIVERY_FOR_STATUS = "SELECT request FROM deliveries WHERE id = ? AND message_id = ?"
 STATUS_SEEN = "SELECT 1 FROM events WHERE delivery_id = ? AND kind = ? AND detail = ?"
 STATUS_COUNT = "SELECT count(*) AS n FROM events WHERE delivery_id = ? AND kind = ?"
 RECORD_STATUS = (

@@ -15,6 +15,7 @@ from gateway.config.loader import Config, HttpConfig, Listener
 from gateway.config.networks import allowed
 from gateway.errors import GatewayError
 from gateway.spool import admin
+from gateway.spool.states import State
 from gateway.spool.store import Spool
 from gateway.status import callbacks as tracking
 from gateway.status.metrics import CONTENT_TYPE, Metrics
@@ -106,7 +107,7 @@ class StatusServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         stats = await tracking.spool_stats(self.spool)
-        for state in ("queued", "sending", "sent", "refused", "failed"):
+        for state in State:
             self.metrics.spool_depth.labels(state).set(stats.by_state.get(state, 0))
         self.metrics.oldest_queued.set(stats.oldest_pending_age)
         return web.Response(body=self.metrics.exposition(),
