@@ -8,7 +8,6 @@ or a mapping `{address, require_starttls, require_auth}`; implicit-TLS listeners
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,10 +20,8 @@ from gateway.config.loader import Listener, Secret
 from gateway.config.units import parse_duration, parse_hostport
 from gateway.smtp import tls
 
-log = logging.getLogger("smtp2pulse.access")
-
 if TYPE_CHECKING:
-    from gateway.config.loader import Config, SmtpConfig
+    from gateway.config.loader import SmtpConfig
 
 
 HANDSHAKE_TIMEOUT = 20.0
@@ -237,14 +234,3 @@ def check_access(smtp: SmtpConfig, domains: Mapping[str, object], problems: v.Pr
                          "smtp.tls is not set; configure TLS, or set allow_without_tls: true "
                          "for legacy devices on a trusted network")
 
-
-def token_for(config: Config, user_name: str | None) -> str:
-    """The platform token for a message: its user's own, else api.token."""
-    auth = config.smtp.auth
-    user = auth.users.get(user_name) if auth is not None and user_name else None
-    if user_name and user is None:
-        # Removed from the config (and reloaded) while its mail was queued: say whose account
-        # now pays for it.
-        log.warning("user %s is no longer configured; its queued mail goes with api.token",
-                    user_name)
-    return (user.token if user is not None and user.token else config.api.token).reveal()

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from gateway.config.access import token_for
 from gateway.config.loader import Config
 from gateway.delivery.request import Outcome
+from gateway.delivery.tokens import token_for
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.spool.states import State
 from gateway.spool.store import Delivery, Result, Spool
