@@ -19,6 +19,7 @@ from gateway.config.access import token_for
 from gateway.config.loader import Config
 from gateway.delivery.request import Outcome
 from gateway.errors import ShuttingDown, SpoolError
+from gateway.message.cost import request_segments
 from gateway.spool.store import Delivery, Result, Spool
 from gateway.status.callbacks import callback_url
 from gateway.status.metrics import Metrics
@@ -204,6 +205,10 @@ class Worker:
         self.metrics.platform_latency.observe(elapsed)
         result = settle(delivery, outcome, config, self.clock(), self.rng)
         self.metrics.deliveries.labels(result.event).inc()
+        sms = request_segments(delivery.request)
+        if result.event == "sent" and sms is not None:
+            domain = delivery.recipient.rpartition("@")[2].lower()
+            self.metrics.sms_parts.labels(domain).inc(sms.parts)
         try:
             await self.spool.record(result)
         except (SpoolError, ShuttingDown) as exc:
