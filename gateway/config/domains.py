@@ -147,7 +147,7 @@ def _sms_and_quiet(domain: DomainConfig, data: dict[str, Any], path: str,
     urgent = v.choice(data, "quiet_hours_urgent", path, URGENT_CHOICES, "wait", problems)
     if span is not None:
         quiet = QuietHours(span[0], span[1], urgent_send=urgent == "send")
-    elif "quiet_hours_urgent" in data:
+    elif "quiet_hours_urgent" in data and data.get("quiet_hours") is None:
         problems.add(f"{path}.quiet_hours_urgent", "needs quiet_hours")
     return dataclasses.replace(
         domain,
