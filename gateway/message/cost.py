@@ -6,6 +6,7 @@ accepted-message log line and `/metrics` all count the parts of the same text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 from gateway.config.domains import SMS_TYPES, DomainConfig
@@ -15,18 +16,21 @@ from gateway.message.translit import transliterate
 
 def shape(request: dict[str, str], domain: DomainConfig) -> None:
     """Transliterates and cuts `request["sent_text"]` in place, as the domain says."""
-    if domain.type not in SMS_TYPES:
-        return
-    text = request["sent_text"]
+    if domain.type in SMS_TYPES and (domain.transliterate or domain.max_parts is not None):
+        request["sent_text"] = _shaped(request["sent_text"], domain.transliterate,
+                                       domain.max_parts)
+
+
+# One mail to many recipients is mostly one text many times: shaped once.
+@functools.lru_cache(maxsize=8)
+def _shaped(text: str, translit: bool, max_parts: int | None) -> str:
     ellipsis = ELLIPSIS
-    if domain.transliterate:
+    if translit:
         text = transliterate(text)
         # The ellipsis a cut adds goes through the same table: a text made GSM-7 stays GSM-7.
         if is_gsm7(text):
             ellipsis = transliterate(ELLIPSIS)
-    if domain.max_parts is not None:
-        text = fit(text, domain.max_parts, ellipsis)
-    request["sent_text"] = text
+    return text if max_parts is None else fit(text, max_parts, ellipsis)
 
 
 def request_segments(request: Mapping[str, str]) -> Segments | None:

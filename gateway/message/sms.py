@@ -9,6 +9,7 @@ surrogate pair is split between parts, so parts are packed the way a phone or an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 GSM7_BASIC = frozenset(
@@ -30,27 +31,38 @@ class Segments:
 
 
 def is_gsm7(text: str) -> bool:
-    return all(char in GSM7 for char in text)
+    return GSM7.issuperset(text)
 
 
 def segments(text: str) -> Segments:
     """The encoding of `text` and the number of parts it is sent as (an empty text is 1)."""
+    # Counted with str methods, not a loop over characters: a text may be a whole mail, and it
+    # is counted for every recipient and again when it is sent.
     if is_gsm7(text):
-        sizes = [2 if char in GSM7_EXTENSION else 1 for char in text]
-        return Segments("GSM-7", sum(sizes), _parts(sizes, 160, 153))
-    sizes = [2 if ord(char) > 0xFFFF else 1 for char in text]
-    return Segments("UCS-2", sum(sizes), _parts(sizes, 70, 67))
+        doubles = sum(text.count(char) for char in GSM7_EXTENSION)
+        return _segments("GSM-7", text, doubles, GSM7_EXTENSION.__contains__, 160, 153)
+    doubles = len(text.encode("utf-16-le", "surrogatepass")) // 2 - len(text)
+    return _segments("UCS-2", text, doubles, _outside_bmp, 70, 67)
 
 
-def _parts(sizes: list[int], single: int, each: int) -> int:
-    if sum(sizes) <= single:
-        return 1
+def _outside_bmp(char: str) -> bool:
+    return ord(char) > 0xFFFF
+
+
+def _segments(encoding: str, text: str, doubles: int, double: Callable[[str], bool],
+              single: int, each: int) -> Segments:
+    units = len(text) + doubles
+    if units <= single:
+        return Segments(encoding, units, 1)
+    if not doubles:
+        return Segments(encoding, units, -(-units // each))
     parts, room = 1, each
-    for size in sizes:
+    for char in text:
+        size = 2 if double(char) else 1
         if size > room:          # a pair is never split: it starts the next part
             parts, room = parts + 1, each
         room -= size
-    return parts
+    return Segments(encoding, units, parts)
 
 
 def fit(text: str, max_parts: int, ellipsis: str = ELLIPSIS) -> str:
