@@ -7,8 +7,12 @@ refused (or sent to the wrong number) at night.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from gateway.config import validation as v
 from gateway.config.recipients import EMAIL_LOCAL, recipient_value
@@ -19,6 +23,48 @@ if TYPE_CHECKING:
 
 # Enough for any company's duty rota; a group larger than max_recipients can never be sent to.
 MAX_TARGETS = 1000
+
+
+def domain_aliases(data: Mapping[str, Any], domain: DomainConfig, path: str,
+                   problems: v.Problems) -> Mapping[str, tuple[str, ...]]:
+    """`aliases` and the aliases of `aliases_file`; a name may be in one of them only."""
+    aliases = dict(parse_aliases(data.get("aliases"), domain, f"{path}.aliases", problems))
+    if data.get("aliases_file") is None:
+        return aliases
+    where = f"{path}.aliases_file"
+    listed = read_aliases_file(data["aliases_file"], where, problems)
+    for name, targets in parse_aliases(listed, domain, where, problems).items():
+        if name in aliases:
+            problems.add(f"{where}.{name}", "also in aliases")
+        aliases[name] = targets
+    return aliases
+
+
+def read_aliases_file(value: Any, path: str, problems: v.Problems) -> dict[str, Any] | None:
+    """A phone list kept elsewhere: YAML (as `aliases`) or CSV rows `name,recipient`, where a
+    name on several rows is a group; blank rows and rows starting with # are skipped."""
+    file = Path(str(value))
+    try:
+        content = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(path, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    if file.suffix.lower() != ".csv":
+        try:
+            listed = yaml.safe_load(content)
+        except yaml.YAMLError as exc:
+            problems.add(path, f"{file} is not YAML: {exc}")
+            return None
+        return {} if listed is None else listed
+    groups: dict[str, list[str]] = {}
+    for number, row in enumerate(csv.reader(content.splitlines()), 1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != 2:
+            problems.add(path, f"{file} line {number}: not name,recipient")
+            continue
+        groups.setdefault(row[0].strip().lower(), []).append(row[1].strip())
+    return dict(groups)
 
 
 def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Problems

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import validation as v
-from gateway.config.aliases import parse_aliases
+from gateway.config.aliases import domain_aliases
 from gateway.config.quiet import URGENT_CHOICES, QuietHours, window, zone
 
 MESSAGE_TYPES = (
@@ -67,7 +67,7 @@ _DOMAIN_KEYS = {
     "type", "recipient", "text", "html", "max_length", "strip_signature", "rewrite",
     "allow_headers", "sender", "ttl", "charset", "button", "action", "image", "find_token",
     "kannel_status", "max_parts", "transliterate", "quiet_hours", "timezone",
-    "quiet_hours_urgent", "aliases",
+    "quiet_hours_urgent", "aliases", "aliases_file",
 }
 # The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
 SMS_TYPES = frozenset({"sms", "bulk"})
@@ -154,7 +154,7 @@ def _sms_and_quiet(domain: DomainConfig, data: dict[str, Any], path: str,
         max_parts=v.value(data, "max_parts", path, v.integer(1, 255), None, problems),
         transliterate=v.value(data, "transliterate", path, v.boolean, False, problems),
         quiet_hours=quiet,
-        aliases=parse_aliases(data.get("aliases"), domain, f"{path}.aliases", problems),
+        aliases=domain_aliases(data, domain, path, problems),
     )
 
 

@@ -116,3 +116,62 @@ async def test_sighup_reload_brings_new_aliases(tmp_path: Path, platform: FakePl
         assert request.form["sent_to"] == "79005550000"
     finally:
         await gateway.stop()
+
+
+def file_config(tmp_path: Path, name: str, content: str, **more: object) -> object:
+    listed = tmp_path / name
+    listed.write_text(content)
+    return {"api": {"token": "t"}, "domains": {"sms.local": {
+        "type": "sms", "aliases_file": str(listed), **more}}}
+
+
+def test_an_aliases_file_in_csv_or_yaml(tmp_path: Path) -> None:
+    config = parse_config(file_config(
+        tmp_path, "phones.csv", "# name,recipient\nduty,79001234567\n\nIvan,+7-900-111-22-33\n"
+        "DUTY,79007654321\n", aliases={"boss": "79005550000"}), env={})
+    assert config.domains["sms.local"].aliases == {
+        "boss": ("79005550000",), "duty": ("79001234567", "79007654321"),
+        "ivan": ("79001112233",)}
+    config = parse_config(file_config(tmp_path, "phones.yaml", "duty: [79001234567]\n"), env={})
+    assert config.domains["sms.local"].aliases == {"duty": ("79001234567",)}
+
+
+def test_aliases_file_problems_name_the_file_and_line(tmp_path: Path) -> None:
+    where = "domains[sms.local].aliases_file"
+    data = file_config(tmp_path, "phones.csv", "duty,79001234567\nduty\nboss,123\n",
+                       aliases={"duty": "79005550000"})
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, env={})
+    assert error.value.problems == [
+        f"{where}: {tmp_path / 'phones.csv'} line 2: not name,recipient",
+        f"{where}.boss: '123' is not a phone number in international format (10 to 15 digits)",
+        f"{where}.duty: also in aliases"]
+    missing = {"api": {"token": "t"}, "domains": {"sms.local": {
+        "type": "sms", "aliases_file": str(tmp_path / "none.csv")}}}
+    with pytest.raises(ConfigError) as error:
+        parse_config(missing, env={})
+    assert error.value.problems == [
+        f"{where}: cannot read {tmp_path / 'none.csv'}: No such file or directory"]
+
+
+async def test_an_edited_aliases_file_is_read_again_on_sighup(
+        tmp_path: Path, platform: FakePlatform) -> None:
+    path, phones = tmp_path / "config.yaml", tmp_path / "phones.csv"
+    phones.write_text("duty,79001234567\n")
+    data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url),
+                 {"domains": {"sms.local": {"aliases_file": str(phones)}}})
+    path.write_text(yaml.safe_dump(data))
+    gateway = Gateway(load_config(path))
+    await gateway.start()
+    try:
+        gw = Running(gateway)
+        await gw.send(text_message("before"), "duty@sms.local")
+        phones.write_text("duty,79007654321\nduty,79005550000\n")
+        assert gateway.reload(path) is True
+        await gw.send(text_message("after"), "duty@sms.local")
+        received = await platform.wait_for(3)
+        assert sorted((r.form["sent_text"], r.form["sent_to"]) for r in received) == [
+            ("after\nWorld", "79005550000"), ("after\nWorld", "79007654321"),
+            ("before\nWorld", "79001234567")]
+    finally:
+        await gateway.stop()
