@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from gateway.config import validation as v
 from gateway.config.recipients import EMAIL_LOCAL, recipient_value
 from gateway.errors import BadRecipient
@@ -50,6 +48,8 @@ def read_aliases_file(value: Any, path: str, problems: v.Problems) -> dict[str, 
         problems.add(path, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}")
         return None
     if file.suffix.lower() != ".csv":
+        import yaml  # here: the sender process imports this module and keeps yaml out of memory
+
         try:
             listed = yaml.safe_load(content)
         except yaml.YAMLError as exc:
