@@ -20,8 +20,9 @@ from gateway.delivery.request import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
-from gateway.message.mapping import resolve_recipient
+from gateway.message.cost import request_segments
 from gateway.message.prepare import prepare
+from gateway.message.recipients import resolve_recipients
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
 from gateway.spool import admin
@@ -151,11 +152,19 @@ def _preview(args: argparse.Namespace) -> int:
 def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_from: str
                       ) -> list[dict[str, object]]:
     # As the daemon does: each recipient resolved in envelope order, then the one `prepare`.
-    resolved = [resolve_recipient(address, config) for address in recipients]
+    resolved = [person for address in recipients
+                for person in resolve_recipients(address, config)]
     prepared = prepare(raw, resolved, mail_from, config)
-    return [{"method": "POST", "url": config.api.send_url,
-             "form": masked_request(delivery.request, config.api.token.reveal())}
-            for delivery in prepared.deliveries]
+    printed: list[dict[str, object]] = []
+    for delivery in prepared.deliveries:
+        entry: dict[str, object] = {
+            "method": "POST", "url": config.api.send_url,
+            "form": masked_request(delivery.request, config.api.token.reveal())}
+        sms = request_segments(delivery.request)
+        if sms is not None:   # what it costs: the platform bills each part
+            entry["sms"] = {"encoding": sms.encoding, "parts": sms.parts}
+        printed.append(entry)
+    return printed
 
 
 def _queue(args: argparse.Namespace) -> int:

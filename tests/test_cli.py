@@ -41,7 +41,8 @@ def test_preview_prints_the_exact_requests_token_masked(config_file: Path) -> No
     assert requests == [
         {"method": "POST", "url": "https://pulse.invalid/api/v1/bulk/send-message",
          "form": {"token": "***", "type": "sms", "sent_to": "79001234567",
-                  "sent_text": "Заказ 42\nГотов к выдаче", "sender": "MyShop"}},
+                  "sent_text": "Заказ 42\nГотов к выдаче", "sender": "MyShop"},
+         "sms": {"encoding": "UCS-2", "parts": 1}},
         {"method": "POST", "url": "https://pulse.invalid/api/v1/bulk/send-message",
          "form": {"token": "***", "type": "email", "sent_to": "ivan@example.com",
                   "sent_text": "Заказ 42\nГотов к выдаче", "sender": "shop@example.com"}},

@@ -6,13 +6,17 @@ and which platform fields every request for it carries.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from gateway.config import validation as v
+from gateway.config.aliases import domain_aliases
+from gateway.config.quiet import URGENT_CHOICES, QuietHours, window, zone
 
 MESSAGE_TYPES = (
     "sms", "push", "viber", "whatsapp", "telegram", "vk", "ok",
@@ -45,6 +49,12 @@ class DomainConfig:
     strip_signature: bool = True
     rewrite: tuple[PhoneRewrite, ...] = ()
     allow_headers: frozenset[str] = frozenset()
+    max_parts: int | None = None              # SMS parts a text may take; longer is cut
+    transliterate: bool = False               # Cyrillic to Latin so the text stays GSM-7
+    quiet_hours: QuietHours | None = None
+    timezone: ZoneInfo | None = None          # None: the machine's local time
+    # Lower-cased local part -> the sent_to of each of its targets.
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Platform fields sent as they are; a None one is not sent.
     fields: Mapping[str, str] = field(default_factory=dict)
 
@@ -56,8 +66,11 @@ class DomainConfig:
 _DOMAIN_KEYS = {
     "type", "recipient", "text", "html", "max_length", "strip_signature", "rewrite",
     "allow_headers", "sender", "ttl", "charset", "button", "action", "image", "find_token",
-    "kannel_status",
+    "kannel_status", "max_parts", "transliterate", "quiet_hours", "timezone",
+    "quiet_hours_urgent", "aliases", "aliases_file",
 }
+# The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
+SMS_TYPES = frozenset({"sms", "bulk"})
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
@@ -107,7 +120,7 @@ def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
     for flag in ("find_token", "kannel_status"):
         if v.value(data, flag, path, v.boolean, False, problems):
             fields[flag] = "1"
-    return DomainConfig(
+    domain = DomainConfig(
         name=name,
         type=kind,
         recipient=v.choice(data, "recipient", path, RECIPIENT_KINDS, default_recipient, problems),
@@ -118,6 +131,30 @@ def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
         rewrite=v.value(data, "rewrite", path, _rewrites, (), problems),
         allow_headers=v.value(data, "allow_headers", path, _overrides, frozenset(), problems),
         fields=fields,
+        timezone=v.value(data, "timezone", path, zone, None, problems),
+    )
+    return _sms_and_quiet(domain, data, path, problems)
+
+
+def _sms_and_quiet(domain: DomainConfig, data: dict[str, Any], path: str,
+                   problems: v.Problems) -> DomainConfig:
+    for key in ("max_parts", "transliterate"):
+        if data.get(key) not in (None, False) and domain.type not in SMS_TYPES:
+            problems.add(f"{path}.{key}", f"only for types {', '.join(sorted(SMS_TYPES))} "
+                                          f"(this domain is {domain.type})")
+    quiet = None
+    span = v.value(data, "quiet_hours", path, window, None, problems)
+    urgent = v.choice(data, "quiet_hours_urgent", path, URGENT_CHOICES, "wait", problems)
+    if span is not None:
+        quiet = QuietHours(span[0], span[1], urgent_send=urgent == "send")
+    elif "quiet_hours_urgent" in data and data.get("quiet_hours") is None:
+        problems.add(f"{path}.quiet_hours_urgent", "needs quiet_hours")
+    return dataclasses.replace(
+        domain,
+        max_parts=v.value(data, "max_parts", path, v.integer(1, 255), None, problems),
+        transliterate=v.value(data, "transliterate", path, v.boolean, False, problems),
+        quiet_hours=quiet,
+        aliases=domain_aliases(data, domain, path, problems),
     )
 
 

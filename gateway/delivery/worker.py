@@ -19,6 +19,7 @@ from gateway.config.loader import Config
 from gateway.delivery.request import Outcome
 from gateway.delivery.tokens import token_for
 from gateway.errors import ShuttingDown, SpoolError
+from gateway.message.cost import request_segments
 from gateway.spool.states import State
 from gateway.spool.store import Delivery, Result, Spool
 from gateway.status.callbacks import callback_url
@@ -205,6 +206,10 @@ class Worker:
         self.metrics.platform_latency.observe(elapsed)
         result = settle(delivery, outcome, config, self.clock(), self.rng)
         self.metrics.deliveries.labels(result.event).inc()
+        sms = request_segments(delivery.request)
+        if result.event == "sent" and sms is not None:
+            domain = delivery.recipient.rpartition("@")[2].lower()
+            self.metrics.sms_parts.labels(domain).inc(sms.parts)
         try:
             await self.spool.record(result)
         except (SpoolError, ShuttingDown) as exc:

@@ -45,6 +45,7 @@ from gateway.message.mime import (
     structure,
     walk,
 )
+from gateway.message.schedule import TIMING_HEADERS
 from gateway.message.text import clean_text, lf, scrub
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class ParsedMessage:
     dropped_attachments: tuple[str, ...]   # file names (or types) of the parts not used
     defects: int                  # parse defects the email package found
     more_dropped: int = 0         # parts not used beyond those named in dropped_attachments
+    # The headers that say when to send and how urgent it is (gateway.message.schedule).
+    timing: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage:
@@ -200,6 +203,8 @@ def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str 
         dropped_attachments=dropped,
         defects=defects,
         more_dropped=more_dropped,
+        timing={name: header_text(value, fallback) for name, value in first.items()
+                if name in TIMING_HEADERS},
     )
 
 

@@ -6,10 +6,12 @@ The one place a message becomes requests, used by the SMTP handler at the end of
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config.loader import Config
+from gateway.message.cost import shape, total_parts
 from gateway.message.mapping import (
     Recipient,
     build_request,
@@ -18,6 +20,7 @@ from gateway.message.mapping import (
     listing,
 )
 from gateway.message.parse import parse_message
+from gateway.message.schedule import scheduled
 from gateway.spool.store import NewDelivery, SharedTexts
 
 
@@ -25,12 +28,15 @@ from gateway.spool.store import NewDelivery, SharedTexts
 class Prepared:
     deliveries: tuple[NewDelivery, ...]   # in envelope order, the same person once
     notes: tuple[str, ...]                # what the log should say once there is a queue id
+    parts: int | None = None              # SMS parts of all the deliveries; None: no SMS
 
 
 def prepare(raw: bytes, recipients: Sequence[Recipient], mail_from: str,
-            config: Config) -> Prepared:
+            config: Config, now: float | None = None) -> Prepared:
     """The requests for `raw` to `recipients` (each resolved once, at RCPT time, with the same
-    config); raises a Refusal (gateway.errors) for a message that makes no request."""
+    config), for mail that arrived at `now` (default: this moment); raises a Refusal
+    (gateway.errors) for a message that makes no request."""
+    arrived = time.time() if now is None else now
     parsed = parse_message(raw, config.smtp.fallback_charset)
     notes: list[str] = []
     dropped = dropped_note(parsed)
@@ -48,5 +54,10 @@ def prepare(raw: bytes, recipients: Sequence[Recipient], mail_from: str,
             continue   # the same person twice in one envelope gets one message
         seen.add((domain.name, recipient.sent_to))
         request = build_request(parsed, recipient, domain, mail_from)
+        shape(request, domain)
+        for note in scheduled(request, parsed, domain, arrived):
+            if note not in notes:
+                notes.append(note)
         deliveries.append(NewDelivery(recipient.address, texts.share(request)))
-    return Prepared(tuple(deliveries), tuple(notes))
+    return Prepared(tuple(deliveries), tuple(notes),
+                    total_parts([d.request for d in deliveries]))

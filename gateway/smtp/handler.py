@@ -15,9 +15,9 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from gateway.errors import Refusal, ShuttingDown, SpoolError
-from gateway.message.mapping import resolve_recipient
 from gateway.message.parse import off_loop
 from gateway.message.prepare import prepare
+from gateway.message.recipients import resolve_recipients
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
@@ -32,6 +32,8 @@ class Handler:
         self.spool = spool
         self.on_stored = on_stored
         self.metrics = metrics
+        # The arrival time quiet hours and Expires are measured from (tests set another).
+        self.clock: Callable[[], float] = time.time
 
     async def handle_EHLO(self, server: GatewaySession, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -54,20 +56,25 @@ class Handler:
                           envelope: GatewayEnvelope, address: str,
                           rcpt_options: list[str]) -> Reply:
         config = server.config   # pinned per connection: a reload applies to new sessions
-        if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS.format(limit=config.smtp.max_recipients)
+        limit = config.smtp.max_recipients
+        if len(envelope.recipients) >= limit:
+            return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
         try:
-            recipient = resolve_recipient(address, config)
+            resolved = resolve_recipients(address, config)   # an alias: each of its group
         except Refusal as refusal:
             reply = reply_for(refusal)
             log.info("refused recipient <%s> from %s: %s", address, peer(session), reply)
             return reply
-        denied = server.client.recipient_refusal(recipient.domain)   # the user's own domains
+        if len(envelope.recipients) + len(resolved) > limit:
+            log.info("refused recipient <%s> from %s: a group of %d, over max_recipients",
+                     address, peer(session), len(resolved))
+            return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
+        denied = server.client.recipient_refusal(resolved[0].domain)   # the user's own domains
         if denied is not None:
             log.info("refused recipient <%s> from %s: %s", address, peer(session), denied)
             return denied
         envelope.rcpt_tos.append(address)
-        envelope.recipients.append(recipient)
+        envelope.recipients.extend(resolved)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
@@ -79,10 +86,12 @@ class Handler:
         if verdict is not None:
             return verdict
         recipients = tuple(envelope.recipients)
+        arrived = self.clock()
         try:
             # Large mail is parsed off the loop: other sessions go on while it is.
             prepared = await off_loop(raw, lambda: prepare(raw, recipients,
-                                                           envelope.mail_from or "", config))
+                                                           envelope.mail_from or "", config,
+                                                           arrived))
         except Refusal as refusal:
             reply = reply_for(refusal)
             log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
@@ -114,9 +123,10 @@ class Handler:
             return replies.TRY_LATER
         self.on_stored()
         self.metrics.accepted.inc()
-        log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s (stored in %.1f ms)",
+        log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s (stored in %.1f ms)",
                  queue_id, envelope.mail_from, peer(session), len(raw),
                  ",".join(d.request["sent_to"] for d in incoming.deliveries),
+                 "" if prepared.parts is None else f" parts={prepared.parts}",
                  (time.monotonic() - started) * 1000, extra={"queue_id": queue_id})
         for note in prepared.notes:
             log.info("queue_id=%s %s", queue_id, note, extra={"queue_id": queue_id})

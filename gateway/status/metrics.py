@@ -39,6 +39,9 @@ class Metrics:
         self.filtered = Counter("smtp2pulse_messages_filtered",
                                 "Bounces and automatic replies not sent, by kind and action",
                                 ["kind", "action"], registry=r)
+        # What the platform bills: the parts of each SMS sent, by recipient domain.
+        self.sms_parts = Counter("smtp2pulse_sms_parts", "SMS parts sent, by domain",
+                                 ["domain"], registry=r)
         self.bounces = Counter("smtp2pulse_bounces", "Delivery status notifications by result",
                                ["result"], registry=r)
 

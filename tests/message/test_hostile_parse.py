@@ -104,7 +104,7 @@ async def test_long_hostile_phone_local_parts_get_a_precise_refusal(gw: Running,
 def test_phone_pattern_accepts_exactly_what_it_did() -> None:
     # The old, backtracking form is safe on short input; both must agree on every string of
     # these characters up to this length.
-    from gateway.message.mapping import _PHONE
+    from gateway.config.recipients import _PHONE
     old = re.compile(r"^\+?[0-9]+(?:[.-]*[0-9]+)*$")
     for length in range(8):
         for chars in itertools.product("1.-+x\n", repeat=length):

@@ -1,0 +1,62 @@
+"""How a domain turns a local part into `sent_to`: a phone number, an e-mail address, or an id.
+
+Here rather than in gateway.message because the config needs it too: every alias target is
+checked at load exactly as a `RCPT TO` local part is checked at RCPT.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from gateway.errors import BadRecipient
+
+if TYPE_CHECKING:
+    from gateway.config.domains import DomainConfig
+
+# A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
+# else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.
+# Every regex here sees client input, so each must match in linear time: a run of separators
+# is mandatory between two digit groups, otherwise the groups nest and a long run of digits
+# followed by one bad character backtracks exponentially.
+_PHONE = re.compile(r"^\+?[0-9]+(?:[.-]+[0-9]+)*$")
+EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_VERBATIM = re.compile(r"^[^\s\"(),:;<>@\[\\\]]+$")
+
+
+def recipient_value(local: str, domain: DomainConfig) -> str:
+    if domain.recipient == "phone":
+        return phone_number(local, domain)
+    if domain.recipient == "email":
+        return email_address(local)
+    if not _VERBATIM.match(local):
+        raise BadRecipient(f"{local!r} is not a valid recipient id")
+    return local
+
+
+def phone_number(local: str, domain: DomainConfig) -> str:
+    if not _PHONE.match(local):
+        raise BadRecipient(f"{local!r} is not a phone number (digits, optional "
+                           f"leading +, separators - and . only)")
+    international = local.startswith("+")
+    digits = re.sub(r"[^0-9]", "", local)
+    if not international:
+        # National formats ("8 900 ..." in Russia) are rewritten only when the sender did not
+        # already write the number in international form.
+        for rule in domain.rewrite:
+            rewritten = rule.match.sub(rule.replace, digits, count=1)
+            if rewritten != digits:
+                digits = rewritten
+                break
+    if not digits.isdigit() or not 10 <= len(digits) <= 15:
+        raise BadRecipient(f"{local!r} is not a phone number in international "
+                           f"format (10 to 15 digits)")
+    return digits
+
+
+def email_address(local: str) -> str:
+    user, eq, host = local.rpartition("=")
+    if not eq or not user or not EMAIL_LOCAL.match(user) or not _EMAIL_DOMAIN.match(host):
+        raise BadRecipient(f"{local!r} is not user=example.com")
+    return f"{user}@{host.lower()}"
