@@ -1,0 +1,97 @@
+"""The status page: the queue at a glance, recent deliveries, a search, a message's history.
+
+Server-rendered (Jinja2, autoescaped: subjects and addresses come from mail, and mail is written
+by anyone) and usable without JavaScript. It answers only clients in http.allow_networks (the
+status server's guard) and shows what `queue list` and `queue show` would, personal data masked
+when log.mask_personal_data is on. Nothing of the config is shown, so no token can be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from gateway.config.loader import Config
+from gateway.spool import admin
+from gateway.spool.search import SHOWN_STATES, Search, find_deliveries, overview
+from gateway.spool.store import Spool
+from gateway.status import queue_view as view
+
+RECENT = 50
+FOUND = 200
+MAX_QUERY = 320     # an address is at most 254 characters; more is not a search
+# Queue ids are uppercase hex with a time prefix (spool.store.new_queue_id); others are looked up
+# as recipients.
+_QUEUE_ID = re.compile(r"[0-9A-Fa-f]{12,32}")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.status", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["when"] = view.local_time
+    env.filters["recipient"] = view.recipient
+    env.filters["note"] = view.platform_note
+    env.filters["personal"] = _personal
+    return env
+
+
+@jinja2.pass_context
+def _personal(context: jinja2.runtime.Context, text: object) -> str:
+    return view.masked("" if text is None else str(text), bool(context["mask"]))
+
+
+class StatusPage:
+    def __init__(self, config: Callable[[], Config], spool: Spool, ready: Callable[[], bool],
+                 sending: Callable[[], bool]) -> None:
+        self.config = config
+        self.spool = spool
+        self.ready = ready
+        self.sending = sending
+        env = _environment()
+        # Loaded now, at start-up: the first request then reads no file in the event loop.
+        self._index = env.get_template("index.html")
+        self._message = env.get_template("message.html")
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/", self.index)
+        router.add_get("/queue/{queue_id}", self.message)
+
+    async def index(self, request: web.Request) -> web.Response:
+        query = request.query.get("q", "").strip()[:MAX_QUERY]
+        if query:
+            if _QUEUE_ID.fullmatch(query) and await admin.show_message(
+                    self.spool, query.upper()) is not None:
+                raise web.HTTPSeeOther(f"/queue/{query.upper()}")
+            lines = await find_deliveries(self.spool, Search(to=query, limit=FOUND))
+        else:
+            lines = await find_deliveries(self.spool, Search(limit=RECENT))
+        return self._render(self._index, query=query, lines=lines,
+                            overview=await overview(self.spool), states=SHOWN_STATES,
+                            ready=self.ready(), sending=self.sending(),
+                            limit=FOUND if query else RECENT)
+
+    async def message(self, request: web.Request) -> web.Response:
+        queue_id = request.match_info["queue_id"]
+        detail = await admin.show_message(self.spool, queue_id)
+        if detail is None:
+            return self._render(self._message, status=404, queue_id=queue_id, detail=None)
+        deliveries = [(d, view.shown_state(d)) for d in detail.deliveries]
+        return self._render(self._message, queue_id=queue_id, detail=detail,
+                            deliveries=deliveries)
+
+    def _render(self, template: jinja2.Template, status: int = 200, **values: Any
+                ) -> web.Response:
+        html = template.render(mask=self.config().log_mask_personal, **values)
+        return web.Response(text=html, status=status, content_type="text/html",
+                            headers={"Cache-Control": "no-store",
+                                     # Belt and braces: even an escaping slip could run nothing.
+                                     "Content-Security-Policy":
+                                         "default-src 'none'; style-src 'unsafe-inline'; "
+                                         "form-action 'self'; frame-ancestors 'none'",
+                                     "X-Content-Type-Options": "nosniff",
+                                     "Referrer-Policy": "no-referrer"})
