@@ -30,7 +30,7 @@ def iso_time(timestamp: float | None) -> str | None:
 
 def recipient(written: str, sent_to: str | None) -> str:
     """As sent, and as written in RCPT TO when that differs."""
-    if not sent_to or sent_to.lower() == written.lower():
+    if not sent_to or sent_to.lower() in (written.lower(), written.split("@")[0].lower()):
         return written
     return f"{sent_to} ({written})"
 
