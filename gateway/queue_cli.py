@@ -68,13 +68,14 @@ def _search(args: argparse.Namespace) -> Search:
 
 
 def _header(args: argparse.Namespace, count: int) -> str:
-    what = "deliveries still to be sent (queued or sending)" if not (
-        args.all or args.to or args.since or args.state) else "deliveries"
+    noun = "delivery" if count == 1 else "deliveries"
+    what = f"{noun} still to be sent (queued or sending)" if not (
+        args.all or args.to or args.since or args.state) else noun
     filters = [f"to {args.to}" if args.to else "", f"received in the last {args.since}"
                if args.since else "", f"{args.state}" if args.state else ""]
     shown = " ".join(f for f in filters if f)
     more = " (the newest; narrow with --to/--since/--state)" if count >= LIST_LIMIT else ""
-    hint = "; --all shows finished ones too" if what.startswith("deliveries still") else ""
+    hint = "; --all shows finished ones too" if what != noun else ""
     return f"{count} {what}{', ' + shown if shown else ''}, oldest first{more}{hint}"
 
 
