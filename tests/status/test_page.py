@@ -4,6 +4,7 @@ subject carrying <script> is shown as text and never runs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,7 +13,9 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from gateway.spool import admin
 from tests.conftest import TOKEN, Running, text_message
+from tests.fakeplatform import FakePlatform, Reply
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -124,3 +127,30 @@ async def test_page_answers_only_the_allowed_networks(
     for path in ("/", "/?q=79001234567", f"/queue/{queue_id}"):
         status, html = await get(base(gw) + path)
         assert status == 403 and queue_id not in html and "7900" not in html
+
+
+async def attempted(gw: Running, queue_id: str) -> bool:
+    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    return detail is not None and detail.deliveries[0].attempts > 0
+
+
+async def test_page_shows_platform_errors_and_the_oldest_waiting(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    platform.script = [Reply(body='{"type": "error", "msg": "no <b>money</b>"}')]
+    platform.default = Reply(status=503)
+    gw = await start_gateway({**HTTP, "spool": {"retry": ["1h"]}})
+    refused = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(refused) == ["refused"]
+    waiting = await gw.submit(text_message(), "79005556677@sms.local")
+    async with asyncio.timeout(10):     # until its first attempt is recorded
+        while not await attempted(gw, waiting):  # noqa: ASYNC110 - the spool has no event
+            await asyncio.sleep(0.02)
+    status, html = await get(base(gw) + "/")
+    assert status == 200
+    errors = html.split('id="errors"', 1)[1].split("</table>", 1)[0]
+    assert refused in errors and "no &lt;b&gt;money&lt;/b&gt;" in errors
+    oldest = html.split('id="oldest-waiting"', 1)[1].split("</div>", 1)[0]
+    assert f'href="/queue/{waiting}"' in oldest
+    counts = {state: html.split(f'id="count-{state}">', 1)[1].split("</b>", 1)[0][-1]
+              for state in ("queued", "refused", "sent")}
+    assert counts == {"queued": "1", "refused": "1", "sent": "0"}
