@@ -83,8 +83,9 @@ async def find_deliveries(spool: Spool, search: Search) -> list[DeliveryLine]:
     if search.pending_only:
         where.append("d.state IN ('queued', 'sending')")
     if search.since is not None:
-        where.append("m.received_at >= ?")
-        params.append(search.since)
+        # Queue ids begin with their arrival time (store.new_queue_id): a range of the index.
+        where.append("d.message_id >= ? AND m.received_at >= ?")
+        params += [f"{int(search.since * 1000):011X}", search.since]
     if search.state is not None:
         where.append(f"{_SHOWN} = ?")
         params.append(search.state)
@@ -97,7 +98,9 @@ async def find_deliveries(spool: Spool, search: Search) -> list[DeliveryLine]:
         params.extend(more)
     sql = (f"SELECT {_COLUMNS} FROM messages m JOIN deliveries d ON d.message_id = m.id"  # noqa: S608
            + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY m.received_at DESC, d.id DESC LIMIT ?")
+           # Newest first along the index of deliveries by message (queue ids sort by arrival):
+           # the scan stops at `limit` matches, where ordering by time would sort every one.
+           + " ORDER BY d.message_id DESC, d.id DESC LIMIT ?")
     params.append(search.limit)
 
     def query(conn: sqlite3.Connection) -> list[DeliveryLine]:
@@ -107,7 +110,9 @@ async def find_deliveries(spool: Spool, search: Search) -> list[DeliveryLine]:
 
 async def overview(spool: Spool, *, errors: int = 5) -> Overview:
     """Counts by shown state, the oldest delivery still waiting, sends in the last hour and the
-    latest platform errors (refusals, failed attempts, failed statuses)."""
+    platform errors (refusals, failed attempts, failed statuses) of the newest messages.
+
+    The counts scan the spool, as /metrics does; finished messages leave it after a week."""
     hour_ago = spool.clock() - 3600
 
     def query(conn: sqlite3.Connection) -> Overview:
@@ -123,7 +128,7 @@ async def overview(spool: Spool, *, errors: int = 5) -> Overview:
         failed = conn.execute(
             f"SELECT {_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id"  # noqa: S608
             " WHERE d.last_error IS NOT NULL OR d.status_class = 'failed'"
-            " ORDER BY d.updated_at DESC, d.id DESC LIMIT ?", (errors,)).fetchall()
+            " ORDER BY d.message_id DESC, d.id DESC LIMIT ?", (errors,)).fetchall()
         return Overview({str(k): int(v) for k, v in counts.items()},
                         None if oldest is None else _line(oldest), int(sent),
                         [_line(row) for row in failed])
