@@ -8,11 +8,11 @@ when log.mask_personal_data is on. Nothing of the config is shown, so no token c
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from aiohttp import web
 
 from gateway.config.loader import Config
@@ -20,6 +20,9 @@ from gateway.spool import admin
 from gateway.spool.search import SHOWN_STATES, Search, find_deliveries, overview
 from gateway.spool.store import Spool
 from gateway.status import queue_view as view
+
+if TYPE_CHECKING:
+    import jinja2
 
 RECENT = 50
 FOUND = 200
@@ -29,20 +32,19 @@ MAX_QUERY = 320     # an address is at most 254 characters; more is not a search
 _QUEUE_ID = re.compile(r"[0-9A-Fa-f]{12,32}")
 
 
-def _environment() -> jinja2.Environment:
+def _templates() -> dict[str, jinja2.Template]:
+    import jinja2  # here: the page's 2 MB are paid only by a daemon whose page is opened
+
+    @jinja2.pass_context
+    def personal(context: jinja2.runtime.Context, text: object) -> str:
+        return view.masked("" if text is None else str(text), bool(context["mask"]))
+
     env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.status", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters["when"] = view.local_time
-    env.filters["recipient"] = view.recipient
-    env.filters["note"] = view.platform_note
-    env.filters["personal"] = _personal
-    return env
-
-
-@jinja2.pass_context
-def _personal(context: jinja2.runtime.Context, text: object) -> str:
-    return view.masked("" if text is None else str(text), bool(context["mask"]))
+    env.filters.update(when=view.local_time, recipient=view.recipient, note=view.platform_note,
+                       personal=personal)
+    return {name: env.get_template(name) for name in ("index.html", "message.html")}
 
 
 class StatusPage:
@@ -52,10 +54,7 @@ class StatusPage:
         self.spool = spool
         self.ready = ready
         self.sending = sending
-        env = _environment()
-        # Loaded now, at start-up: the first request then reads no file in the event loop.
-        self._index = env.get_template("index.html")
-        self._message = env.get_template("message.html")
+        self._loaded: dict[str, jinja2.Template] | None = None
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/", self.index)
@@ -70,7 +69,7 @@ class StatusPage:
             lines = await find_deliveries(self.spool, Search(to=query, limit=FOUND))
         else:
             lines = await find_deliveries(self.spool, Search(limit=RECENT))
-        return self._render(self._index, query=query, lines=lines,
+        return await self._render("index.html", query=query, lines=lines,
                             overview=await overview(self.spool), states=SHOWN_STATES,
                             ready=self.ready(), sending=self.sending(),
                             limit=FOUND if query else RECENT)
@@ -79,14 +78,16 @@ class StatusPage:
         queue_id = request.match_info["queue_id"]
         detail = await admin.show_message(self.spool, queue_id)
         if detail is None:
-            return self._render(self._message, status=404, queue_id=queue_id, detail=None)
+            return await self._render("message.html", status=404, queue_id=queue_id, detail=None)
         deliveries = [(d, view.shown_state(d)) for d in detail.deliveries]
-        return self._render(self._message, queue_id=queue_id, detail=detail,
+        return await self._render("message.html", queue_id=queue_id, detail=detail,
                             deliveries=deliveries)
 
-    def _render(self, template: jinja2.Template, status: int = 200, **values: Any
-                ) -> web.Response:
-        html = template.render(mask=self.config().log_mask_personal, **values)
+    async def _render(self, name: str, status: int = 200, **values: Any) -> web.Response:
+        if self._loaded is None:
+            # Compiling reads the template files: off the event loop, once.
+            self._loaded = await asyncio.to_thread(_templates)
+        html = self._loaded[name].render(mask=self.config().log_mask_personal, **values)
         return web.Response(text=html, status=status, content_type="text/html",
                             headers={"Cache-Control": "no-store",
                                      # Belt and braces: even an escaping slip could run nothing.
