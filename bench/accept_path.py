@@ -1,4 +1,4 @@
-"""Micro-benchmark of the end-of-DATA code: µs per message for each step of Handler._prepare.
+"""Micro-benchmark of the end-of-DATA code: µs per message for each step of message.prepare.
 
 The SMTP bench (run.py) says how many messages a second the gateway takes; this says where the
 CPU of one accept goes, without sockets, so that a change to parsing or text hygiene can be
@@ -12,11 +12,11 @@ subprocesses, several rounds, and prints medians side by side with their ratio.
     python bench/accept_path.py --rounds 7 --iterations 2000
 
 Steps, per message (all with the daemon's own functions and a config like bench/run.py's):
-  auto_generated  hygiene.auto_generated(raw), the header scan before parsing
+  auto_generated  admission.auto_generated(raw), the header scan before parsing
   parse_message   parse.parse_message(raw, "cp1251")
   clean_text      text.clean_text on the body as the parser decodes it (CRLF line breaks)
   build_request   mapping.build_request for one recipient (render_text and clean_text inside)
-  prepare         Handler._prepare with one recipient: parse, map, the stored message
+  prepare         prepare() with one recipient: parse, map, the requests to store
 """
 
 from __future__ import annotations
@@ -102,39 +102,32 @@ def per_call_us(call: Callable[[], Any], iterations: int) -> float:
 
 
 def worker(iterations: int, repeats: int) -> dict[str, Any]:
-    import asyncio
 
-    from aiosmtpd.smtp import Envelope, Session
 
     import gateway
     from gateway.config.loader import parse_config
     from gateway.message.mapping import build_request, resolve_recipient
     from gateway.message.parse import parse_message
+    from gateway.message.prepare import prepare
     from gateway.message.text import clean_text
-    from gateway.smtp import hygiene
-    from gateway.smtp.server import Handler
+    from gateway.smtp import admission
 
     config = parse_config({"api": {"token": "t"},
                            "domains": {"sms.local": {"type": "sms", "sender": "Bench"}}},
                           env={})
     recipient = resolve_recipient("79001234567@sms.local", config)
     domain = config.domains[recipient.domain]
-    handler = Handler(None, lambda: None, None)  # type: ignore[arg-type]  # _prepare uses neither
-    session = Session(asyncio.new_event_loop())
-    session.peer, session.host_name = ("192.0.2.10", 40000), "crm.corp.example"
-    envelope = Envelope()
-    envelope.mail_from, envelope.rcpt_tos = "crm@corp.example", ["79001234567@sms.local"]
 
     results: dict[str, Any] = {"gateway": str(Path(gateway.__file__).resolve().parent)}
     for name, (raw, body) in messages().items():
         parsed = parse_message(raw, "cp1251")
         steps: dict[str, Callable[[], Any]] = {
-            "auto_generated": lambda raw=raw: hygiene.auto_generated(raw),
+            "auto_generated": lambda raw=raw: admission.auto_generated(raw),
             "parse_message": lambda raw=raw: parse_message(raw, "cp1251"),
             "clean_text": lambda body=body: clean_text(body),
             "build_request": lambda parsed=parsed: build_request(
                 parsed, recipient, domain, "crm@corp.example"),
-            "prepare": lambda raw=raw: handler._prepare(config, session, envelope, raw, []),
+            "prepare": lambda raw=raw: prepare(raw, [recipient], "crm@corp.example", config),
         }
         results[name] = {step: [per_call_us(call, iterations) for _ in range(repeats)]
                          for step, call in steps.items()}

@@ -19,9 +19,10 @@ from gateway.delivery.request import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
-from gateway.message.mapping import build_request, resolve_recipient
-from gateway.message.parse import parse_message
+from gateway.message.mapping import resolve_recipient
+from gateway.message.prepare import prepare
 from gateway.smtp.passwords import hash_password
+from gateway.smtp.replies import reply_for
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
 
@@ -129,7 +130,7 @@ def _preview(args: argparse.Namespace) -> int:
     try:
         requests = _preview_requests(config, raw, args.to, args.mail_from)
     except Refusal as refusal:
-        print(refusal.reply, file=sys.stderr)
+        print(reply_for(refusal), file=sys.stderr)
         return EX_REFUSED
     json.dump(requests, sys.stdout, ensure_ascii=False, indent=2)
     print()
@@ -138,14 +139,12 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_from: str
                       ) -> list[dict[str, object]]:
-    parsed = parse_message(raw, config.smtp.fallback_charset)
-    requests: list[dict[str, object]] = []
-    for address in recipients:
-        recipient = resolve_recipient(address, config)
-        fields = build_request(parsed, recipient, config.domains[recipient.domain], mail_from)
-        requests.append({"method": "POST", "url": config.api.send_url,
-                         "form": masked_request(fields, config.api.token.reveal())})
-    return requests
+    # As the daemon does: each recipient resolved in envelope order, then the one `prepare`.
+    resolved = [resolve_recipient(address, config) for address in recipients]
+    prepared = prepare(raw, resolved, mail_from, config)
+    return [{"method": "POST", "url": config.api.send_url,
+             "form": masked_request(delivery.request, config.api.token.reveal())}
+            for delivery in prepared.deliveries]
 
 
 def _hash_password(args: argparse.Namespace) -> int:

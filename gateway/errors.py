@@ -1,8 +1,9 @@
 """One exception tree for the whole gateway.
 
-A `Refusal` carries the SMTP reply it stands for, so the code that decides to refuse also decides
-how; the SMTP handler only formats it. Everything else that reaches the handler unexpectedly
-becomes `451 4.3.0` there and nowhere else.
+A `Refusal` says which kind of refusal it is (its class) and why (its detail); the SMTP front
+maps each kind to its named reply, so the code that decides to refuse needs no reply code.
+Everything else that reaches the handler unexpectedly becomes `451 4.3.0` there and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -21,17 +22,33 @@ class ConfigError(GatewayError):
 
 
 class Refusal(GatewayError):
-    """A message or recipient the gateway will not take, with the SMTP reply that says why."""
+    """Mail or a recipient the gateway will not take; `detail` says why, for the reply.
 
-    def __init__(self, code: int, enhanced: str, text: str) -> None:
-        super().__init__(f"{code} {enhanced} {text}")
-        self.code = code
-        self.enhanced = enhanced
-        self.text = text
+    Each kind is a subclass; the SMTP front turns it into its named reply
+    (gateway.smtp.replies.reply_for), so stages after SMTP never know a reply code."""
 
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRecipient(Refusal):
+    """An envelope recipient that is no valid address, phone number or id for its domain."""
+
+
+class RelayDenied(Refusal):
+    """A recipient in a domain the gateway does not serve."""
+
+
+class BadContent(Refusal):
+    """A message that makes no request: nothing to send, or a bad X-Pulse-* value."""
+
+
+class TooManyTexts(Refusal):
+    """The per-recipient texts of one message would cost the spool more than it takes."""
+
+    def __init__(self) -> None:
+        super().__init__("too large for so many recipients with texts of their own")
 
 
 class SpoolError(GatewayError):

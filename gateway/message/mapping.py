@@ -13,7 +13,7 @@ from datetime import datetime
 
 from gateway.config.domains import DomainConfig
 from gateway.config.loader import Config
-from gateway.errors import Refusal
+from gateway.errors import BadContent, BadRecipient, RelayDenied
 from gateway.message.parse import ParsedMessage
 from gateway.message.text import clean_text
 
@@ -46,11 +46,11 @@ def resolve_recipient(address: str, config: Config) -> Recipient:
     """Which served domain an envelope recipient belongs to and what `sent_to` it becomes."""
     local, at, domain_name = address.rpartition("@")
     if not at or not local or not domain_name:
-        raise Refusal(553, "5.1.3", f"<{address}>: not a valid address")
+        raise BadRecipient(f"<{address}>: not a valid address")
     domain = config.domain(domain_name)
     if domain is None:
-        raise Refusal(550, "5.7.1", f"<{address}>: relay access denied, "
-                                    f"domain {domain_name.lower()} is not served here")
+        raise RelayDenied(f"<{address}>: relay access denied, "
+                          f"domain {domain_name.lower()} is not served here")
     return Recipient(address, domain.name, recipient_value(local, domain))
 
 
@@ -60,14 +60,14 @@ def recipient_value(local: str, domain: DomainConfig) -> str:
     if domain.recipient == "email":
         return email_address(local)
     if not _VERBATIM.match(local):
-        raise Refusal(553, "5.1.3", f"{local!r} is not a valid recipient id")
+        raise BadRecipient(f"{local!r} is not a valid recipient id")
     return local
 
 
 def phone_number(local: str, domain: DomainConfig) -> str:
     if not _PHONE.match(local):
-        raise Refusal(553, "5.1.3", f"{local!r} is not a phone number (digits, optional "
-                                    f"leading +, separators - and . only)")
+        raise BadRecipient(f"{local!r} is not a phone number (digits, optional "
+                           f"leading +, separators - and . only)")
     international = local.startswith("+")
     digits = re.sub(r"[^0-9]", "", local)
     if not international:
@@ -79,15 +79,15 @@ def phone_number(local: str, domain: DomainConfig) -> str:
                 digits = rewritten
                 break
     if not digits.isdigit() or not 10 <= len(digits) <= 15:
-        raise Refusal(553, "5.1.3", f"{local!r} is not a phone number in international "
-                                    f"format (10 to 15 digits)")
+        raise BadRecipient(f"{local!r} is not a phone number in international "
+                           f"format (10 to 15 digits)")
     return digits
 
 
 def email_address(local: str) -> str:
     user, eq, host = local.rpartition("=")
     if not eq or not user or not _EMAIL_LOCAL.match(user) or not _EMAIL_DOMAIN.match(host):
-        raise Refusal(553, "5.1.3", f"{local!r} is not user=example.com")
+        raise BadRecipient(f"{local!r} is not user=example.com")
     return f"{user}@{host.lower()}"
 
 
@@ -96,7 +96,7 @@ def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainCo
     """The form fields of one send-message call, without token and callback."""
     text = render_text(message, recipient, domain, mail_from)
     if not text:
-        raise Refusal(550, "5.6.0", "nothing to send: the message has no subject or text")
+        raise BadContent("nothing to send: the message has no subject or text")
     request = {"type": domain.type, "sent_to": recipient.sent_to, "sent_text": text}
     if domain.sends_html and message.html and message.html.strip():
         request["html_text"] = message.html
@@ -147,14 +147,14 @@ def header_overrides(message: ParsedMessage, domain: DomainConfig) -> dict[str, 
             continue
         if name == "ttl":
             if not value.isdigit() or int(value) < 1:
-                raise Refusal(550, "5.6.0", f"X-Pulse-TTL: {value!r} is not a number of minutes")
+                raise BadContent(f"X-Pulse-TTL: {value!r} is not a number of minutes")
             value = str(int(value))
         elif name == "send_date":
             try:
                 datetime.strptime(value, _SEND_DATE)
             except ValueError:
-                raise Refusal(550, "5.6.0", f"X-Pulse-Send-Date: {value!r} is not "
-                                            f"YYYY-MM-DD HH:MM") from None
+                raise BadContent(f"X-Pulse-Send-Date: {value!r} is not "
+                                 f"YYYY-MM-DD HH:MM") from None
             name = "sent_date"
         overrides[name] = value
     return overrides

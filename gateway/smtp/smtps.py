@@ -3,7 +3,7 @@
 With `create_server(ssl=...)` the SMTP protocol first hears of a connection once its handshake is
 over, so a client that connects and stays silent held a slot past every cap, from a refused
 network too, for as long as the handshake timeout. Here the listener accepts the bare socket,
-asks `Guard.admit` (networks, login block, connection caps), closes a refused one at once (it
+asks `Admission.admit` (networks, login block, connection caps), closes a refused one at once (it
 would not read an SMTP reply in clear anyway), and only then hands the socket to the loop's TLS
 with the newest config's context and a handshake timeout of its own.
 
@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config.loader import Config, Listener
-from gateway.smtp.guard import Guard, GuardedSMTP, client_host
+from gateway.smtp.admission import Admission, client_host
+from gateway.smtp.session import GatewaySession
 
 log = logging.getLogger("smtp2pulse.smtp")
 
@@ -28,10 +29,10 @@ _BACKLOG = 100          # what asyncio's create_server uses
 
 
 class TlsListener:
-    def __init__(self, listener: Listener, guard: Guard, config: Callable[[], Config],
-                 session: Callable[[str], GuardedSMTP], closing: Callable[[], bool]) -> None:
+    def __init__(self, listener: Listener, admission: Admission, config: Callable[[], Config],
+                 session: Callable[[str], GatewaySession], closing: Callable[[], bool]) -> None:
         self.listener = listener
-        self.guard = guard
+        self.admission = admission
         self.config = config
         self.session = session
         self.closing = closing
@@ -87,9 +88,10 @@ class TlsListener:
     def _admit(self, conn: socket.socket, peer: Any) -> None:
         host = client_host(peer)
         smtp = self.config().smtp
-        key, refusal = self.guard.admit(host, smtp)
-        if refusal is None and (self.closing() or smtp.tls is None):
-            self.guard.connections.close(key)
+        key, refused = self.admission.admit(host, smtp)
+        refusal = None if refused is None else str(refused)
+        if refused is None and (self.closing() or smtp.tls is None):
+            self.admission.connections.close(key)
             refusal = "shutting down" if self.closing() else "smtp.tls was removed by a reload"
         if refusal is not None:
             log.warning("refused SMTPS connection from %s before its TLS handshake: %s",
@@ -100,7 +102,7 @@ class TlsListener:
         self._spawn(self._handshake(conn, host, self.session(key), smtp.tls.context,
                                     smtp.tls.handshake_timeout))
 
-    async def _handshake(self, conn: socket.socket, host: str, session: GuardedSMTP,
+    async def _handshake(self, conn: socket.socket, host: str, session: GatewaySession,
                          context: Any, handshake_timeout: float) -> None:
         # The session exists (and holds its slot) from accept; it hears of the connection
         # only once the handshake is over.

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import Refusal, ShuttingDown, SpoolError
-from gateway.smtp.replies import REPLY_TOO_LARGE_FOR_RECIPIENTS
+from gateway.errors import ShuttingDown, SpoolError, TooManyTexts
 
 log = logging.getLogger("smtp2pulse.spool")
 T = TypeVar("T")
@@ -125,8 +124,7 @@ class SharedTexts:
             if known is None:
                 self.size += len(value)
                 if self.size > self.limit:
-                    code, enhanced, text = REPLY_TOO_LARGE_FOR_RECIPIENTS.split(" ", 2)
-                    raise Refusal(int(code), enhanced, text)
+                    raise TooManyTexts
                 self._seen[value] = known = value
             shared[key] = known
         return shared

@@ -10,23 +10,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Reasons by enhanced status code, so a dashboard reads "relay_denied", not "5.7.1".
-_REASONS = {
-    "5.7.1": "denied", "5.1.3": "bad_recipient", "4.5.3": "too_many_recipients",
-    "5.3.4": "too_large", "5.6.0": "nothing_to_send", "4.3.0": "temporary_failure",
-    "4.3.2": "shutting_down", "5.7.0": "auth_required", "5.7.8": "bad_credentials",
-    "4.7.0": "too_many_connections", "4.7.1": "rate_limited",
-}
-
-
-def refusal_reason(reply: str) -> str | None:
-    """The metric label for a 4xx/5xx reply to MAIL, RCPT or DATA; None for others."""
-    parts = reply.split(" ", 2)
-    if len(parts) < 2 or reply[:1] not in "45":
-        return None
-    return _REASONS.get(parts[1], "protocol_error" if reply[:1] == "5" else "temporary_other")
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -53,11 +36,14 @@ class Metrics:
         self.callbacks = Counter("smtp2pulse_callbacks",
                                  "Delivery-status callbacks by result (recorded, repeated, "
                                  "unknown, forged)", ["result"], registry=r)
+        self.filtered = Counter("smtp2pulse_messages_filtered",
+                                "Bounces and automatic replies not sent, by kind and action",
+                                ["kind", "action"], registry=r)
         self.bounces = Counter("smtp2pulse_bounces", "Delivery status notifications by result",
                                ["result"], registry=r)
 
-    def refusal(self, reply: str) -> None:
-        reason = refusal_reason(reply)
+    def refusal(self, reason: str | None) -> None:
+        """Count a reply under the reason it names (gateway.smtp.replies); None: no refusal."""
         if reason is not None:
             self.refused.labels(reason).inc()
 

@@ -12,6 +12,7 @@ from gateway.config.loader import Config, parse_config
 from gateway.errors import Refusal
 from gateway.message.mapping import build_request, resolve_recipient, strip_signature
 from gateway.message.parse import ParsedMessage
+from gateway.smtp.replies import reply_for
 
 
 def config(**domain: Any) -> Config:
@@ -57,7 +58,7 @@ def test_national_rewrite_applies_only_without_plus() -> None:
 def test_bad_phones_are_553(local: str) -> None:
     with pytest.raises(Refusal) as refusal:
         resolve_recipient(f"{local}@d.local", config())
-    assert refusal.value.reply.startswith("553 5.1.3 ")
+    assert str(reply_for(refusal.value)).startswith("553 5.1.3 ")
 
 
 def test_email_recipient() -> None:
@@ -75,7 +76,7 @@ def test_verbatim_recipient() -> None:
 def test_unknown_domain_is_550_5_7_1() -> None:
     with pytest.raises(Refusal) as refusal:
         resolve_recipient("79001234567@elsewhere.com", config())
-    assert refusal.value.reply.startswith("550 5.7.1 ")
+    assert str(reply_for(refusal.value)).startswith("550 5.7.1 ")
 
 
 def test_default_template_leaves_out_an_empty_part() -> None:
@@ -83,7 +84,7 @@ def test_default_template_leaves_out_an_empty_part() -> None:
     assert request(config(), message(text=""))["sent_text"] == "Subj"
     with pytest.raises(Refusal) as refusal:
         request(config(), message(subject="", text=""))
-    assert refusal.value.reply.startswith("550 5.6.0 ")
+    assert str(reply_for(refusal.value)).startswith("550 5.6.0 ")
 
 
 def test_template_placeholders() -> None:
@@ -149,4 +150,4 @@ def test_bad_allowed_override_is_550_5_6_0(header: str, value: str) -> None:
     cfg = config(allow_headers=["ttl", "send_date"])
     with pytest.raises(Refusal) as refusal:
         request(cfg, message(**{header: value}))
-    assert refusal.value.reply.startswith("550 5.6.0 ")
+    assert str(reply_for(refusal.value)).startswith("550 5.6.0 ")

@@ -10,7 +10,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from gateway.message.parse import ParsedMessage, decode_bytes, html_to_text, parse_message
+from gateway.message.headers import decode_bytes
+from gateway.message.htmltext import html_to_text
+from gateway.message.parse import ParsedMessage, parse_message
 
 BODY = "Привет, мир!\nЁлка и ёж: 100%\nвторая строка"
 

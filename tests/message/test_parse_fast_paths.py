@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.message.parse import _charset, _split_address, _structure
+from gateway.message.headers import _split_address
+from gateway.message.mime import charset as _charset
+from gateway.message.mime import structure as _structure
 
 # --- the structure -------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The mail data is read in stretches (gateway.data_phase): the same message, the same end, the
-same refusals as aiosmtpd's line-by-line loop, checked against aiosmtpd itself."""
+"""The mail data is read in stretches (gateway.smtp.data_reader): the same message, the same
+end, the same refusals as aiosmtpd's line-by-line loop, checked against aiosmtpd itself."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.smtp.data_phase import StretchedData, TooBig, read_data
+from gateway.config.loader import parse_config
+from gateway.smtp.admission import Admission
+from gateway.smtp.data_reader import TooBig, read_data
+from gateway.smtp.server import Sessions
+from gateway.smtp.session import GatewaySession
+from gateway.status.metrics import Metrics
 from tests.conftest import Running
 from tests.fakeplatform import FakePlatform
 
@@ -174,8 +179,14 @@ async def test_a_reader_limit_below_the_size_limit_keeps_aiosmtpds_loop() -> Non
     a server without that falls back to aiosmtpd's loop, which takes long text in short lines."""
     capture = Capture()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(   # aiosmtpd's default reader limit: 1001
-        lambda: StretchedData(capture, hostname="x.test", data_size_limit=5000), "127.0.0.1", 0)
+    # The smallest size limit gives the session a reader limit of 1024, below the 5000 here.
+    config = parse_config({"api": {"token": "t"}, "domains": {"sms.local": {"type": "sms"}},
+                           "smtp": {"max_message_size": 1024}}, env={})
+    metrics = Metrics()
+    server = await loop.create_server(
+        lambda: GatewaySession(capture, Sessions(metrics), config, admission=Admission(metrics),
+                               listener=config.smtp.listen[0], hostname="x.test",
+                               data_size_limit=5000, loop=loop), "127.0.0.1", 0)
     try:
         port = server.sockets[0].getsockname()[1]
         data = b"word " * 9 + b"\r\n"       # no ".<CRLF>" in 3000 bytes: one long stretch

@@ -23,7 +23,7 @@ import yaml
 from gateway.app import Gateway
 from gateway.config.loader import load_config, parse_config
 from gateway.errors import ConfigError
-from gateway.smtp.limits import LoginFailures
+from gateway.smtp.auth import LoginFailures
 from tests.access_helpers import (
     PASSWORD,
     USER_TOKEN,
@@ -127,7 +127,7 @@ async def test_silent_tls_connections_over_the_cap_are_closed_before_any_handsha
         assert len(closed) == 7
         assert await asyncio.to_thread(closed_within, [s for i, s in enumerate(silent)
                                                        if i not in closed], 0.5) == set()
-        assert gw.gateway.smtp.guard.connections.by_address == {"::/64": 3}
+        assert gw.gateway.smtp.admission.connections.by_address == {"::/64": 3}
         # A client on the other key is served at once while the three are held.
         await gw.send(text_message("while held"), "79001234567@sms.local")
         assert len(await platform.wait_for(1)) == 1
@@ -149,7 +149,7 @@ async def test_a_refused_network_is_closed_at_accept_without_a_handshake(
         assert await asyncio.to_thread(closed_within, [sock], 5) == {0}
     finally:
         sock.close()
-    assert gw.gateway.smtp.guard.connections.total == 0
+    assert gw.gateway.smtp.admission.connections.total == 0
     with pytest.raises((ssl.SSLError, OSError)):
         await asyncio.to_thread(smtplib.SMTP_SSL, host, port,
                                 context=certificate.client_context(), timeout=10)
@@ -278,7 +278,7 @@ async def test_ipv6_clients_are_counted_per_prefix(start_gateway: Start,
                    for _ in range(3)]
         session.close()
         assert answers == [BAD, BAD, BLOCKED]
-        assert list(gw.gateway.smtp.guard.logins.blocked) == [key]
+        assert list(gw.gateway.smtp.admission.logins.blocked) == [key]
 
     from gateway.config.networks import address_key  # here: the module predates it
     logins = LoginFailures()
@@ -450,7 +450,7 @@ def test_smtps_admission_on_uvloop(tmp_path: Path, certificate: Certificate) -> 
                 return early, said
             early, said = await asyncio.to_thread(attack)
             async with asyncio.timeout(10):
-                while gateway.smtp.guard.connections.total:  # noqa: ASYNC110
+                while gateway.smtp.admission.connections.total:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             loop_name = type(asyncio.get_running_loop()).__module__
             return len(early), said, loop_name.startswith("uvloop")

@@ -7,15 +7,15 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.smtp import hygiene
+from gateway.smtp import admission
 
 HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def reference_auto_generated(raw: bytes) -> bool:
-    end = HEADER_END.search(raw, 0, hygiene._HEADER_SCAN_LIMIT)
-    head = raw[:end.start() if end else hygiene._HEADER_SCAN_LIMIT]
-    return hygiene._MARKERS.search(head) is not None
+    end = HEADER_END.search(raw, 0, admission._HEADER_SCAN_LIMIT)
+    head = raw[:end.start() if end else admission._HEADER_SCAN_LIMIT]
+    return admission._MARKERS.search(head) is not None
 
 
 @settings(max_examples=3000)
@@ -23,7 +23,7 @@ def reference_auto_generated(raw: bytes) -> bool:
        st.integers(0, 14))
 def test_header_end_is_the_regex_search(raw: bytes, limit: int) -> None:
     found = HEADER_END.search(raw, 0, limit)
-    assert hygiene.header_end(raw, limit) == (found.start() if found else limit)
+    assert admission.header_end(raw, limit) == (found.start() if found else limit)
 
 
 LINES = [b"From: a@b.example", b"Subject: auto report", b"X-Autoreply: yes",
@@ -38,4 +38,4 @@ LINES = [b"From: a@b.example", b"Subject: auto report", b"X-Autoreply: yes",
 def test_auto_generated_is_the_regex_scan(lines: list[bytes], newline: bytes,
                                           tail: bytes) -> None:
     raw = newline.join(lines) + tail
-    assert hygiene.auto_generated(raw) == reference_auto_generated(raw)
+    assert admission.auto_generated(raw) == reference_auto_generated(raw)

@@ -14,7 +14,8 @@ import pytest
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError
 from gateway.privacy import PersonalDataFilter, mask_personal
-from gateway.smtp.limits import LoginFailures, RateLimiter
+from gateway.smtp.admission import RateLimiter
+from gateway.smtp.auth import LoginFailures
 from tests.access_helpers import PASSWORD, replies, users
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform
@@ -47,7 +48,7 @@ async def test_connection_caps_overall_and_per_address(start_gateway: Start) -> 
     assert third == b"421 4.7.0 Too many connections from your address, try again later\r\n"
     await asyncio.to_thread(first.quit)
     # The slot is free again once the server has seen the connection go.
-    counter = gw.gateway.smtp.guard.connections
+    counter = gw.gateway.smtp.admission.connections
     async with asyncio.timeout(10):
         while counter.total != 1:  # noqa: ASYNC110 - the server's own state, no event for it
             await asyncio.sleep(0.01)

@@ -156,9 +156,9 @@ async def test_protocol_errors_carry_enhanced_codes(gw: Running) -> None:
 
 
 async def test_unexpected_error_reply_is_temporary_and_hides_the_exception() -> None:
-    from gateway.smtp.server import Handler
+    from gateway.smtp.handler import Handler
     reply = await Handler.handle_exception(None, RuntimeError("secret detail"))  # type: ignore[arg-type]
-    assert reply == "451 4.3.0 Internal error, try again later"
+    assert str(reply) == "451 4.3.0 Internal error, try again later"
 
 
 async def test_pipelined_commands_are_answered_in_order(gw: Running,
@@ -189,7 +189,7 @@ async def test_pipelined_commands_are_answered_in_order(gw: Running,
 def test_fast_address_path_agrees_with_the_rfc_parser(arg: str) -> None:
     from email._header_value_parser import get_angle_addr
 
-    from gateway.smtp.server import _SIMPLE_ADDRESS
+    from gateway.smtp.session import _SIMPLE_ADDRESS
     simple = _SIMPLE_ADDRESS.fullmatch(arg)
     assert simple is not None
     parsed, rest = get_angle_addr(arg)
@@ -199,5 +199,26 @@ def test_fast_address_path_agrees_with_the_rfc_parser(arg: str) -> None:
 @pytest.mark.parametrize("arg", ["<>", "<a..b@c>", '<"q r"@b>', "<a@b.c(x)>", "<@route:a@b.c>",
                                  "a@b.c", "<a@b.c>x", "<адрес@пример.рф>"])
 def test_unusual_addresses_take_the_full_parser(arg: str) -> None:
-    from gateway.smtp.server import _SIMPLE_ADDRESS
+    from gateway.smtp.session import _SIMPLE_ADDRESS
     assert _SIMPLE_ADDRESS.fullmatch(arg) is None
+
+
+def test_every_named_reply_says_how_it_is_counted() -> None:
+    from gateway.smtp import replies
+    named = [v for v in vars(replies).values() if isinstance(v, replies.Reply)]
+    assert len(named) >= 40
+    for reply in named:
+        # A refusal without a reason would vanish from the dashboard; a 250 with one would
+        # count as a refusal.
+        assert (reply.reason is not None) == (reply.code >= 400), reply
+        assert reply.enhanced.startswith(str(reply.code)[0]) or reply.code == 354, reply
+
+
+def test_every_kind_of_refusal_has_its_reply() -> None:
+    from gateway import errors
+    from gateway.smtp.replies import reply_for
+    kinds = errors.Refusal.__subclasses__()
+    assert kinds
+    for kind in kinds:
+        refusal = kind() if kind is errors.TooManyTexts else kind("why")  # type: ignore[call-arg]
+        assert str(reply_for(refusal))[:3] in ("550", "552", "553")

@@ -12,14 +12,13 @@ The rules are aiosmtpd's: the data counts as sent, dots and line ends included, 
 terminating ".<CRLF>"; more than the size limit, or a stretch longer than the reader's limit,
 is read to its end and refused (both of aiosmtpd's refusals mean "too big" here: the reader's
 limit is never below the size limit); a leading dot is taken off every line (RFC 5321 4.5.2).
-Checked against aiosmtpd's own loop, generated input included, in tests/test_data_phase.py.
+Checked against aiosmtpd's own loop, generated input included, in tests/smtp/test_data_phase.py;
+the session (gateway.smtp.session) calls it from its smtp_DATA.
 """
 
 from __future__ import annotations
 
 import asyncio
-
-from aiosmtpd.smtp import MISSING, SMTP
 
 _DOT_LINE = b".\r\n"
 _END = b"\r\n.\r\n"
@@ -67,42 +66,3 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int) -> bytes:
     if data.startswith(b"."):
         data = data[1:]
     return data.replace(b"\r\n.", b"\r\n")
-
-
-class StretchedData(SMTP):
-    """aiosmtpd's SMTP whose DATA command reads the data with `read_data`.
-
-    The rest is aiosmtpd's smtp_DATA as of 1.4.6: the same checks and replies before the 354,
-    the same hook call after. A server that decodes the data, has no size limit or reads lines
-    shorter than it (none of which the gateway does) keeps aiosmtpd's own loop."""
-
-    async def smtp_DATA(self, arg: str) -> None:
-        if (self._decode_data or not self.data_size_limit
-                or self.line_length_limit < self.data_size_limit):
-            await super().smtp_DATA(arg)   # outside what read_data covers: aiosmtpd's loop
-            return
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            data = await read_data(self._reader, self.data_size_limit)
-        except TooBig:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        except asyncio.CancelledError:
-            # The client hung up or the connection broke: aiosmtpd cancels the session before
-            # its reader sees the end of the stream, so readuntil never meets EOF here.
-            self._writer.close()
-            raise
-        self.envelope.content = self.envelope.original_content = data
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)

@@ -1,0 +1,135 @@
+"""aiosmtpd's handler hooks: recipients checked at RCPT, the message stored at the end of DATA.
+
+The handler answers 250 to DATA only after the spool has committed the message. Its replies are
+named (gateway.smtp.replies); the session's `push` renders and counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from gateway.errors import Refusal, ShuttingDown, SpoolError
+from gateway.message.mapping import resolve_recipient
+from gateway.message.parse import off_loop
+from gateway.message.prepare import prepare
+from gateway.smtp import replies
+from gateway.smtp.replies import Reply, reply_for
+from gateway.smtp.session import GatewayEnvelope, GatewaySession
+from gateway.spool.store import IncomingMessage, Spool
+from gateway.status.metrics import Metrics
+
+log = logging.getLogger("smtp2pulse.smtp")
+
+
+class Handler:
+    def __init__(self, spool: Spool, on_stored: Callable[[], None], metrics: Metrics) -> None:
+        self.spool = spool
+        self.on_stored = on_stored
+        self.metrics = metrics
+
+    async def handle_EHLO(self, server: GatewaySession, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd reads commands in order from one buffer and answers each in turn, which is
+        # all RFC 2920 asks; advertising it saves relays such as Postfix a round trip per RCPT.
+        return server.ehlo_keywords(
+            [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]])
+
+    async def handle_MAIL(self, server: GatewaySession, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> Reply:
+        refusal = server.client.mail_refusal(address)    # bounces, rate limits
+        if refusal is not None:
+            return refusal
+        envelope.mail_from = address   # "<>" for the null reverse-path (aiosmtpd needs it truthy)
+        envelope.mail_options.extend(mail_options)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(self, server: GatewaySession, session: Session,
+                          envelope: GatewayEnvelope, address: str,
+                          rcpt_options: list[str]) -> Reply:
+        config = server.config   # pinned per connection: a reload applies to new sessions
+        if len(envelope.rcpt_tos) >= config.smtp.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS.format(limit=config.smtp.max_recipients)
+        try:
+            recipient = resolve_recipient(address, config)
+        except Refusal as refusal:
+            reply = reply_for(refusal)
+            log.info("refused recipient <%s> from %s: %s", address, peer(session), reply)
+            return reply
+        denied = server.client.recipient_refusal(recipient.domain)   # the user's own domains
+        if denied is not None:
+            log.info("refused recipient <%s> from %s: %s", address, peer(session), denied)
+            return denied
+        envelope.rcpt_tos.append(address)
+        envelope.recipients.append(recipient)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server: GatewaySession, session: Session,
+                          envelope: GatewayEnvelope) -> Reply:
+        config = server.config
+        raw: bytes = envelope.original_content or b""
+        verdict = server.client.data_verdict(envelope.mail_from, raw)  # bounces, auto-replies
+        if verdict is not None:
+            return verdict
+        recipients = tuple(envelope.recipients)
+        try:
+            # Large mail is parsed off the loop: other sessions go on while it is.
+            prepared = await off_loop(raw, lambda: prepare(raw, recipients,
+                                                           envelope.mail_from or "", config))
+        except Refusal as refusal:
+            reply = reply_for(refusal)
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
+                     reply)
+            return reply
+        refused = (server.client.sender_refusal(d.request.get("sender", "")
+                                                for d in prepared.deliveries)
+                   or server.client.take_rate())
+        if refused is not None:
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
+                     refused)
+            return refused
+        incoming = IncomingMessage(
+            # The null reverse-path is stored as "", which is what bounce logic looks for.
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
+            peer=peer(session), helo=session.host_name or "", raw=raw,
+            deliveries=prepared.deliveries)
+        if server.login_user is not None:
+            incoming = dataclasses.replace(incoming, auth_user=server.login_user.name)
+        started = time.monotonic()
+        try:
+            # A client hanging up mid-commit cancels only this wait, never the commit.
+            queue_id = await self.spool.accept(incoming)
+        except ShuttingDown:
+            return replies.SHUTTING_DOWN
+        except SpoolError as exc:
+            log.error("could not store message from <%s> %s: %s", envelope.mail_from,
+                      peer(session), exc)
+            return replies.TRY_LATER
+        self.on_stored()
+        self.metrics.accepted.inc()
+        log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s (stored in %.1f ms)",
+                 queue_id, envelope.mail_from, peer(session), len(raw),
+                 ",".join(d.request["sent_to"] for d in incoming.deliveries),
+                 (time.monotonic() - started) * 1000, extra={"queue_id": queue_id})
+        for note in prepared.notes:
+            log.info("queue_id=%s %s", queue_id, note, extra={"queue_id": queue_id})
+        return replies.QUEUED.format(queue_id=queue_id)
+
+    async def handle_exception(self, error: Exception) -> Reply:
+        # The one place an unexpected error becomes a reply: temporary, and without its text.
+        log.error("unexpected error in SMTP session", exc_info=error)
+        return replies.INTERNAL_ERROR
+
+
+def peer(session: Session) -> str:
+    address: Any = session.peer
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address or "?")
