@@ -19,7 +19,7 @@ from gateway.errors import SpoolError
 from gateway.spool import admin
 from gateway.spool.search import SHOWN_STATES, Search, find_deliveries
 from gateway.spool.store import Spool
-from gateway.status import queue_view as view
+from gateway.status import display as view
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 LIST_LIMIT = 1000

@@ -19,7 +19,7 @@ from gateway.config.loader import Config
 from gateway.spool import admin
 from gateway.spool.search import SHOWN_STATES, Search, find_deliveries, overview
 from gateway.spool.store import Spool
-from gateway.status import queue_view as view
+from gateway.status import display as view
 
 if TYPE_CHECKING:
     import jinja2
