@@ -21,8 +21,30 @@ _SHOWN = ("CASE WHEN d.state = 'sent' AND d.status_class IN ('delivered', 'faile
 # The platform's sent_to, short enough to be in the delivery's own JSON (a long one is an index
 # into the message's texts, and is then left out: the recipient as written still matches).
 _SENT_TO = "json_extract(d.request, '$.sent_to')"
-_COLUMNS = (f"d.message_id, d.id, m.received_at, d.recipient, {_SENT_TO}, {_SHOWN},"
-            " d.attempts, d.last_error, d.status, d.updated_at")
+# Statements built from the constants above only, never from a value (S608 is told so below).
+_LINE = (f"SELECT d.message_id, d.id, m.received_at, d.recipient, {_SENT_TO} AS sent_to,"  # noqa: S608
+         f" {_SHOWN} AS shown, d.attempts, d.last_error, d.status, d.updated_at"
+         " FROM deliveries d JOIN messages m ON m.id = d.message_id")
+# Newest first along the index of deliveries by message (queue ids begin with their arrival
+# time): the scan stops at :limit matches, where ordering by time would sort every one, and
+# :from_id (the id prefix of --since) makes it a range. Each filter is off when NULL.
+_FILTERS = (" AND (:since IS NULL OR m.received_at >= :since) AND"
+            f" (:state IS NULL OR {_SHOWN} = :state)"
+            " AND (:queue_id IS NULL OR d.message_id = :queue_id)"
+            f" AND (:to IS NULL OR lower(d.recipient) = :to OR {_SENT_TO} IN (:to, :to_number)"
+            " OR lower(d.recipient) LIKE :to_local ESCAPE '\\')"
+            " ORDER BY d.message_id DESC, d.id DESC LIMIT :limit")
+FIND_DELIVERIES = _LINE + " WHERE d.message_id >= :from_id" + _FILTERS
+FIND_UNFINISHED = _LINE + (
+    " WHERE d.state IN ('queued', 'sending') AND d.message_id >= :from_id" + _FILTERS)
+COUNT_BY_SHOWN_STATE = f"SELECT {_SHOWN} AS shown, count(*) AS n FROM deliveries d GROUP BY 1"  # noqa: S608
+# Queue ids begin with their arrival time, so the least unfinished one is the oldest.
+OLDEST_WAITING = (_LINE + " WHERE d.id = (SELECT id FROM deliveries"  # noqa: S608
+                  " INDEXED BY deliveries_pending WHERE state IN ('queued', 'sending')"
+                  " ORDER BY message_id, id LIMIT 1)")
+SENT_SINCE = "SELECT count(*) AS n FROM events WHERE kind = 'sent' AND at >= ?"
+RECENT_ERRORS = (_LINE + " WHERE d.last_error IS NOT NULL OR d.status_class = 'failed'"
+                 " ORDER BY d.message_id DESC, d.id DESC LIMIT ?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,55 +79,51 @@ class Overview:
     recent_errors: list[DeliveryLine]
 
 
-def _line(row: Any) -> DeliveryLine:
-    sent_to = row[4] if isinstance(row[4], str) else None
-    return DeliveryLine(row[0], row[1], row[2], row[3], sent_to, row[5], row[6], row[7], row[8],
-                        row[9])
+def _line(row: sqlite3.Row) -> DeliveryLine:
+    return DeliveryLine(row["message_id"], row["id"], row["received_at"], row["recipient"],
+                        row["sent_to"] if isinstance(row["sent_to"], str) else None,
+                        row["shown"], row["attempts"], row["last_error"], row["status"],
+                        row["updated_at"])
 
 
-def _recipient_terms(to: str) -> tuple[str, list[str]]:
+def _rows(conn: sqlite3.Connection, statement: str, params: Any = ()) -> list[sqlite3.Row]:
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    return cursor.execute(statement, params).fetchall()
+
+
+def _parameters(search: Search) -> dict[str, object]:
     """`89001234567@sms.local` as written, `79001234567` or `+79001234567` as sent, or a bare
     local part `89001234567` of any domain."""
-    wanted = to.strip().lower()
-    terms = ["lower(d.recipient) = ?", f"{_SENT_TO} = ?", f"{_SENT_TO} = ?"]
-    params = [wanted, wanted, wanted.removeprefix("+")]
-    if "@" not in wanted:
-        escaped = wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        terms.append("lower(d.recipient) LIKE ? ESCAPE '\\'")
-        params.append(escaped + "@%")
-    return "(" + " OR ".join(terms) + ")", params
+    to = None if search.to is None else search.to.strip().lower()
+    local = None
+    if to is not None and "@" not in to:
+        local = to.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%"
+    since = search.since
+    return {"since": since,
+            "from_id": "" if since is None else f"{int(since * 1000):011X}",
+            "state": search.state, "queue_id": search.queue_id, "to": to,
+            "to_number": None if to is None else to.removeprefix("+"), "to_local": local,
+            "limit": search.limit}
+
+
+def find(conn: sqlite3.Connection, search: Search) -> list[DeliveryLine]:
+    statement = FIND_UNFINISHED if search.pending_only else FIND_DELIVERIES
+    return [_line(row) for row in _rows(conn, statement, _parameters(search))]
+
+
+def summarise(conn: sqlite3.Connection, now: float, errors: int = 5) -> Overview:
+    counts = {row["shown"]: row["n"] for row in _rows(conn, COUNT_BY_SHOWN_STATE)}
+    oldest = _rows(conn, OLDEST_WAITING)
+    sent = _rows(conn, SENT_SINCE, (now - 3600,))[0]["n"]
+    failed = _rows(conn, RECENT_ERRORS, (errors,))
+    return Overview(counts, _line(oldest[0]) if oldest else None, sent,
+                    [_line(row) for row in failed])
 
 
 async def find_deliveries(spool: Spool, search: Search) -> list[DeliveryLine]:
     """The deliveries that match, newest first, at most `search.limit`."""
-    where: list[str] = []
-    params: list[object] = []
-    if search.pending_only:
-        where.append("d.state IN ('queued', 'sending')")
-    if search.since is not None:
-        # Queue ids begin with their arrival time (store.new_queue_id): a range of the index.
-        where.append("d.message_id >= ? AND m.received_at >= ?")
-        params += [f"{int(search.since * 1000):011X}", search.since]
-    if search.state is not None:
-        where.append(f"{_SHOWN} = ?")
-        params.append(search.state)
-    if search.queue_id is not None:
-        where.append("d.message_id = ?")
-        params.append(search.queue_id)
-    if search.to is not None:
-        term, more = _recipient_terms(search.to)
-        where.append(term)
-        params.extend(more)
-    sql = (f"SELECT {_COLUMNS} FROM messages m JOIN deliveries d ON d.message_id = m.id"  # noqa: S608
-           + (" WHERE " + " AND ".join(where) if where else "")
-           # Newest first along the index of deliveries by message (queue ids sort by arrival):
-           # the scan stops at `limit` matches, where ordering by time would sort every one.
-           + " ORDER BY d.message_id DESC, d.id DESC LIMIT ?")
-    params.append(search.limit)
-
-    def query(conn: sqlite3.Connection) -> list[DeliveryLine]:
-        return [_line(row) for row in conn.execute(sql, params).fetchall()]
-    return await spool.read(query)
+    return await spool.read(lambda conn: find(conn, search))
 
 
 async def overview(spool: Spool, *, errors: int = 5) -> Overview:
@@ -113,23 +131,5 @@ async def overview(spool: Spool, *, errors: int = 5) -> Overview:
     platform errors (refusals, failed attempts, failed statuses) of the newest messages.
 
     The counts scan the spool, as /metrics does; finished messages leave it after a week."""
-    hour_ago = spool.clock() - 3600
-
-    def query(conn: sqlite3.Connection) -> Overview:
-        counts = dict(conn.execute(
-            f"SELECT {_SHOWN}, count(*) FROM deliveries d GROUP BY 1"))  # noqa: S608
-        # Queue ids begin with their arrival time, so the least pending one is the oldest.
-        oldest = conn.execute(
-            f"SELECT {_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id"  # noqa: S608
-            " WHERE d.id = (SELECT id FROM deliveries INDEXED BY deliveries_pending"
-            " WHERE state IN ('queued', 'sending') ORDER BY message_id, id LIMIT 1)").fetchone()
-        sent = conn.execute("SELECT count(*) FROM events WHERE kind = 'sent' AND at >= ?",
-                            (hour_ago,)).fetchone()[0]
-        failed = conn.execute(
-            f"SELECT {_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id"  # noqa: S608
-            " WHERE d.last_error IS NOT NULL OR d.status_class = 'failed'"
-            " ORDER BY d.message_id DESC, d.id DESC LIMIT ?", (errors,)).fetchall()
-        return Overview({str(k): int(v) for k, v in counts.items()},
-                        None if oldest is None else _line(oldest), int(sent),
-                        [_line(row) for row in failed])
-    return await spool.read(query)
+    now = spool.clock()
+    return await spool.read(lambda conn: summarise(conn, now, errors))
