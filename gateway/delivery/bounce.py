@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import functools
 import logging
 import smtplib
-import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.header import Header
@@ -25,12 +22,15 @@ from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 
 from gateway.config.loader import Config
 from gateway.message.parse import decode_bytes
-from gateway.spool.store import Spool, mark_bounce
+from gateway.spool.interface import SpoolInterface
+from gateway.spool.rows import PendingBounce
+from gateway.spool.states import BounceState, State
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.bounce")
 
 RELAY_RETRY_SECONDS = 60.0
+PENDING_AT_ONCE = 50
 
 
 class Undeliverable(Exception):
@@ -44,7 +44,7 @@ class Failure:
     mail_from: str
     recipient: str
     received_at: float
-    state: str            # refused | failed | sent (a failed status by callback)
+    state: State          # refused | failed | sent (a failed status by callback)
     reason: str
     headers: bytes
 
@@ -86,7 +86,7 @@ def _delivery_status(failure: Failure, reporting_host: str) -> EmailMessage:
     per_recipient = Message()
     per_recipient["Final-Recipient"] = f"rfc822; {_seven_bit(failure.recipient)}"
     per_recipient["Action"] = "failed"
-    per_recipient["Status"] = "5.4.7" if failure.state == "failed" else "5.0.0"
+    per_recipient["Status"] = "5.4.7" if failure.state == State.FAILED else "5.0.0"
     per_recipient["Diagnostic-Code"] = f"X-Pulse; {_seven_bit(' '.join(failure.reason.split()))}"
     status = EmailMessage()
     status.set_type("message/delivery-status")
@@ -96,7 +96,8 @@ def _delivery_status(failure: Failure, reporting_host: str) -> EmailMessage:
 
 
 class Bouncer:
-    def __init__(self, spool: Spool, config: Callable[[], Config], metrics: Metrics) -> None:
+    def __init__(self, spool: SpoolInterface, config: Callable[[], Config],
+                 metrics: Metrics) -> None:
         self.spool = spool
         self.config = config
         self.metrics = metrics
@@ -114,7 +115,7 @@ class Bouncer:
         """A callback said a sent message failed after all."""
         if not self.config().bounces.enabled:
             return
-        if await self.spool.run(lambda conn: mark_bounce(conn, delivery_id)):
+        if await self.spool.mark_bounce(delivery_id):
             self.wake()
 
     async def stop(self) -> None:
@@ -136,8 +137,9 @@ class Bouncer:
             self._wake.clear()
             try:
                 fallback = self.config().smtp.fallback_charset
-                failures = await self.spool.run(functools.partial(_pending,
-                                                                  fallback_charset=fallback))
+                pending = await self.spool.pending_bounces(PENDING_AT_ONCE)
+                # The original's headers are read off the loop: a raw mail may be megabytes.
+                failures = await asyncio.to_thread(_failures, pending, fallback)
             except Exception as exc:   # a spool that is briefly unwritable: try again later
                 log.error("bounces: cannot read the pending ones (%s); retrying in %.0fs",
                           exc, RELAY_RETRY_SECONDS)
@@ -163,8 +165,7 @@ class Bouncer:
                       failure.mail_from, reason, extra={"queue_id": failure.queue_id})
             self.metrics.bounces.labels("failed").inc()
             try:
-                await self.spool.run(lambda conn: _settle(conn, failure.delivery_id, "failed",
-                                                          reason))
+                await self.spool.settle_bounce(failure.delivery_id, BounceState.FAILED, reason)
             except Exception as spool_exc:
                 log.error("queue_id=%s could not record the failed bounce: %s",
                           failure.queue_id, spool_exc, extra={"queue_id": failure.queue_id})
@@ -187,7 +188,7 @@ class Bouncer:
                 log.warning("queue_id=%s bounce to <%s> deferred: %s", failure.queue_id,
                             failure.mail_from, exc, extra={"queue_id": failure.queue_id})
                 return False
-            await self.spool.run(lambda conn: _settle(conn, failure.delivery_id, "failed"))
+            await self.spool.settle_bounce(failure.delivery_id, BounceState.FAILED)
             self.metrics.bounces.labels("refused").inc()
             log.warning("queue_id=%s bounce to <%s> refused by the relay: %s",
                         failure.queue_id, failure.mail_from, exc,
@@ -197,7 +198,7 @@ class Bouncer:
             log.warning("bounce relay %s unreachable (%s); retrying in %.0fs", relay, exc,
                         RELAY_RETRY_SECONDS)
             return False
-        await self.spool.run(lambda conn: _settle(conn, failure.delivery_id, "sent"))
+        await self.spool.settle_bounce(failure.delivery_id, BounceState.SENT)
         self.metrics.bounces.labels("sent").inc()
         log.info("queue_id=%s bounce sent to <%s> for %s", failure.queue_id, failure.mail_from,
                  failure.recipient, extra={"queue_id": failure.queue_id})
@@ -220,14 +221,11 @@ def _relay(host: str, port: int, timeout: float, to: str, data: bytes, utf8: boo
             raise smtplib.SMTPResponseException(code, text) from None
 
 
-def _pending(conn: sqlite3.Connection, fallback_charset: str = "cp1251") -> list[Failure]:
-    rows = conn.execute(
-        "SELECT d.id, m.id, m.mail_from, d.recipient, m.received_at, d.state,"
-        " coalesce(d.last_error, d.status, ''), m.raw FROM deliveries d JOIN messages m"
-        " ON m.id = d.message_id WHERE d.bounce = 'pending' ORDER BY d.id LIMIT 50").fetchall()
-    return [Failure(row[0], row[1], row[2], row[3], row[4], row[5],
-                    row[6] if row[5] != "sent" else f"the platform reported status {row[6]}",
-                    _header_block(row[7], fallback_charset)) for row in rows]
+def _failures(pending: list[PendingBounce], fallback_charset: str = "cp1251") -> list[Failure]:
+    return [Failure(p.delivery_id, p.queue_id, p.mail_from, p.recipient, p.received_at, p.state,
+                    p.reason if p.state != State.SENT
+                    else f"the platform reported status {p.reason}",
+                    _header_block(p.raw, fallback_charset)) for p in pending]
 
 
 def _header_block(raw: bytes, fallback_charset: str = "cp1251") -> bytes:
@@ -260,8 +258,3 @@ def _quoted(name: str, text: str) -> str:
                 return folded.replace("\r\n", "\n")
     return f"{name}: {Header(text, 'utf-8', header_name=name).encode()}\n"
 
-
-def _settle(conn: sqlite3.Connection, delivery_id: int, state: str, detail: str = "") -> None:
-    conn.execute("UPDATE deliveries SET bounce = ? WHERE id = ?", (state, delivery_id))
-    conn.execute("INSERT INTO events (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)",
-                 (delivery_id, time.time(), f"bounce {state}", detail))

@@ -19,6 +19,7 @@ from gateway.config.access import token_for
 from gateway.config.loader import Config
 from gateway.delivery.request import Outcome
 from gateway.errors import ShuttingDown, SpoolError
+from gateway.spool.states import State
 from gateway.spool.store import Delivery, Result, Spool
 from gateway.status.callbacks import callback_url
 from gateway.status.metrics import Metrics
@@ -62,12 +63,12 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
     """Turn an attempt's outcome into the delivery's next state."""
     bounce = config.bounces.enabled
     if outcome.kind == "sent":
-        return Result(delivery.id, "sent", now, "sent", outcome.platform_id or "",
+        return Result(delivery.id, State.SENT, now, "sent", outcome.platform_id or "",
                       outcome.platform_id)
     if outcome.kind == "refused":
-        return Result(delivery.id, "refused", now, "refused", outcome.detail, bounce=bounce)
+        return Result(delivery.id, State.REFUSED, now, "refused", outcome.detail, bounce=bounce)
     if now - delivery.received_at >= config.spool.give_up_after:
-        return Result(delivery.id, "failed", now, "failed",
+        return Result(delivery.id, State.FAILED, now, "failed",
                       f"gave up after {delivery.attempts + 1} attempts: {outcome.detail}",
                       bounce=bounce)
     wait = next_wait(config.spool.retry, delivery.attempts + 1, rng)
@@ -79,7 +80,7 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
         wait = max(wait, min(outcome.retry_after, cap))
     # The last attempt comes at the give-up deadline, not after it.
     wait = max(0.0, min(wait, delivery.received_at + config.spool.give_up_after - now))
-    return Result(delivery.id, "queued", now + wait, "deferred",
+    return Result(delivery.id, State.QUEUED, now + wait, "deferred",
                   f"{outcome.detail}; next attempt in {wait:.0f}s")
 
 

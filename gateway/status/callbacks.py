@@ -7,29 +7,29 @@ an HMAC of it, so a callback can only speak for the delivery its URL was made fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
-import json
-import sqlite3
-import time
-from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import urlencode
 
-from gateway.spool.store import Spool
+from gateway.spool.interface import SpoolInterface
+from gateway.spool.rows import SpoolStats
+from gateway.spool.states import CallbackResult, StatusClass
 
+__all__ = ["CallbackResult", "SpoolStats", "StatusClass", "callback_url", "classify_status",
+           "probe_writable", "record_status", "sign", "spool_stats", "verify"]
+
+_DELIVERED, _FAILED, _PENDING = StatusClass.DELIVERED, StatusClass.FAILED, StatusClass.PENDING
 # Kannel DLR values are bit flags; the worst bit present decides.
-_KANNEL = ((2, "failed"), (16, "failed"), (1, "delivered"), (8, "pending"), (4, "pending"))
+_KANNEL = ((2, _FAILED), (16, _FAILED), (1, _DELIVERED), (8, _PENDING), (4, _PENDING))
 # Platform words we can read with confidence; anything else is kept verbatim as "unknown".
 _WORDS = {
-    "delivered": "delivered", "read": "delivered", "seen": "delivered",
-    "undelivered": "failed", "failed": "failed", "rejected": "failed", "expired": "failed",
-    "error": "failed", "not_delivered": "failed",
-    "sent": "pending", "queued": "pending", "pending": "pending", "accepted": "pending",
-    "enroute": "pending", "buffered": "pending",
+    "delivered": _DELIVERED, "read": _DELIVERED, "seen": _DELIVERED,
+    "undelivered": _FAILED, "failed": _FAILED, "rejected": _FAILED, "expired": _FAILED,
+    "error": _FAILED, "not_delivered": _FAILED,
+    "sent": _PENDING, "queued": _PENDING, "pending": _PENDING, "accepted": _PENDING,
+    "enroute": _PENDING, "buffered": _PENDING,
 }
-StatusClass = Literal["delivered", "failed", "pending", "unknown"]
-CallbackResult = Literal["recorded", "repeated", "unknown", "ignored"]
 MAX_STATUSES = 20   # distinct statuses kept per delivery; a real one goes through a handful
 
 
@@ -56,61 +56,23 @@ def classify_status(status: str, kannel: bool) -> StatusClass:
         flags = int(text)
         for bit, meaning in _KANNEL:
             if flags & bit:
-                return meaning  # type: ignore[return-value]
-        return "unknown"
-    return _WORDS.get(text.lower(), "unknown")  # type: ignore[return-value]
+                return meaning
+        return StatusClass.UNKNOWN
+    return _WORDS.get(text.lower(), StatusClass.UNKNOWN)
 
 
-async def record_status(spool: Spool, delivery_id: int, queue_id: str, platform_id: str,
-                        status: str) -> tuple[CallbackResult, StatusClass]:
+async def record_status(spool: SpoolInterface, delivery_id: int, queue_id: str,
+                        platform_id: str, status: str) -> tuple[CallbackResult, StatusClass]:
     """Store a callback's status on its delivery, once however often the platform repeats it."""
-    def write(conn: sqlite3.Connection) -> tuple[CallbackResult, StatusClass]:
-        row = conn.execute("SELECT request, status FROM deliveries WHERE id = ? AND"
-                           " message_id = ?", (delivery_id, queue_id)).fetchone()
-        if row is None:
-            return "unknown", "unknown"
-        kannel = json.loads(row[0]).get("kannel_status") == "1"
-        meaning = classify_status(status, kannel)
-        detail = f"{status} ({meaning})" + (f" platform_id={platform_id}" if platform_id else "")
-        seen = conn.execute("SELECT 1 FROM events WHERE delivery_id = ? AND kind = 'status'"
-                            " AND detail = ?", (delivery_id, detail)).fetchone()
-        if seen:
-            return "repeated", meaning
-        if conn.execute("SELECT count(*) FROM events WHERE delivery_id = ? AND kind = 'status'",
-                        (delivery_id,)).fetchone()[0] >= MAX_STATUSES:
-            return "ignored", meaning    # one signed URL must not fill the spool
-        now = time.time()
-        conn.execute("UPDATE deliveries SET status = ?, status_class = ?, status_at = ?,"
-                     " platform_id = coalesce(platform_id, nullif(?, '')) WHERE id = ?",
-                     (status, meaning, now, platform_id, delivery_id))
-        conn.execute("INSERT INTO events (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)",
-                     (delivery_id, now, "status", detail))
-        return "recorded", meaning
-    return await spool.run(write)
+    return await spool.record_status(delivery_id, queue_id, platform_id, status,
+                                     functools.partial(classify_status, status),
+                                     max_statuses=MAX_STATUSES)
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolStats:
-    by_state: dict[str, int]
-    oldest_pending_age: float
+async def spool_stats(spool: SpoolInterface) -> SpoolStats:
+    return await spool.stats()
 
 
-async def spool_stats(spool: Spool) -> SpoolStats:
-    def query(conn: sqlite3.Connection) -> SpoolStats:
-        counts = dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
-        # Queue ids begin with their received_at, zero-padded, so the least id of an unfinished
-        # delivery is the oldest one: one step down the index of unfinished deliveries (named,
-        # so that the plan does not rest on the planner's guess), not a join over the backlog.
-        oldest = conn.execute(
-            "SELECT received_at FROM messages WHERE id = (SELECT min(message_id) FROM deliveries"
-            " INDEXED BY deliveries_pending WHERE state IN ('queued', 'sending'))").fetchone()
-        return SpoolStats(counts, 0.0 if oldest is None else max(0.0, spool.clock() - oldest[0]))
-    return await spool.read(query)
-
-
-async def probe_writable(spool: Spool) -> None:
+async def probe_writable(spool: SpoolInterface) -> None:
     """A real write and commit: raises if the spool cannot store right now."""
-    def write(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO meta (key, value) VALUES ('health', ?) ON CONFLICT(key)"
-                     " DO UPDATE SET value = excluded.value", (str(time.time()),))
-    await spool.run(write)
+    await spool.probe_writable()

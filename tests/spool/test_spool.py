@@ -1,4 +1,4 @@
-"""The spool on its own: upgrades, group commit, leases."""
+"""The spool on its own: upgrades, group commit, leases, states, callbacks, bounces."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from gateway.errors import SpoolError
 from gateway.spool import admin
-from gateway.spool.store import SCHEMA, SCHEMA_VERSION, IncomingMessage, NewDelivery, Spool
+from gateway.spool.states import BounceState, State, StatusClass
+from gateway.spool.store import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    IncomingMessage,
+    NewDelivery,
+    Result,
+    Spool,
+)
 
 
 def incoming(n: int = 0) -> IncomingMessage:
@@ -83,5 +94,70 @@ async def test_expired_lease_is_handed_out_again(tmp_path: Path) -> None:
         assert await spool.lease(10, 30) == []
         clock[0] += 2
         assert len(await spool.lease(10, 30)) == 1   # its sender died without a word
+    finally:
+        await spool.stop()
+
+
+async def test_a_spool_newer_than_the_program_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    newer.close()
+    spool = Spool(path)
+    with pytest.raises(SpoolError, match="newer than this program"):
+        await spool.start()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+async def test_states_are_stored_as_the_words_earlier_releases_wrote(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3")
+    await spool.start()
+    try:
+        queue_id = await spool.accept(incoming())
+        [delivery] = await spool.lease(10, 60)
+        await spool.record(Result(delivery.id, State.REFUSED, 0.0, "refused", "no", bounce=True))
+        stored = await spool.read(lambda conn: conn.execute(
+            "SELECT state, bounce FROM deliveries").fetchall())
+        assert stored == [("refused", "pending")]
+        detail = await spool.show_message(queue_id)
+        assert detail is not None
+        assert detail.deliveries[0].state is State.REFUSED
+        assert detail.deliveries[0].bounce is BounceState.PENDING
+        [pending] = await spool.pending_bounces()
+        assert (pending.queue_id, pending.state, pending.reason) == (queue_id, "refused", "no")
+        await spool.settle_bounce(delivery.id, BounceState.SENT)
+        assert await spool.pending_bounces() == []
+        assert await spool.retry_message(queue_id) == 1
+        [events] = [d.events for d in (await spool.show_message(queue_id) or detail).deliveries]
+        assert [kind for _, kind, _ in events] == ["received", "refused", "bounce sent", "retry"]
+    finally:
+        await spool.stop()
+
+
+async def test_a_callback_reads_kannel_status_from_the_request_by_name(tmp_path: Path) -> None:
+    # A text that merely mentions kannel_status must not make its delivery a Kannel one.
+    spool = Spool(tmp_path / "s.sqlite3")
+    await spool.start()
+    try:
+        told: list[bool] = []
+
+        def classify(kannel: bool) -> StatusClass:
+            told.append(kannel)
+            return StatusClass.DELIVERED
+
+        for request in ({"sent_text": '"kannel_status": "1"'}, {"kannel_status": "1"}):
+            queue_id = await spool.accept(IncomingMessage(
+                mail_from="a@corp.test", peer="127.0.0.1", helo="c", raw=b"raw",
+                deliveries=(NewDelivery("79000000000@sms.local", request),)))
+            [delivery] = await spool.lease(10, 60)
+            assert await spool.record_status(delivery.id, queue_id, "", "1", classify,
+                                             max_statuses=20) == ("recorded", "delivered")
+            assert await spool.record_status(delivery.id, queue_id, "", "1", classify,
+                                             max_statuses=20) == ("repeated", "delivered")
+        assert told == [False, False, True, True]
+        assert await spool.record_status(999, "nope", "", "1", classify,
+                                         max_statuses=20) == ("unknown", "unknown")
     finally:
         await spool.stop()

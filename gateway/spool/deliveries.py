@@ -1,0 +1,85 @@
+"""The jobs of the accept and delivery paths, each run on the writer thread in a group commit.
+
+Deliveries are leased the way litequeue does it: leasing moves a row to `sending` and sets
+`next_attempt_at` to the lease's end, so a lease a crash left behind simply becomes due again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+
+from gateway.spool import sql
+from gateway.spool.packing import load_texts, unpack_request
+from gateway.spool.rows import Delivery, IncomingMessage, Result
+from gateway.spool.schema import select, select_one
+from gateway.spool.states import State
+
+Clock = Callable[[], float]
+
+
+def insert(conn: sqlite3.Connection, queue_id: str, now: float, message: IncomingMessage,
+           texts: str | None, requests: list[str]) -> str:
+    conn.execute(sql.INSERT_MESSAGE,
+                 (queue_id, now, message.mail_from, message.peer, message.helo,
+                  message.auth_user, len(message.raw), message.raw, texts))
+    conn.executemany(sql.INSERT_DELIVERY,
+                     [(queue_id, delivery.recipient, request, now, now)
+                      for delivery, request in zip(message.deliveries, requests, strict=True)])
+    return queue_id
+
+
+def recover(conn: sqlite3.Connection, clock: Clock) -> int:
+    # Only one daemon uses a spool (the caller holds its lock), so any `sending` row was left by
+    # a process that died mid-attempt: due again now, at least once.
+    now = clock()
+    return conn.execute(sql.RECOVER_LEASES, (now, now)).rowcount
+
+
+def lease(conn: sqlite3.Connection, clock: Clock, limit: int,
+          lease_seconds: float) -> list[Delivery]:
+    now = clock()
+    rows = select(conn, sql.LEASE, (now + lease_seconds, now, now, limit))
+    if not rows:
+        return []
+    ids = sorted({row["message_id"] for row in rows})
+    meta = {m["id"]: m for m in select(conn, sql.MESSAGES_META, (json.dumps(ids),))}
+    texts = {queue_id: load_texts(m["texts"]) for queue_id, m in meta.items()}
+    return [Delivery(id=row["id"], message_id=row["message_id"], recipient=row["recipient"],
+                     request=unpack_request(row["request"], texts[row["message_id"]]),
+                     attempts=row["attempts"], received_at=meta[row["message_id"]]["received_at"],
+                     auth_user=meta[row["message_id"]]["auth_user"])
+            for row in sorted(rows, key=lambda row: row["id"])]
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    row = select_one(conn, sql.NEXT_DUE)
+    return None if row is None or row["due"] is None else float(row["due"])
+
+
+def record(conn: sqlite3.Connection, clock: Clock, result: Result) -> None:
+    now = clock()
+    cursor = conn.execute(
+        sql.RECORD_RESULT,
+        (result.state, result.next_attempt_at, result.platform_id,
+         None if result.state == State.SENT else result.detail, now, result.delivery_id))
+    if cursor.rowcount == 0:
+        return   # dropped by an operator while it was being sent
+    if result.bounce:
+        mark_bounce(conn, result.delivery_id)
+    add_events(conn, [(result.delivery_id, now, result.event, result.detail)])
+
+
+def purge(conn: sqlite3.Connection, older_than: float) -> int:
+    return conn.execute(sql.PURGE, (older_than, older_than)).rowcount
+
+
+def mark_bounce(conn: sqlite3.Connection, delivery_id: int) -> bool:
+    """Queue one notification for a failed delivery; never for a null sender, never twice."""
+    return conn.execute(sql.MARK_BOUNCE, (delivery_id,)).rowcount > 0
+
+
+def add_events(conn: sqlite3.Connection, events: list[tuple[int, float, str, str]]) -> None:
+    """A delivery's history: (delivery id, when, kind, detail), the one way events are written."""
+    conn.executemany(sql.INSERT_EVENT, events)

@@ -1,0 +1,88 @@
+"""What the rest of the program asks of a spool, whichever database keeps it.
+
+The SQLite spool (store.Spool) implements it; a PostgreSQL one is to implement the same, so
+smtp, delivery, status and the queue commands type against this and never see a connection.
+Every method that writes returns only once what it wrote is durable: a 250 is a promise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from gateway.spool.rows import (
+    Delivery,
+    IncomingMessage,
+    MessageDetail,
+    MessageSummary,
+    PendingBounce,
+    Result,
+    SpoolStats,
+)
+from gateway.spool.states import BounceState, CallbackResult, StatusClass
+
+
+class SpoolInterface(Protocol):
+    # --- lifecycle
+    async def start(self, *, recover: bool = True) -> int:
+        """Open, creating or upgrading; with `recover` (only for the daemon holding the spool),
+        take back the leases a crash left. Returns how many were taken back."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    # --- the accept path
+    def accept(self, message: IncomingMessage) -> Awaitable[str]:
+        """Store a message and its deliveries durably; gives the queue id."""
+        ...
+
+    # --- the delivery path
+    async def lease(self, limit: int, lease_seconds: float) -> list[Delivery]:
+        """Up to `limit` due deliveries, each now the caller's for `lease_seconds`."""
+        ...
+
+    async def next_due(self) -> float | None: ...
+
+    async def record(self, result: Result) -> None:
+        """An attempt's outcome, with its event (and a bounce marked if it asks for one)."""
+        ...
+
+    async def purge(self, older_than: float) -> int:
+        """Forget messages whose every delivery ended before `older_than`."""
+        ...
+
+    # --- bounces
+    async def mark_bounce(self, delivery_id: int) -> bool:
+        """Owe the sender a DSN for this delivery: False for a null sender or if already owed."""
+        ...
+
+    async def pending_bounces(self, limit: int = 50) -> list[PendingBounce]: ...
+
+    async def settle_bounce(self, delivery_id: int, state: BounceState,
+                            detail: str = "") -> None: ...
+
+    # --- platform callbacks
+    async def record_status(self, delivery_id: int, queue_id: str, platform_id: str,
+                            status: str, classify: Callable[[bool], StatusClass],
+                            max_statuses: int) -> tuple[CallbackResult, StatusClass]:
+        """Keep a callback's status on its delivery, once however often it is repeated;
+        `classify` is told whether the delivery's request asked for Kannel status codes."""
+        ...
+
+    # --- health, metrics, the operator's queue commands
+    async def stats(self) -> SpoolStats: ...
+
+    async def probe_writable(self) -> None:
+        """A real write and commit: raises if the spool cannot store right now."""
+        ...
+
+    async def list_messages(self, *, include_finished: bool = False,
+                            limit: int = 1000) -> list[MessageSummary]: ...
+
+    async def show_message(self, queue_id: str) -> MessageDetail | None: ...
+
+    async def retry_message(self, queue_id: str) -> int | None:
+        """Make every unfinished or failed delivery due now; None if no such message."""
+        ...
+
+    async def drop_message(self, queue_id: str) -> bool: ...

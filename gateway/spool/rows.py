@@ -1,0 +1,106 @@
+"""What goes into the spool and what comes out of it: frozen dataclasses, the same whichever
+database holds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.spool.states import BounceState, State, StatusClass
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    recipient: str
+    request: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    mail_from: str
+    peer: str
+    helo: str
+    raw: bytes
+    deliveries: tuple[NewDelivery, ...]
+    auth_user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    message_id: str
+    recipient: str
+    request: Mapping[str, str]
+    attempts: int
+    received_at: float
+    auth_user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one attempt changed: the new state and when, if ever, to try again."""
+
+    delivery_id: int
+    state: State
+    next_attempt_at: float
+    event: str
+    detail: str = ""
+    platform_id: str | None = None
+    bounce: bool = False     # a final failure the envelope sender is to be told of
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBounce:
+    """A failed delivery whose sender is still to be told, with the mail it was about."""
+
+    delivery_id: int
+    queue_id: str
+    mail_from: str
+    recipient: str
+    received_at: float
+    state: State          # refused | failed | sent (a failed status by callback)
+    reason: str           # the last error, or the platform's status for a sent one
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    by_state: dict[str, int]
+    oldest_pending_age: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    id: str
+    received_at: float
+    mail_from: str
+    states: dict[str, int]
+    recipients: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDetail:
+    id: int
+    recipient: str
+    state: State
+    attempts: int
+    next_attempt_at: float
+    platform_id: str | None
+    last_error: str | None
+    request: dict[str, str]
+    status: str | None = None                 # the platform's last delivery status, verbatim
+    status_class: StatusClass | None = None
+    status_at: float | None = None
+    bounce: BounceState | None = None         # the DSN to the sender
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    id: str
+    received_at: float
+    mail_from: str
+    peer: str
+    helo: str
+    size: int
+    deliveries: list[DeliveryDetail]

@@ -1,0 +1,148 @@
+"""The spool's tables and how a file written by an earlier release is brought up to date.
+
+`PRAGMA user_version` holds the schema's version. A new spool runs the schema and every
+migration; an older one runs the migrations after its version, all in one transaction, so an
+upgrade that fails leaves the file as it was. A spool newer than this program is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+from gateway.errors import SpoolError
+from gateway.spool import sql
+
+log = logging.getLogger("smtp2pulse.spool")
+
+SCHEMA_VERSION = 3
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    mail_from   TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    helo        TEXT NOT NULL DEFAULT '',
+    auth_user   TEXT,
+    size        INTEGER NOT NULL,
+    raw         BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    message_id      TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    recipient       TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    platform_id     TEXT,
+    last_error      TEXT,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_attempt_at)
+    WHERE state IN ('queued', 'sending');
+CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries(message_id);
+CREATE TABLE IF NOT EXISTS events (
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    at          REAL NOT NULL,
+    kind        TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_delivery ON events(delivery_id);
+"""
+# Each step brings a spool from the version before it; a new spool runs them all.
+# (The states in the partial indexes are spelled as sql.UNFINISHED_IN spells them: the planner
+# uses such an index only for a query whose WHERE is the index's own.)
+MIGRATIONS = {
+    2: """
+ALTER TABLE deliveries ADD COLUMN status TEXT;        -- the platform's last status, verbatim
+ALTER TABLE deliveries ADD COLUMN status_class TEXT;  -- delivered | failed | pending | unknown
+ALTER TABLE deliveries ADD COLUMN status_at REAL;
+ALTER TABLE deliveries ADD COLUMN bounce TEXT;        -- pending | sent | failed (DSN to sender)
+CREATE INDEX IF NOT EXISTS deliveries_bounce ON deliveries(bounce) WHERE bounce = 'pending';
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+    3: """
+ALTER TABLE messages ADD COLUMN texts TEXT;  -- JSON list: the long values its requests share
+-- (No index on deliveries(state): the planner would take it for the lease's query instead of
+-- deliveries_due, and scan every queued row at each lease.)
+CREATE INDEX IF NOT EXISTS messages_by_arrival ON messages(received_at);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(message_id)
+    WHERE state IN ('queued', 'sending');
+""",
+}
+
+
+def open_writer(path: Path) -> sqlite3.Connection:
+    """The one connection that writes: created private if new, upgraded if old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _create_private(path)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute(sql.JOURNAL_WAL)
+    conn.execute(sql.SYNCHRONOUS_FULL)
+    conn.execute(sql.FOREIGN_KEYS_ON)
+    _migrate(conn, path)
+    return conn
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute(sql.QUERY_ONLY)
+    return conn
+
+
+def select(conn: sqlite3.Connection, statement: str,
+           params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    """The rows of a query, each read by column name."""
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    return cursor.execute(statement, params).fetchall()
+
+
+def select_one(conn: sqlite3.Connection, statement: str,
+               params: tuple[object, ...] = ()) -> sqlite3.Row | None:
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    row: sqlite3.Row | None = cursor.execute(statement, params).fetchone()
+    return row
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    row = select_one(conn, sql.USER_VERSION)
+    version = 0 if row is None else row["user_version"]
+    if version > SCHEMA_VERSION:
+        raise SpoolError(f"{path}: spool schema {version} is newer than this program")
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute(sql.BEGIN_WRITE)
+    for statement in _statements(SCHEMA):
+        conn.execute(statement)
+    for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+        for statement in _statements(MIGRATIONS[step]):
+            conn.execute(statement)
+    conn.execute(sql.SET_USER_VERSION.format(version=SCHEMA_VERSION))
+    conn.execute(sql.COMMIT)
+
+
+def _create_private(path: Path) -> None:
+    """A new spool is readable by its owner only: it holds every message's text and address.
+    SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    # An existing file keeps the mode its owner gave it (a group may be meant to read it); it is
+    # only pointed out.
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("spool %s is readable by others than its owner (mode %04o); "
+                    "chmod 600 it and its -wal and -shm files", path, mode)
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT on its own; one statement at a time keeps the upgrade atomic.
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]

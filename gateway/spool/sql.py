@@ -1,0 +1,137 @@
+"""Every statement the SQLite spool runs, by name; the schema itself is in schema.py.
+
+States are written into the text from the State enum, not bound as parameters: the partial
+indexes (deliveries_due, deliveries_pending) serve only queries whose WHERE is literally theirs.
+"""
+
+# Only State members and constant clauses are put into these texts, never a value from outside.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+from gateway.spool.states import RETRYABLE, UNFINISHED, BounceState, State
+
+
+def _in(states: tuple[State, ...]) -> str:
+    return "(" + ", ".join(f"'{state}'" for state in states) + ")"
+
+
+UNFINISHED_IN = _in(UNFINISHED)
+
+# --- connections -------------------------------------------------------------------------------
+
+JOURNAL_WAL = "PRAGMA journal_mode=WAL"
+# FULL (not NORMAL) in WAL mode: a committed row survives power loss, not just a crash.
+SYNCHRONOUS_FULL = "PRAGMA synchronous=FULL"
+FOREIGN_KEYS_ON = "PRAGMA foreign_keys=ON"
+QUERY_ONLY = "PRAGMA query_only=ON"
+USER_VERSION = "PRAGMA user_version"
+SET_USER_VERSION = "PRAGMA user_version={version:d}"   # a PRAGMA takes no parameters
+
+BEGIN_WRITE = "BEGIN IMMEDIATE"
+BEGIN_READ = "BEGIN"   # deferred: one snapshot for all of a read's queries, no lock
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+SAVEPOINT = "SAVEPOINT job"
+ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO job"
+RELEASE_SAVEPOINT = "RELEASE job"
+
+# --- the accept path ---------------------------------------------------------------------------
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_DELIVERY = (
+    "INSERT INTO deliveries (message_id, recipient, request, state, next_attempt_at, updated_at)"
+    f" VALUES (?, ?, ?, '{State.QUEUED}', ?, ?)")
+
+# --- the delivery path -------------------------------------------------------------------------
+
+RECOVER_LEASES = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
+    f" WHERE state = '{State.SENDING}'")
+LEASE = (
+    f"UPDATE deliveries SET state = '{State.SENDING}', next_attempt_at = ?, updated_at = ?"
+    f" WHERE id IN (SELECT id FROM deliveries WHERE state IN {UNFINISHED_IN}"
+    "   AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+    " RETURNING id, message_id, recipient, request, attempts")
+# The ids come as one JSON array: one statement whatever their number.
+MESSAGES_META = (
+    "SELECT id, received_at, auth_user, texts FROM messages"
+    " WHERE id IN (SELECT value FROM json_each(?))")
+NEXT_DUE = (
+    "SELECT min(next_attempt_at) AS due FROM deliveries"
+    f" WHERE state IN {UNFINISHED_IN}")
+RECORD_RESULT = (
+    "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+    " platform_id = coalesce(?, platform_id), last_error = ?, updated_at = ? WHERE id = ?")
+INSERT_EVENT = "INSERT INTO events (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)"
+PURGE = (
+    "DELETE FROM messages WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+    f" WHERE d.message_id = messages.id AND (d.state IN {UNFINISHED_IN} OR d.updated_at >= ?))")
+
+# --- bounces -----------------------------------------------------------------------------------
+
+MARK_BOUNCE = (
+    f"UPDATE deliveries SET bounce = '{BounceState.PENDING}' WHERE id = ? AND bounce IS NULL"
+    " AND (SELECT mail_from FROM messages WHERE messages.id = deliveries.message_id) != ''")
+PENDING_BOUNCES = (
+    "SELECT d.id AS delivery_id, m.id AS queue_id, m.mail_from, d.recipient, m.received_at,"
+    " d.state, coalesce(d.last_error, d.status, '') AS reason, m.raw"
+    " FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    f" WHERE d.bounce = '{BounceState.PENDING}' ORDER BY d.id LIMIT ?")
+SETTLE_BOUNCE = "UPDATE deliveries SET bounce = ? WHERE id = ?"
+
+# --- platform callbacks ------------------------------------------------------------------------
+
+# kannel_status is a delivery's own short field, so always inline in its request's JSON.
+DELIVERY_FOR_STATUS = (
+    "SELECT coalesce(json_extract(request, '$.kannel_status') = '1', 0) AS kannel"
+    " FROM deliveries WHERE id = ? AND message_id = ?")
+STATUS_SEEN = "SELECT 1 FROM events WHERE delivery_id = ? AND kind = ? AND detail = ?"
+STATUS_COUNT = "SELECT count(*) AS n FROM events WHERE delivery_id = ? AND kind = ?"
+RECORD_STATUS = (
+    "UPDATE deliveries SET status = ?, status_class = ?, status_at = ?,"
+    " platform_id = coalesce(platform_id, nullif(?, '')) WHERE id = ?")
+
+# --- health and metrics ------------------------------------------------------------------------
+
+COUNT_BY_STATE = "SELECT state, count(*) AS n FROM deliveries GROUP BY state"
+# Queue ids begin with their received_at, zero-padded, so the least id of an unfinished delivery
+# is the oldest one: one step down the index of unfinished deliveries (named, so that the plan
+# does not rest on the planner's guess), not a join over the backlog.
+OLDEST_PENDING = (
+    "SELECT received_at FROM messages WHERE id = (SELECT min(message_id) FROM deliveries"
+    f" INDEXED BY deliveries_pending WHERE state IN {UNFINISHED_IN})")
+PROBE_WRITE = (
+    "INSERT INTO meta (key, value) VALUES ('health', ?)"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+
+# --- the operator's queue commands -------------------------------------------------------------
+
+# The oldest messages first, along the index on received_at, and only then their deliveries:
+# joining first would sort every delivery in the spool to show `limit`.
+_LIST = (
+    "SELECT m.id, m.received_at, m.mail_from, d.state, d.recipient"
+    " FROM (SELECT id, received_at, mail_from FROM messages m {where}"
+    " ORDER BY received_at LIMIT ?) m JOIN deliveries d ON d.message_id = m.id"
+    " ORDER BY m.received_at, d.id LIMIT ?")
+LIST_ALL = _LIST.format(where="")
+LIST_UNFINISHED = _LIST.format(
+    where="WHERE EXISTS (SELECT 1 FROM deliveries a WHERE a.message_id = m.id"
+          f" AND a.state IN {UNFINISHED_IN})")
+SHOW_MESSAGE = (
+    "SELECT id, received_at, mail_from, peer, helo, size, texts FROM messages WHERE id = ?")
+SHOW_DELIVERIES = (
+    "SELECT id, recipient, state, attempts, next_attempt_at, platform_id, last_error, request,"
+    " status, status_class, status_at, bounce FROM deliveries WHERE message_id = ? ORDER BY id")
+# Arrival is the message's own time, not an event row: one insert less per message. (Spools
+# written before that have the row; it is not shown twice.)
+SHOW_EVENTS = (
+    "SELECT at, kind, detail FROM events WHERE delivery_id = ? AND kind != 'received'"
+    " ORDER BY at, rowid")
+MESSAGE_EXISTS = "SELECT 1 FROM messages WHERE id = ?"
+RETRY_MESSAGE = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
+    f" WHERE message_id = ? AND state IN {_in(RETRYABLE)} RETURNING id")
+DROP_MESSAGE = "DELETE FROM messages WHERE id = ?"

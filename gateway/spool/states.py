@@ -1,0 +1,47 @@
+"""The words the spool stores for where a delivery is: its state, its platform status, its DSN.
+
+StrEnums whose values are exactly the strings in existing spool files, so a file written by any
+earlier release reads unchanged, and a member compares equal to the text it stands for.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+
+class State(StrEnum):
+    """A delivery's own state: where it is in our hands."""
+
+    QUEUED = "queued"      # due at next_attempt_at
+    SENDING = "sending"    # leased to a worker until next_attempt_at
+    SENT = "sent"          # the platform took it
+    REFUSED = "refused"    # the platform said never
+    FAILED = "failed"      # given up on
+
+
+# Deliveries still in our hands: the lease takes them, `queue list` shows them.
+UNFINISHED = (State.QUEUED, State.SENDING)
+# What an operator's retry makes due again (a `sending` one is already being tried).
+RETRYABLE = (State.QUEUED, State.FAILED, State.REFUSED)
+
+
+class StatusClass(StrEnum):
+    """What the platform's last status (kept verbatim beside it) means for the recipient."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    PENDING = "pending"
+    UNKNOWN = "unknown"
+
+
+class BounceState(StrEnum):
+    """The delivery status notification owed to the envelope sender."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+# What became of one platform callback.
+CallbackResult = Literal["recorded", "repeated", "unknown", "ignored"]
