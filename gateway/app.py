@@ -83,7 +83,7 @@ class Gateway:
             if recovered:
                 log.warning("took back %d deliveries left in flight by a previous run", recovered)
             if self._config.http is not None:   # also for a reload that drops its own secret
-                self._spool_secret = await meta.callback_secret(self.spool)
+                self._spool_secret = await self.spool.callback_secret()
                 self._config = meta.with_callback_secret(self._config, self._spool_secret)
             await _start(self.sender)
             await self.worker.start()

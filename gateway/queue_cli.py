@@ -1,7 +1,7 @@
 """`smtp2pulse queue`: the spool from the command line, like `mailq` and `postcat`.
 
 `list` says in its header line what it shows: by default what is still to be sent; with --all
-or any filter, every delivery the spool keeps. Runs beside a live daemon (see spool/admin.py).
+or any filter, every delivery the spool keeps. Runs beside a live daemon (see spool/queue_view.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from gateway.config.loader import Config, load_config
 from gateway.config.units import parse_duration
 from gateway.errors import SpoolError
-from gateway.spool import admin
-from gateway.spool.search import SHOWN_STATES, Search, find_deliveries
+from gateway.spool.rows import Search
+from gateway.spool.states import SHOWN
 from gateway.spool.store import Spool
 from gateway.status import display as view
 
@@ -34,7 +34,7 @@ def add_arguments(queue: argparse.ArgumentParser) -> None:
                          help="as written in RCPT TO (89001234567@sms.local) or as sent "
                               "(79001234567)")
     listing.add_argument("--since", metavar="DURATION", help="received in the last 30m, 2h, 1d…")
-    listing.add_argument("--state", choices=SHOWN_STATES)
+    listing.add_argument("--state", choices=[str(state) for state in SHOWN])
     listing.add_argument("--json", action="store_true", help="one JSON array")
     show = actions.add_parser("show", help="a message with its whole history")
     show.add_argument("queue_id", metavar="ID")
@@ -81,7 +81,7 @@ def _header(args: argparse.Namespace, count: int) -> str:
 
 async def _action(spool: Spool, args: argparse.Namespace, search: Search | None) -> int:
     if search is not None:
-        lines = list(reversed(await find_deliveries(spool, search)))
+        lines = list(reversed(await spool.find_deliveries(search)))
         if args.json:
             json.dump([view.line_json(line) for line in lines], sys.stdout,
                       ensure_ascii=False, indent=2)
@@ -92,7 +92,7 @@ async def _action(spool: Spool, args: argparse.Namespace, search: Search | None)
                 print(view.line_text(line))
         return EX_OK
     if args.action == "show":
-        detail = await admin.show_message(spool, args.queue_id)
+        detail = await spool.show_message(args.queue_id)
         if detail is None:
             return _not_found(args.queue_id)
         if args.json:
@@ -102,12 +102,12 @@ async def _action(spool: Spool, args: argparse.Namespace, search: Search | None)
             print("\n".join(view.detail_lines(detail)))
         return EX_OK
     if args.action == "retry":
-        count = await admin.retry_message(spool, args.queue_id)
+        count = await spool.retry_message(args.queue_id)
         if count is None:
             return _not_found(args.queue_id)
         print(f"{args.queue_id}: {count} deliveries queued for a new attempt")
         return EX_OK
-    if not await admin.drop_message(spool, args.queue_id):
+    if not await spool.drop_message(args.queue_id):
         return _not_found(args.queue_id)
     print(f"{args.queue_id}: dropped")
     return EX_OK

@@ -8,29 +8,19 @@ spool.
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import sqlite3
 
 from gateway.config.loader import Config, Secret
-from gateway.spool.store import Spool
+from gateway.spool import sql
 
 CALLBACK_SECRET = "callback_secret"  # noqa: S105 - the key it is kept under
-META_IF_ABSENT = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING"
-META_VALUE = "SELECT value FROM meta WHERE key = ?"
 
 
 def get_or_set(conn: sqlite3.Connection, key: str, value: str) -> str:
     """The value kept under `key`, `value` if there was none: one statement decides, so two
     gateways starting at once end up with the same."""
-    conn.execute(META_IF_ABSENT, (key, value))
-    return str(conn.execute(META_VALUE, (key,)).fetchone()[0])
-
-
-async def callback_secret(spool: Spool) -> str:
-    """The spool's callback secret, made (random, 256 bits) the first time it is asked for."""
-    candidate = secrets.token_urlsafe(32)
-
-    return await spool.run(lambda conn: get_or_set(conn, CALLBACK_SECRET, candidate))
+    conn.execute(sql.META_IF_ABSENT, (key, value))
+    return str(conn.execute(sql.META_VALUE, (key,)).fetchone()[0])
 
 
 def with_callback_secret(config: Config, secret: str | None) -> Config:

@@ -10,8 +10,7 @@ import time
 from typing import Any
 
 from gateway.privacy import mask_personal
-from gateway.spool.admin import DeliveryDetail, MessageDetail
-from gateway.spool.search import DeliveryLine
+from gateway.spool.rows import DeliveryDetail, DeliveryLine, MessageDetail
 
 _LONG_FIELDS = ("sent_text", "html_text")
 

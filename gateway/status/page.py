@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.config.loader import Config
-from gateway.spool import admin
-from gateway.spool.search import SHOWN_STATES, Search, find_deliveries, overview
-from gateway.spool.store import Spool
+from gateway.spool.interface import SpoolInterface
+from gateway.spool.rows import Search
+from gateway.spool.states import SHOWN
 from gateway.status import display as view
 
 if TYPE_CHECKING:
@@ -48,8 +48,8 @@ def _templates() -> dict[str, jinja2.Template]:
 
 
 class StatusPage:
-    def __init__(self, config: Callable[[], Config], spool: Spool, ready: Callable[[], bool],
-                 sending: Callable[[], bool]) -> None:
+    def __init__(self, config: Callable[[], Config], spool: SpoolInterface,
+                 ready: Callable[[], bool], sending: Callable[[], bool]) -> None:
         self.config = config
         self.spool = spool
         self.ready = ready
@@ -63,20 +63,20 @@ class StatusPage:
     async def index(self, request: web.Request) -> web.Response:
         query = request.query.get("q", "").strip()[:MAX_QUERY]
         if query:
-            if _QUEUE_ID.fullmatch(query) and await admin.show_message(
-                    self.spool, query.upper()) is not None:
+            if _QUEUE_ID.fullmatch(query) and await self.spool.show_message(
+                    query.upper()) is not None:
                 raise web.HTTPSeeOther(f"/queue/{query.upper()}")
-            lines = await find_deliveries(self.spool, Search(to=query, limit=FOUND))
+            lines = await self.spool.find_deliveries(Search(to=query, limit=FOUND))
         else:
-            lines = await find_deliveries(self.spool, Search(limit=RECENT))
+            lines = await self.spool.find_deliveries(Search(limit=RECENT))
         return await self._render("index.html", query=query, lines=lines,
-                            overview=await overview(self.spool), states=SHOWN_STATES,
+                            overview=await self.spool.overview(), states=SHOWN,
                             ready=self.ready(), sending=self.sending(),
                             limit=FOUND if query else RECENT)
 
     async def message(self, request: web.Request) -> web.Response:
         queue_id = request.match_info["queue_id"]
-        detail = await admin.show_message(self.spool, queue_id)
+        detail = await self.spool.show_message(queue_id)
         if detail is None:
             return await self._render("message.html", status=404, queue_id=queue_id, detail=None)
         deliveries = [(d, view.shown_state(d)) for d in detail.deliveries]
