@@ -27,6 +27,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
 from gateway.smtp.server import SmtpFront
+from gateway.spool import meta
 from gateway.spool.store import Spool
 from gateway.status.metrics import Metrics
 
@@ -69,6 +70,7 @@ class Gateway:
                                        sending=lambda: getattr(self.sender, "running", True),
                                        on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None
+        self._spool_secret: str | None = None   # http.callback_secret when the config has none
 
     @property
     def config(self) -> Config:
@@ -80,6 +82,9 @@ class Gateway:
             recovered = await self.spool.start()
             if recovered:
                 log.warning("took back %d deliveries left in flight by a previous run", recovered)
+            if self._config.http is not None:   # also for a reload that drops its own secret
+                self._spool_secret = await self.spool.callback_secret()
+                self._config = meta.with_callback_secret(self._config, self._spool_secret)
             await _start(self.sender)
             await self.worker.start()
             await self.bouncer.start()
@@ -120,7 +125,8 @@ class Gateway:
         for key in _RESTART_ONLY:
             if _dig(new, key) != _dig(self._config, key):
                 log.warning("reload: %s changed; that takes effect only after a restart", key)
-        self._config = _keep_restart_only(new, self._config)
+        self._config = meta.with_callback_secret(_keep_restart_only(new, self._config),
+                                                 self._spool_secret)
         log.info("config reloaded: %d domains", len(new.domains))
         self.notifier.reloaded(f"accepting mail for {len(new.domains)} domains")
         return True

@@ -9,10 +9,9 @@ import json
 import logging
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
+from gateway import queue_cli
 from gateway.app import SpoolLocked, serve
 from gateway.config.access import policy_for
 from gateway.config.loader import DEFAULT_PATH, Config, Listener, load_config
@@ -25,11 +24,8 @@ from gateway.message.prepare import prepare
 from gateway.message.recipients import resolve_recipients
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
-from gateway.spool import admin
-from gateway.spool.store import Spool
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
-T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,14 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--from", dest="mail_from", default="", metavar="ADDR",
                          help="envelope sender")
     preview.add_argument("message", nargs="?", help="RFC 5322 message file (default: stdin)")
-    queue = command("queue", _queue, "inspect and manage the spool")
-    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="messages with deliveries still to do")
-    listing.add_argument("--all", action="store_true", help="include finished messages")
-    for name, helptext in (("show", "a message with its whole history"),
-                           ("retry", "send a message's unfinished or failed deliveries now"),
-                           ("drop", "remove a message and its deliveries from the spool")):
-        actions.add_parser(name, help=helptext).add_argument("queue_id", metavar="ID")
+    queue_cli.add_arguments(command("queue", queue_cli.run, "inspect and manage the spool"))
     command("hash-password", _hash_password, "print a hash for smtp.auth.users.*.password_hash",
             config=False)
     return parser
@@ -165,66 +154,6 @@ def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_fr
             entry["sms"] = {"encoding": sms.encoding, "parts": sms.parts}
         printed.append(entry)
     return printed
-
-
-def _queue(args: argparse.Namespace) -> int:
-    config = load_config(args.config, dry_run=True)
-    if not config.spool.path.exists():
-        print(f"no spool at {config.spool.path}", file=sys.stderr)
-        return EX_FAIL
-    return _with_spool(config, lambda spool: _queue_action(spool, args))
-
-
-async def _queue_action(spool: Spool, args: argparse.Namespace) -> int:
-    if args.action == "list":
-        messages = await admin.list_messages(spool, include_finished=args.all)
-        for m in messages:
-            states = ",".join(f"{state}:{count}" for state, count in sorted(m.states.items()))
-            print(f"{m.id}  {_when(m.received_at)}  <{m.mail_from}>  {states}  "
-                  f"{' '.join(m.recipients)}")
-        print(f"{len(messages)} messages", file=sys.stderr)
-        return EX_OK
-    if args.action == "show":
-        detail = await admin.show_message(spool, args.queue_id)
-        if detail is None:
-            return _not_found(args.queue_id)
-        json.dump(admin.as_jsonable(detail), sys.stdout, ensure_ascii=False, indent=2)
-        print()
-        return EX_OK
-    if args.action == "retry":
-        count = await admin.retry_message(spool, args.queue_id)
-        if count is None:
-            return _not_found(args.queue_id)
-        print(f"{args.queue_id}: {count} deliveries queued for a new attempt")
-        return EX_OK
-    if not await admin.drop_message(spool, args.queue_id):
-        return _not_found(args.queue_id)
-    print(f"{args.queue_id}: dropped")
-    return EX_OK
-
-
-def _not_found(queue_id: str) -> int:
-    print(f"{queue_id}: no such message", file=sys.stderr)
-    return EX_FAIL
-
-
-def _with_spool(config: Config, action: Callable[[Spool], Awaitable[int]]) -> int:
-    async def run() -> int:
-        spool = Spool(config.spool.path)
-        await spool.start(recover=False)  # the daemon may be running
-        try:
-            return await action(spool)
-        finally:
-            await spool.stop()
-    try:
-        return asyncio.run(run())
-    except SpoolError as exc:
-        print(f"spool: {exc}", file=sys.stderr)
-        return EX_FAIL
-
-
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 def _hash_password(args: argparse.Namespace) -> int:

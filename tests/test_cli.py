@@ -102,7 +102,7 @@ async def test_queue_list_show_retry_drop(
     assert await asyncio.to_thread(main, ["queue", "-c", c, "list", "--all"]) == 0
     assert f"{queue_id}  " in capsys.readouterr().out
 
-    assert await asyncio.to_thread(main, ["queue", "-c", c, "show", queue_id]) == 0
+    assert await asyncio.to_thread(main, ["queue", "-c", c, "show", queue_id, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     [delivery] = shown["deliveries"]
     assert delivery["state"] == "refused" and delivery["last_error"] == "no money"

@@ -56,3 +56,13 @@ def test_what_the_daemon_loads_follows_its_config(tmp_path: Path, mode: str, htt
 
 def test_the_sender_process_loads_no_yaml() -> None:
     assert _loaded_after("import gateway.delivery.sender_process", ("yaml",)) == []
+
+
+def test_the_status_page_loads_jinja2_only_when_first_rendered(tmp_path: Path) -> None:
+    code = _gateway(tmp_path, http=True)
+    assert _loaded_after(code, ("jinja2",)) == []
+    rendered = code.replace("Gateway(parse_config", "g = Gateway(parse_config") + (
+        "\nimport asyncio\nfrom gateway.status.page import StatusPage\n"
+        "page = StatusPage(lambda: g.config, g.spool, lambda: True, lambda: True)\n"
+        "asyncio.run(page._render('message.html', queue_id='X', detail=None))")
+    assert _loaded_after(rendered, ("jinja2",)) == ["jinja2"]   # the check sees it when there

@@ -331,9 +331,10 @@ def _http(data: dict[str, Any], problems: v.Problems) -> HttpConfig:
     public_url = v.value(data, "public_url", path, v.url, None, problems) \
         if data.get("public_url") else None
     secret = v.value(data, "callback_secret", path, v.text, "", problems)
-    if public_url and len(secret) < 16:
-        problems.add("http.callback_secret", "at least 16 characters are required when "
-                     "public_url is set (callbacks are signed with it)")
+    # Absent (or ""), the spool makes one and keeps it; one that is set must be strong.
+    if secret and len(secret) < 16:
+        problems.add("http.callback_secret", "at least 16 characters are required "
+                     "(callbacks are signed with it); leave it out to have one made")
     return HttpConfig(listen=listen, public_url=public_url, callback_secret=Secret(secret),
                       allow_networks=v.value(data, "allow_networks", path, v.networks, LOOPBACK,
                                             problems))

@@ -12,11 +12,14 @@ from typing import Protocol
 
 from gateway.spool.rows import (
     Delivery,
+    DeliveryLine,
     IncomingMessage,
     MessageDetail,
     MessageSummary,
+    Overview,
     PendingBounce,
     Result,
+    Search,
     SpoolStats,
 )
 from gateway.spool.states import BounceState, CallbackResult, StatusClass
@@ -86,3 +89,17 @@ class SpoolInterface(Protocol):
         ...
 
     async def drop_message(self, queue_id: str) -> bool: ...
+
+    async def find_deliveries(self, query: Search) -> list[DeliveryLine]:
+        """The deliveries that match, newest first, at most `query.limit` (search.py)."""
+        ...
+
+    async def overview(self, *, errors: int = 5) -> Overview:
+        """The queue at a glance for the status page, with the `errors` newest failures."""
+        ...
+
+    # --- values kept for the gateways
+    async def callback_secret(self) -> str:
+        """The secret that signs callback URLs, made (random) the first time it is asked for
+        and the same afterwards, for every gateway of the spool."""
+        ...

@@ -104,3 +104,37 @@ class MessageDetail:
     helo: str
     size: int
     deliveries: list[DeliveryDetail]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLine:
+    """One delivery as `queue list` and the status page show it."""
+
+    queue_id: str
+    delivery_id: int
+    received_at: float
+    recipient: str          # as written in RCPT TO
+    sent_to: str | None     # as sent to the platform
+    state: str              # one of states.SHOWN
+    attempts: int
+    last_error: str | None
+    status: str | None      # the platform's last status, verbatim
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    to: str | None = None         # a recipient as written or as sent
+    since: float | None = None    # received at or after (epoch seconds)
+    state: str | None = None      # one of states.SHOWN
+    queue_id: str | None = None
+    pending_only: bool = False
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    by_state: dict[str, int]      # by shown state
+    oldest_waiting: DeliveryLine | None
+    sent_last_hour: int
+    recent_errors: list[DeliveryLine]

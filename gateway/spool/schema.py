@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import SpoolError
@@ -94,7 +95,7 @@ def open_reader(path: Path) -> sqlite3.Connection:
 
 
 def select(conn: sqlite3.Connection, statement: str,
-           params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+           params: tuple[object, ...] | Mapping[str, object] = ()) -> list[sqlite3.Row]:
     """The rows of a query, each read by column name."""
     cursor = conn.cursor()
     cursor.row_factory = sqlite3.Row

@@ -14,7 +14,7 @@ OLDEST_PENDING (INDEXED BY; plain there) and SHOW_EVENTS (rowid breaks ties of `
 
 from __future__ import annotations
 
-from gateway.spool.states import RETRYABLE, UNFINISHED, BounceState, State
+from gateway.spool.states import RETRYABLE, UNFINISHED, BounceState, State, StatusClass
 
 
 def _in(states: tuple[State, ...]) -> str:
@@ -139,3 +139,43 @@ RETRY_MESSAGE = (
     f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
     f" WHERE message_id = ? AND state IN {_in(RETRYABLE)} RETURNING id")
 DROP_MESSAGE = "DELETE FROM messages WHERE id = ?"
+
+# --- finding deliveries, the status page's overview (search.py) ------------------------------
+
+# A delivery in the state a person asks about: sent until the platform's status says more.
+SHOWN_STATE = (
+    f"CASE WHEN d.state = '{State.SENT}' AND d.status_class IN ('{StatusClass.DELIVERED}',"
+    f" '{StatusClass.FAILED}', '{StatusClass.UNKNOWN}') THEN d.status_class ELSE d.state END")
+# The platform's sent_to, short enough to be in the delivery's own JSON (a long one is an index
+# into the message's texts, and is then left out: the recipient as written still matches).
+_SENT_TO = "json_extract(d.request, '$.sent_to')"
+_LINE = (f"SELECT d.message_id, d.id, m.received_at, d.recipient, {_SENT_TO} AS sent_to,"
+         f" {SHOWN_STATE} AS shown, d.attempts, d.last_error, d.status, d.updated_at"
+         " FROM deliveries d JOIN messages m ON m.id = d.message_id")
+# Newest first along the index of deliveries by message (queue ids begin with their arrival
+# time): the scan stops at :limit matches, where ordering by time would sort every one, and
+# :from_id (the id prefix of --since) makes it a range. Each filter is off when NULL.
+_FILTERS = (" AND (:since IS NULL OR m.received_at >= :since)"
+            f" AND (:state IS NULL OR {SHOWN_STATE} = :state)"
+            " AND (:queue_id IS NULL OR d.message_id = :queue_id)"
+            f" AND (:to IS NULL OR lower(d.recipient) = :to OR {_SENT_TO} IN (:to, :to_number)"
+            " OR lower(d.recipient) LIKE :to_local ESCAPE '\\')"
+            " ORDER BY d.message_id DESC, d.id DESC LIMIT :limit")
+FIND_DELIVERIES = _LINE + " WHERE d.message_id >= :from_id" + _FILTERS
+FIND_UNFINISHED = (_LINE + f" WHERE d.state IN {UNFINISHED_IN} AND d.message_id >= :from_id"
+                   + _FILTERS)
+COUNT_BY_SHOWN_STATE = (
+    f"SELECT {SHOWN_STATE} AS shown, count(*) AS n FROM deliveries d GROUP BY 1")
+# Queue ids begin with their arrival time, so the least unfinished one is the oldest.
+OLDEST_WAITING = (
+    _LINE + " WHERE d.id = (SELECT id FROM deliveries INDEXED BY deliveries_pending"
+    f" WHERE state IN {UNFINISHED_IN} ORDER BY message_id, id LIMIT 1)")
+SENT_SINCE = "SELECT count(*) AS n FROM events WHERE kind = 'sent' AND at >= ?"
+RECENT_ERRORS = (
+    _LINE + f" WHERE d.last_error IS NOT NULL OR d.status_class = '{StatusClass.FAILED}'"
+    " ORDER BY d.message_id DESC, d.id DESC LIMIT ?")
+
+# --- small values kept for the gateways (meta.py) --------------------------------------------
+
+META_IF_ABSENT = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING"
+META_VALUE = "SELECT value FROM meta WHERE key = ?"

@@ -43,5 +43,11 @@ class BounceState(StrEnum):
     FAILED = "failed"
 
 
+# What `queue list --state` and the status page call a delivery: its State, except that a sent
+# one is delivered, failed or unknown once the platform's status says so.
+SHOWN = (State.QUEUED, State.SENDING, State.SENT, StatusClass.DELIVERED, StatusClass.FAILED,
+         State.REFUSED, StatusClass.UNKNOWN)
+
+
 # What became of one platform callback.
 CallbackResult = Literal["recorded", "repeated", "unknown", "ignored"]

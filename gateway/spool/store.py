@@ -18,17 +18,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.errors import ShuttingDown, TooManyTexts
-from gateway.spool import deliveries, followup, queue_view
+from gateway.spool import deliveries, followup, meta, queue_view, search
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.packing import SHARED_MIN, load_texts, pack_requests, unpack_request
 from gateway.spool.rows import (
     Delivery,
+    DeliveryLine,
     IncomingMessage,
     MessageDetail,
     MessageSummary,
     NewDelivery,
+    Overview,
     PendingBounce,
     Result,
+    Search,
     SpoolStats,
 )
 from gateway.spool.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, _statements
@@ -208,6 +211,18 @@ class Spool:
 
     async def drop_message(self, queue_id: str) -> bool:
         return await self.run(functools.partial(queue_view.drop_message, queue_id=queue_id))
+
+    async def find_deliveries(self, query: Search) -> list[DeliveryLine]:
+        return await self.read(functools.partial(search.find_deliveries, search=query))
+
+    async def overview(self, *, errors: int = 5) -> Overview:
+        return await self.read(functools.partial(search.overview, clock=self.clock,
+                                                 errors=errors))
+
+    async def callback_secret(self) -> str:
+        candidate = secrets.token_urlsafe(32)   # 256 bits, used only if there is none yet
+        return await self.run(functools.partial(meta.get_or_set, key=meta.CALLBACK_SECRET,
+                                                value=candidate))
 
 
 if TYPE_CHECKING:

@@ -19,6 +19,7 @@ from gateway.spool.states import State
 from gateway.spool.store import Spool
 from gateway.status import callbacks as tracking
 from gateway.status.metrics import CONTENT_TYPE, Metrics
+from gateway.status.page import StatusPage
 
 log = logging.getLogger("smtp2pulse.status")
 
@@ -53,6 +54,7 @@ class StatusServer:
         app.router.add_route("GET", "/callback", self._callback)
         app.router.add_route("POST", "/callback", self._callback)
         app.router.add_get("/messages/{queue_id}", self._message)
+        StatusPage(self.config, self.spool, self.ready, self.sending).add_routes(app.router)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.listen.host, self.listen.port,
@@ -76,7 +78,7 @@ class StatusServer:
     async def _guard(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                      ) -> web.StreamResponse:
-        # Metrics and message history are for the operator's networks only.
+        # Metrics, message history and the page are for the operator's networks only.
         if request.path in ("/healthz", "/callback"):
             return await handler(request)
         if not allowed(request.remote, self._http().allow_networks):

@@ -1,0 +1,110 @@
+"""How deliveries and messages read to a person: local times, the recipient in both forms, a
+message's history as lines. Shared by `queue list/show` and the status page, so both say the
+same thing; `--json` gives the same with ISO 8601 times."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from typing import Any
+
+from gateway.privacy import mask_personal
+from gateway.spool.rows import DeliveryDetail, DeliveryLine, MessageDetail
+
+_LONG_FIELDS = ("sent_text", "html_text")
+
+
+def local_time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def recipient(written: str, sent_to: str | None) -> str:
+    """As sent, and as written in RCPT TO when that differs."""
+    if not sent_to or sent_to.lower() in (written.lower(), written.split("@")[0].lower()):
+        return written
+    return f"{sent_to} ({written})"
+
+
+def platform_note(line: DeliveryLine) -> str:
+    """The platform's last word on a delivery: its status, else the last error."""
+    if line.status:
+        return f"status {line.status}"
+    return line.last_error or ""
+
+
+def line_text(line: DeliveryLine) -> str:
+    attempts = f"{line.attempts} attempt" + ("" if line.attempts == 1 else "s")
+    note = platform_note(line)
+    return (f"{line.queue_id}  {local_time(line.received_at)}  "
+            f"{recipient(line.recipient, line.sent_to)}  {line.state}  {attempts}"
+            + (f"  {note}" if note else ""))
+
+
+def line_json(line: DeliveryLine) -> dict[str, Any]:
+    data = dataclasses.asdict(line)
+    data["received_at"] = iso_time(line.received_at)
+    data["updated_at"] = iso_time(line.updated_at)
+    return data
+
+
+def shown_state(delivery: DeliveryDetail) -> str:
+    if delivery.state == "sent" and delivery.status_class in ("delivered", "failed", "unknown"):
+        return delivery.status_class
+    return delivery.state
+
+
+def detail_lines(detail: MessageDetail) -> list[str]:
+    """`queue show`: the message, then each delivery with its events one a line."""
+    lines = [f"message {detail.id}",
+             f"  received  {local_time(detail.received_at)} from <{detail.mail_from}>",
+             f"  client    {detail.peer} (HELO {detail.helo or '-'}), {detail.size} bytes"]
+    for d in detail.deliveries:
+        lines += ["", f"delivery {d.id} to {recipient(d.recipient, d.request.get('sent_to'))}:"
+                      f" {shown_state(d)}",
+                  f"  attempts  {d.attempts}"
+                  + (f", next {local_time(d.next_attempt_at)}"
+                     if d.state in ("queued", "sending") else "")]
+        if d.platform_id:
+            lines.append(f"  platform  id {d.platform_id}")
+        if d.status:
+            lines.append(f"  status    {d.status} ({d.status_class}) at {local_time(d.status_at)}")
+        if d.last_error:
+            lines.append(f"  error     {d.last_error}")
+        if d.bounce:
+            lines.append(f"  bounce    {d.bounce}")
+        short = {k: v for k, v in d.request.items() if k not in _LONG_FIELDS}
+        lines.append("  request   " + " ".join(f"{k}={v!r}" for k, v in short.items()))
+        lines += [f"  {key:<9} {_cut(d.request[key])!r}" for key in _LONG_FIELDS
+                  if key in d.request]
+        lines += [f"  {local_time(at)}  {kind}" + (f"  {text}" if text else "")
+                  for at, kind, text in d.events]
+    return lines
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def detail_json(detail: MessageDetail) -> dict[str, Any]:
+    data = dataclasses.asdict(detail)
+    data["received_at"] = iso_time(detail.received_at)
+    for shown, d in zip(data["deliveries"], detail.deliveries, strict=True):
+        shown["shown_state"] = shown_state(d)
+        for key in ("next_attempt_at", "status_at"):
+            shown[key] = iso_time(shown[key])
+        shown["events"] = [{"at": iso_time(at), "kind": kind, "detail": text}
+                           for at, kind, text in d.events]
+    return data
+
+
+def masked(text: str, mask: bool) -> str:
+    return mask_personal(text) if mask else text
