@@ -2,81 +2,55 @@
 
 What differs from the SQLite spool, and why:
 
-- Leases are claimed with `FOR UPDATE SKIP LOCKED`: gateways leasing at the same moment get
-  different rows and never wait on each other. A lease is a `sending` row whose
-  `next_attempt_at` is its expiry, as in SQLite; a gateway that dies leaves its leases to
-  expire, and whoever leases next takes them over. Nobody takes a lease that has not expired,
-  and a lease outlives its request's whole deadline (`api.timeout`), so a live one is never
-  stolen.
-- Start takes back no lease: in SQLite one process owns the spool, so a `sending` row at start
-  was left by a crash; here it may be another gateway's live send.
-- Each commit that makes something due sends one NOTIFY: every gateway LISTENs and its worker
-  wakes at once, instead of waiting for its next look at the clock.
+- Leases are claimed with `FOR UPDATE SKIP LOCKED` (see pg/sql.py). A gateway that dies
+  leaves its leases to expire, and whoever leases next takes them over; nobody takes a lease
+  that has not expired, and a lease outlives its request's whole deadline (`api.timeout`), so
+  a live one is never stolen.
+- `start` takes back no lease: in SQLite one process owns the spool, so a `sending` row at
+  start was left by a crash; here it may be another gateway's live send.
+- A commit that makes something due sends one NOTIFY; every gateway LISTENs (pg/link.py), so
+  its worker wakes at once instead of at its next look at the clock.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import asyncpg
 
+from gateway.spool.packing import load_texts, pack_requests, unpack_request
+from gateway.spool.pg import sql
 from gateway.spool.pg.link import Link
 from gateway.spool.pg.schema import prepare
-from gateway.spool.store import (
+from gateway.spool.rows import (
     Delivery,
+    DeliveryDetail,
     IncomingMessage,
+    MessageDetail,
+    MessageSummary,
+    PendingBounce,
     Result,
-    load_texts,
-    new_queue_id,
-    pack_requests,
-    unpack_request,
+    SpoolStats,
 )
+from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
+from gateway.spool.store import new_queue_id
 
-ACCEPT = """
-WITH message AS (
-    INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-)
-INSERT INTO deliveries (message_id, recipient, request, state, next_attempt_at, updated_at)
-SELECT $1, recipient, request, 'queued', $2, $2 FROM unnest($10::text[], $11::text[])
-    AS t(recipient, request)
-"""
-LEASE = """
-WITH taken AS (
-    UPDATE deliveries SET state = 'sending', next_attempt_at = $1, updated_at = $2
-    WHERE id IN (SELECT id FROM deliveries WHERE state IN ('queued', 'sending')
-                 AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3
-                 FOR UPDATE SKIP LOCKED)
-    RETURNING id, message_id, recipient, request, attempts
-)
-SELECT taken.*, m.received_at, m.auth_user, m.texts
-FROM taken JOIN messages m ON m.id = taken.message_id ORDER BY taken.id
-"""
-NEXT_DUE = ("SELECT min(next_attempt_at) FROM deliveries"
-            " WHERE state IN ('queued', 'sending')")
-RECORD = """
-UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2,
-    platform_id = coalesce($3, platform_id), last_error = $4, updated_at = $5
-WHERE id = $6
-"""
-MARK_BOUNCE = """
-UPDATE deliveries SET bounce = 'pending' WHERE id = $1 AND bounce IS NULL AND
-    (SELECT mail_from FROM messages WHERE messages.id = deliveries.message_id) != ''
-"""
-ADD_EVENT = "INSERT INTO events (delivery_id, at, kind, detail) VALUES ($1, $2, $3, $4)"
-PURGE = """
-DELETE FROM messages WHERE received_at < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d
-    WHERE d.message_id = messages.id AND (d.state IN ('queued', 'sending')
-    OR d.updated_at >= $1))
-"""
+if TYPE_CHECKING:
+    from gateway.spool.interface import SpoolInterface
+
+STATUS_EVENT = "status"
+
+
+def _count(status: str) -> int:
+    """The row count from a command tag such as 'UPDATE 3'."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class PgSpool:
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time,
                  on_notify: Callable[[], None] | None = None) -> None:
-        self.url = url
         self.clock = clock
         self.link = Link(url, on_notify=on_notify)
 
@@ -100,14 +74,14 @@ class PgSpool:
 
     # --- the accept path ---------------------------------------------------------------------
 
-    def accept(self, message: IncomingMessage) -> Any:
+    def accept(self, message: IncomingMessage) -> Awaitable[str]:
         now = self.clock()
         queue_id = new_queue_id(now)
         texts, requests = pack_requests([d.request for d in message.deliveries])
         recipients = [d.recipient for d in message.deliveries]
 
         async def insert(conn: asyncpg.Connection) -> str:
-            await conn.execute(ACCEPT, queue_id, now, message.mail_from, message.peer,
+            await conn.execute(sql.ACCEPT, queue_id, now, message.mail_from, message.peer,
                                message.helo, message.auth_user, len(message.raw), message.raw,
                                texts, recipients, requests)
             return queue_id
@@ -118,19 +92,19 @@ class PgSpool:
     async def lease(self, limit: int, lease_seconds: float) -> list[Delivery]:
         async def take(conn: asyncpg.Connection) -> list[Delivery]:
             now = self.clock()
-            rows = await conn.fetch(LEASE, now + lease_seconds, now, limit)
+            rows = await conn.fetch(sql.LEASE, now + lease_seconds, now, limit)
             return [Delivery(id=row["id"], message_id=row["message_id"],
                              recipient=row["recipient"],
                              request=unpack_request(row["request"], load_texts(row["texts"])),
                              attempts=row["attempts"], received_at=row["received_at"],
                              auth_user=row["auth_user"])
                     for row in rows]
-        result: list[Delivery] = await self.link.submit(take)
-        return result
+        leased: list[Delivery] = await self.link.submit(take)
+        return leased
 
     async def next_due(self) -> float | None:
         async def earliest(conn: asyncpg.Connection) -> float | None:
-            value = await conn.fetchval(NEXT_DUE)
+            value = await conn.fetchval(sql.NEXT_DUE)
             return None if value is None else float(value)
         return await self.link.read(earliest)
 
@@ -138,18 +112,143 @@ class PgSpool:
         async def write(conn: asyncpg.Connection) -> None:
             now = self.clock()
             status = await conn.execute(
-                RECORD, result.state, result.next_attempt_at, result.platform_id,
-                None if result.state == "sent" else result.detail, now, result.delivery_id)
-            if status.endswith(" 0"):
+                sql.RECORD_RESULT, result.state, result.next_attempt_at, result.platform_id,
+                None if result.state == State.SENT else result.detail, now, result.delivery_id)
+            if _count(status) == 0:
                 return   # dropped by an operator while it was being sent
             if result.bounce:
-                await conn.execute(MARK_BOUNCE, result.delivery_id)
-            await conn.execute(ADD_EVENT, result.delivery_id, now, result.event, result.detail)
-        await self.link.submit(write)
+                await conn.execute(sql.MARK_BOUNCE, result.delivery_id)
+            await conn.execute(sql.INSERT_EVENT, result.delivery_id, now, result.event,
+                               result.detail)
+        # A retry made due (a deferral) is for whoever is free, possibly another gateway.
+        await self.link.submit(write, wakes=result.state == State.QUEUED)
 
     async def purge(self, older_than: float) -> int:
         async def delete(conn: asyncpg.Connection) -> int:
-            status: str = await conn.execute(PURGE, older_than)
-            return int(status.rsplit(" ", 1)[-1])
-        result: int = await self.link.submit(delete)
-        return result
+            return _count(await conn.execute(sql.PURGE, older_than, older_than))
+        purged: int = await self.link.submit(delete)
+        return purged
+
+    # --- bounces and callbacks ---------------------------------------------------------------
+
+    async def mark_bounce(self, delivery_id: int) -> bool:
+        async def mark(conn: asyncpg.Connection) -> bool:
+            return _count(await conn.execute(sql.MARK_BOUNCE, delivery_id)) > 0
+        marked: bool = await self.link.submit(mark)
+        return marked
+
+    async def pending_bounces(self, limit: int = 50) -> list[PendingBounce]:
+        async def query(conn: asyncpg.Connection) -> list[PendingBounce]:
+            return [PendingBounce(delivery_id=row["delivery_id"], queue_id=row["queue_id"],
+                                  mail_from=row["mail_from"], recipient=row["recipient"],
+                                  received_at=row["received_at"], state=State(row["state"]),
+                                  reason=row["reason"], raw=row["raw"])
+                    for row in await conn.fetch(sql.PENDING_BOUNCES, limit)]
+        return await self.link.read(query)
+
+    async def settle_bounce(self, delivery_id: int, state: BounceState,
+                            detail: str = "") -> None:
+        async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute(sql.SETTLE_BOUNCE, state, delivery_id)
+            await conn.execute(sql.INSERT_EVENT, delivery_id, self.clock(), f"bounce {state}",
+                               detail)
+        await self.link.submit(write)
+
+    async def record_status(self, delivery_id: int, queue_id: str, platform_id: str,
+                            status: str, classify: Callable[[bool], StatusClass],
+                            max_statuses: int) -> tuple[CallbackResult, StatusClass]:
+        async def write(conn: asyncpg.Connection) -> tuple[CallbackResult, StatusClass]:
+            row = await conn.fetchrow(sql.DELIVERY_FOR_STATUS, delivery_id, queue_id)
+            if row is None:
+                return "unknown", StatusClass.UNKNOWN
+            await conn.execute(sql.LOCK_DELIVERY, delivery_id)
+            meaning = classify(bool(row["kannel"]))
+            detail = (f"{status} ({meaning})"
+                      + (f" platform_id={platform_id}" if platform_id else ""))
+            if await conn.fetchval(sql.STATUS_SEEN, delivery_id, STATUS_EVENT, detail):
+                return "repeated", meaning
+            if await conn.fetchval(sql.STATUS_COUNT, delivery_id, STATUS_EVENT) >= max_statuses:
+                return "ignored", meaning    # one signed URL must not fill the spool
+            now = self.clock()
+            await conn.execute(sql.RECORD_STATUS, status, meaning, now, platform_id, delivery_id)
+            await conn.execute(sql.INSERT_EVENT, delivery_id, now, STATUS_EVENT, detail)
+            return "recorded", meaning
+        outcome: tuple[CallbackResult, StatusClass] = await self.link.submit(write)
+        return outcome
+
+    # --- health, metrics, the operator's queue commands --------------------------------------
+
+    async def stats(self) -> SpoolStats:
+        async def query(conn: asyncpg.Connection) -> SpoolStats:
+            counts = {row["state"]: row["n"] for row in await conn.fetch(sql.COUNT_BY_STATE)}
+            oldest = await conn.fetchval(sql.OLDEST_PENDING)
+            age = 0.0 if oldest is None else max(0.0, self.clock() - oldest)
+            return SpoolStats(counts, age)
+        return await self.link.read(query)
+
+    async def probe_writable(self) -> None:
+        async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute(sql.PROBE_WRITE, str(self.clock()))
+        await self.link.submit(write)
+
+    async def list_messages(self, *, include_finished: bool = False,
+                            limit: int = 1000) -> list[MessageSummary]:
+        statement = sql.LIST_ALL if include_finished else sql.LIST_UNFINISHED
+
+        async def query(conn: asyncpg.Connection) -> list[MessageSummary]:
+            summaries: dict[str, MessageSummary] = {}
+            for row in await conn.fetch(statement, limit, limit):
+                summary = summaries.setdefault(row["id"], MessageSummary(
+                    row["id"], row["received_at"], row["mail_from"], {}, []))
+                summary.states[row["state"]] = summary.states.get(row["state"], 0) + 1
+                summary.recipients.append(row["recipient"])
+            return list(summaries.values())
+        return await self.link.read(query)
+
+    async def show_message(self, queue_id: str) -> MessageDetail | None:
+        async def query(conn: asyncpg.Connection) -> MessageDetail | None:
+            message = await conn.fetchrow(sql.SHOW_MESSAGE, queue_id)
+            if message is None:
+                return None
+            texts = load_texts(message["texts"])
+            details = []
+            for d in await conn.fetch(sql.SHOW_DELIVERIES, queue_id):
+                events = [(message["received_at"], "received", ""),
+                          *((e["at"], e["kind"], e["detail"])
+                            for e in await conn.fetch(sql.SHOW_EVENTS, d["id"]))]
+                details.append(DeliveryDetail(
+                    id=d["id"], recipient=d["recipient"], state=State(d["state"]),
+                    attempts=d["attempts"], next_attempt_at=d["next_attempt_at"],
+                    platform_id=d["platform_id"], last_error=d["last_error"],
+                    request=unpack_request(d["request"], texts), status=d["status"],
+                    status_class=None if d["status_class"] is None
+                    else StatusClass(d["status_class"]),
+                    status_at=d["status_at"],
+                    bounce=None if d["bounce"] is None else BounceState(d["bounce"]),
+                    events=events))
+            return MessageDetail(id=message["id"], received_at=message["received_at"],
+                                 mail_from=message["mail_from"], peer=message["peer"],
+                                 helo=message["helo"], size=message["size"], deliveries=details)
+        return await self.link.read(query)
+
+    async def retry_message(self, queue_id: str) -> int | None:
+        async def write(conn: asyncpg.Connection) -> int | None:
+            if await conn.fetchval(sql.MESSAGE_EXISTS, queue_id) is None:
+                return None
+            now = self.clock()
+            ids = [row["id"] for row in await conn.fetch(sql.RETRY_MESSAGE, now, now, queue_id)]
+            await conn.executemany(sql.INSERT_EVENT,
+                                   [(i, now, "retry", "requested by operator") for i in ids])
+            return len(ids)
+        retried: int | None = await self.link.submit(write, wakes=True)
+        return retried
+
+    async def drop_message(self, queue_id: str) -> bool:
+        async def write(conn: asyncpg.Connection) -> bool:
+            return _count(await conn.execute(sql.DROP_MESSAGE, queue_id)) > 0
+        dropped: bool = await self.link.submit(write)
+        return dropped
+
+
+if TYPE_CHECKING:
+    _IMPLEMENTS: type[SpoolInterface] = PgSpool
