@@ -25,7 +25,8 @@ from gateway.message.prepare import prepare
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
 from gateway.spool import admin
-from gateway.spool.store import Spool
+from gateway.spool.backends import make_spool
+from gateway.spool.interface import SpoolInterface
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
 T = TypeVar("T")
@@ -166,7 +167,7 @@ def _queue(args: argparse.Namespace) -> int:
     return _with_spool(config, lambda spool: _queue_action(spool, args))
 
 
-async def _queue_action(spool: Spool, args: argparse.Namespace) -> int:
+async def _queue_action(spool: SpoolInterface, args: argparse.Namespace) -> int:
     if args.action == "list":
         messages = await admin.list_messages(spool, include_finished=args.all)
         for m in messages:
@@ -199,9 +200,9 @@ def _not_found(queue_id: str) -> int:
     return EX_FAIL
 
 
-def _with_spool(config: Config, action: Callable[[Spool], Awaitable[int]]) -> int:
+def _with_spool(config: Config, action: Callable[[SpoolInterface], Awaitable[int]]) -> int:
     async def run() -> int:
-        spool = Spool(config.spool.path)
+        spool = make_spool(config.spool)
         await spool.start(recover=False)  # the daemon may be running
         try:
             return await action(spool)

@@ -65,6 +65,7 @@ class Link:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._wake_next = False
+        self._retry_at = 0.0
 
     def __repr__(self) -> str:
         return f"Link({safe_url(self.url)!r}, healthy={self.healthy})"
@@ -111,7 +112,13 @@ class Link:
         commit tells every gateway's worker (one NOTIFY per commit, however many jobs)."""
         if self._closed:
             raise ShuttingDown("spool is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self.healthy and loop.time() < self._retry_at:
+            # The database is away and the next try to reach it is not due: say so at once
+            # (451 to the client) rather than keep the session waiting for the backoff.
+            future.set_exception(SpoolError("spool database unreachable"))
+            return future
         if wakes:
             self._wake_next = True
         self._jobs.put_nowait((job, future))
@@ -140,7 +147,7 @@ class Link:
                 except LOST as exc:
                     self._set_healthy(False, exc)
                     _fail(batch, SpoolError(f"spool database unreachable: {exc}"))
-                    await asyncio.sleep(delay)
+                    self._retry_at = asyncio.get_running_loop().time() + delay
                     delay = min(delay * 2, BACKOFF_MAX) * random.uniform(0.8, 1.2)
                     if stop:
                         return
