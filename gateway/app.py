@@ -28,7 +28,8 @@ from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
 from gateway.smtp.server import SmtpFront
 from gateway.spool import meta
-from gateway.spool.store import Spool
+from gateway.spool.backends import make_spool
+from gateway.spool.interface import SpoolInterface
 from gateway.status.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtp2pulse")
 
 # Settings a running daemon cannot change in place; a reload that changes them says so.
-_RESTART_ONLY = ("smtp.listen", "spool.path", "api.base_url", "api.timeout", "api.dry_run",
-                 "api.max_concurrency", "http.listen")
+_RESTART_ONLY = ("smtp.listen", "spool.path", "spool.url", "api.base_url", "api.timeout",
+                 "api.dry_run", "api.max_concurrency", "http.listen")
 
 
 class SpoolLocked(GatewayError):
@@ -51,7 +52,7 @@ class Gateway:
         self._config = config
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
-        self.spool = Spool(config.spool.path)
+        self.spool: SpoolInterface = make_spool(config.spool, wake=lambda: self.worker.wake())
         self.sender = sender or _make_sender(
             config, mask_personal=lambda: self._config.log_mask_personal,
             log_level="debug" if verbose else config.log_level)
@@ -66,7 +67,7 @@ class Gateway:
             # sender in its own process, aiohttp's server is 10 MB of the daemon's 48 MB.
             from gateway.status.server import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
-                                       self.metrics, ready=self.smtp.listening,
+                                       self.metrics, ready=self._ready,
                                        sending=lambda: getattr(self.sender, "running", True),
                                        on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None
@@ -76,8 +77,14 @@ class Gateway:
     def config(self) -> Config:
         return self._config
 
+    def _ready(self) -> bool:
+        # A shared database that is away makes every accept a 451: not ready, whatever the
+        # listeners say, so a balancer sends the mail to a gateway that can store it.
+        return self.smtp.listening() and getattr(self.spool, "healthy", True)
+
     async def start(self) -> None:
-        self._lock = _lock_spool(self._config.spool.path)
+        if self._config.spool.url is None:
+            self._lock = _lock_spool(self._config.spool.path)
         try:
             recovered = await self.spool.start()
             if recovered:
@@ -142,7 +149,7 @@ def _keep_restart_only(new: Config, old: Config) -> Config:
     api = dataclasses.replace(new.api, base_url=old.api.base_url, timeout=old.api.timeout,
                               dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency)
     smtp = dataclasses.replace(new.smtp, listen=old.smtp.listen)
-    spool = dataclasses.replace(new.spool, path=old.spool.path)
+    spool = dataclasses.replace(new.spool, path=old.spool.path, url=old.spool.url)
     # The status server keeps its socket; a removed or added http section needs a restart too.
     http = (dataclasses.replace(new.http, listen=old.http.listen)
             if new.http is not None and old.http is not None else old.http)

@@ -24,6 +24,7 @@ from gateway.message.prepare import prepare
 from gateway.message.recipients import resolve_recipients
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
+from gateway.spool.backends import describe
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
 
@@ -95,7 +96,7 @@ def _check_config(args: argparse.Namespace) -> int:
     if smtp.auth is not None:
         print(f"  SMTP AUTH users: {', '.join(sorted(smtp.auth.users)) or 'none'}")
     print(f"  platform: {config.api.send_url}{' (dry run)' if config.api.dry_run else ''}")
-    print(f"  spool: {config.spool.path}")
+    print(f"  spool: {describe(config.spool)}")
     if config.http is not None:
         print(f"  HTTP status: {config.http.listen}"
               + (f", callbacks via {config.http.callback_url}" if config.http.callback_url

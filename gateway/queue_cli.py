@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from gateway.config.loader import Config, load_config
 from gateway.config.units import parse_duration
 from gateway.errors import SpoolError
+from gateway.spool.backends import describe, make_spool
+from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN
-from gateway.spool.store import Spool
 from gateway.status import display as view
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"--since: {exc}", file=sys.stderr)
             return EX_USAGE
-    if not config.spool.path.exists():
+    if config.spool.url is None and not config.spool.path.exists():
         print(f"no spool at {config.spool.path}: the daemon makes it when it first starts "
               f"(spool.path in {args.config})", file=sys.stderr)
         return EX_FAIL
@@ -79,7 +80,7 @@ def _header(args: argparse.Namespace, count: int) -> str:
     return f"{count} {what}{', ' + shown if shown else ''}, oldest first{more}{hint}"
 
 
-async def _action(spool: Spool, args: argparse.Namespace, search: Search | None) -> int:
+async def _action(spool: SpoolInterface, args: argparse.Namespace, search: Search | None) -> int:
     if search is not None:
         lines = list(reversed(await spool.find_deliveries(search)))
         if args.json:
@@ -119,9 +120,11 @@ def _not_found(queue_id: str) -> int:
     return EX_FAIL
 
 
-def _with_spool(config: Config, action: Callable[[Spool], Awaitable[int]]) -> int:
+def _with_spool(config: Config, action: Callable[[SpoolInterface], Awaitable[int]]) -> int:
+    where = describe(config.spool)
+
     async def go() -> int:
-        spool = Spool(config.spool.path)
+        spool = make_spool(config.spool)
         await spool.start(recover=False)  # the daemon may be running
         try:
             return await action(spool)
@@ -131,8 +134,8 @@ def _with_spool(config: Config, action: Callable[[Spool], Awaitable[int]]) -> in
         return asyncio.run(go())
     except SpoolError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
-            print(f"spool {config.spool.path} is locked: another process holds a write on it "
+            print(f"spool {where} is locked: another process holds a write on it "
                   "(more than 5 seconds); try again", file=sys.stderr)
         else:
-            print(f"spool {config.spool.path}: {exc}", file=sys.stderr)
+            print(f"spool {where}: {exc}", file=sys.stderr)
         return EX_FAIL

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import secrets
 import smtplib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.config.loader import Config, parse_config
 from tests.fakeplatform import FakePlatform
+from tests.pgserver import PgServer
 
 TOKEN = "tok-SECRET-0123456789abcdef"
 
@@ -159,3 +161,27 @@ def text_message(subject: str = "Hello", body: str = "World", **headers: str) ->
         message[name.replace("_", "-")] = value
     message.set_content(body)
     return message
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session's PostgreSQL tests (each its own database)."""
+    server = PgServer()
+    server.init()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+async def pg_url(pg_server: PgServer) -> str:
+    """A fresh database on the session's server: tests never see each other's rows."""
+    import asyncpg
+
+    name = f"t{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(pg_server.url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return pg_server.url.rsplit("/", 1)[0] + "/" + name

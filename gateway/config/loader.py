@@ -113,6 +113,7 @@ class ApiConfig:
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
     path: Path = Path("/var/lib/smtp2pulse/spool.sqlite3")
+    url: Secret | None = None   # postgresql://…: a database shared by several gateways
     retry: tuple[float, ...] = (30.0, 120.0, 600.0, 1800.0, 3600.0)
     give_up_after: float = 2 * 86400.0
 
@@ -372,12 +373,25 @@ def _retry(value: Any) -> tuple[float, ...]:
     return tuple(parse_duration(item) for item in items)
 
 
+def _database_url(raw: Any) -> Secret:
+    url = v.text(raw)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("postgresql", "postgres"):
+        # The URL may hold a password: the message names the scheme only.
+        raise ValueError(f"must be a postgresql:// URL (got {scheme or 'no'} scheme)")
+    return Secret(url)
+
+
 def _spool(data: dict[str, Any], problems: v.Problems) -> SpoolConfig:
     path = "spool"
-    v.keys(data, path, {"path", "retry", "give_up_after"}, problems)
+    v.keys(data, path, {"path", "url", "retry", "give_up_after"}, problems)
     defaults = SpoolConfig()
+    if "path" in data and "url" in data:
+        problems.add("spool.url", "give spool.path (one SQLite file) or spool.url"
+                     " (PostgreSQL), not both")
     return SpoolConfig(
         path=v.value(data, "path", path, lambda raw: Path(v.text(raw)), defaults.path, problems),
+        url=v.value(data, "url", path, _database_url, None, problems),
         retry=v.value(data, "retry", path, _retry, defaults.retry, problems),
         give_up_after=v.value(data, "give_up_after", path, v.positive_duration,
                              defaults.give_up_after, problems),

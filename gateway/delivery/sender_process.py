@@ -47,7 +47,7 @@ log = logging.getLogger("smtp2pulse.sender")
 
 START_TIMEOUT = 30.0
 STOP_MARGIN = 10.0        # past the drain's grace, before the child is killed
-ANSWER_MARGIN = 30.0      # past api.timeout: a child that has not answered by then is stuck
+ANSWER_MARGIN = 10.0      # past api.timeout: a child that has not answered by then is stuck
 RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 SENDER_NICENESS = 10      # added to the daemon's own (systemd's Nice=)
 _LENGTH = struct.Struct("!I")

@@ -20,8 +20,9 @@ from gateway.delivery.request import Outcome
 from gateway.delivery.tokens import token_for
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.message.cost import request_segments
+from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
-from gateway.spool.store import Delivery, Result, Spool
+from gateway.spool.store import Delivery, Result
 from gateway.status.callbacks import callback_url
 from gateway.status.metrics import Metrics
 
@@ -31,6 +32,9 @@ MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
 PURGE_EVERY = 3600.0
 KEEP_FINISHED = 7 * 86400.0
 RETRY_AFTER_FLOOR = 3600.0   # the least a Retry-After is honoured up to, whatever the schedule
+# Beyond api.timeout: the sender process's answer (sender_process.ANSWER_MARGIN, which this
+# must exceed) and the record of the outcome.
+LEASE_MARGIN = 15.0
 
 
 class Pacer:
@@ -86,7 +90,7 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
 
 
 class Worker:
-    def __init__(self, spool: Spool, sender: Sender, config: Callable[[], Config], *,
+    def __init__(self, spool: SpoolInterface, sender: Sender, config: Callable[[], Config], *,
                  metrics: Metrics | None = None, on_bounce: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None
                  ) -> None:
@@ -143,6 +147,10 @@ class Worker:
                 await self._maybe_purge()
             except asyncio.CancelledError:
                 raise
+            except SpoolError as exc:
+                # A shared database away: one line, not a traceback every few seconds.
+                log.error("delivery loop: %s; retrying in 5s", exc)
+                await asyncio.sleep(5)
             except Exception:
                 # The spool may be briefly unwritable (disk full); keep the loop alive.
                 log.exception("delivery loop error; retrying in 5s")
@@ -155,9 +163,11 @@ class Worker:
         free = config.api.max_concurrency - len(self._inflight)
         if free <= 0:
             return
-        # Long enough for the send itself and for the wait for a rate slot before it.
+        # Long enough for the send itself (one overall deadline, api.timeout), the wait for a
+        # rate slot before it and recording its outcome after; not much longer, since with a
+        # shared spool a gateway that died leaves its leases to the others only once they end.
         pacing = config.api.max_concurrency / config.api.max_rate if config.api.max_rate else 0.0
-        lease = config.api.timeout + pacing + 60.0
+        lease = config.api.timeout + pacing + LEASE_MARGIN
         for delivery in await self.spool.lease(free, lease):
             if delivery.id in self._holding:
                 # Its lease ran out while this process still sends it (the sender's deadline

@@ -21,14 +21,16 @@ from gateway.message.recipients import resolve_recipients
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
-from gateway.spool.store import IncomingMessage, Spool
+from gateway.spool.interface import SpoolInterface
+from gateway.spool.store import IncomingMessage
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.smtp")
 
 
 class Handler:
-    def __init__(self, spool: Spool, on_stored: Callable[[], None], metrics: Metrics) -> None:
+    def __init__(self, spool: SpoolInterface, on_stored: Callable[[], None],
+                 metrics: Metrics) -> None:
         self.spool = spool
         self.on_stored = on_stored
         self.metrics = metrics

@@ -18,7 +18,7 @@ from gateway.smtp.admission import Admission
 from gateway.smtp.handler import Handler
 from gateway.smtp.session import GatewaySession
 from gateway.smtp.smtps import TlsListener
-from gateway.spool.store import Spool
+from gateway.spool.interface import SpoolInterface
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.smtp")
@@ -64,7 +64,7 @@ class Sessions:
 class SmtpFront:
     """Binds the listeners and drains them on stop."""
 
-    def __init__(self, config: Callable[[], Config], spool: Spool,
+    def __init__(self, config: Callable[[], Config], spool: SpoolInterface,
                  on_stored: Callable[[], None], *, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()

@@ -9,6 +9,7 @@ something `unknown`.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any, Protocol
 
 from gateway.spool import sql
 from gateway.spool.deliveries import Clock
@@ -16,14 +17,20 @@ from gateway.spool.rows import DeliveryLine, Overview, Search
 from gateway.spool.schema import select
 
 
-def _line(row: sqlite3.Row) -> DeliveryLine:
+class Row(Protocol):
+    """A row read by name: sqlite3.Row, or asyncpg's Record for the PostgreSQL spool."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+def line(row: Row) -> DeliveryLine:
     return DeliveryLine(row["message_id"], row["id"], row["received_at"], row["recipient"],
                         row["sent_to"] if isinstance(row["sent_to"], str) else None,
                         row["shown"], row["attempts"], row["last_error"], row["status"],
                         row["updated_at"])
 
 
-def _parameters(search: Search) -> dict[str, object]:
+def parameters(search: Search) -> dict[str, object]:
     """`89001234567@sms.local` as written, `79001234567` or `+79001234567` as sent, or a bare
     local part `89001234567` of any domain."""
     to = None if search.to is None else search.to.strip().lower()
@@ -40,7 +47,7 @@ def _parameters(search: Search) -> dict[str, object]:
 def find_deliveries(conn: sqlite3.Connection, search: Search) -> list[DeliveryLine]:
     """The deliveries that match, newest first, at most `search.limit`."""
     statement = sql.FIND_UNFINISHED if search.pending_only else sql.FIND_DELIVERIES
-    return [_line(row) for row in select(conn, statement, _parameters(search))]
+    return [line(row) for row in select(conn, statement, parameters(search))]
 
 
 def overview(conn: sqlite3.Connection, clock: Clock, errors: int) -> Overview:
@@ -52,5 +59,5 @@ def overview(conn: sqlite3.Connection, clock: Clock, errors: int) -> Overview:
     oldest = select(conn, sql.OLDEST_WAITING)
     sent = select(conn, sql.SENT_SINCE, (clock() - 3600,))[0]["n"]
     failed = select(conn, sql.RECENT_ERRORS, (errors,))
-    return Overview(counts, _line(oldest[0]) if oldest else None, sent,
-                    [_line(row) for row in failed])
+    return Overview(counts, line(oldest[0]) if oldest else None, sent,
+                    [line(row) for row in failed])

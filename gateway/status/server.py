@@ -15,8 +15,8 @@ from gateway.config.loader import Config, HttpConfig, Listener
 from gateway.config.networks import allowed
 from gateway.errors import GatewayError
 from gateway.spool import admin
+from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
-from gateway.spool.store import Spool
 from gateway.status import callbacks as tracking
 from gateway.status.metrics import CONTENT_TYPE, Metrics
 from gateway.status.page import StatusPage
@@ -35,7 +35,7 @@ _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 
 
 class StatusServer:
-    def __init__(self, listen: Listener, config: Callable[[], Config], spool: Spool,
+    def __init__(self, listen: Listener, config: Callable[[], Config], spool: SpoolInterface,
                  metrics: Metrics, ready: Callable[[], bool], sending: Callable[[], bool],
                  on_failed_status: Callable[[int], Awaitable[None]]) -> None:
         self.listen = listen     # the socket stays; everything else follows a reload

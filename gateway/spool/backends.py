@@ -1,0 +1,28 @@
+"""Which spool a config asks for: one SQLite file (`spool.path`, the default) or a PostgreSQL
+database shared by several gateways (`spool.url`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.config.loader import SpoolConfig
+from gateway.spool.interface import SpoolInterface
+from gateway.spool.store import Spool
+
+
+def make_spool(config: SpoolConfig, *, wake: Callable[[], None] | None = None
+               ) -> SpoolInterface:
+    """`wake` is called when another gateway of a shared spool made something due."""
+    if config.url is None:
+        return Spool(config.path)
+    # asyncpg is imported only for a PostgreSQL spool: the SQLite default loads nothing new.
+    from gateway.spool.pg.store import PgSpool
+    return PgSpool(config.url.reveal(), on_notify=wake)
+
+
+def describe(config: SpoolConfig) -> str:
+    """The spool for a log line or an error: the file, or the database without its password."""
+    if config.url is None:
+        return str(config.path)
+    from gateway.spool.pg.link import safe_url
+    return safe_url(config.url.reveal())

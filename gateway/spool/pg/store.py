@@ -1,0 +1,288 @@
+"""The spool in PostgreSQL (`spool.url`), shared by every gateway pointed at it.
+
+What differs from the SQLite spool, and why:
+
+- Leases are claimed with `FOR UPDATE SKIP LOCKED` (see pg/sql.py). A gateway that dies
+  leaves its leases to expire, and whoever leases next takes them over; nobody takes a lease
+  that has not expired, and a lease outlives its request's whole deadline (`api.timeout`), so
+  a live one is never stolen.
+- `start` takes back no lease: in SQLite one process owns the spool, so a `sending` row at
+  start was left by a crash; here it may be another gateway's live send.
+- A commit that makes something due sends one NOTIFY; every gateway LISTENs (pg/link.py), so
+  its worker wakes at once instead of at its next look at the clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from gateway.spool import meta, search
+from gateway.spool.packing import load_texts, pack_requests, unpack_request
+from gateway.spool.pg import sql
+from gateway.spool.pg.link import Link
+from gateway.spool.pg.schema import prepare
+from gateway.spool.rows import (
+    Delivery,
+    DeliveryDetail,
+    DeliveryLine,
+    IncomingMessage,
+    MessageDetail,
+    MessageSummary,
+    Overview,
+    PendingBounce,
+    Result,
+    Search,
+    SpoolStats,
+)
+from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
+from gateway.spool.store import new_queue_id
+
+if TYPE_CHECKING:
+    from gateway.spool.interface import SpoolInterface
+
+STATUS_EVENT = "status"
+
+
+def _count(status: str) -> int:
+    """The row count from a command tag such as 'UPDATE 3'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PgSpool:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time,
+                 on_notify: Callable[[], None] | None = None) -> None:
+        self.clock = clock
+        self.link = Link(url, on_notify=on_notify)
+
+    def __repr__(self) -> str:
+        return f"PgSpool({self.link!r})"
+
+    @property
+    def commits(self) -> int:
+        return self.link.commits
+
+    @property
+    def healthy(self) -> bool:
+        return self.link.healthy
+
+    async def start(self, *, recover: bool = True) -> int:
+        await self.link.start(prepare)
+        return 0
+
+    async def stop(self) -> None:
+        await self.link.stop()
+
+    # --- the accept path ---------------------------------------------------------------------
+
+    def accept(self, message: IncomingMessage) -> Awaitable[str]:
+        now = self.clock()
+        queue_id = new_queue_id(now)
+        texts, requests = pack_requests([d.request for d in message.deliveries])
+        recipients = [d.recipient for d in message.deliveries]
+
+        async def insert(conn: asyncpg.Connection) -> str:
+            await conn.execute(sql.ACCEPT, queue_id, now, message.mail_from, message.peer,
+                               message.helo, message.auth_user, len(message.raw), message.raw,
+                               texts, recipients, requests)
+            return queue_id
+        return self.link.submit(insert, wakes=True)
+
+    # --- the delivery path -------------------------------------------------------------------
+
+    async def lease(self, limit: int, lease_seconds: float) -> list[Delivery]:
+        async def take(conn: asyncpg.Connection) -> list[Delivery]:
+            now = self.clock()
+            rows = await conn.fetch(sql.LEASE, now + lease_seconds, now, limit)
+            return [Delivery(id=row["id"], message_id=row["message_id"],
+                             recipient=row["recipient"],
+                             request=unpack_request(row["request"], load_texts(row["texts"])),
+                             attempts=row["attempts"], received_at=row["received_at"],
+                             auth_user=row["auth_user"])
+                    for row in rows]
+        leased: list[Delivery] = await self.link.submit(take)
+        return leased
+
+    async def next_due(self) -> float | None:
+        async def earliest(conn: asyncpg.Connection) -> float | None:
+            value = await conn.fetchval(sql.NEXT_DUE)
+            return None if value is None else float(value)
+        return await self.link.read(earliest)
+
+    async def record(self, result: Result) -> None:
+        async def write(conn: asyncpg.Connection) -> None:
+            now = self.clock()
+            status = await conn.execute(
+                sql.RECORD_RESULT, result.state, result.next_attempt_at, result.platform_id,
+                None if result.state == State.SENT else result.detail, now, result.delivery_id)
+            if _count(status) == 0:
+                return   # dropped by an operator while it was being sent
+            if result.bounce:
+                await conn.execute(sql.MARK_BOUNCE, result.delivery_id)
+            await conn.execute(sql.INSERT_EVENT, result.delivery_id, now, result.event,
+                               result.detail)
+        # A retry made due (a deferral) is for whoever is free, possibly another gateway.
+        await self.link.submit(write, wakes=result.state == State.QUEUED)
+
+    async def purge(self, older_than: float) -> int:
+        async def delete(conn: asyncpg.Connection) -> int:
+            return _count(await conn.execute(sql.PURGE, older_than, older_than))
+        purged: int = await self.link.submit(delete)
+        return purged
+
+    # --- bounces and callbacks ---------------------------------------------------------------
+
+    async def mark_bounce(self, delivery_id: int) -> bool:
+        async def mark(conn: asyncpg.Connection) -> bool:
+            return _count(await conn.execute(sql.MARK_BOUNCE, delivery_id)) > 0
+        marked: bool = await self.link.submit(mark)
+        return marked
+
+    async def pending_bounces(self, limit: int = 50) -> list[PendingBounce]:
+        async def query(conn: asyncpg.Connection) -> list[PendingBounce]:
+            return [PendingBounce(delivery_id=row["delivery_id"], queue_id=row["queue_id"],
+                                  mail_from=row["mail_from"], recipient=row["recipient"],
+                                  received_at=row["received_at"], state=State(row["state"]),
+                                  reason=row["reason"], raw=row["raw"])
+                    for row in await conn.fetch(sql.PENDING_BOUNCES, limit)]
+        return await self.link.read(query)
+
+    async def settle_bounce(self, delivery_id: int, state: BounceState,
+                            detail: str = "") -> None:
+        async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute(sql.SETTLE_BOUNCE, state, delivery_id)
+            await conn.execute(sql.INSERT_EVENT, delivery_id, self.clock(), f"bounce {state}",
+                               detail)
+        await self.link.submit(write)
+
+    async def record_status(self, delivery_id: int, queue_id: str, platform_id: str,
+                            status: str, classify: Callable[[bool], StatusClass],
+                            max_statuses: int) -> tuple[CallbackResult, StatusClass]:
+        async def write(conn: asyncpg.Connection) -> tuple[CallbackResult, StatusClass]:
+            row = await conn.fetchrow(sql.DELIVERY_FOR_STATUS, delivery_id, queue_id)
+            if row is None:
+                return "unknown", StatusClass.UNKNOWN
+            await conn.execute(sql.LOCK_DELIVERY, delivery_id)
+            meaning = classify(bool(row["kannel"]))
+            detail = (f"{status} ({meaning})"
+                      + (f" platform_id={platform_id}" if platform_id else ""))
+            if await conn.fetchval(sql.STATUS_SEEN, delivery_id, STATUS_EVENT, detail):
+                return "repeated", meaning
+            if await conn.fetchval(sql.STATUS_COUNT, delivery_id, STATUS_EVENT) >= max_statuses:
+                return "ignored", meaning    # one signed URL must not fill the spool
+            now = self.clock()
+            await conn.execute(sql.RECORD_STATUS, status, meaning, now, platform_id, delivery_id)
+            await conn.execute(sql.INSERT_EVENT, delivery_id, now, STATUS_EVENT, detail)
+            return "recorded", meaning
+        outcome: tuple[CallbackResult, StatusClass] = await self.link.submit(write)
+        return outcome
+
+    # --- health, metrics, the operator's queue commands --------------------------------------
+
+    async def stats(self) -> SpoolStats:
+        async def query(conn: asyncpg.Connection) -> SpoolStats:
+            counts = {row["state"]: row["n"] for row in await conn.fetch(sql.COUNT_BY_STATE)}
+            oldest = await conn.fetchval(sql.OLDEST_PENDING)
+            age = 0.0 if oldest is None else max(0.0, self.clock() - oldest)
+            return SpoolStats(counts, age)
+        return await self.link.read(query)
+
+    async def probe_writable(self) -> None:
+        async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute(sql.PROBE_WRITE, str(self.clock()))
+        await self.link.submit(write)
+
+    async def list_messages(self, *, include_finished: bool = False,
+                            limit: int = 1000) -> list[MessageSummary]:
+        statement = sql.LIST_ALL if include_finished else sql.LIST_UNFINISHED
+
+        async def query(conn: asyncpg.Connection) -> list[MessageSummary]:
+            summaries: dict[str, MessageSummary] = {}
+            for row in await conn.fetch(statement, limit, limit):
+                summary = summaries.setdefault(row["id"], MessageSummary(
+                    row["id"], row["received_at"], row["mail_from"], {}, []))
+                summary.states[row["state"]] = summary.states.get(row["state"], 0) + 1
+                summary.recipients.append(row["recipient"])
+            return list(summaries.values())
+        return await self.link.read(query)
+
+    async def show_message(self, queue_id: str) -> MessageDetail | None:
+        async def query(conn: asyncpg.Connection) -> MessageDetail | None:
+            message = await conn.fetchrow(sql.SHOW_MESSAGE, queue_id)
+            if message is None:
+                return None
+            texts = load_texts(message["texts"])
+            details = []
+            for d in await conn.fetch(sql.SHOW_DELIVERIES, queue_id):
+                events = [(message["received_at"], "received", ""),
+                          *((e["at"], e["kind"], e["detail"])
+                            for e in await conn.fetch(sql.SHOW_EVENTS, d["id"]))]
+                details.append(DeliveryDetail(
+                    id=d["id"], recipient=d["recipient"], state=State(d["state"]),
+                    attempts=d["attempts"], next_attempt_at=d["next_attempt_at"],
+                    platform_id=d["platform_id"], last_error=d["last_error"],
+                    request=unpack_request(d["request"], texts), status=d["status"],
+                    status_class=None if d["status_class"] is None
+                    else StatusClass(d["status_class"]),
+                    status_at=d["status_at"],
+                    bounce=None if d["bounce"] is None else BounceState(d["bounce"]),
+                    events=events))
+            return MessageDetail(id=message["id"], received_at=message["received_at"],
+                                 mail_from=message["mail_from"], peer=message["peer"],
+                                 helo=message["helo"], size=message["size"], deliveries=details)
+        return await self.link.read(query)
+
+    async def retry_message(self, queue_id: str) -> int | None:
+        async def write(conn: asyncpg.Connection) -> int | None:
+            if await conn.fetchval(sql.MESSAGE_EXISTS, queue_id) is None:
+                return None
+            now = self.clock()
+            ids = [row["id"] for row in await conn.fetch(sql.RETRY_MESSAGE, now, now, queue_id)]
+            await conn.executemany(sql.INSERT_EVENT,
+                                   [(i, now, "retry", "requested by operator") for i in ids])
+            return len(ids)
+        retried: int | None = await self.link.submit(write, wakes=True)
+        return retried
+
+    async def drop_message(self, queue_id: str) -> bool:
+        async def write(conn: asyncpg.Connection) -> bool:
+            return _count(await conn.execute(sql.DROP_MESSAGE, queue_id)) > 0
+        dropped: bool = await self.link.submit(write)
+        return dropped
+
+    async def find_deliveries(self, query: Search) -> list[DeliveryLine]:
+        statement = sql.FIND_UNFINISHED if query.pending_only else sql.FIND_DELIVERIES
+        values = search.parameters(query)
+        arguments = [values[name] for name in sql.FIND_PARAMETERS]
+
+        async def find(conn: asyncpg.Connection) -> list[DeliveryLine]:
+            return [search.line(row) for row in await conn.fetch(statement, *arguments)]
+        return await self.link.read(find)
+
+    async def overview(self, *, errors: int = 5) -> Overview:
+        async def query(conn: asyncpg.Connection) -> Overview:
+            counts = {row["shown"]: row["n"]
+                      for row in await conn.fetch(sql.COUNT_BY_SHOWN_STATE)}
+            oldest = await conn.fetchrow(sql.OLDEST_WAITING)
+            sent = await conn.fetchval(sql.SENT_SINCE, self.clock() - 3600)
+            failed = await conn.fetch(sql.RECENT_ERRORS, errors)
+            return Overview(counts, None if oldest is None else search.line(oldest), sent,
+                            [search.line(row) for row in failed])
+        return await self.link.read(query)
+
+    async def callback_secret(self) -> str:
+        candidate = secrets.token_urlsafe(32)   # used only if no gateway made one yet
+
+        async def get_or_set(conn: asyncpg.Connection) -> str:
+            await conn.execute(sql.META_IF_ABSENT, meta.CALLBACK_SECRET, candidate)
+            return str(await conn.fetchval(sql.META_VALUE, meta.CALLBACK_SECRET))
+        secret: str = await self.link.submit(get_or_set)
+        return secret
+
+
+if TYPE_CHECKING:
+    _IMPLEMENTS: type[SpoolInterface] = PgSpool

@@ -1,0 +1,198 @@
+"""The PostgreSQL spool against a real PostgreSQL server: what several gateways sharing one
+database rely on (leases that never overlap, takeover after expiry, wake-ups, schema made once),
+and what a lost database must not do (a 250 without a commit)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from gateway.errors import SpoolError
+from gateway.spool.pg.store import PgSpool
+from gateway.spool.rows import IncomingMessage, NewDelivery, Result
+from gateway.spool.states import BounceState, State, StatusClass
+from tests.conftest import eventually
+from tests.pgserver import PgServer
+
+
+def message(*recipients: str, text: str = "hello", mail_from: str = "crm@corp.test"
+            ) -> IncomingMessage:
+    return IncomingMessage(
+        mail_from=mail_from, peer="127.0.0.1", helo="crm", raw=b"Subject: x\r\n\r\nbody\r\n",
+        deliveries=tuple(NewDelivery(r, {"type": "sms", "sent_to": r, "sent_text": text})
+                         for r in recipients))
+
+
+async def started(url: str, **kwargs: object) -> PgSpool:
+    spool = PgSpool(url, **kwargs)  # type: ignore[arg-type]
+    await spool.start()
+    return spool
+
+
+async def test_an_accepted_message_is_committed_and_leased_whole(pg_url: str) -> None:
+    spool = await started(pg_url)
+    long_text = "Заказ готов. " * 40     # shared between the deliveries, stored once
+    queue_id = await spool.accept(message("79001234567", "79007654321", text=long_text))
+    conn = await asyncpg.connect(pg_url)   # another connection sees it: it is committed
+    assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE message_id = $1",
+                               queue_id) == 2
+    await conn.close()
+    leased = await spool.lease(10, 60)
+    assert [(d.message_id, d.recipient, d.request["sent_text"]) for d in leased] == [
+        (queue_id, "79001234567", long_text), (queue_id, "79007654321", long_text)]
+    await spool.stop()
+
+
+async def test_two_gateways_never_lease_the_same_delivery(pg_url: str) -> None:
+    first, second = await started(pg_url), await started(pg_url)
+    await asyncio.gather(*(first.accept(message(f"7900000{i:04d}")) for i in range(200)))
+    taken: list[int] = []
+    for _ in range(12):
+        batches = await asyncio.gather(first.lease(10, 60), second.lease(10, 60))
+        taken += [d.id for batch in batches for d in batch]
+    assert len(taken) == 200 and len(set(taken)) == 200
+    assert await first.lease(10, 60) == [] and await second.lease(10, 60) == []
+    await first.stop()
+    await second.stop()
+
+
+async def test_a_live_lease_is_not_taken_an_expired_one_is(pg_url: str) -> None:
+    now = [time.time()]
+    first = await started(pg_url, clock=lambda: now[0])
+    second = await started(pg_url, clock=lambda: now[0])
+    await first.accept(message("79001234567"))
+    (mine,) = await first.lease(10, 70)
+    now[0] += 69
+    assert await second.lease(10, 70) == []     # still the first gateway's
+    now[0] += 2                                 # the first died: its lease ran out
+    (taken,) = await second.lease(10, 70)
+    assert taken.id == mine.id and taken.attempts == 0
+    # A restart does not take leases back: they may be another gateway's live sends.
+    third = PgSpool(pg_url, clock=lambda: now[0])
+    assert await third.start() == 0
+    assert await third.lease(10, 70) == []
+    for spool in (first, second, third):
+        await spool.stop()
+
+
+async def test_a_commit_on_one_gateway_wakes_the_others(pg_url: str) -> None:
+    woken = asyncio.Event()
+    listener = await started(pg_url, on_notify=woken.set)
+    sender = await started(pg_url)
+    await asyncio.sleep(0.3)        # its LISTEN is in place
+    woken.clear()
+    await sender.accept(message("79001234567"))
+    await asyncio.wait_for(woken.wait(), 5)
+    await listener.stop()
+    await sender.stop()
+
+
+async def test_two_gateways_starting_at_once_make_the_schema_once(pg_url: str) -> None:
+    spools = [PgSpool(pg_url) for _ in range(4)]
+    await asyncio.gather(*(spool.start() for spool in spools))
+    conn = await asyncpg.connect(pg_url)
+    assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == "1"
+    await conn.close()
+    for spool in spools:
+        await spool.stop()
+
+
+async def test_results_statuses_bounces_and_the_queue_commands(pg_url: str) -> None:
+    spool = await started(pg_url)
+    queue_id = await spool.accept(message("79001234567", "79007654321"))
+    first, second = await spool.lease(10, 60)
+    await spool.record(Result(first.id, State.SENT, time.time(), "sent", "p-1", "p-1"))
+    await spool.record(Result(second.id, State.REFUSED, time.time(), "refused", "blacklisted",
+                              bounce=True))
+    outcome = await spool.record_status(first.id, queue_id, "p-1", "delivered",
+                                        lambda kannel: StatusClass.DELIVERED, 20)
+    assert outcome == ("recorded", StatusClass.DELIVERED)
+    assert (await spool.record_status(first.id, queue_id, "p-1", "delivered",
+                                      lambda kannel: StatusClass.DELIVERED, 20))[0] == "repeated"
+    assert (await spool.record_status(first.id, "OTHER", "", "x",
+                                      lambda kannel: StatusClass.DELIVERED, 20))[0] == "unknown"
+    (bounce,) = await spool.pending_bounces()
+    assert (bounce.delivery_id, bounce.reason, bounce.state) == (
+        second.id, "blacklisted", State.REFUSED)
+    await spool.settle_bounce(second.id, BounceState.SENT)
+    assert await spool.pending_bounces() == []
+
+    detail = await spool.show_message(queue_id)
+    assert detail is not None
+    assert [(d.state, d.status, d.bounce) for d in detail.deliveries] == [
+        (State.SENT, "delivered", None), (State.REFUSED, None, BounceState.SENT)]
+    assert [kind for _, kind, _ in detail.deliveries[0].events] == ["received", "sent", "status"]
+    stats = await spool.stats()
+    assert stats.by_state == {"sent": 1, "refused": 1}
+    assert await spool.list_messages() == []
+    assert [m.id for m in await spool.list_messages(include_finished=True)] == [queue_id]
+    assert await spool.retry_message(queue_id) == 1          # the refused one
+    assert (await spool.stats()).by_state == {"sent": 1, "queued": 1}
+    assert await spool.retry_message("NOSUCH") is None
+    assert await spool.drop_message(queue_id) is True
+    assert await spool.show_message(queue_id) is None
+    await spool.probe_writable()
+    await spool.stop()
+
+
+async def test_a_lost_database_refuses_to_store_and_recovers(pg_server: PgServer,
+                                                             pg_url: str) -> None:
+    spool = await started(pg_url)
+    await spool.accept(message("79001234567"))
+    pg_server.stop("immediate")
+    try:
+        with pytest.raises(SpoolError):
+            await spool.accept(message("79007654321"))
+        assert not spool.healthy
+    finally:
+        pg_server.start()
+
+    async def stored() -> bool:
+        try:
+            await spool.accept(message("79001112233"))
+        except SpoolError:
+            return False
+        return True
+    deadline = time.monotonic() + 20
+    while not await stored():
+        assert time.monotonic() < deadline, "the spool did not reconnect"
+        await asyncio.sleep(0.2)
+    await eventually(lambda: spool.healthy)
+    conn = await asyncpg.connect(pg_url)
+    recipients = {r["recipient"] for r in await conn.fetch("SELECT recipient FROM deliveries")}
+    await conn.close()
+    assert "79001234567" in recipients and "79001112233" in recipients
+    await spool.stop()
+
+
+async def test_an_unreachable_database_at_start_is_a_clear_error() -> None:
+    spool = PgSpool("postgresql://nobody@127.0.0.1:9/none")
+    with pytest.raises(SpoolError, match="cannot reach spool"):
+        await spool.start()
+
+
+async def test_finding_deliveries_the_overview_and_the_shared_secret(pg_url: str) -> None:
+    from gateway.spool.rows import Search
+
+    first, second = await started(pg_url), await started(pg_url)
+    queue_id = await first.accept(IncomingMessage(
+        mail_from="crm@corp.test", peer="127.0.0.1", helo="crm", raw=b"x",
+        deliveries=(NewDelivery("89001234567@sms.local",
+                                {"type": "sms", "sent_to": "79001234567", "sent_text": "a"}),)))
+    await first.accept(message("79005550000"))
+    for to in ("89001234567@sms.local", "79001234567", "+79001234567", "89001234567"):
+        found = await second.find_deliveries(Search(to=to))
+        assert [(line.queue_id, line.sent_to) for line in found] == [
+            (queue_id, "79001234567")], to
+    assert await second.find_deliveries(Search(to="79001234567", state="sent")) == []
+    assert len(await second.find_deliveries(Search(pending_only=True))) == 2
+    overview = await second.overview()
+    assert overview.by_state == {"queued": 2}
+    assert overview.oldest_waiting is not None and overview.oldest_waiting.queue_id == queue_id
+    secrets = {await first.callback_secret(), await second.callback_secret()}
+    assert len(secrets) == 1 and len(secrets.pop()) >= 32
+    await first.stop()
+    await second.stop()

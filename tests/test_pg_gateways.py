@@ -1,0 +1,192 @@
+"""Two real gateways (`smtp2pulse serve` processes) on one PostgreSQL spool: load through both,
+one killed with SIGKILL and left dead; the survivor delivers everything the dead one answered
+250 and takes its callbacks. And the database going away under load: no 250 without a commit."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import pytest
+import yaml
+
+from tests.conftest import base_config, eventually, text_message
+from tests.fakeplatform import FakePlatform, Reply
+from tests.pgserver import PgServer
+from tests.test_crash import Daemon, no_daemon_left_behind
+
+HTTP_LISTENING = re.compile(r"HTTP status listening on 127\.0\.0\.1:(\d+)")
+SECRET = "callback-secret-0123456789abcdef"
+STOPS: list[threading.Event] = []
+__all__ = ["no_daemon_left_behind"]   # the daemons a failed test leaves are killed
+
+
+@pytest.fixture(autouse=True)
+def no_load_left_running() -> Iterator[None]:
+    """A failed assertion must not leave a sending thread behind: pytest would wait for it."""
+    yield
+    for stop in STOPS:
+        stop.set()
+    STOPS.clear()
+
+
+def pg_config(tmp_path: Path, platform: FakePlatform, url: str) -> Path:
+    data: dict[str, Any] = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = url
+    # api.timeout bounds a lease (timeout + 15 s): what a dead gateway's sends wait for.
+    data["api"]["timeout"] = "1s"
+    data["http"] = {"listen": "127.0.0.1:0", "public_url": "http://gateway.invalid",
+                    "callback_secret": SECRET}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def send_stream(port: int, prefix: str, accepted: dict[str, str], stop: threading.Event,
+                refusals: list[int | str]) -> None:
+    """Numbered messages until `stop` or the server goes away; marker → queue id of each 250."""
+    number = 0
+    while not stop.is_set():
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.ehlo()
+                for _ in range(5):
+                    marker = f"{prefix}-{number}"
+                    number += 1
+                    client.mail("app@corp.test")
+                    code, why = client.rcpt("79001234567@sms.local")
+                    if code != 250:
+                        refusals.append(f"{code} {why.decode()}")
+                        client.rset()
+                        continue
+                    code, reply = client.data(text_message("pg", marker).as_bytes())
+                    if code == 250:
+                        accepted[marker] = reply.decode().rsplit(" ", 1)[-1]
+                    else:
+                        refusals.append(code)
+        except (OSError, smtplib.SMTPException) as exc:
+            refusals.append(type(exc).__name__)
+            if stop.is_set():
+                return
+            time.sleep(0.1)   # the server went away (killed) or refused: try again until stop
+
+
+def delivered(platform: FakePlatform) -> Counter[str]:
+    return Counter(r.form["sent_text"].split("\n")[1] for r in platform.requests)
+
+
+async def test_the_survivor_delivers_what_a_killed_gateway_accepted(
+        tmp_path: Path, platform: FakePlatform, pg_url: str) -> None:
+    platform.default = Reply(delay=0.3)   # a backlog and sends in flight when the kill lands
+    config = pg_config(tmp_path, platform, pg_url)
+    doomed, survivor = Daemon(config), Daemon(config)
+    doomed_port, survivor_port = await asyncio.gather(doomed.start(), survivor.start())
+    accepted_doomed: dict[str, str] = {}
+    accepted_survivor: dict[str, str] = {}
+    refusals: list[int | str] = []
+    stop_doomed, stop_survivor = threading.Event(), threading.Event()
+    STOPS.extend((stop_doomed, stop_survivor))
+    loads = [asyncio.create_task(asyncio.to_thread(send_stream, doomed_port, "a",
+                                                   accepted_doomed, stop_doomed, refusals)),
+             asyncio.create_task(asyncio.to_thread(send_stream, survivor_port, "b",
+                                                   accepted_survivor, stop_survivor, refusals))]
+    try:
+        await eventually(lambda: len(accepted_doomed) >= 40 and len(accepted_survivor) >= 40,
+                         within=60)
+    except TimeoutError:
+        raise AssertionError(f"{len(accepted_doomed)}, {len(accepted_survivor)} accepted, "
+                             f"refused {Counter(refusals)}\n"
+                             + "\n".join(doomed.log[-20:])) from None
+
+    await doomed.kill()
+    killed_at = time.monotonic()
+    stop_doomed.set()
+    await asyncio.sleep(1.0)        # the survivor goes on taking mail meanwhile
+    stop_survivor.set()
+    await asyncio.gather(*loads)
+    taken = {**accepted_doomed, **accepted_survivor}
+    assert set(delivered(platform)) < set(taken), "the kill should leave deliveries behind"
+
+    try:
+        await eventually(lambda: set(taken) <= set(delivered(platform)), within=90)
+    except TimeoutError:
+        missing = sorted(set(taken) - set(delivered(platform)))
+        raise AssertionError(f"never delivered: {missing}\n"
+                             + "\n".join(survivor.log[-20:])) from None
+    took_over = time.monotonic() - killed_at
+    counts = delivered(platform)
+    duplicates = {marker: n for marker, n in counts.items() if n > 1}
+    print(f"\ntwo gateways: {len(accepted_doomed)} accepted by the killed one, "
+          f"{len(accepted_survivor)} by the survivor, all delivered {took_over:.1f} s after "
+          f"the kill; duplicates {len(duplicates)}")
+    # At least once: only what the dead gateway had in flight (max_concurrency) may repeat.
+    assert len(duplicates) <= 8
+
+    # A callback for a message of the dead gateway, sent to the survivor, updates the status.
+    marker, queue_id = next(iter(accepted_doomed.items()))
+    request = next(r for r in platform.requests if r.form["sent_text"].endswith(marker))
+    callback = urlsplit(request.form["callback"])
+    http_port = next(int(m.group(1)) for line in survivor.log
+                     if (m := HTTP_LISTENING.search(line)))
+    query = callback.query.replace("{id}", "p-1").replace("{status}", "delivered")
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{http_port}{callback.path}?{query}") as reply:
+        assert reply.status == 200, await reply.text()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        status = await conn.fetchval("SELECT status FROM deliveries WHERE message_id = $1",
+                                     queue_id)
+    finally:
+        await conn.close()
+    assert status == "delivered"
+    assert await survivor.terminate() == 0
+
+
+async def test_the_database_going_away_under_load_loses_nothing(
+        tmp_path: Path, platform: FakePlatform, pg_url: str, pg_server: PgServer) -> None:
+    config = pg_config(tmp_path, platform, pg_url)
+    daemon = Daemon(config)
+    port = await daemon.start()
+    accepted: dict[str, str] = {}
+    refusals: list[int | str] = []
+    stop = threading.Event()
+    STOPS.append(stop)
+    load = asyncio.create_task(asyncio.to_thread(send_stream, port, "c", accepted, stop,
+                                                 refusals))
+    await eventually(lambda: len(accepted) >= 30, within=60)
+    pg_server.stop("immediate")
+    try:
+        try:
+            await eventually(lambda: 451 in refusals, within=30)
+        except TimeoutError:
+            raise AssertionError(f"{len(accepted)} accepted, refused {Counter(refusals)}\n"
+                                 + "\n".join(daemon.log[-20:])) from None
+        during = len(accepted)
+        await asyncio.sleep(1.0)
+        # Nothing is answered 250 while the database is away.
+        assert len(accepted) == during
+    finally:
+        pg_server.start()
+    await eventually(lambda: len(accepted) >= during + 30, within=60)
+    stop.set()
+    await load
+    try:
+        await eventually(lambda: set(accepted) <= set(delivered(platform)), within=60)
+    except TimeoutError:
+        missing = sorted(set(accepted) - set(delivered(platform)))
+        raise AssertionError(f"never delivered: {missing}\n"
+                             + "\n".join(daemon.log[-20:])) from None
+    print(f"\ndatabase restart under load: {len(accepted)} accepted, "
+          f"{refusals.count(451)} answered 451 while it was away, all delivered")
+    assert await daemon.terminate() == 0
