@@ -150,7 +150,8 @@ def connection_limits(args: argparse.Namespace) -> dict[str, int]:
             if name in known}
 
 
-def write_config(workdir: Path, platform_port: int, args: argparse.Namespace) -> Path:
+def write_config(workdir: Path, platform_port: int, args: argparse.Namespace,
+                 spool_url: str | None = None) -> Path:
     config = {
         "smtp": {"listen": "127.0.0.1:0", "hostname": "bench-gateway",
                  "max_message_size": "1MiB", "max_recipients": 100,
@@ -160,8 +161,9 @@ def write_config(workdir: Path, platform_port: int, args: argparse.Namespace) ->
                 "token": "bench-token", "timeout": "10s",
                 "max_concurrency": args.api_concurrency},
         # A short retry: with --fail, a 503'd send comes back within the bench's patience.
-        "spool": {"path": str(workdir / "spool.sqlite3"), "retry": ["1s"],
-                  "give_up_after": "1h"},
+        "spool": {**({"url": spool_url} if spool_url else
+                     {"path": str(workdir / "spool.sqlite3")}),
+                  "retry": ["1s"], "give_up_after": "1h"},
         "shutdown_timeout": "15s",
         "log": {"level": args.log_level},
         "domains": {"sms.local": {"type": "sms", "sender": "Bench"}},
@@ -171,10 +173,10 @@ def write_config(workdir: Path, platform_port: int, args: argparse.Namespace) ->
     return path
 
 
-async def start_gateway(workdir: Path, platform_port: int, args: argparse.Namespace
-                        ) -> tuple[Child, int, Path]:
+async def start_gateway(workdir: Path, platform_port: int, args: argparse.Namespace,
+                        spool_url: str | None = None) -> tuple[Child, int, Path]:
     """`python -m gateway serve` (not dry-run); its port read from its own log line."""
-    config = write_config(workdir, platform_port, args)
+    config = write_config(workdir, platform_port, args, spool_url)
     log_path = workdir / "gateway.log"
     # Its log goes to a file, not a pipe: reading two lines per message back would cost the
     # bench's event loop CPU on the same two cores, and a full pipe would stall the gateway.
@@ -327,13 +329,14 @@ async def sink_round(scenario: Scenario, round_no: int, args: argparse.Namespace
 
 
 async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namespace,
-                        workdir: Path) -> tuple[Outcome, LoadResult, dict[str, list[float]]]:
+                        workdir: Path, spool_url: str | None = None
+                        ) -> tuple[Outcome, LoadResult, dict[str, list[float]]]:
     platform, platform_port = await start_helper(
         "fakeplatform.py", "--latency", scenario.latency, "--fail", args.fail,
         "--max-seconds", 3600)
     client = PlatformClient(platform_port)
     try:
-        gateway, port, log_path = await start_gateway(workdir, platform_port, args)
+        gateway, port, log_path = await start_gateway(workdir, platform_port, args, spool_url)
         try:
             if scenario.pace:
                 await asyncio.sleep(1.0)    # "idle": the worker has gone back to sleep
@@ -424,7 +427,44 @@ def gateway_problems(code: int | None, log_path: Path, stats: dict[str, float]) 
 Row = tuple[str, str]   # (scenario title, system)
 
 
+class Postgres:
+    """--postgres: a real PostgreSQL server for the run (tests/pgserver.py), a fresh database
+    for each round, on the same two cores as everything else."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.pgserver import PgServer
+        self.server = PgServer()
+        self.server.init()
+        self.server.start()
+        self._count = 0
+
+    async def database(self) -> str:
+        import asyncpg
+        self._count += 1
+        name = f"bench{self._count}"
+        conn = await asyncpg.connect(self.server.url)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+        return self.server.url.rsplit("/", 1)[0] + "/" + name
+
+    def stop(self) -> None:
+        self.server.remove()
+
+
 async def run_rounds(args: argparse.Namespace, spool_root: Path) -> dict[Row, list[Outcome]]:
+    postgres = Postgres() if args.postgres else None
+    try:
+        return await _rounds(args, spool_root, postgres)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+
+async def _rounds(args: argparse.Namespace, spool_root: Path, postgres: Postgres | None
+                  ) -> dict[Row, list[Outcome]]:
     results: dict[Row, list[Outcome]] = {}
     for round_no in range(1, args.rounds + 1):
         for scenario in scenarios(args):
@@ -436,6 +476,10 @@ async def run_rounds(args: argparse.Namespace, spool_root: Path) -> dict[Row, li
             label = "MAIL→250" if scenario.pace else ""
             results.setdefault((_title(scenario, label), "sink"), []).append(sink)
             results.setdefault((_title(scenario, label), "smtp2pulse"), []).append(gateway)
+            if postgres is not None and not scenario.pace:
+                url = await postgres.database()
+                on_pg, _, _ = await gateway_round(scenario, round_no, args, workdir, url)
+                results.setdefault((_title(scenario, label), "smtp2pulse-pg"), []).append(on_pg)
             if scenario.pace:
                 latencies = idle_latencies(load, deliveries)
                 results.setdefault((_title(scenario, "250→platform"), "smtp2pulse"), []).append(
@@ -539,7 +583,7 @@ def notes(results: dict[Row, list[Outcome]], args: argparse.Namespace) -> list[s
     lines = []
     for (title, system), outcomes in results.items():
         where = f"{title} / {system}"
-        if system == "smtp2pulse" and "idle" not in title:
+        if system.startswith("smtp2pulse") and "idle" not in title:
             lines.append(f"{where}: {_delivery_note(outcomes)}")
         if title.startswith("c ") and system == "smtp2pulse" and args.latency:
             ceiling = args.api_concurrency / args.latency
@@ -582,6 +626,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--max-load-seconds", type=float, default=600, help="cap on one load run")
     add("--memory", action="store_true", help="also RSS after 10k and 50k messages (slow)")
     add("--quick", action="store_true", help="smoke run: 200 messages, 1 round")
+    add("--postgres", action="store_true",
+        help="also each scenario with the spool in PostgreSQL (spool.url; a server of Debian's "
+             "postgresql package is started for the run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1

@@ -66,3 +66,17 @@ def test_the_status_page_loads_jinja2_only_when_first_rendered(tmp_path: Path) -
         "page = StatusPage(lambda: g.config, g.spool, lambda: True, lambda: True)\n"
         "asyncio.run(page._render('message.html', queue_id='X', detail=None))")
     assert _loaded_after(rendered, ("jinja2",)) == ["jinja2"]   # the check sees it when there
+
+
+def test_the_sqlite_spool_loads_no_postgresql_driver(tmp_path: Path) -> None:
+    assert _loaded_after(_gateway(tmp_path, http=True), ("asyncpg",)) == []
+
+
+def test_a_postgresql_spool_loads_its_driver(tmp_path: Path) -> None:
+    # The positive case: the check above can see asyncpg when it is there. Nothing connects.
+    data = base_config(tmp_path / "spool.sqlite3", "http://127.0.0.1:9/api/v1/bulk")
+    del data["spool"]["path"]
+    data["spool"]["url"] = "postgresql://nobody@127.0.0.1:9/none"
+    code = ("from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
+            f"Gateway(parse_config({data!r}, env={{}}))")
+    assert _loaded_after(code, ("asyncpg",)) == ["asyncpg"]

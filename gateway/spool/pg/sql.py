@@ -20,14 +20,16 @@ def numbered(statement: str) -> str:
 
 UNFINISHED_IN = lite.UNFINISHED_IN
 
-# One statement per accepted message, its deliveries as arrays: one round trip, where a row
-# per statement would cost one per recipient.
+# One statement for every message a group commit stores, its deliveries as arrays: one round
+# trip for all of them, where a statement per message (or per recipient) would cost one each.
 ACCEPT = (
     "WITH message AS (INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user,"
-    " size, raw, texts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9))"
+    " size, raw, texts) SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],"
+    " $5::text[], $6::text[], $7::int[], $8::bytea[], $9::text[]))"
     " INSERT INTO deliveries (message_id, recipient, request, state, next_attempt_at, updated_at)"
-    f" SELECT $1, recipient, request, '{State.QUEUED}', $2, $2"
-    " FROM unnest($10::text[], $11::text[]) AS t(recipient, request)")
+    f" SELECT message_id, recipient, request, '{State.QUEUED}', at, at"
+    " FROM unnest($10::text[], $11::text[], $12::text[], $13::float8[])"
+    " AS t(message_id, recipient, request, at)")
 # SKIP LOCKED: gateways leasing at once take different rows and never wait on each other. A
 # `sending` row is a lease; it is due again only once next_attempt_at, its expiry, has passed.
 LEASE = (

@@ -14,13 +14,17 @@ What differs from the SQLite spool, and why:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from gateway.errors import ShuttingDown
 from gateway.spool import meta, search
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
 from gateway.spool.pg import sql
@@ -48,6 +52,21 @@ if TYPE_CHECKING:
 STATUS_EVENT = "status"
 
 
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    queue_id: str
+    now: float
+    message: IncomingMessage
+    texts: str | None
+    requests: list[str]
+    future: asyncio.Future[str]
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as the column arrays unnest() takes."""
+    return [[row[i] for row in rows] for i in range(width)] if rows else [[]] * width
+
+
 def _count(status: str) -> int:
     """The row count from a command tag such as 'UPDATE 3'."""
     return int(status.rsplit(" ", 1)[-1])
@@ -58,6 +77,7 @@ class PgSpool:
                  on_notify: Callable[[], None] | None = None) -> None:
         self.clock = clock
         self.link = Link(url, on_notify=on_notify)
+        self._incoming: list[_Incoming] = []
 
     def __repr__(self) -> str:
         return f"PgSpool({self.link!r})"
@@ -80,17 +100,47 @@ class PgSpool:
     # --- the accept path ---------------------------------------------------------------------
 
     def accept(self, message: IncomingMessage) -> Awaitable[str]:
-        now = self.clock()
-        queue_id = new_queue_id(now)
-        texts, requests = pack_requests([d.request for d in message.deliveries])
-        recipients = [d.recipient for d in message.deliveries]
+        """Store a message durably; the future gives its queue id once it is committed.
 
-        async def insert(conn: asyncpg.Connection) -> str:
-            await conn.execute(sql.ACCEPT, queue_id, now, message.mail_from, message.peer,
-                               message.helo, message.auth_user, len(message.raw), message.raw,
-                               texts, recipients, requests)
-            return queue_id
-        return self.link.submit(insert, wakes=True)
+        Every message that arrives before the writer runs the job goes into its one statement
+        (see sql.ACCEPT), in the same group commit."""
+        now = self.clock()
+        texts, requests = pack_requests([d.request for d in message.deliveries])
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        batch = self._incoming
+        batch.append(_Incoming(new_queue_id(now), now, message, texts, requests, future))
+        if len(batch) == 1:
+            try:
+                job = self.link.submit(functools.partial(self._store, batch), wakes=True)
+            except BaseException:
+                self._incoming = []
+                raise
+            job.add_done_callback(functools.partial(self._settle, batch))
+        return future
+
+    async def _store(self, batch: list[_Incoming], conn: asyncpg.Connection) -> None:
+        if self._incoming is batch:
+            self._incoming = []    # closed: the next accept starts the next statement
+        messages = [(item.queue_id, item.now, item.message.mail_from, item.message.peer,
+                     item.message.helo, item.message.auth_user, len(item.message.raw),
+                     item.message.raw, item.texts) for item in batch]
+        deliveries = [(item.queue_id, d.recipient, request, item.now)
+                      for item in batch
+                      for d, request in zip(item.message.deliveries, item.requests, strict=True)]
+        await conn.execute(sql.ACCEPT, *_columns(messages, 9), *_columns(deliveries, 4))
+
+    def _settle(self, batch: list[_Incoming], job: asyncio.Future[None]) -> None:
+        """After the commit, or its failure: each message of the statement gets its answer."""
+        if self._incoming is batch:
+            self._incoming = []    # the job never ran (the database is away)
+        error = (ShuttingDown("spool is closed") if job.cancelled() else job.exception())
+        for item in batch:
+            if item.future.done():
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(item.queue_id)
 
     # --- the delivery path -------------------------------------------------------------------
 
