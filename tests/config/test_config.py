@@ -179,3 +179,14 @@ def test_check_config_summarises_listener_policies(tmp_path: Path,
     assert "    127.0.0.1:2525: plain, AUTH required\n" in out
     assert "    127.0.0.1:2526: plain, AUTH optional\n" in out
     assert "  SMTP AUTH users: crm\n" in out
+
+
+def test_a_postgresql_spool_url_is_checked_and_its_password_never_shown() -> None:
+    url = "postgresql://gw:hunter2-secret@db.example.com/smtp2pulse"
+    config = parse_config({**MINIMAL, "spool": {"url": url}}, env={})
+    assert config.spool.url is not None and config.spool.url.reveal() == url
+    assert "hunter2" not in repr(config)
+    assert problems({**MINIMAL, "spool": {"url": "mysql://gw:hunter2@db/x"}}) == [
+        "spool.url: must be a postgresql:// URL (got mysql scheme)"]
+    assert problems({**MINIMAL, "spool": {"url": url, "path": "/tmp/s.sqlite3"}}) == [
+        "spool.url: give spool.path (one SQLite file) or spool.url (PostgreSQL), not both"]
