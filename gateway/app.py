@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from gateway import privacy
-from gateway.config.loader import Config, load_config
+from gateway.config.loader import load_config
+from gateway.config.model import Config
 from gateway.delivery.bounce import Bouncer
 from gateway.delivery.sender_process import SenderProcess
 from gateway.delivery.worker import Sender, Worker

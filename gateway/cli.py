@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from gateway import queue_cli
 from gateway.app import SpoolLocked, serve
 from gateway.config.access import policy_for
-from gateway.config.loader import DEFAULT_PATH, Config, Listener, load_config
+from gateway.config.loader import DEFAULT_PATH, load_config
+from gateway.config.model import Config, Listener
 from gateway.delivery.request import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging

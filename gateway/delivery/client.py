@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.config.loader import ApiConfig
+from gateway.config.model import ApiConfig
 from gateway.delivery.request import (
     Outcome,
     classify,

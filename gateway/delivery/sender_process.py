@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import privacy
-from gateway.config.loader import ApiConfig
+from gateway.config.model import ApiConfig
 from gateway.delivery.request import Outcome
 from gateway.errors import SenderProcessError
 from gateway.logs import setup_logging
