@@ -143,7 +143,10 @@ class SenderProcess:
         finally:
             self._waiting.pop(number, None)
 
-    async def close(self) -> None:
+    def ready(self) -> bool:
+        return self.running
+
+    async def stop(self) -> None:
         """Stop the child once the worker has finished (or given up on) its sends."""
         self._stopping = True
         process = self._process
@@ -299,7 +302,7 @@ async def _child(fd: int) -> int:
         task.cancel()
     if sends:
         await asyncio.wait(sends)
-    await client.close()
+    await client.stop()
     out.flush()
     with contextlib.suppress(ConnectionError):
         await writer.drain()
