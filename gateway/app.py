@@ -41,7 +41,7 @@ log = logging.getLogger("smtp2pulse")
 
 # Settings a running daemon cannot change in place; a reload that changes them says so.
 _RESTART_ONLY = ("smtp.listen", "spool.path", "spool.url", "api.base_url", "api.timeout",
-                 "api.dry_run", "api.max_concurrency", "http.listen")
+                 "api.dry_run", "api.max_concurrency", "api.sender", "http.listen")
 
 
 class SpoolLocked(GatewayError):
@@ -153,7 +153,8 @@ def _dig(config: Config, dotted: str) -> object:
 def _keep_restart_only(new: Config, old: Config) -> Config:
     import dataclasses
     api = dataclasses.replace(new.api, base_url=old.api.base_url, timeout=old.api.timeout,
-                              dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency)
+                              dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency,
+                              sender=old.api.sender)
     smtp = dataclasses.replace(new.smtp, listen=old.smtp.listen)
     spool = dataclasses.replace(new.spool, path=old.spool.path, url=old.spool.url)
     # The status server keeps its socket; a removed or added http section needs a restart too.
@@ -164,10 +165,10 @@ def _keep_restart_only(new: Config, old: Config) -> Config:
 
 def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: str
                  ) -> SenderComponent:
-    """The HTTP client in this process (SMTP2PULSE_SENDER=inline, the default), or with
-    =process in a child process: a second core for the sends, for about 26 MB more memory
-    (bench/: 49 against 75 MB, and about 15% more accepts a second on 2 cores)."""
-    mode = os.environ.get("SMTP2PULSE_SENDER", "inline")
+    """The HTTP client in this process (api.sender: inline, the default), or with `process` in
+    a child process (SMTP2PULSE_SENDER, when set, overrides the key): a second core for the
+    sends, for more memory (bench/ measures both)."""
+    mode = os.environ.get("SMTP2PULSE_SENDER") or config.api.sender
     if mode == "inline":
         from gateway.delivery.client import DryRunClient, PulseClient  # httpx, only when used here
         return DryRunClient(config.api) if config.api.dry_run else PulseClient(config.api)
@@ -190,8 +191,10 @@ def _lock_spool(path: Path) -> IO[str]:
     return handle
 
 
-async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = False) -> int:
-    config = load_config(config_path, dry_run=dry_run)
+async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = False,
+                config: Config | None = None) -> int:
+    if config is None:
+        config = load_config(config_path, dry_run=dry_run)
     setup_logging("debug" if verbose else config.log_level, config.log_format)
     loop = asyncio.get_running_loop()
     log.info("event loop: %s", type(loop).__module__.split(".")[0])

@@ -79,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose))
+        # Read before the loop exists: the config chooses which loop it is.
+        config = load_config(args.config, dry_run=args.dry_run)
+        with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+            return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose,
+                                    config=config))
     except (SpoolLocked, SpoolError, OSError) as exc:
         logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
         return EX_FAIL

@@ -32,6 +32,8 @@ from gateway.config.units import parse_duration, parse_hostport
 from gateway.errors import ConfigError
 
 DEFAULT_PATH = "/etc/smtp2pulse/config.yaml"
+SENDERS = ("inline", "process")
+LOOPS = ("auto", "uvloop", "asyncio")
 # --- loading ---------------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -69,7 +71,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
     data = _substitute_env(data, "", env, problems)
     top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
-                           "shutdown_timeout", "log"}, problems)
+                           "shutdown_timeout", "log", "event_loop"}, problems)
     smtp = _smtp(v.section(top, "smtp", problems), problems, env)
     api = _api(v.section(top, "api", problems), problems, dry_run, env)
     spool = _spool(v.section(top, "spool", problems), problems)
@@ -77,6 +79,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     bounces = _bounces(v.section(top, "bounces", problems), problems)
     domains = parse_domains(top.get("domains"), problems)
     check_access(smtp, domains, problems)
+    event_loop = v.choice(top, "event_loop", "", LOOPS, "auto", problems)
     shutdown = v.value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
     log = v.section(top, "log", problems)
     v.keys(log, "log", {"level", "format", "mask_personal_data"}, problems)
@@ -86,8 +89,8 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
-                  shutdown_timeout=shutdown, log_level=level, log_format=log_format,
-                  log_mask_personal=log_mask, source=source)
+                  shutdown_timeout=shutdown, event_loop=event_loop, log_level=level,
+                  log_format=log_format, log_mask_personal=log_mask, source=source)
 
 
 def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems) -> Any:
@@ -169,7 +172,7 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
 def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str]
          ) -> ApiConfig:
     path = "api"
-    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate",
+    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate", "sender",
                         *TOKEN_KEYS},
           problems)
     defaults = ApiConfig()
@@ -185,6 +188,7 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
         max_concurrency=v.value(data, "max_concurrency", path, v.integer(1, 1000),
                                defaults.max_concurrency, problems),
         max_rate=v.value(data, "max_rate", path, _rate, 0.0, problems),
+        sender=v.choice(data, "sender", path, SENDERS, defaults.sender, problems),
     )
 
 

@@ -96,6 +96,7 @@ class ApiConfig:
     dry_run: bool = False
     max_concurrency: int = 8
     max_rate: float = 0.0      # requests per second to the platform; 0 = no cap
+    sender: str = "inline"     # inline | process (the sends in a child process)
 
     @property
     def send_url(self) -> str:
@@ -145,6 +146,7 @@ class Config:
     http: HttpConfig | None = None
     bounces: BounceConfig = BounceConfig()
     shutdown_timeout: float = 15.0
+    event_loop: str = "auto"     # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "info"
     log_format: str = "plain"
     log_mask_personal: bool = False    # phone numbers and e-mail addresses in logs
