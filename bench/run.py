@@ -35,7 +35,7 @@ import aiohttp
 import yaml
 from loadgen import LoadResult, LoadSpec, percentile, run_load
 
-from gateway.config.loader import SmtpConfig
+from gateway.config.model import SmtpConfig
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

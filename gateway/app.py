@@ -16,10 +16,12 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from gateway import privacy
-from gateway.config.loader import Config, load_config
+from gateway.component import Component
+from gateway.config.loader import load_config
+from gateway.config.model import Config
 from gateway.delivery.bounce import Bouncer
 from gateway.delivery.sender_process import SenderProcess
 from gateway.delivery.worker import Sender, Worker
@@ -39,15 +41,19 @@ log = logging.getLogger("smtp2pulse")
 
 # Settings a running daemon cannot change in place; a reload that changes them says so.
 _RESTART_ONLY = ("smtp.listen", "spool.path", "spool.url", "api.base_url", "api.timeout",
-                 "api.dry_run", "api.max_concurrency", "http.listen")
+                 "api.dry_run", "api.max_concurrency", "api.sender", "http.listen")
 
 
 class SpoolLocked(GatewayError):
     pass
 
 
+class SenderComponent(Sender, Component, Protocol):
+    """The sender as the Gateway holds it: the worker sends through it, the Gateway runs it."""
+
+
 class Gateway:
-    def __init__(self, config: Config, *, sender: Sender | None = None,
+    def __init__(self, config: Config, *, sender: SenderComponent | None = None,
                  notifier: Notifier | None = None, verbose: bool = False) -> None:
         self._config = config
         self.metrics = Metrics()
@@ -68,7 +74,7 @@ class Gateway:
             from gateway.status.server import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self._ready,
-                                       sending=lambda: getattr(self.sender, "running", True),
+                                       sending=self.sender.ready,
                                        on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None
         self._spool_secret: str | None = None   # http.callback_secret when the config has none
@@ -92,7 +98,7 @@ class Gateway:
             if self._config.http is not None:   # also for a reload that drops its own secret
                 self._spool_secret = await self.spool.callback_secret()
                 self._config = meta.with_callback_secret(self._config, self._spool_secret)
-            await _start(self.sender)
+            await self.sender.start()
             await self.worker.start()
             await self.bouncer.start()
             await self.smtp.start()
@@ -113,7 +119,7 @@ class Gateway:
         await self.bouncer.stop()
         if self.status is not None:
             await self.status.stop()   # last but the spool: /healthz says 503 while draining
-        await _close(self.sender)
+        await self.sender.stop()
         await self.spool.stop()
         if self._lock is not None:
             self._lock.close()
@@ -147,7 +153,8 @@ def _dig(config: Config, dotted: str) -> object:
 def _keep_restart_only(new: Config, old: Config) -> Config:
     import dataclasses
     api = dataclasses.replace(new.api, base_url=old.api.base_url, timeout=old.api.timeout,
-                              dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency)
+                              dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency,
+                              sender=old.api.sender)
     smtp = dataclasses.replace(new.smtp, listen=old.smtp.listen)
     spool = dataclasses.replace(new.spool, path=old.spool.path, url=old.spool.url)
     # The status server keeps its socket; a removed or added http section needs a restart too.
@@ -156,11 +163,12 @@ def _keep_restart_only(new: Config, old: Config) -> Config:
     return dataclasses.replace(new, api=api, smtp=smtp, spool=spool, http=http)
 
 
-def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: str) -> Sender:
-    """The HTTP client in this process (SMTP2PULSE_SENDER=inline, the default), or with
-    =process in a child process: a second core for the sends, for about 26 MB more memory
-    (bench/: 49 against 75 MB, and about 15% more accepts a second on 2 cores)."""
-    mode = os.environ.get("SMTP2PULSE_SENDER", "inline")
+def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: str
+                 ) -> SenderComponent:
+    """The HTTP client in this process (api.sender: inline, the default), or with `process` in
+    a child process (SMTP2PULSE_SENDER, when set, overrides the key): a second core for the
+    sends, for more memory (bench/ measures both)."""
+    mode = os.environ.get("SMTP2PULSE_SENDER") or config.api.sender
     if mode == "inline":
         from gateway.delivery.client import DryRunClient, PulseClient  # httpx, only when used here
         return DryRunClient(config.api) if config.api.dry_run else PulseClient(config.api)
@@ -168,18 +176,6 @@ def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: s
         raise ConfigError([f"SMTP2PULSE_SENDER: {mode!r} is neither 'process' nor 'inline'"])
     return SenderProcess(config.api, mask_personal=mask_personal, log_level=log_level,
                          log_format=config.log_format)
-
-
-async def _start(sender: Sender) -> None:
-    start = getattr(sender, "start", None)
-    if start is not None:
-        await start()
-
-
-async def _close(sender: Sender) -> None:
-    close = getattr(sender, "close", None)
-    if close is not None:
-        await close()
 
 
 def _lock_spool(path: Path) -> IO[str]:
@@ -195,8 +191,10 @@ def _lock_spool(path: Path) -> IO[str]:
     return handle
 
 
-async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = False) -> int:
-    config = load_config(config_path, dry_run=dry_run)
+async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = False,
+                config: Config | None = None) -> int:
+    if config is None:
+        config = load_config(config_path, dry_run=dry_run)
     setup_logging("debug" if verbose else config.log_level, config.log_format)
     loop = asyncio.get_running_loop()
     log.info("event loop: %s", type(loop).__module__.split(".")[0])

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from gateway import queue_cli
 from gateway.app import SpoolLocked, serve
 from gateway.config.access import policy_for
-from gateway.config.loader import DEFAULT_PATH, Config, Listener, load_config
+from gateway.config.loader import DEFAULT_PATH, load_config
+from gateway.config.model import Config, Listener
 from gateway.delivery.request import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
@@ -78,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose))
+        # Read before the loop exists: the config chooses which loop it is.
+        config = load_config(args.config, dry_run=args.dry_run)
+        with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+            return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose,
+                                    config=config))
     except (SpoolLocked, SpoolError, OSError) as exc:
         logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
         return EX_FAIL

@@ -13,7 +13,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway.config.loader import Config, load_config
+from gateway.config.loader import load_config
+from gateway.config.model import Config
 from gateway.config.units import parse_duration
 from gateway.errors import SpoolError
 from gateway.spool.backends import describe, make_spool

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.config.loader import Config, parse_config
+from gateway.config.loader import parse_config
+from gateway.config.model import Config
 from tests.fakeplatform import FakePlatform
 from tests.pgserver import PgServer
 

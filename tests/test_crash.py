@@ -170,7 +170,7 @@ async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
     assert all(bodies[marker] >= 1 for marker in taken)
     # At-least-once: only a send in flight at the kill (at most api.max_concurrency of them)
     # may be repeated.
-    from gateway.config.loader import ApiConfig
+    from gateway.config.model import ApiConfig
     assert len(duplicates) <= ApiConfig().max_concurrency
 
 

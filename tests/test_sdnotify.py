@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from gateway.sdnotify import Notifier
 
 

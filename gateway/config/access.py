@@ -1,61 +1,31 @@
 """Who may send: the `smtp.tls` and `smtp.auth` settings, and the policy each listener gets.
 
-Read by gateway.config (which imports this module late, inside its `smtp` section reader, since
-this one uses config's helpers). A listener is a plain "host:port" (the section defaults apply)
+Read by gateway.config.loader for its `smtp` section; the settings themselves are frozen in
+gateway.config.model. A listener is a plain "host:port" (the section defaults apply)
 or a mapping `{address, require_starttls, require_auth}`; implicit-TLS listeners come from
 `smtp.tls.implicit_listen`.
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.config import validation as v
 from gateway.config.credentials import TOKEN_KEYS, read_token
-from gateway.config.loader import Listener, Secret
+from gateway.config.model import (
+    HANDSHAKE_TIMEOUT,
+    AuthSettings,
+    Listener,
+    Secret,
+    SmtpConfig,
+    TlsSettings,
+    User,
+)
+from gateway.config.tls import MIN_VERSIONS, server_context
 from gateway.config.units import parse_duration, parse_hostport
-from gateway.smtp import tls
-
-if TYPE_CHECKING:
-    from gateway.config.loader import SmtpConfig
-
-
-HANDSHAKE_TIMEOUT = 20.0
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    cert: Path
-    key: Path
-    context: ssl.SSLContext = field(compare=False, repr=False)
-    min_version: str = "1.2"
-    require_starttls: bool = False        # default for plain listeners
-    implicit_listen: tuple[Listener, ...] = ()
-    # An SMTPS connection holds a connection slot from accept to the end of its handshake.
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    name: str
-    password_hash: Secret
-    domains: frozenset[str] = frozenset()        # empty: every served domain
-    senders: frozenset[str] | None = None        # None: any sender name
-    token: Secret | None = None                  # None: api.token
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    users: Mapping[str, User]
-    required: bool = True                 # default for every listener (false with no users)
-    allow_without_tls: bool = False
-    accept_any_credentials: bool = False
-    max_failures: int = 3
-    block_for: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +91,7 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
     if isinstance(data.get("min_version"), float):
         # YAML reads an unquoted 1.3 as a number; str() gives back what was written.
         data = {**data, "min_version": str(data["min_version"])}
-    min_version = v.choice(data, "min_version", path, tuple(tls.MIN_VERSIONS), "1.2", problems)
+    min_version = v.choice(data, "min_version", path, tuple(MIN_VERSIONS), "1.2", problems)
     no_listeners: tuple[Listener, ...] = ()
     implicit = v.value(data, "implicit_listen", path,
                       lambda raw: tuple(listener_entry(item, implicit_tls=True)
@@ -134,7 +104,7 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
         return None
     cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
     try:
-        context = tls.server_context(cert_path, key_path, min_version)
+        context = server_context(cert_path, key_path, min_version)
     except ValueError as exc:
         problems.add(f"{path}.cert", str(exc))
         return None

@@ -17,7 +17,7 @@ from gateway.config.recipients import EMAIL_LOCAL, recipient_value
 from gateway.errors import BadRecipient
 
 if TYPE_CHECKING:
-    from gateway.config.domains import DomainConfig
+    from gateway.config.model import DomainConfig
 
 # Enough for any company's duty rota; a group larger than max_recipients can never be sent to.
 MAX_TARGETS = 1000

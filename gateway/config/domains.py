@@ -9,20 +9,17 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from gateway.config import validation as v
 from gateway.config.aliases import domain_aliases
+from gateway.config.model import DomainConfig, PhoneRewrite
 from gateway.config.quiet import URGENT_CHOICES, QuietHours, window, zone
 
 MESSAGE_TYPES = (
     "sms", "push", "viber", "whatsapp", "telegram", "vk", "ok",
     "email", "hlr", "voice", "mms", "bot", "bulk",
 )
-HTML_TYPES = frozenset({"email", "push"})
 API_CHARSETS = (
     "UTF16BE", "UTF16LE", "CP1251", "UTF-8", "UTF-16BE", "UTF-16LE",
     "UCS-2BE", "UCS-2LE", "UCS2BE", "UCS2LE",
@@ -30,37 +27,6 @@ API_CHARSETS = (
 RECIPIENT_KINDS = ("phone", "email", "verbatim")
 OVERRIDABLE = ("sender", "ttl", "send_date", "button", "action", "image")
 PLACEHOLDERS = frozenset({"subject", "body", "from", "from_name", "to", "recipient", "domain"})
-
-
-@dataclass(frozen=True, slots=True)
-class PhoneRewrite:
-    match: re.Pattern[str]
-    replace: str
-
-
-@dataclass(frozen=True, slots=True)
-class DomainConfig:
-    name: str
-    type: str
-    recipient: str = "phone"
-    text: str | None = None
-    html: bool = True
-    max_length: int | None = None
-    strip_signature: bool = True
-    rewrite: tuple[PhoneRewrite, ...] = ()
-    allow_headers: frozenset[str] = frozenset()
-    max_parts: int | None = None              # SMS parts a text may take; longer is cut
-    transliterate: bool = False               # Cyrillic to Latin so the text stays GSM-7
-    quiet_hours: QuietHours | None = None
-    timezone: ZoneInfo | None = None          # None: the machine's local time
-    # Lower-cased local part -> the sent_to of each of its targets.
-    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    # Platform fields sent as they are; a None one is not sent.
-    fields: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def sends_html(self) -> bool:
-        return self.html and self.type in HTML_TYPES
 
 
 _DOMAIN_KEYS = {

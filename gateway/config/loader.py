@@ -7,161 +7,33 @@ downstream sees raw YAML.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.config import validation as v
+from gateway.config.access import check_access, listener_entry, read_auth, read_tls
 from gateway.config.credentials import TOKEN_KEYS, read_token
-from gateway.config.domains import DomainConfig, parse_domains
+from gateway.config.domains import parse_domains
+from gateway.config.model import (
+    LOOPBACK,
+    ApiConfig,
+    BounceConfig,
+    Config,
+    HttpConfig,
+    Listener,
+    Secret,
+    SmtpConfig,
+    SpoolConfig,
+)
 from gateway.config.units import parse_duration, parse_hostport
 from gateway.errors import ConfigError
 
-if TYPE_CHECKING:
-    from gateway.config.access import AuthSettings, TlsSettings
-
 DEFAULT_PATH = "/etc/smtp2pulse/config.yaml"
-DEFAULT_BASE_URL = "https://1-pulse.kupon.mobi/api/v1/bulk"
-
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-
-
-class Secret:
-    """A string that never shows itself in a repr, a log line or an error message."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-
-def mask(token: str) -> str:
-    """How a token appears anywhere a person can read it."""
-    return "***" if token else ""
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    host: str
-    port: int
-    # SMTP listeners only: None follows smtp.tls.require_starttls / smtp.auth.required.
-    require_starttls: bool | None = None
-    require_auth: bool | None = None
-    implicit_tls: bool = False
-    accept_any_credentials: bool | None = None   # None: smtp.auth.accept_any_credentials
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpConfig:
-    listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
-    hostname: str = "smtp2pulse.local"
-    max_message_size: int = 1024 * 1024
-    max_recipients: int = 100
-    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    timeout: float = 300.0
-    fallback_charset: str = "cp1251"
-    tls: TlsSettings | None = None          # gateway.access
-    auth: AuthSettings | None = None        # None: AUTH is not offered
-    max_connections: int = 100
-    max_connections_per_address: int = 20
-    max_messages_per_minute_per_user: int = 0       # 0: no limit
-    max_messages_per_minute_per_address: int = 0
-    null_sender: str = "refuse"             # refuse | drop | accept (MAIL FROM:<>, bounces)
-    auto_submitted: str = "refuse"          # the same, for auto-replies and Auto-Submitted mail
-    ipv6_prefix: int = 64                   # IPv6 clients are counted and blocked per prefix
-    max_session_duration: float = 3600.0    # then 421 at the next command, however busy
-
-
-@dataclass(frozen=True, slots=True)
-class ApiConfig:
-    base_url: str = DEFAULT_BASE_URL
-    token: Secret = field(default_factory=lambda: Secret(""))
-    timeout: float = 10.0
-    dry_run: bool = False
-    max_concurrency: int = 8
-    max_rate: float = 0.0      # requests per second to the platform; 0 = no cap
-
-    @property
-    def send_url(self) -> str:
-        return self.base_url.rstrip("/") + "/send-message"
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolConfig:
-    path: Path = Path("/var/lib/smtp2pulse/spool.sqlite3")
-    url: Secret | None = None   # postgresql://…: a database shared by several gateways
-    retry: tuple[float, ...] = (30.0, 120.0, 600.0, 1800.0, 3600.0)
-    give_up_after: float = 2 * 86400.0
-
-
-@dataclass(frozen=True, slots=True)
-class HttpConfig:
-    """The status side: health, metrics, delivery-status callbacks."""
-
-    listen: Listener
-    public_url: str | None = None
-    callback_secret: Secret = field(default_factory=lambda: Secret(""))
-    # Who may read /metrics and /messages (message history is personal data); /healthz and the
-    # signed /callback are open to all, since the platform must reach the latter.
-    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
-
-    @property
-    def callback_url(self) -> str | None:
-        return self.public_url.rstrip("/") + "/callback" if self.public_url else None
-
-
-@dataclass(frozen=True, slots=True)
-class BounceConfig:
-    """Delivery status notifications (RFC 3464) to the envelope sender; off by default."""
-
-    enabled: bool = False
-    relay: Listener = Listener("127.0.0.1", 25)
-    sender: str = ""          # the From: of the notification; "" = MAILER-DAEMON@smtp.hostname
-    timeout: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    smtp: SmtpConfig
-    api: ApiConfig
-    spool: SpoolConfig
-    domains: Mapping[str, DomainConfig]
-    http: HttpConfig | None = None
-    bounces: BounceConfig = BounceConfig()
-    shutdown_timeout: float = 15.0
-    log_level: str = "info"
-    log_format: str = "plain"
-    log_mask_personal: bool = False    # phone numbers and e-mail addresses in logs
-    source: str = "<memory>"
-
-    def domain(self, name: str) -> DomainConfig | None:
-        return self.domains.get(name.lower())
-
-
+SENDERS = ("inline", "process")
+LOOPS = ("auto", "uvloop", "asyncio")
 # --- loading ---------------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -199,15 +71,15 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
     data = _substitute_env(data, "", env, problems)
     top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
-                           "shutdown_timeout", "log"}, problems)
+                           "shutdown_timeout", "log", "event_loop"}, problems)
     smtp = _smtp(v.section(top, "smtp", problems), problems, env)
     api = _api(v.section(top, "api", problems), problems, dry_run, env)
     spool = _spool(v.section(top, "spool", problems), problems)
     http = _http(v.section(top, "http", problems), problems) if top.get("http") else None
     bounces = _bounces(v.section(top, "bounces", problems), problems)
     domains = parse_domains(top.get("domains"), problems)
-    from gateway.config.access import check_access  # late: gateway.access uses this module
     check_access(smtp, domains, problems)
+    event_loop = v.choice(top, "event_loop", "", LOOPS, "auto", problems)
     shutdown = v.value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
     log = v.section(top, "log", problems)
     v.keys(log, "log", {"level", "format", "mask_personal_data"}, problems)
@@ -217,8 +89,8 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
-                  shutdown_timeout=shutdown, log_level=level, log_format=log_format,
-                  log_mask_personal=log_mask, source=source)
+                  shutdown_timeout=shutdown, event_loop=event_loop, log_level=level,
+                  log_format=log_format, log_mask_personal=log_mask, source=source)
 
 
 def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems) -> Any:
@@ -251,12 +123,10 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ValueError("at least one host:port is needed")
-    from gateway.config.access import listener_entry  # late: gateway.access uses this module
     return tuple(listener_entry(item) for item in items)
 
 
 def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) -> SmtpConfig:
-    from gateway.config.access import read_auth, read_tls  # late: gateway.access uses this module
     path = "smtp"
     v.keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
                        "allow_networks", "tls", "auth", "timeout", "fallback_charset",
@@ -302,7 +172,7 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
 def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str]
          ) -> ApiConfig:
     path = "api"
-    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate",
+    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate", "sender",
                         *TOKEN_KEYS},
           problems)
     defaults = ApiConfig()
@@ -318,6 +188,7 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
         max_concurrency=v.value(data, "max_concurrency", path, v.integer(1, 1000),
                                defaults.max_concurrency, problems),
         max_rate=v.value(data, "max_rate", path, _rate, 0.0, problems),
+        sender=v.choice(data, "sender", path, SENDERS, defaults.sender, problems),
     )
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import BadRecipient
 
 if TYPE_CHECKING:
-    from gateway.config.domains import DomainConfig
+    from gateway.config.model import DomainConfig
 
 # A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
 # else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.

@@ -20,7 +20,7 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from gateway.message.parse import decode_bytes
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import PendingBounce

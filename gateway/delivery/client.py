@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.config.loader import ApiConfig
+from gateway.config.model import ApiConfig
 from gateway.delivery.request import (
     Outcome,
     classify,
@@ -58,10 +58,13 @@ class PulseClient:
         # 0.5 ms of CPU per request against about 3 ms for httpx's own transport (bench/).
         self._active = self._transport or AiohttpTransport(limits=limits)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         if self._active is not None:
             await self._active.aclose()
             self._active = None
+
+    def ready(self) -> bool:
+        return self._active is not None
 
     async def send(self, request: Mapping[str, str], token: str) -> Outcome:
         assert self._active is not None, "start() first"
@@ -98,8 +101,11 @@ class DryRunClient:
     async def start(self) -> None:
         log.warning("dry run: nothing is sent to the platform")
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         return None
+
+    def ready(self) -> bool:
+        return True
 
     async def send(self, request: Mapping[str, str], token: str) -> Outcome:
         log.info("dry run: would POST %s %s", self.api.send_url,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, quote_plus
 
-from gateway.config.loader import mask
+from gateway.config.model import mask
 
 # The platform's names for the encodings it accepts, to Python codec names.
 _CODECS = {

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import privacy
-from gateway.config.loader import ApiConfig
+from gateway.config.model import ApiConfig
 from gateway.delivery.request import Outcome
 from gateway.errors import SenderProcessError
 from gateway.logs import setup_logging
@@ -143,7 +143,10 @@ class SenderProcess:
         finally:
             self._waiting.pop(number, None)
 
-    async def close(self) -> None:
+    def ready(self) -> bool:
+        return self.running
+
+    async def stop(self) -> None:
         """Stop the child once the worker has finished (or given up on) its sends."""
         self._stopping = True
         process = self._process
@@ -299,7 +302,7 @@ async def _child(fd: int) -> int:
         task.cancel()
     if sends:
         await asyncio.wait(sends)
-    await client.close()
+    await client.stop()
     out.flush()
     with contextlib.suppress(ConnectionError):
         await writer.drain()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.config.loader import Config
+from gateway.config.model import Config
 
 log = logging.getLogger("smtp2pulse.access")
 

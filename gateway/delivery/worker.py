@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from gateway.delivery.request import Outcome
 from gateway.delivery.tokens import token_for
 from gateway.errors import ShuttingDown, SpoolError

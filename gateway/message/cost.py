@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
-from gateway.config.domains import SMS_TYPES, DomainConfig
+from gateway.config.domains import SMS_TYPES
+from gateway.config.model import DomainConfig
 from gateway.message.sms import ELLIPSIS, Segments, fit, is_gsm7, segments
 from gateway.message.translit import transliterate
 

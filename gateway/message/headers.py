@@ -19,6 +19,10 @@ from gateway.message.text import one_line
 # they see here (MIME structure, From) are never legitimately longer than this. A file name of
 # 255 Cyrillic letters, percent-encoded in RFC 2231 form, is about 1.5 KB of it.
 MAX_PARSED_HEADER = 8192
+# The headers parse keeps for gateway.message.schedule (lower-case names): it reads the mail's own
+# timing and urgency from them.
+TIMING_HEADERS = frozenset({"deferred-delivery", "expires", "expiry-date", "x-priority",
+                            "importance", "priority", "x-msmail-priority"})
 
 # RFC 2047: =?charset[*lang]?B|Q?text?= where text is printable ASCII other than "?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([!->@-~]*)\?=")

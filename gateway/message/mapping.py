@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.config.domains import DomainConfig
-from gateway.config.loader import Config
+from gateway.config.model import Config, DomainConfig
 from gateway.config.recipients import recipient_value
 from gateway.errors import BadContent, BadRecipient, RelayDenied
 from gateway.message.parse import ParsedMessage

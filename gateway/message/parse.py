@@ -30,7 +30,7 @@ from email.message import Message
 from email.parser import BytesParser
 from typing import TypeVar
 
-from gateway.message.headers import MAX_PARSED_HEADER, address, header_text
+from gateway.message.headers import MAX_PARSED_HEADER, TIMING_HEADERS, address, header_text
 from gateway.message.headers import decode_bytes as decode_bytes  # also gateway.delivery's
 from gateway.message.htmltext import html_to_text
 from gateway.message.mime import (
@@ -45,7 +45,6 @@ from gateway.message.mime import (
     structure,
     walk,
 )
-from gateway.message.schedule import TIMING_HEADERS
 from gateway.message.text import clean_text, lf, scrub
 
 log = logging.getLogger(__name__)

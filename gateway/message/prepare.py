@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from gateway.message.cost import shape, total_parts
 from gateway.message.mapping import (
     Recipient,

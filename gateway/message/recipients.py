@@ -7,7 +7,7 @@ see gateway.message.prepare).
 
 from __future__ import annotations
 
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from gateway.errors import BadRecipient
 from gateway.message.mapping import Recipient, resolve_recipient
 

@@ -17,14 +17,11 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from gateway.config.domains import DomainConfig
+from gateway.config.model import DomainConfig
 
 if TYPE_CHECKING:
     from gateway.message.parse import ParsedMessage
 
-# The headers gateway.message.parse keeps for this module (lower-case names).
-TIMING_HEADERS = frozenset({"deferred-delivery", "expires", "expiry-date", "x-priority",
-                            "importance", "priority", "x-msmail-priority"})
 SEND_DATE = "%Y-%m-%d %H:%M"
 
 

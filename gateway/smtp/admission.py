@@ -24,8 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gateway.config.access import User
-from gateway.config.loader import SmtpConfig
+from gateway.config.model import SmtpConfig, User
 from gateway.config.networks import address_key, allowed
 from gateway.smtp import replies
 from gateway.smtp.auth import LoginFailures

@@ -15,7 +15,7 @@ from base64 import b64decode
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.config.access import AuthSettings, User
+from gateway.config.model import AuthSettings, User
 from gateway.smtp import replies
 from gateway.smtp.passwords import verify_password
 from gateway.smtp.replies import Reply

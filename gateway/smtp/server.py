@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config.loader import Config, Listener
+from gateway.config.model import Config, Listener
 from gateway.smtp.admission import Admission
 from gateway.smtp.handler import Handler
 from gateway.smtp.session import GatewaySession

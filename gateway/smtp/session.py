@@ -36,8 +36,8 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException
 
-from gateway.config.access import User, policy_for
-from gateway.config.loader import Config, Listener
+from gateway.config.access import policy_for
+from gateway.config.model import Config, Listener, User
 from gateway.message.mapping import Recipient
 from gateway.smtp import auth, replies
 from gateway.smtp.admission import Admission, Client, client_host

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config.loader import Config, Listener
+from gateway.config.model import Config, Listener
 from gateway.smtp.admission import Admission, client_host
 from gateway.smtp.session import GatewaySession
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.config.loader import SpoolConfig
+from gateway.config.model import SpoolConfig
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.store import Spool
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 
-from gateway.config.loader import Config, Secret
+from gateway.config.model import Config, Secret
 from gateway.spool import sql
 
 CALLBACK_SECRET = "callback_secret"  # noqa: S105 - the key it is kept under

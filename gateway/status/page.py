@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from gateway.config.loader import Config, HttpConfig, Listener
+from gateway.config.model import Config, HttpConfig, Listener
 from gateway.config.networks import allowed
 from gateway.errors import GatewayError
 from gateway.spool import admin

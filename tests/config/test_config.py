@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config.loader import Secret, load_config, parse_config
+from gateway.config.loader import load_config, parse_config
+from gateway.config.model import Secret
 from gateway.config.units import parse_duration, parse_hostport, parse_size
 from gateway.errors import ConfigError
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from gateway.spool import admin
 from tests.conftest import TOKEN, Running, text_message
 from tests.fakeplatform import FakePlatform, Reply

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config.loader import Config, parse_config
+from gateway.config.loader import parse_config
+from gateway.config.model import Config
 from gateway.errors import Refusal
 from gateway.message.mapping import build_request, resolve_recipient, strip_signature
 from gateway.message.parse import ParsedMessage

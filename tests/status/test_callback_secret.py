@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from gateway.app import Gateway
-from gateway.config.loader import Config
+from gateway.config.model import Config
 from tests.conftest import Running, base_config
 from tests.fakeplatform import FakePlatform
 from tests.status.test_status import base, get, submit_and_callback_url

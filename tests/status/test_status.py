@@ -59,7 +59,7 @@ async def test_healthz_503_while_the_sender_process_is_not_running(
     monkeypatch.setenv("SMTP2PULSE_SENDER", "process")
     gw = await start_gateway(HTTP)
     assert await get(base(gw) + "/healthz") == (200, '{"status": "ok"}')
-    await gw.gateway.sender.close()    # stopped for good: no new child comes
+    await gw.gateway.sender.stop()    # stopped for good: no new child comes
     status, body = await get(base(gw) + "/healthz")
     assert status == 503 and '"reason": "sender process is not running"' in body
 
