@@ -86,7 +86,7 @@ class Gateway:
     def _ready(self) -> bool:
         # A shared database that is away makes every accept a 451: not ready, whatever the
         # listeners say, so a balancer sends the mail to a gateway that can store it.
-        return self.smtp.listening() and getattr(self.spool, "healthy", True)
+        return self.smtp.listening() and self.spool.healthy
 
     async def start(self) -> None:
         if self._config.spool.url is None:

@@ -34,6 +34,11 @@ class SpoolInterface(Protocol):
 
     async def stop(self) -> None: ...
 
+    @property
+    def healthy(self) -> bool:
+        """False while the spool cannot store at all (a shared database out of reach)."""
+        ...
+
     # --- the accept path
     def accept(self, message: IncomingMessage) -> Awaitable[str]:
         """Store a message and its deliveries durably; gives the queue id."""

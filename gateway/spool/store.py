@@ -106,6 +106,11 @@ class Spool:
         """How many group commits ran, for tests and metrics."""
         return self._writer.commits
 
+    @property
+    def healthy(self) -> bool:
+        # A local file has no connection to lose; a full disk shows in /healthz's probe write.
+        return True
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, *, recover: bool = True) -> int:
