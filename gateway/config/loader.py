@@ -34,6 +34,8 @@ from gateway.errors import ConfigError
 DEFAULT_PATH = "/etc/smtp2pulse/config.yaml"
 SENDERS = ("inline", "process")
 LOOPS = ("auto", "uvloop", "asyncio")
+MAX_BATCH = 1000        # the platform documents no limit; a request stays a few MB at most
+MAX_BATCH_WAIT = 5.0
 # --- loading ---------------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -173,7 +175,7 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
          ) -> ApiConfig:
     path = "api"
     v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate", "sender",
-                        *TOKEN_KEYS},
+                        "batch_size", "batch_wait", *TOKEN_KEYS},
           problems)
     defaults = ApiConfig()
     dry = v.value(data, "dry_run", path, v.boolean, False, problems) or dry_run
@@ -189,7 +191,19 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
                                defaults.max_concurrency, problems),
         max_rate=v.value(data, "max_rate", path, _rate, 0.0, problems),
         sender=v.choice(data, "sender", path, SENDERS, defaults.sender, problems),
+        batch_size=v.value(data, "batch_size", path, v.integer(1, MAX_BATCH),
+                           defaults.batch_size, problems),
+        batch_wait=v.value(data, "batch_wait", path, _batch_wait, defaults.batch_wait,
+                           problems),
     )
+
+
+def _batch_wait(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds > MAX_BATCH_WAIT:
+        raise ValueError(f"{value!r} is longer than {MAX_BATCH_WAIT:g}s: a batch waits to fill"
+                         " while others are in flight, not for minutes")
+    return seconds
 
 
 def _http(data: dict[str, Any], problems: v.Problems) -> HttpConfig:

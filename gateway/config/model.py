@@ -97,10 +97,19 @@ class ApiConfig:
     max_concurrency: int = 8
     max_rate: float = 0.0      # requests per second to the platform; 0 = no cap
     sender: str = "inline"     # inline | process (the sends in a child process)
+    # >1: deliveries due together that share token, type, sender and charset go as one
+    # send-list-messages request of at most this many.
+    batch_size: int = 1
+    # With requests in flight, how long a new batch may wait to fill before it is leased.
+    batch_wait: float = 0.05
 
     @property
     def send_url(self) -> str:
         return self.base_url.rstrip("/") + "/send-message"
+
+    @property
+    def batch_url(self) -> str:
+        return self.base_url.rstrip("/") + "/send-list-messages"
 
 
 @dataclass(frozen=True, slots=True)

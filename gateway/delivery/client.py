@@ -1,7 +1,8 @@
-"""Talking to the platform's send-message: the only module that imports httpx.
+"""Talking to the platform's send-message and send-list-messages: the only module that
+imports httpx.
 
-It runs in the sender process (gateway.sender_process); what requests and replies mean is in
-gateway.platform.
+It runs in the daemon or in the sender process (sender_process.py); what requests and replies
+mean is in request.py and batch.py.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.config.model import ApiConfig
+from gateway.config.model import ApiConfig, mask
+from gateway.delivery.batch import BATCH_FIELDS, classify_batch, encode_batch
 from gateway.delivery.request import (
     Outcome,
     classify,
@@ -44,6 +46,7 @@ class PulseClient:
         self._transport = transport
         self._active: httpx.AsyncBaseTransport | None = None
         self._url = httpx.URL(api.send_url)
+        self._batch_url = httpx.URL(api.batch_url)
         self._headers = httpx.Headers({"Content-Type": "application/x-www-form-urlencoded",
                                        "User-Agent": "smtp2pulse"})
         self._timeout = httpx.Timeout(api.timeout).as_dict()
@@ -67,9 +70,23 @@ class PulseClient:
         return self._active is not None
 
     async def send(self, request: Mapping[str, str], token: str) -> Outcome:
+        reply = await self._post(self._url, encode_form(request, token), token)
+        if isinstance(reply, Outcome):
+            return reply
+        return classify(*reply, time.time(), secret=token)   # a platform echoing the request
+
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
+                         ) -> list[Outcome]:
+        reply = await self._post(self._batch_url, encode_batch(requests, token), token)
+        if isinstance(reply, Outcome):
+            return [reply] * len(requests)
+        return classify_batch(*reply, time.time(), len(requests), secret=token)
+
+    async def _post(self, url: httpx.URL, content: bytes, token: str
+                    ) -> tuple[int, bytes, httpx.Headers] | Outcome:
+        """The reply's status, body and headers; an Outcome (a retry) if there is none."""
         assert self._active is not None, "start() first"
-        http_request = httpx.Request("POST", self._url, headers=self._headers,
-                                     content=encode_form(request, token),
+        http_request = httpx.Request("POST", url, headers=self._headers, content=content,
                                      extensions={"timeout": self._timeout})
         try:
             # One deadline for the whole request: httpx's timeouts limit each read, and a
@@ -88,8 +105,7 @@ class PulseClient:
         except httpx.HTTPError as exc:
             text = mask_secret(str(exc), token)
             return Outcome("retry", detail=f"{type(exc).__name__}: {short(text)}")
-        return classify(response.status_code, response.content, response.headers, time.time(),
-                        secret=token)   # a platform echoing the request back
+        return response.status_code, response.content, response.headers
 
 
 class DryRunClient:
@@ -111,3 +127,14 @@ class DryRunClient:
         log.info("dry run: would POST %s %s", self.api.send_url,
                  json.dumps(masked_request(request, token), ensure_ascii=False))
         return Outcome("sent", platform_id="dry-run")
+
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
+                         ) -> list[Outcome]:
+        first = requests[0]
+        log.info("dry run: would POST %s token=%s %s and %d messages: %s", self.api.batch_url,
+                 mask(token), " ".join(f"{name}={first[name]}" for name in BATCH_FIELDS
+                                       if name in first), len(requests),
+                 json.dumps([{name: value for name, value in request.items()
+                              if name not in BATCH_FIELDS} for request in requests],
+                            ensure_ascii=False))
+        return [Outcome("sent", platform_id="dry-run")] * len(requests)

@@ -1,5 +1,9 @@
 """What a send-message request looks like on the wire and what the platform's reply means.
 
+A request is made in two steps: at accept, the stored fields (gateway.message.mapping: text,
+recipient, type, sender, ...); at send time, here, what depends on the running config — the
+token that pays and the signed callback (`assemble`). Batches (batch.py) reuse both.
+
 Pure functions, no HTTP: the parent process uses them without loading an HTTP client.
 The platform documents exactly two replies: `{"type": "success", "id": ...}` and
 `{"type": "error", "msg": ...}`. Everything else — a timeout, a reset, a 5xx, a 429, an HTML
@@ -14,11 +18,14 @@ import html
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, quote_plus
 
-from gateway.config.model import mask
+from gateway.config.model import Config, mask
+from gateway.delivery.signing import callback_url
+from gateway.delivery.tokens import token_for
+from gateway.spool.rows import Delivery
 
 # The platform's names for the encodings it accepts, to Python codec names.
 _CODECS = {
@@ -32,15 +39,42 @@ _MAX_ERROR_TEXT = 300
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    kind: Literal["sent", "refused", "retry"]
+    # unknown: only from a batch, whose reply is undocumented (batch.py); perhaps sent.
+    kind: Literal["sent", "refused", "retry", "unknown"]
     platform_id: str | None = None
     detail: str = ""
     retry_after: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One delivery's request as it goes out: every form field but the token, and the token."""
+
+    delivery: Delivery
+    fields: Mapping[str, str]
+    token: str = field(repr=False)
+
+
+def assemble(delivery: Delivery, config: Config) -> Outgoing:
+    """The request for a delivery now: its stored fields, the signed callback if the status
+    side is public, and the token of the user who sent it (else api.token), from the running
+    config, so a reload or a rotated token applies to mail already queued."""
+    fields = dict(delivery.request)
+    http = config.http
+    if http is not None and http.callback_url:
+        fields["callback"] = callback_url(http.callback_url, http.callback_secret.reveal(),
+                                          delivery.id, delivery.message_id)
+    return Outgoing(delivery, fields, token_for(config, delivery.auth_user))
+
+
+def codec_for(request: Mapping[str, str]) -> str:
+    """The Python codec of the charset a request declares (UTF-8 when it declares none)."""
+    return _CODECS.get(request.get("charset", "UTF-8"), "utf-8")
+
+
 def encode_form(request: Mapping[str, str], token: str) -> bytes:
     """Form-encode a request; the text fields in the charset the request declares."""
-    codec = _CODECS.get(request.get("charset", "UTF-8"), "utf-8")
+    codec = codec_for(request)
     pairs = [("token", token), *request.items()]
     return "&".join(
         quote_plus(name) + "=" + form_value(value, codec if name in _TEXT_FIELDS else "utf-8")
@@ -71,21 +105,39 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], now: float,
     """What a reply means; `secret` (the request's token) is masked in any text it echoes,
     before that text is shortened, so a cut cannot leave half a token."""
     if status == 429 or status >= 500:
-        return Outcome("retry", detail=f"HTTP {status}",
-                       retry_after=retry_after_seconds(headers.get("retry-after"), now))
-    try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        reply = None
+        return overloaded(status, headers, now)
+    reply = json_reply(body)
     if isinstance(reply, dict):
         kind = reply.get("type")
         if kind == "success" and isinstance(reply.get("id"), str | int) and reply["id"] != "":
             return Outcome("sent", platform_id=str(reply["id"]))
         if kind == "error":
-            text = mask_secret(str(reply.get("msg", "")), secret)
-            return Outcome("refused", detail=short(text) or "error")
+            return refused(reply, secret)
+    return Outcome("retry", detail=unrecognised(status, body, secret))
+
+
+def overloaded(status: int, headers: Mapping[str, str], now: float) -> Outcome:
+    """A 429 or 5xx: tried again, after the Retry-After the platform asks for if any."""
+    return Outcome("retry", detail=f"HTTP {status}",
+                   retry_after=retry_after_seconds(headers.get("retry-after"), now))
+
+
+def json_reply(body: bytes) -> object:
+    try:
+        reply: object = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return reply
+
+
+def refused(reply: Mapping[str, object], secret: str) -> Outcome:
+    text = mask_secret(str(reply.get("msg", "")), secret)
+    return Outcome("refused", detail=short(text) or "error")
+
+
+def unrecognised(status: int, body: bytes, secret: str) -> str:
     text = mask_secret(body.decode("utf-8", "replace"), secret)
-    return Outcome("retry", detail=f"HTTP {status}, unrecognised reply: {short(text)!r}")
+    return f"HTTP {status}, unrecognised reply: {short(text)!r}"
 
 
 def mask_secret(text: str, secret: str) -> str:

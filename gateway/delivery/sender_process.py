@@ -1,4 +1,4 @@
-"""With SMTP2PULSE_SENDER=process, the HTTP requests to the platform run in a child process.
+"""With api.sender: process, the HTTP requests to the platform run in a child process.
 
 The default is one process (gateway.app._make_sender): about 26 MB less memory, which the
 child's own interpreter, asyncio, httpx and aiohttp take, for about 13% fewer accepts a
@@ -15,11 +15,11 @@ the worker, so the spool keeps one writer and its group commits; the child holds
 worth keeping. If it dies, every request it had becomes a retry (the platform may or may not
 have seen it: at least once, as for any send whose reply is lost) and a new child is started.
 
-Messages on the socket pair are a 4-byte length and a pickle; both ends are this program, the
-child started by the parent with the other end of the pair. The child takes orders only from
-its parent: it ignores SIGTERM, SIGINT and SIGHUP (a terminal's Ctrl-C reaches the whole
-process group; systemd's default stop signals every process of the unit), stops when told to
-or when the parent is gone, and logs to the stderr it inherited.
+Messages on the socket pair are the frozen dataclasses below, each a 4-byte length and a pickle;
+both ends are this program, the child started by the parent with the other end of the pair. The
+child takes orders only from its parent: it ignores SIGTERM, SIGINT and SIGHUP (a terminal's
+Ctrl-C reaches the whole process group; systemd's default stop signals every process of the
+unit), stops when told to or when the parent is gone, and logs to the stderr it inherited.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from gateway import privacy
 from gateway.config.model import ApiConfig
@@ -53,17 +53,69 @@ SENDER_NICENESS = 10      # added to the daemon's own (systemd's Nice=)
 _LENGTH = struct.Struct("!I")
 
 
-def _frame(message: tuple[Any, ...]) -> bytes:
+# --- what parent and child say to each other ---------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Parent to child, first: how to run."""
+    api: ApiConfig
+    log_level: str
+    log_format: str
+    mask_personal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Child to parent: its client started."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Child to parent, instead of Ready."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """One request: a send-message (one request, `batch` false) or a send-list-messages."""
+    number: int
+    requests: tuple[Mapping[str, str], ...]
+    token: str
+    batch: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Child to parent: the outcomes of Send `number`, one per request, in order."""
+    number: int
+    outcomes: tuple[Outcome, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Mask:
+    """Whether log lines hide personal data now (follows a reload)."""
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Finish: the parent's worker has had its grace for what is still in flight."""
+
+
+Message = Start | Ready | Failed | Send | Answer | Mask | Stop
+
+
+def _frame(message: Message) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(data)) + data
 
 
-async def _read(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
+async def _read(reader: asyncio.StreamReader) -> Message | None:
     """The next message, or None once the other end is gone."""
     try:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
         # Only this program's own parent or child writes to the socket pair.
-        message: tuple[Any, ...] = pickle.loads(await reader.readexactly(length))  # noqa: S301
+        message: Message = pickle.loads(await reader.readexactly(length))  # noqa: S301
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
     return message
@@ -76,7 +128,7 @@ class _Batcher:
         self.writer = writer
         self._frames: list[bytes] = []
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: Message) -> None:
         if not self._frames:
             asyncio.get_running_loop().call_soon(self.flush)
         self._frames.append(_frame(message))
@@ -101,7 +153,7 @@ class SenderProcess:
         self._reader: asyncio.StreamReader | None = None
         self._out: _Batcher | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[Outcome]] = {}
+        self._waiting: dict[int, asyncio.Future[tuple[Outcome, ...]]] = {}
         self._ids = itertools.count()
         self._mask_sent = False
         self._stopping = False
@@ -121,27 +173,38 @@ class SenderProcess:
         self._watcher = asyncio.create_task(self._watch(), name="sender-process-watch")
 
     async def send(self, request: Mapping[str, str], token: str) -> Outcome:
+        (outcome,) = await self._ask((request,), token, batch=False)
+        return outcome
+
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
+                         ) -> list[Outcome]:
+        return list(await self._ask(tuple(requests), token, batch=True))
+
+    async def _ask(self, requests: tuple[Mapping[str, str], ...], token: str, *, batch: bool
+                   ) -> tuple[Outcome, ...]:
         if not self.running and not self._stopping:
             # Being restarted: usually back in a fraction of a second, cheaper than a retry.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._up.wait(), self.api.timeout)
         if not self.running:
-            return Outcome("retry", detail="sender process is not running")
+            return (Outcome("retry", detail="sender process is not running"),) * len(requests)
         assert self._out is not None
         mask = self.mask_personal()
         if mask != self._mask_sent:          # follows a reload, for the dry run's log lines
-            self._out.send(("mask", mask))
+            self._out.send(Mask(mask))
             self._mask_sent = mask
         number = next(self._ids)
-        answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[tuple[Outcome, ...]] = asyncio.get_running_loop().create_future()
         self._waiting[number] = answer
-        self._out.send(("send", number, dict(request), token))
+        self._out.send(Send(number, tuple(dict(r) for r in requests), token, batch))
         try:
-            return await asyncio.wait_for(answer, self.api.timeout + ANSWER_MARGIN)
+            outcomes = await asyncio.wait_for(answer, self.api.timeout + ANSWER_MARGIN)
         except TimeoutError:
-            return Outcome("retry", detail="sender process did not answer")
+            outcomes = (Outcome("retry", detail="sender process did not answer"),)
         finally:
             self._waiting.pop(number, None)
+        # A child that is gone answers once for the whole request.
+        return outcomes if len(outcomes) == len(requests) else outcomes[:1] * len(requests)
 
     def ready(self) -> bool:
         return self.running
@@ -153,7 +216,7 @@ class SenderProcess:
         if process is None:
             return
         if self._out is not None:
-            self._out.send(("stop",))
+            self._out.send(Stop())
         try:
             await asyncio.wait_for(process.wait(), STOP_MARGIN)
         except TimeoutError:
@@ -183,14 +246,14 @@ class SenderProcess:
         self._reader, writer = await asyncio.open_connection(sock=parent_end)
         self._out = _Batcher(writer)
         self._mask_sent = self.mask_personal()
-        writer.write(_frame(("start", self.api, self.log_level, self.log_format,
-                             self._mask_sent)))
+        writer.write(_frame(Start(self.api, self.log_level, self.log_format, self._mask_sent)))
+        reply: Message | None
         try:
             reply = await asyncio.wait_for(_read(self._reader), START_TIMEOUT)
         except TimeoutError:
-            reply = ("failed", f"not ready within {START_TIMEOUT:.0f}s")
-        if reply is None or reply[0] != "ready":
-            reason = reply[1] if reply is not None else "it exited"
+            reply = Failed(f"not ready within {START_TIMEOUT:.0f}s")
+        if not isinstance(reply, Ready):
+            reason = reply.reason if isinstance(reply, Failed) else "it exited"
             await self._reap()
             raise SenderProcessError(f"sender process did not start: {reason}")
         self._up.set()
@@ -214,10 +277,10 @@ class SenderProcess:
             assert self._reader is not None
             message = await _read(self._reader)
             if message is not None:
-                if message[0] == "outcome":
-                    answer = self._waiting.get(message[1])
+                if isinstance(message, Answer):
+                    answer = self._waiting.get(message.number)
                     if answer is not None and not answer.done():
-                        answer.set_result(message[2])
+                        answer.set_result(message.outcomes)
                 continue
             assert self._process is not None
             code = await self._process.wait()
@@ -231,7 +294,7 @@ class SenderProcess:
         # The platform may have taken some of them: sent again, at least once.
         for answer in self._waiting.values():
             if not answer.done():
-                answer.set_result(Outcome("retry", detail=f"sender process exited ({code})"))
+                answer.set_result((Outcome("retry", detail=f"sender process exited ({code})"),))
 
     async def _respawn(self, code: int) -> bool:
         """Another child, after a pause that grows while starts fail; False if stopping."""
@@ -256,11 +319,11 @@ class SenderProcess:
 async def _child(fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
     start = await _read(reader)
-    if start is None or start[0] != "start":
+    if not isinstance(start, Start):
         return 1
-    api: ApiConfig = start[1]
-    setup_logging(start[2], start[3])
-    masking = [bool(start[4])]
+    api = start.api
+    setup_logging(start.log_level, start.log_format)
+    masking = [start.mask_personal]
     privacy.install(lambda: masking[0])
     # Here and not at the top: the parent imports this module and has no use for httpx.
     from gateway.delivery.client import DryRunClient, PulseClient
@@ -269,32 +332,35 @@ async def _child(fd: int) -> int:
     try:
         await client.start()
     except Exception as exc:
-        writer.write(_frame(("failed", str(exc) or type(exc).__name__)))
+        writer.write(_frame(Failed(str(exc) or type(exc).__name__)))
         await writer.drain()
         return 1
-    writer.write(_frame(("ready",)))
+    writer.write(_frame(Ready()))
     sends: set[asyncio.Task[None]] = set()
 
-    async def send(number: int, request: Mapping[str, str], token: str) -> None:
+    async def send(order: Send) -> None:
         try:
-            outcome = await client.send(request, token)
+            if order.batch:
+                outcomes = tuple(await client.send_batch(order.requests, order.token))
+            else:
+                outcomes = (await client.send(order.requests[0], order.token),)
         except Exception as exc:   # a bug must cost a retry, not the child
             log.exception("send raised")
-            outcome = Outcome("retry", detail=f"internal error: {type(exc).__name__}")
-        out.send(("outcome", number, outcome))
+            outcomes = (Outcome("retry", detail=f"internal error: {type(exc).__name__}"),)
+        out.send(Answer(order.number, outcomes))
 
     while True:
         message = await _read(reader)
         if message is None:
             log.warning("the gateway process is gone; stopping")
             break
-        if message[0] == "send":
-            task = asyncio.create_task(send(*message[1:]))
+        if isinstance(message, Send):
+            task = asyncio.create_task(send(message))
             sends.add(task)
             task.add_done_callback(sends.discard)
-        elif message[0] == "mask":
-            masking[0] = bool(message[1])
-        elif message[0] == "stop":
+        elif isinstance(message, Mask):
+            masking[0] = message.on
+        elif isinstance(message, Stop):
             break
     # The worker has had its grace for these and stopped waiting (or is gone): their leases
     # stay in the spool, and they are sent again after the restart.
@@ -328,4 +394,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    # Run by `python -m`, this file is `__main__`; the parent pickles the messages as classes of
+    # gateway.delivery.sender_process, so the child runs that module's copy, where they match.
+    from gateway.delivery import sender_process
+    sys.exit(sender_process.main(sys.argv))

@@ -12,18 +12,17 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.model import Config
-from gateway.delivery.request import Outcome
-from gateway.delivery.tokens import token_for
+from gateway.delivery.batch import group
+from gateway.delivery.request import Outcome, Outgoing, assemble
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.message.cost import request_segments
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
 from gateway.spool.store import Delivery, Result
-from gateway.status.callbacks import callback_url
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.worker")
@@ -56,6 +55,11 @@ class Pacer:
 class Sender(Protocol):
     async def send(self, request: Mapping[str, str], token: str) -> Outcome: ...
 
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
+                         ) -> list[Outcome]:
+        """One outcome per request, in order."""
+        ...
+
 
 def next_wait(schedule: tuple[float, ...], attempts_done: int, rng: random.Random) -> float:
     """The wait after the n-th failed attempt: the schedule's n-th step (the last repeats), ±10%."""
@@ -70,6 +74,10 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
     if outcome.kind == "sent":
         return Result(delivery.id, State.SENT, now, "sent", outcome.platform_id or "",
                       outcome.platform_id)
+    if outcome.kind == "unknown":
+        # Perhaps sent: never again on its own (a duplicate), never counted as sent (a loss).
+        return Result(delivery.id, State.UNCONFIRMED, now, "unknown",
+                      f"unknown outcome: {outcome.detail}")
     if outcome.kind == "refused":
         return Result(delivery.id, State.REFUSED, now, "refused", outcome.detail, bounce=bounce)
     if now - delivery.received_at >= config.spool.give_up_after:
@@ -160,29 +168,44 @@ class Worker:
         # Cleared before looking, so a wake-up that arrives while we look is not lost.
         self._wake.clear()
         config = self.config()
-        free = config.api.max_concurrency - len(self._inflight)
-        if free <= 0:
+        api = config.api
+        if api.max_concurrency - len(self._inflight) <= 0:
             return
+        if api.batch_size > 1 and self._inflight and api.batch_wait > 0:
+            # Under load, let the next batch fill rather than split the flow over every free
+            # slot. Nothing is leased meanwhile: a crash now repeats nothing.
+            await asyncio.sleep(api.batch_wait)
+        free = api.max_concurrency - len(self._inflight)
         # Long enough for the send itself (one overall deadline, api.timeout), the wait for a
         # rate slot before it and recording its outcome after; not much longer, since with a
         # shared spool a gateway that died leaves its leases to the others only once they end.
-        pacing = config.api.max_concurrency / config.api.max_rate if config.api.max_rate else 0.0
-        lease = config.api.timeout + pacing + LEASE_MARGIN
-        for delivery in await self.spool.lease(free, lease):
+        pacing = api.max_concurrency / api.max_rate if api.max_rate else 0.0
+        lease = api.timeout + pacing + LEASE_MARGIN
+        outgoing = []
+        for delivery in await self.spool.lease(free * api.batch_size, lease):
             if delivery.id in self._holding:
                 # Its lease ran out while this process still sends it (the sender's deadline
                 # should prevent that): the send in flight records the outcome, never a second.
                 log.warning("queue_id=%s delivery %d is still in flight past its lease; not"
                             " sending it again", delivery.message_id, delivery.id)
                 continue
-            task = asyncio.create_task(self._deliver(delivery), name=f"deliver-{delivery.id}")
+            outgoing.append(assemble(delivery, config))
+        batches = group(outgoing, api.batch_size)
+        for batch in batches[:free]:
+            ids = [item.delivery.id for item in batch]
+            task = asyncio.create_task(self._deliver(batch), name=f"deliver-{ids[0]}")
             self._inflight.add(task)
-            self._holding.add(delivery.id)
-            task.add_done_callback(functools.partial(self._finished, delivery.id))
+            self._holding.update(ids)
+            task.add_done_callback(functools.partial(self._finished, ids))
+        # More batches than free slots (deliveries of several senders or tokens came due
+        # together): the rest go back, due now, for the next slot that frees.
+        unsent = [item.delivery.id for batch in batches[free:] for item in batch]
+        if unsent:
+            await self.spool.release(unsent)
 
-    def _finished(self, delivery_id: int, task: asyncio.Task[None]) -> None:
+    def _finished(self, delivery_ids: list[int], task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._holding.discard(delivery_id)
+        self._holding.difference_update(delivery_ids)
         self._wake.set()
 
     async def _sleep(self) -> None:
@@ -197,43 +220,55 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, batch: list[Outgoing]) -> None:
+        """One request, for one delivery (send-message) or a batch (send-list-messages)."""
         config = self.config()
-        token = token_for(config, delivery.auth_user)   # a user's own token, else api.token
-        request = dict(delivery.request)
-        if config.http is not None and config.http.callback_url:
-            request["callback"] = callback_url(config.http.callback_url,
-                                               config.http.callback_secret.reveal(),
-                                               delivery.id, delivery.message_id)
+        token = batch[0].token
         await self._pacer.wait(config.api.max_rate)
         started = time.monotonic()
         try:
-            outcome = await self.sender.send(request, token)
-        except Exception as exc:  # a bug in a sender must not lose the delivery
-            log.exception("queue_id=%s send raised", delivery.message_id)
-            outcome = Outcome("retry", detail=f"internal error: {type(exc).__name__}")
+            if len(batch) == 1:
+                outcomes = [await self.sender.send(batch[0].fields, token)]
+            else:
+                outcomes = await self.sender.send_batch([item.fields for item in batch], token)
+        except Exception as exc:  # a bug in a sender must not lose the deliveries
+            log.exception("queue_id=%s send raised", batch[0].delivery.message_id)
+            outcomes = [Outcome("retry", detail=f"internal error: {type(exc).__name__}")]
+        if len(outcomes) != len(batch):   # a sender's bug; the platform's is classify_batch's
+            outcomes = [Outcome("retry", detail="internal error: outcomes do not match")] * \
+                len(batch)
         elapsed = time.monotonic() - started
         self.metrics.platform_latency.observe(elapsed)
-        result = settle(delivery, outcome, config, self.clock(), self.rng)
+        self.metrics.batch_messages.observe(len(batch))
+        now = self.clock()
+        results = [settle(item.delivery, outcome, config, now, self.rng)
+                   for item, outcome in zip(batch, outcomes, strict=True)]
+        try:
+            await self.spool.record(*results)
+        except (SpoolError, ShuttingDown) as exc:
+            # The leases run out and the deliveries are tried again: at least once, not lost.
+            log.error("queue_id=%s could not record %d outcomes: %s",
+                      batch[0].delivery.message_id, len(results), exc)
+            return
+        for item, outcome, result in zip(batch, outcomes, results, strict=True):
+            self._account(item.delivery, outcome, result, elapsed, len(batch))
+
+    def _account(self, delivery: Delivery, outcome: Outcome, result: Result, elapsed: float,
+                 batch: int) -> None:
+        """Metrics and the log line of one delivery's recorded attempt."""
         self.metrics.deliveries.labels(result.event).inc()
         sms = request_segments(delivery.request)
         if result.event == "sent" and sms is not None:
             domain = delivery.recipient.rpartition("@")[2].lower()
             self.metrics.sms_parts.labels(domain).inc(sms.parts)
-        try:
-            await self.spool.record(result)
-        except (SpoolError, ShuttingDown) as exc:
-            # The lease runs out and the delivery is tried again: at least once, not lost.
-            log.error("queue_id=%s could not record outcome %s: %s", delivery.message_id,
-                      result.event, exc)
-            return
         if result.bounce:
             self.on_bounce()
-        log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms)",
+        log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
                  delivery.message_id, delivery.request.get("sent_to", delivery.recipient),
                  delivery.attempts + 1, result.event,
                  f"platform_id={outcome.platform_id} " if outcome.platform_id else
                  f"reason={result.detail!r} ", elapsed * 1000,
+                 f", batch of {batch}" if batch > 1 else "",
                  extra={"queue_id": delivery.message_id})
 
     async def _maybe_purge(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.spool import sql
 from gateway.spool.packing import load_texts, unpack_request
@@ -58,17 +58,25 @@ def next_due(conn: sqlite3.Connection) -> float | None:
     return None if row is None or row["due"] is None else float(row["due"])
 
 
-def record(conn: sqlite3.Connection, clock: Clock, result: Result) -> None:
+def release(conn: sqlite3.Connection, clock: Clock, delivery_ids: Sequence[int]) -> int:
     now = clock()
-    cursor = conn.execute(
-        sql.RECORD_RESULT,
-        (result.state, result.next_attempt_at, result.platform_id,
-         None if result.state == State.SENT else result.detail, now, result.delivery_id))
-    if cursor.rowcount == 0:
-        return   # dropped by an operator while it was being sent
-    if result.bounce:
-        mark_bounce(conn, result.delivery_id)
-    add_events(conn, [(result.delivery_id, now, result.event, result.detail)])
+    return conn.execute(sql.RELEASE, (now, now, json.dumps(list(delivery_ids)), now)).rowcount
+
+
+def record(conn: sqlite3.Connection, clock: Clock, results: Sequence[Result]) -> None:
+    now = clock()
+    events = []
+    for result in results:
+        cursor = conn.execute(
+            sql.RECORD_RESULT,
+            (result.state, result.next_attempt_at, result.platform_id,
+             None if result.state == State.SENT else result.detail, now, result.delivery_id))
+        if cursor.rowcount == 0:
+            continue   # dropped by an operator while it was being sent
+        if result.bounce:
+            mark_bounce(conn, result.delivery_id)
+        events.append((result.delivery_id, now, result.event, result.detail))
+    add_events(conn, events)
 
 
 def purge(conn: sqlite3.Connection, older_than: float) -> int:

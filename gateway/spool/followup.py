@@ -14,6 +14,7 @@ from gateway.spool.schema import select, select_one
 from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
 
 STATUS_EVENT = "status"
+CONFIRMED = "confirmed by the platform's callback"   # the detail of an unconfirmed one's "sent"
 
 
 def record_status(conn: sqlite3.Connection, clock: Clock, delivery_id: int, queue_id: str,
@@ -32,7 +33,10 @@ def record_status(conn: sqlite3.Connection, clock: Clock, delivery_id: int, queu
         return "ignored", meaning    # one signed URL must not fill the spool
     now = clock()
     conn.execute(sql.RECORD_STATUS, (status, meaning, now, platform_id, delivery_id))
-    add_events(conn, [(delivery_id, now, STATUS_EVENT, detail)])
+    events = [(delivery_id, now, STATUS_EVENT, detail)]
+    if row["state"] == State.UNCONFIRMED:
+        events.insert(0, (delivery_id, now, "sent", CONFIRMED))
+    add_events(conn, events)
     return "recorded", meaning
 
 

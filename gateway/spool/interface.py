@@ -7,7 +7,7 @@ Every method that writes returns only once what it wrote is durable: a 250 is a 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from gateway.spool.rows import (
@@ -51,8 +51,14 @@ class SpoolInterface(Protocol):
 
     async def next_due(self) -> float | None: ...
 
-    async def record(self, result: Result) -> None:
-        """An attempt's outcome, with its event (and a bounce marked if it asks for one)."""
+    async def release(self, delivery_ids: Sequence[int]) -> int:
+        """Give back leased deliveries that were not sent: due now, no attempt counted.
+        Returns how many were still this caller's to give back."""
+        ...
+
+    async def record(self, *results: Result) -> None:
+        """Attempts' outcomes, each with its event (and a bounce marked if it asks for one),
+        in one transaction."""
         ...
 
     async def purge(self, older_than: float) -> int:
@@ -79,6 +85,10 @@ class SpoolInterface(Protocol):
 
     # --- health, metrics, the operator's queue commands
     async def stats(self) -> SpoolStats: ...
+
+    async def unconfirmed(self) -> int:
+        """How many deliveries wait for an operator or a callback to settle them (cheap)."""
+        ...
 
     async def probe_writable(self) -> None:
         """A real write and commit: raises if the spool cannot store right now."""

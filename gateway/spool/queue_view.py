@@ -79,5 +79,10 @@ def stats(conn: sqlite3.Connection, clock: Clock) -> SpoolStats:
     return SpoolStats(counts, age)
 
 
+def unconfirmed(conn: sqlite3.Connection) -> int:
+    row = select_one(conn, sql.COUNT_UNCONFIRMED)
+    return 0 if row is None else int(row["n"])
+
+
 def probe_writable(conn: sqlite3.Connection, clock: Clock) -> None:
     conn.execute(sql.PROBE_WRITE, (str(clock()),))

@@ -18,7 +18,7 @@ from gateway.spool import sql
 
 log = logging.getLogger("smtp2pulse.spool")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          TEXT PRIMARY KEY,
@@ -54,8 +54,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_delivery ON events(delivery_id);
 """
 # Each step brings a spool from the version before it; a new spool runs them all.
-# (The states in the partial indexes are spelled as sql.UNFINISHED_IN spells them: the planner
-# uses such an index only for a query whose WHERE is the index's own.)
+# (The states in the partial indexes are spelled as sql.LEASABLE_IN and sql.UNFINISHED_IN spell
+# them: the planner uses such an index only for a query whose WHERE is the index's own.)
 MIGRATIONS = {
     2: """
 ALTER TABLE deliveries ADD COLUMN status TEXT;        -- the platform's last status, verbatim
@@ -72,6 +72,14 @@ ALTER TABLE messages ADD COLUMN texts TEXT;  -- JSON list: the long values its r
 CREATE INDEX IF NOT EXISTS messages_by_arrival ON messages(received_at);
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(message_id)
     WHERE state IN ('queued', 'sending');
+""",
+    # Unconfirmed deliveries (a batch's reply said neither yes nor no) are unfinished too.
+    4: """
+DROP INDEX IF EXISTS deliveries_pending;
+CREATE INDEX deliveries_pending ON deliveries(message_id)
+    WHERE state IN ('queued', 'sending', 'unconfirmed');
+CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
+    WHERE state = 'unconfirmed';
 """,
 }
 

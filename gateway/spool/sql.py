@@ -14,14 +14,22 @@ OLDEST_PENDING (INDEXED BY; plain there) and SHOW_EVENTS (rowid breaks ties of `
 
 from __future__ import annotations
 
-from gateway.spool.states import RETRYABLE, UNFINISHED, BounceState, State, StatusClass
+from gateway.spool.states import (
+    LEASABLE,
+    RETRYABLE,
+    UNFINISHED,
+    BounceState,
+    State,
+    StatusClass,
+)
 
 
 def _in(states: tuple[State, ...]) -> str:
     return "(" + ", ".join(f"'{state}'" for state in states) + ")"
 
 
-UNFINISHED_IN = _in(UNFINISHED)
+LEASABLE_IN = _in(LEASABLE)        # deliveries_due's WHERE
+UNFINISHED_IN = _in(UNFINISHED)    # deliveries_pending's WHERE
 
 # --- connections -------------------------------------------------------------------------------
 
@@ -57,7 +65,7 @@ RECOVER_LEASES = (
     f" WHERE state = '{State.SENDING}'")
 LEASE = (
     f"UPDATE deliveries SET state = '{State.SENDING}', next_attempt_at = ?, updated_at = ?"
-    f" WHERE id IN (SELECT id FROM deliveries WHERE state IN {UNFINISHED_IN}"
+    f" WHERE id IN (SELECT id FROM deliveries WHERE state IN {LEASABLE_IN}"
     "   AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
     " RETURNING id, message_id, recipient, request, attempts")
 # The ids come as one JSON array: one statement whatever their number.
@@ -66,7 +74,13 @@ MESSAGES_META = (
     " WHERE id IN (SELECT value FROM json_each(?))")
 NEXT_DUE = (
     "SELECT min(next_attempt_at) AS due FROM deliveries"
-    f" WHERE state IN {UNFINISHED_IN}")
+    f" WHERE state IN {LEASABLE_IN}")
+# Leased here but not sent (the batch they were leased for had no free slot): due again now,
+# the attempt not counted. Only while still ours: a lease that ran out may be another's.
+RELEASE = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
+    f" WHERE id IN (SELECT value FROM json_each(?)) AND state = '{State.SENDING}'"
+    " AND next_attempt_at > ?")
 RECORD_RESULT = (
     "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
     " platform_id = coalesce(?, platform_id), last_error = ?, updated_at = ? WHERE id = ?")
@@ -91,16 +105,24 @@ SETTLE_BOUNCE = "UPDATE deliveries SET bounce = ? WHERE id = ?"
 
 # The request is parsed by the caller rather than with json_extract: this way the statement is
 # the same in any SQL database.
-DELIVERY_FOR_STATUS = "SELECT request FROM deliveries WHERE id = ? AND message_id = ?"
+DELIVERY_FOR_STATUS = (
+    "SELECT request, state FROM deliveries WHERE id = ? AND message_id = ?")
 STATUS_SEEN = "SELECT 1 FROM events WHERE delivery_id = ? AND kind = ? AND detail = ?"
 STATUS_COUNT = "SELECT count(*) AS n FROM events WHERE delivery_id = ? AND kind = ?"
+# A callback is the platform's word that it has the message: an unconfirmed delivery is sent.
 RECORD_STATUS = (
     "UPDATE deliveries SET status = ?, status_class = ?, status_at = ?,"
-    " platform_id = coalesce(platform_id, nullif(?, '')) WHERE id = ?")
+    " platform_id = coalesce(platform_id, nullif(?, '')),"
+    f" state = CASE WHEN state = '{State.UNCONFIRMED}' THEN '{State.SENT}' ELSE state END,"
+    f" last_error = CASE WHEN state = '{State.UNCONFIRMED}' THEN NULL ELSE last_error END"
+    " WHERE id = ?")
 
 # --- health and metrics ------------------------------------------------------------------------
 
 COUNT_BY_STATE = "SELECT state, count(*) AS n FROM deliveries GROUP BY state"
+# Along its own small index: cheap enough for every /healthz.
+COUNT_UNCONFIRMED = (
+    f"SELECT count(*) AS n FROM deliveries WHERE state = '{State.UNCONFIRMED}'")
 # Queue ids begin with their received_at, zero-padded, so the least id of an unfinished delivery
 # is the oldest one: one step down the index of unfinished deliveries (named, so that the plan
 # does not rest on the planner's guess), not a join over the backlog.

@@ -18,12 +18,17 @@ class State(StrEnum):
     SENT = "sent"          # the platform took it
     REFUSED = "refused"    # the platform said never
     FAILED = "failed"      # given up on
+    # A batch's reply said neither yes nor no (the contract's "unknown" outcome): perhaps
+    # sent, so never sent again on its own; a callback, `queue retry` or `queue drop` settles it.
+    UNCONFIRMED = "unconfirmed"
 
 
-# Deliveries still in our hands: the lease takes them, `queue list` shows them.
-UNFINISHED = (State.QUEUED, State.SENDING)
+# What the lease takes: due deliveries, and leases that ran out.
+LEASABLE = (State.QUEUED, State.SENDING)
+# Deliveries not settled yet: `queue list` shows them, purging keeps them.
+UNFINISHED = (State.QUEUED, State.SENDING, State.UNCONFIRMED)
 # What an operator's retry makes due again (a `sending` one is already being tried).
-RETRYABLE = (State.QUEUED, State.FAILED, State.REFUSED)
+RETRYABLE = (State.QUEUED, State.FAILED, State.REFUSED, State.UNCONFIRMED)
 
 
 class StatusClass(StrEnum):
@@ -46,7 +51,7 @@ class BounceState(StrEnum):
 # What `queue list --state` and the status page call a delivery: its State, except that a sent
 # one is delivered, failed or unknown once the platform's status says so.
 SHOWN = (State.QUEUED, State.SENDING, State.SENT, StatusClass.DELIVERED, StatusClass.FAILED,
-         State.REFUSED, StatusClass.UNKNOWN)
+         State.REFUSED, StatusClass.UNKNOWN, State.UNCONFIRMED)
 
 
 # What became of one platform callback.

@@ -13,7 +13,7 @@ import itertools
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -165,8 +165,12 @@ class Spool:
     async def next_due(self) -> float | None:
         return await self.run(deliveries.next_due)
 
-    async def record(self, result: Result) -> None:
-        await self.run(functools.partial(deliveries.record, clock=self.clock, result=result))
+    async def release(self, delivery_ids: Sequence[int]) -> int:
+        return await self.run(functools.partial(deliveries.release, clock=self.clock,
+                                                delivery_ids=delivery_ids))
+
+    async def record(self, *results: Result) -> None:
+        await self.run(functools.partial(deliveries.record, clock=self.clock, results=results))
 
     async def purge(self, older_than: float) -> int:
         """Forget messages whose every delivery ended before `older_than`."""
@@ -198,6 +202,9 @@ class Spool:
 
     async def stats(self) -> SpoolStats:
         return await self.read(functools.partial(queue_view.stats, clock=self.clock))
+
+    async def unconfirmed(self) -> int:
+        return await self.read(queue_view.unconfirmed)
 
     async def probe_writable(self) -> None:
         await self.run(functools.partial(queue_view.probe_writable, clock=self.clock))

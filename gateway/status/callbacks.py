@@ -8,10 +8,8 @@ an HMAC of it, so a callback can only speak for the delivery its URL was made fo
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-from urllib.parse import urlencode
 
+from gateway.delivery.signing import callback_url, sign, verify
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import SpoolStats
 from gateway.spool.states import CallbackResult, StatusClass
@@ -31,23 +29,6 @@ _WORDS = {
     "enroute": _PENDING, "buffered": _PENDING,
 }
 MAX_STATUSES = 20   # distinct statuses kept per delivery; a real one goes through a handful
-
-
-def sign(secret: str, delivery_id: int, queue_id: str) -> str:
-    message = f"{delivery_id}:{queue_id}".encode()
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
-
-
-def verify(secret: str, delivery_id: int, queue_id: str, signature: str) -> bool:
-    return bool(secret) and hmac.compare_digest(sign(secret, delivery_id, queue_id),
-                                                signature.encode("ascii", "replace").decode())
-
-
-def callback_url(base: str, secret: str, delivery_id: int, queue_id: str) -> str:
-    """The request's `callback`: ours, signed, with the platform's placeholders left in."""
-    query = urlencode({"d": delivery_id, "q": queue_id,
-                       "sig": sign(secret, delivery_id, queue_id)})
-    return f"{base}?{query}&id={{id}}&status={{status}}"
 
 
 def classify_status(status: str, kannel: bool) -> StatusClass:

@@ -24,11 +24,16 @@ class Metrics:
                                "4xx/5xx replies to MAIL, RCPT, DATA and connections, by reason",
                                ["reason"], registry=r)
         self.deliveries = Counter("smtp2pulse_deliveries",
-                                  "Delivery attempts by outcome (sent, refused, deferred, failed)",
+                                  "Delivery attempts by outcome (sent, refused, deferred,"
+                                  " failed, unknown)",
                                   ["outcome"], registry=r)
         self.platform_latency = Histogram(
-            "smtp2pulse_platform_request_seconds", "Time for one send-message request",
+            "smtp2pulse_platform_request_seconds", "Time for one platform request",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.batch_messages = Histogram(
+            "smtp2pulse_platform_request_messages",
+            "Messages in one platform request (1: send-message; more: send-list-messages)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
         self.spool_depth = Gauge("smtp2pulse_spool_deliveries", "Deliveries in the spool by state",
                                  ["state"], registry=r)
         self.oldest_queued = Gauge("smtp2pulse_spool_oldest_pending_seconds",

@@ -105,6 +105,13 @@ class StatusServer:
             reason = str(exc) or type(exc).__name__
             return web.json_response({"status": "unavailable",
                                       "reason": f"spool is not writable: {reason}"}, status=503)
+        unconfirmed = await self.spool.unconfirmed()
+        if unconfirmed:
+            # Still ready (mail is taken and sent): this is for the person who must settle them.
+            return web.json_response({"status": "ok", "unconfirmed": unconfirmed, "detail": (
+                f"{unconfirmed} deliveries have an unknown outcome (a batch reply neither"
+                " sent nor refused them): see `smtp2pulse queue list --state unconfirmed`,"
+                " then queue retry or queue drop")})
         return web.json_response({"status": "ok"})
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from gateway.errors import SpoolError
+from gateway.spool.pg import schema as pg_schema
 from gateway.spool.pg.store import PgSpool
 from gateway.spool.rows import IncomingMessage, NewDelivery, Result
 from gateway.spool.states import BounceState, State, StatusClass
@@ -94,7 +95,8 @@ async def test_two_gateways_starting_at_once_make_the_schema_once(pg_url: str) -
     spools = [PgSpool(pg_url) for _ in range(4)]
     await asyncio.gather(*(spool.start() for spool in spools))
     conn = await asyncpg.connect(pg_url)
-    assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == "1"
+    assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") \
+        == str(pg_schema.SCHEMA_VERSION)
     await conn.close()
     for spool in spools:
         await spool.stop()

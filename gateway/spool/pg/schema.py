@@ -14,7 +14,7 @@ import asyncpg
 
 from gateway.errors import SpoolError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Any fixed 64-bit number, the same in every gateway: the lock schema changes take.
 MIGRATION_LOCK = 0x5350_4F4F_4C50_4731   # "SPOOLPG1"
 
@@ -63,8 +63,17 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_delivery ON events(delivery_id);
 """
-# Each step brings a spool from the version before it (none yet: version 1 is the first).
-MIGRATIONS: dict[int, str] = {}
+# Each step brings a spool from the version before it; a new spool runs them all.
+MIGRATIONS: dict[int, str] = {
+    # Unconfirmed deliveries (a batch's reply said neither yes nor no) are unfinished too.
+    2: """
+DROP INDEX IF EXISTS deliveries_pending;
+CREATE INDEX deliveries_pending ON deliveries(message_id)
+    WHERE state IN ('queued', 'sending', 'unconfirmed');
+CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
+    WHERE state = 'unconfirmed';
+""",
+}
 
 
 async def prepare(conn: asyncpg.Connection) -> None:

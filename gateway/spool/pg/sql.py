@@ -18,6 +18,7 @@ def numbered(statement: str) -> str:
     return re.sub(r"\?", lambda _: f"${next(count)}", statement)
 
 
+LEASABLE_IN = lite.LEASABLE_IN
 UNFINISHED_IN = lite.UNFINISHED_IN
 
 # One statement for every message a group commit stores, its deliveries as arrays: one round
@@ -35,12 +36,15 @@ ACCEPT = (
 LEASE = (
     "WITH taken AS ("
     f" UPDATE deliveries SET state = '{State.SENDING}', next_attempt_at = $1, updated_at = $2"
-    f" WHERE id IN (SELECT id FROM deliveries WHERE state IN {UNFINISHED_IN}"
+    f" WHERE id IN (SELECT id FROM deliveries WHERE state IN {LEASABLE_IN}"
     "   AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
     " RETURNING id, message_id, recipient, request, attempts)"
     " SELECT taken.*, m.received_at, m.auth_user, m.texts"
     " FROM taken JOIN messages m ON m.id = taken.message_id ORDER BY taken.id")
 NEXT_DUE = numbered(lite.NEXT_DUE)
+RELEASE = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = $1, updated_at = $1"
+    f" WHERE id = ANY($2::bigint[]) AND state = '{State.SENDING}' AND next_attempt_at > $1")
 RECORD_RESULT = numbered(lite.RECORD_RESULT)
 INSERT_EVENT = numbered(lite.INSERT_EVENT)
 PURGE = numbered(lite.PURGE)
@@ -48,7 +52,7 @@ MARK_BOUNCE = numbered(lite.MARK_BOUNCE)
 PENDING_BOUNCES = numbered(lite.PENDING_BOUNCES)
 SETTLE_BOUNCE = numbered(lite.SETTLE_BOUNCE)
 DELIVERY_FOR_STATUS = (
-    "SELECT coalesce((request::jsonb ->> 'kannel_status') = '1', false) AS kannel"
+    "SELECT coalesce((request::jsonb ->> 'kannel_status') = '1', false) AS kannel, state"
     " FROM deliveries WHERE id = $1 AND message_id = $2")
 STATUS_SEEN = numbered(lite.STATUS_SEEN)
 STATUS_COUNT = numbered(lite.STATUS_COUNT)
@@ -57,6 +61,7 @@ RECORD_STATUS = numbered(lite.RECORD_STATUS)
 # second wait, so "seen before" and "how many" are read after the first is committed.
 LOCK_DELIVERY = "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE"
 COUNT_BY_STATE = lite.COUNT_BY_STATE
+COUNT_UNCONFIRMED = lite.COUNT_UNCONFIRMED
 OLDEST_PENDING = (
     "SELECT received_at FROM messages WHERE id = (SELECT min(message_id) FROM deliveries"
     f" WHERE state IN {UNFINISHED_IN})")

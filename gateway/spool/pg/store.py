@@ -18,7 +18,7 @@ import asyncio
 import functools
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ import asyncpg
 
 from gateway.errors import ShuttingDown
 from gateway.spool import meta, search
+from gateway.spool.followup import CONFIRMED
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
 from gateway.spool.pg import sql
 from gateway.spool.pg.link import Link
@@ -163,20 +164,28 @@ class PgSpool:
             return None if value is None else float(value)
         return await self.link.read(earliest)
 
-    async def record(self, result: Result) -> None:
+    async def release(self, delivery_ids: Sequence[int]) -> int:
+        async def write(conn: asyncpg.Connection) -> int:
+            return _count(await conn.execute(sql.RELEASE, self.clock(), list(delivery_ids)))
+        released: int = await self.link.submit(write, wakes=True)
+        return released
+
+    async def record(self, *results: Result) -> None:
         async def write(conn: asyncpg.Connection) -> None:
             now = self.clock()
-            status = await conn.execute(
-                sql.RECORD_RESULT, result.state, result.next_attempt_at, result.platform_id,
-                None if result.state == State.SENT else result.detail, now, result.delivery_id)
-            if _count(status) == 0:
-                return   # dropped by an operator while it was being sent
-            if result.bounce:
-                await conn.execute(sql.MARK_BOUNCE, result.delivery_id)
-            await conn.execute(sql.INSERT_EVENT, result.delivery_id, now, result.event,
-                               result.detail)
+            for result in results:
+                status = await conn.execute(
+                    sql.RECORD_RESULT, result.state, result.next_attempt_at, result.platform_id,
+                    None if result.state == State.SENT else result.detail, now,
+                    result.delivery_id)
+                if _count(status) == 0:
+                    continue   # dropped by an operator while it was being sent
+                if result.bounce:
+                    await conn.execute(sql.MARK_BOUNCE, result.delivery_id)
+                await conn.execute(sql.INSERT_EVENT, result.delivery_id, now, result.event,
+                                   result.detail)
         # A retry made due (a deferral) is for whoever is free, possibly another gateway.
-        await self.link.submit(write, wakes=result.state == State.QUEUED)
+        await self.link.submit(write, wakes=any(r.state == State.QUEUED for r in results))
 
     async def purge(self, older_than: float) -> int:
         async def delete(conn: asyncpg.Connection) -> int:
@@ -213,10 +222,10 @@ class PgSpool:
                             status: str, classify: Callable[[bool], StatusClass],
                             max_statuses: int) -> tuple[CallbackResult, StatusClass]:
         async def write(conn: asyncpg.Connection) -> tuple[CallbackResult, StatusClass]:
+            await conn.execute(sql.LOCK_DELIVERY, delivery_id)
             row = await conn.fetchrow(sql.DELIVERY_FOR_STATUS, delivery_id, queue_id)
             if row is None:
                 return "unknown", StatusClass.UNKNOWN
-            await conn.execute(sql.LOCK_DELIVERY, delivery_id)
             meaning = classify(bool(row["kannel"]))
             detail = (f"{status} ({meaning})"
                       + (f" platform_id={platform_id}" if platform_id else ""))
@@ -226,6 +235,8 @@ class PgSpool:
                 return "ignored", meaning    # one signed URL must not fill the spool
             now = self.clock()
             await conn.execute(sql.RECORD_STATUS, status, meaning, now, platform_id, delivery_id)
+            if row["state"] == State.UNCONFIRMED:
+                await conn.execute(sql.INSERT_EVENT, delivery_id, now, "sent", CONFIRMED)
             await conn.execute(sql.INSERT_EVENT, delivery_id, now, STATUS_EVENT, detail)
             return "recorded", meaning
         outcome: tuple[CallbackResult, StatusClass] = await self.link.submit(write)
@@ -239,6 +250,11 @@ class PgSpool:
             oldest = await conn.fetchval(sql.OLDEST_PENDING)
             age = 0.0 if oldest is None else max(0.0, self.clock() - oldest)
             return SpoolStats(counts, age)
+        return await self.link.read(query)
+
+    async def unconfirmed(self) -> int:
+        async def query(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval(sql.COUNT_UNCONFIRMED))
         return await self.link.read(query)
 
     async def probe_writable(self) -> None:
