@@ -13,7 +13,7 @@ import email.utils
 import logging
 import smtplib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from email.header import Header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
@@ -37,20 +37,10 @@ class Undeliverable(Exception):
     """This notification can never be sent as it is: recorded as failed, the next one goes on."""
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    delivery_id: int
-    queue_id: str
-    mail_from: str
-    recipient: str
-    received_at: float
-    state: State          # refused | failed | sent (a failed status by callback)
-    reason: str
-    headers: bytes
-
-
-def build_dsn(failure: Failure, reporting_host: str, sender: str) -> EmailMessage:
-    """A multipart/report: human text, message/delivery-status, the original headers."""
+def build_dsn(failure: PendingBounce, headers: bytes, reporting_host: str,
+              sender: str) -> EmailMessage:
+    """A multipart/report: human text, message/delivery-status, the original headers (the
+    7-bit header block _header_block cut from failure.raw)."""
     report = EmailMessage()
     report["From"] = sender or f"MAILER-DAEMON@{reporting_host}"
     report["To"] = failure.mail_from
@@ -68,7 +58,7 @@ def build_dsn(failure: Failure, reporting_host: str, sender: str) -> EmailMessag
     original = EmailMessage()
     original.set_type("text/rfc822-headers")
     # _header_block made it 7-bit: raw 8-bit values are already RFC 2047 words.
-    original.set_payload(failure.headers.decode("ascii", "replace"))
+    original.set_payload(headers.decode("ascii", "replace"))
     report.attach(original)
     return report
 
@@ -78,7 +68,7 @@ def _seven_bit(text: str) -> str:
     return text if text.isascii() else Header(text, "utf-8").encode()
 
 
-def _delivery_status(failure: Failure, reporting_host: str) -> EmailMessage:
+def _delivery_status(failure: PendingBounce, reporting_host: str) -> EmailMessage:
     per_message = Message()
     per_message["Reporting-MTA"] = f"dns; {reporting_host}"
     per_message["X-Queue-ID"] = _seven_bit(failure.queue_id)
@@ -148,16 +138,16 @@ class Bouncer:
                 await asyncio.sleep(RELAY_RETRY_SECONDS)
                 self._wake.set()
                 continue
-            for failure in failures:
-                if not await self._send(failure):
+            for failure, headers in failures:
+                if not await self._send(failure, headers):
                     await asyncio.sleep(RELAY_RETRY_SECONDS)
                     self._wake.set()
                     break
 
-    async def _send(self, failure: Failure) -> bool:
+    async def _send(self, failure: PendingBounce, headers: bytes) -> bool:
         """True when this one is settled (sent or recorded as failed); False: relay trouble."""
         try:
-            return await self._attempt(failure)
+            return await self._attempt(failure, headers)
         except Exception as exc:
             # One notification that cannot be built or sent must not hold up the ones after it.
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
@@ -172,9 +162,9 @@ class Bouncer:
                 return False
             return True
 
-    async def _attempt(self, failure: Failure) -> bool:
+    async def _attempt(self, failure: PendingBounce, headers: bytes) -> bool:
         config = self.config()
-        message = build_dsn(failure, config.smtp.hostname, config.bounces.sender)
+        message = build_dsn(failure, headers, config.smtp.hostname, config.bounces.sender)
         relay = config.bounces.relay
         utf8 = not failure.mail_from.isascii()
         # An 8-bit address goes out raw, as RFC 6531 has it; only a relay offering SMTPUTF8
@@ -221,11 +211,12 @@ def _relay(host: str, port: int, timeout: float, to: str, data: bytes, utf8: boo
             raise smtplib.SMTPResponseException(code, text) from None
 
 
-def _failures(pending: list[PendingBounce], fallback_charset: str = "cp1251") -> list[Failure]:
-    return [Failure(p.delivery_id, p.queue_id, p.mail_from, p.recipient, p.received_at, p.state,
-                    p.reason if p.state != State.SENT
-                    else f"the platform reported status {p.reason}",
-                    _header_block(p.raw, fallback_charset)) for p in pending]
+def _failures(pending: list[PendingBounce],
+              fallback_charset: str = "cp1251") -> list[tuple[PendingBounce, bytes]]:
+    """Each pending bounce with the reason the DSN gives, and the original's header block."""
+    return [(p if p.state != State.SENT
+             else replace(p, reason=f"the platform reported status {p.reason}"),
+             _header_block(p.raw, fallback_charset)) for p in pending]
 
 
 def _header_block(raw: bytes, fallback_charset: str = "cp1251") -> bytes:

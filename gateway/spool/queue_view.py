@@ -8,6 +8,7 @@ next look.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from typing import TypeVar
 
 from gateway.spool import sql
@@ -15,6 +16,7 @@ from gateway.spool.deliveries import Clock, add_events
 from gateway.spool.packing import load_texts, unpack_request
 from gateway.spool.rows import DeliveryDetail, MessageDetail, MessageSummary, SpoolStats
 from gateway.spool.schema import select, select_one
+from gateway.spool.search import Row
 from gateway.spool.states import BounceState, State, StatusClass
 
 E = TypeVar("E", StatusClass, BounceState)
@@ -23,26 +25,38 @@ E = TypeVar("E", StatusClass, BounceState)
 def list_messages(conn: sqlite3.Connection, include_finished: bool,
                   limit: int) -> list[MessageSummary]:
     statement = sql.LIST_ALL if include_finished else sql.LIST_UNFINISHED
-    summaries: dict[str, MessageSummary] = {}
-    for row in select(conn, statement, (limit, limit)):
-        summary = summaries.setdefault(row["id"], MessageSummary(
-            row["id"], row["received_at"], row["mail_from"], {}, []))
-        summary.states[row["state"]] = summary.states.get(row["state"], 0) + 1
-        summary.recipients.append(row["recipient"])
-    return list(summaries.values())
+    return summaries(select(conn, statement, (limit, limit)))
 
 
 def show_message(conn: sqlite3.Connection, queue_id: str) -> MessageDetail | None:
     message = select_one(conn, sql.SHOW_MESSAGE, (queue_id,))
     if message is None:
         return None
+    return detail(message, [(d, select(conn, sql.SHOW_EVENTS, (d["id"],)))
+                            for d in select(conn, sql.SHOW_DELIVERIES, (queue_id,))])
+
+
+def summaries(rows: Iterable[Row]) -> list[MessageSummary]:
+    """The rows of LIST_ALL or LIST_UNFINISHED (one a delivery), a summary a message: shared
+    with the PostgreSQL spool, whose rows are read by the same names."""
+    by_id: dict[str, MessageSummary] = {}
+    for row in rows:
+        summary = by_id.setdefault(row["id"], MessageSummary(
+            row["id"], row["received_at"], row["mail_from"], {}, []))
+        summary.states[row["state"]] = summary.states.get(row["state"], 0) + 1
+        summary.recipients.append(row["recipient"])
+    return list(by_id.values())
+
+
+def detail(message: Row, deliveries: Iterable[tuple[Row, Iterable[Row]]]) -> MessageDetail:
+    """A message from its SHOW_MESSAGE row and, for each SHOW_DELIVERIES row, its SHOW_EVENTS
+    rows: shared with the PostgreSQL spool, whose rows are read by the same names."""
     texts = load_texts(message["texts"])
-    deliveries = []
-    for d in select(conn, sql.SHOW_DELIVERIES, (queue_id,)):
+    details = []
+    for d, event_rows in deliveries:
         events = [(message["received_at"], "received", ""),
-                  *((e["at"], e["kind"], e["detail"])
-                    for e in select(conn, sql.SHOW_EVENTS, (d["id"],)))]
-        deliveries.append(DeliveryDetail(
+                  *((e["at"], e["kind"], e["detail"]) for e in event_rows)]
+        details.append(DeliveryDetail(
             id=d["id"], recipient=d["recipient"], state=State(d["state"]),
             attempts=d["attempts"], next_attempt_at=d["next_attempt_at"],
             platform_id=d["platform_id"], last_error=d["last_error"],
@@ -51,7 +65,7 @@ def show_message(conn: sqlite3.Connection, queue_id: str) -> MessageDetail | Non
             bounce=_maybe(BounceState, d["bounce"]), events=events))
     return MessageDetail(id=message["id"], received_at=message["received_at"],
                          mail_from=message["mail_from"], peer=message["peer"],
-                         helo=message["helo"], size=message["size"], deliveries=deliveries)
+                         helo=message["helo"], size=message["size"], deliveries=details)
 
 
 def _maybe(kind: type[E], value: str | None) -> E | None:

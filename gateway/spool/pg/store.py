@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.errors import ShuttingDown
-from gateway.spool import meta, search
+from gateway.spool import meta, queue_view, search
 from gateway.spool.followup import CONFIRMED
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
 from gateway.spool.pg import sql
@@ -33,7 +33,6 @@ from gateway.spool.pg.link import Link
 from gateway.spool.pg.schema import prepare
 from gateway.spool.rows import (
     Delivery,
-    DeliveryDetail,
     DeliveryLine,
     IncomingMessage,
     MessageDetail,
@@ -267,13 +266,7 @@ class PgSpool:
         statement = sql.LIST_ALL if include_finished else sql.LIST_UNFINISHED
 
         async def query(conn: asyncpg.Connection) -> list[MessageSummary]:
-            summaries: dict[str, MessageSummary] = {}
-            for row in await conn.fetch(statement, limit, limit):
-                summary = summaries.setdefault(row["id"], MessageSummary(
-                    row["id"], row["received_at"], row["mail_from"], {}, []))
-                summary.states[row["state"]] = summary.states.get(row["state"], 0) + 1
-                summary.recipients.append(row["recipient"])
-            return list(summaries.values())
+            return queue_view.summaries(await conn.fetch(statement, limit, limit))
         return await self.link.read(query)
 
     async def show_message(self, queue_id: str) -> MessageDetail | None:
@@ -281,25 +274,9 @@ class PgSpool:
             message = await conn.fetchrow(sql.SHOW_MESSAGE, queue_id)
             if message is None:
                 return None
-            texts = load_texts(message["texts"])
-            details = []
-            for d in await conn.fetch(sql.SHOW_DELIVERIES, queue_id):
-                events = [(message["received_at"], "received", ""),
-                          *((e["at"], e["kind"], e["detail"])
-                            for e in await conn.fetch(sql.SHOW_EVENTS, d["id"]))]
-                details.append(DeliveryDetail(
-                    id=d["id"], recipient=d["recipient"], state=State(d["state"]),
-                    attempts=d["attempts"], next_attempt_at=d["next_attempt_at"],
-                    platform_id=d["platform_id"], last_error=d["last_error"],
-                    request=unpack_request(d["request"], texts), status=d["status"],
-                    status_class=None if d["status_class"] is None
-                    else StatusClass(d["status_class"]),
-                    status_at=d["status_at"],
-                    bounce=None if d["bounce"] is None else BounceState(d["bounce"]),
-                    events=events))
-            return MessageDetail(id=message["id"], received_at=message["received_at"],
-                                 mail_from=message["mail_from"], peer=message["peer"],
-                                 helo=message["helo"], size=message["size"], deliveries=details)
+            return queue_view.detail(message, [
+                (d, await conn.fetch(sql.SHOW_EVENTS, d["id"]))
+                for d in await conn.fetch(sql.SHOW_DELIVERIES, queue_id)])
         return await self.link.read(query)
 
     async def retry_message(self, queue_id: str) -> int | None:
