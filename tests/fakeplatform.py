@@ -1,12 +1,15 @@
 """A fake Pulse platform: a real HTTP server on 127.0.0.1 that records every request.
 
-Tests script its replies and assert on exactly the form fields it received.
+Tests script its replies and assert on exactly the form fields it received. It serves
+send-message and send-list-messages; a batch's `messages` is also kept parsed, and its default
+reply is a list of one send-message-style success per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -31,6 +34,18 @@ class Received:
     form: dict[str, str]
     at: float = 0.0          # loop time of arrival
 
+    @property
+    def batch(self) -> bool:
+        return self.path.endswith("/send-list-messages")
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """A batch's messages (a send-message's one request, as a list of one)."""
+        if not self.batch:
+            return [self.form]
+        parsed: list[dict[str, str]] = json.loads(self.form["messages"])
+        return parsed
+
 
 class FakePlatform:
     def __init__(self) -> None:
@@ -52,6 +67,7 @@ class FakePlatform:
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_route("*", "/api/v1/bulk/send-message", self._send_message)
+        app.router.add_route("*", "/api/v1/bulk/send-list-messages", self._send_message)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
@@ -69,24 +85,33 @@ class FakePlatform:
     async def _send_message(self, request: web.Request) -> web.Response:
         raw = await request.read()
         form = (self.decode_as or _utf8_form)(raw)
-        self.requests.append(Received(request.path, request.method,
-                                      request.headers.get("Content-Type", ""), raw, form,
-                                      asyncio.get_running_loop().time()))
+        received = Received(request.path, request.method,
+                            request.headers.get("Content-Type", ""), raw, form,
+                            asyncio.get_running_loop().time())
+        self.requests.append(received)
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
-            return await self._reply()
+            return await self._reply(received)
         finally:
             self.inflight -= 1
 
-    async def _reply(self) -> web.Response:
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """Every message received, in order, whether alone or in a batch."""
+        return [message for received in self.requests for message in received.messages]
+
+    async def _reply(self, received: Received) -> web.Response:
         async with self._changed:
             self._changed.notify_all()
         reply = self.script.pop(0) if self.script else self.default
         if reply.delay:
             await asyncio.sleep(reply.delay)
         body = reply.body
-        if body is None:
+        if body is None and received.batch:
+            body = json.dumps([{"type": "success", "id": str(next(self._ids))}
+                               for _ in received.messages])
+        elif body is None:
             body = f'{{"type": "success", "id": "{next(self._ids)}"}}'
         return web.Response(status=reply.status, text=body, headers=reply.headers,
                             content_type="application/json")

@@ -61,14 +61,16 @@ class Sender(Protocol):
         ...
 
 
-def next_wait(schedule: tuple[float, ...], attempts_done: int, rng: random.Random) -> float:
-    """The wait after the n-th failed attempt: the schedule's n-th step (the last repeats), ±10%."""
+def next_wait(schedule: tuple[float, ...], attempts_done: int, jitter: float) -> float:
+    """The wait after the n-th failed attempt: the schedule's n-th step (the last repeats), times
+    `jitter` (0.9 to 1.1, drawn once per request: a batch that failed together is due together,
+    and goes again as one batch rather than as many small ones)."""
     base = schedule[min(attempts_done, len(schedule)) - 1]
-    return base * rng.uniform(0.9, 1.1)
+    return base * jitter
 
 
 def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
-           rng: random.Random) -> Result:
+           jitter: float) -> Result:
     """Turn an attempt's outcome into the delivery's next state."""
     bounce = config.bounces.enabled
     if outcome.kind == "sent":
@@ -84,7 +86,7 @@ def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
         return Result(delivery.id, State.FAILED, now, "failed",
                       f"gave up after {delivery.attempts + 1} attempts: {outcome.detail}",
                       bounce=bounce)
-    wait = next_wait(config.spool.retry, delivery.attempts + 1, rng)
+    wait = next_wait(config.spool.retry, delivery.attempts + 1, jitter)
     if outcome.retry_after is not None:
         # Honoured up to the schedule's longest wait (an hour at least, so a platform asking
         # for an hour of quiet gets it from a short schedule too): `Retry-After: 99999999999`
@@ -241,7 +243,8 @@ class Worker:
         self.metrics.platform_latency.observe(elapsed)
         self.metrics.batch_messages.observe(len(batch))
         now = self.clock()
-        results = [settle(item.delivery, outcome, config, now, self.rng)
+        jitter = self.rng.uniform(0.9, 1.1)
+        results = [settle(item.delivery, outcome, config, now, jitter)
                    for item, outcome in zip(batch, outcomes, strict=True)]
         try:
             await self.spool.record(*results)
