@@ -177,6 +177,10 @@ def pg_server() -> Iterator[PgServer]:
 @pytest.fixture
 async def pg_url(pg_server: PgServer) -> str:
     """A fresh database on the session's server: tests never see each other's rows."""
+    return await fresh_database(pg_server)
+
+
+async def fresh_database(pg_server: PgServer) -> str:
     import asyncpg
 
     name = f"t{secrets.token_hex(6)}"

@@ -33,6 +33,7 @@ class Received:
     raw: bytes
     form: dict[str, str]
     at: float = 0.0          # loop time of arrival
+    answered: bool = False   # its reply is made (and on its way)
 
     @property
     def batch(self) -> bool:
@@ -94,6 +95,7 @@ class FakePlatform:
         try:
             return await self._reply(received)
         finally:
+            received.answered = True
             self.inflight -= 1
 
     @property

@@ -125,13 +125,16 @@ def send_stream(port: int, prefix: str, accepted: list[str], stop: threading.Eve
             return
 
 
-@pytest.mark.parametrize("mode", ["inline", "process"])
+@pytest.mark.parametrize(("mode", "batch_size"),
+                         [("inline", 1), ("process", 1), ("inline", 20), ("process", 20)])
 async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
                                                            platform: FakePlatform,
-                                                           mode: str) -> None:
+                                                           mode: str, batch_size: int) -> None:
     platform.default = Reply(delay=0.3)   # a backlog, and sends in flight, when the kill lands
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
+    data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
+    data["api"]["batch_size"] = batch_size
+    config.write_text(yaml.safe_dump(data))
 
     daemon = Daemon(config, SMTP2PULSE_SENDER=mode)
     port = await daemon.start()
@@ -139,14 +142,18 @@ async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
     stop = threading.Event()
     senders = [asyncio.create_task(asyncio.to_thread(send_stream, port, f"s{i}", accepted, stop))
                for i in range(3)]
-    await eventually(lambda: len(accepted) >= 60, within=60)
+    def mid_batch() -> bool:
+        # With batches: a batch on the wire, unanswered, when the kill lands.
+        return batch_size == 1 or any(r.batch and not r.answered for r in platform.requests)
+    await eventually(lambda: len(accepted) >= 60 and mid_batch(), within=60)
     senders_before = daemon.children()
     assert len(senders_before) == (1 if mode == "process" else 0)
     await daemon.kill()
     stop.set()
     await asyncio.gather(*senders)
     taken = list(accepted)
-    delivered_before = len(platform.requests)
+    delivered_before = len(platform.messages)
+    batches_before = sum(r.batch for r in platform.requests)
     assert delivered_before < len(taken), "the kill should land with deliveries outstanding"
     # The sender process sees its parent gone and stops by itself: nothing sends twice.
     await eventually(lambda: all(_gone(pid) for pid in senders_before), within=10)
@@ -154,7 +161,7 @@ async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
     restarted = Daemon(config, SMTP2PULSE_SENDER=mode)
     await restarted.start()
     def delivered() -> set[str]:
-        return {r.form["sent_text"].split("\n")[1] for r in platform.requests}
+        return {m["sent_text"].split("\n")[1] for m in platform.messages}
     try:
         await eventually(lambda: set(taken) <= delivered(), within=60)
     except TimeoutError:
@@ -163,15 +170,18 @@ async def test_kill_9_mid_stream_loses_nothing_that_got_250(tmp_path: Path,
     finally:
         with contextlib.suppress(ProcessLookupError):
             assert await restarted.terminate() == 0
-    bodies = Counter(r.form["sent_text"].split("\n")[1] for r in platform.requests)
+    bodies = Counter(m["sent_text"].split("\n")[1] for m in platform.messages)
     duplicates = {marker: n for marker, n in bodies.items() if n > 1}
-    print(f"\ncrash test: {len(taken)} accepted before kill -9, {delivered_before} delivered "
-          f"before it, all {len(taken)} delivered after restart, duplicates: {len(duplicates)}")
+    print(f"\ncrash test ({mode}, batch_size {batch_size}): {len(taken)} accepted before kill"
+          f" -9, {delivered_before} delivered before it ({batches_before} batches), all"
+          f" {len(taken)} delivered after restart, duplicates: {len(duplicates)}")
     assert all(bodies[marker] >= 1 for marker in taken)
-    # At-least-once: only a send in flight at the kill (at most api.max_concurrency of them)
-    # may be repeated.
+    if batch_size > 1:
+        assert batches_before > 0, "the kill should land after batches were sent"
+    # At-least-once: only what was in flight at the kill (at most api.max_concurrency requests
+    # of at most batch_size messages) may be repeated.
     from gateway.config.model import ApiConfig
-    assert len(duplicates) <= ApiConfig().max_concurrency
+    assert len(duplicates) <= ApiConfig().max_concurrency * batch_size
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -269,3 +269,13 @@ async def test_batch_size_1_keeps_every_message_on_send_message(
     _, queue_id = await batch_of_five(gw, platform)
     assert await settled(gw, queue_id) == ["sent"] * 5
     assert [r.path for r in platform.requests] == ["/api/v1/bulk/send-message"] * 6
+
+
+async def test_batches_through_the_sender_process(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    gw = await start_gateway({**BATCHED, "api": {**BATCHED["api"], "sender": "process"}})
+    reply = [{"type": "success", "id": "1"}, {"type": "error", "msg": "no"}, 7,
+             {"type": "success", "id": "4"}, {"type": "success", "id": "5"}]
+    _, queue_id = await batch_of_five(gw, platform, Reply(body=json.dumps(reply)))
+    assert await settled(gw, queue_id) == ["sent", "refused", "unconfirmed", "sent", "sent"]
+    assert platform.requests[1].batch

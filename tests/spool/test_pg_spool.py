@@ -198,3 +198,21 @@ async def test_finding_deliveries_the_overview_and_the_shared_secret(pg_url: str
     assert len(secrets) == 1 and len(secrets.pop()) >= 32
     await first.stop()
     await second.stop()
+
+
+async def test_a_spool_of_the_first_release_is_upgraded_in_place(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(pg_schema.SCHEMA)       # version 1, as the first release made it
+        await conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+        spool = await started(pg_url)
+        await spool.stop()
+        assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") \
+            == str(pg_schema.SCHEMA_VERSION)
+        pending = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'deliveries_pending'")
+        assert "unconfirmed" in pending
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_unconfirmed'") == 1
+    finally:
+        await conn.close()

@@ -77,6 +77,8 @@ async def test_a_spool_of_the_release_before_the_enums_reads_unchanged(tmp_path:
     (sql.OLDEST_PENDING, (), "deliveries_pending"),
     (sql.LIST_UNFINISHED, (10, 10), "deliveries_pending"),
     (sql.PURGE, (1.0, 1.0), "messages_by_arrival"),
+    (sql.COUNT_UNCONFIRMED, (), "deliveries_unconfirmed"),
+    (sql.RELEASE, (1.0, 1.0, "[1, 2]", 1.0), "INTEGER PRIMARY KEY"),
 ])
 async def test_the_statements_with_states_from_the_enum_use_the_partial_indexes(
         tmp_path: Path, statement: str, params: tuple[object, ...], index: str) -> None:
@@ -92,4 +94,4 @@ async def test_the_statements_with_states_from_the_enum_use_the_partial_indexes(
                                                          params))
     finally:
         conn.close()
-    assert f"USING INDEX {index}" in plan, plan
+    assert f"USING INDEX {index}" in plan or f"USING {index}" in plan, plan
