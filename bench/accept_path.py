@@ -102,9 +102,25 @@ def per_call_us(call: Callable[[], Any], iterations: int) -> float:
 
 
 def worker(iterations: int, repeats: int) -> dict[str, Any]:
-
-
     import gateway
+
+    try:
+        make_steps = _packaged_steps()
+    except ImportError:   # a baseline from before gateway/ became packages (fa6d3d0 and older)
+        make_steps = _flat_steps()
+    results: dict[str, Any] = {"gateway": str(Path(gateway.__file__).resolve().parent)}
+    for name, (raw, body) in messages().items():
+        steps = make_steps(raw, body)
+        results[name] = {step: [per_call_us(call, iterations) for _ in range(repeats)]
+                         for step, call in steps.items()}
+    return results
+
+
+Steps = Callable[[bytes, str], dict[str, Callable[[], Any]]]
+CONFIG = {"api": {"token": "t"}, "domains": {"sms.local": {"type": "sms", "sender": "Bench"}}}
+
+
+def _packaged_steps() -> Steps:
     from gateway.config.loader import parse_config
     from gateway.message.mapping import build_request, resolve_recipient
     from gateway.message.parse import parse_message
@@ -112,26 +128,54 @@ def worker(iterations: int, repeats: int) -> dict[str, Any]:
     from gateway.message.text import clean_text
     from gateway.smtp import admission
 
-    config = parse_config({"api": {"token": "t"},
-                           "domains": {"sms.local": {"type": "sms", "sender": "Bench"}}},
-                          env={})
+    config = parse_config(CONFIG, env={})
     recipient = resolve_recipient("79001234567@sms.local", config)
     domain = config.domains[recipient.domain]
 
-    results: dict[str, Any] = {"gateway": str(Path(gateway.__file__).resolve().parent)}
-    for name, (raw, body) in messages().items():
+    def steps(raw: bytes, body: str) -> dict[str, Callable[[], Any]]:
         parsed = parse_message(raw, "cp1251")
-        steps: dict[str, Callable[[], Any]] = {
-            "auto_generated": lambda raw=raw: admission.auto_generated(raw),
-            "parse_message": lambda raw=raw: parse_message(raw, "cp1251"),
-            "clean_text": lambda body=body: clean_text(body),
-            "build_request": lambda parsed=parsed: build_request(
-                parsed, recipient, domain, "crm@corp.example"),
-            "prepare": lambda raw=raw: prepare(raw, [recipient], "crm@corp.example", config),
+        return {
+            "auto_generated": lambda: admission.auto_generated(raw),
+            "parse_message": lambda: parse_message(raw, "cp1251"),
+            "clean_text": lambda: clean_text(body),
+            "build_request": lambda: build_request(parsed, recipient, domain,
+                                                   "crm@corp.example"),
+            "prepare": lambda: prepare(raw, [recipient], "crm@corp.example", config),
         }
-        results[name] = {step: [per_call_us(call, iterations) for _ in range(repeats)]
-                         for step, call in steps.items()}
-    return results
+    return steps
+
+
+def _flat_steps() -> Steps:
+    """The same steps in the flat layout (gateway/*.py), where Handler._prepare was `prepare`."""
+    import asyncio
+    import importlib
+
+    from aiosmtpd.smtp import Envelope, Session
+
+    def module(name: str) -> Any:
+        return importlib.import_module(f"gateway.{name}")   # names that exist only there
+
+    hygiene, mapping, parse, text = (module(n) for n in ("hygiene", "mapping", "parse", "text"))
+    config = module("config").parse_config(CONFIG, env={})
+    recipient = mapping.resolve_recipient("79001234567@sms.local", config)
+    domain = config.domains[recipient.domain]
+    handler = module("smtp").Handler(None, lambda: None, None)   # _prepare uses neither
+    session = Session(asyncio.new_event_loop())
+    session.peer, session.host_name = ("192.0.2.10", 40000), "crm.corp.example"
+    envelope = Envelope()
+    envelope.mail_from, envelope.rcpt_tos = "crm@corp.example", ["79001234567@sms.local"]
+
+    def steps(raw: bytes, body: str) -> dict[str, Callable[[], Any]]:
+        parsed = parse.parse_message(raw, "cp1251")
+        return {
+            "auto_generated": lambda: hygiene.auto_generated(raw),
+            "parse_message": lambda: parse.parse_message(raw, "cp1251"),
+            "clean_text": lambda: text.clean_text(body),
+            "build_request": lambda: mapping.build_request(parsed, recipient, domain,
+                                                           "crm@corp.example"),
+            "prepare": lambda: handler._prepare(config, session, envelope, raw, []),
+        }
+    return steps
 
 
 # --- the driver --------------------------------------------------------------------------------
