@@ -72,7 +72,10 @@ def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
     v.keys(data, path, _DOMAIN_KEYS, problems)
     if "type" not in data:
         problems.add(f"{path}.type", f"is required (one of {', '.join(MESSAGE_TYPES)})")
-        return None
+    # Without a valid type the other keys are still checked, except those judged by the type
+    # (aliases: phone numbers or addresses; SMS-only keys), lest a typo in `type` bring
+    # complaints about keys that are right.
+    known_type = data.get("type") in MESSAGE_TYPES
     kind = v.choice(data, "type", path, MESSAGE_TYPES, "sms", problems)
     default_recipient = "email" if kind == "email" else "phone"
     fields: dict[str, str] = {}
@@ -99,13 +102,14 @@ def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
         fields=fields,
         timezone=v.value(data, "timezone", path, zone, None, problems),
     )
-    return _sms_and_quiet(domain, data, path, problems)
+    checked = _sms_and_quiet(domain, data, path, problems, known_type)
+    return checked if known_type else None
 
 
 def _sms_and_quiet(domain: DomainConfig, data: dict[str, Any], path: str,
-                   problems: v.Problems) -> DomainConfig:
+                   problems: v.Problems, known_type: bool) -> DomainConfig:
     for key in ("max_parts", "transliterate"):
-        if data.get(key) not in (None, False) and domain.type not in SMS_TYPES:
+        if known_type and data.get(key) not in (None, False) and domain.type not in SMS_TYPES:
             problems.add(f"{path}.{key}", f"only for types {', '.join(sorted(SMS_TYPES))} "
                                           f"(this domain is {domain.type})")
     quiet = None
@@ -120,7 +124,7 @@ def _sms_and_quiet(domain: DomainConfig, data: dict[str, Any], path: str,
         max_parts=v.value(data, "max_parts", path, v.integer(1, 255), None, problems),
         transliterate=v.value(data, "transliterate", path, v.boolean, False, problems),
         quiet_hours=quiet,
-        aliases=domain_aliases(data, domain, path, problems),
+        aliases=domain_aliases(data, domain, path, problems) if known_type else {},
     )
 
 
