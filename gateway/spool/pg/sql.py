@@ -45,8 +45,20 @@ NEXT_DUE = numbered(lite.NEXT_DUE)
 RELEASE = (
     f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = $1, updated_at = $1"
     f" WHERE id = ANY($2::bigint[]) AND state = '{State.SENDING}' AND next_attempt_at > $1")
-RECORD_RESULT = numbered(lite.RECORD_RESULT)
+# A batch's outcomes in one statement each, their values as arrays (as ACCEPT): one round trip
+# for a hundred results, not three a result.
+RECORD_RESULTS = (
+    "UPDATE deliveries d SET state = r.state, attempts = d.attempts + 1,"
+    " next_attempt_at = r.next_at, platform_id = coalesce(r.platform_id, d.platform_id),"
+    " last_error = r.last_error, updated_at = $6"
+    " FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::text[])"
+    " AS r(id, state, next_at, platform_id, last_error) WHERE d.id = r.id RETURNING d.id")
 INSERT_EVENT = numbered(lite.INSERT_EVENT)
+INSERT_EVENTS = (
+    "INSERT INTO events (delivery_id, at, kind, detail)"
+    " SELECT id, $2, kind, detail FROM unnest($1::bigint[], $3::text[], $4::text[])"
+    " AS t(id, kind, detail)")
+MARK_BOUNCES = lite.MARK_BOUNCE.replace("WHERE id = ?", "WHERE id = ANY($1::bigint[])")
 PURGE = numbered(lite.PURGE)
 MARK_BOUNCE = numbered(lite.MARK_BOUNCE)
 PENDING_BOUNCES = numbered(lite.PENDING_BOUNCES)

@@ -172,17 +172,19 @@ class PgSpool:
     async def record(self, *results: Result) -> None:
         async def write(conn: asyncpg.Connection) -> None:
             now = self.clock()
-            for result in results:
-                status = await conn.execute(
-                    sql.RECORD_RESULT, result.state, result.next_attempt_at, result.platform_id,
-                    None if result.state == State.SENT else result.detail, now,
-                    result.delivery_id)
-                if _count(status) == 0:
-                    continue   # dropped by an operator while it was being sent
-                if result.bounce:
-                    await conn.execute(sql.MARK_BOUNCE, result.delivery_id)
-                await conn.execute(sql.INSERT_EVENT, result.delivery_id, now, result.event,
-                                   result.detail)
+            rows = [(r.delivery_id, r.state.value, r.next_attempt_at, r.platform_id,
+                     None if r.state == State.SENT else r.detail) for r in results]
+            # Those dropped by an operator while they were being sent are not there.
+            there = {row["id"] for row in await conn.fetch(sql.RECORD_RESULTS,
+                                                           *_columns(rows, 5), now)}
+            bounces = [r.delivery_id for r in results if r.bounce and r.delivery_id in there]
+            if bounces:
+                await conn.execute(sql.MARK_BOUNCES, bounces)
+            events = [(r.delivery_id, r.event, r.detail) for r in results
+                      if r.delivery_id in there]
+            if events:
+                ids, kinds, details = _columns(events, 3)
+                await conn.execute(sql.INSERT_EVENTS, ids, now, kinds, details)
         # A retry made due (a deferral) is for whoever is free, possibly another gateway.
         await self.link.submit(write, wakes=any(r.state == State.QUEUED for r in results))
 
