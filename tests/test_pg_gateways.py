@@ -40,8 +40,9 @@ def no_load_left_running() -> Iterator[None]:
     STOPS.clear()
 
 
-def pg_config(tmp_path: Path, platform: FakePlatform, url: str) -> Path:
+def pg_config(tmp_path: Path, platform: FakePlatform, url: str, batch_size: int = 1) -> Path:
     data: dict[str, Any] = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    data["api"]["batch_size"] = batch_size
     del data["spool"]["path"]
     data["spool"]["url"] = url
     # api.timeout bounds a lease (timeout + 15 s): what a dead gateway's sends wait for.
@@ -83,13 +84,14 @@ def send_stream(port: int, prefix: str, accepted: dict[str, str], stop: threadin
 
 
 def delivered(platform: FakePlatform) -> Counter[str]:
-    return Counter(r.form["sent_text"].split("\n")[1] for r in platform.requests)
+    return Counter(m["sent_text"].split("\n")[1] for m in platform.messages)
 
 
+@pytest.mark.parametrize("batch_size", [1, 20])
 async def test_the_survivor_delivers_what_a_killed_gateway_accepted(
-        tmp_path: Path, platform: FakePlatform, pg_url: str) -> None:
+        tmp_path: Path, platform: FakePlatform, pg_url: str, batch_size: int) -> None:
     platform.default = Reply(delay=0.3)   # a backlog and sends in flight when the kill lands
-    config = pg_config(tmp_path, platform, pg_url)
+    config = pg_config(tmp_path, platform, pg_url, batch_size)
     doomed, survivor = Daemon(config), Daemon(config)
     doomed_port, survivor_port = await asyncio.gather(doomed.start(), survivor.start())
     accepted_doomed: dict[str, str] = {}
@@ -127,16 +129,20 @@ async def test_the_survivor_delivers_what_a_killed_gateway_accepted(
     took_over = time.monotonic() - killed_at
     counts = delivered(platform)
     duplicates = {marker: n for marker, n in counts.items() if n > 1}
-    print(f"\ntwo gateways: {len(accepted_doomed)} accepted by the killed one, "
+    print(f"\ntwo gateways, batch_size {batch_size}: {len(accepted_doomed)} accepted by the"
+          " killed one, "
           f"{len(accepted_survivor)} by the survivor, all delivered {took_over:.1f} s after "
           f"the kill; duplicates {len(duplicates)}")
-    # At least once: only what the dead gateway had in flight (max_concurrency) may repeat.
-    assert len(duplicates) <= 8
+    # At least once: only what the dead gateway had in flight (max_concurrency requests of at
+    # most batch_size) may repeat.
+    assert len(duplicates) <= 8 * batch_size
+    if batch_size > 1:
+        assert any(r.batch for r in platform.requests)
 
     # A callback for a message of the dead gateway, sent to the survivor, updates the status.
     marker, queue_id = next(iter(accepted_doomed.items()))
-    request = next(r for r in platform.requests if r.form["sent_text"].endswith(marker))
-    callback = urlsplit(request.form["callback"])
+    request = next(m for m in platform.messages if m["sent_text"].endswith(marker))
+    callback = urlsplit(request["callback"])
     http_port = next(int(m.group(1)) for line in survivor.log
                      if (m := HTTP_LISTENING.search(line)))
     query = callback.query.replace("{id}", "p-1").replace("{status}", "delivered")
