@@ -15,11 +15,10 @@ the worker, so the spool keeps one writer and its group commits; the child holds
 worth keeping. If it dies, every request it had becomes a retry (the platform may or may not
 have seen it: at least once, as for any send whose reply is lost) and a new child is started.
 
-Messages on the socket pair are the frozen dataclasses below, each a 4-byte length and a pickle;
-both ends are this program, the child started by the parent with the other end of the pair. The
-child takes orders only from its parent: it ignores SIGTERM, SIGINT and SIGHUP (a terminal's
-Ctrl-C reaches the whole process group; systemd's default stop signals every process of the
-unit), stops when told to or when the parent is gone, and logs to the stderr it inherited.
+Messages on the socket pair are the frozen dataclasses of child_protocol.py. The child takes
+orders only from its parent: it ignores SIGTERM, SIGINT and SIGHUP (a terminal's Ctrl-C reaches
+the whole process group; systemd's default stop signals every process of the unit), stops when
+told to or when the parent is gone, and logs to the stderr it inherited.
 """
 
 from __future__ import annotations
@@ -29,16 +28,25 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from gateway import privacy
 from gateway.config.model import ApiConfig
+from gateway.delivery.child_protocol import (
+    Answer,
+    Failed,
+    Mask,
+    Message,
+    Ready,
+    Send,
+    Start,
+    Stop,
+    frame,
+    read,
+)
 from gateway.delivery.request import Outcome
 from gateway.errors import SenderProcessError
 from gateway.logs import setup_logging
@@ -50,75 +58,6 @@ STOP_MARGIN = 10.0        # past the drain's grace, before the child is killed
 ANSWER_MARGIN = 10.0      # past api.timeout: a child that has not answered by then is stuck
 RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 SENDER_NICENESS = 10      # added to the daemon's own (systemd's Nice=)
-_LENGTH = struct.Struct("!I")
-
-
-# --- what parent and child say to each other ---------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """Parent to child, first: how to run."""
-    api: ApiConfig
-    log_level: str
-    log_format: str
-    mask_personal: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """Child to parent: its client started."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """Child to parent, instead of Ready."""
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """One request: a send-message (one request, `batch` false) or a send-list-messages."""
-    number: int
-    requests: tuple[Mapping[str, str], ...]
-    token: str
-    batch: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """Child to parent: the outcomes of Send `number`, one per request, in order."""
-    number: int
-    outcomes: tuple[Outcome, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Mask:
-    """Whether log lines hide personal data now (follows a reload)."""
-    on: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Finish: the parent's worker has had its grace for what is still in flight."""
-
-
-Message = Start | Ready | Failed | Send | Answer | Mask | Stop
-
-
-def _frame(message: Message) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
-
-
-async def _read(reader: asyncio.StreamReader) -> Message | None:
-    """The next message, or None once the other end is gone."""
-    try:
-        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-        # Only this program's own parent or child writes to the socket pair.
-        message: Message = pickle.loads(await reader.readexactly(length))  # noqa: S301
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    return message
 
 
 class _Batcher:
@@ -131,7 +70,7 @@ class _Batcher:
     def send(self, message: Message) -> None:
         if not self._frames:
             asyncio.get_running_loop().call_soon(self.flush)
-        self._frames.append(_frame(message))
+        self._frames.append(frame(message))
 
     def flush(self) -> None:
         frames, self._frames = self._frames, []
@@ -246,10 +185,10 @@ class SenderProcess:
         self._reader, writer = await asyncio.open_connection(sock=parent_end)
         self._out = _Batcher(writer)
         self._mask_sent = self.mask_personal()
-        writer.write(_frame(Start(self.api, self.log_level, self.log_format, self._mask_sent)))
+        writer.write(frame(Start(self.api, self.log_level, self.log_format, self._mask_sent)))
         reply: Message | None
         try:
-            reply = await asyncio.wait_for(_read(self._reader), START_TIMEOUT)
+            reply = await asyncio.wait_for(read(self._reader), START_TIMEOUT)
         except TimeoutError:
             reply = Failed(f"not ready within {START_TIMEOUT:.0f}s")
         if not isinstance(reply, Ready):
@@ -275,7 +214,7 @@ class SenderProcess:
     async def _watch(self) -> None:
         while True:
             assert self._reader is not None
-            message = await _read(self._reader)
+            message = await read(self._reader)
             if message is not None:
                 if isinstance(message, Answer):
                     answer = self._waiting.get(message.number)
@@ -318,7 +257,7 @@ class SenderProcess:
 
 async def _child(fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
-    start = await _read(reader)
+    start = await read(reader)
     if not isinstance(start, Start):
         return 1
     api = start.api
@@ -332,10 +271,10 @@ async def _child(fd: int) -> int:
     try:
         await client.start()
     except Exception as exc:
-        writer.write(_frame(Failed(str(exc) or type(exc).__name__)))
+        writer.write(frame(Failed(str(exc) or type(exc).__name__)))
         await writer.drain()
         return 1
-    writer.write(_frame(Ready()))
+    writer.write(frame(Ready()))
     sends: set[asyncio.Task[None]] = set()
 
     async def send(order: Send) -> None:
@@ -350,7 +289,7 @@ async def _child(fd: int) -> int:
         out.send(Answer(order.number, outcomes))
 
     while True:
-        message = await _read(reader)
+        message = await read(reader)
         if message is None:
             log.warning("the gateway process is gone; stopping")
             break
@@ -394,7 +333,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # Run by `python -m`, this file is `__main__`; the parent pickles the messages as classes of
-    # gateway.delivery.sender_process, so the child runs that module's copy, where they match.
-    from gateway.delivery import sender_process
-    sys.exit(sender_process.main(sys.argv))
+    sys.exit(main(sys.argv))
