@@ -58,6 +58,7 @@ class Scenario:
     latency: float = 0.0      # the fake platform's delay before each reply, seconds
     e2e: bool = False         # rate = deliveries / (last delivery - first MAIL)
     pace: float = 0.0         # > 0: idle-latency mode, one message at a time, this far apart
+    batch_size: int = 1       # > 1: the gateway's api.batch_size (send-list-messages)
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -68,6 +69,9 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         Scenario("b", f"b accept {n}×{args.many_connections}c", n, args.many_connections),
         Scenario("c", f"c e2e {e2e_n}×{c}c @{args.latency * 1000:.0f}ms", e2e_n, c,
                  latency=args.latency, e2e=True),
+        Scenario("e", f"e e2e batches of {args.batch_size} {e2e_n}×{c}c "
+                 f"@{args.latency * 1000:.0f}ms", e2e_n, c, latency=args.latency, e2e=True,
+                 batch_size=args.batch_size),
         Scenario("d", f"d idle {idle_n}×1c /{args.pace * 1000:.0f}ms", idle_n, 1,
                  pace=args.pace),
     ]
@@ -151,7 +155,7 @@ def connection_limits(args: argparse.Namespace) -> dict[str, int]:
 
 
 def write_config(workdir: Path, platform_port: int, args: argparse.Namespace,
-                 spool_url: str | None = None) -> Path:
+                 spool_url: str | None = None, batch_size: int = 1) -> Path:
     config = {
         "smtp": {"listen": "127.0.0.1:0", "hostname": "bench-gateway",
                  "max_message_size": "1MiB", "max_recipients": 100,
@@ -159,7 +163,9 @@ def write_config(workdir: Path, platform_port: int, args: argparse.Namespace,
                  **connection_limits(args)},
         "api": {"base_url": f"http://127.0.0.1:{platform_port}/api/v1/bulk",
                 "token": "bench-token", "timeout": "10s",
-                "max_concurrency": args.api_concurrency},
+                "max_concurrency": args.api_concurrency,
+                # Only in the batch scenario; api.batch_wait stays the default.
+                **({"batch_size": batch_size} if batch_size > 1 else {})},
         # A short retry: with --fail, a 503'd send comes back within the bench's patience.
         "spool": {**({"url": spool_url} if spool_url else
                      {"path": str(workdir / "spool.sqlite3")}),
@@ -174,9 +180,10 @@ def write_config(workdir: Path, platform_port: int, args: argparse.Namespace,
 
 
 async def start_gateway(workdir: Path, platform_port: int, args: argparse.Namespace,
-                        spool_url: str | None = None) -> tuple[Child, int, Path]:
+                        spool_url: str | None = None, batch_size: int = 1
+                        ) -> tuple[Child, int, Path]:
     """`python -m gateway serve` (not dry-run); its port read from its own log line."""
-    config = write_config(workdir, platform_port, args, spool_url)
+    config = write_config(workdir, platform_port, args, spool_url, batch_size)
     log_path = workdir / "gateway.log"
     # Its log goes to a file, not a pipe: reading two lines per message back would cost the
     # bench's event loop CPU on the same two cores, and a full pipe would stall the gateway.
@@ -278,7 +285,7 @@ class Outcome:
     rss_mb: float = NAN
     e2e: float = NAN                # messages delivered per second, first MAIL -> last arrival
     drain_s: float = NAN            # last arrival at the platform - last 250 at the client
-    during: float = NAN             # platform requests per second while the load ran
+    during: float = NAN             # deliveries at the platform per second while the load ran
     after: float = NAN              # ... and after the last 250
     overflows: int = 0              # host-wide TCP listen-queue overflows during the load
     expected: int = 0
@@ -287,6 +294,11 @@ class Outcome:
     missing: int = 0
     extra: int = 0
     checked: bool = False           # whether deliveries were checked at all (not for Sink)
+    accept_rate: float = NAN        # accepted messages / wall time of the load (c and e)
+    requests: float = NAN           # requests the platform received, 503'd ones included
+    batch_requests: float = NAN     # ... of them send-list-messages
+    batch_messages: float = NAN     # messages in those
+    unique: float = NAN             # distinct `<marker> <sent_to>` the platform took
     refused: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
@@ -336,7 +348,8 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
         "--max-seconds", 3600)
     client = PlatformClient(platform_port)
     try:
-        gateway, port, log_path = await start_gateway(workdir, platform_port, args, spool_url)
+        gateway, port, log_path = await start_gateway(workdir, platform_port, args, spool_url,
+                                                      scenario.batch_size)
         try:
             if scenario.pace:
                 await asyncio.sleep(1.0)    # "idle": the worker has gone back to sleep
@@ -357,7 +370,11 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
                       problems=gateway_problems(code, log_path, stats))
     check_exactly_once(outcome, load, deliveries)
     delivery_timing(outcome, load, deliveries)
+    outcome.requests, outcome.unique = stats["requests"], stats["unique"]
+    outcome.batch_requests = stats.get("batch_requests", NAN)
+    outcome.batch_messages = stats.get("batch_messages", NAN)
     if scenario.e2e:
+        outcome.accept_rate = outcome.rate
         outcome.rate = outcome.e2e
     return outcome, load, deliveries
 
@@ -574,9 +591,25 @@ def table(results: dict[Row, list[Outcome]]) -> list[str]:
 def _delivery_note(outcomes: list[Outcome]) -> str:
     def med(name: str, digits: int = 0) -> str:
         return _num(_median([getattr(o, name) for o in outcomes]), digits)
-    return (f"end to end {med('e2e')} msgs/s (first MAIL → last delivery); requests to the "
+    return (f"end to end {med('e2e')} msgs/s (first MAIL → last delivery); deliveries at the "
             f"platform {med('during')}/s while the load ran, {med('after')}/s after it; the "
             f"last came {med('drain_s', 2)}s after the last 250")
+
+
+def _batch_note(outcomes: list[Outcome], sink: list[Outcome]) -> str:
+    """Accepting next to Sink, and requests per delivered message (c: one; e: batches)."""
+    accept = _median([o.accept_rate for o in outcomes])
+    per_message = _median([o.requests / o.unique if o.unique else NAN for o in outcomes])
+    text = (f"accepting {_num(accept, 0)} msgs/s = "
+            f"{_num(accept / _median([o.rate for o in sink]), 2)}×sink; "
+            f"{_num(per_message, 4)} requests per delivered message "
+            f"({_num(_median([o.requests for o in outcomes]), 0)} requests")
+    batches = _median([o.batch_requests for o in outcomes])
+    if batches and not math.isnan(batches):
+        size = _median([o.batch_messages / o.batch_requests if o.batch_requests else NAN
+                        for o in outcomes])
+        text += f", {_num(batches, 0)} of them batches of {_num(size)} on average"
+    return text + ")"
 
 
 def notes(results: dict[Row, list[Outcome]], args: argparse.Namespace) -> list[str]:
@@ -589,6 +622,8 @@ def notes(results: dict[Row, list[Outcome]], args: argparse.Namespace) -> list[s
             ceiling = args.api_concurrency / args.latency
             lines.append(f"{where}: ceiling api.max_concurrency / latency = {ceiling:.0f} "
                          f"requests/s = {ceiling / args.recipients:.0f} msgs/s")
+        if system.startswith("smtp2pulse") and title[:2] in ("c ", "e "):
+            lines.append(f"{where}: {_batch_note(outcomes, results.get((title, 'sink'), []))}")
         refused = sum((o.refused for o in outcomes), Counter[str]())
         if refused:
             lines.append(f"{where}: non-250 replies and errors {dict(refused)}")
@@ -622,7 +657,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
              "the fsync behind every 250 costs what this disk makes it cost")
     add("--keep-limits", action="store_true",
         help="keep the gateway's default connection limits (else raised above the bench's)")
-    add("--only", default="abcd", help="scenarios to run, e.g. 'ac'")
+    add("--batch-size", type=int, default=100, help="the gateway's api.batch_size in e")
+    add("--only", default="abcde", help="scenarios to run, e.g. 'ace'")
     add("--max-load-seconds", type=float, default=600, help="cap on one load run")
     add("--memory", action="store_true", help="also RSS after 10k and 50k messages (slow)")
     add("--quick", action="store_true", help="smoke run: 200 messages, 1 round")
