@@ -12,6 +12,7 @@ import functools
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -253,26 +254,45 @@ class Worker:
             log.error("queue_id=%s could not record %d outcomes: %s",
                       batch[0].delivery.message_id, len(results), exc)
             return
-        for item, outcome, result in zip(batch, outcomes, results, strict=True):
-            self._account(item.delivery, outcome, result, elapsed, len(batch))
+        self._account(batch, outcomes, results)
+        self._log(batch, outcomes, results, elapsed)
 
-    def _account(self, delivery: Delivery, outcome: Outcome, result: Result, elapsed: float,
-                 batch: int) -> None:
-        """Metrics and the log line of one delivery's recorded attempt."""
-        self.metrics.deliveries.labels(result.event).inc()
-        sms = request_segments(delivery.request)
-        if result.event == "sent" and sms is not None:
-            domain = delivery.recipient.rpartition("@")[2].lower()
-            self.metrics.sms_parts.labels(domain).inc(sms.parts)
-        if result.bounce:
+    def _account(self, batch: list[Outgoing], outcomes: list[Outcome], results: list[Result]
+                 ) -> None:
+        """A request's metrics, counted once per kind rather than once per message."""
+        for event, count in Counter(result.event for result in results).items():
+            self.metrics.deliveries.labels(event).inc(count)
+        parts: Counter[str] = Counter()
+        for item, result in zip(batch, results, strict=True):
+            if result.event == "sent" and (sms := request_segments(item.delivery.request)):
+                parts[item.delivery.recipient.rpartition("@")[2].lower()] += sms.parts
+        for domain, count in parts.items():
+            self.metrics.sms_parts.labels(domain).inc(count)
+        if any(result.bounce for result in results):
             self.on_bounce()
-        log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
-                 delivery.message_id, delivery.request.get("sent_to", delivery.recipient),
-                 delivery.attempts + 1, result.event,
-                 f"platform_id={outcome.platform_id} " if outcome.platform_id else
-                 f"reason={result.detail!r} ", elapsed * 1000,
-                 f", batch of {batch}" if batch > 1 else "",
-                 extra={"queue_id": delivery.message_id})
+
+    def _log(self, batch: list[Outgoing], outcomes: list[Outcome], results: list[Result],
+             elapsed: float) -> None:
+        """A line per delivery, except that a batch's sent ones share one line: a line per
+        message was the costliest part of delivering a batch. Each queue id is still in the
+        log, and `queue show` has the whole history."""
+        ms = elapsed * 1000
+        sent = []
+        for item, outcome, result in zip(batch, outcomes, results, strict=True):
+            delivery = item.delivery
+            to = delivery.request.get("sent_to", delivery.recipient)
+            if len(batch) > 1 and result.event == "sent":
+                sent.append(f"{delivery.message_id}({to}:{outcome.platform_id or '-'})")
+                continue
+            log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
+                     delivery.message_id, to, delivery.attempts + 1, result.event,
+                     f"platform_id={outcome.platform_id} " if outcome.platform_id else
+                     f"reason={result.detail!r} ", ms,
+                     f", batch of {len(batch)}" if len(batch) > 1 else "",
+                     extra={"queue_id": delivery.message_id})
+        if sent:
+            log.info("batch of %d (%.0f ms): %d sent: %s", len(batch), ms, len(sent),
+                     " ".join(sent))
 
     async def _maybe_purge(self) -> None:
         now = self.clock()

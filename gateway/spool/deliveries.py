@@ -65,18 +65,18 @@ def release(conn: sqlite3.Connection, clock: Clock, delivery_ids: Sequence[int])
 
 def record(conn: sqlite3.Connection, clock: Clock, results: Sequence[Result]) -> None:
     now = clock()
-    events = []
-    for result in results:
-        cursor = conn.execute(
-            sql.RECORD_RESULT,
-            (result.state, result.next_attempt_at, result.platform_id,
-             None if result.state == State.SENT else result.detail, now, result.delivery_id))
-        if cursor.rowcount == 0:
-            continue   # dropped by an operator while it was being sent
+    rows = [(r.state, r.next_attempt_at, r.platform_id,
+             None if r.state == State.SENT else r.detail, now, r.delivery_id) for r in results]
+    recorded = list(results)
+    if conn.executemany(sql.RECORD_RESULT, rows).rowcount != len(rows):
+        # Some were dropped by an operator while they were being sent (rare): which are left.
+        ids = json.dumps([r.delivery_id for r in results])
+        there = {row["id"] for row in select(conn, sql.DELIVERIES_THERE, (ids,))}
+        recorded = [r for r in results if r.delivery_id in there]
+    for result in recorded:
         if result.bounce:
             mark_bounce(conn, result.delivery_id)
-        events.append((result.delivery_id, now, result.event, result.detail))
-    add_events(conn, events)
+    add_events(conn, [(r.delivery_id, now, r.event, r.detail) for r in recorded])
 
 
 def purge(conn: sqlite3.Connection, older_than: float) -> int:

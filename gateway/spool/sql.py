@@ -84,6 +84,7 @@ RELEASE = (
 RECORD_RESULT = (
     "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
     " platform_id = coalesce(?, platform_id), last_error = ?, updated_at = ? WHERE id = ?")
+DELIVERIES_THERE = "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
 INSERT_EVENT = "INSERT INTO events (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)"
 PURGE = (
     "DELETE FROM messages WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"

@@ -84,3 +84,20 @@ async def test_a_batch_is_recorded_at_once_and_unconfirmed_ones_wait(
     assert await spool.retry_message(queue_id) == 1
     (retried,) = await spool.lease(10, 60)
     assert (retried.id, retried.attempts) == (three.id, 1)
+
+
+async def test_a_batch_with_a_message_dropped_meanwhile_records_the_rest(
+        spool: SpoolInterface) -> None:
+    kept = await spool.accept(message("79000000001"))
+    dropped = await spool.accept(message("79000000002"))
+    one, two = await spool.lease(10, 60)
+    assert await spool.drop_message(dropped)       # `queue drop` while the batch is in flight
+    now = time.time()
+    await spool.record(Result(one.id, State.SENT, now, "sent", "", "p1"),
+                       Result(two.id, State.SENT, now, "sent", "", "p2"))
+    detail = await spool.show_message(kept)
+    assert detail is not None
+    [delivery] = detail.deliveries
+    assert (delivery.state, delivery.attempts, delivery.platform_id) == (State.SENT, 1, "p1")
+    assert [kind for _, kind, _ in delivery.events] == ["received", "sent"]
+    assert await spool.show_message(dropped) is None
