@@ -38,7 +38,12 @@ def request_segments(request: Mapping[str, str]) -> Segments | None:
     """The segments of a request's text, for the types that are SMS; None for the others."""
     if request.get("type") not in SMS_TYPES:
         return None
-    return segments(request.get("sent_text", ""))
+    return _segments(request.get("sent_text", ""))
+
+
+# Counted at accept (the log line) and again once sent (/metrics), usually moments apart in the
+# same process: the second count is a lookup. Bounded, as the texts it keeps can be long.
+_segments = functools.lru_cache(maxsize=256)(segments)
 
 
 def total_parts(requests: Sequence[Mapping[str, str]]) -> int | None:
