@@ -2,6 +2,12 @@
 
 The worker sleeps until woken (a message was stored) or until the next retry is due, so an idle
 gateway hands a new message over at once without polling the database.
+
+Each free slot (api.max_concurrency counts requests) takes one request: a delivery alone to
+send-message, or with api.batch_size > 1 up to that many that share token, type, sender and
+charset, to send-list-messages (batch.py). Under load, a fill waits api.batch_wait before it
+leases, so that each request carries what arrived meanwhile instead of one message a slot;
+what is leased is sent at once or given back, never held.
 """
 
 from __future__ import annotations
