@@ -25,9 +25,15 @@ class Reply:
     enhanced: str            # "" for the replies that carry none (220, 334, 354)
     text: str
     reason: str | None       # the smtp2pulse_smtp_refusals label; None: not a refusal
+    # The reply line, made once: several replies go out for every message accepted.
+    line: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "line", " ".join(
+            part for part in (str(self.code), self.enhanced, self.text) if part))
 
     def __str__(self) -> str:
-        return " ".join(part for part in (str(self.code), self.enhanced, self.text) if part)
+        return self.line
 
     def format(self, **values: object) -> Reply:
         """The template with its {placeholders} filled in."""
