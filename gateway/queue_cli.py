@@ -71,7 +71,7 @@ def _search(args: argparse.Namespace) -> Search:
 
 def _header(args: argparse.Namespace, count: int) -> str:
     noun = "delivery" if count == 1 else "deliveries"
-    what = f"{noun} still to be sent (queued or sending)" if not (
+    what = f"{noun} still to be sent or settled (queued, sending or unconfirmed)" if not (
         args.all or args.to or args.since or args.state) else noun
     filters = [f"to {args.to}" if args.to else "", f"received in the last {args.since}"
                if args.since else "", f"{args.state}" if args.state else ""]

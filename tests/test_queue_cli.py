@@ -50,8 +50,8 @@ async def test_list_finds_a_message_by_recipient_as_written_or_as_sent(
 
     code, out, _ = await queue(capsys, c, "list")
     assert code == 0
-    assert out.splitlines() == ["0 deliveries still to be sent (queued or sending), oldest "
-                                "first; --all shows finished ones too"]
+    assert out.splitlines() == ["0 deliveries still to be sent or settled (queued, sending or"
+                                " unconfirmed), oldest first; --all shows finished ones too"]
     code, out, _ = await queue(capsys, c, "list", "--all")
     header, *lines = out.splitlines()
     assert code == 0 and header.startswith("2 deliveries, oldest first")
@@ -140,3 +140,37 @@ async def test_a_locked_spool_says_so_and_exits_1(
     assert f"spool {tmp_path / 'spool.sqlite3'} is locked" in err and "try again" in err
     code, out, _ = await queue(capsys, c, "retry", queue_id)
     assert code == 0 and "deliveries queued for a new attempt" in out   # once let go
+
+
+async def test_unconfirmed_deliveries_are_listed_by_default_and_settled_by_retry(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One slot and batches: the second message's two recipients go as one batch, whose reply
+    # the gateway cannot read.
+    gw = await start_gateway({"api": {"batch_size": 10, "max_concurrency": 1,
+                                      "batch_wait": 0}})
+    platform.script = [Reply(delay=0.4), Reply(body="<html>accepted?</html>")]
+    await gw.submit(text_message("first"), "79009999999@sms.local")
+    await platform.wait_for(1)
+    queue_id = await gw.submit(text_message("pair"), ["79001111111@sms.local",
+                                                      "79002222222@sms.local"])
+    await platform.wait_for(2)
+    c = write_config(tmp_path, platform.base_url)
+
+    async def listed(*args: str) -> list[str]:
+        code, out, _ = await queue(capsys, c, "list", *args)
+        assert code == 0
+        return out.splitlines()
+
+    for _ in range(200):
+        header, *lines = await listed()
+        if len(lines) == 2 and all("unconfirmed" in line for line in lines):
+            break
+        await asyncio.sleep(0.05)
+    assert header.startswith("2 deliveries still to be sent or settled"), header
+    assert all(queue_id in line and "unknown outcome: HTTP 200" in line for line in lines)
+    assert len(await listed("--state", "unconfirmed")) == 3
+    code, _, _ = await queue(capsys, c, "retry", queue_id)
+    assert code == 0
+    gw.gateway.worker.wake()        # the daemon's own look comes within 10 s; not waited for
+    assert await gw.wait_final(queue_id) == ["sent", "sent"]
