@@ -90,7 +90,9 @@ def delivered(platform: FakePlatform) -> Counter[str]:
 @pytest.mark.parametrize("batch_size", [1, 20])
 async def test_the_survivor_delivers_what_a_killed_gateway_accepted(
         tmp_path: Path, platform: FakePlatform, pg_url: str, batch_size: int) -> None:
-    platform.default = Reply(delay=0.3)   # a backlog and sends in flight when the kill lands
+    # A backlog and sends in flight when the kill lands (batches carry the backlog away fast:
+    # a slower reply keeps them on the wire, under api.timeout).
+    platform.default = Reply(delay=0.3 if batch_size == 1 else 0.6)
     config = pg_config(tmp_path, platform, pg_url, batch_size)
     doomed, survivor = Daemon(config), Daemon(config)
     doomed_port, survivor_port = await asyncio.gather(doomed.start(), survivor.start())
@@ -118,7 +120,8 @@ async def test_the_survivor_delivers_what_a_killed_gateway_accepted(
     stop_survivor.set()
     await asyncio.gather(*loads)
     taken = {**accepted_doomed, **accepted_survivor}
-    assert set(delivered(platform)) < set(taken), "the kill should leave deliveries behind"
+    # (A message sent but whose 250 the kill cut off may be delivered too, and is not in taken.)
+    assert set(taken) - set(delivered(platform)), "the kill should leave deliveries behind"
 
     try:
         await eventually(lambda: set(taken) <= set(delivered(platform)), within=90)
