@@ -59,19 +59,24 @@ def group(outgoing: Sequence[Outgoing], size: int) -> list[list[Outgoing]]:
     return batches
 
 
+def split(requests: Sequence[Mapping[str, str]]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """A batch's fields once (BATCH_FIELDS, which every request shares) and each message's own."""
+    first = requests[0]
+    shared = {name: first[name] for name in BATCH_FIELDS if name in first}
+    return shared, [{name: value for name, value in request.items()
+                     if name not in BATCH_FIELDS} for request in requests]
+
+
 def encode_batch(requests: Sequence[Mapping[str, str]], token: str) -> bytes:
-    """The form of one send-list-messages request (every request shares BATCH_FIELDS).
+    """The form of one send-list-messages request.
 
     `messages` is the JSON text in the charset the batch declares, as send-message's text fields
     are: the texts are inside it, and the platform reads them in that charset."""
-    first = requests[0]
-    shared = [("token", token), *((name, first[name]) for name in BATCH_FIELDS if name in first)]
-    messages = json.dumps([{name: value for name, value in request.items()
-                            if name not in BATCH_FIELDS} for request in requests],
-                          ensure_ascii=False, separators=(",", ":"))
+    shared, messages = split(requests)
+    text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
     return "&".join([*(quote_plus(name) + "=" + form_value(value, "utf-8")
-                       for name, value in shared),
-                     "messages=" + form_value(messages, codec_for(first))]).encode("ascii")
+                       for name, value in {"token": token, **shared}.items()),
+                     "messages=" + form_value(text, codec_for(shared))]).encode("ascii")
 
 
 def classify_batch(status: int, body: bytes, headers: Mapping[str, str], now: float,

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from gateway.config.model import ApiConfig, mask
-from gateway.delivery.batch import BATCH_FIELDS, classify_batch, encode_batch
+from gateway.config.model import ApiConfig
+from gateway.delivery.batch import classify_batch, encode_batch, split
 from gateway.delivery.request import (
     Outcome,
     classify,
@@ -130,11 +130,8 @@ class DryRunClient:
 
     async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
                          ) -> list[Outcome]:
-        first = requests[0]
-        log.info("dry run: would POST %s token=%s %s and %d messages: %s", self.api.batch_url,
-                 mask(token), " ".join(f"{name}={first[name]}" for name in BATCH_FIELDS
-                                       if name in first), len(requests),
-                 json.dumps([{name: value for name, value in request.items()
-                              if name not in BATCH_FIELDS} for request in requests],
-                            ensure_ascii=False))
+        shared, messages = split(requests)
+        log.info("dry run: would POST %s %s and %d messages: %s", self.api.batch_url,
+                 json.dumps(masked_request(shared, token), ensure_ascii=False), len(messages),
+                 json.dumps(messages, ensure_ascii=False))
         return [Outcome("sent", platform_id="dry-run")] * len(requests)

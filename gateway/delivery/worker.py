@@ -242,7 +242,8 @@ class Worker:
                 outcomes = await self.sender.send_batch([item.fields for item in batch], token)
         except Exception as exc:  # a bug in a sender must not lose the deliveries
             log.exception("queue_id=%s send raised", batch[0].delivery.message_id)
-            outcomes = [Outcome("retry", detail=f"internal error: {type(exc).__name__}")]
+            outcomes = [Outcome("retry", detail=f"internal error: {type(exc).__name__}")] * \
+                len(batch)
         if len(outcomes) != len(batch):   # a sender's bug; the platform's is classify_batch's
             outcomes = [Outcome("retry", detail="internal error: outcomes do not match")] * \
                 len(batch)

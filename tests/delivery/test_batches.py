@@ -279,3 +279,19 @@ async def test_batches_through_the_sender_process(
     _, queue_id = await batch_of_five(gw, platform, Reply(body=json.dumps(reply)))
     assert await settled(gw, queue_id) == ["sent", "refused", "unconfirmed", "sent", "sent"]
     assert platform.requests[1].batch
+
+
+async def test_a_dry_run_logs_a_batch_with_its_token_masked_and_records_it_sent(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    caplog.set_level(logging.INFO)
+    gw = await start_gateway({"api": {"dry_run": True, "batch_size": 10}})
+    # Five recipients of one message are due together: one batch, even on an idle gateway.
+    queue_id = await gw.submit(text_message("dry"), [f"{n}@sms.local" for n in NUMBERS])
+    assert await settled(gw, queue_id) == ["sent"] * 5
+    assert platform.requests == []
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "would POST" in logged and "/send-list-messages" in logged
+    assert "and 5 messages" in logged and '"sent_to": "79001234504"' in logged
+    assert TOKEN not in logged
