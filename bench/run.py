@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import aiohttp
 import yaml
+from cpu import CpuWindow, children
 from loadgen import LoadResult, LoadSpec, percentile, run_load
 
 from gateway.config.model import SmtpConfig
@@ -210,21 +211,10 @@ def _one_status(pid: int) -> dict[str, float]:
     return values
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{name}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(name))
-    return found
-
-
 def proc_status(pid: int) -> dict[str, float]:
     """VmHWM (peak) and VmRSS in MB of a live process, summed with its children's: the
     gateway's sender process counts as the gateway's memory. `parts` keeps each one's VmHWM."""
-    statuses = [_one_status(p) for p in (pid, *_children(pid))]
+    statuses = [_one_status(p) for p in (pid, *children(pid))]
     total = {name: sum(s.get(name, 0.0) for s in statuses) for name in ("VmHWM", "VmRSS")}
     return {**total, "processes": float(len(statuses)),
             **{f"VmHWM{n}": s.get("VmHWM", 0.0) for n, s in enumerate(statuses)}}
@@ -299,6 +289,10 @@ class Outcome:
     batch_requests: float = NAN     # ... of them send-list-messages
     batch_messages: float = NAN     # messages in those
     unique: float = NAN             # distinct `<marker> <sent_to>` the platform took
+    accepted: int = 0               # messages answered 250
+    server_cpu: float = NAN         # CPU seconds of the server (and its children) in the load
+    load_cpu: float = NAN           # ... of the load generator (this process)
+    steal: float = NAN              # the host's steal share meanwhile
     refused: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
@@ -322,22 +316,28 @@ def listen_overflows() -> int:
     return int(values[names.index("ListenOverflows")]) if "ListenOverflows" in names else 0
 
 
-async def measured_load(spec: LoadSpec) -> tuple[LoadResult, int]:
+async def measured_load(spec: LoadSpec, server_pid: int) -> tuple[LoadResult, int, CpuWindow]:
     before = listen_overflows()
+    cpu = CpuWindow(server_pid)
     load = await run_load(spec)
-    return load, listen_overflows() - before
+    return load, listen_overflows() - before, cpu.close()
+
+
+def cpu_fields(load: LoadResult, cpu: CpuWindow) -> dict[str, Any]:
+    return {"accepted": len(load.accepted), "server_cpu": cpu.server, "load_cpu": cpu.load,
+            "steal": cpu.steal}
 
 
 async def sink_round(scenario: Scenario, round_no: int, args: argparse.Namespace) -> Outcome:
     child, port = await start_helper("sink.py", "--max-seconds", 3600)
     try:
-        load, overflows = await measured_load(
-            load_spec(port, scenario, run_id(scenario, round_no, "sink"), args))
+        load, overflows, cpu = await measured_load(
+            load_spec(port, scenario, run_id(scenario, round_no, "sink"), args), child.pid)
         rss = proc_status(child.pid)["VmHWM"]
     finally:
         await child.stop()
     return Outcome(rate=load.rate, p50=load.p50, p99=load.p99, rss_mb=rss,
-                   overflows=overflows, refused=load.refused)
+                   overflows=overflows, refused=load.refused, **cpu_fields(load, cpu))
 
 
 async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namespace,
@@ -353,8 +353,9 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
         try:
             if scenario.pace:
                 await asyncio.sleep(1.0)    # "idle": the worker has gone back to sleep
-            load, overflows = await measured_load(
-                load_spec(port, scenario, run_id(scenario, round_no, "gateway"), args))
+            load, overflows, cpu = await measured_load(
+                load_spec(port, scenario, run_id(scenario, round_no, "gateway"), args),
+                gateway.pid)
             expected = len(expected_keys(load))
             await client.wait_for(expected, cap=max(60.0, expected / 20))
             rss = proc_status(gateway.pid)["VmHWM"]
@@ -367,7 +368,7 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
         await platform.stop()
     outcome = Outcome(rate=load.rate, p50=load.p50, p99=load.p99, rss_mb=rss,
                       overflows=overflows, refused=load.refused,
-                      problems=gateway_problems(code, log_path, stats))
+                      problems=gateway_problems(code, log_path, stats), **cpu_fields(load, cpu))
     check_exactly_once(outcome, load, deliveries)
     delivery_timing(outcome, load, deliveries)
     outcome.requests, outcome.unique = stats["requests"], stats["unique"]
@@ -570,22 +571,52 @@ def _once(outcomes: list[Outcome]) -> str:
 
 
 def table(results: dict[Row, list[Outcome]]) -> list[str]:
-    head = ("scenario", "system", "msgs/s", "×sink", "p50 ms", "p99 ms", "peak RSS MB",
-            "exactly once, all rounds (delivered/accepted)")
+    head = ("scenario", "system", "msgs/s", "×sink", "CPU µs/msg", "p50 ms", "p99 ms",
+            "peak RSS MB", "exactly once, all rounds (delivered/accepted)")
     rows = [head]
     for (title, system), outcomes in results.items():
         rate = _median([o.rate for o in outcomes])
-        sink_rate = _median([o.rate for o in results.get((title, "sink"), [])])
+        sink = results.get((title, "sink"), [])
         paced = "idle" in title     # a paced run's rate is the pace, not the server's
         rows.append((title, system, "-" if paced else _num(rate, 0),
-                     "-" if paced else _num(rate / sink_rate, 2),
+                     "-" if paced else _num(paired_ratio(outcomes, sink, "rate"), 2),
+                     "-" if paced else _num(_median([_per_message(o.server_cpu, o)
+                                                     for o in outcomes]), 0),
                      _num(_median([o.p50 for o in outcomes])),
                      _num(_median([o.p99 for o in outcomes])),
                      _num(_median([o.rss_mb for o in outcomes])), _once(outcomes)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    align: list[Callable[[str, int], str]] = [str.ljust, str.ljust] + [str.rjust] * 5 + [str.ljust]
+    align: list[Callable[[str, int], str]] = [str.ljust, str.ljust] + [str.rjust] * 6 + [str.ljust]
     return ["  ".join(align[i](cell, widths[i]) for i, cell in enumerate(row)).rstrip()
             for row in rows]
+
+
+def paired_ratio(outcomes: list[Outcome], sink: list[Outcome], name: str) -> float:
+    """The median over rounds of each round's gateway figure / that round's Sink rate.
+
+    Each gateway run is paired with the Sink run just before it: the host's speed drifts by a
+    third within minutes, and a pair shares most of the drift where medians taken apart do not.
+    """
+    return _median([getattr(o, name) / s.rate for o, s in zip(outcomes, sink, strict=False)])
+
+
+def _rounds_note(outcomes: list[Outcome], sink: list[Outcome], name: str) -> str:
+    return ", ".join(_num(getattr(o, name) / s.rate, 2)
+                     for o, s in zip(outcomes, sink, strict=False))
+
+
+def _per_message(seconds: float, outcome: Outcome) -> float:
+    """µs of CPU per message answered 250 during the load."""
+    return seconds / outcome.accepted * 1e6 if outcome.accepted else NAN
+
+
+def _cpu_note(outcomes: list[Outcome], sink: list[Outcome]) -> str:
+    server = _median([_per_message(o.server_cpu, o) for o in outcomes])
+    sink_server = _median([_per_message(o.server_cpu, o) for o in sink])
+    return (f"CPU during the load: server {_num(server, 0)} µs/msg = "
+            f"{_num(server / sink_server, 2)}× Sink's, load generator "
+            f"{_num(_median([_per_message(o.load_cpu, o) for o in outcomes]), 0)} µs/msg; "
+            f"host steal {_num(100 * _median([o.steal for o in outcomes]))}%")
 
 
 def _delivery_note(outcomes: list[Outcome]) -> str:
@@ -601,7 +632,8 @@ def _batch_note(outcomes: list[Outcome], sink: list[Outcome]) -> str:
     accept = _median([o.accept_rate for o in outcomes])
     per_message = _median([o.requests / o.unique if o.unique else NAN for o in outcomes])
     text = (f"accepting {_num(accept, 0)} msgs/s = "
-            f"{_num(accept / _median([o.rate for o in sink]), 2)}×sink; "
+            f"{_num(paired_ratio(outcomes, sink, 'accept_rate'), 2)}×sink (rounds: "
+            f"{_rounds_note(outcomes, sink, 'accept_rate')}); "
             f"{_num(per_message, 4)} requests per delivered message "
             f"({_num(_median([o.requests for o in outcomes]), 0)} requests")
     batches = _median([o.batch_requests for o in outcomes])
@@ -618,6 +650,9 @@ def notes(results: dict[Row, list[Outcome]], args: argparse.Namespace) -> list[s
         where = f"{title} / {system}"
         if system.startswith("smtp2pulse") and "idle" not in title:
             lines.append(f"{where}: {_delivery_note(outcomes)}")
+            sink = results.get((title, "sink"), [])
+            lines.append(f"{where}: ×sink by round {_rounds_note(outcomes, sink, 'rate')}; "
+                         f"{_cpu_note(outcomes, sink)}")
         if title.startswith("c ") and system == "smtp2pulse" and args.latency:
             ceiling = args.api_concurrency / args.latency
             lines.append(f"{where}: ceiling api.max_concurrency / latency = {ceiling:.0f} "

@@ -6,6 +6,7 @@ Deliveries are leased the way litequeue does it: leasing moves a row to `sending
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -19,15 +20,33 @@ from gateway.spool.states import State
 Clock = Callable[[], float]
 
 
-def insert(conn: sqlite3.Connection, queue_id: str, now: float, message: IncomingMessage,
-           texts: str | None, requests: list[str]) -> str:
-    conn.execute(sql.INSERT_MESSAGE,
-                 (queue_id, now, message.mail_from, message.peer, message.helo,
-                  message.auth_user, len(message.raw), message.raw, texts))
-    conn.executemany(sql.INSERT_DELIVERY,
-                     [(queue_id, delivery.recipient, request, now, now)
-                      for delivery, request in zip(message.deliveries, requests, strict=True)])
-    return queue_id
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message as the writer thread stores it: its requests already packed (packing.py)."""
+    queue_id: str
+    now: float
+    message: IncomingMessage
+    texts: str | None
+    requests: list[str]
+
+
+def insert(conn: sqlite3.Connection, new: list[NewMessage]) -> list[str]:
+    """Store messages and their deliveries, a few statements for all of them; their queue ids."""
+    messages = [(n.queue_id, n.now, n.message.mail_from, n.message.peer, n.message.helo,
+                 n.message.auth_user, len(n.message.raw), n.message.raw, n.texts) for n in new]
+    deliveries = [(n.queue_id, delivery.recipient, request, n.now, n.now)
+                  for n in new
+                  for delivery, request in zip(n.message.deliveries, n.requests, strict=True)]
+    _insert_rows(conn, sql.insert_messages, messages)
+    _insert_rows(conn, sql.insert_deliveries, deliveries)
+    return [n.queue_id for n in new]
+
+
+def _insert_rows(conn: sqlite3.Connection, statement: Callable[[int], str],
+                 rows: Sequence[tuple[object, ...]]) -> None:
+    for start in range(0, len(rows), sql.INSERT_ROWS):
+        chunk = rows[start:start + sql.INSERT_ROWS]
+        conn.execute(statement(len(chunk)), [value for row in chunk for value in row])
 
 
 def recover(conn: sqlite3.Connection, clock: Clock) -> int:

@@ -153,8 +153,8 @@ class Spool:
         queue_id = new_queue_id(now)
         # Encoded here, on the caller's thread, so the writer thread only runs statements.
         texts, requests = pack_requests([d.request for d in message.deliveries])
-        return self.submit(functools.partial(deliveries.insert, queue_id=queue_id, now=now,
-                                             message=message, texts=texts, requests=requests))
+        return self._writer.submit_together(
+            deliveries.insert, deliveries.NewMessage(queue_id, now, message, texts, requests))
 
     # --- the delivery path -------------------------------------------------------------------
 

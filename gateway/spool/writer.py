@@ -6,12 +6,18 @@ an fsync; every job that arrived while the previous commit was running shares th
 job fails, the batch is run again with each job in its own savepoint, so one failing job does
 not take its neighbours down. A caller's future resolves only after the COMMIT that contains its
 work returned — that is what makes a 250 a promise.
+
+Why jobs "together": after every statement the writer thread has to take the GIL back from a
+busy event loop, and waiting for it is most of what a commit takes. Jobs submitted with
+`submit_together` (the accept path's inserts) are handed to their function all at once, which
+stores them in a few statements instead of two per job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import sqlite3
@@ -28,12 +34,18 @@ T = TypeVar("T")
 Outcome = tuple["_Job", Any, BaseException | None]
 
 
+# Runs many jobs' items in one go: run_all(conn, items) gives each item's result, in order.
+RunAll = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+
+
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "item", "loop", "run_all")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, run_all: RunAll | None = None,
+                 item: Any = None) -> None:
         self.fn, self.future, self.loop = fn, future, loop
+        self.run_all, self.item = run_all, item
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
         _settle_all([(self, result, error)])
@@ -104,6 +116,19 @@ class Writer:
         self._jobs.put(_Job(fn, future, loop))
         return future
 
+    def submit_together(self, run_all: Callable[[sqlite3.Connection, list[Any]], list[T]],
+                        item: Any) -> asyncio.Future[T]:
+        """`submit`, for a job that runs together with the others of its `run_all` in the same
+        commit: run_all(conn, their items) must do what each would alone (the one-by-one retry
+        still runs it alone, as run_all(conn, [item]))."""
+        if not self.running:
+            raise ShuttingDown("spool is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(functools.partial(_alone, run_all, item), future, loop,
+                            run_all, item))
+        return future
+
     def _run(self, ready: asyncio.Future[sqlite3.Connection],
              loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -150,7 +175,7 @@ class Writer:
         # run twice: jobs only touch the database, and the first run was rolled back.)
         try:
             conn.execute(sql.BEGIN_WRITE)
-            results = [job.fn(conn) for job in batch]
+            results = _run_jobs(conn, batch)
             conn.execute(sql.COMMIT)
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -188,6 +213,28 @@ class Writer:
             _settle_all([(job, None, error) for job in batch])
             return
         _settle_all(outcomes)
+
+
+def _alone(run_all: RunAll, item: Any, conn: sqlite3.Connection) -> Any:
+    return run_all(conn, [item])[0]
+
+
+def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[Any]:
+    """Each job's result, in order. Jobs that run together go first, a call per kind: within
+    one commit nothing depends on the order its jobs were queued in."""
+    results: list[Any] = [None] * len(batch)
+    kinds: dict[RunAll, list[int]] = {}
+    for n, job in enumerate(batch):
+        if job.run_all is not None:
+            kinds.setdefault(job.run_all, []).append(n)
+    for run_all, positions in kinds.items():
+        done = run_all(conn, [batch[n].item for n in positions])
+        for n, result in zip(positions, done, strict=True):
+            results[n] = result
+    for n, job in enumerate(batch):
+        if job.run_all is None:
+            results[n] = job.fn(conn)
+    return results
 
 
 class Readers:

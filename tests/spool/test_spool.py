@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from gateway.errors import SpoolError
 from gateway.spool import admin
+from gateway.spool.sql import INSERT_ROWS
 from gateway.spool.states import BounceState, State, StatusClass
 from gateway.spool.store import (
     SCHEMA,
@@ -79,6 +81,55 @@ async def test_a_failing_job_does_not_take_its_batch_down(tmp_path: Path) -> Non
         assert isinstance(results[0], str) and isinstance(results[2], str)
         assert type(results[1]).__name__ == "SpoolError"
         assert len(await admin.list_messages(spool)) == 2
+    finally:
+        await spool.stop()
+
+
+async def test_a_commit_stores_many_messages_each_with_its_own_deliveries(
+        tmp_path: Path) -> None:
+    # The accept path's inserts of one commit go as a few multi-row statements: more messages
+    # and more deliveries than one statement takes, each still stored under its own queue id.
+    spool = Spool(tmp_path / "s.sqlite3")
+    await spool.start()
+    try:
+        def message(n: int) -> IncomingMessage:
+            return IncomingMessage(
+                mail_from=f"m{n}@corp.test", peer="127.0.0.1", helo="c", raw=f"raw {n}".encode(),
+                deliveries=tuple(NewDelivery(f"7900{n:03d}{r:04d}@sms.local",
+                                             {"sent_to": f"7900{n:03d}{r:04d}", "n": str(n)})
+                                 for r in range(n % 5 + 1)))
+        count = 3 * INSERT_ROWS + 7
+        before = spool.commits
+        ids = await asyncio.gather(*(spool.accept(message(n)) for n in range(count)))
+        assert spool.commits - before < count
+        for n, queue_id in enumerate(ids):
+            detail = await admin.show_message(spool, queue_id)
+            assert detail is not None and detail.mail_from == f"m{n}@corp.test"
+            assert detail.size == len(f"raw {n}")
+            assert sorted(d.recipient for d in detail.deliveries) == [
+                f"7900{n:03d}{r:04d}@sms.local" for r in range(n % 5 + 1)]
+        leased = await spool.lease(10_000, 60)
+        assert len(leased) == sum(n % 5 + 1 for n in range(count))
+        assert all(d.request["n"] == str(int(d.recipient[4:7])) for d in leased)
+    finally:
+        await spool.stop()
+
+
+async def test_a_message_the_database_refuses_leaves_the_others_in_its_commit(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3")
+    await spool.start()
+    try:
+        bad = dataclasses.replace(incoming(5), peer=None)   # type: ignore[arg-type]
+        results = await asyncio.gather(*(spool.accept(incoming(n)) for n in range(4)),
+                                       spool.accept(bad),
+                                       *(spool.accept(incoming(n)) for n in range(4)),
+                                       return_exceptions=True)
+        assert type(results[4]).__name__ == "SpoolError"
+        assert "NOT NULL" in str(results[4])
+        stored = [r for r in results if isinstance(r, str)]
+        assert len(stored) == 8
+        assert sorted(m.id for m in await admin.list_messages(spool)) == sorted(stored)
     finally:
         await spool.stop()
 
