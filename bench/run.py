@@ -94,6 +94,7 @@ class Child:
 
     def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
         self.name, self.process = name, process
+        self.log_writer: Child | None = None   # the process writing this one's output to a file
         Child.started.append(self)
 
     @property
@@ -102,11 +103,31 @@ class Child:
 
     @classmethod
     async def spawn(cls, name: str, argv: Sequence[str], stdout: int | IO[bytes],
-                    stderr: int | IO[bytes] | None = None) -> Child:
+                    stderr: int | IO[bytes] | None = None,
+                    stdin: int = asyncio.subprocess.DEVNULL) -> Child:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=REPO,
+            *argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=REPO,
             preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return cls(name, process)
+
+    @classmethod
+    async def spawn_logged(cls, name: str, argv: Sequence[str], log_path: Path) -> Child:
+        """A child whose stdout and stderr go down a pipe to `cat`, which writes log_path.
+
+        That is how a service's output reaches journald: a pipe, and another process that puts
+        it on disk. Written by the child itself to a file on the spool's disk, every log line
+        would wait behind the spool's fsyncs (one ext4 journal), a cost production does not
+        have. `cat` ends when the child does; stop() waits for it, so the file is complete."""
+        read_end, write_end = os.pipe()
+        try:
+            with log_path.open("wb") as log:
+                writer = await cls.spawn(f"{name} log", ["cat"], stdout=log, stdin=read_end)
+            child = await cls.spawn(name, argv, stdout=write_end, stderr=write_end)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        child.log_writer = writer
+        return child
 
     async def stop(self, grace: float = 30.0) -> int | None:
         """SIGTERM, up to `grace` seconds to exit, then SIGKILL. Returns the exit code."""
@@ -121,6 +142,11 @@ class Child:
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()
                 await asyncio.wait_for(self.process.wait(), 10)
+        if self.log_writer is not None:   # the rest of the output is on its way to the file
+            try:
+                await asyncio.wait_for(self.log_writer.process.wait(), 10)
+            except TimeoutError:
+                await self.log_writer.stop()
         return self.process.returncode
 
     @classmethod
@@ -186,11 +212,10 @@ async def start_gateway(workdir: Path, platform_port: int, args: argparse.Namesp
     """`python -m gateway serve` (not dry-run); its port read from its own log line."""
     config = write_config(workdir, platform_port, args, spool_url, batch_size)
     log_path = workdir / "gateway.log"
-    # Its log goes to a file, not a pipe: reading two lines per message back would cost the
-    # bench's event loop CPU on the same two cores, and a full pipe would stall the gateway.
-    with log_path.open("wb") as log:
-        child = await Child.spawn("gateway", [sys.executable, "-m", "gateway", "serve",
-                                              "-c", str(config)], stdout=log, stderr=log)
+    # Its log is read back from a file, not from a pipe to this process: reading two lines per
+    # message would cost the bench's event loop CPU on the same two cores.
+    child = await Child.spawn_logged(
+        "gateway", [sys.executable, "-m", "gateway", "serve", "-c", str(config)], log_path)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and child.process.returncode is None:
         match = LISTENING.search(log_path.read_text(errors="replace"))

@@ -1,8 +1,9 @@
 """The ceiling: aiosmtpd's own Sink handler, served the way the gateway serves SMTP.
 
-Same protocol class, same event-loop setup (`loop.create_server` in a plain asyncio loop), same
-size limit, but a handler that stores nothing: whatever the gateway loses against this is the
-price of parsing, mapping and the fsync'd spool.
+Same protocol class, served the same way (`loop.create_server`), same size limit, but a handler
+that stores nothing: whatever the gateway loses against this is the price of parsing, mapping
+and the fsync'd spool. The loop differs: Sink runs on asyncio's own, aiosmtpd's default, while
+the gateway runs on uvloop when the `speed` extra is installed (bench/README.md, Caveats).
 
 Prints its port on the first line of stdout, then serves until SIGTERM/SIGINT, or until
 --max-seconds have passed or its parent is gone (a bench that crashed must not leave it behind).

@@ -1,0 +1,218 @@
+"""What each stage of an accept costs in the running gateway: the same load, stages taken out.
+
+    python bench/stages.py                    # 5 rounds, scenario e's load (batch_size 100)
+    python bench/stages.py --rounds 7 --batch-size 1
+
+bench/accept_path.py times the end-of-DATA code alone, in a warm loop. In the daemon the same
+code shares the CPU caches and the GIL with aiosmtpd, the spool's writer thread and the delivery
+side, and costs more than that. This bench measures it there: each round runs Sink and then the
+gateway several times, each time with one stage of the accept replaced by a stand-in (the
+patches are applied by this script to a gateway it starts itself; nothing of it is in gateway/):
+
+  full        the gateway as it is
+  process     the gateway as it is, with api.sender: process (the requests in a child process)
+  no-log      the "accepted" log line not written
+  no-prepare  prepare() run once, its result reused for every later message
+  no-delivery messages stored, never delivered (the delivery worker is not started)
+  no-store    no spool: DATA answers 250 without storing (so nothing is delivered either)
+  front       DATA answers 250 as soon as the data is read: aiosmtpd and our session only
+
+Printed: msgs/s and server CPU µs per message (user + system, all threads) for each, as medians
+over the rounds, and each one's ratio to `full` paired per round. `full` minus a variant is what
+that stage costs in place. Only a measurement: the variants accept mail they would lose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loadgen import LoadSpec
+from run import START_TIMEOUT, Child, measured_load, start_helper, write_config
+
+BENCH = Path(__file__).resolve().parent
+VARIANTS = ("full", "process", "no-log", "no-prepare", "no-delivery", "no-store", "front")
+
+
+# --- the patched gateway (this script run with --serve) ------------------------------------
+
+def patch(variant: str) -> None:
+    from gateway.smtp import handler, replies
+
+    if variant == "process":
+        os.environ["SMTP2PULSE_SENDER"] = "process"
+    elif variant == "no-log":
+        handler.log = _Silent(handler.log)   # type: ignore[assignment]
+    elif variant == "no-prepare":
+        real = handler.prepare
+        first: list[Any] = []
+
+        def reused(*args: Any, **kwargs: Any) -> Any:
+            if not first:
+                first.append(real(*args, **kwargs))
+            return first[0]
+        handler.prepare = reused   # type: ignore[assignment]
+    elif variant == "no-delivery":
+        async def idle(self: Any) -> None:
+            pass
+        from gateway.delivery.worker import Worker
+        Worker.start = idle   # type: ignore[method-assign]
+    elif variant == "no-store":
+        async def nothing(self: Any, message: Any) -> str:
+            return "NOSTORE0000"
+
+        def accept(self: Any, message: Any) -> Any:
+            return asyncio.ensure_future(nothing(self, message))
+        import gateway.spool.store as store
+        store.Spool.accept = accept   # type: ignore[method-assign]
+    elif variant == "front":
+        async def handle_data(self: Any, server: Any, session: Any, envelope: Any) -> Any:
+            return replies.QUEUED.format(queue_id="FRONT000000")
+        handler.Handler.handle_DATA = handle_data   # type: ignore[method-assign]
+    elif variant != "full":
+        raise SystemExit(f"unknown variant {variant}")
+    print(f"bench/stages.py: variant {variant}", file=sys.stderr, flush=True)
+
+
+class _Silent:
+    """The handler's logger with its info() a no-op; the rest as it was."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def serve(variant: str, config: str) -> int:
+    patch(variant)
+    from gateway.cli import main
+    return main(["serve", "-c", config])
+
+
+# --- the comparison ------------------------------------------------------------------------
+
+async def start_variant(variant: str, workdir: Path, platform_port: int,
+                        args: argparse.Namespace) -> tuple[Child, int]:
+    config = write_config(workdir, platform_port, args, None, args.batch_size)
+    log_path = workdir / f"gateway-{variant}.log"
+    child = await Child.spawn_logged("gateway", [sys.executable, str(BENCH / "stages.py"),
+                                                 "--serve", variant, "-c", str(config)], log_path)
+    for _ in range(int(START_TIMEOUT / 0.05)):
+        text = log_path.read_text(errors="replace")
+        if "SMTP listening on 127.0.0.1:" in text:
+            return child, int(text.split("SMTP listening on 127.0.0.1:")[1].split()[0])
+        if child.process.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    await child.stop()
+    raise RuntimeError(f"{variant} did not start:\n" + log_path.read_text()[-2000:])
+
+
+def check_log(variant: str, log: str, accepted: int) -> None:
+    """The variant ran as named: its log says so, and has the accept lines it should have."""
+    if f"bench/stages.py: variant {variant}" not in log:
+        raise RuntimeError(f"{variant}: the gateway did not run the patched code")
+    lines = log.count(" accepted from=<")
+    wanted = 0 if variant in ("no-log", "front") else accepted
+    if lines != wanted:
+        raise RuntimeError(f"{variant}: {lines} 'accepted' log lines, expected {wanted}")
+
+
+def spec(port: int, args: argparse.Namespace, run_id: str) -> LoadSpec:
+    return LoadSpec("127.0.0.1", port, messages=args.messages, connections=args.connections,
+                    run_id=run_id, deadline=600)
+
+
+async def one(variant: str, round_no: int, args: argparse.Namespace, root: Path
+              ) -> tuple[float, float]:
+    """(msgs/s, server CPU µs a message) of one run."""
+    if variant == "sink":
+        child, port = await start_helper("sink.py", "--max-seconds", 3600)
+        platform = None
+    else:
+        platform, platform_port = await start_helper("fakeplatform.py", "--latency",
+                                                     args.latency, "--max-seconds", 3600)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{variant}-{round_no}-", dir=root))
+        child, port = await start_variant(variant, workdir, platform_port, args)
+    try:
+        load, _overflows, cpu = await measured_load(spec(port, args, f"{variant}{round_no}"),
+                                                    child.pid)
+    finally:
+        await child.stop()
+        if platform is not None:
+            await platform.stop()
+    accepted = len(load.accepted)
+    if accepted < args.messages:
+        print(f"  {variant}: only {accepted} of {args.messages} accepted", file=sys.stderr)
+    if variant != "sink":
+        check_log(variant, (workdir / f"gateway-{variant}.log").read_text(errors="replace"),
+                  accepted)
+    return load.rate, cpu.server / max(accepted, 1) * 1e6
+
+
+async def compare(args: argparse.Namespace) -> None:
+    runs = ["sink", "full", *(v for v in VARIANTS if v != "full" and v in args.only)]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    with tempfile.TemporaryDirectory(prefix="smtp2pulse-stages-") as tmp:
+        try:
+            for round_no in range(1, args.rounds + 1):
+                # Each round in a new order, so that drift does not favour one position.
+                order = runs[round_no % len(runs):] + runs[:round_no % len(runs)]
+                for name in order:
+                    print(f"round {round_no}/{args.rounds}: {name}", file=sys.stderr)
+                    results[name].append(await one(name, round_no, args, Path(tmp)))
+        finally:
+            await Child.stop_all()
+    full = results["full"]
+    print(f"\nstages: {args.rounds} rounds of {args.messages} messages × "
+          f"{args.connections} connections, api.batch_size {args.batch_size}, platform at "
+          f"{args.latency * 1000:.0f} ms; medians, ratios to full paired per round")
+    print(f"{'run':<12}{'msgs/s':>8}{'CPU µs/msg':>12}{'rate/full':>11}{'CPU/full':>10}"
+          f"{'full-this µs':>14}")
+    for name in runs:
+        rows = results[name]
+        rate = statistics.median(r for r, _ in rows)
+        cpu = statistics.median(c for _, c in rows)
+        rate_ratio = statistics.median(r / f for (r, _), (f, _) in zip(rows, full, strict=True))
+        cpu_ratio = statistics.median(c / f for (_, c), (_, f) in zip(rows, full, strict=True))
+        saved = statistics.median(f - c for (_, c), (_, f) in zip(rows, full, strict=True))
+        print(f"{name:<12}{rate:>8.0f}{cpu:>12.0f}{rate_ratio:>11.2f}{cpu_ratio:>10.2f}"
+              f"{saved:>14.0f}")
+    print("per round (msgs/s, CPU µs/msg): " + "; ".join(
+        f"{name} " + ", ".join(f"{r:.0f}/{c:.0f}" for r, c in results[name]) for name in runs))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--rounds", type=int, default=5)
+    add("--messages", type=int, default=5000)
+    add("--connections", type=int, default=20)
+    add("--latency", type=float, default=0.05, help="the fake platform's reply delay, seconds")
+    add("--batch-size", type=int, default=100)
+    add("--only", nargs="+", choices=VARIANTS, default=VARIANTS,
+        help="the variants to run besides sink and full")
+    add("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
+    add("-c", dest="config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # What write_config reads besides the above (bench/run.py's defaults).
+    args.api_concurrency, args.log_level, args.keep_limits = 8, "info", False
+    args.many_connections = args.connections
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.serve:
+        sys.exit(serve(arguments.serve, arguments.config))
+    asyncio.run(compare(arguments))
