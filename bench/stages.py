@@ -11,6 +11,7 @@ patches are applied by this script to a gateway it starts itself; nothing of it 
 
   full        the gateway as it is
   process     the gateway as it is, with api.sender: process (the requests in a child process)
+  plain-log   each log line written as it is made, not once per loop turn
   no-log      the "accepted" log line not written
   no-prepare  prepare() run once, its result reused for every later message
   no-delivery messages stored, never delivered (the delivery worker is not started)
@@ -37,7 +38,8 @@ from loadgen import LoadSpec
 from run import START_TIMEOUT, Child, measured_load, start_helper, write_config
 
 BENCH = Path(__file__).resolve().parent
-VARIANTS = ("full", "process", "no-log", "no-prepare", "no-delivery", "no-store", "front")
+VARIANTS = ("full", "process", "plain-log", "no-log", "no-prepare", "no-delivery", "no-store",
+            "front")
 
 
 # --- the patched gateway (this script run with --serve) ------------------------------------
@@ -47,6 +49,11 @@ def patch(variant: str) -> None:
 
     if variant == "process":
         os.environ["SMTP2PULSE_SENDER"] = "process"
+    elif variant == "plain-log":
+        import logging
+
+        import gateway.logs
+        gateway.logs.TurnBufferedHandler = logging.StreamHandler   # type: ignore[misc]
     elif variant == "no-log":
         handler.log = _Silent(handler.log)   # type: ignore[assignment]
     elif variant == "no-prepare":
