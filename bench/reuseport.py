@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from loadgen import LoadSpec, run_load
+from loadgen import run_load
 from run import START_TIMEOUT, Child, start_helper, write_config
+from stages import load_options, spec, with_run_defaults
 
 BENCH = Path(__file__).resolve().parent
 SETUPS = {"sink": 0, "one": 1, "two": 2}   # how many gateways
@@ -93,9 +94,7 @@ async def one(setup: str, round_no: int, root: Path, args: argparse.Namespace
                                                      args.latency, "--max-seconds", 3600)
         port, children, logs = await start_gateways(SETUPS[setup], root, platform_port, args)
     try:
-        load = await run_load(LoadSpec("127.0.0.1", port, messages=args.messages,
-                                       connections=args.connections,
-                                       run_id=f"{setup}{round_no}", deadline=600))
+        load = await run_load(spec(port, args, f"{setup}{round_no}"))
     finally:
         for child in children:
             await child.stop()
@@ -133,19 +132,9 @@ async def compare(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--rounds", type=int, default=5)
-    add("--messages", type=int, default=5000)
-    add("--connections", type=int, default=20)
-    add("--latency", type=float, default=0.05, help="the fake platform's reply delay, seconds")
-    add("--batch-size", type=int, default=100)
-    add("--serve", action="store_true", help=argparse.SUPPRESS)
-    add("-c", dest="config", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    # What write_config reads besides the above (bench/run.py's defaults).
-    args.api_concurrency, args.log_level, args.keep_limits = 8, "info", False
-    args.many_connections = args.connections
-    return args
+    load_options(parser)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    return with_run_defaults(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -199,23 +199,31 @@ async def compare(args: argparse.Namespace) -> None:
         f"{name} " + ", ".join(f"{r:.0f}/{c:.0f}" for r, c in results[name]) for name in runs))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_options(parser: argparse.ArgumentParser) -> None:
+    """The rounds and e's load, for this script and bench/reuseport.py."""
     add = parser.add_argument
     add("--rounds", type=int, default=5)
     add("--messages", type=int, default=5000)
     add("--connections", type=int, default=20)
     add("--latency", type=float, default=0.05, help="the fake platform's reply delay, seconds")
     add("--batch-size", type=int, default=100)
-    add("--only", nargs="+", choices=VARIANTS, default=VARIANTS,
-        help="the variants to run besides sink and full")
-    add("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     add("-c", dest="config", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    # What write_config reads besides the above (bench/run.py's defaults).
+
+
+def with_run_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """What write_config reads besides load_options' keys (bench/run.py's defaults)."""
     args.api_concurrency, args.log_level, args.keep_limits = 8, "info", False
     args.many_connections = args.connections
     return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    load_options(parser)
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, default=VARIANTS,
+                        help="the variants to run besides sink and full")
+    parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
+    return with_run_defaults(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
