@@ -151,10 +151,8 @@ class Spool:
         to start, a shield to pass through) waits its turn behind every other session's."""
         now = self.clock()
         queue_id = new_queue_id(now)
-        # Encoded here, on the caller's thread, so the writer thread only runs statements.
-        texts, requests = pack_requests([d.request for d in message.deliveries])
-        return self._writer.submit_together(
-            deliveries.insert, deliveries.NewMessage(queue_id, now, message, texts, requests))
+        return self._writer.submit_together(deliveries.insert,
+                                            deliveries.NewMessage(queue_id, now, message))
 
     # --- the delivery path -------------------------------------------------------------------
 
