@@ -17,6 +17,7 @@ patches are applied by this script to a gateway it starts itself; nothing of it 
   no-delivery messages stored, never delivered (the delivery worker is not started)
   no-store    no spool: DATA answers 250 without storing (so nothing is delivered either)
   front       DATA answers 250 as soon as the data is read: aiosmtpd and our session only
+  loop-pack   the requests packed for the spool on the event loop, not on its writer thread
 
 Printed: msgs/s and server CPU µs per message (user + system, all threads) for each, as medians
 over the rounds, and each one's ratio to `full` paired per round. `full` minus a variant is what
@@ -35,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from loadgen import LoadSpec
-from run import START_TIMEOUT, Child, measured_load, start_helper, write_config
+from run import START_TIMEOUT, Child, PlatformClient, measured_load, start_helper, write_config
 
 BENCH = Path(__file__).resolve().parent
 VARIANTS = ("full", "process", "plain-log", "no-log", "no-prepare", "no-delivery", "no-store",
-            "front")
+            "front", "loop-pack")
 
 
 # --- the patched gateway (this script run with --serve) ------------------------------------
@@ -82,6 +83,28 @@ def patch(variant: str) -> None:
         async def handle_data(self: Any, server: Any, session: Any, envelope: Any) -> Any:
             return replies.QUEUED.format(queue_id="FRONT000000")
         handler.Handler.handle_DATA = handle_data   # type: ignore[method-assign]
+    elif variant == "loop-pack":
+        from gateway.spool import deliveries, sql, store
+        from gateway.spool.packing import pack_requests
+
+        def insert_packed(conn: Any, items: list[Any]) -> list[str]:
+            """deliveries.insert of requests packed before they reached the writer thread."""
+            messages = [(queue_id, now, m.mail_from, m.peer, m.helo, m.auth_user, len(m.raw),
+                         m.raw, texts) for queue_id, now, m, texts, _ in items]
+            rows = [(queue_id, d.recipient, request, now, now)
+                    for queue_id, now, m, _, requests in items
+                    for d, request in zip(m.deliveries, requests, strict=True)]
+            deliveries._insert_rows(conn, sql.insert_messages, messages)
+            deliveries._insert_rows(conn, sql.insert_deliveries, rows)
+            return [item[0] for item in items]
+
+        def accept_packing(self: Any, message: Any) -> Any:
+            now = self.clock()
+            queue_id = store.new_queue_id(now)
+            texts, requests = pack_requests([d.request for d in message.deliveries])
+            return self._writer.submit_together(insert_packed,
+                                                (queue_id, now, message, texts, requests))
+        store.Spool.accept = accept_packing   # type: ignore[method-assign]
     elif variant != "full":
         raise SystemExit(f"unknown variant {variant}")
     print(f"bench/stages.py: variant {variant}", file=sys.stderr, flush=True)
@@ -104,6 +127,11 @@ def serve(variant: str, config: str) -> int:
     patch(variant)
     from gateway.cli import main
     return main(["serve", "-c", config])
+
+
+# Variants that deliver nothing; every other one must have delivered each accepted message.
+UNDELIVERED = ("no-delivery", "no-store", "front")
+DELIVERY_PATIENCE = 60.0
 
 
 # --- the comparison ------------------------------------------------------------------------
@@ -154,6 +182,14 @@ async def one(variant: str, round_no: int, args: argparse.Namespace, root: Path
     try:
         load, _overflows, cpu = await measured_load(spec(port, args, f"{variant}{round_no}"),
                                                     child.pid)
+        if platform is not None and variant not in UNDELIVERED:
+            # A patch that broke delivery would make its variant look fast: it must deliver.
+            client = PlatformClient(platform_port)
+            await client.wait_for(len(load.accepted), DELIVERY_PATIENCE)
+            delivered = int((await client.stats())["unique"])
+            if delivered < len(load.accepted):
+                raise RuntimeError(f"{variant}: {delivered} of {len(load.accepted)} accepted"
+                                   " messages delivered")
     finally:
         await child.stop()
         if platform is not None:
