@@ -55,7 +55,7 @@ def test_what_the_daemon_loads_follows_its_config(tmp_path: Path, mode: str, htt
 
 
 def test_the_sender_process_loads_no_yaml() -> None:
-    assert _loaded_after("import gateway.delivery.sender_process", ("yaml",)) == []
+    assert _loaded_after("import gateway.delivery.sender_child", ("yaml",)) == []
 
 
 def test_the_status_page_loads_jinja2_only_when_first_rendered(tmp_path: Path) -> None:

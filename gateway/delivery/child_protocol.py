@@ -1,8 +1,8 @@
-"""What the daemon and its sender process (sender_process.py) say to each other.
+"""What the daemon (sender_process.py) and its child (sender_child.py) say to each other.
 
 Each message is one of the frozen dataclasses here, framed as a 4-byte length and a pickle. Both
 ends are this program, the child started by the parent with the other end of a socket pair, so
-unpickling is safe. They live in their own module, not in sender_process.py, which the child
+unpickling is safe. They live in their own module, not in sender_child.py, which the child
 runs as `__main__`: a class pickled by the parent must unpickle as the same class there.
 """
 
@@ -84,3 +84,21 @@ async def read(reader: asyncio.StreamReader) -> Message | None:
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
     return message
+
+
+class Batcher:
+    """Frames written once per event-loop turn: one write for every request made in it."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._frames: list[bytes] = []
+
+    def send(self, message: Message) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._frames.append(frame(message))
+
+    def flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if frames and not self.writer.is_closing():
+            self.writer.write(b"".join(frames))

@@ -25,11 +25,11 @@ from typing import Protocol
 from gateway.config.model import Config
 from gateway.delivery.batch import group
 from gateway.delivery.request import Outcome, Outgoing, assemble
+from gateway.delivery.retry import settle
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.message.cost import request_segments
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.states import State
-from gateway.spool.store import Delivery, Result
+from gateway.spool.store import Result
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.worker")
@@ -37,7 +37,6 @@ log = logging.getLogger("smtp2pulse.worker")
 MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
 PURGE_EVERY = 3600.0
 KEEP_FINISHED = 7 * 86400.0
-RETRY_AFTER_FLOOR = 3600.0   # the least a Retry-After is honoured up to, whatever the schedule
 # Beyond api.timeout: the sender process's answer (sender_process.ANSWER_MARGIN, which this
 # must exceed) and the record of the outcome.
 LEASE_MARGIN = 15.0
@@ -66,44 +65,6 @@ class Sender(Protocol):
                          ) -> list[Outcome]:
         """One outcome per request, in order."""
         ...
-
-
-def next_wait(schedule: tuple[float, ...], attempts_done: int, jitter: float) -> float:
-    """The wait after the n-th failed attempt: the schedule's n-th step (the last repeats), times
-    `jitter` (0.9 to 1.1, drawn once per request: a batch that failed together is due together,
-    and goes again as one batch rather than as many small ones)."""
-    base = schedule[min(attempts_done, len(schedule)) - 1]
-    return base * jitter
-
-
-def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
-           jitter: float) -> Result:
-    """Turn an attempt's outcome into the delivery's next state."""
-    bounce = config.bounces.enabled
-    if outcome.kind == "sent":
-        return Result(delivery.id, State.SENT, now, "sent", outcome.platform_id or "",
-                      outcome.platform_id)
-    if outcome.kind == "unknown":
-        # Perhaps sent: never again on its own (a duplicate), never counted as sent (a loss).
-        return Result(delivery.id, State.UNCONFIRMED, now, "unknown",
-                      f"unknown outcome: {outcome.detail}")
-    if outcome.kind == "refused":
-        return Result(delivery.id, State.REFUSED, now, "refused", outcome.detail, bounce=bounce)
-    if now - delivery.received_at >= config.spool.give_up_after:
-        return Result(delivery.id, State.FAILED, now, "failed",
-                      f"gave up after {delivery.attempts + 1} attempts: {outcome.detail}",
-                      bounce=bounce)
-    wait = next_wait(config.spool.retry, delivery.attempts + 1, jitter)
-    if outcome.retry_after is not None:
-        # Honoured up to the schedule's longest wait (an hour at least, so a platform asking
-        # for an hour of quiet gets it from a short schedule too): `Retry-After: 99999999999`
-        # would park the delivery for millennia, never given up on nor bounced.
-        cap = max(max(config.spool.retry), RETRY_AFTER_FLOOR)
-        wait = max(wait, min(outcome.retry_after, cap))
-    # The last attempt comes at the give-up deadline, not after it.
-    wait = max(0.0, min(wait, delivery.received_at + config.spool.give_up_after - now))
-    return Result(delivery.id, State.QUEUED, now + wait, "deferred",
-                  f"{outcome.detail}; next attempt in {wait:.0f}s")
 
 
 class Worker:

@@ -23,6 +23,9 @@ class Row(Protocol):
     def __getitem__(self, key: str) -> Any: ...
 
 
+SENT_WINDOW = 3600.0      # the overview's "sent in the last hour"
+
+
 def line(row: Row) -> DeliveryLine:
     return DeliveryLine(row["message_id"], row["id"], row["received_at"], row["recipient"],
                         row["sent_to"] if isinstance(row["sent_to"], str) else None,
@@ -57,7 +60,7 @@ def overview(conn: sqlite3.Connection, clock: Clock, errors: int) -> Overview:
     The counts scan the spool, as /metrics does; finished messages leave it after a week."""
     counts = {row["shown"]: row["n"] for row in select(conn, sql.COUNT_BY_SHOWN_STATE)}
     oldest = select(conn, sql.OLDEST_WAITING)
-    sent = select(conn, sql.SENT_SINCE, (clock() - 3600,))[0]["n"]
+    sent = select(conn, sql.SENT_SINCE, (clock() - SENT_WINDOW,))[0]["n"]
     failed = select(conn, sql.RECENT_ERRORS, (errors,))
     return Overview(counts, line(oldest[0]) if oldest else None, sent,
                     [line(row) for row in failed])

@@ -209,7 +209,8 @@ async def test_the_sender_process_runs_below_the_smtp_side(
 ) -> None:
     import os
 
-    from gateway.delivery.sender_process import SENDER_NICENESS, SenderProcess
+    from gateway.delivery.sender_child import SENDER_NICENESS
+    from gateway.delivery.sender_process import SenderProcess
 
     monkeypatch.setenv("SMTP2PULSE_SENDER", "process")
     sender = (await start_gateway()).gateway.sender

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.errors import ShuttingDown
-from gateway.spool import meta, queue_view, search
+from gateway.spool import meta
 from gateway.spool.followup import CONFIRMED
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
+from gateway.spool.pg import queue_view as pg_view
 from gateway.spool.pg import sql
 from gateway.spool.pg.link import Link
 from gateway.spool.pg.schema import prepare
@@ -65,11 +66,6 @@ class _Incoming:
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows as the column arrays unnest() takes."""
     return [[row[i] for row in rows] for i in range(width)] if rows else [[]] * width
-
-
-def _count(status: str) -> int:
-    """The row count from a command tag such as 'UPDATE 3'."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 class PgSpool:
@@ -165,7 +161,7 @@ class PgSpool:
 
     async def release(self, delivery_ids: Sequence[int]) -> int:
         async def write(conn: asyncpg.Connection) -> int:
-            return _count(await conn.execute(sql.RELEASE, self.clock(), list(delivery_ids)))
+            return pg_view.count(await conn.execute(sql.RELEASE, self.clock(), list(delivery_ids)))
         released: int = await self.link.submit(write, wakes=True)
         return released
 
@@ -190,7 +186,7 @@ class PgSpool:
 
     async def purge(self, older_than: float) -> int:
         async def delete(conn: asyncpg.Connection) -> int:
-            return _count(await conn.execute(sql.PURGE, older_than, older_than))
+            return pg_view.count(await conn.execute(sql.PURGE, older_than, older_than))
         purged: int = await self.link.submit(delete)
         return purged
 
@@ -198,7 +194,7 @@ class PgSpool:
 
     async def mark_bounce(self, delivery_id: int) -> bool:
         async def mark(conn: asyncpg.Connection) -> bool:
-            return _count(await conn.execute(sql.MARK_BOUNCE, delivery_id)) > 0
+            return pg_view.count(await conn.execute(sql.MARK_BOUNCE, delivery_id)) > 0
         marked: bool = await self.link.submit(mark)
         return marked
 
@@ -246,78 +242,39 @@ class PgSpool:
     # --- health, metrics, the operator's queue commands --------------------------------------
 
     async def stats(self) -> SpoolStats:
-        async def query(conn: asyncpg.Connection) -> SpoolStats:
-            counts = {row["state"]: row["n"] for row in await conn.fetch(sql.COUNT_BY_STATE)}
-            oldest = await conn.fetchval(sql.OLDEST_PENDING)
-            age = 0.0 if oldest is None else max(0.0, self.clock() - oldest)
-            return SpoolStats(counts, age)
-        return await self.link.read(query)
+        return await self.link.read(functools.partial(pg_view.stats, clock=self.clock))
 
     async def unconfirmed(self) -> int:
-        async def query(conn: asyncpg.Connection) -> int:
-            return int(await conn.fetchval(sql.COUNT_UNCONFIRMED))
-        return await self.link.read(query)
+        return await self.link.read(pg_view.unconfirmed)
 
     async def probe_writable(self) -> None:
-        async def write(conn: asyncpg.Connection) -> None:
-            await conn.execute(sql.PROBE_WRITE, str(self.clock()))
-        await self.link.submit(write)
+        await self.link.submit(functools.partial(pg_view.probe_writable, clock=self.clock))
 
     async def list_messages(self, *, include_finished: bool = False,
                             limit: int = 1000) -> list[MessageSummary]:
-        statement = sql.LIST_ALL if include_finished else sql.LIST_UNFINISHED
-
-        async def query(conn: asyncpg.Connection) -> list[MessageSummary]:
-            return queue_view.summaries(await conn.fetch(statement, limit, limit))
-        return await self.link.read(query)
+        return await self.link.read(functools.partial(
+            pg_view.list_messages, include_finished=include_finished, limit=limit))
 
     async def show_message(self, queue_id: str) -> MessageDetail | None:
-        async def query(conn: asyncpg.Connection) -> MessageDetail | None:
-            message = await conn.fetchrow(sql.SHOW_MESSAGE, queue_id)
-            if message is None:
-                return None
-            return queue_view.detail(message, [
-                (d, await conn.fetch(sql.SHOW_EVENTS, d["id"]))
-                for d in await conn.fetch(sql.SHOW_DELIVERIES, queue_id)])
-        return await self.link.read(query)
+        return await self.link.read(functools.partial(pg_view.show_message, queue_id=queue_id))
 
     async def retry_message(self, queue_id: str) -> int | None:
-        async def write(conn: asyncpg.Connection) -> int | None:
-            if await conn.fetchval(sql.MESSAGE_EXISTS, queue_id) is None:
-                return None
-            now = self.clock()
-            ids = [row["id"] for row in await conn.fetch(sql.RETRY_MESSAGE, now, now, queue_id)]
-            await conn.executemany(sql.INSERT_EVENT,
-                                   [(i, now, "retry", "requested by operator") for i in ids])
-            return len(ids)
-        retried: int | None = await self.link.submit(write, wakes=True)
+        retried: int | None = await self.link.submit(
+            functools.partial(pg_view.retry_message, clock=self.clock, queue_id=queue_id),
+            wakes=True)
         return retried
 
     async def drop_message(self, queue_id: str) -> bool:
-        async def write(conn: asyncpg.Connection) -> bool:
-            return _count(await conn.execute(sql.DROP_MESSAGE, queue_id)) > 0
-        dropped: bool = await self.link.submit(write)
+        dropped: bool = await self.link.submit(
+            functools.partial(pg_view.drop_message, queue_id=queue_id))
         return dropped
 
     async def find_deliveries(self, query: Search) -> list[DeliveryLine]:
-        statement = sql.FIND_UNFINISHED if query.pending_only else sql.FIND_DELIVERIES
-        values = search.parameters(query)
-        arguments = [values[name] for name in sql.FIND_PARAMETERS]
-
-        async def find(conn: asyncpg.Connection) -> list[DeliveryLine]:
-            return [search.line(row) for row in await conn.fetch(statement, *arguments)]
-        return await self.link.read(find)
+        return await self.link.read(functools.partial(pg_view.find_deliveries, query=query))
 
     async def overview(self, *, errors: int = 5) -> Overview:
-        async def query(conn: asyncpg.Connection) -> Overview:
-            counts = {row["shown"]: row["n"]
-                      for row in await conn.fetch(sql.COUNT_BY_SHOWN_STATE)}
-            oldest = await conn.fetchrow(sql.OLDEST_WAITING)
-            sent = await conn.fetchval(sql.SENT_SINCE, self.clock() - 3600)
-            failed = await conn.fetch(sql.RECENT_ERRORS, errors)
-            return Overview(counts, None if oldest is None else search.line(oldest), sent,
-                            [search.line(row) for row in failed])
-        return await self.link.read(query)
+        return await self.link.read(functools.partial(pg_view.overview, clock=self.clock,
+                                                      errors=errors))
 
     async def callback_secret(self) -> str:
         candidate = secrets.token_urlsafe(32)   # used only if no gateway made one yet
