@@ -70,7 +70,7 @@ class Gateway:
         self.status: StatusServer | None = None
         if config.http is not None:
             # Imported only when configured, since the http section is optional: with the
-            # sender in its own process, aiohttp's server is 10 MB of the daemon's 48 MB.
+            # sender in its own process, aiohttp's server is a good part of the daemon's memory.
             from gateway.status.server import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self._ready,

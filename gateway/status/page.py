@@ -33,7 +33,7 @@ _QUEUE_ID = re.compile(r"[0-9A-Fa-f]{12,32}")
 
 
 def _templates() -> dict[str, jinja2.Template]:
-    import jinja2  # here: the page's 2 MB are paid only by a daemon whose page is opened
+    import jinja2  # here: its memory is paid only by a daemon whose page is opened
 
     @jinja2.pass_context
     def personal(context: jinja2.runtime.Context, text: object) -> str:
