@@ -18,18 +18,7 @@ import socket
 import sys
 
 from gateway import privacy
-from gateway.delivery.child_protocol import (
-    Answer,
-    Batcher,
-    Failed,
-    Mask,
-    Ready,
-    Send,
-    Start,
-    Stop,
-    frame,
-    read,
-)
+from gateway.delivery import child_protocol as wire
 from gateway.delivery.request import Outcome
 from gateway.logs import setup_logging
 
@@ -40,8 +29,8 @@ SENDER_NICENESS = 10      # added to the daemon's own (systemd's Nice=)
 
 async def serve(fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
-    start = await read(reader)
-    if not isinstance(start, Start):
+    start = await wire.read(reader)
+    if not isinstance(start, wire.Start):
         return 1
     api = start.api
     setup_logging(start.log_level, start.log_format)
@@ -50,17 +39,17 @@ async def serve(fd: int) -> int:
     # Here and not at the top: the client brings httpx, aiohttp and their imports.
     from gateway.delivery.client import DryRunClient, PulseClient
     client = DryRunClient(api) if api.dry_run else PulseClient(api)
-    out = Batcher(writer)
+    out = wire.Batcher(writer)
     try:
         await client.start()
     except Exception as exc:
-        writer.write(frame(Failed(str(exc) or type(exc).__name__)))
+        writer.write(wire.frame(wire.Failed(str(exc) or type(exc).__name__)))
         await writer.drain()
         return 1
-    writer.write(frame(Ready()))
+    writer.write(wire.frame(wire.Ready()))
     sends: set[asyncio.Task[None]] = set()
 
-    async def send(order: Send) -> None:
+    async def send(order: wire.Send) -> None:
         try:
             if order.batch:
                 outcomes = tuple(await client.send_batch(order.requests, order.token))
@@ -69,20 +58,20 @@ async def serve(fd: int) -> int:
         except Exception as exc:   # a bug must cost a retry, not the child
             log.exception("send raised")
             outcomes = (Outcome("retry", detail=f"internal error: {type(exc).__name__}"),)
-        out.send(Answer(order.number, outcomes))
+        out.send(wire.Answer(order.number, outcomes))
 
     while True:
-        message = await read(reader)
+        message = await wire.read(reader)
         if message is None:
             log.warning("the gateway process is gone; stopping")
             break
-        if isinstance(message, Send):
+        if isinstance(message, wire.Send):
             task = asyncio.create_task(send(message))
             sends.add(task)
             task.add_done_callback(sends.discard)
-        elif isinstance(message, Mask):
+        elif isinstance(message, wire.Mask):
             masking[0] = message.on
-        elif isinstance(message, Stop):
+        elif isinstance(message, wire.Stop):
             break
     # The worker has had its grace for these and stopped waiting (or is gone): their leases
     # stay in the spool, and they are sent again after the restart.
