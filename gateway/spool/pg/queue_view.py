@@ -26,11 +26,6 @@ from gateway.spool.rows import (
 Clock = Callable[[], float]
 
 
-def count(status: str) -> int:
-    """The row count from a command tag such as 'UPDATE 3'."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def stats(conn: asyncpg.Connection, clock: Clock) -> SpoolStats:
     counts = {row["state"]: row["n"] for row in await conn.fetch(sql.COUNT_BY_STATE)}
     oldest = await conn.fetchval(sql.OLDEST_PENDING)
@@ -72,7 +67,7 @@ async def retry_message(conn: asyncpg.Connection, clock: Clock, queue_id: str) -
 
 
 async def drop_message(conn: asyncpg.Connection, queue_id: str) -> bool:
-    return count(await conn.execute(sql.DROP_MESSAGE, queue_id)) > 0
+    return sql.rows_changed(await conn.execute(sql.DROP_MESSAGE, queue_id)) > 0
 
 
 async def find_deliveries(conn: asyncpg.Connection, query: Search) -> list[DeliveryLine]:

@@ -120,3 +120,8 @@ RECENT_ERRORS = numbered(_LINE + lite.RECENT_ERRORS.split(" FROM deliveries d JO
 
 META_IF_ABSENT = numbered(lite.META_IF_ABSENT)
 META_VALUE = numbered(lite.META_VALUE)
+
+
+def rows_changed(status: str) -> int:
+    """The row count from a statement's command tag, such as 'UPDATE 3'."""
+    return int(status.rsplit(" ", 1)[-1])

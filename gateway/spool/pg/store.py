@@ -161,7 +161,8 @@ class PgSpool:
 
     async def release(self, delivery_ids: Sequence[int]) -> int:
         async def write(conn: asyncpg.Connection) -> int:
-            return pg_view.count(await conn.execute(sql.RELEASE, self.clock(), list(delivery_ids)))
+            status = await conn.execute(sql.RELEASE, self.clock(), list(delivery_ids))
+            return sql.rows_changed(status)
         released: int = await self.link.submit(write, wakes=True)
         return released
 
@@ -186,7 +187,7 @@ class PgSpool:
 
     async def purge(self, older_than: float) -> int:
         async def delete(conn: asyncpg.Connection) -> int:
-            return pg_view.count(await conn.execute(sql.PURGE, older_than, older_than))
+            return sql.rows_changed(await conn.execute(sql.PURGE, older_than, older_than))
         purged: int = await self.link.submit(delete)
         return purged
 
@@ -194,7 +195,7 @@ class PgSpool:
 
     async def mark_bounce(self, delivery_id: int) -> bool:
         async def mark(conn: asyncpg.Connection) -> bool:
-            return pg_view.count(await conn.execute(sql.MARK_BOUNCE, delivery_id)) > 0
+            return sql.rows_changed(await conn.execute(sql.MARK_BOUNCE, delivery_id)) > 0
         marked: bool = await self.link.submit(mark)
         return marked
 
