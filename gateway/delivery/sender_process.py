@@ -1,8 +1,9 @@
 """With api.sender: process, the HTTP requests to the platform run in a child process.
 
 The default is one process (gateway.app._make_sender), which needs less memory: the child has
-its own interpreter, asyncio, httpx and aiohttp. This mode is for a busy machine with a core
-to spare; bench/README.md has what each costs and gives.
+its own interpreter, asyncio, httpx and aiohttp. This mode pays for one request a message at a
+raised api.max_concurrency on a machine with a core to spare, not for batches, whose HTTP work
+is small a message; bench/README.md has what each costs and gives.
 
 Python runs one thread of Python at a time per process. In one process every request to the
 platform (httpx over aiohttp: building, writing, reading, classifying) takes its CPU from the
@@ -225,3 +226,11 @@ class SenderProcess:
             self.restarts += 1
             return True
         return False
+
+
+if __name__ == "__main__":
+    # The child was started as this module before it had one of its own: a daemon still running
+    # that code, whose package was upgraded under it, still gets a working child when it
+    # restarts one.
+    from gateway.delivery.sender_child import main
+    sys.exit(main(sys.argv))
