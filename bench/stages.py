@@ -18,6 +18,7 @@ patches are applied by this script to a gateway it starts itself; nothing of it 
   no-store    no spool: DATA answers 250 without storing (so nothing is delivered either)
   front       DATA answers 250 as soon as the data is read: aiosmtpd and our session only
   loop-pack   the requests packed for the spool on the event loop, not on its writer thread
+  writer-process  the spool's group commits run in a process of their own (writer_child.py)
 
 Printed: msgs/s and server CPU µs per message (user + system, all threads) for each, as medians
 over the rounds, and each one's ratio to `full` paired per round. `full` minus a variant is what
@@ -40,7 +41,7 @@ from run import START_TIMEOUT, Child, PlatformClient, measured_load, start_helpe
 
 BENCH = Path(__file__).resolve().parent
 VARIANTS = ("full", "process", "plain-log", "no-log", "no-prepare", "no-delivery", "no-store",
-            "front", "loop-pack")
+            "front", "loop-pack", "writer-process")
 
 
 # --- the patched gateway (this script run with --serve) ------------------------------------
@@ -105,9 +106,44 @@ def patch(variant: str) -> None:
             return self._writer.submit_together(insert_packed,
                                                 (queue_id, now, message, texts, requests))
         store.Spool.accept = accept_packing   # type: ignore[method-assign]
+    elif variant == "writer-process":
+        _commits_in_a_child()
     elif variant != "full":
         raise SystemExit(f"unknown variant {variant}")
     print(f"bench/stages.py: variant {variant}", file=sys.stderr, flush=True)
+
+
+def _commits_in_a_child() -> None:
+    """Writer._commit_batch through bench/writer_child.py (see its docstring)."""
+    import subprocess
+    import threading
+
+    import writer_child
+
+    from gateway.errors import SpoolError
+    from gateway.spool import writer
+
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    lock = threading.Lock()
+
+    def commit_batch(self: Any, conn: Any, batch: list[Any]) -> None:
+        with lock:
+            child = children.get(id(self))
+            if child is None:
+                child = children[id(self)] = subprocess.Popen(
+                    [sys.executable, str(BENCH / "writer_child.py"), str(self.path)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdin is not None and child.stdout is not None
+        writer_child.send(child.stdin, [(job.fn, job.run_all, job.item) for job in batch])
+        reply = writer_child.receive(child.stdout)
+        if reply is None or reply[0] != "ok":
+            error = SpoolError(f"writer process: {reply}")
+            writer._settle_all([(job, None, error) for job in batch])
+            return
+        self.commits += 1
+        writer._settle_all([(job, result, None)
+                            for job, result in zip(batch, reply[1], strict=True)])
+    writer.Writer._commit_batch = commit_batch   # type: ignore[method-assign]
 
 
 class _Silent:
