@@ -19,6 +19,7 @@ patches are applied by this script to a gateway it starts itself; nothing of it 
   front       DATA answers 250 as soon as the data is read: aiosmtpd and our session only
   loop-pack   the requests packed for the spool on the event loop, not on its writer thread
   writer-process  the spool's group commits run in a process of their own (writer_child.py)
+  loop-commit the spool's group commits run on the event loop's thread: no writer thread
 
 Printed: msgs/s and server CPU µs per message (user + system, all threads) for each, as medians
 over the rounds, and each one's ratio to `full` paired per round. `full` minus a variant is what
@@ -41,7 +42,7 @@ from run import START_TIMEOUT, Child, PlatformClient, measured_load, start_helpe
 
 BENCH = Path(__file__).resolve().parent
 VARIANTS = ("full", "process", "plain-log", "no-log", "no-prepare", "no-delivery", "no-store",
-            "front", "loop-pack", "writer-process")
+            "front", "loop-pack", "writer-process", "loop-commit")
 
 
 # --- the patched gateway (this script run with --serve) ------------------------------------
@@ -108,6 +109,8 @@ def patch(variant: str) -> None:
         store.Spool.accept = accept_packing   # type: ignore[method-assign]
     elif variant == "writer-process":
         _commits_in_a_child()
+    elif variant == "loop-commit":
+        _commits_on_the_loop()
     elif variant != "full":
         raise SystemExit(f"unknown variant {variant}")
     print(f"bench/stages.py: variant {variant}", file=sys.stderr, flush=True)
@@ -144,6 +147,44 @@ def _commits_in_a_child() -> None:
         writer._settle_all([(job, result, None)
                             for job, result in zip(batch, reply[1], strict=True)])
     writer.Writer._commit_batch = commit_batch   # type: ignore[method-assign]
+
+
+def _commits_on_the_loop() -> None:
+    """Writer's group commits run by the event loop itself, at the end of the turn in which
+    their jobs came: no thread hand-off and no GIL to wait for, but the loop serves nobody
+    while SQLite runs (and fsyncs)."""
+    import threading
+
+    from gateway.spool import schema, writer
+
+    class LoopJobs:
+        def __init__(self, owner: Any, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+            self.owner, self.conn, self.loop = owner, conn, loop
+            self.pending: list[Any] = []
+
+        def put(self, job: Any) -> None:
+            if not self.pending:
+                self.loop.call_soon(self.flush)
+            self.pending.append(job)
+
+        def flush(self) -> None:
+            batch, self.pending = self.pending, []
+            if batch:
+                self.owner._commit_batch(self.conn, batch)
+
+    async def start(self: Any) -> None:
+        self._jobs = LoopJobs(self, schema.open_writer(self.path), asyncio.get_running_loop())
+        self._thread = threading.current_thread()   # what `running` looks at
+
+    async def stop(self: Any) -> bool:
+        if self._thread is None or self.closed:
+            return False
+        self.closed = True
+        self._jobs.flush()
+        self._jobs.conn.close()
+        return True
+    writer.Writer.start = start   # type: ignore[method-assign]
+    writer.Writer.stop = stop   # type: ignore[method-assign]
 
 
 class _Silent:
