@@ -109,10 +109,9 @@ class Running:
 
     async def wait_final(self, queue_id: str, within: float = 10.0) -> list[str]:
         """Until every delivery of a message is finished; returns their states."""
-        from gateway.spool import admin
         async with asyncio.timeout(within):
             while True:
-                detail = await admin.show_message(self.gateway.spool, queue_id)
+                detail = await self.gateway.spool.show_message(queue_id)
                 assert detail is not None
                 states = [d.state for d in detail.deliveries]
                 if all(state in ("sent", "refused", "failed") for state in states):

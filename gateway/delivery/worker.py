@@ -28,8 +28,8 @@ from gateway.delivery.request import Outcome, Outgoing, assemble
 from gateway.delivery.retry import settle
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.message.cost import request_segments
+from gateway.spool import Result
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.store import Result
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.worker")
@@ -157,7 +157,7 @@ class Worker:
                 # Its lease ran out while this process still sends it (the sender's deadline
                 # should prevent that): the send in flight records the outcome, never a second.
                 log.warning("queue_id=%s delivery %d is still in flight past its lease; not"
-                            " sending it again", delivery.message_id, delivery.id)
+                            " sending it again", delivery.queue_id, delivery.id)
                 continue
             outgoing.append(assemble(delivery, config))
         batches = group(outgoing, api.batch_size)
@@ -202,7 +202,7 @@ class Worker:
             else:
                 outcomes = await self.sender.send_batch([item.fields for item in batch], token)
         except Exception as exc:  # a bug in a sender must not lose the deliveries
-            log.exception("queue_id=%s send raised", batch[0].delivery.message_id)
+            log.exception("queue_id=%s send raised", batch[0].delivery.queue_id)
             outcomes = [Outcome("retry", detail=f"internal error: {type(exc).__name__}")] * \
                 len(batch)
         if len(outcomes) != len(batch):   # a sender's bug; the platform's is classify_batch's
@@ -220,7 +220,7 @@ class Worker:
         except (SpoolError, ShuttingDown) as exc:
             # The leases run out and the deliveries are tried again: at least once, not lost.
             log.error("queue_id=%s could not record %d outcomes: %s",
-                      batch[0].delivery.message_id, len(results), exc)
+                      batch[0].delivery.queue_id, len(results), exc)
             return
         self._account(batch, outcomes, results)
         self._log(batch, outcomes, results, elapsed)
@@ -250,14 +250,14 @@ class Worker:
             delivery = item.delivery
             to = delivery.request.get("sent_to", delivery.recipient)
             if len(batch) > 1 and result.event == "sent":
-                sent.append(f"{delivery.message_id}({to}:{outcome.platform_id or '-'})")
+                sent.append(f"{delivery.queue_id}({to}:{outcome.platform_id or '-'})")
                 continue
             log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
-                     delivery.message_id, to, delivery.attempts + 1, result.event,
+                     delivery.queue_id, to, delivery.attempts + 1, result.event,
                      f"platform_id={outcome.platform_id} " if outcome.platform_id else
                      f"reason={result.detail!r} ", ms,
                      f", batch of {len(batch)}" if len(batch) > 1 else "",
-                     extra={"queue_id": delivery.message_id})
+                     extra={"queue_id": delivery.queue_id})
         if sent:
             log.info("batch of %d (%.0f ms): %d sent: %s", len(batch), ms, len(sent),
                      " ".join(sent))

@@ -21,7 +21,7 @@ from gateway.message.mapping import (
 )
 from gateway.message.parse import parse_message
 from gateway.message.schedule import scheduled
-from gateway.spool.store import NewDelivery, SharedTexts
+from gateway.spool import NewDelivery, SharedTexts
 
 
 @dataclass(frozen=True, slots=True)

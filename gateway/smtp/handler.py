@@ -21,8 +21,8 @@ from gateway.message.recipients import resolve_recipients
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
+from gateway.spool import IncomingMessage
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.store import IncomingMessage
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.smtp")

@@ -28,7 +28,7 @@ class IncomingMessage:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     id: int
-    message_id: str
+    queue_id: str
     recipient: str
     request: Mapping[str, str]
     attempts: int
@@ -70,15 +70,6 @@ class SpoolStats:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageSummary:
-    id: str
-    received_at: float
-    mail_from: str
-    states: dict[str, int]
-    recipients: list[str]
-
-
-@dataclass(frozen=True, slots=True)
 class DeliveryDetail:
     id: int
     recipient: str
@@ -97,7 +88,7 @@ class DeliveryDetail:
 
 @dataclass(frozen=True, slots=True)
 class MessageDetail:
-    id: str
+    queue_id: str
     received_at: float
     mail_from: str
     peer: str

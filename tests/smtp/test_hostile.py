@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.spool.store import Spool, load_texts, unpack_request
+from gateway.spool.packing import load_texts, unpack_request
+from gateway.spool.sqlite.store import SqliteSpool
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform
 
@@ -165,10 +168,14 @@ async def test_generated_abuse_never_breaks_the_server(gw: Running,
     assert await gw.wait_final(queue_id) == ["sent"]
     # ... and whatever was accepted could be parsed: each stored message has deliveries whose
     # number is one of the recipients a session named, with text to send.
-    spool: Spool = gw.gateway.spool
-    rows = await spool.read(lambda conn: conn.execute(
-        "SELECT d.request, m.texts FROM deliveries d JOIN messages m ON m.id = d.message_id"
-    ).fetchall())
+    spool = gw.gateway.spool
+    assert isinstance(spool, SqliteSpool)
+
+    def stored() -> list[tuple[str, str | None]]:
+        with contextlib.closing(sqlite3.connect(spool.path)) as conn:
+            return conn.execute("SELECT d.request, m.texts FROM deliveries d"
+                                " JOIN messages m ON m.id = d.message_id").fetchall()
+    rows = await asyncio.to_thread(stored)
     for request, texts in rows:
         fields = unpack_request(request, load_texts(texts))
         assert fields["sent_to"] in ("79001234567", "79005550000")

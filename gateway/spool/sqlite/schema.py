@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import SpoolError
-from gateway.spool import sql
+from gateway.spool.sqlite import sql
 
 log = logging.getLogger("smtp2pulse.spool")
 
