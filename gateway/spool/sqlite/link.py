@@ -62,8 +62,8 @@ class SqliteLink:
         self.path = path
         self.max_batch = max_batch
         self.commits = 0
-        self.healthy = True   # a local file has no connection to lose; a full disk shows in
-        #                       /healthz's probe write
+        # A local file has no connection to lose; a full disk shows in /healthz's probe write.
+        self.healthy = True
         self._jobs: queue.SimpleQueue[Pending | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._readers = Readers(path)
