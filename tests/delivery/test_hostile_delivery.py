@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import Running, base_config, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
+from tests.spool.statements import run_sql
 from tests.test_crash import Daemon
 
 Start = Callable[..., Awaitable[Running]]
@@ -262,8 +263,8 @@ async def test_a_delivery_in_flight_past_its_lease_is_not_sent_again(
     await gw.submit(text_message(), "79001234567@sms.local")
     await eventually(lambda: len(dribbler.posts) == 1, within=10)
     # What a stuck send looked like: its lease runs out while the request is still going.
-    await gw.gateway.spool.run(lambda conn: conn.execute(
-        "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'sending'"))
+    await run_sql(gw.gateway.spool,
+                  "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'sending'")
     await gw.submit(text_message(), "79007654321@sms.local")     # wakes the worker: a lease
     await eventually(lambda: len(dribbler.posts) >= 2, within=10)
     await asyncio.sleep(1.0)

@@ -15,6 +15,7 @@ from gateway.spool.packing import load_texts, unpack_request
 from gateway.spool.sqlite.store import SqliteSpool
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform
+from tests.spool.statements import run_sql
 
 Start = Callable[..., Awaitable[Running]]
 HEADERS = b"From: a@corp.test\r\nSubject: hostile\r\n"
@@ -52,8 +53,7 @@ async def test_smuggling_with_bare_lf_stays_inside_one_message(gw: Running,
     [request] = await platform.wait_for(1)
     assert request.form["sent_to"] == "79001234567"
     assert "smuggled" in request.form["sent_text"]       # text of the one message, not a second
-    stored = await gw.gateway.spool.run(
-        lambda conn: conn.execute("SELECT recipient FROM deliveries").fetchall())
+    stored = await run_sql(gw.gateway.spool, "SELECT recipient FROM deliveries")
     assert stored == [("79001234567@sms.local",)]
 
 
