@@ -48,6 +48,7 @@ class Dialect(Protocol):
     MESSAGES_FOR_LEASE: str | None
     NEXT_DUE: str                # -> due
     RELEASE: str                 # now, ids (id_list)
+    DELIVERIES_THERE: str        # ids (id_list) -> id
     PURGE: str                   # older_than
     MARK_BOUNCES: str            # ids (id_list)
     PENDING_BOUNCES: str         # limit
@@ -89,7 +90,7 @@ class Dialect(Protocol):
 
     def record_results(self, rows: list[tuple[object, ...]], now: float) -> Query:
         """Attempts' outcomes (delivery_id, state, next_attempt_at, platform_id, last_error),
-        each counting an attempt; ROWS: the ids of the deliveries still there."""
+        each counting an attempt; gives how many deliveries it changed."""
         ...
 
     def insert_events(self, events: list[tuple[int, float, str, str]]) -> Query:

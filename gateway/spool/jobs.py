@@ -112,8 +112,13 @@ def record(sql: Dialect, now: float, results: Sequence[Result]) -> Job[None]:
     rows: list[tuple[object, ...]] = [
         (r.delivery_id, r.state.value, r.next_attempt_at, r.platform_id,
          None if r.state == State.SENT else r.detail) for r in results]
-    there = {int(row["id"]) for row in (yield sql.record_results(rows, now))}
-    recorded = [r for r in results if r.delivery_id in there]
+    recorded = list(results)
+    if (yield sql.record_results(rows, now)) != len(rows):
+        # Some were dropped by an operator while they were being sent (rare): which are left.
+        ids = [r.delivery_id for r in results]
+        found: list[Row] = yield Query(sql.DELIVERIES_THERE, (sql.id_list(ids),), Fetch.ROWS)
+        there = {int(row["id"]) for row in found}
+        recorded = [r for r in results if r.delivery_id in there]
     bounces = [r.delivery_id for r in recorded if r.bounce]
     if bounces:
         yield Query(sql.MARK_BOUNCES, (sql.id_list(bounces),))

@@ -94,21 +94,17 @@ NEXT_DUE = f"SELECT min(next_attempt_at) FROM deliveries WHERE state IN {LEASABL
 RELEASE = (
     f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?1, updated_at = ?1"
     f" WHERE id IN {_IDS.format(n=2)} AND state = '{State.SENDING}' AND next_attempt_at > ?1")
-# The outcomes as one JSON array of rows: one statement however many, which gives back the ids
-# it changed (one may have been dropped by an operator while it was being sent).
-_RECORDED = (
-    "UPDATE deliveries SET state = json_extract(r.value, '$[1]'), attempts = attempts + 1,"
-    " next_attempt_at = json_extract(r.value, '$[2]'),"
-    " platform_id = coalesce(json_extract(r.value, '$[3]'), platform_id),"
-    " last_error = json_extract(r.value, '$[4]'), updated_at = ?2"
-    " FROM json_each(?1) AS r WHERE deliveries.id = json_extract(r.value, '$[0]')"
-    " RETURNING deliveries.id")
+# Each outcome its own UPDATE by primary key, all in one executemany.
+_RECORD_RESULT = (
+    "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,"
+    " platform_id = coalesce(?4, platform_id), last_error = ?5, updated_at = ?6 WHERE id = ?1")
 
 
 def record_results(rows: list[tuple[object, ...]], now: float) -> Query:
-    return Query(_RECORDED, (json.dumps(rows), now), Fetch.ROWS)
+    return Query(_RECORD_RESULT, [(*row, now) for row in rows], Fetch.MANY)
 
 
+DELIVERIES_THERE = f"SELECT id FROM deliveries WHERE id IN {_IDS.format(n=1)}"
 _INSERT_EVENT = "INSERT INTO events (delivery_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)"
 
 
