@@ -48,6 +48,10 @@ class Link(Protocol):
     @property
     def healthy(self) -> bool: ...
 
+    async def start(self) -> None:
+        """Connect, creating or upgrading the tables; raises SpoolError if it cannot."""
+        ...
+
     async def stop(self) -> None: ...
 
     def submit(self, make: Callable[[], Job[T]], *, wakes: bool = False) -> asyncio.Future[T]:
@@ -92,6 +96,12 @@ class BaseSpool:
     @property
     def healthy(self) -> bool:
         return self.link.healthy
+
+    async def start(self, *, recover: bool = True) -> int:
+        """Open, creating or upgrading. A backend whose spool has one owner takes back, with
+        `recover`, the leases a crash left (the SQLite spool); returns how many."""
+        await self.link.start()
+        return 0
 
     async def stop(self) -> None:
         await self.link.stop()
@@ -190,8 +200,5 @@ class BaseSpool:
 
 
 if TYPE_CHECKING:
-    # mypy checks here that the shared spool is all a SpoolInterface promises, but `start`,
-    # which each backend writes.
-    class _Checked(BaseSpool):
-        async def start(self, *, recover: bool = True) -> int: ...
-    _IMPLEMENTS: type[SpoolInterface] = _Checked
+    # mypy checks here that the shared spool is all a SpoolInterface promises.
+    _IMPLEMENTS: type[SpoolInterface] = BaseSpool

@@ -38,11 +38,6 @@ class PgSpool(BaseSpool):
     def __repr__(self) -> str:
         return f"PgSpool({self.link!r})"
 
-    async def start(self, *, recover: bool = True) -> int:
-        """Connect, creating or upgrading the tables; no lease is taken back (see above)."""
-        await self.link.start()
-        return 0
-
 
 if TYPE_CHECKING:
     _IMPLEMENTS: type[SpoolInterface] = PgSpool

@@ -36,7 +36,7 @@ class SqliteSpool(BaseSpool):
     async def start(self, *, recover: bool = True) -> int:
         """Open (creating or upgrading); with `recover`, which only the daemon holding the
         spool's lock may ask for, take back the leases a crash left. Returns how many."""
-        await self.link.start()
+        await super().start()
         if not recover:
             return 0
         return await self.link.submit(lambda: jobs.recover(sql.RECOVER_LEASES, self.clock()))
