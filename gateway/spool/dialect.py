@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.spool.states import LEASABLE, UNFINISHED, State, StatusClass
-from gateway.spool.steps import Query
+from gateway.spool.steps import Job, Query
 
 
 def in_list(states: tuple[State, ...]) -> str:
@@ -38,6 +38,11 @@ LINE_COLUMNS = ("d.message_id, d.id, m.received_at, d.recipient, {sent_to} AS se
                 f" {SHOWN_STATE} AS shown, d.attempts, d.last_error, d.status, d.updated_at")
 
 
+# An attempt's outcome as record_results takes it:
+# (delivery_id, state, next_attempt_at, platform_id, last_error).
+ResultRow = tuple[int, str, float, str | None, str | None]
+
+
 class Dialect(Protocol):
     """One backend's statements. Parameters, in order, after each name."""
 
@@ -48,7 +53,6 @@ class Dialect(Protocol):
     MESSAGES_FOR_LEASE: str | None
     NEXT_DUE: str                # -> due
     RELEASE: str                 # now, ids (id_list)
-    DELIVERIES_THERE: str        # ids (id_list) -> id
     PURGE: str                   # older_than
     MARK_BOUNCES: str            # ids (id_list)
     PENDING_BOUNCES: str         # limit
@@ -88,9 +92,9 @@ class Dialect(Protocol):
         their deliveries (message_id, recipient, request, now), queued."""
         ...
 
-    def record_results(self, rows: list[tuple[object, ...]], now: float) -> Query:
-        """Attempts' outcomes (delivery_id, state, next_attempt_at, platform_id, last_error),
-        each counting an attempt; gives how many deliveries it changed."""
+    def record_results(self, rows: list[ResultRow], now: float) -> Job[set[int]]:
+        """Attempts' outcomes, each counting an attempt; gives the ids of the deliveries it
+        changed."""
         ...
 
     def insert_events(self, events: list[tuple[int, float, str, str]]) -> Query:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
-from gateway.spool.dialect import Dialect
+from gateway.spool.dialect import Dialect, ResultRow
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
 from gateway.spool.rows import Delivery, IncomingMessage, PendingBounce, Result
 from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
@@ -109,16 +109,11 @@ def release(sql: Dialect, now: float, delivery_ids: Sequence[int]) -> Job[int]:
 def record(sql: Dialect, now: float, results: Sequence[Result]) -> Job[None]:
     """Attempts' outcomes, each with its event, and a bounce owed where one asks for it. A
     delivery an operator dropped while it was being sent is not there any more: skipped."""
-    rows: list[tuple[object, ...]] = [
+    rows: list[ResultRow] = [
         (r.delivery_id, r.state.value, r.next_attempt_at, r.platform_id,
          None if r.state == State.SENT else r.detail) for r in results]
-    recorded = list(results)
-    if (yield sql.record_results(rows, now)) != len(rows):
-        # Some were dropped by an operator while they were being sent (rare): which are left.
-        ids = [r.delivery_id for r in results]
-        found: list[Row] = yield Query(sql.DELIVERIES_THERE, (sql.id_list(ids),), Fetch.ROWS)
-        there = {int(row["id"]) for row in found}
-        recorded = [r for r in results if r.delivery_id in there]
+    taken = yield from sql.record_results(rows, now)
+    recorded = [r for r in results if r.delivery_id in taken]
     bounces = [r.delivery_id for r in recorded if r.bounce]
     if bounces:
         yield Query(sql.MARK_BOUNCES, (sql.id_list(bounces),))

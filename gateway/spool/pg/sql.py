@@ -14,9 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.spool.dialect import LEASABLE_IN, LINE_COLUMNS, SHOWN_STATE, UNFINISHED_IN, in_list
+from gateway.spool.dialect import (
+    LEASABLE_IN,
+    LINE_COLUMNS,
+    SHOWN_STATE,
+    UNFINISHED_IN,
+    ResultRow,
+    in_list,
+)
 from gateway.spool.states import RETRYABLE, BounceState, State, StatusClass
-from gateway.spool.steps import Query
+from gateway.spool.steps import Fetch, Job, Query, Row
 
 BEGIN_WRITE = "BEGIN"
 
@@ -70,14 +77,12 @@ _RECORD_RESULTS = (
     " next_attempt_at = r.next_at, platform_id = coalesce(r.platform_id, d.platform_id),"
     " last_error = r.last_error, updated_at = $6"
     " FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::text[])"
-    " AS r(id, state, next_at, platform_id, last_error) WHERE d.id = r.id")
+    " AS r(id, state, next_at, platform_id, last_error) WHERE d.id = r.id RETURNING d.id")
 
 
-def record_results(rows: list[tuple[object, ...]], now: float) -> Query:
-    return Query(_RECORD_RESULTS, [*_columns(rows, 5), now])
-
-
-DELIVERIES_THERE = "SELECT id FROM deliveries WHERE id = ANY($1::bigint[])"
+def record_results(rows: list[ResultRow], now: float) -> Job[set[int]]:
+    taken: list[Row] = yield Query(_RECORD_RESULTS, [*_columns(rows, 5), now], Fetch.ROWS)
+    return {int(row["id"]) for row in taken}
 
 
 _INSERT_EVENTS = (

@@ -16,9 +16,16 @@ from __future__ import annotations
 import functools
 import json
 
-from gateway.spool.dialect import LEASABLE_IN, LINE_COLUMNS, SHOWN_STATE, UNFINISHED_IN, in_list
+from gateway.spool.dialect import (
+    LEASABLE_IN,
+    LINE_COLUMNS,
+    SHOWN_STATE,
+    UNFINISHED_IN,
+    ResultRow,
+    in_list,
+)
 from gateway.spool.states import RETRYABLE, BounceState, State, StatusClass
-from gateway.spool.steps import Fetch, Query
+from gateway.spool.steps import Fetch, Job, Query
 
 # --- connections -------------------------------------------------------------------------------
 
@@ -94,17 +101,21 @@ NEXT_DUE = f"SELECT min(next_attempt_at) FROM deliveries WHERE state IN {LEASABL
 RELEASE = (
     f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?1, updated_at = ?1"
     f" WHERE id IN {_IDS.format(n=2)} AND state = '{State.SENDING}' AND next_attempt_at > ?1")
-# Each outcome its own UPDATE by primary key, all in one executemany.
+# Each outcome its own UPDATE by primary key, to know which took: one dropped by an operator
+# while it was being sent is gone.
 _RECORD_RESULT = (
     "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,"
     " platform_id = coalesce(?4, platform_id), last_error = ?5, updated_at = ?6 WHERE id = ?1")
 
 
-def record_results(rows: list[tuple[object, ...]], now: float) -> Query:
-    return Query(_RECORD_RESULT, [(*row, now) for row in rows], Fetch.MANY)
+def record_results(rows: list[ResultRow], now: float) -> Job[set[int]]:
+    taken: set[int] = set()
+    for row in rows:
+        if (yield Query(_RECORD_RESULT, (*row, now))):
+            taken.add(row[0])
+    return taken
 
 
-DELIVERIES_THERE = f"SELECT id FROM deliveries WHERE id IN {_IDS.format(n=1)}"
 _INSERT_EVENT = "INSERT INTO events (delivery_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)"
 
 
