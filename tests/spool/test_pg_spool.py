@@ -161,3 +161,17 @@ async def test_a_spool_of_the_first_release_is_upgraded_in_place(pg_url: str) ->
             "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_unconfirmed'") == 1
     finally:
         await conn.close()
+
+
+async def test_a_spool_newer_than_the_program_is_refused_untouched(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
+        newer = str(pg_schema.SCHEMA_VERSION + 1)
+        await conn.execute("INSERT INTO meta VALUES ('schema_version', $1)", newer)
+        with pytest.raises(SpoolError, match="newer than this program"):
+            await PgSpool(pg_url).start()
+        assert await conn.fetchval("SELECT value FROM meta") == newer
+        assert await conn.fetchval("SELECT to_regclass('messages')") is None
+    finally:
+        await conn.close()

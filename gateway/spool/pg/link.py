@@ -94,9 +94,14 @@ class PgLink:
         try:
             self._writer = await self._connect()
             await prepare(self._writer)
-        except LOST as exc:
-            raise SpoolError(f"cannot reach spool {safe_url(self.url)}: {exc}") from exc
-        except asyncpg.PostgresError as exc:
+        except (*LOST, asyncpg.PostgresError, SpoolError) as exc:
+            if self._writer is not None:    # a schema it refuses: nothing more to say to it
+                self._writer.terminate()
+                self._writer = None
+            if isinstance(exc, SpoolError):
+                raise
+            if isinstance(exc, LOST):
+                raise SpoolError(f"cannot reach spool {safe_url(self.url)}: {exc}") from exc
             raise SpoolError(f"spool {safe_url(self.url)}: {exc}") from exc
         self.healthy = True
         self._tasks = [asyncio.create_task(self._write_loop(), name="pg-writer"),
