@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import SpoolError
@@ -48,11 +48,11 @@ class Pending:
     loop: asyncio.AbstractEventLoop
     together: Together | None = None
     item: Any = None
-    wakes: bool = field(default=False)
+    wakes: bool = False
 
 
-def together(run_all: Together, item: Any) -> Callable[[], Job[Any]]:
-    """The job of one item run alone."""
+def alone(run_all: Together, item: Any) -> Callable[[], Job[Any]]:
+    """The job of one item run alone (a `together` job's second run, in its own savepoint)."""
     def make() -> Job[Any]:
         return _alone(run_all, item)
     return make

@@ -21,8 +21,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from gateway.errors import ShuttingDown, SpoolError
-from gateway.spool.commit import Pending, Together, as_spool_error, group_commit, settle
-from gateway.spool.commit import together as alone
+from gateway.spool.commit import Pending, Together, alone, as_spool_error, group_commit, settle
 from gateway.spool.pg import sql
 from gateway.spool.pg.schema import prepare
 from gateway.spool.steps import Fetch, Job, Query, drive_async

@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import ShuttingDown, SpoolError
-from gateway.spool.commit import Outcome, Pending, Together, as_spool_error, group_commit, settle
-from gateway.spool.commit import together as alone
+from gateway.spool.commit import (
+    Outcome,
+    Pending,
+    Together,
+    alone,
+    as_spool_error,
+    group_commit,
+    settle,
+)
 from gateway.spool.sqlite import schema, sql
 from gateway.spool.steps import Fetch, Job, Query, drive
 
