@@ -47,7 +47,9 @@ def add_arguments(queue: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, dry_run=True)
+    # The spool is all it needs: run by the operator, not the service, it can read neither the
+    # service's credentials nor its token files.
+    config = load_config(args.config, dry_run=True, secrets=False)
     search = None
     if args.action == "list":
         try:

@@ -24,7 +24,7 @@ from gateway.config.model import (
     TlsSettings,
     User,
 )
-from gateway.config.tls import MIN_VERSIONS, server_context
+from gateway.config.tls import MIN_VERSIONS, server_context, unloaded_context
 from gateway.config.units import parse_duration, parse_hostport
 
 
@@ -81,7 +81,8 @@ def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
                     accept_any_credentials=accept_any)
 
 
-def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
+def read_tls(data: dict[str, Any], problems: v.Problems, secrets: bool = True
+             ) -> TlsSettings | None:
     path = "smtp.tls"
     v.keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen",
                        "handshake_timeout"}, problems)
@@ -104,7 +105,8 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
         return None
     cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
     try:
-        context = server_context(cert_path, key_path, min_version)
+        context = (server_context(cert_path, key_path, min_version) if secrets
+                   else unloaded_context(min_version))
     except ValueError as exc:
         problems.add(f"{path}.cert", str(exc))
         return None
@@ -116,8 +118,8 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
 _USER_KEYS = {"password_hash", "domains", "senders", *TOKEN_KEYS}
 
 
-def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
-              ) -> AuthSettings:
+def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str],
+              secrets: bool = True) -> AuthSettings:
     path = "smtp.auth"
     v.keys(data, path, {"required", "allow_without_tls", "accept_any_credentials",
                        "max_failures", "block_for", "users"}, problems)
@@ -127,7 +129,7 @@ def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
         problems.add(f"{path}.users", "must be a mapping of user name to its settings")
         users_data = {}
     for name, settings in users_data.items():
-        user = _user(str(name), settings, f"{path}.users.{name}", problems, env)
+        user = _user(str(name), settings, f"{path}.users.{name}", problems, env, secrets)
         if user is not None:
             users[str(name)] = user
     defaults = AuthSettings(users={})
@@ -145,8 +147,8 @@ def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
     )
 
 
-def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str]
-          ) -> User | None:
+def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str],
+          secrets: bool) -> User | None:
     if not isinstance(data, dict):
         problems.add(path, "must be a mapping with at least password_hash")
         return None
@@ -157,7 +159,7 @@ def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[st
         problems.add(f"{path}.password_hash", "is required: the output of "
                      "`smtp2pulse hash-password` (scrypt$...)")
         return None
-    token = read_token(data, path, env, problems.add)
+    token = read_token(data, path, env, problems.add, secrets=secrets)
     return User(
         name=name,
         password_hash=Secret(stored),

@@ -36,14 +36,21 @@ SENDERS = ("inline", "process")
 LOOPS = ("auto", "uvloop", "asyncio")
 MAX_BATCH = 1000        # the platform documents no limit; a request stays a few MB at most
 MAX_BATCH_WAIT = 5.0
+# Keys whose ${VAR} a config loaded without its secrets may leave unset.
+SECRET_KEYS = frozenset({*TOKEN_KEYS, "callback_secret"})
 # --- loading ---------------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
-                dry_run: bool = False) -> Config:
-    """Read and validate a config file; raises ConfigError listing every problem."""
+                dry_run: bool = False, secrets: bool = True) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem.
+
+    `secrets=False` is for the commands that only read the spool (`queue`): every key is still
+    checked, but token files, systemd credentials and TLS keys are not read, as the operator's
+    shell has neither the service's CREDENTIALS_DIRECTORY nor the right to its files. Such a
+    Config has no tokens and a TLS context without a certificate: it never serves."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -61,21 +68,21 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}: not valid YAML{at}: {reason}"]) from None
     return parse_config(data, env=os.environ if env is None else env, dry_run=dry_run,
-                        source=str(path))
+                        source=str(path), secrets=secrets)
 
 
 def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
-                 source: str = "<memory>") -> Config:
+                 source: str = "<memory>", secrets: bool = True) -> Config:
     problems = v.Problems()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
-    data = _substitute_env(data, "", env, problems)
+    data = _substitute_env(data, "", env, problems, secrets)
     top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
                            "shutdown_timeout", "log", "event_loop"}, problems)
-    smtp = _smtp(v.section(top, "smtp", problems), problems, env)
-    api = _api(v.section(top, "api", problems), problems, dry_run, env)
+    smtp = _smtp(v.section(top, "smtp", problems), problems, env, secrets)
+    api = _api(v.section(top, "api", problems), problems, dry_run, env, secrets)
     spool = _spool(v.section(top, "spool", problems), problems)
     http = _http(v.section(top, "http", problems), problems) if top.get("http") else None
     bounces = _bounces(v.section(top, "bounces", problems), problems)
@@ -95,12 +102,14 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
                   log_format=log_format, log_mask_personal=log_mask, source=source)
 
 
-def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems) -> Any:
+def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems,
+                    secrets: bool = True) -> Any:
     if isinstance(node, dict):
-        return {k: _substitute_env(v, _child_path(path, k), env, problems)
+        return {k: _substitute_env(v, _child_path(path, k), env, problems, secrets)
                 for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+        return [_substitute_env(v, f"{path}[{i}]", env, problems, secrets)
+                for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
@@ -108,6 +117,8 @@ def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Pr
                 return env[name]
             if default is not None:
                 return default
+            if not secrets and path.rpartition(".")[2] in SECRET_KEYS:
+                return ""   # the service's environment has it; a spool reader needs it not
             problems.add(path, f"environment variable {name} is not set "
                                f"(write ${{{name}:-default}} to make it optional)")
             return ""
@@ -128,7 +139,8 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
     return tuple(listener_entry(item) for item in items)
 
 
-def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) -> SmtpConfig:
+def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str], secrets: bool
+          ) -> SmtpConfig:
     path = "smtp"
     v.keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
                        "allow_networks", "tls", "auth", "timeout", "fallback_charset",
@@ -140,8 +152,8 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
     tls_data, auth_data = (v.section(data, key, problems, path) for key in ("tls", "auth"))
     hygiene = ("refuse", "drop", "accept")
     return SmtpConfig(
-        tls=read_tls(tls_data, problems) if tls_data else None,
-        auth=read_auth(auth_data, problems, env) if auth_data else None,
+        tls=read_tls(tls_data, problems, secrets) if tls_data else None,
+        auth=read_auth(auth_data, problems, env, secrets) if auth_data else None,
         max_connections=v.value(data, "max_connections", path, v.integer(1, 100_000),
                                defaults.max_connections, problems),
         max_connections_per_address=v.value(data, "max_connections_per_address", path,
@@ -171,15 +183,15 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
     )
 
 
-def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str]
-         ) -> ApiConfig:
+def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str],
+         secrets: bool) -> ApiConfig:
     path = "api"
     v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate", "sender",
                         "batch_size", "batch_wait", *TOKEN_KEYS},
           problems)
     defaults = ApiConfig()
     dry = v.value(data, "dry_run", path, v.boolean, False, problems) or dry_run
-    token = read_token(data, path, env, problems.add)
+    token = read_token(data, path, env, problems.add, secrets=secrets)
     if not token and not dry and not any(data.get(key) for key in TOKEN_KEYS):
         problems.add("api.token", "is required (or run with --dry-run / api.dry_run: true)")
     return ApiConfig(
