@@ -8,6 +8,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,7 @@ from gateway.smtp.replies import reply_for
 from gateway.spool.backends import describe
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
+EX_BROKEN_PIPE = 128 + signal.SIGPIPE   # what a shell reports for a tool SIGPIPE ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("debug" if getattr(args, "verbose", False) else "info")
     try:
         result: int = args.run(args)
+        sys.stdout.flush()   # here, where a closed pipe can still be caught, not at exit
         return result
     except ConfigError as exc:
         for problem in exc.problems:
@@ -42,6 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `queue list | head`: the reader has all it wanted. Quietly, as `cat` would end; what
+        # is still buffered goes nowhere, so the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:
