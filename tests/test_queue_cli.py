@@ -21,7 +21,8 @@ from tests.fakeplatform import FakePlatform, Reply
 
 REWRITE = {"domains": {"sms.local": {"type": "sms", "sender": "MyShop", "rewrite": [
     {"match": r"^8(\d{10})$", "replace": r"7\1"}]}}}
-LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+# Local date and time with its zone (the contract's words), as the UTC offset.
+LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\b")
 
 
 def write_config(tmp_path: Path, base_url: str, spool: Path | None = None) -> str:
@@ -97,7 +98,8 @@ async def test_show_reads_as_lines_with_local_times_and_json_on_request(
     assert "to 79001234567 (89001234567@sms.local): refused" in out
     assert "error     no money" in out
     events = [line for line in out.splitlines() if LOCAL_TIME.match(line.strip())]
-    assert [line.split()[2] for line in events] == ["received", "refused"]
+    assert [line.split()[3] for line in events] == ["received", "refused"]
+    assert LOCAL_TIME.search(out.splitlines()[1])       # "  received  <when> from <…>"
     assert "1796" not in out and "[" not in out.replace("['", "")   # no epoch, no arrays
 
     code, out, _ = await queue(capsys, c, "show", queue_id, "--json")

@@ -5,26 +5,13 @@ same thing; `--json` gives the same with ISO 8601 times."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import time
 from typing import Any
 
 from gateway.privacy import mask_personal
 from gateway.spool.rows import DeliveryDetail, DeliveryLine, MessageDetail
+from gateway.times import iso_time, local_time
 
 _LONG_FIELDS = ("sent_text", "html_text")
-
-
-def local_time(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
 def recipient(written: str, sent_to: str | None) -> str:

@@ -20,6 +20,7 @@ from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN
 from gateway.status import display as view
+from gateway.times import local_time
 
 if TYPE_CHECKING:
     import jinja2
@@ -42,7 +43,7 @@ def _templates() -> dict[str, jinja2.Template]:
     env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.status", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=view.local_time, recipient=view.recipient, note=view.platform_note,
+    env.filters.update(when=local_time, recipient=view.recipient, note=view.platform_note,
                        personal=personal)
     return {name: env.get_template(name) for name in ("index.html", "message.html")}
 
