@@ -118,8 +118,8 @@ def test_a_plain_lines_stamp_names_its_zone(monkeypatch: pytest.MonkeyPatch) -> 
         stream = io.StringIO()
         handler = TurnBufferedHandler(stream)
         handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(message)s"))
-        record = logging.makeLogRecord({"msg": "ready", "levelname": "INFO", "levelno": logging.INFO,
-                                        "created": 1796000000.25})
+        record = logging.makeLogRecord({"msg": "ready", "levelname": "INFO",
+                                        "levelno": logging.INFO, "created": 1796000000.25})
         handler.emit(record)
     finally:
         monkeypatch.delenv("TZ")
