@@ -195,7 +195,7 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
     if not token and not dry and not any(data.get(key) for key in TOKEN_KEYS):
         problems.add("api.token", "is required (or run with --dry-run / api.dry_run: true)")
     return ApiConfig(
-        base_url=v.value(data, "base_url", path, v.url, defaults.base_url, problems),
+        base_url=v.value(data, "base_url", path, _base_url, defaults.base_url, problems),
         token=Secret(token),
         timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
         dry_run=dry,
@@ -208,6 +208,16 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
         batch_wait=v.value(data, "batch_wait", path, _batch_wait, defaults.batch_wait,
                            problems),
     )
+
+
+def _base_url(value: Any) -> str:
+    url = v.url(value)
+    method = url.rstrip("/").rpartition("/")[2]
+    if method in ("send-message", "send-list-messages"):
+        # Taken as it is, every send would go to .../send-message/send-message: a 404 each.
+        raise ValueError(f"{url!r} ends in the method /{method}, which the gateway appends; "
+                         f"give the API's base, e.g. {url.rstrip('/').rpartition('/')[0]!r}")
+    return url
 
 
 def _batch_wait(value: Any) -> float:

@@ -203,3 +203,13 @@ def test_a_postgresql_spool_url_is_checked_and_its_password_never_shown() -> Non
         "spool.url: must be a postgresql:// URL (got mysql scheme)"]
     assert problems({**MINIMAL, "spool": {"url": url, "path": "/tmp/s.sqlite3"}}) == [
         "spool.url: give spool.path (one SQLite file) or spool.url (PostgreSQL), not both"]
+
+
+@pytest.mark.parametrize("url", ["https://1-pulse.kupon.mobi/api/v1/bulk/send-message",
+                                 "https://1-pulse.kupon.mobi/api/v1/bulk/send-list-messages/"])
+def test_a_base_url_with_the_method_in_it_is_refused_with_the_base_to_give(url: str) -> None:
+    [problem] = problems({**MINIMAL, "api": {"token": "t", "base_url": url}})
+    method = url.rstrip("/").rpartition("/")[2]
+    assert problem == (f"api.base_url: {url!r} ends in the method /{method}, which the gateway "
+                       "appends; give the API's base, e.g. "
+                       "'https://1-pulse.kupon.mobi/api/v1/bulk'")
