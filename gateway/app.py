@@ -25,7 +25,7 @@ from gateway.config.model import Config
 from gateway.delivery.bounce import Bouncer
 from gateway.delivery.sender_process import SenderProcess
 from gateway.delivery.worker import Sender, Worker
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, SpoolError, SpoolLocked
 from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
 from gateway.smtp.server import SmtpFront
@@ -42,10 +42,6 @@ log = logging.getLogger("smtp2pulse")
 # Settings a running daemon cannot change in place; a reload that changes them says so.
 _RESTART_ONLY = ("smtp.listen", "spool.path", "spool.url", "api.base_url", "api.timeout",
                  "api.dry_run", "api.max_concurrency", "api.sender", "http.listen")
-
-
-class SpoolLocked(GatewayError):
-    pass
 
 
 class SenderComponent(Sender, Component, Protocol):
@@ -180,8 +176,15 @@ def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: s
 
 def _lock_spool(path: Path) -> IO[str]:
     """One daemon per spool: two would send every message twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        # The first write the spool needs: say which key, and what the service must be given.
+        raise SpoolError(f"spool.path {path}: cannot create {lock_path}: "
+                         f"{exc.strerror or exc} (the directory must exist or be creatable, "
+                         "and be writable by the user the service runs as)") from None
     handle = os.fdopen(lock, "a+")  # held while running
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

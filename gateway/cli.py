@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gateway import queue_cli
-from gateway.app import SpoolLocked, serve
+from gateway.app import serve
 from gateway.config.access import policy_for
 from gateway.config.loader import DEFAULT_PATH, load_config
 from gateway.config.model import Config, Listener
@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
             return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose,
                                     config=config))
-    except (SpoolLocked, SpoolError, OSError) as exc:
+    except (SpoolError, OSError) as exc:
         logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
         return EX_FAIL
 

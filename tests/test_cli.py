@@ -144,3 +144,21 @@ async def test_queue_list_into_a_closed_pipe_ends_quietly(
 
     code, err = await asyncio.to_thread(into_closed_pipe)
     assert (code, err) == (141, b"")     # 128 + SIGPIPE, as a shell reports `cat` ended by it
+
+
+@pytest.mark.parametrize("where", ["below a file", "in /sys"])
+def test_a_spool_path_the_service_cannot_write_names_the_key(tmp_path: Path, where: str) -> None:
+    if where == "in /sys":      # EACCES even for root: what a service user meets in /var/lib
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("no /sys")
+        spool = Path("/sys/smtp2pulse/spool.sqlite3")
+    else:
+        (tmp_path / "file").write_text("")
+        spool = tmp_path / "file" / "spool.sqlite3"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(spool, "https://pulse.invalid/api/v1/bulk")))
+    result = run_cli("serve", "-c", str(config))
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert f"cannot start: spool.path {spool}: cannot create {spool}.lock: " in err
+    assert "writable by the user the service runs as" in err and "Traceback" not in err
