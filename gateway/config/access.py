@@ -163,7 +163,7 @@ def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[st
     token = read_token(data, path, env, problems.add, secrets=secrets)
     return User(
         name=name,
-        password_hash=Secret(stored if wrong is None else ""),
+        password_hash=Secret(str(stored) if wrong is None else ""),
         domains=v.value(data, "domains", path, _names(str.lower), frozenset(), problems),
         senders=v.value(data, "senders", path, _names(str), None, problems),
         token=Secret(token) if token else None,
