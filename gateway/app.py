@@ -105,6 +105,9 @@ class Gateway:
             raise
         log.info("smtp2pulse ready: %d domains, platform %s%s", len(self._config.domains),
                  self._config.api.send_url, " (dry run)" if self._config.api.dry_run else "")
+        if self._config.api.dry_run:
+            log.warning("dry run: nothing is sent to the platform; each request is logged and "
+                        "recorded as sent (api.dry_run: true or serve --dry-run)")
         self.notifier.ready(f"accepting mail for {len(self._config.domains)} domains")
 
     async def stop(self) -> None:

@@ -88,7 +88,9 @@ class StatusPage:
         if self._loaded is None:
             # Compiling reads the template files: off the event loop, once.
             self._loaded = await asyncio.to_thread(_templates)
-        html = self._loaded[name].render(mask=self.config().log_mask_personal, **values)
+        config = self.config()
+        html = self._loaded[name].render(mask=config.log_mask_personal,
+                                         dry_run=config.api.dry_run, **values)
         return web.Response(text=html, status=status, content_type="text/html",
                             headers={"Cache-Control": "no-store",
                                      # Belt and braces: even an escaping slip could run nothing.
