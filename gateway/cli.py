@@ -17,13 +17,13 @@ from gateway.app import serve
 from gateway.config.access import policy_for
 from gateway.config.loader import DEFAULT_PATH, load_config
 from gateway.config.model import Config, Listener
+from gateway.config.recipients import resolve_recipients
 from gateway.delivery.request import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
 from gateway.message.cost import request_segments
 from gateway.message.prepare import prepare
-from gateway.message.recipients import resolve_recipients
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
 from gateway.spool.backends import describe

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
+from gateway.smtp.passwords import hash_password
 from tests.conftest import Running, base_config, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
@@ -193,7 +194,7 @@ async def test_every_queue_command_works_with_the_services_own_config(
     data["smtp"]["tls"] = {"cert": "/etc/smtp2pulse/tls/cert.pem",
                            "key": "/etc/smtp2pulse/tls/key.pem"}
     data["smtp"]["auth"] = {"users": {"app": {
-        "password_hash": "scrypt$16384$8$1$c2FsdA$aGFzaA", "token_file": "/nonexistent/token"}}}
+        "password_hash": hash_password("pw"), "token_file": "/nonexistent/token"}}}
     data["http"] = {"listen": "127.0.0.1:0", "callback_secret": "${CALLBACK_SECRET}"}
     service = tmp_path / "service.yaml"
     service.write_text(yaml.safe_dump(data))
@@ -201,7 +202,7 @@ async def test_every_queue_command_works_with_the_services_own_config(
     monkeypatch.delenv("CALLBACK_SECRET", raising=False)
 
     code, out, err = await queue(capsys, str(service), "list", "--all")
-    assert code == 0 and queue_id in out
+    assert code == 0 and queue_id in out, err
     code, out, err = await queue(capsys, str(service), "show", queue_id)
     assert code == 0 and f"message {queue_id}" in out
     code, out, err = await queue(capsys, str(service), "retry", queue_id)

@@ -7,12 +7,11 @@ code the daemon uses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.config.model import Config, DomainConfig
-from gateway.config.recipients import recipient_value
-from gateway.errors import BadContent, BadRecipient, RelayDenied
+from gateway.config.model import DomainConfig
+from gateway.config.recipients import Recipient
+from gateway.errors import BadContent
 from gateway.message.parse import ParsedMessage
 from gateway.message.text import clean_text
 
@@ -23,25 +22,6 @@ ELLIPSIS = "…"
 # enough from the first few names and the count of the rest.
 _LISTED = 10
 _LISTED_LENGTH = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    address: str      # the envelope address as the client gave it
-    domain: str       # the served domain it belongs to, lower-case
-    sent_to: str      # what goes into the platform's sent_to
-
-
-def resolve_recipient(address: str, config: Config) -> Recipient:
-    """Which served domain an envelope recipient belongs to and what `sent_to` it becomes."""
-    local, at, domain_name = address.rpartition("@")
-    if not at or not local or not domain_name:
-        raise BadRecipient(f"<{address}>: not a valid address")
-    domain = config.domain(domain_name)
-    if domain is None:
-        raise RelayDenied(f"<{address}>: relay access denied, "
-                          f"domain {domain_name.lower()} is not served here")
-    return Recipient(address, domain.name, recipient_value(local, domain))
 
 
 def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config.model import Config
+from gateway.config.recipients import Recipient
 from gateway.message.cost import shape, total_parts
 from gateway.message.mapping import (
-    Recipient,
     build_request,
     dropped_note,
     ignored_overrides,

@@ -7,18 +7,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from gateway.config.recipients import shown_recipient
 from gateway.privacy import mask_personal
 from gateway.spool.rows import DeliveryDetail, DeliveryLine, MessageDetail
 from gateway.times import iso_time, local_time
 
 _LONG_FIELDS = ("sent_text", "html_text")
-
-
-def recipient(written: str, sent_to: str | None) -> str:
-    """As sent, and as written in RCPT TO when that differs."""
-    if not sent_to or sent_to.lower() in (written.lower(), written.split("@")[0].lower()):
-        return written
-    return f"{sent_to} ({written})"
 
 
 def platform_note(line: DeliveryLine) -> str:
@@ -32,7 +26,7 @@ def line_text(line: DeliveryLine) -> str:
     attempts = f"{line.attempts} attempt" + ("" if line.attempts == 1 else "s")
     note = platform_note(line)
     return (f"{line.queue_id}  {local_time(line.received_at)}  "
-            f"{recipient(line.recipient, line.sent_to)}  {line.state}  {attempts}"
+            f"{shown_recipient(line.recipient, line.sent_to)}  {line.state}  {attempts}"
             + (f"  {note}" if note else ""))
 
 
@@ -55,8 +49,8 @@ def detail_lines(detail: MessageDetail) -> list[str]:
              f"  received  {local_time(detail.received_at)} from <{detail.mail_from}>",
              f"  client    {detail.peer} (HELO {detail.helo or '-'}), {detail.size} bytes"]
     for d in detail.deliveries:
-        lines += ["", f"delivery {d.id} to {recipient(d.recipient, d.request.get('sent_to'))}:"
-                      f" {shown_state(d)}",
+        to = shown_recipient(d.recipient, d.request.get("sent_to"))
+        lines += ["", f"delivery {d.id} to {to}: {shown_state(d)}",
                   f"  attempts  {d.attempts}"
                   + (f", next {local_time(d.next_attempt_at)}"
                      if d.state in ("queued", "sending") else "")]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.config.model import Config
+from gateway.config.recipients import shown_recipient
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN
@@ -43,7 +44,7 @@ def _templates() -> dict[str, jinja2.Template]:
     env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.status", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=local_time, recipient=view.recipient, note=view.platform_note,
+    env.filters.update(when=local_time, recipient=shown_recipient, note=view.platform_note,
                        personal=personal)
     return {name: env.get_template(name) for name in ("index.html", "message.html")}
 
