@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway import shown
 from gateway.config.model import Config
 from gateway.config.recipients import shown_recipient
+from gateway.privacy import mask_personal
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN
-from gateway.status import display as view
 from gateway.times import local_time
 
 if TYPE_CHECKING:
@@ -39,12 +40,13 @@ def _templates() -> dict[str, jinja2.Template]:
 
     @jinja2.pass_context
     def personal(context: jinja2.runtime.Context, text: object) -> str:
-        return view.masked("" if text is None else str(text), bool(context["mask"]))
+        shown = "" if text is None else str(text)
+        return mask_personal(shown) if context["mask"] else shown
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.status", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=local_time, recipient=shown_recipient, note=view.platform_note,
+    env.filters.update(when=local_time, recipient=shown_recipient, note=shown.platform_note,
                        personal=personal)
     return {name: env.get_template(name) for name in ("index.html", "message.html")}
 
@@ -81,7 +83,8 @@ class StatusPage:
         detail = await self.spool.show_message(queue_id)
         if detail is None:
             return await self._render("message.html", status=404, queue_id=queue_id, detail=None)
-        deliveries = [(d, view.shown_state(d)) for d in detail.deliveries]
+        deliveries = [(d, shown.shown_state(d), shown.next_attempt(d))
+                      for d in detail.deliveries]
         return await self._render("message.html", queue_id=queue_id, detail=detail,
                             deliveries=deliveries)
 
