@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtp2pulse")
 
-# Settings a running daemon cannot change in place: a reload keeps their running values and says
-# so. The one list both do it from. A whole http section added or removed needs a restart too.
+# Settings a running daemon cannot change in place: a reload warns about each one that changed and
+# keeps its running value, both from this list. An http section added or removed waits too.
 _RESTART_ONLY = ("smtp.listen", "spool.path", "spool.url", "api.base_url", "api.timeout",
                  "api.dry_run", "api.max_concurrency", "api.sender", "http.listen")
 
@@ -113,8 +113,9 @@ class Gateway:
         self.notifier.ready(f"accepting mail for {len(self._config.domains)} domains")
 
     async def stop(self) -> None:
-        """Stops every component in reverse order of start; one that fails is logged and the
-        rest are stopped all the same, so the spool is always closed and its lock let go."""
+        """Stops every component, the front first and the spool last; one that fails is logged
+        and the rest are stopped all the same, so the spool is always closed and its lock let
+        go."""
         timeout = self._config.shutdown_timeout
         status = self.status
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [

@@ -8,7 +8,6 @@ downstream sees raw YAML.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from gateway.config import validation as v
 from gateway.config.access import check_access, listener_entry, read_auth, read_tls
 from gateway.config.credentials import TOKEN_KEYS, read_token
 from gateway.config.domains import parse_domains
+from gateway.config.environment import substitute_env
 from gateway.config.model import (
     LOOPBACK,
     ApiConfig,
@@ -36,11 +36,7 @@ SENDERS = ("inline", "process")
 LOOPS = ("auto", "uvloop", "asyncio")
 MAX_BATCH = 1000        # the platform documents no limit; a request stays a few MB at most
 MAX_BATCH_WAIT = 5.0
-# Keys whose ${VAR} a config loaded without its secrets may leave unset.
-SECRET_KEYS = frozenset({*TOKEN_KEYS, "callback_secret"})
 # --- loading ---------------------------------------------------------------------------------
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
@@ -78,7 +74,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
-    data = _substitute_env(data, "", env, problems, secrets)
+    data = substitute_env(data, "", env, problems, secrets)
     top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
                            "shutdown_timeout", "log", "event_loop"}, problems)
     smtp = _smtp(v.section(top, "smtp", problems), problems, env, secrets)
@@ -100,36 +96,6 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
                   shutdown_timeout=shutdown, event_loop=event_loop, log_level=level,
                   log_format=log_format, log_mask_personal=log_mask, source=source)
-
-
-def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems,
-                    secrets: bool = True) -> Any:
-    if isinstance(node, dict):
-        return {k: _substitute_env(v, _child_path(path, k), env, problems, secrets)
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute_env(v, f"{path}[{i}]", env, problems, secrets)
-                for i, v in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            if not secrets and path.rpartition(".")[2] in SECRET_KEYS:
-                return ""   # the service's environment has it; a spool reader needs it not
-            problems.add(path, f"environment variable {name} is not set "
-                               f"(write ${{{name}:-default}} to make it optional)")
-            return ""
-        return _ENV_REF.sub(replace, node)
-    return node
-
-
-def _child_path(path: str, key: object) -> str:
-    if path == "domains":
-        return f"domains[{key}]"
-    return v.join(path, str(key))
 
 
 def _listeners(value: Any) -> tuple[Listener, ...]:
