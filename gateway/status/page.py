@@ -40,8 +40,8 @@ def _templates() -> dict[str, jinja2.Template]:
 
     @jinja2.pass_context
     def personal(context: jinja2.runtime.Context, text: object) -> str:
-        shown = "" if text is None else str(text)
-        return mask_personal(shown) if context["mask"] else shown
+        value = "" if text is None else str(text)
+        return mask_personal(value) if context["mask"] else value
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.status", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
