@@ -122,14 +122,15 @@ CONFIG = {"api": {"token": "t"}, "domains": {"sms.local": {"type": "sms", "sende
 
 def _packaged_steps() -> Steps:
     from gateway.config.loader import parse_config
-    from gateway.message.mapping import build_request, resolve_recipient
+    from gateway.config.recipients import resolve_recipients
+    from gateway.message.mapping import build_request
     from gateway.message.parse import parse_message
     from gateway.message.prepare import prepare
     from gateway.message.text import clean_text
     from gateway.smtp import admission
 
     config = parse_config(CONFIG, env={})
-    recipient = resolve_recipient("79001234567@sms.local", config)
+    [recipient] = resolve_recipients("79001234567@sms.local", config)
     domain = config.domains[recipient.domain]
 
     def steps(raw: bytes, body: str) -> dict[str, Callable[[], Any]]:

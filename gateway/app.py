@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -25,7 +26,7 @@ from gateway.config.model import Config
 from gateway.delivery.bounce import Bouncer
 from gateway.delivery.sender_process import SenderProcess
 from gateway.delivery.worker import Sender, Worker
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, SpoolError, SpoolLocked
 from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
 from gateway.smtp.server import SmtpFront
@@ -39,13 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtp2pulse")
 
-# Settings a running daemon cannot change in place; a reload that changes them says so.
+# Settings a running daemon cannot change in place: a reload warns about each one that changed and
+# keeps its running value, both from this list. An http section added or removed waits too.
 _RESTART_ONLY = ("smtp.listen", "spool.path", "spool.url", "api.base_url", "api.timeout",
                  "api.dry_run", "api.max_concurrency", "api.sender", "http.listen")
-
-
-class SpoolLocked(GatewayError):
-    pass
 
 
 class SenderComponent(Sender, Component, Protocol):
@@ -109,21 +107,37 @@ class Gateway:
             raise
         log.info("smtp2pulse ready: %d domains, platform %s%s", len(self._config.domains),
                  self._config.api.send_url, " (dry run)" if self._config.api.dry_run else "")
+        if self._config.api.dry_run:
+            log.warning("dry run: nothing is sent to the platform; each request is logged and "
+                        "recorded as sent (api.dry_run: true or serve --dry-run)")
         self.notifier.ready(f"accepting mail for {len(self._config.domains)} domains")
 
     async def stop(self) -> None:
+        """Stops every component, the front first and the spool last; one that fails is logged
+        and the rest are stopped all the same, so the spool is always closed and its lock let
+        go."""
         timeout = self._config.shutdown_timeout
-        await self.notifier.stopping()
-        await self.smtp.stop(timeout)
-        await self.worker.stop(timeout)
-        await self.bouncer.stop()
-        if self.status is not None:
-            await self.status.stop()   # last but the spool: /healthz says 503 while draining
-        await self.sender.stop()
-        await self.spool.stop()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        status = self.status
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("systemd notification", self.notifier.stopping),
+            ("SMTP listeners", lambda: self.smtp.stop(timeout)),
+            ("worker", lambda: self.worker.stop(timeout)),
+            ("bouncer", self.bouncer.stop),
+            # Last but the spool: /healthz says 503 while draining.
+            *([("status server", status.stop)] if status is not None else []),
+            ("sender", self.sender.stop),
+            ("spool", self.spool.stop),
+        ]
+        try:
+            for name, step in steps:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("stopping the %s failed; stopping the rest", name)
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
     def reload(self, path: str | os.PathLike[str]) -> bool:
         """Swap in a re-read config for new sessions and deliveries; keep the old on error."""
@@ -151,16 +165,18 @@ def _dig(config: Config, dotted: str) -> object:
 
 
 def _keep_restart_only(new: Config, old: Config) -> Config:
-    import dataclasses
-    api = dataclasses.replace(new.api, base_url=old.api.base_url, timeout=old.api.timeout,
-                              dry_run=old.api.dry_run, max_concurrency=old.api.max_concurrency,
-                              sender=old.api.sender)
-    smtp = dataclasses.replace(new.smtp, listen=old.smtp.listen)
-    spool = dataclasses.replace(new.spool, path=old.spool.path, url=old.spool.url)
-    # The status server keeps its socket; a removed or added http section needs a restart too.
-    http = (dataclasses.replace(new.http, listen=old.http.listen)
-            if new.http is not None and old.http is not None else old.http)
-    return dataclasses.replace(new, api=api, smtp=smtp, spool=spool, http=http)
+    """`new` with the running value of every _RESTART_ONLY key."""
+    kept: dict[str, dict[str, object]] = {}
+    for dotted in _RESTART_ONLY:
+        section, key = dotted.split(".")
+        kept.setdefault(section, {})[key] = _dig(old, dotted)
+    sections: dict[str, object] = {}
+    for section, keys in kept.items():
+        new_part, old_part = getattr(new, section), getattr(old, section)
+        # The status server keeps its socket: an http section added or removed waits too.
+        sections[section] = (dataclasses.replace(new_part, **keys)
+                             if new_part is not None and old_part is not None else old_part)
+    return dataclasses.replace(new, **sections)  # type: ignore[arg-type]
 
 
 def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: str
@@ -180,8 +196,15 @@ def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: s
 
 def _lock_spool(path: Path) -> IO[str]:
     """One daemon per spool: two would send every message twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        # The first write the spool needs: say which key, and what the service must be given.
+        raise SpoolError(f"spool.path {path}: cannot create {lock_path}: "
+                         f"{exc.strerror or exc} (the directory must exist or be creatable, "
+                         "and be writable by the user the service runs as)") from None
     handle = os.fdopen(lock, "a+")  # held while running
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -8,26 +8,28 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from gateway import queue_cli
-from gateway.app import SpoolLocked, serve
+from gateway.app import serve
 from gateway.config.access import policy_for
 from gateway.config.loader import DEFAULT_PATH, load_config
 from gateway.config.model import Config, Listener
+from gateway.config.recipients import resolve_recipients
 from gateway.delivery.request import masked_request
 from gateway.errors import ConfigError, Refusal, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
 from gateway.message.cost import request_segments
 from gateway.message.prepare import prepare
-from gateway.message.recipients import resolve_recipients
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
 from gateway.spool.backends import describe
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
+EX_BROKEN_PIPE = 128 + signal.SIGPIPE   # what a shell reports for a tool SIGPIPE ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("debug" if getattr(args, "verbose", False) else "info")
     try:
         result: int = args.run(args)
+        sys.stdout.flush()   # here, where a closed pipe can still be caught, not at exit
         return result
     except ConfigError as exc:
         for problem in exc.problems:
@@ -42,6 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `queue list | head`: the reader has all it wanted. Quietly, as `cat` would end; what
+        # is still buffered goes nowhere, so the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
             return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose,
                                     config=config))
-    except (SpoolLocked, SpoolError, OSError) as exc:
+    except (SpoolError, OSError) as exc:
         logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
         return EX_FAIL
 

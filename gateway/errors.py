@@ -4,6 +4,18 @@ A `Refusal` says which kind of refusal it is (its class) and why (its detail); t
 maps each kind to its named reply, so the code that decides to refuse needs no reply code.
 Everything else that reaches the handler unexpectedly becomes `451 4.3.0` there and nowhere
 else.
+
+    GatewayError
+    ├── ConfigError            a config file's mistakes, one line each, naming its key
+    ├── Refusal                mail or a recipient not taken (each a named SMTP reply)
+    │   ├── BadRecipient
+    │   ├── RelayDenied
+    │   ├── BadContent
+    │   └── TooManyTexts
+    ├── SpoolError             the spool could not store or update something
+    │   └── SpoolLocked        another smtp2pulse holds the spool
+    ├── ShuttingDown
+    └── SenderProcessError
 """
 
 from __future__ import annotations
@@ -53,6 +65,10 @@ class TooManyTexts(Refusal):
 
 class SpoolError(GatewayError):
     """The spool could not store or update something; nothing was promised."""
+
+
+class SpoolLocked(SpoolError):
+    """Another smtp2pulse holds the spool's lock: two daemons on one spool would send twice."""
 
 
 class ShuttingDown(GatewayError):

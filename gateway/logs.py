@@ -11,6 +11,8 @@ import sys
 import time
 from typing import TextIO
 
+from gateway.times import log_time
+
 _QUEUE_ID = re.compile(r"\bqueue_id=(\w+)")
 
 
@@ -35,6 +37,13 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class PlainFormatter(logging.Formatter):
+    """Lines for a person: the stamp in local time names its zone, like every time shown."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return log_time(record.created)
 
 
 class TurnBufferedHandler(logging.StreamHandler[TextIO]):
@@ -104,7 +113,7 @@ def setup_logging(level: str = "info", style: str = "plain") -> None:
     else:
         # journald stamps each line itself; a terminal wants the time.
         stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-        handler.setFormatter(logging.Formatter(stamp + "%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PlainFormatter(stamp + "%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

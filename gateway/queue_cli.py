@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway import shown
 from gateway.config.loader import load_config
 from gateway.config.model import Config
 from gateway.config.units import parse_duration
@@ -21,7 +22,6 @@ from gateway.spool.backends import describe, make_spool
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN
-from gateway.status import display as view
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 LIST_LIMIT = 1000
@@ -47,7 +47,9 @@ def add_arguments(queue: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, dry_run=True)
+    # The spool is all it needs: run by the operator, not the service, it can read neither the
+    # service's credentials nor its token files.
+    config = load_config(args.config, dry_run=True, secrets=False)
     search = None
     if args.action == "list":
         try:
@@ -75,33 +77,33 @@ def _header(args: argparse.Namespace, count: int) -> str:
         args.all or args.to or args.since or args.state) else noun
     filters = [f"to {args.to}" if args.to else "", f"received in the last {args.since}"
                if args.since else "", f"{args.state}" if args.state else ""]
-    shown = " ".join(f for f in filters if f)
+    named = " ".join(f for f in filters if f)
     more = " (the newest; narrow with --to/--since/--state)" if count >= LIST_LIMIT else ""
     hint = "; --all shows finished ones too" if what != noun else ""
-    return f"{count} {what}{', ' + shown if shown else ''}, oldest first{more}{hint}"
+    return f"{count} {what}{', ' + named if named else ''}, oldest first{more}{hint}"
 
 
 async def _action(spool: SpoolInterface, args: argparse.Namespace, search: Search | None) -> int:
     if search is not None:
         lines = list(reversed(await spool.find_deliveries(search)))
         if args.json:
-            json.dump([view.line_json(line) for line in lines], sys.stdout,
+            json.dump([shown.line_json(line) for line in lines], sys.stdout,
                       ensure_ascii=False, indent=2)
             print()
         else:
             print(_header(args, len(lines)))
             for line in lines:
-                print(view.line_text(line))
+                print(shown.line_text(line))
         return EX_OK
     if args.action == "show":
         detail = await spool.show_message(args.queue_id)
         if detail is None:
             return _not_found(args.queue_id)
         if args.json:
-            json.dump(view.detail_json(detail), sys.stdout, ensure_ascii=False, indent=2)
+            json.dump(shown.detail_json(detail), sys.stdout, ensure_ascii=False, indent=2)
             print()
         else:
-            print("\n".join(view.detail_lines(detail)))
+            print("\n".join(shown.detail_lines(detail)))
         return EX_OK
     if args.action == "retry":
         count = await spool.retry_message(args.queue_id)

@@ -118,3 +118,47 @@ async def test_queue_list_show_retry_drop(
     assert await asyncio.to_thread(main, ["queue", "-c", c, "drop", queue_id]) == 0
     for action in ("show", "retry", "drop"):
         assert await asyncio.to_thread(main, ["queue", "-c", c, action, queue_id]) == 1
+
+
+async def test_queue_list_into_a_closed_pipe_ends_quietly(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        tmp_path: Path) -> None:
+    gw = await start_gateway()
+    for n in range(3):
+        await gw.submit(text_message(f"Order {n}"), "79001234567@sms.local")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3",
+                                                 platform.base_url)))
+
+    def into_closed_pipe() -> tuple[int, bytes]:
+        # `queue list | head -0`: the reader is gone before the first line is written.
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            done = subprocess.run([sys.executable, "-m", "gateway", "queue", "-c", str(config),
+                                   "list", "--all"], stdout=writer, stderr=subprocess.PIPE,
+                                  timeout=60, check=False)
+        finally:
+            os.close(writer)
+        return done.returncode, done.stderr
+
+    code, err = await asyncio.to_thread(into_closed_pipe)
+    assert (code, err) == (141, b"")     # 128 + SIGPIPE, as a shell reports `cat` ended by it
+
+
+@pytest.mark.parametrize("where", ["below a file", "in /sys"])
+def test_a_spool_path_the_service_cannot_write_names_the_key(tmp_path: Path, where: str) -> None:
+    if where == "in /sys":      # EACCES even for root: what a service user meets in /var/lib
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("no /sys")
+        spool = Path("/sys/smtp2pulse/spool.sqlite3")
+    else:
+        (tmp_path / "file").write_text("")
+        spool = tmp_path / "file" / "spool.sqlite3"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(spool, "https://pulse.invalid/api/v1/bulk")))
+    result = run_cli("serve", "-c", str(config))
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert f"cannot start: spool.path {spool}: cannot create {spool}.lock: " in err
+    assert "writable by the user the service runs as" in err and "Traceback" not in err

@@ -6,11 +6,12 @@ import asyncio
 import io
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import TurnBufferedHandler
+from gateway.logs import PlainFormatter, TurnBufferedHandler
 
 
 class Recording(io.StringIO):
@@ -107,3 +108,20 @@ def test_a_loop_that_stopped_before_its_turn_leaves_its_lines_to_the_next(
         await asyncio.sleep(0)
     asyncio.run(later())
     assert stream.writes == ["INFO stranded\nINFO next loop\n"]
+
+
+def test_a_plain_lines_stamp_names_its_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A log line's time beside a quiet-hours note's Moscow time: each says which zone it is.
+    monkeypatch.setenv("TZ", "Europe/Moscow")
+    time.tzset()
+    try:
+        stream = io.StringIO()
+        handler = TurnBufferedHandler(stream)
+        handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(message)s"))
+        record = logging.makeLogRecord({"msg": "ready", "levelname": "INFO",
+                                        "levelno": logging.INFO, "created": 1796000000.25})
+        handler.emit(record)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert stream.getvalue() == "2026-11-30 03:53:20.250 +0300 INFO ready\n"

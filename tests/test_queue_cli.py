@@ -16,12 +16,14 @@ import pytest
 import yaml
 
 from gateway.cli import main
+from gateway.smtp.passwords import hash_password
 from tests.conftest import Running, base_config, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 REWRITE = {"domains": {"sms.local": {"type": "sms", "sender": "MyShop", "rewrite": [
     {"match": r"^8(\d{10})$", "replace": r"7\1"}]}}}
-LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+# Local date and time with its zone (the contract's words), as the UTC offset.
+LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\b")
 
 
 def write_config(tmp_path: Path, base_url: str, spool: Path | None = None) -> str:
@@ -97,7 +99,8 @@ async def test_show_reads_as_lines_with_local_times_and_json_on_request(
     assert "to 79001234567 (89001234567@sms.local): refused" in out
     assert "error     no money" in out
     events = [line for line in out.splitlines() if LOCAL_TIME.match(line.strip())]
-    assert [line.split()[2] for line in events] == ["received", "refused"]
+    assert [line.split()[3] for line in events] == ["received", "refused"]
+    assert LOCAL_TIME.search(out.splitlines()[1])       # "  received  <when> from <…>"
     assert "1796" not in out and "[" not in out.replace("['", "")   # no epoch, no arrays
 
     code, out, _ = await queue(capsys, c, "show", queue_id, "--json")
@@ -174,3 +177,44 @@ async def test_unconfirmed_deliveries_are_listed_by_default_and_settled_by_retry
     assert code == 0
     gw.gateway.worker.wake()        # the daemon's own look comes within 10 s; not waited for
     assert await gw.wait_final(queue_id) == ["sent", "sent"]
+
+
+async def test_every_queue_command_works_with_the_services_own_config(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the README's service runs it: the token handed over by systemd's LoadCredential=, TLS
+    # and a user token in files only the service may read, a secret from its environment. The
+    # operator's shell has none of them; the queue commands need only the spool.
+    gw = await start_gateway()
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["sent"]
+    data: dict[str, Any] = base_config(tmp_path / "spool.sqlite3", platform.base_url)
+    data["api"] = {"base_url": platform.base_url, "token_credential": "pulse-token"}
+    data["smtp"]["tls"] = {"cert": "/etc/smtp2pulse/tls/cert.pem",
+                           "key": "/etc/smtp2pulse/tls/key.pem"}
+    data["smtp"]["auth"] = {"users": {"app": {
+        "password_hash": hash_password("pw"), "token_file": "/nonexistent/token"}}}
+    data["http"] = {"listen": "127.0.0.1:0", "callback_secret": "${CALLBACK_SECRET}"}
+    service = tmp_path / "service.yaml"
+    service.write_text(yaml.safe_dump(data))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("CALLBACK_SECRET", raising=False)
+
+    code, out, err = await queue(capsys, str(service), "list", "--all")
+    assert code == 0 and queue_id in out, err
+    code, out, err = await queue(capsys, str(service), "show", queue_id)
+    assert code == 0 and f"message {queue_id}" in out
+    code, out, err = await queue(capsys, str(service), "retry", queue_id)
+    assert code == 0 and "deliveries queued for a new attempt" in out
+    code, out, err = await queue(capsys, str(service), "drop", queue_id)
+    assert code == 0 and "dropped" in out
+
+    # The rest is validated as ever: a mistake is still a config error naming its key.
+    data["api"]["token_credential"] = "../pulse-token"
+    data["spool"]["retries"] = 3
+    service.write_text(yaml.safe_dump(data))
+    code, out, err = await queue(capsys, str(service), "list")
+    assert code == 78 and out == ""
+    assert "api.token_credential: '../pulse-token' is not a credential name" in err
+    assert "spool.retries: unknown key" in err

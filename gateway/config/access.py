@@ -8,6 +8,7 @@ or a mapping `{address, require_starttls, require_auth}`; implicit-TLS listeners
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from gateway.config.model import (
     TlsSettings,
     User,
 )
-from gateway.config.tls import MIN_VERSIONS, server_context
+from gateway.config.tls import MIN_VERSIONS, server_context, unloaded_context
 from gateway.config.units import parse_duration, parse_hostport
 
 
@@ -81,7 +82,8 @@ def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
                     accept_any_credentials=accept_any)
 
 
-def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
+def read_tls(data: dict[str, Any], problems: v.Problems, secrets: bool = True
+             ) -> TlsSettings | None:
     path = "smtp.tls"
     v.keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen",
                        "handshake_timeout"}, problems)
@@ -104,7 +106,8 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
         return None
     cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
     try:
-        context = server_context(cert_path, key_path, min_version)
+        context = (server_context(cert_path, key_path, min_version) if secrets
+                   else unloaded_context(min_version))
     except ValueError as exc:
         problems.add(f"{path}.cert", str(exc))
         return None
@@ -116,8 +119,8 @@ def read_tls(data: dict[str, Any], problems: v.Problems) -> TlsSettings | None:
 _USER_KEYS = {"password_hash", "domains", "senders", *TOKEN_KEYS}
 
 
-def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
-              ) -> AuthSettings:
+def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str],
+              secrets: bool = True) -> AuthSettings:
     path = "smtp.auth"
     v.keys(data, path, {"required", "allow_without_tls", "accept_any_credentials",
                        "max_failures", "block_for", "users"}, problems)
@@ -127,7 +130,7 @@ def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
         problems.add(f"{path}.users", "must be a mapping of user name to its settings")
         users_data = {}
     for name, settings in users_data.items():
-        user = _user(str(name), settings, f"{path}.users.{name}", problems, env)
+        user = _user(str(name), settings, f"{path}.users.{name}", problems, env, secrets)
         if user is not None:
             users[str(name)] = user
     defaults = AuthSettings(users={})
@@ -145,26 +148,52 @@ def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
     )
 
 
-def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str]
-          ) -> User | None:
+def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str],
+          secrets: bool) -> User | None:
     if not isinstance(data, dict):
         problems.add(path, "must be a mapping with at least password_hash")
         return None
     v.keys(data, path, _USER_KEYS, problems)
     stored = data.get("password_hash")
-    if not isinstance(stored, str) or not stored.startswith("scrypt$") \
-            or stored.count("$") != 5:
-        problems.add(f"{path}.password_hash", "is required: the output of "
-                     "`smtp2pulse hash-password` (scrypt$...)")
-        return None
-    token = read_token(data, path, env, problems.add)
+    wrong = _hash_problem(stored)
+    if wrong is not None:
+        # The user is still read: the rest of its keys are checked, and no "no user is
+        # configured" follows from this one mistake (the config is refused all the same).
+        problems.add(f"{path}.password_hash", wrong)
+    token = read_token(data, path, env, problems.add, secrets=secrets)
     return User(
         name=name,
-        password_hash=Secret(stored),
+        password_hash=Secret(str(stored) if wrong is None else ""),
         domains=v.value(data, "domains", path, _names(str.lower), frozenset(), problems),
         senders=v.value(data, "senders", path, _names(str), None, problems),
         token=Secret(token) if token else None,
     )
+
+
+def _hash_problem(stored: Any) -> str | None:
+    """What is wrong with a password_hash, in words that never repeat it: a value that is not a
+    hash may be the password itself."""
+    made_by = "the output of `smtp2pulse hash-password` (scrypt$...)"
+    if stored is None or stored == "":
+        return f"is required: {made_by}"
+    if not isinstance(stored, str):
+        return f"must be text: {made_by}"
+    if not stored.startswith("scrypt$"):
+        return f"is not a password hash (a password written here is never taken): give {made_by}"
+    fields = stored.split("$")
+    if len(fields) != 6:
+        return (f"is a damaged scrypt hash: 6 fields separated by $ are expected, found "
+                f"{len(fields)} (copied only in part?); give {made_by}")
+    _, n, r, p, salt, digest = fields
+    if not all(number.isdigit() and int(number) > 0 for number in (n, r, p)) \
+            or int(n) & (int(n) - 1) or int(n) < 2:
+        return f"is a damaged scrypt hash: its cost fields are not scrypt's; give {made_by}"
+    try:
+        if not binascii.a2b_base64(salt.encode()) or not binascii.a2b_base64(digest.encode()):
+            raise ValueError("empty")
+    except (ValueError, binascii.Error):
+        return (f"is a damaged scrypt hash: its salt or digest is not base64; give {made_by}")
+    return None
 
 
 def _names(normal: Callable[[str], str]) -> Callable[[Any], frozenset[str]]:

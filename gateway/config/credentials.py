@@ -22,8 +22,12 @@ _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
 
 
 def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
-               problem: Callable[[str, str], None]) -> str:
-    """The token `data` names through one of TOKEN_KEYS; "" when none is set or on a problem."""
+               problem: Callable[[str, str], None], *, secrets: bool = True) -> str:
+    """The token `data` names through one of TOKEN_KEYS; "" when none is set or on a problem.
+
+    With `secrets` false the keys are checked but no file or credential is read, and "" comes
+    back: for the commands that read only the spool, run by an operator whose shell has neither
+    the service's CREDENTIALS_DIRECTORY nor its token files."""
     given = [key for key in TOKEN_KEYS if data.get(key) not in (None, "")]
     if not given:
         return ""
@@ -44,6 +48,8 @@ def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
         if not _CREDENTIAL_NAME.match(name):
             problem(f"{path}.{key}", f"{name!r} is not a credential name")
             return ""
+        if not secrets:
+            return ""
         if not directory:
             problem(f"{path}.{key}", "CREDENTIALS_DIRECTORY is not set (systemd sets it for a "
                                      f"unit with LoadCredential={name}:...)")
@@ -51,6 +57,8 @@ def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
         file = Path(directory) / name
     else:
         file = Path(str(value))
+        if not secrets:
+            return ""
     try:
         with file.open("rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode

@@ -8,7 +8,6 @@ downstream sees raw YAML.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from gateway.config import validation as v
 from gateway.config.access import check_access, listener_entry, read_auth, read_tls
 from gateway.config.credentials import TOKEN_KEYS, read_token
 from gateway.config.domains import parse_domains
+from gateway.config.environment import substitute_env
 from gateway.config.model import (
     LOOPBACK,
     ApiConfig,
@@ -38,12 +38,15 @@ MAX_BATCH = 1000        # the platform documents no limit; a request stays a few
 MAX_BATCH_WAIT = 5.0
 # --- loading ---------------------------------------------------------------------------------
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
-                dry_run: bool = False) -> Config:
-    """Read and validate a config file; raises ConfigError listing every problem."""
+                dry_run: bool = False, secrets: bool = True) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem.
+
+    `secrets=False` is for the commands that only read the spool (`queue`): every key is still
+    checked, but token files, systemd credentials and TLS keys are not read, as the operator's
+    shell has neither the service's CREDENTIALS_DIRECTORY nor the right to its files. Such a
+    Config has no tokens and a TLS context without a certificate: it never serves."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -61,21 +64,21 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}: not valid YAML{at}: {reason}"]) from None
     return parse_config(data, env=os.environ if env is None else env, dry_run=dry_run,
-                        source=str(path))
+                        source=str(path), secrets=secrets)
 
 
 def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
-                 source: str = "<memory>") -> Config:
+                 source: str = "<memory>", secrets: bool = True) -> Config:
     problems = v.Problems()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
-    data = _substitute_env(data, "", env, problems)
+    data = substitute_env(data, "", env, problems, secrets)
     top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
                            "shutdown_timeout", "log", "event_loop"}, problems)
-    smtp = _smtp(v.section(top, "smtp", problems), problems, env)
-    api = _api(v.section(top, "api", problems), problems, dry_run, env)
+    smtp = _smtp(v.section(top, "smtp", problems), problems, env, secrets)
+    api = _api(v.section(top, "api", problems), problems, dry_run, env, secrets)
     spool = _spool(v.section(top, "spool", problems), problems)
     http = _http(v.section(top, "http", problems), problems) if top.get("http") else None
     bounces = _bounces(v.section(top, "bounces", problems), problems)
@@ -95,32 +98,6 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
                   log_format=log_format, log_mask_personal=log_mask, source=source)
 
 
-def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems) -> Any:
-    if isinstance(node, dict):
-        return {k: _substitute_env(v, _child_path(path, k), env, problems)
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            problems.add(path, f"environment variable {name} is not set "
-                               f"(write ${{{name}:-default}} to make it optional)")
-            return ""
-        return _ENV_REF.sub(replace, node)
-    return node
-
-
-def _child_path(path: str, key: object) -> str:
-    if path == "domains":
-        return f"domains[{key}]"
-    return v.join(path, str(key))
-
-
 def _listeners(value: Any) -> tuple[Listener, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
@@ -128,7 +105,8 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
     return tuple(listener_entry(item) for item in items)
 
 
-def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) -> SmtpConfig:
+def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str], secrets: bool
+          ) -> SmtpConfig:
     path = "smtp"
     v.keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
                        "allow_networks", "tls", "auth", "timeout", "fallback_charset",
@@ -140,8 +118,8 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
     tls_data, auth_data = (v.section(data, key, problems, path) for key in ("tls", "auth"))
     hygiene = ("refuse", "drop", "accept")
     return SmtpConfig(
-        tls=read_tls(tls_data, problems) if tls_data else None,
-        auth=read_auth(auth_data, problems, env) if auth_data else None,
+        tls=read_tls(tls_data, problems, secrets) if tls_data else None,
+        auth=read_auth(auth_data, problems, env, secrets) if auth_data else None,
         max_connections=v.value(data, "max_connections", path, v.integer(1, 100_000),
                                defaults.max_connections, problems),
         max_connections_per_address=v.value(data, "max_connections_per_address", path,
@@ -171,19 +149,19 @@ def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]) ->
     )
 
 
-def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str]
-         ) -> ApiConfig:
+def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str],
+         secrets: bool) -> ApiConfig:
     path = "api"
     v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate", "sender",
                         "batch_size", "batch_wait", *TOKEN_KEYS},
           problems)
     defaults = ApiConfig()
     dry = v.value(data, "dry_run", path, v.boolean, False, problems) or dry_run
-    token = read_token(data, path, env, problems.add)
+    token = read_token(data, path, env, problems.add, secrets=secrets)
     if not token and not dry and not any(data.get(key) for key in TOKEN_KEYS):
         problems.add("api.token", "is required (or run with --dry-run / api.dry_run: true)")
     return ApiConfig(
-        base_url=v.value(data, "base_url", path, v.url, defaults.base_url, problems),
+        base_url=v.value(data, "base_url", path, _base_url, defaults.base_url, problems),
         token=Secret(token),
         timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
         dry_run=dry,
@@ -196,6 +174,16 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
         batch_wait=v.value(data, "batch_wait", path, _batch_wait, defaults.batch_wait,
                            problems),
     )
+
+
+def _base_url(value: Any) -> str:
+    url = v.url(value)
+    method = url.rstrip("/").rpartition("/")[2]
+    if method in ("send-message", "send-list-messages"):
+        # Taken as it is, every send would go to .../send-message/send-message: a 404 each.
+        raise ValueError(f"{url!r} ends in the method /{method}, which the gateway appends; "
+                         f"give the API's base, e.g. {url.rstrip('/').rpartition('/')[0]!r}")
+    return url
 
 
 def _batch_wait(value: Any) -> float:

@@ -1,18 +1,25 @@
-"""How a domain turns a local part into `sent_to`: a phone number, an e-mail address, or an id.
+"""Recipients, in one place: who an envelope recipient reaches, and how that reads to a person.
 
-Here rather than in gateway.message because the config needs it too: every alias target is
-checked at load exactly as a `RCPT TO` local part is checked at RCPT.
+A served domain turns a `RCPT TO` local part into the platform's `sent_to` (a phone number, an
+e-mail address, or an id), or an alias into the `sent_to` of each of its group. Resolved once,
+at RCPT: a group of N counts as N against `smtp.max_recipients`, and each member is a delivery of
+its own (the same person twice in one envelope still gets one message, see
+gateway.message.prepare).
+
+Here, at the bottom of the layers, because the config needs it too: every alias target is checked
+at load exactly as a local part is checked at RCPT, and every stage above reads the `Recipient`.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.errors import BadRecipient
+from gateway.errors import BadRecipient, RelayDenied
 
 if TYPE_CHECKING:
-    from gateway.config.model import DomainConfig
+    from gateway.config.model import Config, DomainConfig
 
 # A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
 # else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.
@@ -23,6 +30,44 @@ _PHONE = re.compile(r"^\+?[0-9]+(?:[.-]+[0-9]+)*$")
 EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _VERBATIM = re.compile(r"^[^\s\"(),:;<>@\[\\\]]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One person an envelope recipient reaches."""
+
+    address: str      # the envelope address as the client wrote it in RCPT TO
+    domain: str       # the served domain it belongs to, lower-case
+    sent_to: str      # what goes into the platform's sent_to
+
+
+def resolve_recipients(address: str, config: Config) -> tuple[Recipient, ...]:
+    """The people `address` names: one, or each member of an alias's group; raises BadRecipient
+    or RelayDenied (gateway.errors) for an address the gateway will not take."""
+    local, at, domain_name = address.rpartition("@")
+    if not at or not local or not domain_name:
+        raise BadRecipient(f"<{address}>: not a valid address")
+    domain = config.domain(domain_name)
+    if domain is None:
+        raise RelayDenied(f"<{address}>: relay access denied, "
+                          f"domain {domain_name.lower()} is not served here")
+    targets = domain.aliases.get(local.lower()) if domain.aliases else None
+    if targets is not None:
+        return tuple(Recipient(address, domain.name, sent_to) for sent_to in targets)
+    try:
+        return (Recipient(address, domain.name, recipient_value(local, domain)),)
+    except BadRecipient as exc:
+        if domain.aliases:
+            raise BadRecipient(f"{exc} and not an alias of {domain.name}") from None
+        raise
+
+
+def shown_recipient(address: str, sent_to: str | None) -> str:
+    """How a recipient reads to a person (queue, status page): as sent, and as written in RCPT TO
+    when that differs."""
+    if not sent_to or sent_to.lower() in (address.lower(), address.split("@")[0].lower()):
+        return address
+    return f"{sent_to} ({address})"
 
 
 def recipient_value(local: str, domain: DomainConfig) -> str:

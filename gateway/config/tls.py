@@ -26,13 +26,20 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2") -> ssl.SSLCo
         except OSError as exc:
             raise ValueError(f"cannot read the {label} {str(path)!r}: "
                              f"{exc.strerror or exc}") from None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = MIN_VERSIONS[min_version]
-    context.verify_mode = ssl.CERT_NONE    # mail clients do not present certificates
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context = unloaded_context(min_version)
     try:
         context.load_cert_chain(str(cert), str(key))
     except ssl.SSLError as exc:
         raise ValueError(f"certificate {str(cert)!r} and key {str(key)!r} do not load "
                          f"({exc.reason or exc}); both must be PEM and belong together") from None
+    return context
+
+
+def unloaded_context(min_version: str = "1.2") -> ssl.SSLContext:
+    """The context's settings without its certificate: all a config loaded without its secrets
+    (for `queue`) needs, since it never serves."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = MIN_VERSIONS[min_version]
+    context.verify_mode = ssl.CERT_NONE    # mail clients do not present certificates
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     return context

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from gateway.config.charsets import mail_codec
 from gateway.config.units import parse_duration, parse_size
-from gateway.message.charsets import mail_codec
 
 T = TypeVar("T")
 
@@ -119,8 +119,8 @@ def networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
 def charset_name(value: Any) -> str:
     name = text(value)
     if mail_codec(name) is None:
-        # The parser decodes in no other charset (see gateway.charsets), so a fallback outside
-        # the list would be ignored silently at every message.
+        # The parser decodes in no other charset (see gateway.config.charsets), so a fallback
+        # outside the list would be ignored silently at every message.
         raise ValueError(f"{name!r} is not a charset mail is written in (e.g. cp1251, koi8-r, "
                          f"iso-8859-5, utf-8)")
     return name

@@ -12,7 +12,7 @@ import contextlib
 import re
 from email.utils import parseaddr
 
-from gateway.message.charsets import mail_codec
+from gateway.config.charsets import mail_codec
 from gateway.message.text import one_line
 
 # The stdlib header parser and address parser are quadratic in a header's length; the headers

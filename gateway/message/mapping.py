@@ -1,4 +1,5 @@
-"""From an envelope recipient and a parsed message to the platform's form fields.
+"""From an envelope recipient and a parsed message to the platform's form fields: the text as
+the domain renders it, made GSM-7 and cut where it asks (`shape`), and the X-Pulse-* overrides.
 
 Pure functions: everything here can be tested without sockets, and `preview` uses exactly the
 code the daemon uses.
@@ -6,42 +7,19 @@ code the daemon uses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import functools
 from datetime import datetime
 
-from gateway.config.model import Config, DomainConfig
-from gateway.config.recipients import recipient_value
-from gateway.errors import BadContent, BadRecipient, RelayDenied
+from gateway.config.domains import SMS_TYPES
+from gateway.config.model import DomainConfig
+from gateway.config.recipients import Recipient
+from gateway.errors import BadContent
 from gateway.message.parse import ParsedMessage
+from gateway.message.sms import ELLIPSIS, fit, is_gsm7
 from gateway.message.text import clean_text
+from gateway.message.translit import transliterate
 
 _SEND_DATE = "%Y-%m-%d %H:%M"
-ELLIPSIS = "…"
-# A log line names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
-# one hostile message must not write a megabyte line, and a person reading the log learns
-# enough from the first few names and the count of the rest.
-_LISTED = 10
-_LISTED_LENGTH = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    address: str      # the envelope address as the client gave it
-    domain: str       # the served domain it belongs to, lower-case
-    sent_to: str      # what goes into the platform's sent_to
-
-
-def resolve_recipient(address: str, config: Config) -> Recipient:
-    """Which served domain an envelope recipient belongs to and what `sent_to` it becomes."""
-    local, at, domain_name = address.rpartition("@")
-    if not at or not local or not domain_name:
-        raise BadRecipient(f"<{address}>: not a valid address")
-    domain = config.domain(domain_name)
-    if domain is None:
-        raise RelayDenied(f"<{address}>: relay access denied, "
-                          f"domain {domain_name.lower()} is not served here")
-    return Recipient(address, domain.name, recipient_value(local, domain))
 
 
 def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,
@@ -77,6 +55,25 @@ def render_text(message: ParsedMessage, recipient: Recipient, domain: DomainConf
     if domain.max_length is not None and len(text) > domain.max_length:
         text = text[: domain.max_length - 1].rstrip() + ELLIPSIS
     return text
+
+
+def shape(request: dict[str, str], domain: DomainConfig) -> None:
+    """Transliterates and cuts `request["sent_text"]` in place, as the domain says."""
+    if domain.type in SMS_TYPES and (domain.transliterate or domain.max_parts is not None):
+        request["sent_text"] = _shaped(request["sent_text"], domain.transliterate,
+                                       domain.max_parts)
+
+
+# One mail to many recipients is mostly one text many times: shaped once.
+@functools.lru_cache(maxsize=8)
+def _shaped(text: str, translit: bool, max_parts: int | None) -> str:
+    ellipsis = ELLIPSIS
+    if translit:
+        text = transliterate(text)
+        # The ellipsis a cut adds goes through the same table: a text made GSM-7 stays GSM-7.
+        if is_gsm7(text):
+            ellipsis = transliterate(ELLIPSIS)
+    return text if max_parts is None else fit(text, max_parts, ellipsis)
 
 
 def strip_signature(body: str) -> str:
@@ -119,16 +116,3 @@ def ignored_overrides(message: ParsedMessage, domain: DomainConfig) -> list[str]
     return sorted(h for h in message.headers if h not in allowed)
 
 
-def listing(names: Sequence[str], more: int = 0) -> str:
-    """Names for a log line: the first few, each cut short, then how many more there are."""
-    shown = [name if len(name) <= _LISTED_LENGTH else name[:_LISTED_LENGTH - 1] + ELLIPSIS
-             for name in names[:_LISTED]]
-    rest = len(names) - len(shown) + more
-    return ", ".join(shown) + (f" and {rest} more" if rest else "")
-
-
-def dropped_note(message: ParsedMessage) -> str | None:
-    """The log note about the parts of a message that were not sent, if any."""
-    if not message.dropped_attachments and not message.more_dropped:
-        return None
-    return f"attachments not sent: {listing(message.dropped_attachments, message.more_dropped)}"

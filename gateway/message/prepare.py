@@ -11,17 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config.model import Config
-from gateway.message.cost import shape, total_parts
-from gateway.message.mapping import (
-    Recipient,
-    build_request,
-    dropped_note,
-    ignored_overrides,
-    listing,
-)
-from gateway.message.parse import parse_message
+from gateway.config.recipients import Recipient
+from gateway.message.cost import total_parts
+from gateway.message.mapping import build_request, ignored_overrides, shape
+from gateway.message.parse import ParsedMessage, parse_message
 from gateway.message.schedule import scheduled
+from gateway.message.sms import ELLIPSIS
 from gateway.spool import NewDelivery, SharedTexts
+
+# A log note names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
+# one hostile message must not write a megabyte line, and a person reading the log learns
+# enough from the first few names and the count of the rest.
+_LISTED = 10
+_LISTED_LENGTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +63,18 @@ def prepare(raw: bytes, recipients: Sequence[Recipient], mail_from: str,
         deliveries.append(NewDelivery(recipient.address, texts.share(request)))
     return Prepared(tuple(deliveries), tuple(notes),
                     total_parts([d.request for d in deliveries]))
+
+
+def listing(names: Sequence[str], more: int = 0) -> str:
+    """Names for a log note: the first few, each cut short, then how many more there are."""
+    shown = [name if len(name) <= _LISTED_LENGTH else name[:_LISTED_LENGTH - 1] + ELLIPSIS
+             for name in names[:_LISTED]]
+    rest = len(names) - len(shown) + more
+    return ", ".join(shown) + (f" and {rest} more" if rest else "")
+
+
+def dropped_note(message: ParsedMessage) -> str | None:
+    """The log note about the parts of a message that were not sent, if any."""
+    if not message.dropped_attachments and not message.more_dropped:
+        return None
+    return f"attachments not sent: {listing(message.dropped_attachments, message.more_dropped)}"

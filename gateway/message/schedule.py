@@ -49,7 +49,8 @@ def scheduled(request: dict[str, str], message: ParsedMessage, domain: DomainCon
             if quiet.contains(local.time()):
                 day = local.date() if local.time() < quiet.end else local.date() + timedelta(1)
                 send_at = _localized(datetime.combine(day, quiet.end), domain.timezone)
-                notes.append(f"quiet hours: held until {_stamp(send_at, domain.timezone)}")
+                notes.append(f"quiet hours: held until {_stamp(send_at, domain.timezone)} "
+                             f"{_zone_name(send_at, domain.timezone)}")
         if send_at > arrived:
             request["sent_date"] = _stamp(send_at, domain.timezone)
     expiry = timing.get("expires") or timing.get("expiry-date")
@@ -97,3 +98,10 @@ def _stamp(moment: datetime, zone: ZoneInfo | None) -> str:
     if local.second or local.microsecond:   # never sent before the minute asked for
         local += timedelta(minutes=1)
     return local.strftime(SEND_DATE)
+
+
+def _zone_name(moment: datetime, zone: ZoneInfo | None) -> str:
+    """The zone a _stamp is in, for a log line whose own stamp may be in another: the domain's
+    (Europe/Moscow +0300), else the machine's offset."""
+    offset = _local(moment, zone).strftime("%z")
+    return f"{zone.key} {offset}" if zone is not None else offset

@@ -14,10 +14,10 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
+from gateway.config.recipients import resolve_recipients
 from gateway.errors import Refusal, ShuttingDown, SpoolError
 from gateway.message.parse import off_loop
 from gateway.message.prepare import prepare
-from gateway.message.recipients import resolve_recipients
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession

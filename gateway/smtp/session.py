@@ -38,7 +38,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, TL
 
 from gateway.config.access import policy_for
 from gateway.config.model import Config, Listener, User
-from gateway.message.mapping import Recipient
+from gateway.config.recipients import Recipient
 from gateway.smtp import auth, replies
 from gateway.smtp.admission import Admission, Client, client_host
 from gateway.smtp.data_reader import TooBig, read_data

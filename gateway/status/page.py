@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway import shown
 from gateway.config.model import Config
+from gateway.config.recipients import shown_recipient
+from gateway.privacy import mask_personal
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN
-from gateway.status import display as view
+from gateway.times import local_time
 
 if TYPE_CHECKING:
     import jinja2
@@ -37,12 +40,13 @@ def _templates() -> dict[str, jinja2.Template]:
 
     @jinja2.pass_context
     def personal(context: jinja2.runtime.Context, text: object) -> str:
-        return view.masked("" if text is None else str(text), bool(context["mask"]))
+        value = "" if text is None else str(text)
+        return mask_personal(value) if context["mask"] else value
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.status", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=view.local_time, recipient=view.recipient, note=view.platform_note,
+    env.filters.update(when=local_time, recipient=shown_recipient, note=shown.platform_note,
                        personal=personal)
     return {name: env.get_template(name) for name in ("index.html", "message.html")}
 
@@ -79,7 +83,8 @@ class StatusPage:
         detail = await self.spool.show_message(queue_id)
         if detail is None:
             return await self._render("message.html", status=404, queue_id=queue_id, detail=None)
-        deliveries = [(d, view.shown_state(d)) for d in detail.deliveries]
+        deliveries = [(d, shown.shown_state(d), shown.next_attempt(d))
+                      for d in detail.deliveries]
         return await self._render("message.html", queue_id=queue_id, detail=detail,
                             deliveries=deliveries)
 
@@ -87,7 +92,9 @@ class StatusPage:
         if self._loaded is None:
             # Compiling reads the template files: off the event loop, once.
             self._loaded = await asyncio.to_thread(_templates)
-        html = self._loaded[name].render(mask=self.config().log_mask_personal, **values)
+        config = self.config()
+        html = self._loaded[name].render(mask=config.log_mask_personal,
+                                         dry_run=config.api.dry_run, **values)
         return web.Response(text=html, status=status, content_type="text/html",
                             headers={"Cache-Control": "no-store",
                                      # Belt and braces: even an escaping slip could run nothing.

@@ -90,28 +90,31 @@ class StatusServer:
         return http
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        # A dry run is healthy but sends nothing: said, so a monitor can tell it from production.
+        dry = {"dry_run": True} if self.config().api.dry_run else {}
         if not self.ready():
-            return web.json_response({"status": "unavailable",
+            return web.json_response({**dry, "status": "unavailable",
                                       "reason": "SMTP listeners are not bound"}, status=503)
         if not self.sending():
             # Mail is still accepted and kept, but nothing leaves until it is back.
-            return web.json_response({"status": "unavailable",
+            return web.json_response({**dry, "status": "unavailable",
                                       "reason": "sender process is not running"}, status=503)
         try:
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await tracking.probe_writable(self.spool)
         except (GatewayError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
-            return web.json_response({"status": "unavailable",
+            return web.json_response({**dry, "status": "unavailable",
                                       "reason": f"spool is not writable: {reason}"}, status=503)
         unconfirmed = await self.spool.unconfirmed()
         if unconfirmed:
             # Still ready (mail is taken and sent): this is for the person who must settle them.
-            return web.json_response({"status": "ok", "unconfirmed": unconfirmed, "detail": (
+            return web.json_response({**dry, "status": "ok", "unconfirmed": unconfirmed,
+                                      "detail": (
                 f"{unconfirmed} deliveries have an unknown outcome (a batch reply neither"
                 " sent nor refused them): see `smtp2pulse queue list --state unconfirmed`,"
                 " then queue retry or queue drop")})
-        return web.json_response({"status": "ok"})
+        return web.json_response({**dry, "status": "ok"})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         stats = await tracking.spool_stats(self.spool)

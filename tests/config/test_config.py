@@ -203,3 +203,35 @@ def test_a_postgresql_spool_url_is_checked_and_its_password_never_shown() -> Non
         "spool.url: must be a postgresql:// URL (got mysql scheme)"]
     assert problems({**MINIMAL, "spool": {"url": url, "path": "/tmp/s.sqlite3"}}) == [
         "spool.url: give spool.path (one SQLite file) or spool.url (PostgreSQL), not both"]
+
+
+@pytest.mark.parametrize("url", ["https://1-pulse.kupon.mobi/api/v1/bulk/send-message",
+                                 "https://1-pulse.kupon.mobi/api/v1/bulk/send-list-messages/"])
+def test_a_base_url_with_the_method_in_it_is_refused_with_the_base_to_give(url: str) -> None:
+    [problem] = problems({**MINIMAL, "api": {"token": "t", "base_url": url}})
+    method = url.rstrip("/").rpartition("/")[2]
+    assert problem == (f"api.base_url: {url!r} ends in the method /{method}, which the gateway "
+                       "appends; give the API's base, e.g. "
+                       "'https://1-pulse.kupon.mobi/api/v1/bulk'")
+
+
+@pytest.mark.parametrize(("stored", "said"), [
+    (None, "is required: the output of `smtp2pulse hash-password` (scrypt$...)"),
+    ("hunter2-the-password", "is not a password hash (a password written here is never "
+                             "taken): give the output of"),
+    ("scrypt$16384$8$1$c2FsdA==", "is a damaged scrypt hash: 6 fields separated by $ are "
+                                  "expected, found 5 (copied only in part?)"),
+    ("scrypt$1000$8$1$c2FsdA==$aGFzaA==", "is a damaged scrypt hash: its cost fields are not"),
+    ("scrypt$16384$8$1$c2FsdA==$", "is a damaged scrypt hash: its salt or digest is not base64"),
+])
+def test_a_malformed_password_hash_is_named_for_what_it_is_and_nothing_follows(
+        stored: str | None, said: str) -> None:
+    user: dict[str, object] = {"domains": ["sms.local"], "senders": ["Shop"]}
+    if stored is not None:
+        user["password_hash"] = stored
+    found = problems({**MINIMAL, "smtp": {
+        "listen": [{"address": "127.0.0.1:2525", "require_auth": True}],
+        "auth": {"users": {"crm": user}, "allow_without_tls": True}}})
+    # One line: no "no user is configured" for a user that is there, its hash mistyped.
+    assert len(found) == 1 and found[0].startswith(f"smtp.auth.users.crm.password_hash: {said}")
+    assert "hunter2" not in found[0]   # a password pasted by mistake is never repeated

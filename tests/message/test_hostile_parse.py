@@ -18,8 +18,8 @@ import pytest
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError
 from gateway.message.headers import decode_bytes
-from gateway.message.mapping import listing
 from gateway.message.parse import parse_message
+from gateway.message.prepare import listing
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform
 

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from gateway.config.loader import parse_config
 from gateway.config.model import Config
+from gateway.config.recipients import Recipient, resolve_recipients
 from gateway.errors import Refusal
-from gateway.message.mapping import build_request, resolve_recipient, strip_signature
+from gateway.message.mapping import build_request, strip_signature
 from gateway.message.parse import ParsedMessage
 from gateway.smtp.replies import reply_for
 
@@ -28,6 +29,11 @@ def message(subject: str = "Subj", text: str = "Body", html: str | None = None,
     return ParsedMessage(subject=subject, text=text, html=html, from_addr="crm@corp.test",
                          from_name="CRM Robot", headers=headers, auto_submitted="",
                          dropped_attachments=(), defects=0)
+
+
+def resolve_recipient(address: str, cfg: Config) -> Recipient:
+    [recipient] = resolve_recipients(address, cfg)     # no aliases here: one person each
+    return recipient
 
 
 def request(cfg: Config, msg: ParsedMessage, to: str = "79001234567@d.local") -> dict[str, str]:

@@ -238,7 +238,7 @@ def test_tls_and_auth_problems_are_config_errors(tmp_path: Path,
     assert problems({"listen": [{"address": "127.0.0.1:25", "require_starttls": True}]}) == [
         "smtp.listen[0].require_starttls: needs smtp.tls (cert and key)"]
     assert problems({"auth": {"users": {"crm": {"password_hash": "secret"}}}})[0].startswith(
-        "smtp.auth.users.crm.password_hash: is required")
+        "smtp.auth.users.crm.password_hash: is not a password hash")
 
     config_file = tmp_path / "config.yaml"
     config_file.write_text(f"api: {{token: t}}\ndomains: {{sms.local: {{type: sms}}}}\n"

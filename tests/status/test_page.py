@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -153,3 +154,16 @@ async def test_page_shows_platform_errors_and_the_oldest_waiting(
     counts = {state: html.split(f'id="count-{state}">', 1)[1].split("</b>", 1)[0][-1]
               for state in ("queued", "refused", "sent")}
     assert counts == {"queued": "1", "refused": "1", "sent": "0"}
+
+
+async def test_every_time_on_the_page_names_its_zone(
+        start_gateway: Callable[..., Awaitable[Running]]) -> None:
+    gw = await start_gateway(HTTP)
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    await gw.wait_final(queue_id)
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d( [+-]\d{4})?")
+    for path in ("/", f"/queue/{queue_id}"):
+        status, html = await get(base(gw) + path)
+        shown = [match.group(0) for match in stamp.finditer(html)]
+        assert status == 200 and shown, path
+        assert all(match.group(1) for match in stamp.finditer(html)), (path, shown)

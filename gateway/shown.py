@@ -1,37 +1,19 @@
-"""How deliveries and messages read to a person: local times, the recipient in both forms, a
-message's history as lines. Shared by `queue list/show` and the status page, so both say the
-same thing; `--json` gives the same with ISO 8601 times."""
+"""How the spool's deliveries and messages read to a person: the state a delivery is shown in,
+the platform's last word, a message's history as lines. Read by both fronts, `queue list/show`
+and the status page, so both say the same thing; `--json` gives the same with ISO 8601 times.
+Above the spool, whose rows it reads, and below both fronts."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import time
 from typing import Any
 
-from gateway.privacy import mask_personal
+from gateway.config.recipients import shown_recipient
 from gateway.spool.rows import DeliveryDetail, DeliveryLine, MessageDetail
+from gateway.spool.states import State, StatusClass
+from gateway.times import iso_time, local_time
 
 _LONG_FIELDS = ("sent_text", "html_text")
-
-
-def local_time(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-
-
-def recipient(written: str, sent_to: str | None) -> str:
-    """As sent, and as written in RCPT TO when that differs."""
-    if not sent_to or sent_to.lower() in (written.lower(), written.split("@")[0].lower()):
-        return written
-    return f"{sent_to} ({written})"
 
 
 def platform_note(line: DeliveryLine) -> str:
@@ -45,7 +27,7 @@ def line_text(line: DeliveryLine) -> str:
     attempts = f"{line.attempts} attempt" + ("" if line.attempts == 1 else "s")
     note = platform_note(line)
     return (f"{line.queue_id}  {local_time(line.received_at)}  "
-            f"{recipient(line.recipient, line.sent_to)}  {line.state}  {attempts}"
+            f"{shown_recipient(line.recipient, line.sent_to)}  {line.state}  {attempts}"
             + (f"  {note}" if note else ""))
 
 
@@ -56,10 +38,22 @@ def line_json(line: DeliveryLine) -> dict[str, Any]:
     return data
 
 
+# A sent delivery is shown as what the platform's status says became of it, once it says so (the
+# states of gateway.spool.states.SHOWN).
+_SETTLED_BY_STATUS = (StatusClass.DELIVERED, StatusClass.FAILED, StatusClass.UNKNOWN)
+
+
 def shown_state(delivery: DeliveryDetail) -> str:
-    if delivery.state == "sent" and delivery.status_class in ("delivered", "failed", "unknown"):
+    if delivery.state == State.SENT and delivery.status_class in _SETTLED_BY_STATUS:
         return delivery.status_class
     return delivery.state
+
+
+def next_attempt(delivery: DeliveryDetail) -> float | None:
+    """When the delivery is tried next; None for one that is not waiting for an attempt."""
+    if delivery.state in (State.QUEUED, State.SENDING):
+        return delivery.next_attempt_at
+    return None
 
 
 def detail_lines(detail: MessageDetail) -> list[str]:
@@ -68,11 +62,11 @@ def detail_lines(detail: MessageDetail) -> list[str]:
              f"  received  {local_time(detail.received_at)} from <{detail.mail_from}>",
              f"  client    {detail.peer} (HELO {detail.helo or '-'}), {detail.size} bytes"]
     for d in detail.deliveries:
-        lines += ["", f"delivery {d.id} to {recipient(d.recipient, d.request.get('sent_to'))}:"
-                      f" {shown_state(d)}",
+        to = shown_recipient(d.recipient, d.request.get("sent_to"))
+        lines += ["", f"delivery {d.id} to {to}: {shown_state(d)}",
                   f"  attempts  {d.attempts}"
                   + (f", next {local_time(d.next_attempt_at)}"
-                     if d.state in ("queued", "sending") else "")]
+                     if next_attempt(d) is not None else "")]
         if d.platform_id:
             lines.append(f"  platform  id {d.platform_id}")
         if d.status:
@@ -105,6 +99,3 @@ def detail_json(detail: MessageDetail) -> dict[str, Any]:
                            for at, kind, text in d.events]
     return data
 
-
-def masked(text: str, mask: bool) -> str:
-    return mask_personal(text) if mask else text

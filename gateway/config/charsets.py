@@ -1,4 +1,7 @@
-"""Which charsets the gateway decodes text in: the ones mail is written in, and no others."""
+"""Which charsets the gateway decodes text in: the ones mail is written in, and no others.
+
+In config, the lowest layer, because both read it: the config checks `smtp.fallback_charset`
+against it at load, and the message parser decodes with it."""
 
 from __future__ import annotations
 
