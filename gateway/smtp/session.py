@@ -11,7 +11,9 @@ versions pyproject.toml allows):
   session busy (a drain waits for it) and the session's age is checked before it runs.
 - `_getaddr`: the MAIL/RCPT address parser; a fast path for plain addresses, and refusals of
   what it would silently change (comments) or could not store (control bytes).
-- `_timeout_cb`: the idle timeout; a 421 is written before aiosmtpd closes.
+- `_timeout_cb`, `_timeout_handle`, `_reset_timeout`: the idle timeout, armed by aiosmtpd at each
+  command (and never again until the next); a 421 is written before aiosmtpd closes, and the
+  timer is stopped while the gateway holds the turn (from the final dot to its reply).
 - `_reader`, `_writer`: the connection's streams, for the DATA reader, the AUTH exchange line
   and the replies written outside `push` (timeout, shutdown).
 - `_set_post_data_state`, `_call_handler_hook`, `_decode_data`: smtp_DATA below is aiosmtpd's
@@ -89,6 +91,7 @@ class GatewaySession(SMTP):
         self.policy = policy_for(listener, config.smtp)
         self.client = Client(admission, config.smtp, "?", admitted or "?")
         self.busy = False
+        self.holding_turn = False      # the client has had its say; our reply is pending
         self.deadline = float("inf")
         self._refusal: Reply | None = None
         self._counted = admitted is not None  # admitted (and counted) before a TLS handshake
@@ -153,7 +156,19 @@ class GatewaySession(SMTP):
             return
         await super()._handle_client()
 
+    def _hold_turn(self) -> None:
+        self.holding_turn = True
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def _give_turn(self) -> None:
+        self.holding_turn = False
+        if self.transport is not None and not self.transport.is_closing():
+            self._reset_timeout()      # the client's silence is timed from our reply on
+
     def _timeout_cb(self) -> None:
+        if self.holding_turn:
+            return      # a timer armed before the hold (aiosmtpd's own paths): not the client's
         # RFC 5321 4.5.3.2: say why before closing, so a stalled client's log tells its admin.
         if self.transport is not None and not self.transport.is_closing():
             self._writer.write(f"{replies.TIMEOUT.format(hostname=self.hostname)}\r\n".encode())
@@ -297,9 +312,16 @@ class GatewaySession(SMTP):
             self._writer.close()
             raise
         self.envelope.content = self.envelope.original_content = data
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(replies.OK if status is MISSING else status)
+        # The final dot is in: the turn is the gateway's until its reply. smtp.timeout is for
+        # a silent client, so it must not fire while the spool commits (a 421 then, and the
+        # message stored anyway, is a duplicate when the client sends again).
+        self._hold_turn()
+        try:
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(replies.OK if status is MISSING else status)
+        finally:
+            self._give_turn()
 
     # --- TLS and AUTH ------------------------------------------------------------------------
 
