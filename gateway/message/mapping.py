@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from gateway.config.model import Config, DomainConfig
 from gateway.config.recipients import recipient_value
 from gateway.errors import BadContent, BadRecipient, RelayDenied
 from gateway.message.parse import ParsedMessage
+from gateway.message.schedule import send_date_header, ttl_header
 from gateway.message.text import clean_text
 
-_SEND_DATE = "%Y-%m-%d %H:%M"
 ELLIPSIS = "…"
 # A log line names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
 # one hostile message must not write a megabyte line, and a person reading the log learns
@@ -99,15 +98,9 @@ def header_overrides(message: ParsedMessage, domain: DomainConfig) -> dict[str, 
         if not value:
             continue
         if name == "ttl":
-            if not value.isdigit() or int(value) < 1:
-                raise BadContent(f"X-Pulse-TTL: {value!r} is not a number of minutes")
-            value = str(int(value))
+            value = ttl_header(value)
         elif name == "send_date":
-            try:
-                datetime.strptime(value, _SEND_DATE)
-            except ValueError:
-                raise BadContent(f"X-Pulse-Send-Date: {value!r} is not "
-                                 f"YYYY-MM-DD HH:MM") from None
+            value = send_date_header(value)
             name = "sent_date"
         overrides[name] = value
     return overrides
