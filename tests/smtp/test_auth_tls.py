@@ -283,7 +283,7 @@ async def test_reload_brings_a_renewed_certificate_to_new_sessions(
     try:
         data["smtp"]["tls"].update(cert=str(renewed.cert), key=str(renewed.key))
         path.write_text(yaml.safe_dump(data))
-        assert gateway.reload(path) is True
+        assert await gateway.reload(path) is True
         gw = Running(gateway)
 
         def handshake(cert: Certificate, implicit: bool) -> None:

@@ -331,7 +331,7 @@ async def test_a_user_removed_by_a_reload_cannot_log_in_on_an_older_session(
         older = await raw(gw.host, gw.port)
         del data["smtp"]["auth"]["users"]["ops"]
         path.write_text(yaml.safe_dump(data))
-        assert gateway.reload(path) is True
+        assert await gateway.reload(path) is True
         assert await asyncio.to_thread(older.command, plain_auth("ops")) == BAD
         assert await asyncio.to_thread(older.command, plain_auth("crm")) == OK_AUTH
         older.close()
