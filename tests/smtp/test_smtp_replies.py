@@ -222,3 +222,16 @@ def test_every_kind_of_refusal_has_its_reply() -> None:
     for kind in kinds:
         refusal = kind() if kind is errors.TooManyTexts else kind("why")  # type: ignore[call-arg]
         assert str(reply_for(refusal))[:3] in ("550", "552", "553")
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u202e", "\u2066", "\ufeff", "\u00ad"])
+async def test_a_verbatim_recipient_with_an_invisible_character_is_refused(
+        gw: Running, invisible: str) -> None:
+    """Issue 29 (low): an id with U+200B or U+202E looks like another one everywhere."""
+    replies = await gw.dialog("MAIL FROM:<app@corp.test>",
+                              f"RCPT TO:<user{invisible}42@push.local>",
+                              "RCPT TO:<user42@push.local>")
+    code, text = replies[1]
+    assert (code, text[:6]) == (553, b"5.1.3 "), replies
+    assert f"(U+{ord(invisible):04X})".encode() in text
+    assert replies[2][0] == 250
