@@ -30,6 +30,7 @@ versions pyproject.toml allows):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from base64 import b64encode
@@ -96,6 +97,7 @@ class GatewaySession(SMTP):
         self._refusal: Reply | None = None
         self._counted = admitted is not None  # admitted (and counted) before a TLS handshake
         self._in_greeting_reply = False
+        self._failed_pairs: set[bytes] = set()   # digests of the pairs refused in this session
         tls = config.smtp.tls
         super().__init__(
             handler,
@@ -417,13 +419,18 @@ class GatewaySession(SMTP):
                      "(accept_any_credentials)", self.client.host)
             return await self._succeeded()
         # A configured user's name with a wrong password is a guess on a real account: counted
-        # on every listener.
-        blocked = self.admission.logins.fail(self.client.key, settings.max_failures,
-                                             settings.block_for)
+        # on every listener. The same pair again in one session is no new guess: smtplib tries
+        # PLAIN, then LOGIN, with what it was given. (A digest: the password is not kept.)
+        pair = hashlib.sha256(b"\0".join(exchange.auth_data)).digest()
+        again = pair in self._failed_pairs
+        self._failed_pairs.add(pair)
+        blocked = not again and self.admission.logins.fail(
+            self.client.key, settings.max_failures, settings.block_for)
         # A name that is no user may be a password typed in the wrong field: never log it.
         log.warning("AUTH failed from %s for %s%s", self.client.host,
                     f"user={login.name}" if login.user is not None else "an unknown user",
-                    f"; address blocked for {settings.block_for:.0f}s" if blocked else "")
+                    f"; address blocked for {settings.block_for:.0f}s" if blocked else
+                    "; the same credentials again, not counted" if again else "")
         if blocked:
             await self.push(replies.LOGIN_BLOCKED)
             self.hang_up()
