@@ -30,7 +30,6 @@ versions pyproject.toml allows):
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 from base64 import b64encode
@@ -54,11 +53,6 @@ _SIMPLE_ADDRESS = re.compile(
     r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
     r"((?:\s.*)?)", re.DOTALL)
-
-
-# Refused recipients logged one by one in a session; after these, only counted (a client
-# spraying RCPTs wrote 22 MB of log in 150 s) and the count logged when the session ends.
-LOGGED_RCPT_REFUSALS = 5
 
 
 class SessionSet(Protocol):
@@ -102,8 +96,6 @@ class GatewaySession(SMTP):
         self._refusal: Reply | None = None
         self._counted = admitted is not None  # admitted (and counted) before a TLS handshake
         self._in_greeting_reply = False
-        self._failed_pairs: set[bytes] = set()   # digests of the pairs refused in this session
-        self._rcpt_refusals = 0
         tls = config.smtp.tls
         super().__init__(
             handler,
@@ -143,9 +135,7 @@ class GatewaySession(SMTP):
         self._counted = self._refusal is None
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._rcpt_refusals > LOGGED_RCPT_REFUSALS:
-            log.info("%d more recipients refused from %s in that session (not logged one by "
-                     "one)", self._rcpt_refusals - LOGGED_RCPT_REFUSALS, self.client.host)
+        self.client.log_unlogged_refusals()
         self.sessions.discard(self)
         self.release_slot()
         super().connection_lost(error)
@@ -273,13 +263,6 @@ class GatewaySession(SMTP):
         return [line for line in lines if offered or not line[4:].upper().startswith("AUTH")]
 
     # --- MAIL, RCPT, DATA --------------------------------------------------------------------
-
-    def log_refused_recipient(self, address: str, why: object) -> None:
-        self._rcpt_refusals += 1
-        if self._rcpt_refusals <= LOGGED_RCPT_REFUSALS:
-            log.info("refused recipient <%s> from %s: %s%s", address, self.client.host, why,
-                     "; further ones in this session are counted, not logged"
-                     if self._rcpt_refusals == LOGGED_RCPT_REFUSALS else "")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # The common case needs no RFC 5322 parser (aiosmtpd's builds a class on every call,
@@ -435,11 +418,8 @@ class GatewaySession(SMTP):
                      "(accept_any_credentials)", self.client.host)
             return await self._succeeded()
         # A configured user's name with a wrong password is a guess on a real account: counted
-        # on every listener. The same pair again in one session is no new guess: smtplib tries
-        # PLAIN, then LOGIN, with what it was given. (A digest: the password is not kept.)
-        pair = hashlib.sha256(b"\0".join(exchange.auth_data)).digest()
-        again = pair in self._failed_pairs
-        self._failed_pairs.add(pair)
+        # on every listener, once per pair and session (see Client.guessed_again).
+        again = self.client.guessed_again(*exchange.auth_data)
         blocked = not again and self.admission.logins.fail(
             self.client.key, settings.max_failures, settings.block_for)
         # A name that is no user may be a password typed in the wrong field: never log it.

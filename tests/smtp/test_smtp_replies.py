@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.smtp.session import LOGGED_RCPT_REFUSALS
+from gateway.smtp.admission import LOGGED_RCPT_REFUSALS
 from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform
 
