@@ -106,16 +106,19 @@ async def test_a_big_aliases_file_is_checked_off_the_loop(
     client = await asyncio.to_thread(gw.client)
     try:
         loop = asyncio.get_running_loop()
+        began = loop.time()
         reload = asyncio.create_task(gateway.reload(path))
-        slowest = 0.0
+        waits: list[float] = []
         while not reload.done():
             started = loop.time()
             assert (await asyncio.to_thread(client.noop))[0] == 250
-            slowest = max(slowest, loop.time() - started)
+            waits.append(loop.time() - started)
+        took = loop.time() - began
         assert reload.result() is True
         assert len(gateway.config.domains["sms.local"].aliases) == 100_000
-        # Checking 100,000 rows takes seconds; no NOOP waited more than a fraction of one.
-        assert slowest < 0.5, slowest
+        # Checking 100,000 rows takes seconds (more on a busy machine); SMTP answered all along,
+        # each NOOP in a fraction of that, where a reload on the loop held every one for all.
+        assert len(waits) >= 5 and max(waits) < took / 3, (took, waits)
         # Over the bound (an anchor bomb): refused, and the running config stays.
         phones.unlink()
         bomb = tmp_path / "phones.yaml"
