@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
+from gateway.config.networks import address_key
+
 log = logging.getLogger("smtp2pulse.status")
 
 # Far above what the platform's callbacks, a monitor and a person at the status page need; twice
@@ -41,8 +43,9 @@ class Gate:
 
     def __init__(self, make: Callable[[], asyncio.Protocol],
                  max_connections: int = MAX_CONNECTIONS,
-                 max_per_address: int = MAX_PER_ADDRESS) -> None:
+                 max_per_address: int = MAX_PER_ADDRESS, ipv6_prefix: int = 64) -> None:
         self.make = make
+        self.ipv6_prefix = ipv6_prefix
         self.max_connections = max_connections
         self.max_per_address = max_per_address
         self.admitted: dict[_Guarded, None] = {}     # oldest first
@@ -120,7 +123,9 @@ class _Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        # Counted as SMTP counts a client: an IPv6 host per its /64, which it can roam.
+        self.address = address_key(str(peer[0]) if isinstance(peer, tuple) and peer
+                                   else str(peer), self.gate.ipv6_prefix)
         if not self.gate.admit(self):
             # Not isinstance(asyncio.WriteTransport): uvloop's transports do not derive from it.
             writable = cast(asyncio.Transport, transport)

@@ -64,7 +64,7 @@ class StatusServer:
                                      keepalive_timeout=IDLE_TIMEOUT)
         await self._runner.setup()
         assert self._runner.server is not None
-        self.gate = Gate(self._runner.server)
+        self.gate = Gate(self._runner.server, ipv6_prefix=self.config().smtp.ipv6_prefix)
         # Not web.TCPSite: it hands connections to aiohttp directly, past any cap.
         self._server = await asyncio.get_running_loop().create_server(
             self.gate, self.listen.host, self.listen.port, reuse_address=True)
