@@ -60,6 +60,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}: not valid YAML{at}: {reason}"]) from None
+    except RecursionError:
+        # PyYAML builds nested collections recursively: thousands of "[" exhaust the stack.
+        raise ConfigError([f"{path}: nested too deeply to be a configuration"]) from None
     return parse_config(data, env=os.environ if env is None else env, dry_run=dry_run,
                         source=str(path))
 
@@ -95,12 +98,25 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
                   log_format=log_format, log_mask_personal=log_mask, source=source)
 
 
-def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems) -> Any:
+def _substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems,
+                    done: dict[int, Any] | None = None) -> Any:
+    # A collection YAML reuses through an anchor is substituted once (`done`, by identity):
+    # walking every use of a nested anchor ("billion laughs") takes exponential time.
+    done = {} if done is None else done
+    if isinstance(node, dict | list) and id(node) in done:
+        return done[id(node)]
     if isinstance(node, dict):
-        return {k: _substitute_env(v, _child_path(path, k), env, problems)
-                for k, v in node.items()}
+        mapping: dict[Any, Any] = {}
+        done[id(node)] = mapping     # before its members: an anchor may hold itself
+        for key, value in node.items():
+            mapping[key] = _substitute_env(value, _child_path(path, key), env, problems, done)
+        return mapping
     if isinstance(node, list):
-        return [_substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+        items: list[Any] = []
+        done[id(node)] = items
+        items.extend(_substitute_env(value, f"{path}[{i}]", env, problems, done)
+                     for i, value in enumerate(node))
+        return items
     if isinstance(node, str) and "${" in node:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)

@@ -246,3 +246,27 @@ def test_an_alias_named_like_a_recipient_is_refused() -> None:
     assert problems({"boss=example.com": "ivan=example.com"}, recipient="email") == [
         "domains[sms.local].aliases.boss=example.com: 'boss=example.com' is itself a recipient "
         "of this domain (boss@example.com); an alias must not reroute it"]
+
+
+def test_an_anchor_bomb_in_the_config_itself_is_refused_at_once(tmp_path: Path) -> None:
+    # Nine levels of ten: 10^9 numbers if every use of an anchor were walked (hours).
+    lines = ["api: {token: t}", "x0: &x0 [79001234567, 79001234568]"]
+    lines += [f"x{n}: &x{n} [{', '.join([f'*x{n - 1}'] * 10)}]" for n in range(1, 10)]
+    lines.append("domains: {sms.local: {type: sms, aliases: {duty: *x9}}}")
+    config = tmp_path / "config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert time.monotonic() - started < 1.0
+    assert "domains[sms.local].aliases.duty[0]: must be a recipient (a string)" in (
+        error.value.problems)
+
+
+def test_a_deeply_nested_config_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("api: {token: t}\ndomains: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(config)],
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 78, result.stderr
+    assert b"nested too deeply" in result.stderr and b"Traceback" not in result.stderr
