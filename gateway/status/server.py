@@ -18,6 +18,7 @@ from gateway.spool import admin
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
 from gateway.status import callbacks as tracking
+from gateway.status.gate import IDLE_TIMEOUT, Gate
 from gateway.status.metrics import CONTENT_TYPE, Metrics
 from gateway.status.page import StatusPage
 
@@ -46,6 +47,8 @@ class StatusServer:
         self.sending = sending
         self.on_failed_status = on_failed_status
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.gate: Gate | None = None
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._guard])
@@ -55,21 +58,30 @@ class StatusServer:
         app.router.add_route("POST", "/callback", self._callback)
         app.router.add_get("/messages/{queue_id}", self._message)
         StatusPage(self.config, self.spool, self.ready, self.sending).add_routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # aiohttp's own timer closes a connection idle this long, from its start (see
+        # gateway.status.gate, which caps how many there are).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=IDLE_TIMEOUT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.listen.host, self.listen.port,
-                           reuse_address=True)
-        await site.start()
+        assert self._runner.server is not None
+        self.gate = Gate(self._runner.server, ipv6_prefix=self.config().smtp.ipv6_prefix)
+        # Not web.TCPSite: it hands connections to aiohttp directly, past any cap.
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate, self.listen.host, self.listen.port, reuse_address=True)
         log.info("HTTP status listening on %s", ", ".join(
             f"{host}:{port}" for host, port in self.addresses))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        if self._runner is None:
+        if self._server is None:
             return []
-        return [(str(address[0]), int(address[1])) for address in self._runner.addresses]
+        return [(str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+                for sock in self._server.sockets]
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -136,7 +148,13 @@ class StatusServer:
                 return refusal
         params = dict(query)
         if request.method == "POST":
-            body = await _small_body(request)
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):   # a body trickled in for ever
+                    body = await _small_body(request)
+            except TimeoutError:
+                log.warning("callback from %s refused: its body took over %.0fs",
+                            request.remote, IDLE_TIMEOUT)
+                return web.json_response({"error": "body too slow"}, status=408)
             if body is None:
                 log.warning("callback from %s refused: a body over %d bytes", request.remote,
                             MAX_CALLBACK_BODY)
