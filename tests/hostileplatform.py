@@ -7,7 +7,7 @@ connection (`Connection: close`). Set `mode` (or `modes`, used in turn, one per 
 - ok               the documented success (a list of them for a batch)
 - slow_body        200 and a Content-Length, a few bytes of the body, then nothing
 - endless_chunked  200, chunked, chunks for as long as the client reads
-- gzip_bomb        200, `Content-Encoding: gzip`, a small body that inflates to `bomb_size`
+- gzip_bomb        200, `Content-Encoding: gzip`, 64 KiB that inflate to `bomb_size` (64 MiB)
 - bad_gzip         200, `Content-Encoding: gzip`, bytes that are not gzip
 - huge             200 and a JSON-looking body of `huge_size` bytes
 - non_utf8         200 and bytes that are not UTF-8
@@ -77,12 +77,14 @@ class HostilePlatform:
         self.callback_status = "delivered"
         self.callback_results: list[tuple[int, str]] = []
         self.answer_after = 7.0
-        self.bomb_size = 256 << 20
+        self.bomb_size = 64 << 20
         self.huge_size = 300 << 20
         self._turn = itertools.count()
         self._ids = itertools.count(5000)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._stopping = asyncio.Event()
         self.port = 0
 
     @property
@@ -96,13 +98,22 @@ class HostilePlatform:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self._server = await asyncio.start_server(self._serve, sock=sock, limit=1 << 16)
+        await self.switch(self.mode, *self.modes)
+
+    async def switch(self, mode: str, *more: str) -> None:
+        """Reply in `mode` from now on (or in each of `mode, *more` in turn), with what it
+        needs made beforehand, so the first reply is as quick as the next."""
+        self.mode, self.modes = mode, [mode, *more] if more else []
+        if "gzip_bomb" in (mode, *more):
+            await self._bomb()
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._tasks):
-            task.cancel()
+        self._stopping.set()
+        for writer in self._writers:
+            writer.transport.abort()
         if self._tasks:
             await asyncio.wait(self._tasks)
 
@@ -115,6 +126,7 @@ class HostilePlatform:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         self.connections += 1
         try:
             mode = self.next_mode()
@@ -130,6 +142,7 @@ class HostilePlatform:
             pass
         finally:
             self._tasks.discard(task)
+            self._writers.discard(writer)
             writer.transport.abort()
 
     # --- the replies -------------------------------------------------------------------------
@@ -147,24 +160,26 @@ class HostilePlatform:
         body = self.success(request)
         writer.write(_head(200, {"Content-Length": str(len(body) + 100)}) + body[:5])
         await writer.drain()
-        await asyncio.sleep(3600)
+        await self._stopping.wait()
 
     async def _endless_chunked(self, request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(_head(200, {"Transfer-Encoding": "chunked"}) + b"1\r\n[\r\n")
         chunk = b'{"type":"success","id":"1"},' * 2000
         frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        while True:
+        while not self._stopping.is_set():
             writer.write(frame)
             await writer.drain()
 
     async def _gzip_bomb(self, request: Request, writer: asyncio.StreamWriter) -> None:
+        await _answer(writer, 200, await self._bomb(), {"Content-Encoding": "gzip"})
+
+    async def _bomb(self) -> bytes:
+        """`bomb_size` of "0" gzipped (a second per 256 MiB: made once, before the first use)."""
         bomb = self._bombs.get(self.bomb_size)
         if bomb is None:
-            squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            zeros = b"0" * (1 << 20)
-            bomb = b"".join(squeeze.compress(zeros) for _ in range(self.bomb_size >> 20))
-            bomb = self._bombs[self.bomb_size] = bomb + squeeze.flush()
-        await _answer(writer, 200, bomb, {"Content-Encoding": "gzip"})
+            bomb = self._bombs[self.bomb_size] = await asyncio.to_thread(_gzip_zeros,
+                                                                         self.bomb_size)
+        return bomb
 
     async def _bad_gzip(self, request: Request, writer: asyncio.StreamWriter) -> None:
         await _answer(writer, 200, b"\x1f\x8bnot gzip at all" * 10, {"Content-Encoding": "gzip"})
@@ -198,7 +213,7 @@ class HostilePlatform:
         transport = writer.transport
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()
-        await asyncio.sleep(3600)
+        await self._stopping.wait()
 
     async def _callback_first(self, request: Request, writer: asyncio.StreamWriter) -> None:
         async with aiohttp.ClientSession() as session:
@@ -216,8 +231,15 @@ class HostilePlatform:
                         self.callback_results.append((reply.status, await reply.text()))
                 except aiohttp.ClientError as exc:
                     self.callback_results.append((0, str(exc)))
-        await asyncio.sleep(self.answer_after)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.answer_after)
         await _answer(writer, 200, self.success(request))
+
+
+def _gzip_zeros(size: int) -> bytes:
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"0" * (1 << 20)
+    return b"".join(squeeze.compress(zeros) for _ in range(size >> 20)) + squeeze.flush()
 
 
 def _head(status: int, headers: dict[str, str]) -> bytes:
