@@ -176,9 +176,6 @@ class PulseClient:
                     if not complete:
                         _abort(used)
                     await response.aclose()
-        except asyncio.CancelledError:
-            _abort(used)
-            raise
         except TimeoutError:
             _abort(used)
             return self._unread(status, f"timeout (no whole reply within {self.api.timeout:g}s)")
@@ -187,6 +184,9 @@ class PulseClient:
         except httpx.HTTPError as exc:
             _abort(used)
             return self._unread(status, failure(exc, token))
+        except BaseException:   # cancelled (a stop), or a bug: the connection goes too
+            _abort(used)
+            raise
         finally:
             _used.reset(context)
         self._note_status(url, status)

@@ -206,3 +206,18 @@ async def test_a_404_is_retried_on_schedule_warned_about_and_shown_by_healthz(
     await states(gw, queue_id, "sent")
     status, health = await get(base(gw) + "/healthz")
     assert "platform_error" not in json.loads(health)
+
+
+# --- the callback_first mode works (issue 29, item 2 builds on it) -----------------------------
+
+async def test_the_platform_can_call_the_signed_callback_before_it_answers(
+        start_gateway: Start, hostile: HostilePlatform) -> None:
+    from tests.status.test_status import base
+    await hostile.switch("callback_first")
+    hostile.answer_after = 0.3
+    gw = await start_gateway({**on(hostile), "http": HTTP})
+    hostile.callback_to = base(gw)
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["sent"]
+    [(status, text)] = hostile.callback_results
+    assert status == 200 and json.loads(text)["result"] in ("recorded", "ignored"), text
