@@ -138,8 +138,8 @@ class HostilePlatform:
                 return
             self.requests.append(request)
             await getattr(self, f"_{mode}")(request, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass   # the gateway hung up, as it should on most of these
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
@@ -253,7 +253,7 @@ async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes,
                   headers: dict[str, str] | None = None) -> None:
     writer.write(_head(status, {"Content-Length": str(len(body)), **(headers or {})}) + body)
     await writer.drain()
-    with contextlib.suppress(ConnectionError):
+    with contextlib.suppress(OSError):
         writer.write_eof()
 
 
