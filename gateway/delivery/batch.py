@@ -37,8 +37,8 @@ from gateway.delivery.request import (
 # Once per request, not per message: what every message of a batch must share.
 BATCH_FIELDS = ("type", "sender", "charset")
 # A batch is cut where its form would pass this many bytes. Each message carries its own text:
-# 20 copies of a 0.9 MB Cyrillic text are ~100 MB of form, held (twice, while it is written)
-# per request in flight. One message bigger than this goes alone, as it must.
+# 20 copies of a 0.9 MB text are over 50 MB of form, held per request in flight. One message
+# bigger than this goes alone, as it must.
 MAX_BATCH_BYTES = 2 << 20
 # Past this many characters a message's size is measured; below, bounded from its length.
 _MEASURE_FROM = 4096

@@ -112,8 +112,8 @@ class StatusServer:
         unconfirmed = await self.spool.unconfirmed()
         if unconfirmed:
             report.update({"unconfirmed": unconfirmed, "detail": (
-                f"{unconfirmed} deliveries have an unknown outcome (a batch reply neither"
-                " sent nor refused them): see `smtp2pulse queue list --state unconfirmed`,"
+                f"{unconfirmed} deliveries have an unknown outcome (the platform's reply"
+                " neither confirmed nor refused them): see `smtp2pulse queue list --state unconfirmed`,"
                 " then queue retry or queue drop")})
         return web.json_response(report)
 
