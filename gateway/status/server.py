@@ -113,8 +113,8 @@ class StatusServer:
         if unconfirmed:
             report.update({"unconfirmed": unconfirmed, "detail": (
                 f"{unconfirmed} deliveries have an unknown outcome (the platform's reply"
-                " neither confirmed nor refused them): see `smtp2pulse queue list --state unconfirmed`,"
-                " then queue retry or queue drop")})
+                " neither confirmed nor refused them): see `smtp2pulse queue list --state"
+                " unconfirmed`, then queue retry or queue drop")})
         return web.json_response(report)
 
     async def _metrics(self, request: web.Request) -> web.Response:
