@@ -209,6 +209,7 @@ class Worker:
             outcomes = [Outcome("retry", detail="internal error: outcomes do not match")] * \
                 len(batch)
         elapsed = time.monotonic() - started
+        self.metrics.platform_answered(outcomes[0].config_error, outcomes[0].kind != "retry")
         self.metrics.platform_latency.observe(elapsed)
         self.metrics.batch_messages.observe(len(batch))
         now = self.clock()

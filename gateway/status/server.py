@@ -119,15 +119,17 @@ class StatusServer:
             reason = str(exc) or type(exc).__name__
             return web.json_response({**dry, "status": "unavailable",
                                       "reason": f"spool is not writable: {reason}"}, status=503)
+        # Still ready (mail is taken and kept) in both cases below: these are for a person.
+        report: dict[str, object] = {**dry, "status": "ok"}
+        if self.metrics.platform_error:
+            report["platform_error"] = self.metrics.platform_error
         unconfirmed = await self.spool.unconfirmed()
         if unconfirmed:
-            # Still ready (mail is taken and sent): this is for the person who must settle them.
-            return web.json_response({**dry, "status": "ok", "unconfirmed": unconfirmed,
-                                      "detail": (
-                f"{unconfirmed} deliveries have an unknown outcome (a batch reply neither"
-                " sent nor refused them): see `smtp2pulse queue list --state unconfirmed`,"
-                " then queue retry or queue drop")})
-        return web.json_response({**dry, "status": "ok"})
+            report.update({"unconfirmed": unconfirmed, "detail": (
+                f"{unconfirmed} deliveries have an unknown outcome (the platform's reply"
+                " neither confirmed nor refused them): see `smtp2pulse queue list --state"
+                " unconfirmed`, then queue retry or queue drop")})
+        return web.json_response(report)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         stats = await tracking.spool_stats(self.spool)
