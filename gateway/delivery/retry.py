@@ -23,7 +23,7 @@ def next_wait(schedule: tuple[float, ...], attempts_done: int, jitter: float) ->
     return base * jitter
 
 
-def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
+def next_state(delivery: Delivery, outcome: Outcome, config: Config, now: float,
            jitter: float) -> Result:
     """Turn an attempt's outcome into the delivery's next state."""
     bounce = config.bounces.enabled

@@ -1,0 +1,97 @@
+"""A spool that cannot record what the platform said: the outcomes are kept and written once it
+can, and nothing is sent twice. PostgreSQL restarted under in-flight requests; an SQLite file
+held by another connection's exclusive lock past the writer's busy timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.config.loader import parse_config
+from tests.conftest import Running, base_config, text_message
+from tests.fakeplatform import FakePlatform, Reply
+from tests.pgserver import PgServer
+
+NUMBERS = [f"7900100{n:04d}@sms.local" for n in range(5)]
+
+
+def sent_to(platform: FakePlatform) -> Counter[str]:
+    return Counter(message["sent_to"] for message in platform.messages)
+
+
+async def submit_all(gw: Running, batch: bool) -> list[str]:
+    if batch:   # one message to five: with api.batch_size 5, one request
+        return [await gw.submit(text_message(), NUMBERS)]
+    return [await gw.submit(text_message(f"m{n}"), to) for n, to in enumerate(NUMBERS)]
+
+
+async def all_sent(gw: Running, queue_ids: list[str], within: float) -> None:
+    for queue_id in queue_ids:
+        assert set(await gw.wait_final(queue_id, within=within)) == {"sent"}
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+async def test_outcomes_wait_out_a_locked_sqlite_file(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        batch: bool) -> None:
+    gw = await start_gateway({"api": {"batch_size": 5 if batch else 1}})
+    platform.default = Reply(delay=1.0)
+    queue_ids = await submit_all(gw, batch)
+    await platform.wait_for(1 if batch else len(NUMBERS))
+    # While the requests are out, another connection takes the file: the writer's BEGIN waits
+    # its busy timeout (5 s), fails, and fails again one by one; the lock is held past both.
+    locker = sqlite3.connect(gw.gateway.config.spool.path, isolation_level=None, timeout=10)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        await asyncio.sleep(11.5)
+    finally:
+        locker.close()
+    # Recorded within seconds of the file coming back, long before the leases (api.timeout
+    # + 15 s) would have run out and sent them again.
+    await all_sent(gw, queue_ids, within=5.0)
+    assert sent_to(platform) == Counter(n.split("@")[0] for n in NUMBERS)
+
+
+@pytest.fixture
+async def start_on_pg(tmp_path: Path, pg_url: str, platform: FakePlatform
+                      ) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    started: list[Gateway] = []
+
+    async def start(api: dict[str, Any]) -> Running:
+        data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+        del data["spool"]["path"]
+        data["spool"]["url"] = pg_url
+        data["api"].update(api)
+        gateway = Gateway(parse_config(data, env={}))
+        await gateway.start()
+        started.append(gateway)
+        return Running(gateway)
+    yield start
+    for gateway in started:
+        await gateway.stop()
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+async def test_outcomes_wait_out_a_postgresql_restart(
+        start_on_pg: Callable[..., Awaitable[Running]], pg_server: PgServer,
+        platform: FakePlatform, batch: bool) -> None:
+    gw = await start_on_pg({"batch_size": 5 if batch else 1, "timeout": "5s"})
+    platform.default = Reply(delay=2.0)
+    queue_ids = await submit_all(gw, batch)
+    await platform.wait_for(1 if batch else len(NUMBERS))
+    # Off the loop: the gateway goes on meanwhile, its requests are answered while the server
+    # is down, and recording their outcomes fails.
+    await asyncio.to_thread(pg_server.stop, "fast")
+    try:
+        await asyncio.sleep(2.0)
+    finally:
+        await asyncio.to_thread(pg_server.start)
+    await all_sent(gw, queue_ids, within=10.0)
+    assert sent_to(platform) == Counter(n.split("@")[0] for n in NUMBERS)
