@@ -95,9 +95,11 @@ class StatusServer:
             return web.json_response({"status": "unavailable",
                                       "reason": "SMTP listeners are not bound"}, status=503)
         if not self.sending():
-            # Mail is still accepted and kept, but nothing leaves until it is back.
-            return web.json_response({"status": "unavailable",
-                                      "reason": "sender process is not running"}, status=503)
+            # Mail is still accepted and kept, but nothing leaves until it is back. A sender
+            # that knows why says so (SenderProcess.trouble: a stuck child being replaced).
+            trouble = getattr(getattr(self.sending, "__self__", None), "trouble", None)
+            return web.json_response({"status": "unavailable", "reason": str(
+                trouble or "sender process is not running")}, status=503)
         try:
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await tracking.probe_writable(self.spool)
