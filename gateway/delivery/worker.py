@@ -35,8 +35,8 @@ log = logging.getLogger("smtp2pulse.worker")
 MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
 PURGE_EVERY = 3600.0
 KEEP_FINISHED = 7 * 86400.0
-# Beyond api.timeout: the sender process's answer (sender_process.ANSWER_MARGIN, which this
-# must exceed) and the record of the outcome.
+# Beyond api.timeout: the sender process's answer (sender_process.ANSWER_MARGIN plus its
+# ANSWER_SLACK, which this must exceed) and the record of the outcome.
 LEASE_MARGIN = 15.0
 
 
