@@ -44,15 +44,27 @@ class ReportingFirst(FakePlatform):
         return await super()._reply(received)
 
 
-@pytest.mark.parametrize(("status", "shown"), [("delivered", "delivered"),
-                                               ("UNDELIV", "failed")])
+REPORTS = [("delivered", "delivered"), ("UNDELIV", "failed")]
+
+
+@pytest.mark.parametrize(("status", "shown"), REPORTS)
 async def test_a_callback_while_sending_settles_it_and_the_timeout_does_not_undo_it(
         start_gateway: Callable[..., Awaitable[Running]], status: str, shown: str) -> None:
+    await reported_while_sending(start_gateway, status, shown)
+
+
+@pytest.mark.parametrize(("status", "shown"), REPORTS)
+async def test_the_same_on_postgresql(start_on_pg: Callable[..., Awaitable[Running]],
+                                      status: str, shown: str) -> None:
+    await reported_while_sending(start_on_pg, status, shown)
+
+
+async def reported_while_sending(start: Callable[..., Awaitable[Running]], status: str,
+                                 shown: str) -> None:
     platform = ReportingFirst(status, answer_after=2.0)
     await platform.start()
     try:
-        gw = await start_gateway({**HTTP, "api": {"base_url": platform.base_url,
-                                                  "timeout": "1s"}})
+        gw = await start({**HTTP, "api": {"base_url": platform.base_url, "timeout": "1s"}})
         platform.gateway_base = base(gw)
         queue_id = await gw.submit(text_message(), "79001234567@sms.local")
         # The request times out (1 s) before its reply (2 s); the callback came first.

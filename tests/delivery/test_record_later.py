@@ -7,15 +7,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.config.loader import parse_config
-from tests.conftest import Running, base_config, text_message
+from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform, Reply
 from tests.pgserver import PgServer
 
@@ -59,30 +55,11 @@ async def test_outcomes_wait_out_a_locked_sqlite_file(
     assert sent_to(platform) == Counter(n.split("@")[0] for n in NUMBERS)
 
 
-@pytest.fixture
-async def start_on_pg(tmp_path: Path, pg_url: str, platform: FakePlatform
-                      ) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    started: list[Gateway] = []
-
-    async def start(api: dict[str, Any]) -> Running:
-        data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
-        del data["spool"]["path"]
-        data["spool"]["url"] = pg_url
-        data["api"].update(api)
-        gateway = Gateway(parse_config(data, env={}))
-        await gateway.start()
-        started.append(gateway)
-        return Running(gateway)
-    yield start
-    for gateway in started:
-        await gateway.stop()
-
-
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
 async def test_outcomes_wait_out_a_postgresql_restart(
         start_on_pg: Callable[..., Awaitable[Running]], pg_server: PgServer,
         platform: FakePlatform, batch: bool) -> None:
-    gw = await start_on_pg({"batch_size": 5 if batch else 1, "timeout": "5s"})
+    gw = await start_on_pg({"api": {"batch_size": 5 if batch else 1, "timeout": "5s"}})
     platform.default = Reply(delay=2.0)
     queue_ids = await submit_all(gw, batch)
     await platform.wait_for(1 if batch else len(NUMBERS))

@@ -142,3 +142,12 @@ async def test_a_send_from_an_older_parent_still_goes(tmp_path: Path) -> None:
         if child.returncode is None:
             child.kill()
             await child.wait()
+
+
+def test_a_lease_outlasts_the_longest_wait_for_the_sender_process() -> None:
+    """A request still allowed to start in the child (START_WITHIN) finishes within api.timeout
+    after that, inside the parent's wait; the lease outlasts the parent's wait."""
+    from gateway.delivery import sender_process as sp
+    from gateway.delivery.worker import LEASE_MARGIN
+    assert sp.START_WITHIN < sp.ANSWER_MARGIN
+    assert sp.ANSWER_MARGIN + sp.ANSWER_SLACK < LEASE_MARGIN
