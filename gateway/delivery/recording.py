@@ -95,7 +95,13 @@ class Recorder:
         """Keep trying for `within` seconds (the drain's grace), then give up on the rest."""
         deadline = time.monotonic() + within
         for delay in itertools.chain(RETRY_DELAYS, itertools.repeat(RETRY_DELAYS[-1])):
-            if await self.flush() or time.monotonic() + delay > deadline:
+            try:
+                # Bounded: a locked SQLite file holds a write for its busy timeout.
+                if await asyncio.wait_for(self.flush(), max(0.0, deadline - time.monotonic())):
+                    break
+            except TimeoutError:
+                break
+            if time.monotonic() + delay > deadline:
                 break
             await asyncio.sleep(delay)
         if self._retry is not None:

@@ -9,9 +9,10 @@ import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import pytest
 
-from tests.conftest import Running, text_message
+from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 from tests.pgserver import PgServer
 
@@ -71,4 +72,30 @@ async def test_outcomes_wait_out_a_postgresql_restart(
     finally:
         await asyncio.to_thread(pg_server.start)
     await all_sent(gw, queue_ids, within=10.0)
+    assert sent_to(platform) == Counter(n.split("@")[0] for n in NUMBERS)
+
+
+async def test_outcomes_kept_at_stop_are_recorded_within_the_grace(
+        start_on_pg: Callable[..., Awaitable[Running]], pg_server: PgServer, pg_url: str,
+        platform: FakePlatform) -> None:
+    gw = await start_on_pg({"api": {"timeout": "5s"}, "shutdown_timeout": "15s"})
+    platform.default = Reply(delay=2.0)
+    await submit_all(gw, batch=False)
+    await platform.wait_for(len(NUMBERS))
+    await asyncio.to_thread(pg_server.stop, "fast")
+    try:
+        await eventually(lambda: gw.gateway.worker.busy == 0, within=10)
+        assert gw.gateway.worker.recorder.kept == len(NUMBERS)
+        # Asked to stop while the database is away: the drain's grace is spent writing them.
+        stopping = asyncio.create_task(gw.gateway.stop())
+        await asyncio.sleep(0.5)
+    finally:
+        await asyncio.to_thread(pg_server.start)
+    await stopping
+    conn = await asyncpg.connect(pg_url)
+    try:
+        states = [row["state"] for row in await conn.fetch("SELECT state FROM deliveries")]
+    finally:
+        await conn.close()
+    assert states == ["sent"] * len(NUMBERS)
     assert sent_to(platform) == Counter(n.split("@")[0] for n in NUMBERS)
