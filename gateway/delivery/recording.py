@@ -72,24 +72,33 @@ class Recorder:
 
     async def record(self, finished: Finished) -> None:
         """Into the spool now, or kept and written as soon as the spool takes it."""
-        if not self._kept and await self._write(finished):
+        if await self._write(finished):
             return
         self._keep(finished)
         if self._retry is None or self._retry.done():
             self._retry = asyncio.create_task(self._retry_loop(), name="record-outcomes")
 
     async def flush(self) -> bool:
-        """Write what is kept, oldest first; True once nothing is left."""
+        """Write what is kept; True once nothing is left.
+
+        All at once, so that they share a group commit, whose one-by-one fallback keeps an
+        outcome the spool refuses for good (a row it cannot store) from holding up the rest:
+        that one stays kept, its deliveries held here, and is tried again."""
         async with self._flushing:
-            while self._kept:
-                finished = self._kept[0]
-                if not await self._write(finished, quiet=True):
-                    return False
-                self._kept.pop(0)
-                self._held.difference_update(r.delivery_id for r in finished.results)
-                log.warning("queue_id=%s recorded %d outcomes kept while the spool was away",
-                            finished.batch[0].delivery.message_id, len(finished.results))
-            return True
+            kept = list(self._kept)
+            if not kept:
+                return True
+            written = await asyncio.gather(*(self._write(f, quiet=True) for f in kept))
+            # Only record() adds meanwhile, at the end.
+            self._kept = [f for f, done in zip(kept, written, strict=True) if not done] \
+                + self._kept[len(kept):]
+            for finished, done in zip(kept, written, strict=True):
+                if done:
+                    self._held.difference_update(r.delivery_id for r in finished.results)
+                    log.warning("queue_id=%s recorded %d outcomes kept while the spool was"
+                                " away", finished.batch[0].delivery.message_id,
+                                len(finished.results))
+            return not self._kept
 
     async def stop(self, within: float) -> None:
         """Keep trying for `within` seconds (the drain's grace), then give up on the rest."""

@@ -99,3 +99,18 @@ async def test_outcomes_kept_at_stop_are_recorded_within_the_grace(
         await conn.close()
     assert states == ["sent"] * len(NUMBERS)
     assert sent_to(platform) == Counter(n.split("@")[0] for n in NUMBERS)
+
+
+async def test_a_reply_with_a_nul_is_recorded_on_postgresql(
+        start_on_pg: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    """PostgreSQL's text holds no NUL: a refusal whose words carry one was never recorded,
+    and its delivery held (or sent again) for ever; the other deliveries go on regardless."""
+    gw = await start_on_pg()
+    platform.default = Reply(body='{"type": "error", "msg": "bad\\u0000number"}')
+    queue_id = await gw.submit(text_message(), "79001234567@sms.local")
+    assert await gw.wait_final(queue_id) == ["refused"]
+    platform.default = Reply()
+    other = await gw.submit(text_message(), "79001234568@sms.local")
+    assert await gw.wait_final(other) == ["sent"]
+    assert gw.gateway.worker.recorder.kept == 0
+    assert len(platform.requests) == 2
