@@ -72,7 +72,7 @@ class Gateway:
             from gateway.status.server import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self._ready,
-                                       sending=self.sender.ready,
+                                       not_sending=self._not_sending,
                                        on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None
         self._spool_secret: str | None = None   # http.callback_secret when the config has none
@@ -142,6 +142,14 @@ class Gateway:
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
+
+    def _not_sending(self) -> str | None:
+        """Why nothing reaches the platform now (for /healthz); None while the sender works."""
+        if self.sender.ready():
+            return None
+        if isinstance(self.sender, SenderProcess) and self.sender.trouble:
+            return self.sender.trouble   # a stuck child being replaced
+        return "sender process is not running"
 
     def on_sighup(self, path: str | os.PathLike[str]) -> None:
         task = asyncio.get_running_loop().create_task(self.reload(path))

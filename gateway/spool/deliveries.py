@@ -93,12 +93,10 @@ def record(conn: sqlite3.Connection, clock: Clock, results: Sequence[Result]) ->
     now = clock()
     rows = [(r.state, r.next_attempt_at, r.platform_id,
              None if r.state == State.SENT else r.detail, now, r.delivery_id) for r in results]
-    recorded = list(results)
-    if conn.executemany(sql.RECORD_RESULT, rows).rowcount != len(rows):
-        # Some were dropped by an operator while they were being sent (rare): which are left.
-        ids = json.dumps([r.delivery_id for r in results])
-        there = {row["id"] for row in select(conn, sql.DELIVERIES_THERE, (ids,))}
-        recorded = [r for r in results if r.delivery_id in there]
+    # A statement a result, to know which took: one dropped by an operator while it was being
+    # sent is gone, and one the platform's callback settled meanwhile stays sent.
+    recorded = [result for result, row in zip(results, rows, strict=True)
+                if conn.execute(sql.RECORD_RESULT, row).rowcount]
     for result in recorded:
         if result.bounce:
             mark_bounce(conn, result.delivery_id)

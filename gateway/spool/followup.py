@@ -11,7 +11,7 @@ from gateway.spool import sql
 from gateway.spool.deliveries import Clock, add_events
 from gateway.spool.rows import PendingBounce
 from gateway.spool.schema import select, select_one
-from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
+from gateway.spool.states import TAKEN_BY_CALLBACK, BounceState, CallbackResult, State, StatusClass
 
 STATUS_EVENT = "status"
 CONFIRMED = "confirmed by the platform's callback"   # the detail of an unconfirmed one's "sent"
@@ -34,7 +34,7 @@ def record_status(conn: sqlite3.Connection, clock: Clock, delivery_id: int, queu
     now = clock()
     conn.execute(sql.RECORD_STATUS, (status, meaning, now, platform_id, delivery_id))
     events = [(delivery_id, now, STATUS_EVENT, detail)]
-    if row["state"] == State.UNCONFIRMED:
+    if row["state"] in TAKEN_BY_CALLBACK:
         events.insert(0, (delivery_id, now, "sent", CONFIRMED))
     add_events(conn, events)
     return "recorded", meaning

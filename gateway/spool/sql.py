@@ -19,6 +19,7 @@ import functools
 from gateway.spool.states import (
     LEASABLE,
     RETRYABLE,
+    TAKEN_BY_CALLBACK,
     UNFINISHED,
     BounceState,
     State,
@@ -94,10 +95,12 @@ RELEASE = (
     f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
     f" WHERE id IN (SELECT value FROM json_each(?)) AND state = '{State.SENDING}'"
     " AND next_attempt_at > ?")
+# Never over a `sent` one: the platform's callback can settle a delivery before its request's
+# reply arrives, and a reply that then times out must not make it due again.
 RECORD_RESULT = (
     "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-    " platform_id = coalesce(?, platform_id), last_error = ?, updated_at = ? WHERE id = ?")
-DELIVERIES_THERE = "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
+    " platform_id = coalesce(?, platform_id), last_error = ?, updated_at = ? WHERE id = ?"
+    f" AND state != '{State.SENT}'")
 INSERT_EVENT = "INSERT INTO events (delivery_id, at, kind, detail) VALUES (?, ?, ?, ?)"
 PURGE = (
     "DELETE FROM messages WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
@@ -123,12 +126,16 @@ DELIVERY_FOR_STATUS = (
     "SELECT request, state FROM deliveries WHERE id = ? AND message_id = ?")
 STATUS_SEEN = "SELECT 1 FROM events WHERE delivery_id = ? AND kind = ? AND detail = ?"
 STATUS_COUNT = "SELECT count(*) AS n FROM events WHERE delivery_id = ? AND kind = ?"
-# A callback is the platform's word that it has the message: an unconfirmed delivery is sent.
+# A callback is the platform's word that it has the message: a delivery still being sent,
+# waiting for a retry or unconfirmed is sent (the attempt in flight counted here: its own
+# outcome will not be recorded over `sent`).
+TAKEN_BY_CALLBACK_IN = _in(TAKEN_BY_CALLBACK)
 RECORD_STATUS = (
     "UPDATE deliveries SET status = ?, status_class = ?, status_at = ?,"
     " platform_id = coalesce(platform_id, nullif(?, '')),"
-    f" state = CASE WHEN state = '{State.UNCONFIRMED}' THEN '{State.SENT}' ELSE state END,"
-    f" last_error = CASE WHEN state = '{State.UNCONFIRMED}' THEN NULL ELSE last_error END"
+    f" attempts = attempts + CASE WHEN state = '{State.SENDING}' THEN 1 ELSE 0 END,"
+    f" state = CASE WHEN state IN {TAKEN_BY_CALLBACK_IN} THEN '{State.SENT}' ELSE state END,"
+    f" last_error = CASE WHEN state IN {TAKEN_BY_CALLBACK_IN} THEN NULL ELSE last_error END"
     " WHERE id = ?")
 
 # --- health and metrics ------------------------------------------------------------------------

@@ -37,14 +37,15 @@ _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 
 class StatusServer:
     def __init__(self, listen: Listener, config: Callable[[], Config], spool: SpoolInterface,
-                 metrics: Metrics, ready: Callable[[], bool], sending: Callable[[], bool],
+                 metrics: Metrics, ready: Callable[[], bool],
+                 not_sending: Callable[[], str | None],
                  on_failed_status: Callable[[int], Awaitable[None]]) -> None:
         self.listen = listen     # the socket stays; everything else follows a reload
         self.config = config
         self.spool = spool
         self.metrics = metrics
         self.ready = ready
-        self.sending = sending
+        self.not_sending = not_sending   # why nothing leaves now; None when it does
         self.on_failed_status = on_failed_status
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
@@ -57,7 +58,8 @@ class StatusServer:
         app.router.add_route("GET", "/callback", self._callback)
         app.router.add_route("POST", "/callback", self._callback)
         app.router.add_get("/messages/{queue_id}", self._message)
-        StatusPage(self.config, self.spool, self.ready, self.sending).add_routes(app.router)
+        StatusPage(self.config, self.spool, self.ready,
+                   lambda: self.not_sending() is None).add_routes(app.router)
         # aiohttp's own timer closes a connection idle this long, from its start (see
         # gateway.status.gate, which caps how many there are).
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -108,10 +110,11 @@ class StatusServer:
         if not self.ready():
             return web.json_response({**dry, "status": "unavailable",
                                       "reason": "SMTP listeners are not bound"}, status=503)
-        if not self.sending():
+        stalled = self.not_sending()
+        if stalled is not None:
             # Mail is still accepted and kept, but nothing leaves until it is back.
-            return web.json_response({**dry, "status": "unavailable",
-                                      "reason": "sender process is not running"}, status=503)
+            return web.json_response({**dry, "status": "unavailable", "reason": stalled},
+                                     status=503)
         try:
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await tracking.probe_writable(self.spool)

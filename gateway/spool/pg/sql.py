@@ -52,7 +52,8 @@ RECORD_RESULTS = (
     " next_attempt_at = r.next_at, platform_id = coalesce(r.platform_id, d.platform_id),"
     " last_error = r.last_error, updated_at = $6"
     " FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::text[])"
-    " AS r(id, state, next_at, platform_id, last_error) WHERE d.id = r.id RETURNING d.id")
+    " AS r(id, state, next_at, platform_id, last_error) WHERE d.id = r.id"
+    f" AND d.state <> '{State.SENT}' RETURNING d.id")
 INSERT_EVENT = numbered(lite.INSERT_EVENT)
 INSERT_EVENTS = (
     "INSERT INTO events (delivery_id, at, kind, detail)"

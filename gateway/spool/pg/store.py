@@ -44,7 +44,7 @@ from gateway.spool.rows import (
     Search,
     SpoolStats,
 )
-from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
+from gateway.spool.states import TAKEN_BY_CALLBACK, BounceState, CallbackResult, State, StatusClass
 from gateway.spool.store import new_queue_id
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class PgSpool:
                 return "ignored", meaning    # one signed URL must not fill the spool
             now = self.clock()
             await conn.execute(sql.RECORD_STATUS, status, meaning, now, platform_id, delivery_id)
-            if row["state"] == State.UNCONFIRMED:
+            if row["state"] in TAKEN_BY_CALLBACK:
                 await conn.execute(sql.INSERT_EVENT, delivery_id, now, "sent", CONFIRMED)
             await conn.execute(sql.INSERT_EVENT, delivery_id, now, STATUS_EVENT, detail)
             return "recorded", meaning
