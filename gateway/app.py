@@ -72,10 +72,12 @@ class Gateway:
             from gateway.status.server import StatusServer
             self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
                                        self.metrics, ready=self._ready,
-                                       sending=self.sender.ready,
+                                       not_sending=self._not_sending,
                                        on_failed_status=self.bouncer.mark_failed_status)
         self._lock: IO[str] | None = None
         self._spool_secret: str | None = None   # http.callback_secret when the config has none
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     @property
     def config(self) -> Config:
@@ -116,6 +118,8 @@ class Gateway:
         """Stops every component, the front first and the spool last; one that fails is logged
         and the rest are stopped all the same, so the spool is always closed and its lock let
         go."""
+        for task in list(self._reloads):
+            task.cancel()
         timeout = self._config.shutdown_timeout
         status = self.status
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
@@ -139,15 +143,38 @@ class Gateway:
                 self._lock.close()
                 self._lock = None
 
-    def reload(self, path: str | os.PathLike[str]) -> bool:
+    def _not_sending(self) -> str | None:
+        """Why nothing reaches the platform now (for /healthz); None while the sender works."""
+        if self.sender.ready():
+            return None
+        if isinstance(self.sender, SenderProcess) and self.sender.trouble:
+            return self.sender.trouble   # a stuck child being replaced
+        return "sender process is not running"
+
+    def on_sighup(self, path: str | os.PathLike[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(path))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self, path: str | os.PathLike[str]) -> bool:
         """Swap in a re-read config for new sessions and deliveries; keep the old on error."""
+        async with self._reload_lock:     # one at a time, in the order they were asked for
+            return await self._reload(path)
+
+    async def _reload(self, path: str | os.PathLike[str]) -> bool:
         self.notifier.reloading()
         try:
-            new = load_config(path, dry_run=self._config.api.dry_run)
+            # In a thread: checking a large aliases file takes a while, and SMTP goes on.
+            new = await asyncio.to_thread(load_config, path, dry_run=self._config.api.dry_run)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the running config: %s", problem)
             self.notifier.reloaded("reload refused; running the previous config")
+            return False
+        except Exception:
+            # Not a config problem but a bug: still the old config, and systemd hears READY.
+            log.exception("reload failed, keeping the running config")
+            self.notifier.reloaded("reload failed; running the previous config")
             return False
         for key in _RESTART_ONLY:
             if _dig(new, key) != _dig(self._config, key):
@@ -232,7 +259,7 @@ async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = Fals
 
     loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload, config_path)
+    loop.add_signal_handler(signal.SIGHUP, gateway.on_sighup, config_path)
     try:
         await stopping.wait()
     finally:

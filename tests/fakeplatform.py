@@ -66,7 +66,7 @@ class FakePlatform:
         return f"http://127.0.0.1:{self.port}/api/v1/bulk"
 
     async def start(self, port: int = 0) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)   # big batches are the gateway's to cut
         app.router.add_route("*", "/api/v1/bulk/send-message", self._send_message)
         app.router.add_route("*", "/api/v1/bulk/send-list-messages", self._send_message)
         self._runner = web.AppRunner(app, access_log=None)

@@ -34,7 +34,7 @@ async def test_a_reload_keeps_the_restart_only_keys_and_says_which_changed(
             "http": {"listen": "127.0.0.1:2"},
             "domains": {"tg.local": {"type": "telegram", "sender": "Bot"}}})))
         with caplog.at_level(logging.WARNING, logger="smtp2pulse"):
-            assert gateway.reload(path) is True
+            assert await gateway.reload(path) is True
         after = gateway.config
         assert "tg.local" in after.domains            # what a reload is for
         assert after.smtp.listen == before.smtp.listen and after.spool == before.spool

@@ -45,7 +45,7 @@ async def test_ready_watchdog_reload_and_stopping(notify_socket: tuple[socket.so
         pings = [await receive(sock) for _ in range(3)]    # every 100 ms, from the loop
         assert pings == ["WATCHDOG=1"] * 3
         missing = tmp_path / "missing.yaml"
-        assert gateway.reload(missing) is False
+        assert await gateway.reload(missing) is False
         messages = [await receive(sock) for _ in range(4)]
         assert any(m.startswith("RELOADING=1\nMONOTONIC_USEC=") for m in messages)
         assert any(m.startswith("READY=1\nSTATUS=reload refused") for m in messages)

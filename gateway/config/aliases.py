@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 
 # Enough for any company's duty rota; a group larger than max_recipients can never be sent to.
 MAX_TARGETS = 1000
+# What one `aliases` or `aliases_file` may expand to (each name's recipients, summed): every
+# one is checked at load and kept in memory. YAML anchors let 90 KB name 3,000 groups of 1,000
+# (3 million checks, 45 s); such a file is refused before any of them.
+MAX_EXPANDED = 100_000
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# A file of bad rows is named by its first few problems, not by a line for each.
+MAX_PROBLEMS = 20
 
 
 def domain_aliases(data: Mapping[str, Any], domain: DomainConfig, path: str,
@@ -43,6 +50,9 @@ def read_aliases_file(value: Any, path: str, problems: v.Problems) -> dict[str, 
     name on several rows is a group; blank rows and rows starting with # are skipped."""
     file = Path(str(value))
     try:
+        if file.stat().st_size > MAX_FILE_BYTES:
+            problems.add(path, f"{file} is over {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+            return None
         content = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         problems.add(path, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}")
@@ -55,8 +65,13 @@ def read_aliases_file(value: Any, path: str, problems: v.Problems) -> dict[str, 
         except yaml.YAMLError as exc:
             problems.add(path, f"{file} is not YAML: {exc}")
             return None
+        except RecursionError:
+            # PyYAML builds nested collections recursively: thousands of "[" exhaust the stack.
+            problems.add(path, f"{file} is nested too deeply to be a list of aliases")
+            return None
         return {} if listed is None else listed
     groups: dict[str, list[str]] = {}
+    rows = 0
     for number, row in enumerate(csv.reader(content.splitlines()), 1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
@@ -64,7 +79,16 @@ def read_aliases_file(value: Any, path: str, problems: v.Problems) -> dict[str, 
             problems.add(path, f"{file} line {number}: not name,recipient")
             continue
         groups.setdefault(row[0].strip().lower(), []).append(row[1].strip())
+        rows += 1
+        if rows > MAX_EXPANDED:
+            problems.add(path, _too_many(str(file)))
+            return None
     return dict(groups)
+
+
+def _too_many(what: str) -> str:
+    return (f"more than {MAX_EXPANDED} recipients in all ({what}; each name's recipients "
+            f"summed): split the list or shorten it")
 
 
 def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Problems
@@ -76,8 +100,17 @@ def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Probl
         problems.add(path, 'must be a mapping of name to a recipient or a list of them '
                            '(duty: ["79001234567", "79007654321"])')
         return {}
+    # Counted before any is checked; a list repeated through YAML anchors counts each time.
+    expanded = sum(len(t) if isinstance(t, list) else 1 for t in value.values())
+    if expanded > MAX_EXPANDED:
+        problems.add(path, _too_many(f"{len(value)} names"))
+        return {}
     aliases: dict[str, tuple[str, ...]] = {}
+    first = len(problems.lines)
     for raw_name, targets in value.items():
+        if len(problems.lines) - first >= MAX_PROBLEMS:
+            problems.add(path, f"more problems not listed (the first {MAX_PROBLEMS} above)")
+            break
         name = str(raw_name).strip().lower()
         where = f"{path}.{raw_name}"
         if not EMAIL_LOCAL.match(name) or name.startswith(".") or name.endswith("."):
@@ -85,6 +118,12 @@ def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Probl
             continue
         if name in aliases:
             problems.add(where, "listed twice (names are matched without regard to case)")
+            continue
+        shadowed = _recipient_named(name, domain)
+        if shadowed is not None:
+            # Mail to that number or address would silently go to the alias's group instead.
+            problems.add(where, f"{raw_name!r} is itself a recipient of this domain "
+                                f"({shadowed}); an alias must not reroute it")
             continue
         if isinstance(targets, (str, int)) and not isinstance(targets, bool):
             targets = [targets]
@@ -94,7 +133,7 @@ def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Probl
         if len(targets) > MAX_TARGETS:
             problems.add(where, f"more than {MAX_TARGETS} recipients")
             continue
-        resolved: list[str] = []
+        resolved: dict[str, None] = {}     # in order, each once
         for index, target in enumerate(targets):
             at = f"{where}[{index}]" if len(targets) > 1 else where
             if isinstance(target, bool) or not isinstance(target, (str, int)):
@@ -105,8 +144,18 @@ def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Probl
             except BadRecipient as exc:
                 problems.add(at, str(exc))
                 continue
-            if sent_to not in resolved:
-                resolved.append(sent_to)
+            resolved.setdefault(sent_to)
         if resolved:
             aliases[name] = tuple(resolved)
     return aliases
+
+
+def _recipient_named(name: str, domain: DomainConfig) -> str | None:
+    """The recipient `name` reaches without the alias, for phone and e-mail domains; a domain
+    of verbatim ids has no other shape to tell an alias by, so its aliases stand."""
+    if domain.recipient == "verbatim":
+        return None
+    try:
+        return recipient_value(name, domain)
+    except BadRecipient:
+        return None

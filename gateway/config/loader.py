@@ -63,6 +63,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}: not valid YAML{at}: {reason}"]) from None
+    except RecursionError:
+        # PyYAML builds nested collections recursively: thousands of "[" exhaust the stack.
+        raise ConfigError([f"{path}: nested too deeply to be a configuration"]) from None
     return parse_config(data, env=os.environ if env is None else env, dry_run=dry_run,
                         source=str(path), secrets=secrets)
 

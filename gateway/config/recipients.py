@@ -13,6 +13,7 @@ at load exactly as a local part is checked at RCPT, and every stage above reads 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,14 @@ def recipient_value(local: str, domain: DomainConfig) -> str:
         return email_address(local)
     if not _VERBATIM.match(local):
         raise BadRecipient(f"{local!r} is not a valid recipient id")
+    if not local.isascii():
+        # Invisible (U+200B) and direction-changing (U+202E) characters make an id that looks
+        # like another one in every log, list and reply: refused, never sent on.
+        for ch in local:
+            if unicodedata.category(ch) in ("Cf", "Cc"):
+                raise BadRecipient(f"{local.encode('ascii', 'backslashreplace').decode()!r} "
+                                   f"holds an invisible or control character "
+                                   f"(U+{ord(ch):04X})")
     return local
 
 

@@ -10,7 +10,9 @@ The reply is not documented. What is read (the contract, Durability):
 - a JSON list of send-message-style objects, one per message in order: each settles its own;
 - `{"type": "success"}` or `{"type": "error", "msg": ...}`: all of them alike;
 - HTTP 429 or 5xx, and (in the client) no reply at all: every one is tried again;
-- anything else, a 200 with HTML, a list of the wrong length, a 404: **unknown**. The platform
+- a 4xx but 429 without one of those: tried again (not taken; our configuration is wrong);
+- anything else, a 200 with HTML, a list of the wrong length, a 2xx whose body the client could
+  not read (cut, too slow, too big, not UTF-8): **unknown**. The platform
   may have taken them; sending again could send each twice, counting them sent could lose them.
   They wait, unconfirmed, for a callback, `queue retry` or `queue drop`.
 """
@@ -34,6 +36,14 @@ from gateway.delivery.request import (
 
 # Once per request, not per message: what every message of a batch must share.
 BATCH_FIELDS = ("type", "sender", "charset")
+# A batch is cut where its form would pass this many bytes. Each message carries its own text:
+# 20 copies of a 0.9 MB text are over 50 MB of form, held per request in flight. One message
+# bigger than this goes alone, as it must.
+MAX_BATCH_BYTES = 2 << 20
+# Past this many characters a message's size is measured; below, bounded from its length.
+_MEASURE_FROM = 4096
+# The most form bytes one character can take: \u escaped in JSON (6), each byte as %XX (3).
+_WORST_PER_CHAR = 18
 
 BatchKey = tuple[str, str | None, str | None, str | None]
 
@@ -45,18 +55,32 @@ def batch_key(outgoing: Outgoing) -> BatchKey:
     return (outgoing.token, fields.get("type"), fields.get("sender"), fields.get("charset"))
 
 
-def group(outgoing: Sequence[Outgoing], size: int) -> list[list[Outgoing]]:
-    """Batches of at most `size` that share a key, in the order the first of each came."""
-    open_batch: dict[BatchKey, list[Outgoing]] = {}
+def group(outgoing: Sequence[Outgoing], size: int, max_bytes: int = MAX_BATCH_BYTES
+          ) -> list[list[Outgoing]]:
+    """Batches of at most `size` and about `max_bytes` of form (form_bytes) that share a key,
+    in the order the first of each came."""
+    open_batch: dict[BatchKey, tuple[list[Outgoing], list[int]]] = {}
     batches: list[list[Outgoing]] = []
     for item in outgoing:
         key = batch_key(item)
-        batch = open_batch.get(key)
-        if batch is None or len(batch) >= size:
-            batch = open_batch[key] = []
+        weight = form_bytes(item.fields) if size > 1 else 0
+        batch, total = open_batch.get(key, (None, [0]))
+        if batch is None or len(batch) >= size or total[0] + weight > max_bytes:
+            batch, total = open_batch[key] = [], [0]
             batches.append(batch)
         batch.append(item)
+        total[0] += weight
     return batches
+
+
+def form_bytes(fields: Mapping[str, str]) -> int:
+    """At least the bytes a message adds to a batch's form: exact for a text not in ASCII
+    (every byte escaped), at most three times too many for one in ASCII."""
+    chars = sum(map(len, fields.values()))
+    if chars < _MEASURE_FROM:
+        return chars * _WORST_PER_CHAR
+    text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return 3 * len(text.encode(codec_for(fields), "replace"))
 
 
 def split(requests: Sequence[Mapping[str, str]]) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -93,6 +117,10 @@ def classify_batch(status: int, body: bytes, headers: Mapping[str, str], now: fl
         if reply.get("type") == "error":
             return [refused(reply, secret)] * count
     detail = unrecognised(status, body, secret)
+    if 400 <= status < 500:
+        # Not taken (HTTP's client error), and most likely our own configuration: a wrong
+        # api.base_url or token. Tried again on the schedule; the client says so loudly.
+        return [Outcome("retry", detail=detail)] * count
     if isinstance(reply, list):
         detail += f" (a list of {len(reply)} for {count} messages)"
     return [Outcome("unknown", detail=detail)] * count

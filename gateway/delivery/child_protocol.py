@@ -9,6 +9,7 @@ runs as `__main__`: a class pickled by the parent must unpickle as the same clas
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import struct
 from collections.abc import Mapping
@@ -42,11 +43,18 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """One request: a send-message (one request, `batch` false) or a send-list-messages."""
+    """One request: a send-message (one request, `batch` false) or a send-list-messages.
+
+    Its deadlines are time.monotonic() values, which on Linux (CLOCK_MONOTONIC) are the same
+    clock in both processes: not begun by `start_by`, the request is not sent at all (a child
+    that was stalled must not send what the parent has given up on and will send again);
+    not answered by `answer_by`, when the parent stops waiting, it is abandoned."""
     number: int
     requests: tuple[Mapping[str, str], ...]
     token: str
     batch: bool
+    start_by: float = math.inf
+    answer_by: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +71,21 @@ class Mask:
 
 
 @dataclass(frozen=True, slots=True)
+class Ping:
+    """Parent to child, every second: answered at once by a child whose loop still turns."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Child to parent: the answer to a Ping."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Finish: the parent's worker has had its grace for what is still in flight."""
 
 
-Message = Start | Ready | Failed | Send | Answer | Mask | Stop
+Message = Start | Ready | Failed | Send | Answer | Mask | Ping | Pong | Stop
 
 
 def frame(message: Message) -> bytes:

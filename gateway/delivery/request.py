@@ -6,8 +6,10 @@ token that pays and the signed callback (`assemble`). Batches (batch.py) reuse b
 
 Pure functions, no HTTP: the parent process uses them without loading an HTTP client.
 The platform documents exactly two replies: `{"type": "success", "id": ...}` and
-`{"type": "error", "msg": ...}`. Everything else — a timeout, a reset, a 5xx, a 429, an HTML
-error page, JSON of another shape — is an unknown outcome and is retried, never taken as success.
+`{"type": "error", "msg": ...}`. Everything else — a timeout, a reset, a 5xx, a 429, a 404, an
+HTML error page, JSON of another shape — is retried, never taken as success; except a 2xx whose
+body cannot be read at all (cut, too slow, too big, not UTF-8: the client decides), which means
+the platform has the request, and is the unknown outcome, never sent again on its own.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ _MAX_ERROR_TEXT = 300
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    # unknown: only from a batch, whose reply is undocumented (batch.py); perhaps sent.
+    # unknown: perhaps sent; from a batch's undocumented reply (batch.py) or a 2xx unread.
     kind: Literal["sent", "refused", "retry", "unknown"]
     platform_id: str | None = None
     detail: str = ""
     retry_after: float | None = None
+    # For the operator, from the client: the platform answered a 4xx but 429, which says our
+    # configuration (api.base_url, api.token) is wrong; what to check. /healthz shows it.
+    config_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +183,15 @@ def short(text: str) -> str:
     return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + "…"
 
 
+def config_hint(base_url: str, status: int) -> str:
+    """What an operator should check when the platform answers `status` (a 4xx but 429)."""
+    if status in (401, 403):
+        return "check api.token (the platform does not accept it)"
+    if status == 413:
+        return "the platform refuses a request this big"
+    if base_url.rstrip("/").endswith(("/send-message", "/send-list-messages")):
+        return ("check api.base_url: it is the API's base (…/api/v1/bulk); /send-message is"
+                " appended to it")
+    if status in (404, 405):
+        return "check api.base_url (the API's base, e.g. https://…/api/v1/bulk)"
+    return "check api.base_url and api.token"

@@ -7,11 +7,14 @@ one place and the worker only applies it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway.config.model import Config
 from gateway.delivery.request import Outcome
 from gateway.spool.rows import Delivery, Result
 from gateway.spool.states import State
 
+NUL_SHOWN = "\ufffd"
 RETRY_AFTER_FLOOR = 3600.0   # the least a Retry-After is honoured up to, whatever the schedule
 
 
@@ -23,9 +26,16 @@ def next_wait(schedule: tuple[float, ...], attempts_done: int, jitter: float) ->
     return base * jitter
 
 
-def settle(delivery: Delivery, outcome: Outcome, config: Config, now: float,
-           jitter: float) -> Result:
+def next_state(delivery: Delivery, outcome: Outcome, config: Config, now: float,
+               jitter: float) -> Result:
     """Turn an attempt's outcome into the delivery's next state."""
+    if "\x00" in outcome.detail or "\x00" in (outcome.platform_id or ""):
+        # The platform's words are stored as text, and PostgreSQL's text cannot hold NUL: a
+        # reply with one ({"msg": "\u0000"}) could never be recorded, and its delivery would
+        # be held (or, its lease run out, sent again) for ever.
+        outcome = replace(outcome, detail=outcome.detail.replace("\x00", NUL_SHOWN),
+                          platform_id=outcome.platform_id and
+                          outcome.platform_id.replace("\x00", NUL_SHOWN))
     bounce = config.bounces.enabled
     if outcome.kind == "sent":
         return Result(delivery.id, State.SENT, now, "sent", outcome.platform_id or "",

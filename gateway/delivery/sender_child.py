@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
 import sys
+import time
 
 from gateway import privacy
 from gateway.delivery import child_protocol as wire
@@ -50,11 +52,27 @@ async def serve(fd: int) -> int:
     sends: set[asyncio.Task[None]] = set()
 
     async def send(order: wire.Send) -> None:
+        # A Send pickled by a parent older than its deadlines (upgraded under a running
+        # daemon) has none: unpickled here, the fields are not set at all.
+        start_by = getattr(order, "start_by", math.inf)
+        answer_by = getattr(order, "answer_by", math.inf)
+        if time.monotonic() > start_by:
+            # This process was stalled (stopped, starved) with the order waiting: the parent
+            # has had no answer for it, and may already be sending it again elsewhere.
+            log.warning("a request waited past its deadline in the sender process; not sent")
+            outcomes: tuple[Outcome, ...] = (Outcome(
+                "retry", detail="not sent: held up in the sender process past its deadline"),)
+            out.send(wire.Answer(order.number, outcomes))
+            return
         try:
-            if order.batch:
-                outcomes = tuple(await client.send_batch(order.requests, order.token))
-            else:
-                outcomes = (await client.send(order.requests[0], order.token),)
+            async with asyncio.timeout(
+                    None if math.isinf(answer_by) else answer_by - time.monotonic()):
+                if order.batch:
+                    outcomes = tuple(await client.send_batch(order.requests, order.token))
+                else:
+                    outcomes = (await client.send(order.requests[0], order.token),)
+        except TimeoutError:   # the parent has stopped waiting for it (and counts it a retry)
+            outcomes = (Outcome("retry", detail="sender process: past its answer deadline"),)
         except Exception as exc:   # a bug must cost a retry, not the child
             log.exception("send raised")
             outcomes = (Outcome("retry", detail=f"internal error: {type(exc).__name__}"),)
@@ -69,6 +87,8 @@ async def serve(fd: int) -> int:
             task = asyncio.create_task(send(message))
             sends.add(task)
             task.add_done_callback(sends.discard)
+        elif isinstance(message, wire.Ping):
+            out.send(wire.Pong())
         elif isinstance(message, wire.Mask):
             masking[0] = message.on
         elif isinstance(message, wire.Stop):

@@ -15,6 +15,9 @@ Only the HTTP work moves. The spool, the leases, retries, pacing and the concurr
 the worker, so the spool keeps one writer and its group commits; the child holds no state
 worth keeping. If it dies, every request it had becomes a retry (the platform may or may not
 have seen it: at least once, as for any send whose reply is lost) and a new child is started.
+A child that stops answering the parent's pings (stopped, hung) is killed and replaced the same
+way, and /healthz says so meanwhile; each request carries deadlines the child honours, so one
+that was stalled never sends late what the parent has already counted as a retry.
 Messages on the socket pair are the frozen dataclasses of child_protocol.py.
 """
 
@@ -26,6 +29,7 @@ import itertools
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway.config.model import ApiConfig
@@ -35,6 +39,8 @@ from gateway.delivery.child_protocol import (
     Failed,
     Mask,
     Message,
+    Ping,
+    Pong,
     Ready,
     Send,
     Start,
@@ -50,6 +56,16 @@ log = logging.getLogger("smtp2pulse.sender")
 START_TIMEOUT = 30.0
 STOP_MARGIN = 10.0        # past the drain's grace, before the child is killed
 ANSWER_MARGIN = 10.0      # past api.timeout: a child that has not answered by then is stuck
+# A request the child has not begun this long after it was handed over is not sent at all: the
+# child was stalled, and a late start could only finish after the parent stopped waiting
+# (START_WITHIN + api.timeout is inside api.timeout + ANSWER_MARGIN).
+START_WITHIN = 5.0
+ANSWER_SLACK = 1.0        # for the child's own "past its deadline" answer to arrive
+PING_EVERY = 1.0
+# A child whose event loop has not answered a ping for this long is stuck (SIGSTOP, a hang):
+# it is killed and replaced, and what it held becomes a retry. A working child answers within
+# milliseconds, whatever its requests are waiting for.
+STUCK_AFTER = 10.0
 RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -57,8 +73,11 @@ class SenderProcess:
     """A `Sender` whose requests run in a child process."""
 
     def __init__(self, api: ApiConfig, *, mask_personal: Callable[[], bool] = lambda: False,
-                 log_level: str = "info", log_format: str = "plain") -> None:
+                 log_level: str = "info", log_format: str = "plain",
+                 stuck_after: float = STUCK_AFTER) -> None:
         self.api = api
+        self.stuck_after = stuck_after
+        self.trouble: str | None = None   # why the child is being replaced (for /healthz)
         self.mask_personal = mask_personal
         self.log_level = log_level
         self.log_format = log_format
@@ -67,6 +86,8 @@ class SenderProcess:
         self._reader: asyncio.StreamReader | None = None
         self._out: Batcher | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._last_pong = 0.0
         self._waiting: dict[int, asyncio.Future[tuple[Outcome, ...]]] = {}
         self._ids = itertools.count()
         self._mask_sent = False
@@ -85,6 +106,7 @@ class SenderProcess:
     async def start(self) -> None:
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch(), name="sender-process-watch")
+        self._pinger = asyncio.create_task(self._check_liveness(), name="sender-process-ping")
 
     async def send(self, request: Mapping[str, str], token: str) -> Outcome:
         (outcome,) = await self._ask((request,), token, batch=False)
@@ -96,11 +118,11 @@ class SenderProcess:
 
     async def _ask(self, requests: tuple[Mapping[str, str], ...], token: str, *, batch: bool
                    ) -> tuple[Outcome, ...]:
-        if not self.running and not self._stopping:
+        if not self.ready() and not self._stopping:
             # Being restarted: usually back in a fraction of a second, cheaper than a retry.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._up.wait(), self.api.timeout)
-        if not self.running:
+        if not self.ready():
             return (Outcome("retry", detail="sender process is not running"),) * len(requests)
         assert self._out is not None
         mask = self.mask_personal()
@@ -110,9 +132,13 @@ class SenderProcess:
         number = next(self._ids)
         answer: asyncio.Future[tuple[Outcome, ...]] = asyncio.get_running_loop().create_future()
         self._waiting[number] = answer
-        self._out.send(Send(number, tuple(dict(r) for r in requests), token, batch))
+        now = time.monotonic()
+        self._out.send(Send(number, tuple(dict(r) for r in requests), token, batch,
+                            start_by=now + START_WITHIN,
+                            answer_by=now + self.api.timeout + ANSWER_MARGIN))
         try:
-            outcomes = await asyncio.wait_for(answer, self.api.timeout + ANSWER_MARGIN)
+            outcomes = await asyncio.wait_for(answer,
+                                              self.api.timeout + ANSWER_MARGIN + ANSWER_SLACK)
         except TimeoutError:
             outcomes = (Outcome("retry", detail="sender process did not answer"),)
         finally:
@@ -121,7 +147,7 @@ class SenderProcess:
         return outcomes if len(outcomes) == len(requests) else outcomes[:1] * len(requests)
 
     def ready(self) -> bool:
-        return self.running
+        return self.running and self.trouble is None
 
     async def stop(self) -> None:
         """Stop the child once the worker has finished (or given up on) its sends."""
@@ -138,6 +164,10 @@ class SenderProcess:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
         if self._watcher is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._watcher), STOP_MARGIN)
@@ -170,6 +200,8 @@ class SenderProcess:
             reason = reply.reason if isinstance(reply, Failed) else "it exited"
             await self._reap()
             raise SenderProcessError(f"sender process did not start: {reason}")
+        self._last_pong = time.monotonic()
+        self.trouble = None
         self._up.set()
         log.debug("sender process %d started", self._process.pid)
 
@@ -195,6 +227,8 @@ class SenderProcess:
                     answer = self._waiting.get(message.number)
                     if answer is not None and not answer.done():
                         answer.set_result(message.outcomes)
+                elif isinstance(message, Pong):
+                    self._last_pong = time.monotonic()
                 continue
             assert self._process is not None
             code = await self._process.wait()
@@ -203,6 +237,32 @@ class SenderProcess:
             self._abandon(code)
             if self._stopping or not await self._respawn(code):
                 return
+
+    async def _check_liveness(self) -> None:
+        """Ping the child every second; one silent for stuck_after is killed (SIGKILL works on
+        a stopped process too), which _watch sees as an exit: its requests become retries and
+        another child starts. Until that one is ready, /healthz says why."""
+        while not self._stopping:
+            asked = time.monotonic()
+            await asyncio.sleep(PING_EVERY)
+            now = time.monotonic()
+            if now - asked > 2 * PING_EVERY:
+                # This loop was held up itself: the child's answers may be waiting unread.
+                self._last_pong = now
+            process = self._process
+            if not self.running or self.trouble is not None or process is None:
+                continue
+            silent = now - self._last_pong
+            if silent > self.stuck_after:
+                self.trouble = (f"sender process {process.pid} is stuck (no answer for"
+                                f" {silent:.0f}s); replacing it")
+                log.error("%s", self.trouble)
+                self._up.clear()
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                continue
+            assert self._out is not None
+            self._out.send(Ping())
 
     def _abandon(self, code: int) -> None:
         # The platform may have taken some of them: sent again, at least once.

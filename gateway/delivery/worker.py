@@ -18,17 +18,15 @@ import functools
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.model import Config
 from gateway.delivery.batch import group
+from gateway.delivery.recording import Finished, Recorder
 from gateway.delivery.request import Outcome, Outgoing, assemble
-from gateway.delivery.retry import settle
-from gateway.errors import ShuttingDown, SpoolError
-from gateway.message.cost import request_segments
-from gateway.spool import Result
+from gateway.delivery.retry import next_state
+from gateway.errors import SpoolError
 from gateway.spool.interface import SpoolInterface
 from gateway.status.metrics import Metrics
 
@@ -37,8 +35,8 @@ log = logging.getLogger("smtp2pulse.worker")
 MAX_IDLE_SLEEP = 10.0  # also picks up `queue retry` from another process
 PURGE_EVERY = 3600.0
 KEEP_FINISHED = 7 * 86400.0
-# Beyond api.timeout: the sender process's answer (sender_process.ANSWER_MARGIN, which this
-# must exceed) and the record of the outcome.
+# Beyond api.timeout: the sender process's answer (sender_process.ANSWER_MARGIN plus its
+# ANSWER_SLACK, which this must exceed) and the record of the outcome.
 LEASE_MARGIN = 15.0
 
 
@@ -74,7 +72,8 @@ class Worker:
                  ) -> None:
         self.spool = spool
         self.metrics = metrics or Metrics()
-        self.on_bounce = on_bounce or (lambda: None)
+        # What each request came to, into the spool (or kept until the spool takes it).
+        self.recorder = Recorder(spool, self.metrics, on_bounce or (lambda: None))
         self.sender = sender
         self.config = config
         self.clock = clock
@@ -109,6 +108,7 @@ class Worker:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        deadline = time.monotonic() + grace
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -116,6 +116,8 @@ class Worker:
             if pending:
                 log.warning("stopped with %d sends unfinished; they will be retried", len(pending))
                 await asyncio.wait(pending)
+        # Outcomes the spool could not take yet: what is left of the grace to write them.
+        await self.recorder.stop(max(0.0, deadline - time.monotonic()))
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -141,6 +143,10 @@ class Worker:
         api = config.api
         if api.max_concurrency - len(self._inflight) <= 0:
             return
+        if self.recorder.kept:
+            # Outcomes kept while the spool was away are written before anything is leased:
+            # their leases may be running out.
+            await self.recorder.flush()
         if api.batch_size > 1 and self._inflight and api.batch_wait > 0:
             # Under load, let the next batch fill rather than split the flow over every free
             # slot. Nothing is leased meanwhile: a crash now repeats nothing.
@@ -153,9 +159,11 @@ class Worker:
         lease = api.timeout + pacing + LEASE_MARGIN
         outgoing = []
         for delivery in await self.spool.lease(free * api.batch_size, lease):
-            if delivery.id in self._holding:
+            if delivery.id in self._holding or delivery.id in self.recorder.held:
                 # Its lease ran out while this process still sends it (the sender's deadline
-                # should prevent that): the send in flight records the outcome, never a second.
+                # should prevent that), or while its outcome waits for the spool: the outcome
+                # is recorded once, and it is not sent a second time. (Leased again here, it
+                # stays ours meanwhile.)
                 log.warning("queue_id=%s delivery %d is still in flight past its lease; not"
                             " sending it again", delivery.queue_id, delivery.id)
                 continue
@@ -209,58 +217,15 @@ class Worker:
             outcomes = [Outcome("retry", detail="internal error: outcomes do not match")] * \
                 len(batch)
         elapsed = time.monotonic() - started
+        self.metrics.platform_answered(outcomes[0].config_error, outcomes[0].kind != "retry")
         self.metrics.platform_latency.observe(elapsed)
         self.metrics.batch_messages.observe(len(batch))
         now = self.clock()
         jitter = self.rng.uniform(0.9, 1.1)
-        results = [settle(item.delivery, outcome, config, now, jitter)
+        results = [next_state(item.delivery, outcome, config, now, jitter)
                    for item, outcome in zip(batch, outcomes, strict=True)]
-        try:
-            await self.spool.record(*results)
-        except (SpoolError, ShuttingDown) as exc:
-            # The leases run out and the deliveries are tried again: at least once, not lost.
-            log.error("queue_id=%s could not record %d outcomes: %s",
-                      batch[0].delivery.queue_id, len(results), exc)
-            return
-        self._account(batch, outcomes, results)
-        self._log(batch, outcomes, results, elapsed)
-
-    def _account(self, batch: list[Outgoing], outcomes: list[Outcome], results: list[Result]
-                 ) -> None:
-        """A request's metrics, counted once per kind rather than once per message."""
-        for event, count in Counter(result.event for result in results).items():
-            self.metrics.deliveries.labels(event).inc(count)
-        parts: Counter[str] = Counter()
-        for item, result in zip(batch, results, strict=True):
-            if result.event == "sent" and (sms := request_segments(item.delivery.request)):
-                parts[item.delivery.recipient.rpartition("@")[2].lower()] += sms.parts
-        for domain, count in parts.items():
-            self.metrics.sms_parts.labels(domain).inc(count)
-        if any(result.bounce for result in results):
-            self.on_bounce()
-
-    def _log(self, batch: list[Outgoing], outcomes: list[Outcome], results: list[Result],
-             elapsed: float) -> None:
-        """A line per delivery, except that a batch's sent ones share one line: a line per
-        message was the costliest part of delivering a batch. Each queue id is still in the
-        log, and `queue show` has the whole history."""
-        ms = elapsed * 1000
-        sent = []
-        for item, outcome, result in zip(batch, outcomes, results, strict=True):
-            delivery = item.delivery
-            to = delivery.request.get("sent_to", delivery.recipient)
-            if len(batch) > 1 and result.event == "sent":
-                sent.append(f"{delivery.queue_id}({to}:{outcome.platform_id or '-'})")
-                continue
-            log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
-                     delivery.queue_id, to, delivery.attempts + 1, result.event,
-                     f"platform_id={outcome.platform_id} " if outcome.platform_id else
-                     f"reason={result.detail!r} ", ms,
-                     f", batch of {len(batch)}" if len(batch) > 1 else "",
-                     extra={"queue_id": delivery.queue_id})
-        if sent:
-            log.info("batch of %d (%.0f ms): %d sent: %s", len(batch), ms, len(sent),
-                     " ".join(sent))
+        await self.recorder.record(Finished(tuple(batch), tuple(outcomes), tuple(results),
+                                            elapsed))
 
     async def _maybe_purge(self) -> None:
         now = self.clock()

@@ -8,18 +8,16 @@ code the daemon uses.
 from __future__ import annotations
 
 import functools
-from datetime import datetime
 
 from gateway.config.domains import SMS_TYPES
 from gateway.config.model import DomainConfig
 from gateway.config.recipients import Recipient
 from gateway.errors import BadContent
 from gateway.message.parse import ParsedMessage
+from gateway.message.schedule import send_date_header, ttl_header
 from gateway.message.sms import ELLIPSIS, fit, is_gsm7
 from gateway.message.text import clean_text
 from gateway.message.translit import transliterate
-
-_SEND_DATE = "%Y-%m-%d %H:%M"
 
 
 def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,
@@ -96,15 +94,9 @@ def header_overrides(message: ParsedMessage, domain: DomainConfig) -> dict[str, 
         if not value:
             continue
         if name == "ttl":
-            if not value.isdigit() or int(value) < 1:
-                raise BadContent(f"X-Pulse-TTL: {value!r} is not a number of minutes")
-            value = str(int(value))
+            value = ttl_header(value)
         elif name == "send_date":
-            try:
-                datetime.strptime(value, _SEND_DATE)
-            except ValueError:
-                raise BadContent(f"X-Pulse-Send-Date: {value!r} is not "
-                                 f"YYYY-MM-DD HH:MM") from None
+            value = send_date_header(value)
             name = "sent_date"
         overrides[name] = value
     return overrides

@@ -17,6 +17,7 @@ accept, before their TLS handshake: see gateway.smtp.smtps.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -35,6 +36,7 @@ log = logging.getLogger("smtp2pulse.smtp")
 
 Clock = Callable[[], float]
 WINDOW = 60.0          # messages are counted per minute
+LOGGED_RCPT_REFUSALS = 5   # refused recipients of a session logged one by one; then counted
 NULL_SENDERS = ("", "<>")
 # Typical markers of automatic mail besides RFC 3834's Auto-Submitted: Exchange, Outlook and
 # the vacation programs of Unix, cPanel, Zimbra and friends.
@@ -86,6 +88,31 @@ class Client:
         self.host = host
         self.key = key                  # what limits and the login block count
         self.user: User | None = None   # the login, once AUTH succeeded
+        self._failed_pairs: set[bytes] = set()   # digests of the pairs refused in the session
+        self._refused_recipients = 0
+
+    def guessed_again(self, login: bytes, password: bytes) -> bool:
+        """Whether this session was refused this very pair already: smtplib tries PLAIN, then
+        LOGIN, with what it was given, which is one guess, not two. (A digest: the password is
+        not kept.)"""
+        pair = hashlib.sha256(login + b"\0" + password).digest()
+        again = pair in self._failed_pairs
+        self._failed_pairs.add(pair)
+        return again
+
+    def log_refused_recipient(self, address: str, why: object) -> None:
+        """The first few of a session one by one; then only counted (a client spraying RCPTs
+        wrote 22 MB of log in 150 s), the count logged when the session ends."""
+        self._refused_recipients += 1
+        if self._refused_recipients <= LOGGED_RCPT_REFUSALS:
+            log.info("refused recipient <%s> from %s: %s%s", address, self.host, why,
+                     "; further ones in this session are counted, not logged"
+                     if self._refused_recipients == LOGGED_RCPT_REFUSALS else "")
+
+    def log_unlogged_refusals(self) -> None:
+        if self._refused_recipients > LOGGED_RCPT_REFUSALS:
+            log.info("%d more recipients refused from %s in that session (not logged one by "
+                     "one)", self._refused_recipients - LOGGED_RCPT_REFUSALS, self.host)
 
     def mail_refusal(self, mail_from: str) -> Reply | None:
         """At MAIL: a bounce the config refuses, or a client already over its rate."""

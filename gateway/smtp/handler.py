@@ -65,15 +65,15 @@ class Handler:
             resolved = resolve_recipients(address, config)   # an alias: each of its group
         except Refusal as refusal:
             reply = reply_for(refusal)
-            log.info("refused recipient <%s> from %s: %s", address, peer(session), reply)
+            server.client.log_refused_recipient(address, reply)
             return reply
         if len(envelope.recipients) + len(resolved) > limit:
-            log.info("refused recipient <%s> from %s: a group of %d, over max_recipients",
-                     address, peer(session), len(resolved))
+            server.client.log_refused_recipient(
+                address, f"a group of {len(resolved)}, over max_recipients")
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
         denied = server.client.recipient_refusal(resolved[0].domain)   # the user's own domains
         if denied is not None:
-            log.info("refused recipient <%s> from %s: %s", address, peer(session), denied)
+            server.client.log_refused_recipient(address, denied)
             return denied
         envelope.rcpt_tos.append(address)
         envelope.recipients.extend(resolved)

@@ -1,7 +1,8 @@
 """One SMTP session: aiosmtpd's protocol with the gateway's admission, AUTH, DATA reader,
 named replies, drain hook and bounded lifetime.
 
-aiosmtpd does the protocol; this one subclass changes what it must, each method overridden once.
+aiosmtpd does the protocol; this one subclass changes what it must, each method overridden once
+(the AUTH exchange in its base gateway.smtp.auth_exchange, with the names that one relies on).
 It relies on these names of aiosmtpd's that are not its documented API (checked against the
 versions pyproject.toml allows):
 
@@ -11,18 +12,16 @@ versions pyproject.toml allows):
   session busy (a drain waits for it) and the session's age is checked before it runs.
 - `_getaddr`: the MAIL/RCPT address parser; a fast path for plain addresses, and refusals of
   what it would silently change (comments) or could not store (control bytes).
-- `_timeout_cb`: the idle timeout; a 421 is written before aiosmtpd closes.
-- `_reader`, `_writer`: the connection's streams, for the DATA reader, the AUTH exchange line
-  and the replies written outside `push` (timeout, shutdown).
+- `_timeout_cb`, `_timeout_handle`, `_reset_timeout`: the idle timeout, armed by aiosmtpd at each
+  command (and never again until the next); a 421 is written before aiosmtpd closes, and the
+  timer is stopped while the gateway holds the turn (from the final dot to its reply).
+- `_reader`, `_writer`: the connection's streams, for the DATA reader and the replies written
+  outside `push` (timeout, shutdown).
 - `_set_post_data_state`, `_call_handler_hook`, `_decode_data`: smtp_DATA below is aiosmtpd's
   smtp_DATA of 1.4.6 with the data read by gateway.smtp.data_reader; these are what its copy
   calls and checks.
-- `_authenticate`: the end of aiosmtpd's PLAIN and LOGIN exchanges; it hands the pair back so
-  that auth_PLAIN/auth_LOGIN check it in a thread.
-- `_tls_protocol`: set once STARTTLS succeeded.
 - `_create_envelope`: so that each envelope carries the recipients as resolved at RCPT.
-- `challenge_auth`, `check_auth_needed`, `check_helo_needed`, `auth_PLAIN`, `auth_LOGIN`: public
-  but undocumented hooks, overridden or called as aiosmtpd itself does.
+- `check_helo_needed`: a public but undocumented hook, called as aiosmtpd itself does.
 """
 
 from __future__ import annotations
@@ -30,17 +29,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from base64 import b64encode
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException
+from aiosmtpd.smtp import MISSING, Envelope, TLSSetupException
 
 from gateway.config.access import policy_for
 from gateway.config.model import Config, Listener, User
 from gateway.config.recipients import Recipient
-from gateway.smtp import auth, replies
+from gateway.smtp import replies
 from gateway.smtp.admission import Admission, Client, client_host
+from gateway.smtp.auth_exchange import AuthExchange
 from gateway.smtp.data_reader import TooBig, read_data
 from gateway.smtp.replies import Reply
 from gateway.status.metrics import Metrics
@@ -71,7 +70,7 @@ class GatewayEnvelope(Envelope):
         self.recipients: list[Recipient] = []
 
 
-class GatewaySession(SMTP):
+class GatewaySession(AuthExchange):
     def __init__(self, handler: Any, sessions: SessionSet, config: Config, *,
                  admission: Admission, listener: Listener,
                  current_config: Callable[[], Config] | None = None,
@@ -89,6 +88,7 @@ class GatewaySession(SMTP):
         self.policy = policy_for(listener, config.smtp)
         self.client = Client(admission, config.smtp, "?", admitted or "?")
         self.busy = False
+        self.holding_turn = False      # the client has had its say; our reply is pending
         self.deadline = float("inf")
         self._refusal: Reply | None = None
         self._counted = admitted is not None  # admitted (and counted) before a TLS handshake
@@ -132,6 +132,7 @@ class GatewaySession(SMTP):
         self._counted = self._refusal is None
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.client.log_unlogged_refusals()
         self.sessions.discard(self)
         self.release_slot()
         super().connection_lost(error)
@@ -153,7 +154,19 @@ class GatewaySession(SMTP):
             return
         await super()._handle_client()
 
+    def _hold_turn(self) -> None:
+        self.holding_turn = True
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def _give_turn(self) -> None:
+        self.holding_turn = False
+        if self.transport is not None and not self.transport.is_closing():
+            self._reset_timeout()      # the client's silence is timed from our reply on
+
     def _timeout_cb(self) -> None:
+        if self.holding_turn:
+            return      # a timer armed before the hold (aiosmtpd's own paths): not the client's
         # RFC 5321 4.5.3.2: say why before closing, so a stalled client's log tells its admin.
         if self.transport is not None and not self.transport.is_closing():
             self._writer.write(f"{replies.TIMEOUT.format(hostname=self.hostname)}\r\n".encode())
@@ -297,124 +310,13 @@ class GatewaySession(SMTP):
             self._writer.close()
             raise
         self.envelope.content = self.envelope.original_content = data
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(replies.OK if status is MISSING else status)
-
-    # --- TLS and AUTH ------------------------------------------------------------------------
-
-    def encrypted(self) -> bool:
-        return self.policy.implicit_tls or self._tls_protocol is not None
-
-    def offers_auth(self) -> bool:
-        return self.config.smtp.auth is not None and (self.encrypted()
-                                                      or self.policy.offer_auth_in_clear)
-
-    async def check_auth_needed(self, caller_method: str) -> bool:
-        if self.policy.require_auth and self.client.user is None:
-            await self.push(replies.AUTH_REQUIRED)
-            return True
-        return False
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        if await self.check_helo_needed("EHLO"):
-            return
-        if self.config.smtp.auth is None:
-            await self.push(replies.AUTH_UNAVAILABLE)
-            return
-        if not self.offers_auth():
-            await self.push(replies.AUTH_NEEDS_TLS)
-            return
-        assert self.envelope is not None
-        if self.envelope.mail_from is not None:
-            # RFC 4954 section 4; else RCPT would be checked for one identity and the mail
-            # sent (and paid for) as another.
-            await self.push(replies.AUTH_IN_TRANSACTION)
-            return
-        if await self._refused_while_blocked():
-            return
-        await super().smtp_AUTH(arg)
-
-    async def _refused_while_blocked(self) -> bool:
-        # Sessions opened before the block must not keep guessing during it.
-        if not self.admission.logins.is_blocked(self.client.key):
-            return False
-        log.warning("AUTH from %s refused: address blocked after failed logins",
-                    self.client.host)
-        await self.push(replies.LOGIN_BLOCKED)
-        self.hang_up()
-        return True
-
-    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
-                             log_client_response: bool = False) -> Any:
-        # aiosmtpd's own reads the answer with readline(), which raises on a line over the
-        # reader's limit (a 451 and a traceback at ERROR, for any client that asks); this one
-        # reads at most auth.AUTH_LINE_LIMIT and answers as RFC 4954 says.
-        data = challenge.encode() if isinstance(challenge, str) else challenge
-        await self.push(b"334 " + (b64encode(data) if encode_to_b64 else data))
-        answer = await auth.read_answer(self._reader)
-        if not isinstance(answer, Reply):
-            return answer
-        if answer is replies.AUTH_LINE_TOO_LONG:
-            log.warning("AUTH from %s: exchange line over %d bytes refused", self.client.host,
-                        auth.AUTH_LINE_LIMIT)
-        await self.push(answer)
-        return MISSING
-
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        # aiosmtpd's PLAIN and LOGIN decode the exchange and end here, synchronously; hand the
-        # pair back so the overrides below can check it in a thread (scrypt takes a while).
-        return AuthResult(success=True, auth_data=auth_data)
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._checked(await super().auth_PLAIN(_, args))
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._checked(await super().auth_LOGIN(_, args))
-
-    async def _checked(self, exchange: AuthResult) -> AuthResult:
-        if not exchange.success or not isinstance(exchange.auth_data, LoginPassword):
-            # Aborted or undecodable: answered already (aiosmtpd would add a 535 to some).
-            return AuthResult(success=False, handled=True)
-        settings = self.config.smtp.auth       # the session's limits
-        assert settings is not None
-        login = await auth.check_login(*exchange.auth_data, self.current_config().smtp.auth)
-        # Parallel sessions may have blocked the address during the check: then no answer
-        # tells this guess from a wrong one.
-        if await self._refused_while_blocked():
-            return AuthResult(success=False, handled=True)
-        if login.matches and login.user is not None:
-            self.admission.logins.succeed(self.client.key)
-            self.client.user = login.user
-            log.info("AUTH user=%s from %s", login.user.name, self.client.host)
-            return await self._succeeded()
-        anonymous = self.policy.accept_any_credentials
-        if anonymous and login.user is None:
-            # Legacy devices send made-up names: not counted, or the switch would block them.
-            log.info("AUTH from %s: credentials not recognised, session stays anonymous "
-                     "(accept_any_credentials)", self.client.host)
-            return await self._succeeded()
-        # A configured user's name with a wrong password is a guess on a real account: counted
-        # on every listener.
-        blocked = self.admission.logins.fail(self.client.key, settings.max_failures,
-                                             settings.block_for)
-        # A name that is no user may be a password typed in the wrong field: never log it.
-        log.warning("AUTH failed from %s for %s%s", self.client.host,
-                    f"user={login.name}" if login.user is not None else "an unknown user",
-                    f"; address blocked for {settings.block_for:.0f}s" if blocked else "")
-        if blocked:
-            await self.push(replies.LOGIN_BLOCKED)
-            self.hang_up()
-        elif anonymous:
-            return await self._succeeded()     # as for any unrecognised credentials here
-        else:
-            await self.push(replies.BAD_CREDENTIALS)
-        return AuthResult(success=False, handled=True)
-
-    async def _succeeded(self) -> AuthResult:
-        # Answered here rather than by aiosmtpd, whose success path sets the deprecated
-        # Session.login_data and logs a warning for every login.
-        assert self.session is not None
-        self.session.authenticated = True
-        await self.push(replies.AUTH_OK)
-        return AuthResult(success=False, handled=True)
+        # The final dot is in: the turn is the gateway's until its reply. smtp.timeout is for
+        # a silent client, so it must not fire while the spool commits (a 421 then, and the
+        # message stored anyway, is a duplicate when the client sends again).
+        self._hold_turn()
+        try:
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(replies.OK if status is MISSING else status)
+        finally:
+            self._give_turn()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.spool.states import LEASABLE, UNFINISHED, State, StatusClass
+from gateway.spool.states import LEASABLE, TAKEN_BY_CALLBACK, UNFINISHED, State, StatusClass
 from gateway.spool.steps import Job, Query
 
 
@@ -26,6 +26,7 @@ def in_list(states: tuple[State, ...]) -> str:
 
 LEASABLE_IN = in_list(LEASABLE)        # deliveries_due's WHERE
 UNFINISHED_IN = in_list(UNFINISHED)    # deliveries_pending's WHERE
+TAKEN_BY_CALLBACK_IN = in_list(TAKEN_BY_CALLBACK)
 
 # A delivery in the state a person asks about (states.SHOWN): sent until the platform's status
 # says delivered, failed or unknown.

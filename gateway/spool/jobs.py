@@ -15,7 +15,13 @@ from collections.abc import Callable, Sequence
 from gateway.spool.dialect import Dialect, ResultRow
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
 from gateway.spool.rows import Delivery, IncomingMessage, PendingBounce, Result
-from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
+from gateway.spool.states import (
+    TAKEN_BY_CALLBACK,
+    BounceState,
+    CallbackResult,
+    State,
+    StatusClass,
+)
 from gateway.spool.steps import Fetch, Job, Query, Row
 
 STATUS_EVENT = "status"
@@ -155,7 +161,9 @@ def record_status(sql: Dialect, clock: Callable[[], float], delivery_id: int, qu
                   platform_id: str, status: str, classify: Callable[[bool], StatusClass],
                   max_statuses: int) -> Job[tuple[CallbackResult, StatusClass]]:
     """Keep a callback's status on its delivery, once however often it is repeated. A callback
-    is the platform's word that it has the message: an unconfirmed delivery is then sent."""
+    is the platform's word that it has the message: a delivery still being sent, waiting for a
+    retry or unconfirmed is then sent (the attempt in flight counted here: its own outcome is
+    not recorded over `sent`)."""
     # Two callbacks for one delivery may reach two gateways at once: the row lock makes the
     # second wait, so "seen before" and "how many" are read after the first is committed.
     yield Query(sql.LOCK_DELIVERY, (delivery_id,))
@@ -173,7 +181,7 @@ def record_status(sql: Dialect, clock: Callable[[], float], delivery_id: int, qu
     now = clock()
     yield Query(sql.RECORD_STATUS, (status, meaning.value, now, platform_id, delivery_id))
     events = [(delivery_id, now, STATUS_EVENT, detail)]
-    if row["state"] == State.UNCONFIRMED:
+    if row["state"] in TAKEN_BY_CALLBACK:
         events.insert(0, (delivery_id, now, "sent", CONFIRMED))
     yield sql.insert_events(events)
     return "recorded", meaning

@@ -25,6 +25,10 @@ class State(StrEnum):
 
 # What the lease takes: due deliveries, and leases that ran out.
 LEASABLE = (State.QUEUED, State.SENDING)
+# What a platform callback makes sent: a delivery it reports on is one it has, even while our
+# request is still waiting for its reply (`sending`) or after that reply was lost (`queued` for a
+# retry, `unconfirmed`).
+TAKEN_BY_CALLBACK = (State.QUEUED, State.SENDING, State.UNCONFIRMED)
 # Deliveries not settled yet: `queue list` shows them, purging keeps them.
 UNFINISHED = (State.QUEUED, State.SENDING, State.UNCONFIRMED)
 # What an operator's retry makes due again (a `sending` one is already being tried).

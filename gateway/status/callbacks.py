@@ -8,6 +8,7 @@ an HMAC of it, so a callback can only speak for the delivery its URL was made fo
 from __future__ import annotations
 
 import functools
+import re
 
 from gateway.delivery.signing import callback_url, sign, verify
 from gateway.spool.interface import SpoolInterface
@@ -21,19 +22,29 @@ _DELIVERED, _FAILED, _PENDING = StatusClass.DELIVERED, StatusClass.FAILED, Statu
 # Kannel DLR values are bit flags; the worst bit present decides.
 _KANNEL = ((2, _FAILED), (16, _FAILED), (1, _DELIVERED), (8, _PENDING), (4, _PENDING))
 # Platform words we can read with confidence; anything else is kept verbatim as "unknown".
+# The platform may pass on an SMSC's own word: SMPP's delivery receipt states (its `stat:`
+# field, seven letters at most: DELIVRD, UNDELIV, ...) and their long forms mean the same.
 _WORDS = {
-    "delivered": _DELIVERED, "read": _DELIVERED, "seen": _DELIVERED,
+    "delivered": _DELIVERED, "read": _DELIVERED, "seen": _DELIVERED, "delivrd": _DELIVERED,
     "undelivered": _FAILED, "failed": _FAILED, "rejected": _FAILED, "expired": _FAILED,
-    "error": _FAILED, "not_delivered": _FAILED,
+    "error": _FAILED, "not_delivered": _FAILED, "undeliv": _FAILED, "undeliverable": _FAILED,
+    "rejectd": _FAILED, "deleted": _FAILED,
     "sent": _PENDING, "queued": _PENDING, "pending": _PENDING, "accepted": _PENDING,
     "enroute": _PENDING, "buffered": _PENDING,
+    # SMPP's ACCEPTD: taken by the SMSC (or read to the subscriber by an operator), not a
+    # handset's receipt: still on its way as far as we can tell.
+    "acceptd": _PENDING,
+    "unknown": StatusClass.UNKNOWN,
 }
+# Kannel's %d: the flags as ASCII digits. str.isdigit() also takes '²', which int() refuses,
+# and int() refuses more than 4,300 digits; a real value is a byte.
+_KANNEL_FLAGS = re.compile(r"[0-9]{1,5}")
 MAX_STATUSES = 20   # distinct statuses kept per delivery; a real one goes through a handful
 
 
 def classify_status(status: str, kannel: bool) -> StatusClass:
     text = status.strip()
-    if kannel and text.isdigit():
+    if kannel and _KANNEL_FLAGS.fullmatch(text):
         flags = int(text)
         for bit, meaning in _KANNEL:
             if flags & bit:

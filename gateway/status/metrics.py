@@ -50,6 +50,18 @@ class Metrics:
         self.bounces = Counter("smtp2pulse_bounces", "Delivery status notifications by result",
                                ["result"], registry=r)
 
+        # The platform's last word that our configuration is wrong (a 4xx but 429: a wrong
+        # api.base_url or token) until it next takes a request; /healthz shows it.
+        self.platform_error = ""
+
+    def platform_answered(self, config_error: str, taken: bool) -> None:
+        """One request's result: `config_error` if its reply said our configuration is wrong,
+        `taken` if the platform answered it with a 2xx."""
+        if config_error:
+            self.platform_error = config_error
+        elif taken:
+            self.platform_error = ""
+
     def refusal(self, reason: str | None) -> None:
         """Count a reply under the reason it names (gateway.smtp.replies); None: no refusal."""
         if reason is not None:

@@ -17,6 +17,7 @@ from gateway.errors import GatewayError
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
 from gateway.status import callbacks as tracking
+from gateway.status.gate import IDLE_TIMEOUT, Gate
 from gateway.status.metrics import CONTENT_TYPE, Metrics
 from gateway.status.page import StatusPage
 
@@ -35,16 +36,19 @@ _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 
 class StatusServer:
     def __init__(self, listen: Listener, config: Callable[[], Config], spool: SpoolInterface,
-                 metrics: Metrics, ready: Callable[[], bool], sending: Callable[[], bool],
+                 metrics: Metrics, ready: Callable[[], bool],
+                 not_sending: Callable[[], str | None],
                  on_failed_status: Callable[[int], Awaitable[None]]) -> None:
         self.listen = listen     # the socket stays; everything else follows a reload
         self.config = config
         self.spool = spool
         self.metrics = metrics
         self.ready = ready
-        self.sending = sending
+        self.not_sending = not_sending   # why nothing leaves now; None when it does
         self.on_failed_status = on_failed_status
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.gate: Gate | None = None
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._guard])
@@ -53,22 +57,32 @@ class StatusServer:
         app.router.add_route("GET", "/callback", self._callback)
         app.router.add_route("POST", "/callback", self._callback)
         app.router.add_get("/messages/{queue_id}", self._message)
-        StatusPage(self.config, self.spool, self.ready, self.sending).add_routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        StatusPage(self.config, self.spool, self.ready,
+                   lambda: self.not_sending() is None).add_routes(app.router)
+        # aiohttp's own timer closes a connection idle this long, from its start (see
+        # gateway.status.gate, which caps how many there are).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=IDLE_TIMEOUT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.listen.host, self.listen.port,
-                           reuse_address=True)
-        await site.start()
+        assert self._runner.server is not None
+        self.gate = Gate(self._runner.server, ipv6_prefix=self.config().smtp.ipv6_prefix)
+        # Not web.TCPSite: it hands connections to aiohttp directly, past any cap.
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate, self.listen.host, self.listen.port, reuse_address=True)
         log.info("HTTP status listening on %s", ", ".join(
             f"{host}:{port}" for host, port in self.addresses))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        if self._runner is None:
+        if self._server is None:
             return []
-        return [(str(address[0]), int(address[1])) for address in self._runner.addresses]
+        return [(str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+                for sock in self._server.sockets]
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -95,10 +109,11 @@ class StatusServer:
         if not self.ready():
             return web.json_response({**dry, "status": "unavailable",
                                       "reason": "SMTP listeners are not bound"}, status=503)
-        if not self.sending():
+        stalled = self.not_sending()
+        if stalled is not None:
             # Mail is still accepted and kept, but nothing leaves until it is back.
-            return web.json_response({**dry, "status": "unavailable",
-                                      "reason": "sender process is not running"}, status=503)
+            return web.json_response({**dry, "status": "unavailable", "reason": stalled},
+                                     status=503)
         try:
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await tracking.probe_writable(self.spool)
@@ -106,15 +121,17 @@ class StatusServer:
             reason = str(exc) or type(exc).__name__
             return web.json_response({**dry, "status": "unavailable",
                                       "reason": f"spool is not writable: {reason}"}, status=503)
+        # Still ready (mail is taken and kept) in both cases below: these are for a person.
+        report: dict[str, object] = {**dry, "status": "ok"}
+        if self.metrics.platform_error:
+            report["platform_error"] = self.metrics.platform_error
         unconfirmed = await self.spool.unconfirmed()
         if unconfirmed:
-            # Still ready (mail is taken and sent): this is for the person who must settle them.
-            return web.json_response({**dry, "status": "ok", "unconfirmed": unconfirmed,
-                                      "detail": (
-                f"{unconfirmed} deliveries have an unknown outcome (a batch reply neither"
-                " sent nor refused them): see `smtp2pulse queue list --state unconfirmed`,"
-                " then queue retry or queue drop")})
-        return web.json_response({**dry, "status": "ok"})
+            report.update({"unconfirmed": unconfirmed, "detail": (
+                f"{unconfirmed} deliveries have an unknown outcome (the platform's reply"
+                " neither confirmed nor refused them): see `smtp2pulse queue list --state"
+                " unconfirmed`, then queue retry or queue drop")})
+        return web.json_response(report)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         stats = await tracking.spool_stats(self.spool)
@@ -135,7 +152,13 @@ class StatusServer:
                 return refusal
         params = dict(query)
         if request.method == "POST":
-            body = await _small_body(request)
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):   # a body trickled in for ever
+                    body = await _small_body(request)
+            except TimeoutError:
+                log.warning("callback from %s refused: its body took over %.0fs",
+                            request.remote, IDLE_TIMEOUT)
+                return web.json_response({"error": "body too slow"}, status=408)
             if body is None:
                 log.warning("callback from %s refused: a body over %d bytes", request.remote,
                             MAX_CALLBACK_BODY)

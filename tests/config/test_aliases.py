@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 import yaml
 
 from gateway.app import Gateway
+from gateway.config.aliases import MAX_EXPANDED
 from gateway.config.loader import load_config, parse_config
 from gateway.errors import ConfigError
 from gateway.spool.rows import Search
@@ -110,7 +114,7 @@ async def test_sighup_reload_brings_new_aliases(tmp_path: Path, platform: FakePl
         gw = Running(gateway)
         path.write_text(yaml.safe_dump(merge(data, {"domains": {"sms.local": {
             "aliases": {"duty": "79005550000"}}}})))
-        assert gateway.reload(path) is True
+        assert await gateway.reload(path) is True
         await gw.send(text_message("after"), "duty@sms.local")
         [request] = await platform.wait_for(1)
         assert request.form["sent_to"] == "79005550000"
@@ -167,7 +171,7 @@ async def test_an_edited_aliases_file_is_read_again_on_sighup(
         gw = Running(gateway)
         await gw.send(text_message("before"), "duty@sms.local")
         phones.write_text("duty,79007654321\nduty,79005550000\n")
-        assert gateway.reload(path) is True
+        assert await gateway.reload(path) is True
         await gw.send(text_message("after"), "duty@sms.local")
         received = await platform.wait_for(3)
         assert sorted((r.form["sent_text"], r.form["sent_to"]) for r in received) == [
@@ -175,3 +179,94 @@ async def test_an_edited_aliases_file_is_read_again_on_sighup(
             ("before\nWorld", "79001234567")]
     finally:
         await gateway.stop()
+
+
+def anchor_bomb(names: int, group: int) -> str:
+    """A small YAML file naming `names` aliases of one `group`-number list, through an anchor."""
+    numbers = ", ".join(str(79000000000 + n) for n in range(group))
+    lines = [f"first: &group [{numbers}]"] + [f"n{n}: *group" for n in range(names)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_aliases_file_over_the_bound_is_refused_naming_its_key(tmp_path: Path) -> None:
+    where = "domains[sms.local].aliases_file"
+    # The issue's file: ~90 KB, 3,000 names of one 1,000-number group (44.6 s to check).
+    bomb = file_config(tmp_path, "bomb.yaml", anchor_bomb(3000, 1000))
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        parse_config(bomb, env={})
+    # Refused before a recipient is checked: checking them all took 44.6 s; a generous bound,
+    # since the machine running the tests may be busy.
+    assert time.monotonic() - started < 10
+    assert error.value.problems == [
+        f"{where}: more than {MAX_EXPANDED} recipients in all (3001 names; each name's "
+        f"recipients summed): split the list or shorten it"]
+    rows = "".join(f"n{n},{79000000000 + n}\n" for n in range(MAX_EXPANDED + 1))
+    with pytest.raises(ConfigError) as error:
+        parse_config(file_config(tmp_path, "big.csv", rows), env={})
+    assert error.value.problems == [
+        f"{where}: more than {MAX_EXPANDED} recipients in all ({tmp_path / 'big.csv'}; each "
+        f"name's recipients summed): split the list or shorten it"]
+    # At the bound it loads.
+    config = parse_config(file_config(tmp_path, "ok.yaml", anchor_bomb(99, 1000)), env={})
+    assert len(config.domains["sms.local"].aliases) == 100
+
+
+def test_a_file_of_bad_rows_is_named_by_its_first_problems(tmp_path: Path) -> None:
+    rows = "".join(f"n{n},12345\n" for n in range(5000))
+    with pytest.raises(ConfigError) as error:
+        parse_config(file_config(tmp_path, "bad.csv", rows), env={})
+    assert len(error.value.problems) == 21
+    assert error.value.problems[-1] == ("domains[sms.local].aliases_file: more problems not "
+                                        "listed (the first 20 above)")
+
+
+def test_deeply_nested_yaml_in_an_aliases_file_is_a_config_error(tmp_path: Path) -> None:
+    deep = file_config(tmp_path, "deep.yaml", "duty: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as error:
+        parse_config(deep, env={})
+    assert error.value.problems == [
+        f"domains[sms.local].aliases_file: {tmp_path / 'deep.yaml'} is nested too deeply to be "
+        f"a list of aliases"]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(deep))
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(config)],
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 78, result.stderr
+    assert b"nested too deeply" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_an_alias_named_like_a_recipient_is_refused() -> None:
+    assert problems({"79001234567": "79007654321", "+7-900-111-22-33": "79007654321",
+                     "8-900-111-22-33": "79007654321"}) == [
+        "domains[sms.local].aliases.79001234567: '79001234567' is itself a recipient of this "
+        "domain (79001234567); an alias must not reroute it",
+        "domains[sms.local].aliases.+7-900-111-22-33: '+7-900-111-22-33' is itself a recipient "
+        "of this domain (79001112233); an alias must not reroute it",
+        "domains[sms.local].aliases.8-900-111-22-33: '8-900-111-22-33' is itself a recipient "
+        "of this domain (89001112233); an alias must not reroute it"]
+    assert problems({"boss=example.com": "ivan=example.com"}, recipient="email") == [
+        "domains[sms.local].aliases.boss=example.com: 'boss=example.com' is itself a recipient "
+        "of this domain (boss@example.com); an alias must not reroute it"]
+
+
+def test_an_anchor_bomb_in_the_config_itself_is_refused_at_once(tmp_path: Path) -> None:
+    # Nine levels of ten: 10^9 numbers if every use of an anchor were walked (hours).
+    lines = ["api: {token: t}", "x0: &x0 [79001234567, 79001234568]"]
+    lines += [f"x{n}: &x{n} [{', '.join([f'*x{n - 1}'] * 10)}]" for n in range(1, 10)]
+    lines.append("domains: {sms.local: {type: sms, aliases: {duty: *x9}}}")
+    config = tmp_path / "config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as error:   # walking every use would take hours
+        load_config(config)
+    assert "domains[sms.local].aliases.duty[0]: must be a recipient (a string)" in (
+        error.value.problems)
+
+
+def test_a_deeply_nested_config_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("api: {token: t}\ndomains: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(config)],
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 78, result.stderr
+    assert b"nested too deeply" in result.stderr and b"Traceback" not in result.stderr

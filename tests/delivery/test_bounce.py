@@ -126,11 +126,33 @@ async def test_failed_status_by_callback_bounces_once(
     capture, port = relay
     gw = await start_gateway({**HTTP, **bounces(port)})
     _, url = await submit_and_callback_url(gw, platform)
-    for status in ("undelivered", "rejected"):
-        await get(url.replace("{id}", "1").replace("{status}", status))
+    await get(url.replace("{id}", "1").replace("{status}", "undelivered"))
+    await asyncio.wait_for(capture.arrived.wait(), 10)
+    # A second failing status once the first one's DSN is out (or on its way) makes none.
+    assert await get(url.replace("{id}", "1").replace("{status}", "rejected")) == (
+        200, '{"result": "recorded"}')
+    await gw.gateway.stop()
+    assert len(capture.messages) == 1
+    dsn = message_from_bytes(capture.messages[0][2], policy=policy.default)
+    assert isinstance(dsn, EmailMessage)
+    assert "the platform reported status undelivered" in next(dsn.iter_parts()).get_content()
+
+
+async def test_two_failed_statuses_at_once_bounce_once(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        relay: tuple[Capture, int]) -> None:
+    """Both before the bouncer reads them: one DSN, citing the platform's status as it stands
+    when the DSN is made (either one; which is a race this test does not pin down)."""
+    from tests.status.test_status import HTTP, get, submit_and_callback_url
+    capture, port = relay
+    gw = await start_gateway({**HTTP, **bounces(port)})
+    _, url = await submit_and_callback_url(gw, platform)
+    await asyncio.gather(*(get(url.replace("{id}", "1").replace("{status}", status))
+                           for status in ("undelivered", "rejected")))
     await asyncio.wait_for(capture.arrived.wait(), 10)
     await gw.gateway.stop()
     assert len(capture.messages) == 1
     dsn = message_from_bytes(capture.messages[0][2], policy=policy.default)
     assert isinstance(dsn, EmailMessage)
-    assert "undelivered" in next(dsn.iter_parts()).get_content()
+    text = next(dsn.iter_parts()).get_content()
+    assert ("status undelivered" in text) != ("status rejected" in text)

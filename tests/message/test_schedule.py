@@ -160,3 +160,49 @@ async def test_preview_gives_the_sent_date_the_daemon_gives(
                                         ["79001234567@sms.local"])
     assert printed["form"]["sent_date"] == received.form["sent_date"] == (
         f"{now + timedelta(hours=2):%Y-%m-%d %H:%M}")
+
+
+NEW_YORK = {"domains": {"sms.local": {"quiet_hours": "22:00-08:00",
+                                      "timezone": "America/New_York",
+                                      "allow_headers": ["send_date", "ttl"]}}}
+
+
+@pytest.mark.parametrize(("headers", "reason"), [
+    # 9999-12-31 23:59 in New York is past the last instant a datetime holds (in UTC).
+    ({"X_Pulse_Send_Date": "9999-12-31 23:59"},
+     "X-Pulse-Send-Date: '9999-12-31 23:59' is out of range"),
+    # Inside quiet hours on the last day there is: held to a morning that does not exist.
+    ({"Deferred_Delivery": "Fri, 31 Dec 9999 23:30:00 -0500"},
+     "Deferred-Delivery: 'Fri, 31 Dec 9999 23:30:00 -0500' is out of range"),
+    # str.isdigit takes "²"; int() does not.
+    ({"X_Pulse_TTL": "²"}, "X-Pulse-TTL: '²' is not a number of minutes"),
+    ({"X_Pulse_TTL": "0"}, "X-Pulse-TTL: '0' is not a number of minutes"),
+    # 5,000 digits: int() refuses more than 4,300 of them.
+    ({"X_Pulse_TTL": "9" * 5000}, f"X-Pulse-TTL: '{'9' * 60}…' is over the "
+                                  "maximum of 525600 minutes (365 days)"),
+    ({"X_Pulse_TTL": "525601"}, "X-Pulse-TTL: '525601' is over the maximum of 525600 "
+                                "minutes (365 days)"),
+    # Expires in 9999: a ttl of 4,193,427,060 minutes before the fix.
+    ({"Expires": "Fri, 31 Dec 9999 12:00:00 +0000"},
+     "Expires: 'Fri, 31 Dec 9999 12:00:00 +0000' is over the maximum of 525600 minutes "
+     "(365 days) away"),
+])
+async def test_timing_headers_out_of_range_are_refused_for_good(
+        start_gateway: Start, platform: FakePlatform, headers: dict[str, str],
+        reason: str) -> None:
+    gw = await start_gateway(NEW_YORK)
+    gw.gateway.smtp.handler.clock = lambda: utc(2026, 12, 2, 17, 0)   # noon in New York
+    message = text_message("Alert", "db1", **headers)
+
+    def run() -> tuple[int, bytes]:
+        with gw.client() as client:
+            client.mail("app@corp.test")
+            client.rcpt("79001234567@sms.local")
+            return client.data(message.as_bytes())
+    code, text = await asyncio.to_thread(run)
+    assert (code, text.decode()) == (550, f"5.6.0 {reason}")
+    # The gateway goes on: a good one after it is sent.
+    form = await sent(gw, platform, utc(2026, 12, 2, 17, 0), X_Pulse_TTL="525600",
+                      X_Pulse_Send_Date="9999-12-30 23:59")
+    assert (form["ttl"], form["sent_date"]) == ("525600", "9999-12-30 23:59")
+    assert len(platform.requests) == 1

@@ -283,7 +283,7 @@ async def test_reload_brings_a_renewed_certificate_to_new_sessions(
     try:
         data["smtp"]["tls"].update(cert=str(renewed.cert), key=str(renewed.key))
         path.write_text(yaml.safe_dump(data))
-        assert gateway.reload(path) is True
+        assert await gateway.reload(path) is True
         gw = Running(gateway)
 
         def handshake(cert: Certificate, implicit: bool) -> None:
@@ -298,3 +298,23 @@ async def test_reload_brings_a_renewed_certificate_to_new_sessions(
                 await asyncio.to_thread(handshake, certificate, implicit)
     finally:
         await gateway.stop()
+
+
+async def test_one_wrong_password_from_smtplib_is_one_failure(
+        start_gateway: Start, certificate: Certificate, platform: FakePlatform) -> None:
+    """Issue 31: smtplib tries PLAIN, then LOGIN, with the same pair; that was two failures."""
+    gw = await start_gateway(secured(certificate, allow_without_tls=True, max_failures=2))
+
+    def wrong_then_right() -> tuple[int, bytes]:
+        with gw.client() as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                client.login("crm", "wrong")
+            assert refused.value.smtp_code == 535
+        with gw.client() as client:       # not blocked: that was one guess
+            reply: tuple[int, bytes] = client.login("crm", PASSWORD)
+            return reply
+    assert (await asyncio.to_thread(wrong_then_right))[0] == 235
+    # Two different wrong passwords are two guesses: blocked.
+    replies = await gw.dialog(plain_auth("crm", "wrong"), plain_auth("crm", "wrong"),
+                              plain_auth("crm", "other"))
+    assert [code for code, _ in replies] == [535, 535, 421]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
 import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.conftest import Running, text_message
+from gateway.smtp.admission import LOGGED_RCPT_REFUSALS
+from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform
 from tests.spool.statements import run_sql
 
@@ -223,3 +225,32 @@ def test_every_kind_of_refusal_has_its_reply() -> None:
     for kind in kinds:
         refusal = kind() if kind is errors.TooManyTexts else kind("why")  # type: ignore[call-arg]
         assert str(reply_for(refusal))[:3] in ("550", "552", "553")
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u202e", "\u2066", "\ufeff", "\u00ad"])
+async def test_a_verbatim_recipient_with_an_invisible_character_is_refused(
+        gw: Running, invisible: str) -> None:
+    """Issue 29 (low): an id with U+200B or U+202E looks like another one everywhere."""
+    replies = await gw.dialog("MAIL FROM:<app@corp.test>",
+                              f"RCPT TO:<user{invisible}42@push.local>",
+                              "RCPT TO:<user42@push.local>")
+    code, text = replies[1]
+    assert (code, text[:6]) == (553, b"5.1.3 "), replies
+    assert f"(U+{ord(invisible):04X})".encode() in text
+    assert replies[2][0] == 250
+
+
+async def test_refused_recipients_are_logged_a_few_then_counted(
+        gw: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 29 (low): a line per refused RCPT let one client write 22 MB of log in 150 s."""
+    caplog.set_level(logging.INFO, logger="smtp2pulse.smtp")
+    replies = await gw.dialog("MAIL FROM:<app@corp.test>",
+                              *(f"RCPT TO:<{n}@sms.local>" for n in range(50)), "QUIT")
+    assert [code for code, _ in replies[1:51]] == [553] * 50
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "recipient" in r.getMessage()]
+    await eventually(lambda: any("more recipients refused" in line for line in lines()))
+    assert len(lines()) == LOGGED_RCPT_REFUSALS + 1, lines()
+    assert lines()[-1] == ("45 more recipients refused from 127.0.0.1 in that session (not "
+                           "logged one by one)")

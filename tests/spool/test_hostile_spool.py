@@ -63,7 +63,8 @@ def send(running: Running, raw: bytes, recipients: list[str]) -> tuple[int, byte
 async def test_a_large_message_to_100_recipients_is_stored_once(
         start_gateway: StartGateway, platform: FakePlatform) -> None:
     gw = await start_gateway({"smtp": {"max_message_size": "1MiB", "max_recipients": 100},
-                              "api": {"max_concurrency": 16}})
+                              # A busy test machine must not time a 1 MB send out (a resend).
+                              "api": {"max_concurrency": 16, "timeout": "30s"}})
     path = gw.gateway.config.spool.path
     raw, text = big_message("big", 950_000)
     recipients = [f"7900{n:07d}@sms.local" for n in range(100)]

@@ -18,6 +18,7 @@ from gateway.spool.dialect import (
     LEASABLE_IN,
     LINE_COLUMNS,
     SHOWN_STATE,
+    TAKEN_BY_CALLBACK_IN,
     UNFINISHED_IN,
     ResultRow,
     in_list,
@@ -72,12 +73,14 @@ NEXT_DUE = f"SELECT min(next_attempt_at) FROM deliveries WHERE state IN {LEASABL
 RELEASE = (
     f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = $1, updated_at = $1"
     f" WHERE id = ANY($2::bigint[]) AND state = '{State.SENDING}' AND next_attempt_at > $1")
+# Never over a `sent` one (see sqlite/sql.py's _RECORD_RESULT).
 _RECORD_RESULTS = (
     "UPDATE deliveries d SET state = r.state, attempts = d.attempts + 1,"
     " next_attempt_at = r.next_at, platform_id = coalesce(r.platform_id, d.platform_id),"
     " last_error = r.last_error, updated_at = $6"
     " FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::text[])"
-    " AS r(id, state, next_at, platform_id, last_error) WHERE d.id = r.id RETURNING d.id")
+    " AS r(id, state, next_at, platform_id, last_error) WHERE d.id = r.id"
+    f" AND d.state <> '{State.SENT}' RETURNING d.id")
 
 
 def record_results(rows: list[ResultRow], now: float) -> Job[set[int]]:
@@ -121,8 +124,9 @@ STATUS_COUNT = "SELECT count(*) FROM events WHERE delivery_id = $1 AND kind = $2
 RECORD_STATUS = (
     "UPDATE deliveries SET status = $1, status_class = $2, status_at = $3,"
     " platform_id = coalesce(platform_id, nullif($4, '')),"
-    f" state = CASE WHEN state = '{State.UNCONFIRMED}' THEN '{State.SENT}' ELSE state END,"
-    f" last_error = CASE WHEN state = '{State.UNCONFIRMED}' THEN NULL ELSE last_error END"
+    f" attempts = attempts + CASE WHEN state = '{State.SENDING}' THEN 1 ELSE 0 END,"
+    f" state = CASE WHEN state IN {TAKEN_BY_CALLBACK_IN} THEN '{State.SENT}' ELSE state END,"
+    f" last_error = CASE WHEN state IN {TAKEN_BY_CALLBACK_IN} THEN NULL ELSE last_error END"
     " WHERE id = $5")
 
 # --- health and metrics ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from gateway.spool.dialect import (
     LEASABLE_IN,
     LINE_COLUMNS,
     SHOWN_STATE,
+    TAKEN_BY_CALLBACK_IN,
     UNFINISHED_IN,
     ResultRow,
     in_list,
@@ -102,10 +103,11 @@ RELEASE = (
     f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?1, updated_at = ?1"
     f" WHERE id IN {_IDS.format(n=2)} AND state = '{State.SENDING}' AND next_attempt_at > ?1")
 # Each outcome its own UPDATE by primary key, to know which took: one dropped by an operator
-# while it was being sent is gone.
+# while it was being sent is gone, and one the platform's callback settled meanwhile stays sent.
 _RECORD_RESULT = (
     "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,"
-    " platform_id = coalesce(?4, platform_id), last_error = ?5, updated_at = ?6 WHERE id = ?1")
+    " platform_id = coalesce(?4, platform_id), last_error = ?5, updated_at = ?6 WHERE id = ?1"
+    f" AND state != '{State.SENT}'")
 
 
 def record_results(rows: list[ResultRow], now: float) -> Job[set[int]]:
@@ -150,8 +152,9 @@ STATUS_COUNT = "SELECT count(*) FROM events WHERE delivery_id = ?1 AND kind = ?2
 RECORD_STATUS = (
     "UPDATE deliveries SET status = ?1, status_class = ?2, status_at = ?3,"
     " platform_id = coalesce(platform_id, nullif(?4, '')),"
-    f" state = CASE WHEN state = '{State.UNCONFIRMED}' THEN '{State.SENT}' ELSE state END,"
-    f" last_error = CASE WHEN state = '{State.UNCONFIRMED}' THEN NULL ELSE last_error END"
+    f" attempts = attempts + CASE WHEN state = '{State.SENDING}' THEN 1 ELSE 0 END,"
+    f" state = CASE WHEN state IN {TAKEN_BY_CALLBACK_IN} THEN '{State.SENT}' ELSE state END,"
+    f" last_error = CASE WHEN state IN {TAKEN_BY_CALLBACK_IN} THEN NULL ELSE last_error END"
     " WHERE id = ?5")
 
 # --- health and metrics ------------------------------------------------------------------------
