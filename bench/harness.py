@@ -325,5 +325,19 @@ class Postgres:
             await conn.close()
         return self.server.url.rsplit("/", 1)[0] + "/" + name
 
+    async def transactions(self, url: str) -> float:
+        """Transactions committed in that database so far (pg_stat_database.xact_commit): read
+        after the gateways exited, whose backends flush their counts as they end."""
+        import asyncpg
+        await asyncio.sleep(0.5)   # the last backends' counts reach the shared statistics
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            count = await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        finally:
+            await conn.close()
+        return float(count)
+
     def stop(self) -> None:
         self.server.remove()

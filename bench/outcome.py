@@ -41,6 +41,7 @@ class Outcome:
     server_cpu: float = NAN         # CPU seconds of the server (and its children) in the load,
                                     # the PostgreSQL server's included when the spool is there
     database_cpu: float = NAN       # ... of them PostgreSQL's
+    transactions: float = NAN       # transactions committed in the spool's PostgreSQL database
     load_cpu: float = NAN           # ... of the load generator (this process)
     steal: float = NAN              # the host's steal share meanwhile
     refused: Counter[str] = field(default_factory=Counter)

@@ -83,7 +83,11 @@ def _cpu_note(outcomes: list[Outcome], sink: list[Outcome]) -> str:
     server = _median([_per_message(o.server_cpu, o) for o in outcomes])
     sink_server = _median([_per_message(o.server_cpu, o) for o in sink])
     database = _median([_per_message(o.database_cpu, o) for o in outcomes])
-    of_which = "" if math.isnan(database) else f" (PostgreSQL's {_num(database, 0)})"
+    per_message = _median([o.transactions / o.accepted if o.accepted else NAN
+                           for o in outcomes])
+    of_which = "" if math.isnan(database) else (
+        f" (PostgreSQL's {_num(database, 0)}; {_num(per_message, 2)} database transactions "
+        "a message, delivery included)")
     return (f"CPU during the load: server {_num(server, 0)} µs/msg = "
             f"{_num(server / sink_server, 2)}× Sink's{of_which}, load generator "
             f"{_num(_median([_per_message(o.load_cpu, o) for o in outcomes]), 0)} µs/msg; "

@@ -165,6 +165,7 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
         # Read after the gateways exited: every send they ever made, their drain included.
         deliveries = await client.deliveries()
         stats = await client.stats()
+        transactions = await postgres.transactions(url) if url and postgres else NAN
     finally:
         await platform.stop()
     problems = [problem for (_, _, log), code in zip(gateways, codes, strict=True)
@@ -175,6 +176,7 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
     check_exactly_once(outcome, load, deliveries)
     delivery_timing(outcome, load, deliveries)
     outcome.requests, outcome.unique = stats["requests"], stats["unique"]
+    outcome.transactions = transactions
     outcome.batch_requests = stats.get("batch_requests", NAN)
     outcome.batch_messages = stats.get("batch_messages", NAN)
     if scenario.e2e:
