@@ -8,8 +8,8 @@
 Each round runs every scenario twice, Sink first then the gateway, each against fresh
 processes (and a fresh spool), so that drift on a shared machine hits both alike; the table
 shows medians over rounds and the gateway's rate as a ratio of Sink's.
-The helpers (processes, gateway, platform, PostgreSQL) are in harness.py; the table in
-report.py. See bench/README.md for what each column means.
+The helpers (processes, gateway, platform) are in harness.py, PostgreSQL in pgcluster.py, the
+table in report.py. See bench/README.md for what each column means.
 """
 
 from __future__ import annotations
