@@ -1,0 +1,333 @@
+"""The systemd container test's checks, run as root inside a booted Debian 12 (stdlib only).
+
+.ci/systemd-test boots the container and runs this with the repository copied to /root/src and
+a wheelhouse in /root/wheelhouse. It follows README.md: the service-install block and the
+go-live block are read from the README (between their `<!-- ci:... -->` markers) and run as
+written, `sudo` being root already and `apt-get` a check that the package is there (the
+container reaches no package index; pip is pointed at the wheelhouse through PIP_NO_INDEX and
+PIP_FIND_LINKS). Then it checks what an operator relies on, under the real systemd, with the
+shipped unit. Every check is run and reported; the last line says PASS or FAIL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import smtplib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SRC = Path("/root/src")
+UNIT = "smtp2pulse.service"
+CONFIG = "/etc/smtp2pulse/config.yaml"
+PLATFORM_PORT = 8099
+PLATFORM_LOG = Path("/root/platform-requests.jsonl")
+SMTP = ("127.0.0.1", 2525)
+TOKEN = "ci-token-" + secrets.token_hex(8)
+RESULTS: list[tuple[str, bool, str]] = []
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def sh(command: str, check: bool = True, timeout: float = 300, **env: str
+       ) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **env}, cwd=SRC)
+    if check and done.returncode != 0:
+        raise CheckFailed(f"`{command[:200]}` exited {done.returncode}:\n"
+                          f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return done
+
+
+def show(prop: str) -> str:
+    return sh(f"systemctl show -P {prop} {UNIT}").stdout.strip()
+
+
+def eventually(what: Callable[[], Any], timeout: float, message: str, every: float = 0.2
+               ) -> Any:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = what()
+        except (OSError, smtplib.SMTPException, CheckFailed) as exc:
+            last, result = exc, None
+        if result:
+            return result
+        time.sleep(every)
+    raise CheckFailed(f"{message} (within {timeout:g}s; last: {last!r})")
+
+
+def check(name: str) -> Callable[[Callable[[], str | None]], Callable[[], str | None]]:
+    def run(step: Callable[[], str | None]) -> Callable[[], str | None]:
+        started = time.monotonic()
+        try:
+            note = step() or ""
+            RESULTS.append((name, True, note))
+        except Exception as exc:
+            note = f"{type(exc).__name__}: {exc}"
+            RESULTS.append((name, False, note))
+        took = time.monotonic() - started
+        ok = RESULTS[-1][1]
+        print(f"[{'ok' if ok else 'FAIL'}] {name} ({took:.1f}s){': ' + note if note else ''}",
+              flush=True)
+        return step
+    return run
+
+
+def readme_block(marker: str) -> str:
+    text = (SRC / "README.md").read_text(encoding="utf-8")
+    found = re.search(rf"<!-- ci:{marker} -->\s*```sh\n(.*?)```", text, re.S)
+    if not found:
+        raise CheckFailed(f"README.md has no ```sh block after <!-- ci:{marker} -->")
+    return found.group(1)
+
+
+def run_readme(marker: str, replace: dict[str, str] | None = None) -> None:
+    block = readme_block(marker)
+    for old, new in (replace or {}).items():
+        if old not in block:
+            raise CheckFailed(f"README block {marker} no longer contains {old!r}")
+        block = block.replace(old, new)
+    prelude = ("set -euo pipefail\n"
+               'sudo() { "$@"; }\n'
+               # No package index here: the packages the README installs must be in the tree.
+               'apt-get() { [ "$1" = install ] || return 0; shift; for p in "$@"; do\n'
+               '  case "$p" in -*) ;; *) dpkg -s "$p" >/dev/null;; esac; done; }\n')
+    sh(prelude + block, PIP_NO_INDEX="1", PIP_FIND_LINKS="/root/wheelhouse")
+
+
+def platform_requests() -> list[dict[str, Any]]:
+    if not PLATFORM_LOG.exists():
+        return []
+    lines = PLATFORM_LOG.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def send(to: str, subject: str, client: smtplib.SMTP | None = None) -> str:
+    message = f"Subject: {subject}\r\nMessage-ID: <{secrets.token_hex(6)}@ci>\r\n\r\nbody\r\n"
+    own = client is None
+    smtp = client or smtplib.SMTP(*SMTP, timeout=10)
+    try:
+        smtp.ehlo_or_helo_if_needed()
+        code, reply = smtp.mail("ci@example.com")
+        if code != 250:
+            raise CheckFailed(f"MAIL: {code} {reply!r}")
+        code, reply = smtp.rcpt(to)
+        if code != 250:
+            raise CheckFailed(f"RCPT {to}: {code} {reply!r}")
+        code, reply = smtp.data(message.encode())
+        if code != 250:
+            raise CheckFailed(f"DATA: {code} {reply!r}")
+        queued = re.search(r"queued as (\S+)", reply.decode())
+        return queued.group(1) if queued else ""
+    finally:
+        if own:
+            smtp.quit()
+
+
+def http_json(path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:8025{path}", timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def greets() -> bool:
+    with smtplib.SMTP(*SMTP, timeout=5) as smtp:
+        return smtp.noop()[0] == 250
+
+
+def journal(since_cursor: str = "") -> str:
+    after = f"--after-cursor='{since_cursor}'" if since_cursor else ""
+    return sh(f"journalctl -u {UNIT} --no-pager -o cat {after}").stdout
+
+
+def cursor() -> str:
+    out = sh("journalctl -n 0 --show-cursor --no-pager", check=False).stdout
+    found = re.search(r"-- cursor: (\S+)", out)
+    return found.group(1) if found else ""
+
+
+STATE: dict[str, str] = {}
+
+
+def main() -> int:
+    @check("install as README.md says (venv in /opt/smtp2pulse, unit, config, enable --now)")
+    def _install() -> None:
+        run_readme("service-install")
+        if show("ActiveState") != "active":
+            raise CheckFailed(f"after enable --now: {show('ActiveState')}")
+        if "dry run" not in journal().lower():
+            raise CheckFailed("the dry-running service does not say it runs dry at start")
+
+    if not RESULTS[-1][1]:
+        return report()
+
+    @check("go live as README.md says (credential token, api.dry_run: false), restart")
+    def _live() -> None:
+        # The one change the test makes to the README's config: the platform is the fake one.
+        sh(f"sed -i 's#https://1-pulse.kupon.mobi/api/v1/bulk#"
+           f"http://127.0.0.1:{PLATFORM_PORT}/api/v1/bulk#' {CONFIG}")
+        sh(f"systemd-run --unit=fake-platform --quiet /usr/bin/python3 "
+           f"{SRC}/tests/systemd/platform.py --port {PLATFORM_PORT} --log {PLATFORM_LOG}")
+        run_readme("go-live", {"PASTE-YOUR-TOKEN-HERE": TOKEN})
+        if show("ActiveState") != "active":
+            raise CheckFailed(f"after going live: {show('ActiveState')}")
+
+    @check("`active` only once READY=1 was sent (Type=notify): the port answers by then")
+    def _ready() -> str:
+        sh(f"systemctl restart --no-block {UNIT}")
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = show("ActiveState")
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            if state == "active":
+                # The listeners are bound before READY: a session must be answered now.
+                if not greets():
+                    raise CheckFailed("active, but SMTP does not answer yet")
+                if http_json("/healthz").get("status") != "ok":
+                    raise CheckFailed("active, but /healthz is not ok")
+                break
+            time.sleep(0.05)
+        if "activating" not in seen or seen[-1] != "active":
+            raise CheckFailed(f"states seen: {seen}")
+        return " -> ".join(seen)
+
+    @check("a mail over SMTP reaches the platform with the credential's token")
+    def _deliver() -> str:
+        queue_id = send("89001234567@sms.local", "ci-deliver")
+        STATE["queue_id"] = queue_id
+
+        def arrived() -> dict[str, Any] | None:
+            for request in platform_requests():
+                if request["form"].get("sent_text", "").startswith("ci-deliver"):
+                    return request
+            return None
+
+        request = eventually(arrived, 30, "no request reached the fake platform")
+        form = request["form"]
+        if form.get("token") != TOKEN:
+            raise CheckFailed(f"token sent was not the credential's ({len(form.get('token', ''))}"
+                              " characters)")
+        if form.get("sent_to") != "79001234567" or not request["path"].endswith("/send-message"):
+            raise CheckFailed(f"unexpected request: {request['path']} {form}")
+        return f"queue id {queue_id}"
+
+    @check("`smtp2pulse queue list` works as the operator, with the service's config")
+    def _queue() -> str:
+        done = sh(f"smtp2pulse queue -c {CONFIG} list --all", check=False)
+        if done.returncode != 0:
+            raise CheckFailed(f"exit {done.returncode}: {done.stderr.strip()[:300]}")
+        if STATE.get("queue_id", "?") not in done.stdout:
+            raise CheckFailed(f"queue id not listed:\n{done.stdout[:500]}")
+        return "lists the delivered message"
+
+    @check("`systemctl reload` keeps an open session and takes a new domain")
+    def _reload() -> str:
+        pid = show("MainPID")
+        old = smtplib.SMTP(*SMTP, timeout=10)
+        old.ehlo()
+        with open(CONFIG, "a", encoding="utf-8") as config:
+            config.write("  reload.local:\n    type: sms\n")
+        mark = cursor()
+        sh(f"systemctl reload {UNIT}")
+        eventually(lambda: "config reloaded" in journal(mark), 15, "no 'config reloaded' logged")
+
+        def new_domain_taken() -> bool:
+            with smtplib.SMTP(*SMTP, timeout=5) as smtp:
+                smtp.ehlo()
+                smtp.mail("ci@example.com")
+                return smtp.rcpt("79001234567@reload.local")[0] == 250
+
+        eventually(new_domain_taken, 15, "the new domain is not accepted after reload")
+        send("79005550000@sms.local", "ci-old-session", client=old)
+        old.quit()
+        if show("MainPID") != pid or show("ActiveState") != "active":
+            raise CheckFailed("the daemon was restarted by a reload")
+        return "old session sent after reload; reload.local accepted in a new one"
+
+    @check("a hung event loop (SIGSTOP) is restarted by the watchdog")
+    def _watchdog() -> str:
+        pid, restarts = show("MainPID"), int(show("NRestarts"))
+        mark = cursor()
+        started = time.monotonic()
+        os.kill(int(pid), 19)   # SIGSTOP: the loop stops pinging
+        eventually(lambda: show("MainPID") not in ("0", pid) and show("ActiveState") == "active",
+                   120, "not restarted after the loop hung", every=1)
+        took = time.monotonic() - started
+        if int(show("NRestarts")) != restarts + 1:
+            raise CheckFailed(f"NRestarts {show('NRestarts')}, was {restarts}")
+        if "watchdog timeout" not in journal(mark).lower() and \
+                "watchdog timeout" not in sh("journalctl --no-pager -o cat -n 200").stdout.lower():
+            raise CheckFailed("the journal does not say watchdog timeout")
+        eventually(greets, 30, "SMTP does not answer after the watchdog restart")
+        return f"restarted after {took:.0f}s (WatchdogSec={show('WatchdogUSec')})"
+
+    @check("the state directory (the spool) survives a restart")
+    def _state() -> str:
+        spool = Path("/var/lib/private/smtp2pulse/spool.sqlite3")
+        before = spool.stat().st_ino
+        sh(f"systemctl restart {UNIT}")
+        if spool.stat().st_ino != before:
+            raise CheckFailed("the spool file was replaced")
+        # The message accepted before the restarts is still in the spool the new process reads.
+        queue_id = STATE.get("queue_id", "?")
+        history = eventually(lambda: http_json(f"/messages/{queue_id}"), 30,
+                             f"/messages/{queue_id} does not answer after the restart")
+        if queue_id not in json.dumps(history):
+            raise CheckFailed(f"/messages/{queue_id} after restart: {history}")
+        return f"{spool} kept (inode {before})"
+
+    @check("`systemd-analyze security` exposure of the unit is at most 2.0")
+    def _security() -> str:
+        out = sh(f"systemd-analyze security {UNIT}", check=False).stdout
+        found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+        if not found:
+            raise CheckFailed(f"no exposure level in:\n{out[-500:]}")
+        if float(found.group(1)) > 2.0:
+            raise CheckFailed(f"exposure {found.group(1)} > 2.0")
+        return f"exposure {found.group(1)}"
+
+    @check("`systemctl stop` drains an open session (421) and exits 0")
+    def _stop() -> str:
+        session = smtplib.SMTP(*SMTP, timeout=10)
+        session.ehlo()
+        mark = cursor()
+        sh(f"systemctl stop {UNIT}", timeout=60)
+        try:
+            code = session.noop()[0]
+        except smtplib.SMTPServerDisconnected:
+            code = 0
+        result = (show("Result"), show("ExecMainCode"), show("ExecMainStatus"))
+        if result != ("success", "1", "0"):
+            raise CheckFailed(f"Result, ExecMainCode, ExecMainStatus = {result}")
+        logged = journal(mark)
+        if "draining" not in logged or "stopped" not in logged:
+            raise CheckFailed(f"no drain in the log:\n{logged[-800:]}")
+        if code not in (0, 421):
+            raise CheckFailed(f"the open session got {code}, not 421 or a close")
+        return f"exit 0, session got {code or 'closed'}"
+
+    return report()
+
+
+def report() -> int:
+    failed = [name for name, ok, _ in RESULTS if not ok]
+    print(f"{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed", flush=True)
+    if failed:
+        print(sh(f"journalctl -u {UNIT} --no-pager -n 80", check=False).stdout, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
