@@ -216,3 +216,10 @@ def test_the_readme_try_config_sends_to_the_local_fake_platform(tmp_path: Path) 
     config = load_config(tmp_path / "try.yaml", env={"PULSE_TOKEN": "try-token"})
     assert not config.api.dry_run
     assert config.api.send_url == "http://127.0.0.1:8099/api/v1/bulk/send-message"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    text = README.read_text(encoding="utf-8")
+    command = next(line for line in text.splitlines()
+                   if line.startswith("python3 -m venv .venv-test"))
+    assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
