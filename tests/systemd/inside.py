@@ -19,6 +19,7 @@ import smtplib
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -84,16 +85,17 @@ def check(name: str) -> Callable[[Callable[[], str | None]], Callable[[], str | 
     return run
 
 
-def readme_block(marker: str) -> str:
-    text = (SRC / "README.md").read_text(encoding="utf-8")
+def doc_block(marker: str, doc: str = "README.md") -> str:
+    text = (SRC / doc).read_text(encoding="utf-8")
     found = re.search(rf"<!-- ci:{marker} -->\s*```sh\n(.*?)```", text, re.S)
     if not found:
-        raise CheckFailed(f"README.md has no ```sh block after <!-- ci:{marker} -->")
+        raise CheckFailed(f"{doc} has no ```sh block after <!-- ci:{marker} -->")
     return found.group(1)
 
 
-def run_readme(marker: str, replace: dict[str, str] | None = None) -> None:
-    block = readme_block(marker)
+def run_doc(marker: str, replace: dict[str, str] | None = None, doc: str = "README.md") -> None:
+    """Runs a documented block as an operator pastes it."""
+    block = doc_block(marker, doc)
     for old, new in (replace or {}).items():
         if old not in block:
             raise CheckFailed(f"README block {marker} no longer contains {old!r}")
@@ -162,7 +164,7 @@ STATE: dict[str, str] = {}
 def main() -> int:
     @check("install as README.md says (venv in /opt/smtp2pulse, unit, config, enable --now)")
     def _install() -> None:
-        run_readme("service-install")
+        run_doc("service-install")
         if show("ActiveState") != "active":
             raise CheckFailed(f"after enable --now: {show('ActiveState')}")
         if "dry run" not in journal().lower():
@@ -178,7 +180,7 @@ def main() -> int:
            f"http://127.0.0.1:{PLATFORM_PORT}/api/v1/bulk#' {CONFIG}")
         sh(f"systemd-run --unit=fake-platform --quiet /usr/bin/python3 "
            f"{SRC}/tests/systemd/platform.py --port {PLATFORM_PORT} --log {PLATFORM_LOG}")
-        run_readme("go-live", {"PASTE-YOUR-TOKEN-HERE": TOKEN})
+        run_doc("go-live", {"PASTE-YOUR-TOKEN-HERE": TOKEN})
         if show("ActiveState") != "active":
             raise CheckFailed(f"after going live: {show('ActiveState')}")
 
@@ -287,6 +289,32 @@ def main() -> int:
         if queue_id not in json.dumps(history):
             raise CheckFailed(f"/messages/{queue_id} after restart: {history}")
         return f"{spool} kept (inode {before})"
+
+    @check("docs/operations.md: upgrade in place, then backup and restore of the spool")
+    def _upgrade_backup() -> str:
+        pid = show("MainPID")
+        run_doc("upgrade", doc="docs/operations.md")
+        if show("MainPID") == pid or show("ActiveState") != "active":
+            raise CheckFailed("the upgrade did not restart the service")
+        eventually(greets, 30, "SMTP does not answer after the upgrade")
+        run_doc("backup", doc="docs/operations.md")
+        backups = sorted(Path("/root").glob("spool-*.sqlite3"))
+        if not backups:
+            raise CheckFailed("the backup command made no file")
+        # Accepted after the backup: the restored spool must not know it.
+        later = send("79001230000@sms.local", "ci-after-backup")
+        run_doc("restore", {"/root/spool-BACKUP.sqlite3": str(backups[-1])},
+                doc="docs/operations.md")
+        queue_id = STATE.get("queue_id", "?")
+        eventually(lambda: http_json(f"/messages/{queue_id}"), 30,
+                   f"/messages/{queue_id} is gone after the restore")
+        try:
+            http_json(f"/messages/{later}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return f"restored {backups[-1].name}; the later message is not in it"
+            raise
+        raise CheckFailed(f"{later}, accepted after the backup, is in the restored spool")
 
     @check("`systemd-analyze security` exposure of the unit is at most 2.0")
     def _security() -> str:
