@@ -204,6 +204,22 @@ def main() -> int:
             raise
         raise CheckFailed(f"{later}, accepted after the backup, is in the restored spool")
 
+    @check("the unit's LimitNOFILE=65536 reaches the daemon (as far as the machine allows)")
+    def _nofile() -> str:
+        def open_files(pid: str) -> list[int]:
+            limits = Path(f"/proc/{pid}/limits").read_text(encoding="utf-8")
+            line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+            return [int(word) for word in line.split()[3:5]]
+
+        if show("LimitNOFILE") != "65536":
+            raise CheckFailed(f"the unit's LimitNOFILE is {show('LimitNOFILE')}")
+        # systemd cannot give more than it has: a CI machine may hold the container below it.
+        ceiling = open_files("1")[1]
+        soft, _hard = open_files(show("MainPID"))
+        if soft != min(65536, ceiling):
+            raise CheckFailed(f"the daemon may open {soft} files (systemd's hard limit {ceiling})")
+        return f"{soft}" + (f" (this machine caps systemd at {ceiling})" if ceiling < 65536 else "")
+
     @check("`systemd-analyze security` exposure of the unit is at most 2.0")
     def _security() -> str:
         out = sh(f"systemd-analyze security {UNIT}", check=False).stdout
