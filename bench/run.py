@@ -51,10 +51,6 @@ from outcome import (
 from pgcluster import Postgres
 from report import Row, notes, table
 
-__all__ = ["Child", "PlatformClient", "expected_keys", "parse_args", "proc_status",
-           "start_gateway", "start_helper"]
-
-
 # --- scenarios -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
