@@ -264,7 +264,7 @@ async def test_a_delivery_in_flight_past_its_lease_is_not_sent_again(
     await gw.submit(text_message(), "79001234567@sms.local")
     await eventually(lambda: len(dribbler.posts) == 1, within=10)
     # What a stuck send looked like: its lease runs out while the request is still going.
-    await gw.gateway.spool.run(lambda conn: conn.execute(
+    await gw.sqlite.run(lambda conn: conn.execute(
         "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'sending'"))
     await gw.submit(text_message(), "79007654321@sms.local")     # wakes the worker: a lease
     await eventually(lambda: len(dribbler.posts) >= 2, within=10)

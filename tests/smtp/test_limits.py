@@ -205,6 +205,7 @@ def test_tokens_from_a_file_and_from_systemd_credentials(tmp_path: Path) -> None
                 crm={"token_file": str(tmp_path / "crm.token")})}}}
     config = parse_config(data, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert config.api.token.reveal() == "tok-from-credential"
+    assert config.smtp.auth is not None
     crm = config.smtp.auth.users["crm"]
     assert crm.token is not None and crm.token.reveal() == "tok-from-file"
     assert "tok-from" not in repr(config)
