@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.spool import admin
-from tests.conftest import Running, text_message
+from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 
@@ -85,13 +85,11 @@ async def test_refused_delivery_sends_one_dsn_to_the_sender(
     assert "Message-ID: <order-42@crm.corp.test>" in headers.get_payload()
 
     # The relay has the DSN before the bouncer has its 250 back and records "sent".
-    async with asyncio.timeout(10):
-        while True:
-            detail = await admin.show_message(gw.gateway.spool, queue_id)
-            assert detail is not None
-            if detail.deliveries[0].bounce == "sent":
-                break
-            await asyncio.sleep(0.02)
+    async def bounce_sent() -> bool:
+        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        assert detail is not None
+        return detail.deliveries[0].bounce == "sent"
+    await eventually(bounce_sent, every=0.02)
 
 
 async def test_given_up_delivery_bounces_with_5_4_7(
