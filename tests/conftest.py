@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import logging
 import secrets
 import smtplib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -60,6 +61,19 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = copy.deepcopy(value)   # never share a caller's dict
     return merged
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process installs the daemon's handler on pytest's captured
+    stderr; left in place, it writes into a closed stream in a later test ("Logging error")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
