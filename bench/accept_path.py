@@ -162,7 +162,9 @@ def _flat_steps() -> Steps:
     domain = config.domains[recipient.domain]
     handler = module("smtp").Handler(None, lambda: None, None)   # _prepare uses neither
     session = Session(asyncio.new_event_loop())
-    session.peer, session.host_name = ("192.0.2.10", 40000), "crm.corp.example"
+    # aiosmtpd annotates peer as a str; at run time it is the transport's (host, port).
+    session.peer = ("192.0.2.10", 40000)  # type: ignore[assignment]
+    session.host_name = "crm.corp.example"
     envelope = Envelope()
     envelope.mail_from, envelope.rcpt_tos = "crm@corp.example", ["79001234567@sms.local"]
 

@@ -34,7 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import LISTENING, MB, START_TIMEOUT, Child, proc_status, start_helper
+from harness import LISTENING, MB, START_TIMEOUT, Child, proc_status, start_helper
 
 EHLO = b"EHLO attacker.test\r\n"
 ENVELOPE = b"MAIL FROM:<a@corp.test>\r\nRCPT TO:<79001234567@sms.local>\r\n"
@@ -296,7 +296,7 @@ async def one(attack: Attack, platform_port: int, limit: float) -> str:
         try:
             await asyncio.sleep(0.5)
             spool0, rss0 = spool_bytes(gw.workdir), proc_status(gw.child.pid)["VmHWM"]
-            stop, waits = asyncio.Event(), []
+            stop, waits = asyncio.Event(), list[float]()
             probe = asyncio.create_task(probe_loop(gw.smtp_port, stop, waits))
             await asyncio.sleep(0.5)
             started = time.monotonic()

@@ -49,21 +49,31 @@ def _host() -> tuple[float, float]:
 
 @dataclass
 class CpuWindow:
-    """Open with the server's pid before the load, close() after it."""
+    """Open with the servers' pids before the load, close() after it."""
 
-    server_pid: int
-    server: float = 0.0      # seconds of CPU the server (with its children) used in the window
+    server_pids: tuple[int, ...]
+    database_pid: int | None = None   # PostgreSQL's postmaster, when the spool is there
+    server: float = 0.0      # seconds of CPU the servers (with their children) used, database too
+    database: float = 0.0    # ... of it the database server's processes
     load: float = 0.0        # ... and this process, which runs the load generator
     steal: float = 0.0       # the share of the host's CPU time stolen by its hypervisor
 
     def __post_init__(self) -> None:
-        self._server0 = process_cpu(self.server_pid)
+        self._server0 = self._servers()
+        self._database0 = self._database()
         times = os.times()
         self._load0 = times.user + times.system
         self._host0 = _host()
 
+    def _servers(self) -> float:
+        return sum(process_cpu(pid) for pid in self.server_pids)
+
+    def _database(self) -> float:
+        return process_cpu(self.database_pid) if self.database_pid is not None else 0.0
+
     def close(self) -> CpuWindow:
-        self.server = process_cpu(self.server_pid) - self._server0
+        self.database = self._database() - self._database0
+        self.server = self._servers() - self._server0 + self.database
         times = os.times()
         self.load = times.user + times.system - self._load0
         host = _host()

@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import Child, PlatformClient, expected_keys, start_gateway, start_helper
 from loadgen import LoadResult, LoadSpec, run_load
-from run import Child, PlatformClient, expected_keys, start_gateway, start_helper
 
 
 async def one_size(batch_size: int, args: argparse.Namespace, rng: random.Random) -> str:
@@ -87,7 +87,7 @@ async def main() -> None:
     parser.add_argument("--api-concurrency", type=int, default=8)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
-    # What run.write_config reads besides these.
+    # What harness.write_config reads besides these.
     args.keep_limits, args.many_connections = False, args.connections
     rng = random.Random(args.seed)
     rows = []

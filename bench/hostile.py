@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # tests.hostileplatform
 
 from cpu import children
-from run import LISTENING, Child, parse_args, proc_status, start_gateway, start_helper
+from harness import LISTENING, Child, proc_status, start_gateway, start_helper
+from run import parse_args
 
 EHLO = b"EHLO hostile.test\r\n"
 

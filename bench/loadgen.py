@@ -177,7 +177,8 @@ class Connection:
         code, _ = await self.command(
             f"MAIL FROM:<{sender}> BODY=8BITMIME SIZE={len(payload)}".encode())
         if code != 250:
-            return count_refusal(refused, "MAIL", code)
+            count_refusal(refused, "MAIL", code)
+            return None
         taken = 0
         for rcpt in recipients:
             code, _ = await self.command(f"RCPT TO:<{rcpt}>".encode())
@@ -190,7 +191,8 @@ class Connection:
             return None
         code, _ = await self.command(b"DATA")
         if code != 354:
-            return count_refusal(refused, "DATA", code)
+            count_refusal(refused, "DATA", code)
+            return None
         self.writer.write(payload)
         return await self.reply()
 

@@ -15,15 +15,27 @@ SECRET_KEYS = frozenset({*TOKEN_KEYS, "callback_secret"})
 
 
 def substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems,
-                   secrets: bool = True) -> Any:
+                   secrets: bool = True, done: dict[int, Any] | None = None) -> Any:
     """`node` with every ${VAR} (or ${VAR:-default}) in its strings replaced from `env`; an unset
     one without a default is a problem at its key path."""
+    # A collection YAML reuses through an anchor is substituted once (`done`, by identity):
+    # walking every use of a nested anchor ("billion laughs") takes exponential time.
+    done = {} if done is None else done
+    if isinstance(node, dict | list) and id(node) in done:
+        return done[id(node)]
     if isinstance(node, dict):
-        return {key: substitute_env(value, _child_path(path, key), env, problems, secrets)
-                for key, value in node.items()}
+        mapping: dict[Any, Any] = {}
+        done[id(node)] = mapping     # before its members: an anchor may hold itself
+        for key, value in node.items():
+            mapping[key] = substitute_env(value, _child_path(path, key), env, problems, secrets,
+                                          done)
+        return mapping
     if isinstance(node, list):
-        return [substitute_env(item, f"{path}[{i}]", env, problems, secrets)
-                for i, item in enumerate(node)]
+        items: list[Any] = []
+        done[id(node)] = items
+        items.extend(substitute_env(item, f"{path}[{i}]", env, problems, secrets, done)
+                     for i, item in enumerate(node))
+        return items
     if isinstance(node, str) and "${" in node:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)

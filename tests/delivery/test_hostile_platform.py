@@ -39,15 +39,17 @@ def on(hostile: HostilePlatform, **api: object) -> dict[str, object]:
 
 
 async def states(gw: Running, queue_id: str, want: str, within: float = 15.0) -> list[str]:
-    """Until no delivery of the message is queued or sending; their states."""
-    async with asyncio.timeout(within):
-        while True:
-            detail = await gw.gateway.spool.show_message(queue_id)
-            assert detail is not None
-            found = [d.state for d in detail.deliveries]
-            if all(state == want for state in found):
-                return found
-            await asyncio.sleep(0.05)
+    """Until every delivery of the message is in state `want`; their states."""
+    found: list[str] = []
+
+    async def all_there() -> bool:
+        nonlocal found
+        detail = await gw.gateway.spool.show_message(queue_id)
+        assert detail is not None
+        found = [d.state for d in detail.deliveries]
+        return all(state == want for state in found)
+    await eventually(all_there, within, every=0.05)
+    return found
 
 
 async def last_errors(gw: Running, queue_id: str) -> list[str]:
@@ -200,6 +202,10 @@ async def test_a_404_is_retried_on_schedule_warned_about_and_shown_by_healthz(
     assert status == 200
     report = json.loads(health)
     assert "HTTP 404" in report["platform_error"] and "api.base_url" in report["platform_error"]
+    status, page = await get(base(gw) + "/")     # and the page says it at its top
+    assert status == 200
+    banner = page.find('id="platform-error"')
+    assert -1 < banner < page.find("<h1>") and "HTTP 404" in page[banner:page.find("<h1>")]
     # The platform is fixed: the next 2xx clears it.
     hostile.mode = "ok"
     await gw.gateway.spool.retry_message(queue_id)
@@ -207,6 +213,8 @@ async def test_a_404_is_retried_on_schedule_warned_about_and_shown_by_healthz(
     await states(gw, queue_id, "sent")
     status, health = await get(base(gw) + "/healthz")
     assert "platform_error" not in json.loads(health)
+    status, page = await get(base(gw) + "/")
+    assert 'id="platform-error"' not in page
 
 
 # --- the callback_first mode works (issue 29, item 2 builds on it) -----------------------------

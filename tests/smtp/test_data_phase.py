@@ -58,7 +58,7 @@ def reference_read(port: int, capture: Capture, data: bytes) -> bytes | None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         reader = sock.makefile("rb")
         sock.sendall(ENVELOPE + data)
-        finals = []
+        finals: list[bytes] = []
         while len(finals) < 6:           # greeting, EHLO, MAIL, RCPT, 354, after the data
             line = reader.readline()
             assert line, f"connection closed after {finals}"
@@ -169,7 +169,7 @@ async def test_client_hanging_up_mid_data_stores_nothing(
     await gw.send(b"Subject: whole\r\n\r\nnext client", "79001234567@sms.local")
     [request] = await platform.wait_for(1)
     assert request.form["sent_text"] == "whole\nnext client"
-    assert await run_sql(gw.gateway.spool, "SELECT count(*) FROM messages") == [(1,)]
+    assert await run_sql(gw.sqlite, "SELECT count(*) FROM messages") == [(1,)]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
