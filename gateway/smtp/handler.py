@@ -119,6 +119,11 @@ class Handler:
             queue_id = await self.spool.accept(incoming)
         except ShuttingDown:
             return replies.SHUTTING_DOWN
+        except Refusal as refusal:      # what no spool can store (a NUL byte): for good
+            reply = reply_for(refusal)
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
+                     reply)
+            return reply
         except SpoolError as exc:
             log.error("could not store message from <%s> %s: %s", envelope.mail_from,
                       peer(session), exc)

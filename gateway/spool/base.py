@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from gateway.errors import SpoolError
+from gateway.errors import BadContent
 from gateway.spool import jobs, meta, queue_view
 from gateway.spool.commit import Together
 from gateway.spool.dialect import Dialect
@@ -116,7 +116,8 @@ class BaseSpool:
         problem = jobs.unstorable(message)
         if problem is not None:
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            refused.set_exception(SpoolError(problem))
+            # For good: the same bytes would be refused again, so a 4xx would be retried forever.
+            refused.set_exception(BadContent(problem))
             return refused
         now = self.clock()
         return self.link.submit_together(

@@ -99,7 +99,7 @@ async def test_a_nul_character_is_refused_alone_before_the_commit(spool: BaseSpo
                                    spool.accept(nul_helo), spool.accept(nul_text),
                                    *(spool.accept(incoming(n)) for n in range(5)),
                                    return_exceptions=True)
-    assert [type(r).__name__ for r in results[5:7]] == ["SpoolError", "SpoolError"]
+    assert [type(r).__name__ for r in results[5:7]] == ["BadContent", "BadContent"]
     assert "NUL" in str(results[5])
     stored = [r for r in results if isinstance(r, str)]
     assert len(stored) == 10 and await queue_ids(spool) == sorted(stored)
