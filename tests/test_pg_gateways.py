@@ -5,6 +5,7 @@ one killed with SIGKILL and left dead; the survivor delivers everything the dead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import smtplib
 import threading
@@ -240,3 +241,97 @@ async def test_one_clients_nul_byte_fails_none_of_the_messages_committed_beside_
             f"clean-{i}-{n}" for i in range(16) for n in range(9))
     finally:
         await gateway.stop()
+
+
+MARK = "cut-here-7f3a"   # in the subject of the message whose commit is cut
+
+
+class CommitCutter:
+    """A TCP proxy in front of PostgreSQL that, once armed, passes the COMMIT of the next message
+    stored on and then cuts that connection before the server's answer comes back: the commit
+    happened, the gateway never hears so."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5432
+        self.url = upstream
+        self.armed = False
+        self.inserting = False
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        parts = urlsplit(self.url)
+        self.url = parts._replace(netloc=parts.netloc.replace(
+            f"{self.host}:{self.port}", f"127.0.0.1:{port}")).geturl()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        cut = asyncio.Event()
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                       watch: bool) -> None:
+            while chunk := await source.read(65536):
+                if cut.is_set():
+                    return
+                sink.write(chunk)
+                await sink.drain()
+                if watch and self.armed and MARK.encode() in chunk:
+                    self.inserting = True        # the COMMIT to cut is this one's
+                if watch and self.inserting and b"COMMIT" in chunk:
+                    self.armed = self.inserting = False
+                    self.cuts += 1
+                    cut.set()                    # nothing more goes back to the gateway
+                    await asyncio.sleep(0.5)     # while the server commits
+                    return
+
+        tasks = [asyncio.create_task(pump(reader, up_writer, True)),
+                 asyncio.create_task(pump(up_reader, writer, False))]
+        with contextlib.suppress(Exception):
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for w in (writer, up_writer):
+            w.transport.abort()
+
+
+async def test_a_commit_whose_answer_is_lost_is_answered_as_stored_when_it_was(
+        tmp_path: Path, platform: FakePlatform, pg_url: str) -> None:
+    # Issue 29 item 5: "any internal deadline that answers 4xx must first make sure the message
+    # was not committed". The connection is cut after the COMMIT went through: 250, sent once.
+    from gateway.app import Gateway
+    from gateway.config.loader import parse_config
+
+    cutter = CommitCutter(pg_url)
+    await cutter.start()
+    data: dict[str, Any] = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = cutter.url
+    gateway = Gateway(parse_config(data, env={}))
+    await gateway.start()
+    host, port = gateway.smtp.addresses[0]
+
+    def send(subject: str) -> tuple[int, bytes]:
+        with smtplib.SMTP(host, port, timeout=60) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("app@corp.test")
+            smtp.rcpt("79001234567@sms.local")
+            return smtp.data(text_message("cut", subject).as_bytes())
+
+    try:
+        assert (await asyncio.to_thread(send, "before"))[0] == 250
+        cutter.armed = True
+        code, reply = await asyncio.to_thread(send, MARK)
+        assert cutter.cuts == 1
+        assert code == 250, reply
+        await platform.wait_for(2, within=30)
+        assert delivered(platform) == Counter({"before": 1, MARK: 1})
+    finally:
+        await gateway.stop()
+        await cutter.stop()

@@ -193,3 +193,8 @@ def rows_changed(status: str) -> int:
     """The row count from a statement's command tag, such as 'UPDATE 3'."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0   # BEGIN, SAVEPOINT: no count
+
+# Which of these messages a commit whose answer was lost did store (pg/link.py), once the
+# server process that ran it is gone (until then its COMMIT may still be under way).
+BACKEND_ALIVE = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
+STORED_AMONG = "SELECT id FROM messages WHERE id = ANY($1::text[])"
