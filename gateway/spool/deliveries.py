@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.spool import sql
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
-from gateway.spool.rows import Delivery, IncomingMessage, Result
+from gateway.spool.rows import Delivery, IncomingMessage, NewDelivery, Result
 from gateway.spool.schema import select, select_one
 from gateway.spool.states import State
 
@@ -36,17 +36,29 @@ def insert(conn: sqlite3.Connection, new: list[NewMessage]) -> list[str]:
     work on the event loop measured slower for the whole gateway (bench/stages.py loop-pack)."""
     messages: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
+    events: dict[tuple[object, ...], None] = {}
     for n in new:
         texts, requests = pack_requests([delivery.request for delivery in n.message.deliveries])
         messages.append((n.queue_id, n.now, n.message.mail_from, n.message.peer,
                          n.message.helo, n.message.auth_user, len(n.message.raw), n.message.raw,
                          texts))
-        deliveries.extend((n.queue_id, delivery.recipient, request, n.now, n.now)
-                          for delivery, request in zip(n.message.deliveries, requests,
-                                                       strict=True))
+        for delivery, request in zip(n.message.deliveries, requests, strict=True):
+            deliveries.append((n.queue_id, delivery.recipient, request, *initial_state(delivery),
+                               n.now, n.now))
+            if delivery.event is not None:
+                events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
     _insert_rows(conn, sql.insert_messages, messages)
     _insert_rows(conn, sql.insert_deliveries, deliveries)
+    if events:
+        conn.executemany(sql.INSERT_EVENT_BY_RECIPIENT, list(events))
     return [n.queue_id for n in new]
+
+
+def initial_state(delivery: NewDelivery) -> tuple[State, str | None]:
+    """A new delivery's state and last_error: queued, or suppressed with its reason."""
+    if delivery.suppressed is None:
+        return State.QUEUED, None
+    return State.SUPPRESSED, str(delivery.suppressed)
 
 
 def _insert_rows(conn: sqlite3.Connection, statement: Callable[[int], str],

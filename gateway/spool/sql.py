@@ -55,7 +55,7 @@ RELEASE_SAVEPOINT = "RELEASE job"
 # --- the accept path ---------------------------------------------------------------------------
 
 _MESSAGE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_DELIVERY_ROW = f"(?, ?, ?, '{State.QUEUED}', ?, ?)"
+_DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 # One statement for many rows: every statement the writer thread runs makes it wait for the
 # GIL again afterwards, behind a busy event loop, and that wait is most of a commit's time.
 INSERT_ROWS = 32     # rows per statement at most: a handful of texts in the statement cache
@@ -69,8 +69,15 @@ def insert_messages(rows: int) -> str:
 
 @functools.lru_cache(maxsize=2 * INSERT_ROWS)
 def insert_deliveries(rows: int) -> str:
-    return ("INSERT INTO deliveries (message_id, recipient, request, state, next_attempt_at,"
-            " updated_at) VALUES " + ", ".join([_DELIVERY_ROW] * rows))
+    return ("INSERT INTO deliveries (message_id, recipient, request, state, last_error,"
+            " next_attempt_at, updated_at) VALUES " + ", ".join([_DELIVERY_ROW] * rows))
+
+
+# An event stored with a new message's deliveries (the route it took), found by recipient: the
+# insert gives no ids back, and a message's deliveries to one address share the event.
+INSERT_EVENT_BY_RECIPIENT = (
+    "INSERT INTO events (delivery_id, at, kind, detail)"
+    " SELECT id, ?, ?, ? FROM deliveries WHERE message_id = ? AND recipient = ?")
 
 # --- the delivery path -------------------------------------------------------------------------
 
@@ -214,8 +221,10 @@ OLDEST_WAITING = (
     _LINE + " WHERE d.id = (SELECT id FROM deliveries INDEXED BY deliveries_pending"
     f" WHERE state IN {UNFINISHED_IN} ORDER BY message_id, id LIMIT 1)")
 SENT_SINCE = "SELECT count(*) AS n FROM events WHERE kind = 'sent' AND at >= ?"
+# (A suppressed delivery's last_error is its reason, not an error.)
 RECENT_ERRORS = (
-    _LINE + f" WHERE d.last_error IS NOT NULL OR d.status_class = '{StatusClass.FAILED}'"
+    _LINE + f" WHERE (d.last_error IS NOT NULL AND d.state != '{State.SUPPRESSED}')"
+    f" OR d.status_class = '{StatusClass.FAILED}'"
     " ORDER BY d.message_id DESC, d.id DESC LIMIT ?")
 
 # --- small values kept for the gateways (meta.py) --------------------------------------------
