@@ -130,9 +130,11 @@ def _route(data: dict[str, Any], path: str, domains: Mapping[str, DomainConfig],
     routed = _routed_domains(settings, f"{path}.set", domains, targets, problems)
     if len(problems.lines) > first or match is None:
         return None
-    return Route(name=name, match=match, to=tuple(t.address for t in targets),
+    written = data["to"] if isinstance(data.get("to"), list) else [data.get("to")]
+    return Route(name=name, match=match,
+                 to=tuple(str(t).strip() for t in written if t is not None),
                  recipients=targets, drop=drop,
-                 set={key: str(settings[key]) for key in sorted(settings)},
+                 set={key: _shown(settings[key]) for key in sorted(settings)},
                  domains=routed)
 
 
@@ -237,3 +239,7 @@ def _routed_domains(settings: dict[str, Any], path: str, domains: Mapping[str, D
             changed = dataclasses.replace(changed, quiet_hours=None)
         routed[name] = changed
     return routed
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
