@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.spool import sql
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
-from gateway.spool.rows import Delivery, IncomingMessage, NewDelivery, Result
+from gateway.spool.rows import Delivery, IncomingMessage, Result
 from gateway.spool.schema import select, select_one
 from gateway.spool.states import State
 
@@ -43,7 +43,7 @@ def insert(conn: sqlite3.Connection, new: list[NewMessage]) -> list[str]:
                          n.message.helo, n.message.auth_user, len(n.message.raw), n.message.raw,
                          texts))
         for delivery, request in zip(n.message.deliveries, requests, strict=True):
-            deliveries.append((n.queue_id, delivery.recipient, request, *initial_state(delivery),
+            deliveries.append((n.queue_id, delivery.recipient, request, *delivery.initial_state(),
                                n.now, n.now))
             if delivery.event is not None:
                 events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
@@ -52,13 +52,6 @@ def insert(conn: sqlite3.Connection, new: list[NewMessage]) -> list[str]:
     if events:
         conn.executemany(sql.INSERT_EVENT_BY_RECIPIENT, list(events))
     return [n.queue_id for n in new]
-
-
-def initial_state(delivery: NewDelivery) -> tuple[State, str | None]:
-    """A new delivery's state and last_error: queued, or suppressed with its reason."""
-    if delivery.suppressed is None:
-        return State.QUEUED, None
-    return State.SUPPRESSED, str(delivery.suppressed)
 
 
 def _insert_rows(conn: sqlite3.Connection, statement: Callable[[int], str],

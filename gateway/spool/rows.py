@@ -29,6 +29,12 @@ class NewDelivery:
     # One event (kind, detail) kept with the delivery from the start, e.g. the route it took.
     event: tuple[str, str] | None = None
 
+    def initial_state(self) -> tuple[State, str | None]:
+        """The state and last_error it is stored with: queued, or suppressed with its reason."""
+        if self.suppressed is None:
+            return State.QUEUED, None
+        return State.SUPPRESSED, str(self.suppressed)
+
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:

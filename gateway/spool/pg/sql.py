@@ -27,10 +27,12 @@ ACCEPT = (
     "WITH message AS (INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user,"
     " size, raw, texts) SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],"
     " $5::text[], $6::text[], $7::int[], $8::bytea[], $9::text[]))"
-    " INSERT INTO deliveries (message_id, recipient, request, state, next_attempt_at, updated_at)"
-    f" SELECT message_id, recipient, request, '{State.QUEUED}', at, at"
-    " FROM unnest($10::text[], $11::text[], $12::text[], $13::float8[])"
-    " AS t(message_id, recipient, request, at)")
+    " INSERT INTO deliveries (message_id, recipient, request, state, last_error,"
+    " next_attempt_at, updated_at)"
+    " SELECT message_id, recipient, request, state, last_error, at, at"
+    " FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],"
+    " $15::float8[]) AS t(message_id, recipient, request, state, last_error, at)")
+INSERT_EVENT_BY_RECIPIENT = numbered(lite.INSERT_EVENT_BY_RECIPIENT)
 # SKIP LOCKED: gateways leasing at once take different rows and never wait on each other. A
 # `sending` row is a lease; it is due again only once next_attempt_at, its expiry, has passed.
 LEASE = (

@@ -120,10 +120,15 @@ class PgSpool:
         messages = [(item.queue_id, item.now, item.message.mail_from, item.message.peer,
                      item.message.helo, item.message.auth_user, len(item.message.raw),
                      item.message.raw, item.texts) for item in batch]
-        deliveries = [(item.queue_id, d.recipient, request, item.now)
+        deliveries = [(item.queue_id, d.recipient, request, *d.initial_state(), item.now)
                       for item in batch
                       for d, request in zip(item.message.deliveries, item.requests, strict=True)]
-        await conn.execute(sql.ACCEPT, *_columns(messages, 9), *_columns(deliveries, 4))
+        await conn.execute(sql.ACCEPT, *_columns(messages, 9), *_columns(deliveries, 6))
+        events = list(dict.fromkeys((item.now, *d.event, item.queue_id, d.recipient)
+                                    for item in batch for d in item.message.deliveries
+                                    if d.event is not None))
+        if events:
+            await conn.executemany(sql.INSERT_EVENT_BY_RECIPIENT, events)
 
     def _settle(self, batch: list[_Incoming], job: asyncio.Future[None]) -> None:
         """After the commit, or its failure: each message of the statement gets its answer."""
