@@ -23,6 +23,7 @@ from gateway.spool.rows import Search
 from tests.conftest import Running, base_config, merge, text_message
 from tests.fakeplatform import FakePlatform
 
+HTML = {"Accept": "text/html"}
 DUTY = ["79001234567", "79007654321"]
 ROUTES: dict[str, Any] = {
     "smtp": {"max_message_size": "1MiB"},
@@ -269,3 +270,45 @@ async def test_smtp_refusal_of_unknown_domain_is_unchanged_without_routes(gw: Ru
         await gw.send(text_message(), "alerts@corp.local")
     [(code, text)] = caught.value.recipients.values()
     assert code == 550 and text.startswith(b"5.7.1")
+
+
+async def test_queue_show_the_message_page_and_metrics_name_the_route(
+        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import aiohttp
+
+    gw = await start_gateway(merge(ROUTES, {"http": {"listen": "127.0.0.1:0"}}))
+    routed_id = await gw.submit(text_message("On battery", "x"), "alerts@corp.local",
+                                sender="ups1@ups.corp.local")
+    dropped_id = await gw.submit(text_message("OK: fine", "x"), "79001112233@sms.local")
+    await gw.wait_final(routed_id)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(merge(base_config(tmp_path / "spool.sqlite3",
+                                                       platform.base_url), ROUTES)))
+    assert await asyncio.to_thread(main, ["queue", "-c", str(config), "show", routed_id]) == 0
+    out = capsys.readouterr().out
+    assert out.count("routed  route ups-on-battery: from alerts@corp.local") == 2
+    assert await asyncio.to_thread(main, ["queue", "-c", str(config), "show", dropped_id]) == 0
+    out = capsys.readouterr().out
+    assert ": suppressed" in out and "  reason    route ok-notices" in out
+    assert "routed  route ok-notices: dropped" in out
+
+    assert gw.gateway.status is not None
+    host, port = gw.gateway.status.addresses[0]
+    web = f"http://{host}:{port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{web}/messages/{routed_id}") as response:    # JSON
+            detail = await response.json()
+        assert [[e[1:] for e in d["events"]][:2] for d in detail["deliveries"]] == [
+            [["received", ""], ["routed", "route ups-on-battery: from alerts@corp.local"]]] * 2
+        async with session.get(f"{web}/queue/{routed_id}", headers=HTML) as response:
+            page = await response.text()
+        assert page.count("route ups-on-battery: from alerts@corp.local") == 2
+        async with session.get(f"{web}/queue/{dropped_id}", headers=HTML) as response:
+            page = await response.text()
+        assert "<th>reason</th><td>route ok-notices</td>" in page
+        async with session.get(f"{web}/metrics") as response:
+            metrics = await response.text()
+    assert 'smtp2pulse_routed_total{route="ups-on-battery"} 1.0' in metrics
+    assert 'smtp2pulse_routed_total{route="ok-notices"} 1.0' in metrics
+    assert 'smtp2pulse_suppressed_total{domain="sms.local",reason="route"} 1.0' in metrics
