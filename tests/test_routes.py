@@ -162,7 +162,7 @@ async def test_a_drop_route_keeps_the_message_suppressed_and_sends_nothing(
         ("alerts@corp.local", "suppressed", "route ok-notices", 0)]
     assert metric(routed, "smtp2pulse_suppressed_total") == [
         'smtp2pulse_suppressed_total{domain="sms.local",reason="route"} 1.0',
-        'smtp2pulse_suppressed_total{domain="corp.local",reason="route"} 1.0']
+        'smtp2pulse_suppressed_total{domain="unserved",reason="route"} 1.0']
     # The operator's view: queue list --state suppressed, with the reason.
     config = tmp_path / "config.yaml"
     data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), ROUTES)

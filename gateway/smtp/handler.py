@@ -14,6 +14,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
+from gateway.config.model import Config
 from gateway.config.recipients import resolve_recipients
 from gateway.errors import Refusal, RelayDenied, ShuttingDown, SpoolError
 from gateway.message.parse import off_loop
@@ -139,7 +140,7 @@ class Handler:
             return replies.TRY_LATER
         self.on_stored()
         self.metrics.accepted.inc()
-        self._count_routing(prepared)
+        self._count_routing(prepared, config)
         log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s (stored in %.1f ms)",
                  queue_id, envelope.mail_from, peer(session), len(raw),
                  ",".join(d.request.get("sent_to") or d.recipient
@@ -152,13 +153,16 @@ class Handler:
             log.info("queue_id=%s %s", queue_id, note, extra={"queue_id": queue_id})
         return replies.QUEUED.format(queue_id=queue_id)
 
-    def _count_routing(self, prepared: Prepared) -> None:
+    def _count_routing(self, prepared: Prepared, config: Config) -> None:
         if prepared.route is not None:
             self.metrics.routed.labels(prepared.route).inc()
         for delivery in prepared.deliveries:
             if delivery.suppressed is not None:
                 domain = delivery.recipient.rpartition("@")[2].lower()
-                self.metrics.suppressed.labels(domain, delivery.suppressed.reason).inc()
+                # A route's glob may take many unserved domains: one label for them all, lest
+                # a sender mint a time series per address.
+                label = domain if domain in config.domains else "unserved"
+                self.metrics.suppressed.labels(label, delivery.suppressed.reason).inc()
 
     async def handle_exception(self, error: Exception) -> Reply:
         # The one place an unexpected error becomes a reply: temporary, and without its text.
