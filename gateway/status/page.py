@@ -53,11 +53,13 @@ def _templates() -> dict[str, jinja2.Template]:
 
 class StatusPage:
     def __init__(self, config: Callable[[], Config], spool: SpoolInterface,
-                 ready: Callable[[], bool], sending: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], sending: Callable[[], bool],
+                 platform_error: Callable[[], str]) -> None:
         self.config = config
         self.spool = spool
         self.ready = ready
         self.sending = sending
+        self.platform_error = platform_error   # the platform says our config is wrong
         self._loaded: dict[str, jinja2.Template] | None = None
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -94,7 +96,8 @@ class StatusPage:
             self._loaded = await asyncio.to_thread(_templates)
         config = self.config()
         html = self._loaded[name].render(mask=config.log_mask_personal,
-                                         dry_run=config.api.dry_run, **values)
+                                         dry_run=config.api.dry_run,
+                                         platform_error=self.platform_error(), **values)
         return web.Response(text=html, status=status, content_type="text/html",
                             headers={"Cache-Control": "no-store",
                                      # Belt and braces: even an escaping slip could run nothing.

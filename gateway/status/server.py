@@ -58,8 +58,8 @@ class StatusServer:
         app.router.add_route("GET", "/callback", self._callback)
         app.router.add_route("POST", "/callback", self._callback)
         app.router.add_get("/messages/{queue_id}", self._message)
-        StatusPage(self.config, self.spool, self.ready,
-                   lambda: self.not_sending() is None).add_routes(app.router)
+        StatusPage(self.config, self.spool, self.ready, lambda: self.not_sending() is None,
+                   lambda: self.metrics.platform_error).add_routes(app.router)
         # aiohttp's own timer closes a connection idle this long, from its start (see
         # gateway.status.gate, which caps how many there are).
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,

@@ -201,6 +201,10 @@ async def test_a_404_is_retried_on_schedule_warned_about_and_shown_by_healthz(
     assert status == 200
     report = json.loads(health)
     assert "HTTP 404" in report["platform_error"] and "api.base_url" in report["platform_error"]
+    status, page = await get(base(gw) + "/")     # and the page says it at its top
+    assert status == 200
+    banner = page.find('id="platform-error"')
+    assert -1 < banner < page.find("<h1>") and "HTTP 404" in page[banner:page.find("<h1>")]
     # The platform is fixed: the next 2xx clears it.
     hostile.mode = "ok"
     await admin.retry_message(gw.gateway.spool, queue_id)
@@ -208,6 +212,8 @@ async def test_a_404_is_retried_on_schedule_warned_about_and_shown_by_healthz(
     await states(gw, queue_id, "sent")
     status, health = await get(base(gw) + "/healthz")
     assert "platform_error" not in json.loads(health)
+    status, page = await get(base(gw) + "/")
+    assert 'id="platform-error"' not in page
 
 
 # --- the callback_first mode works (issue 29, item 2 builds on it) -----------------------------
