@@ -19,7 +19,7 @@ from gateway.config.loader import DEFAULT_PATH, load_config
 from gateway.config.model import Config, Listener
 from gateway.config.recipients import Recipient, resolve_recipients
 from gateway.delivery.request import masked_request
-from gateway.errors import ConfigError, Refusal, RelayDenied, SpoolError
+from gateway.errors import BadRecipient, ConfigError, Refusal, RelayDenied, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
 from gateway.message.cost import request_segments
@@ -166,7 +166,7 @@ def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_fr
     for address in recipients:
         try:
             resolved.extend(resolve_recipients(address, config))
-        except RelayDenied:
+        except (RelayDenied, BadRecipient):
             if not (config.routes and takes_address(config, address)):
                 raise
             route_only.append(address)

@@ -43,6 +43,8 @@ ROUTES: dict[str, Any] = {
         {"name": "after-ok", "match": {"subject": "OK"}, "set": {"sender": "Second"}},
         {"name": "hostile", "match": {"body": "(a+)+$", "to": "*@sms.local"},
          "set": {"sender": "Matched"}},
+        # A served domain's address that is no phone number, burnt into a printer.
+        {"name": "printer", "match": {"to": "printer@sms.local"}, "to": ["duty@sms.local"]},
     ],
 }
 
@@ -90,6 +92,16 @@ async def test_a_fixed_address_device_is_routed_by_sender_to_a_group(
     assert "route=ups-on-battery (to duty@sms.local)" in accepted
     assert metric(routed, "smtp2pulse_routed_total") == [
         'smtp2pulse_routed_total{route="ups-on-battery"} 1.0']
+
+
+async def test_an_address_of_a_served_domain_that_is_no_recipient_is_taken_by_a_route(
+        routed: Running, platform: FakePlatform) -> None:
+    await routed.submit(text_message("Toner low", "tray 2"), "printer@sms.local")
+    requests = await platform.wait_for(2)
+    assert sorted(r.form["sent_to"] for r in requests) == DUTY
+    # Without a route naming it, such an address is refused at RCPT as before.
+    rcpts, _ = await send_raw(routed, "app@corp.test", ["scanner@sms.local"], b"")
+    assert rcpts[0][0] == 553
 
 
 async def test_the_from_header_matches_too_and_other_senders_are_refused_after_data(

@@ -46,8 +46,8 @@ def route_message(message: ParsedMessage, mail_from: str, recipients: Sequence[R
         if matched:
             return Routing(route, _targets(route, matched, recipients, route_only, config))
     if route_only:
-        raise NoRoute(f"<{route_only[0]}>: no route takes this message, and the domain "
-                          f"{route_only[0].rpartition('@')[2].lower()} is not served here")
+        raise NoRoute(f"<{route_only[0]}>: no route takes this message, and the address "
+                      f"is not one served here")
     return Routing(None, tuple(Target(r, config.domains[r.domain]) for r in recipients))
 
 
@@ -72,8 +72,9 @@ def matched_addresses(match: RouteMatch, message: ParsedMessage, mail_from: str,
 
 
 def takes_address(config: Config, address: str) -> bool:
-    """At RCPT: whether a route that sends or drops could take an address of a domain that is
-    not served (the route's other conditions are only known after DATA)."""
+    """At RCPT: whether a route that sends or drops could take an address the domains refuse
+    (a domain not served, or no valid recipient of its domain); the route's other conditions
+    are only known after DATA."""
     return any(route.match.recipients is not None and (route.drop or route.recipients)
                and route.match.recipients.search(address) for route in config.routes)
 
@@ -87,8 +88,8 @@ def _targets(route: Route, matched: list[str], recipients: Sequence[Recipient],
     if left:
         # Mail for an address only routes know, which this route does not take: refused as
         # mail to an unserved domain is, the whole message (one reply answers all of DATA).
-        raise NoRoute(f"<{left[0]}>: route {route.name} does not take this recipient, "
-                          f"and the domain {left[0].rpartition('@')[2].lower()} is not served")
+        raise NoRoute(f"<{left[0]}>: route {route.name} does not take this recipient, and "
+                      f"the address is not one served here")
     targets = [Target(r, config.domains[r.domain]) for r in recipients
                if r.address not in chosen]
     if route.drop:

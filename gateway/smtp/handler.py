@@ -16,7 +16,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from gateway.config.model import Config
 from gateway.config.recipients import resolve_recipients
-from gateway.errors import Refusal, RelayDenied, ShuttingDown, SpoolError
+from gateway.errors import BadRecipient, Refusal, RelayDenied, ShuttingDown, SpoolError
 from gateway.message.parse import off_loop
 from gateway.message.prepare import Prepared, prepare
 from gateway.message.routing import takes_address
@@ -65,10 +65,11 @@ class Handler:
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
         try:
             resolved = resolve_recipients(address, config)   # an alias: each of its group
-        except RelayDenied as refusal:
+        except (RelayDenied, BadRecipient) as refusal:
             if config.routes and takes_address(config, address):
-                # Only a route knows it (a device's burnt-in alerts@corp.local): whether one
-                # takes the message is known after DATA.
+                # Only a route knows it (a device's burnt-in alerts@corp.local, or
+                # alerts@sms.local, no phone number): whether one takes the message is known
+                # after DATA.
                 envelope.rcpt_tos.append(address)
                 envelope.route_only.append(address)
                 envelope.rcpt_options.extend(rcpt_options)
