@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
+import logging
 import secrets
 import smtplib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,17 +16,26 @@ import pytest
 from gateway.app import Gateway
 from gateway.config.loader import parse_config
 from gateway.config.model import Config
+from gateway.spool.states import State
+from gateway.spool.store import Spool
 from tests.fakeplatform import FakePlatform
 from tests.pgserver import PgServer
 
 TOKEN = "tok-SECRET-0123456789abcdef"
 
 
-async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Until `condition()` holds, for state that other threads or processes change."""
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0,
+                     every: float = 0.01) -> None:
+    """Until `condition()` holds, for state that other tasks, threads or processes change;
+    a condition that must await (the spool, an HTTP request) returns an awaitable instead.
+    Raises TimeoutError after `within` seconds."""
+    async def holds() -> bool:
+        result = condition()
+        return await result if inspect.isawaitable(result) else result
+
     async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - nothing to wait on but the state itself
-            await asyncio.sleep(0.01)
+        while not await holds():  # noqa: ASYNC110 - nothing to wait on but the state itself
+            await asyncio.sleep(every)
 
 
 def base_config(spool: Path, base_url: str) -> dict[str, Any]:
@@ -52,6 +63,19 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process installs the daemon's handler on pytest's captured
+    stderr; left in place, it writes into a closed stream in a later test ("Logging error")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 async def platform() -> AsyncIterator[FakePlatform]:
     fake = FakePlatform()
@@ -74,6 +98,13 @@ class Running:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.host, self.port = gateway.smtp.addresses[0]
+
+    @property
+    def sqlite(self) -> Spool:
+        """The SQLite spool, for a test that reads or changes its rows directly."""
+        spool = self.gateway.spool
+        assert isinstance(spool, Spool)
+        return spool
 
     def client(self) -> smtplib.SMTP:
         client = smtplib.SMTP(self.host, self.port, timeout=10)
@@ -107,17 +138,19 @@ class Running:
         assert code == 250, (code, text)
         return text.rsplit(b" ", 1)[1].decode()
 
-    async def wait_final(self, queue_id: str, within: float = 10.0) -> list[str]:
+    async def wait_final(self, queue_id: str, within: float = 10.0) -> list[State]:
         """Until every delivery of a message is finished; returns their states."""
         from gateway.spool import admin
-        async with asyncio.timeout(within):
-            while True:
-                detail = await admin.show_message(self.gateway.spool, queue_id)
-                assert detail is not None
-                states = [d.state for d in detail.deliveries]
-                if all(state in ("sent", "refused", "failed") for state in states):
-                    return states
-                await asyncio.sleep(0.02)
+        states: list[State] = []
+
+        async def finished() -> bool:
+            nonlocal states
+            detail = await admin.show_message(self.gateway.spool, queue_id)
+            assert detail is not None
+            states = [d.state for d in detail.deliveries]
+            return all(state in ("sent", "refused", "failed") for state in states)
+        await eventually(finished, within, every=0.02)
+        return states
 
     async def dialog(self, *commands: str | bytes) -> list[tuple[int, bytes]]:
         """Send raw command lines after EHLO; returns each reply (code, text)."""

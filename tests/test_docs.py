@@ -65,8 +65,9 @@ def known_keys(path: list[str], config: dict[str, Any]) -> set[str]:
     with pytest.raises(ConfigError) as caught:
         parse_config(config, env=ENV)
     for line in caught.value.problems:
-        if PROBE in line and "known: " in line:
-            return set(re.search(r"known: ([^)]*)\)", line).group(1).split(", "))
+        known = re.search(r"known: ([^)]*)\)", line)
+        if PROBE in line and known is not None:
+            return set(known.group(1).split(", "))
     raise AssertionError(f"no list of known keys for {path}: {caught.value}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+from email import policy
 from email.message import EmailMessage
 
 import pytest
@@ -86,7 +87,8 @@ async def test_nothing_to_send_is_550_5_6_0(gw: Running, platform: FakePlatform,
     with pytest.raises(smtplib.SMTPDataError) as refused:
         await gw.send(message, "79001234567@sms.local")
     assert refused.value.smtp_code == 550
-    assert refused.value.smtp_error.startswith(b"5.6.0 ")
+    error = refused.value.smtp_error
+    assert isinstance(error, bytes) and error.startswith(b"5.6.0 ")
     assert platform.requests == []
 
 
@@ -108,7 +110,7 @@ async def test_smtputf8_envelope_and_utf8_headers(gw: Running, platform: FakePla
     message["From"] = "Отдел продаж <продажи@пример.рф>"
     message["Subject"] = "Заказ готов"
     message.set_content("Заберите до пятницы")
-    raw = message.as_bytes(policy=message.policy.clone(utf8=True))
+    raw = message.as_bytes(policy=policy.default.clone(utf8=True))
 
     def run() -> dict[str, tuple[int, bytes]]:
         with gw.client() as client:

@@ -63,7 +63,7 @@ def test_the_status_page_loads_jinja2_only_when_first_rendered(tmp_path: Path) -
     assert _loaded_after(code, ("jinja2",)) == []
     rendered = code.replace("Gateway(parse_config", "g = Gateway(parse_config") + (
         "\nimport asyncio\nfrom gateway.status.page import StatusPage\n"
-        "page = StatusPage(lambda: g.config, g.spool, lambda: True, lambda: True)\n"
+        "page = StatusPage(lambda: g.config, g.spool, lambda: True, lambda: True, lambda: '')\n"
         "asyncio.run(page._render('message.html', queue_id='X', detail=None))")
     assert _loaded_after(rendered, ("jinja2",)) == ["jinja2"]   # the check sees it when there
 

@@ -17,7 +17,7 @@ import yaml
 
 from gateway.cli import main
 from gateway.smtp.passwords import hash_password
-from tests.conftest import Running, base_config, text_message
+from tests.conftest import Running, base_config, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 REWRITE = {"domains": {"sms.local": {"type": "sms", "sender": "MyShop", "rewrite": [
@@ -165,11 +165,13 @@ async def test_unconfirmed_deliveries_are_listed_by_default_and_settled_by_retry
         assert code == 0
         return out.splitlines()
 
-    for _ in range(200):
+    header, lines = "", []
+
+    async def both_unconfirmed() -> bool:
+        nonlocal header, lines
         header, *lines = await listed()
-        if len(lines) == 2 and all("unconfirmed" in line for line in lines):
-            break
-        await asyncio.sleep(0.05)
+        return len(lines) == 2 and all("unconfirmed" in line for line in lines)
+    await eventually(both_unconfirmed, within=15, every=0.05)
     assert header.startswith("2 deliveries still to be sent or settled"), header
     assert all(queue_id in line and "unknown outcome: HTTP 200" in line for line in lines)
     assert len(await listed("--state", "unconfirmed")) == 3

@@ -29,7 +29,7 @@ def test_minimal_config_has_the_documented_defaults() -> None:
     assert config.smtp.max_recipients == 100
     assert config.api.send_url == "https://1-pulse.kupon.mobi/api/v1/bulk/send-message"
     assert config.api.timeout == 10
-    assert config.spool.retry == (30, 120, 600, 1800, 3600)
+    assert config.spool.retry == (30.0, 120.0, 600.0, 1800.0, 3600.0)
     assert config.spool.give_up_after == 2 * 86400
     assert config.domains["sms.local"].recipient == "phone"
 

@@ -48,12 +48,14 @@ async def states(gw: Running, queue_id: str) -> list[str]:
 
 async def settled(gw: Running, queue_id: str, within: float = 10.0) -> list[str]:
     """Until no delivery of the message is queued or sending; their states."""
-    async with asyncio.timeout(within):
-        while True:
-            found = await states(gw, queue_id)
-            if not {"queued", "sending"} & set(found):
-                return found
-            await asyncio.sleep(0.02)
+    found: list[str] = []
+
+    async def done() -> bool:
+        nonlocal found
+        found = await states(gw, queue_id)
+        return not {"queued", "sending"} & set(found)
+    await eventually(done, within, every=0.02)
+    return found
 
 
 def base(gw: Running) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -10,7 +9,7 @@ import pytest
 
 from gateway.config.model import Config
 from gateway.spool import admin
-from tests.conftest import TOKEN, Running, text_message
+from tests.conftest import TOKEN, Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 
@@ -74,9 +73,12 @@ async def test_retry_after_is_honoured(start_gateway: Callable[..., Awaitable[Ru
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     await platform.wait_for(1)
     detail = await history(gw, queue_id)
-    async with asyncio.timeout(10):
-        while detail.deliveries[0].attempts == 0:
-            detail = await history(gw, queue_id)
+
+    async def attempted() -> bool:
+        nonlocal detail
+        detail = await history(gw, queue_id)
+        return detail.deliveries[0].attempts > 0
+    await eventually(attempted)
     [delivery] = detail.deliveries
     assert delivery.state == "queued"
     assert delivery.next_attempt_at - detail.received_at > 3500   # not the 50 ms schedule
@@ -100,10 +102,12 @@ async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Ru
     await platform.stop()                      # connection refused from now on
     queue_id = await gw.submit(text_message("while down"), "79001234567@sms.local")
     detail = await history(gw, queue_id)
-    async with asyncio.timeout(10):
-        while detail.deliveries[0].attempts < 2:
-            await asyncio.sleep(0.02)
-            detail = await history(gw, queue_id)
+
+    async def tried_twice() -> bool:
+        nonlocal detail
+        detail = await history(gw, queue_id)
+        return detail.deliveries[0].attempts >= 2
+    await eventually(tried_twice, every=0.02)
     assert detail.deliveries[0].state in ("queued", "sending")
     platform.port = port
     await platform.restart_on(port)

@@ -102,15 +102,20 @@ def send_raw(gw: Running, sender: str, data: bytes, *, utf8: bool = False) -> st
 
 async def bounce_state(gw: Running, queue_id: str, within: float = 15.0) -> tuple[str, str]:
     """Until the delivery's bounce is settled; its state and the bounce event's detail."""
-    async with asyncio.timeout(within):
-        while True:
-            detail = await admin.show_message(gw.gateway.spool, queue_id)
-            assert detail is not None
-            [delivery] = detail.deliveries
-            if delivery.bounce in ("sent", "failed"):
-                event = [d for _, kind, d in delivery.events if kind.startswith("bounce")]
-                return delivery.bounce, event[-1] if event else ""
-            await asyncio.sleep(0.05)
+    settled = ("", "")
+
+    async def bounce_settled() -> bool:
+        nonlocal settled
+        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        assert detail is not None
+        [delivery] = detail.deliveries
+        if delivery.bounce not in ("sent", "failed"):
+            return False
+        event = [d for _, kind, d in delivery.events if kind.startswith("bounce")]
+        settled = delivery.bounce, event[-1] if event else ""
+        return True
+    await eventually(bounce_settled, within, every=0.05)
+    return settled
 
 
 async def test_cp1251_subject_and_utf8_sender_do_not_stop_later_bounces(
@@ -231,14 +236,16 @@ async def dribbler() -> AsyncIterator[Dribbler]:
 
 async def event_texts(gw: Running, queue_id: str, kind: str, within: float) -> list[str]:
     """Until the delivery has events of this kind; their details."""
-    async with asyncio.timeout(within):
-        while True:
-            detail = await admin.show_message(gw.gateway.spool, queue_id)
-            assert detail is not None
-            texts = [text for _, what, text in detail.deliveries[0].events if what == kind]
-            if texts:
-                return texts
-            await asyncio.sleep(0.1)
+    texts: list[str] = []
+
+    async def found() -> bool:
+        nonlocal texts
+        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        assert detail is not None
+        texts = [text for _, what, text in detail.deliveries[0].events if what == kind]
+        return bool(texts)
+    await eventually(found, within, every=0.1)
+    return texts
 
 
 @pytest.mark.parametrize("mode", ["inline", "process"])
@@ -264,7 +271,7 @@ async def test_a_delivery_in_flight_past_its_lease_is_not_sent_again(
     await gw.submit(text_message(), "79001234567@sms.local")
     await eventually(lambda: len(dribbler.posts) == 1, within=10)
     # What a stuck send looked like: its lease runs out while the request is still going.
-    await gw.gateway.spool.run(lambda conn: conn.execute(
+    await gw.sqlite.run(lambda conn: conn.execute(
         "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'sending'"))
     await gw.submit(text_message(), "79007654321@sms.local")     # wakes the worker: a lease
     await eventually(lambda: len(dribbler.posts) >= 2, within=10)

@@ -40,15 +40,17 @@ def on(hostile: HostilePlatform, **api: object) -> dict[str, object]:
 
 
 async def states(gw: Running, queue_id: str, want: str, within: float = 15.0) -> list[str]:
-    """Until no delivery of the message is queued or sending; their states."""
-    async with asyncio.timeout(within):
-        while True:
-            detail = await admin.show_message(gw.gateway.spool, queue_id)
-            assert detail is not None
-            found = [d.state for d in detail.deliveries]
-            if all(state == want for state in found):
-                return found
-            await asyncio.sleep(0.05)
+    """Until every delivery of the message is in state `want`; their states."""
+    found: list[str] = []
+
+    async def all_there() -> bool:
+        nonlocal found
+        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        assert detail is not None
+        found = [d.state for d in detail.deliveries]
+        return all(state == want for state in found)
+    await eventually(all_there, within, every=0.05)
+    return found
 
 
 async def last_errors(gw: Running, queue_id: str) -> list[str]:

@@ -21,8 +21,9 @@ CODECS = ["utf-8", "cp1251", "utf-16-be", "utf-16-le"]
 def test_form_value_decodes_to_the_same_bytes_as_quote_plus(value: str, codec: str) -> None:
     ours = form_value(value, codec)
     theirs = quote_plus(value, encoding=codec, errors="replace")
-    decode = {"encoding": "latin-1"}   # bytes as they were, whatever the codec
-    assert parse_qsl("v=" + ours, **decode) == parse_qsl("v=" + theirs, **decode) or \
+    # Decoded as latin-1: the bytes as they were, whatever the codec.
+    assert parse_qsl("v=" + ours, encoding="latin-1") == \
+        parse_qsl("v=" + theirs, encoding="latin-1") or \
         (value == "" and ours == theirs == "")
     assert ours.isascii() and "&" not in ours and "=" not in ours
 

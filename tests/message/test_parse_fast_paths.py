@@ -17,8 +17,10 @@ from gateway.message.mime import structure as _structure
 
 # --- the structure -------------------------------------------------------------------------
 
-def summary(message: Message) -> object:
+def summary(message: Message | str) -> object:
     """Everything the parser decided about a message, comparable with ==."""
+    if isinstance(message, str):    # a part left as text: itself
+        return message
     payload = message.get_payload()
     return (message.get_unixfrom(), list(message.raw_items()), message.preamble,
             message.epilogue, [type(defect) for defect in message.defects],

@@ -92,6 +92,10 @@ def header_lines(draw: st.DrawFn) -> list[bytes]:
     return lines
 
 
+def encoded(text: str, codec: str) -> bytes:
+    return text.encode(codec, "replace")
+
+
 bodies = st.one_of(
     st.sampled_from([b"", b"\r\n", b"\n", b"x", b"line\r\n", "Привет".encode("koi8-r"),
                      TEXT.encode("cp1251", "replace") + b"\r\n", TEXT.encode() + b"\r\n\r\n\r\n",
@@ -100,7 +104,7 @@ bodies = st.one_of(
                      b"=D0=9F=D1=80=D0=B8=D0=B2=D0=B5=D1=82", b"=F0=D2=C9=D7=C5=D4 =\r\n!",
                      b"eA==", b"0J/RgNC40LLQtdGC\r\n", b"<p>html</p>", b"begin 644 a\n",
                      b"Subject: looks like a header\r\n\r\nbody"]),
-    st.builds(lambda text, codec: text.encode(codec, "replace"),
+    st.builds(encoded,
               st.text(st.sampled_from("aZ \t\r\n=\x00\x0b\x1bЖжё€\u2028"), max_size=40),
               st.sampled_from(["utf-8", "cp1251", "koi8-r"])),
     st.binary(max_size=40),

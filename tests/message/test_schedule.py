@@ -22,8 +22,8 @@ MOSCOW = {"domains": {"sms.local": {"quiet_hours": "22:00-08:00", "timezone": "E
 BERLIN = {"domains": {"sms.local": {"quiet_hours": "22:00-08:00", "timezone": "Europe/Berlin"}}}
 
 
-def utc(*fields: int) -> float:
-    return datetime(*fields, tzinfo=UTC).timestamp()
+def utc(year: int, month: int, day: int, hour: int, minute: int) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp()
 
 
 async def sent(gw: Running, platform: FakePlatform, arrived: float,

@@ -17,7 +17,7 @@ from gateway.config.loader import parse_config
 from gateway.errors import ConfigError
 from gateway.message.sms import Segments, fit, segments
 from gateway.message.translit import transliterate
-from tests.conftest import Running, base_config, merge, text_message
+from tests.conftest import Running, base_config, eventually, merge, text_message
 from tests.fakeplatform import FakePlatform
 from tests.message.test_prepare import preview
 
@@ -129,10 +129,9 @@ async def test_parts_are_logged_and_counted_per_domain(
             async with session.get(f"http://{host}:{port}/metrics") as response:
                 return next((line for line in (await response.text()).splitlines()
                              if line.startswith("smtp2pulse_sms_parts_total")), "")
-        for _ in range(200):   # the counter follows the platform's reply
-            if await parts() == 'smtp2pulse_sms_parts_total{domain="sms.local"} 5.0':
-                break
-            await asyncio.sleep(0.02)
+        async def five() -> bool:
+            return await parts() == 'smtp2pulse_sms_parts_total{domain="sms.local"} 5.0'
+        await eventually(five, every=0.02)   # the counter follows the platform's reply
         assert await parts() == 'smtp2pulse_sms_parts_total{domain="sms.local"} 5.0'
 
 

@@ -148,7 +148,7 @@ async def test_wrong_passwords_get_535_then_421_and_a_block(
     assert replies[2] == (421, b"4.7.0 Too many failed logins from your address, "
                                b"try again later")
 
-    def reconnect() -> tuple[int, bytes]:
+    def reconnect() -> tuple[int, bytes | str]:
         with pytest.raises(smtplib.SMTPConnectError) as refused:
             smtplib.SMTP(gw.host, gw.port, timeout=10)
         return refused.value.smtp_code, refused.value.smtp_error
@@ -256,6 +256,7 @@ def test_listener_policies_and_defaults(certificate: Certificate) -> None:
                  "tls": tls_section(certificate, implicit_listen=["0.0.0.0:465"]),
                  "auth": {"users": users(crm={})}}}, env={})
     smtp = config.smtp
+    assert smtp.tls is not None and smtp.auth is not None
     policies = [policy_for(item, smtp) for item in (*smtp.listen, *smtp.tls.implicit_listen)]
     assert [(p.require_starttls, p.require_auth, p.implicit_tls) for p in policies] == [
         (False, True, False), (True, True, False), (False, False, False), (False, True, True)]

@@ -57,7 +57,7 @@ def reference_read(port: int, capture: Capture, data: bytes) -> bytes | None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         reader = sock.makefile("rb")
         sock.sendall(ENVELOPE + data)
-        finals = []
+        finals: list[bytes] = []
         while len(finals) < 6:           # greeting, EHLO, MAIL, RCPT, 354, after the data
             line = reader.readline()
             assert line, f"connection closed after {finals}"
@@ -168,7 +168,7 @@ async def test_client_hanging_up_mid_data_stores_nothing(
     await gw.send(b"Subject: whole\r\n\r\nnext client", "79001234567@sms.local")
     [request] = await platform.wait_for(1)
     assert request.form["sent_text"] == "whole\nnext client"
-    stored = await gw.gateway.spool.run(
+    stored = await gw.sqlite.run(
         lambda conn: conn.execute("SELECT count(*) FROM messages").fetchone()[0])
     assert stored == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.spool.store import Spool, load_texts, unpack_request
+from gateway.spool.store import load_texts, unpack_request
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform
 
@@ -49,7 +49,7 @@ async def test_smuggling_with_bare_lf_stays_inside_one_message(gw: Running,
     [request] = await platform.wait_for(1)
     assert request.form["sent_to"] == "79001234567"
     assert "smuggled" in request.form["sent_text"]       # text of the one message, not a second
-    stored = await gw.gateway.spool.run(
+    stored = await gw.sqlite.run(
         lambda conn: conn.execute("SELECT recipient FROM deliveries").fetchall())
     assert stored == [("79001234567@sms.local",)]
 
@@ -165,7 +165,7 @@ async def test_generated_abuse_never_breaks_the_server(gw: Running,
     assert await gw.wait_final(queue_id) == ["sent"]
     # ... and whatever was accepted could be parsed: each stored message has deliveries whose
     # number is one of the recipients a session named, with text to send.
-    spool: Spool = gw.gateway.spool
+    spool = gw.sqlite
     rows = await spool.read(lambda conn: conn.execute(
         "SELECT d.request, m.texts FROM deliveries d JOIN messages m ON m.id = d.message_id"
     ).fetchall())

@@ -33,7 +33,7 @@ from tests.access_helpers import (
     tls_section,
     users,
 )
-from tests.conftest import TOKEN, Running, base_config, merge, text_message
+from tests.conftest import TOKEN, Running, base_config, eventually, merge, text_message
 from tests.fakeplatform import FakePlatform
 
 Start = Callable[..., Awaitable[Running]]
@@ -449,9 +449,7 @@ def test_smtps_admission_on_uvloop(tmp_path: Path, certificate: Certificate) -> 
                         said += chunk
                 return early, said
             early, said = await asyncio.to_thread(attack)
-            async with asyncio.timeout(10):
-                while gateway.smtp.admission.connections.total:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: gateway.smtp.admission.connections.total == 0)
             loop_name = type(asyncio.get_running_loop()).__module__
             return len(early), said, loop_name.startswith("uvloop")
         finally:

@@ -104,7 +104,7 @@ async def test_allowed_network_is_served(start_gateway: Callable[..., Awaitable[
 
 async def test_spool_that_cannot_store_answers_451_4_3_0(gw: Running,
                                                         platform: FakePlatform) -> None:
-    spool = gw.gateway.spool
+    spool = gw.sqlite
     # A real SQLITE_FULL: cap the database at the pages it already has.
     pages = await spool.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
     await spool.run(lambda c: c.execute(f"PRAGMA max_page_count={pages}"))
@@ -112,7 +112,8 @@ async def test_spool_that_cannot_store_answers_451_4_3_0(gw: Running,
     with pytest.raises(smtplib.SMTPDataError) as refused:
         await gw.send(big, "79001234567@sms.local")
     assert refused.value.smtp_code == 451
-    assert refused.value.smtp_error.startswith(b"4.3.0 ")
+    error = refused.value.smtp_error
+    assert isinstance(error, bytes) and error.startswith(b"4.3.0 ")
     await spool.run(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
     await gw.send(text_message("after"), "79001234567@sms.local")
     [request] = await platform.wait_for(1)
@@ -222,7 +223,7 @@ def test_every_kind_of_refusal_has_its_reply() -> None:
     kinds = errors.Refusal.__subclasses__()
     assert kinds
     for kind in kinds:
-        refusal = kind() if kind is errors.TooManyTexts else kind("why")  # type: ignore[call-arg]
+        refusal = kind() if kind is errors.TooManyTexts else kind("why")
         assert str(reply_for(refusal))[:3] in ("550", "552", "553")
 
 

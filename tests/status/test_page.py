@@ -4,7 +4,6 @@ subject carrying <script> is shown as text and never runs."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +14,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from gateway.spool import admin
-from tests.conftest import TOKEN, Running, text_message
+from tests.conftest import TOKEN, Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 CHROMIUM = "/usr/bin/chromium"
@@ -143,9 +142,7 @@ async def test_page_shows_platform_errors_and_the_oldest_waiting(
     refused = await gw.submit(text_message(), "79001234567@sms.local")
     assert await gw.wait_final(refused) == ["refused"]
     waiting = await gw.submit(text_message(), "79005556677@sms.local")
-    async with asyncio.timeout(10):     # until its first attempt is recorded
-        while not await attempted(gw, waiting):  # noqa: ASYNC110 - the spool has no event
-            await asyncio.sleep(0.02)
+    await eventually(lambda: attempted(gw, waiting), every=0.02)   # its first attempt recorded
     status, html = await get(base(gw) + "/")
     assert status == 200
     errors = html.split('id="errors"', 1)[1].split("</table>", 1)[0]

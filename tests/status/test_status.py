@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.spool import admin
-from tests.conftest import Running, text_message
+from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform
 
 SECRET = "callback-secret-0123456789"
@@ -74,11 +73,9 @@ async def test_healthz_503_when_the_spool_cannot_be_written(gw: Running) -> None
         blocker.rollback()
         blocker.close()
     # The probe that timed out finishes once the lock is gone; then all is well again.
-    async with asyncio.timeout(15):
-        while True:
-            if (await get(base(gw) + "/healthz"))[0] == 200:
-                break
-            await asyncio.sleep(0.1)
+    async def healthy() -> bool:
+        return (await get(base(gw) + "/healthz"))[0] == 200
+    await eventually(healthy, within=15, every=0.1)
 
 
 async def test_metrics_follow_the_mail(gw: Running, platform: FakePlatform) -> None:

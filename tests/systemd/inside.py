@@ -22,7 +22,10 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
-from box import (
+if not __package__:   # run as a script inside the container: the checkout is two levels up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.systemd.box import (
     CONFIG,
     PLATFORM_LOG,
     PLATFORM_PORT,
