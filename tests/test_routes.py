@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.spool import admin
 from gateway.spool.rows import Search
 from tests.conftest import Running, base_config, merge, text_message
 from tests.fakeplatform import FakePlatform
@@ -81,7 +80,7 @@ async def test_a_fixed_address_device_is_routed_by_sender_to_a_group(
     assert sorted(r.form["sent_to"] for r in requests) == DUTY
     assert {r.form["type"] for r in requests} == {"sms"}
     assert {r.form["sent_text"] for r in requests} == {"UPS1: On Battery\nInput power lost"}
-    detail = await admin.show_message(routed.gateway.spool, queue_id)
+    detail = await routed.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert [d.recipient for d in detail.deliveries] == ["duty@sms.local"] * 2
     for delivery in detail.deliveries:
@@ -121,7 +120,7 @@ async def test_the_from_header_matches_too_and_other_senders_are_refused_after_d
     rcpts, data = await send_raw(routed, "ups1@ups.corp.local", ["other@corp.local"], b"")
     assert rcpts[0][0] == 550 and rcpts[0][1].startswith(b"5.7.1")
     assert data == (0, b"")
-    messages = await admin.list_messages(routed.gateway.spool, include_finished=True)
+    messages = await routed.gateway.spool.list_messages(include_finished=True)
     assert len(messages) == 1
     assert len(platform.requests) == 2
     assert metric(routed, 'smtp2pulse_smtp_refusals_total{reason="no_route"}') == [
@@ -135,7 +134,7 @@ async def test_a_route_only_address_beside_a_served_one_is_refused_when_no_route
                                  text_message("Nothing to see", "x").as_bytes())
     assert [code for code, _ in rcpts] == [250, 250]
     assert data[0] == 550 and data[1].startswith(b"5.7.1")
-    assert await admin.list_messages(routed.gateway.spool, include_finished=True) == []
+    assert await routed.gateway.spool.list_messages(include_finished=True) == []
     await asyncio.sleep(0.2)
     assert platform.requests == []
 
@@ -167,7 +166,7 @@ async def test_a_drop_route_keeps_the_message_suppressed_and_sends_nothing(
     [request] = await platform.wait_for(1)
     assert request.form["sent_text"] == "Problem: disk\nfull"
     await routed.wait_final(sent)
-    detail = await admin.show_message(routed.gateway.spool, dropped)
+    detail = await routed.gateway.spool.show_message(dropped)
     assert detail is not None
     assert [(d.recipient, d.state, d.last_error, d.attempts) for d in detail.deliveries] == [
         ("79001112233@sms.local", "suppressed", "route ok-notices", 0),
