@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
+from gateway.config.model import Secret, SpoolConfig
+from gateway.spool.backends import make_spool
 from gateway.spool.rows import IncomingMessage, NewDelivery, Search, Suppressed
 from gateway.spool.states import State
+from tests.conftest import fresh_database
 
 ROUTED = ("routed", "route r1: from alerts@corp.local")
 
@@ -33,12 +36,11 @@ def message() -> IncomingMessage:
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     if request.param == "sqlite":
-        from gateway.spool.store import Spool
-        store: Any = Spool(tmp_path / "spool.sqlite3")
+        config = SpoolConfig(path=tmp_path / "spool.sqlite3")
     else:
-        from gateway.spool.pg.store import PgSpool
-        from tests.conftest import fresh_database
-        store = PgSpool(await fresh_database(request.getfixturevalue("pg_server")))
+        url = await fresh_database(request.getfixturevalue("pg_server"))
+        config = SpoolConfig(url=Secret(url))
+    store = make_spool(config)
     await store.start()
     yield store
     await store.stop()
