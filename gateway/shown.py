@@ -58,7 +58,7 @@ def next_attempt(delivery: DeliveryDetail) -> float | None:
 
 def detail_lines(detail: MessageDetail) -> list[str]:
     """`queue show`: the message, then each delivery with its events one a line."""
-    lines = [f"message {detail.id}",
+    lines = [f"message {detail.queue_id}",
              f"  received  {local_time(detail.received_at)} from <{detail.mail_from}>",
              f"  client    {detail.peer} (HELO {detail.helo or '-'}), {detail.size} bytes"]
     for d in detail.deliveries:

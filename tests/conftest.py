@@ -16,8 +16,8 @@ import pytest
 from gateway.app import Gateway
 from gateway.config.loader import parse_config
 from gateway.config.model import Config
+from gateway.spool.sqlite.store import SqliteSpool
 from gateway.spool.states import State
-from gateway.spool.store import Spool
 from tests.fakeplatform import FakePlatform
 from tests.pgserver import PgServer
 
@@ -100,10 +100,10 @@ class Running:
         self.host, self.port = gateway.smtp.addresses[0]
 
     @property
-    def sqlite(self) -> Spool:
+    def sqlite(self) -> SqliteSpool:
         """The SQLite spool, for a test that reads or changes its rows directly."""
         spool = self.gateway.spool
-        assert isinstance(spool, Spool)
+        assert isinstance(spool, SqliteSpool)
         return spool
 
     def client(self) -> smtplib.SMTP:
@@ -140,12 +140,11 @@ class Running:
 
     async def wait_final(self, queue_id: str, within: float = 10.0) -> list[State]:
         """Until every delivery of a message is finished; returns their states."""
-        from gateway.spool import admin
         states: list[State] = []
 
         async def finished() -> bool:
             nonlocal states
-            detail = await admin.show_message(self.gateway.spool, queue_id)
+            detail = await self.gateway.spool.show_message(queue_id)
             assert detail is not None
             states = [d.state for d in detail.deliveries]
             return all(state in ("sent", "refused", "failed") for state in states)

@@ -65,9 +65,8 @@ async def test_250_names_the_queue_id_and_queue_show_has_it(gw: Running,
     assert text.startswith(b"2.0.0 Ok: queued as ")
     queue_id = text.rsplit(b" ", 1)[1].decode()
     await platform.wait_for(1)
-    from gateway.spool import admin
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
-    assert detail is not None and detail.id == queue_id
+    detail = await gw.gateway.spool.show_message(queue_id)
+    assert detail is not None and detail.queue_id == queue_id
     assert [d.recipient for d in detail.deliveries] == ["79001234567@sms.local"]
 
 

@@ -7,6 +7,7 @@ for the sender mode and the `http:` section count too.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -80,3 +81,75 @@ def test_a_postgresql_spool_loads_its_driver(tmp_path: Path) -> None:
     code = ("from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
             f"Gateway(parse_config({data!r}, env={{}}))")
     assert _loaded_after(code, ("asyncpg",)) == ["asyncpg"]
+
+
+# --- the layer order (gateway/__init__.py's docstring) ------------------------------------------
+
+GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
+LAYERS = ["config", "spool", "message", "delivery", "shown", "status", "smtp", "app", "queue_cli",
+          "cli"]
+# Anyone may import these: the exception tree, the component protocol, logging, the loop
+# helpers, masking, systemd's notify, how a moment reads, and the metrics every stage counts into.
+FOR_EVERYONE = {"errors", "component", "logs", "loops", "privacy", "sdnotify", "times",
+                "status.metrics"}
+# Commands above a part of the tree only: what each may import besides FOR_EVERYONE.
+COMMANDS = {"queue_cli": {"config", "spool", "shown"}, "__main__": {"cli"}}
+
+
+def _unit(module: str) -> str:
+    """What the order speaks of: `status.metrics`, else the top package or module."""
+    parts = module.split(".")[1:]
+    return "status.metrics" if parts[:2] == ["status", "metrics"] else parts[0]
+
+
+def _is_module(name: str) -> bool:
+    path = GATEWAY.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def _imports() -> list[tuple[str, str]]:
+    """(importing module, imported module) for every import of gateway code in gateway/,
+    including those inside functions and under TYPE_CHECKING. (gateway/ has no relative
+    imports; the check below would see one as foreign code, so one fails the test.)"""
+    found = []
+    for path in sorted(GATEWAY.rglob("*.py")):
+        parts = path.relative_to(GATEWAY.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{module}: a relative import"
+                base = node.module or ""
+                names = [f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base
+                         for alias in node.names]
+            else:
+                continue
+            found += [(module, name) for name in names if name.startswith("gateway.")]
+    return found
+
+
+def _allowed(importer: str, imported: str) -> bool:
+    source, target = _unit(importer), _unit(imported)
+    if importer == "gateway" or source == target or target in FOR_EVERYONE:
+        return True
+    if source in COMMANDS:
+        return target in COMMANDS[source]
+    if source == "status.metrics" or target not in LAYERS or source not in LAYERS:
+        return source == "status.metrics" and target == "status"   # its own package
+    return LAYERS.index(target) < LAYERS.index(source)
+
+
+def test_no_module_imports_against_the_layer_order() -> None:
+    imports = _imports()
+    assert len(imports) > 100        # the walk sees the tree
+    against = sorted({(a, b) for a, b in imports if not _allowed(a, b)})
+    assert against == []
+
+
+def test_the_layer_check_sees_an_import_against_the_order() -> None:
+    assert not _allowed("gateway.spool.base", "gateway.message.prepare")
+    assert not _allowed("gateway.config.loader", "gateway.spool.rows")
+    assert not _allowed("gateway.queue_cli", "gateway.delivery.worker")
+    assert _allowed("gateway.smtp.handler", "gateway.spool")
+    assert _allowed("gateway.delivery.worker", "gateway.status.metrics")

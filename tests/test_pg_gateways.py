@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -199,3 +200,43 @@ async def test_the_database_going_away_under_load_loses_nothing(
     print(f"\ndatabase restart under load: {len(accepted)} accepted, "
           f"{refusals.count(451)} answered 451 while it was away, all delivered")
     assert await daemon.terminate() == 0
+
+
+async def test_one_clients_nul_byte_fails_none_of_the_messages_committed_beside_it(
+        tmp_path: Path, platform: FakePlatform, pg_url: str) -> None:
+    # Issue 29 item 10: `EHLO a\x00b` beside normal traffic gave 451 to that client and to 18
+    # of 180 other messages of its group commit. Now only that client is refused, for good.
+    from gateway.app import Gateway
+    from gateway.config.loader import parse_config
+
+    data: dict[str, Any] = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    gateway = Gateway(parse_config(data, env={}))
+    await gateway.start()
+    host, port = gateway.smtp.addresses[0]
+    codes: dict[str, list[int]] = {"clean": [], "nul": []}
+
+    def client(helo: str, kind: str, number: int) -> None:
+        with smtplib.SMTP(host, port, timeout=30) as smtp:
+            smtp.ehlo(helo)
+            for n in range(9):
+                smtp.mail("app@corp.test")
+                smtp.rcpt("79001234567@sms.local")
+                code, _ = smtp.data(text_message("nul", f"{kind}-{number}-{n}").as_bytes())
+                codes[kind].append(code)
+
+    loop = asyncio.get_running_loop()
+    try:
+        with ThreadPoolExecutor(max_workers=19) as pool:
+            await asyncio.gather(
+                *(loop.run_in_executor(pool, client, "client.test", "clean", i)
+                  for i in range(16)),
+                *(loop.run_in_executor(pool, client, "a\x00b", "nul", i) for i in range(3)))
+        assert codes["clean"] == [250] * 144
+        assert codes["nul"] == [550] * 27
+        await platform.wait_for(144, within=60)
+        assert delivered(platform) == Counter(
+            f"clean-{i}-{n}" for i in range(16) for n in range(9))
+    finally:
+        await gateway.stop()

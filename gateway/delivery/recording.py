@@ -96,7 +96,7 @@ class Recorder:
                 if done:
                     self._held.difference_update(r.delivery_id for r in finished.results)
                     log.warning("queue_id=%s recorded %d outcomes kept while the spool was"
-                                " away", finished.batch[0].delivery.message_id,
+                                " away", finished.batch[0].delivery.queue_id,
                                 len(finished.results))
             return not self._kept
 
@@ -122,7 +122,7 @@ class Recorder:
             log.error("stopped with %d outcomes not recorded; %d of them sent, which will be"
                       " sent again once their lease runs out: %s",
                       sum(len(f.results) for f in self._kept), len(sent),
-                      " ".join(f.batch[0].delivery.message_id for f in self._kept))
+                      " ".join(f.batch[0].delivery.queue_id for f in self._kept))
 
     def _keep(self, finished: Finished) -> None:
         self._kept.append(finished)
@@ -145,7 +145,7 @@ class Recorder:
             if not quiet:
                 self._said_at = time.monotonic()
                 log.error("queue_id=%s could not record %d outcomes: %s; kept, to be recorded"
-                          " when the spool is back", finished.batch[0].delivery.message_id,
+                          " when the spool is back", finished.batch[0].delivery.queue_id,
                           len(finished.results), exc)
             return False
         self._account(finished)
@@ -178,14 +178,14 @@ class Recorder:
             delivery = item.delivery
             to = delivery.request.get("sent_to", delivery.recipient)
             if len(batch) > 1 and result.event == "sent":
-                sent.append(f"{delivery.message_id}({to}:{outcome.platform_id or '-'})")
+                sent.append(f"{delivery.queue_id}({to}:{outcome.platform_id or '-'})")
                 continue
             log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
-                     delivery.message_id, to, delivery.attempts + 1, result.event,
+                     delivery.queue_id, to, delivery.attempts + 1, result.event,
                      f"platform_id={outcome.platform_id} " if outcome.platform_id else
                      f"reason={result.detail!r} ", ms,
                      f", batch of {len(batch)}" if len(batch) > 1 else "",
-                     extra={"queue_id": delivery.message_id})
+                     extra={"queue_id": delivery.queue_id})
         if sent:
             log.info("batch of %d (%.0f ms): %d sent: %s", len(batch), ms, len(sent),
                      " ".join(sent))

@@ -68,7 +68,7 @@ def assemble(delivery: Delivery, config: Config) -> Outgoing:
     http = config.http
     if http is not None and http.callback_url:
         fields["callback"] = callback_url(http.callback_url, http.callback_secret.reveal(),
-                                          delivery.id, delivery.message_id)
+                                          delivery.id, delivery.queue_id)
     return Outgoing(delivery, fields, token_for(config, delivery.auth_user))
 
 

@@ -165,7 +165,7 @@ class Worker:
                 # is recorded once, and it is not sent a second time. (Leased again here, it
                 # stays ours meanwhile.)
                 log.warning("queue_id=%s delivery %d is still in flight past its lease; not"
-                            " sending it again", delivery.message_id, delivery.id)
+                            " sending it again", delivery.queue_id, delivery.id)
                 continue
             outgoing.append(assemble(delivery, config))
         batches = group(outgoing, api.batch_size)
@@ -210,7 +210,7 @@ class Worker:
             else:
                 outcomes = await self.sender.send_batch([item.fields for item in batch], token)
         except Exception as exc:  # a bug in a sender must not lose the deliveries
-            log.exception("queue_id=%s send raised", batch[0].delivery.message_id)
+            log.exception("queue_id=%s send raised", batch[0].delivery.queue_id)
             outcomes = [Outcome("retry", detail=f"internal error: {type(exc).__name__}")] * \
                 len(batch)
         if len(outcomes) != len(batch):   # a sender's bug; the platform's is classify_batch's

@@ -19,8 +19,7 @@ from gateway.message.parse import ParsedMessage, parse_message
 from gateway.message.routing import Target, route_message
 from gateway.message.schedule import scheduled
 from gateway.message.sms import ELLIPSIS
-from gateway.spool.rows import Suppressed
-from gateway.spool.store import NewDelivery, SharedTexts
+from gateway.spool import NewDelivery, SharedTexts, Suppressed
 
 # A log note names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
 # one hostile message must not write a megabyte line, and a person reading the log learns

@@ -23,8 +23,8 @@ from gateway.message.routing import takes_address
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
+from gateway.spool import IncomingMessage
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.store import IncomingMessage
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.smtp")
@@ -135,6 +135,11 @@ class Handler:
             queue_id = await self.spool.accept(incoming)
         except ShuttingDown:
             return replies.SHUTTING_DOWN
+        except Refusal as refusal:      # what no spool can store (a NUL byte): for good
+            reply = reply_for(refusal)
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
+                     reply)
+            return reply
         except SpoolError as exc:
             log.error("could not store message from <%s> %s: %s", envelope.mail_from,
                       peer(session), exc)

@@ -59,7 +59,7 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (at most {limit})
                             "too_many_recipients")
 TOO_LARGE = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size", "too_large")
 # What the texts of one message to all its recipients may cost the spool, when a template
-# makes them differ per recipient (see gateway.spool.store.SharedTexts): beyond that, this.
+# makes them differ per recipient (see gateway.spool.packing.SharedTexts): beyond that, this.
 TOO_LARGE_FOR_RECIPIENTS = Reply(552, "5.3.4", "Message too large for so many recipients with "
                                  "texts of their own; send it to fewer at a time", "too_large")
 BAD_RECIPIENT = Reply(553, "5.1.3", "{detail}", "bad_recipient")

@@ -1,0 +1,51 @@
+"""The spool: where an accepted message waits, durably, until its deliveries are done.
+
+Its public surface is this package: the contract (SpoolInterface), what goes in and comes out
+(rows, states), the texts a message shares, and the spool a config asks for. Nothing outside
+gateway/spool/ imports a backend (sqlite/, pg/) or the shared machinery beneath them.
+"""
+
+from gateway.spool.backends import describe, make_spool
+from gateway.spool.interface import SpoolInterface
+from gateway.spool.meta import with_callback_secret
+from gateway.spool.packing import SharedTexts
+from gateway.spool.rows import (
+    Delivery,
+    DeliveryDetail,
+    DeliveryLine,
+    IncomingMessage,
+    MessageDetail,
+    NewDelivery,
+    Overview,
+    PendingBounce,
+    Result,
+    Search,
+    SpoolStats,
+    Suppressed,
+)
+from gateway.spool.states import SHOWN, BounceState, CallbackResult, State, StatusClass
+
+__all__ = [
+    "SHOWN",
+    "BounceState",
+    "CallbackResult",
+    "Delivery",
+    "DeliveryDetail",
+    "DeliveryLine",
+    "IncomingMessage",
+    "MessageDetail",
+    "NewDelivery",
+    "Overview",
+    "PendingBounce",
+    "Result",
+    "Search",
+    "SharedTexts",
+    "SpoolInterface",
+    "SpoolStats",
+    "State",
+    "StatusClass",
+    "Suppressed",
+    "describe",
+    "make_spool",
+    "with_callback_secret",
+]

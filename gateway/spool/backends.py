@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 from gateway.config.model import SpoolConfig
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.store import Spool
+from gateway.spool.sqlite.store import SqliteSpool
 
 
 def make_spool(config: SpoolConfig, *, wake: Callable[[], None] | None = None
                ) -> SpoolInterface:
     """`wake` is called when another gateway of a shared spool made something due."""
     if config.url is None:
-        return Spool(config.path)
+        return SqliteSpool(config.path)
     # asyncpg is imported only for a PostgreSQL spool: the SQLite default loads nothing new.
     from gateway.spool.pg.store import PgSpool
     return PgSpool(config.url.reveal(), on_notify=wake)

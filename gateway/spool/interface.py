@@ -1,8 +1,10 @@
 """What the rest of the program asks of a spool, whichever database keeps it.
 
-The SQLite spool (store.Spool) implements it; a PostgreSQL one is to implement the same, so
-smtp, delivery, status and the queue commands type against this and never see a connection.
-Every method that writes returns only once what it wrote is durable: a 250 is a promise.
+Both spools implement it: SQLite's (sqlite/store.py, one file) and PostgreSQL's (pg/store.py,
+shared by several gateways), each a BaseSpool (base.py) with its own statements and
+connections. smtp, delivery, status and the queue commands type against this and never see a
+connection. Every method that writes returns only once what it wrote is durable: a 250 is a
+promise.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from gateway.spool.rows import (
     DeliveryLine,
     IncomingMessage,
     MessageDetail,
-    MessageSummary,
     Overview,
     PendingBounce,
     Result,
@@ -94,9 +95,6 @@ class SpoolInterface(Protocol):
         """A real write and commit: raises if the spool cannot store right now."""
         ...
 
-    async def list_messages(self, *, include_finished: bool = False,
-                            limit: int = 1000) -> list[MessageSummary]: ...
-
     async def show_message(self, queue_id: str) -> MessageDetail | None: ...
 
     async def retry_message(self, queue_id: str) -> int | None:
@@ -106,7 +104,7 @@ class SpoolInterface(Protocol):
     async def drop_message(self, queue_id: str) -> bool: ...
 
     async def find_deliveries(self, query: Search) -> list[DeliveryLine]:
-        """The deliveries that match, newest first, at most `query.limit` (search.py)."""
+        """The deliveries that match, newest first, at most `query.limit`."""
         ...
 
     async def overview(self, *, errors: int = 5) -> Overview:

@@ -49,7 +49,7 @@ class IncomingMessage:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     id: int
-    message_id: str
+    queue_id: str
     recipient: str
     request: Mapping[str, str]
     attempts: int
@@ -91,15 +91,6 @@ class SpoolStats:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageSummary:
-    id: str
-    received_at: float
-    mail_from: str
-    states: dict[str, int]
-    recipients: list[str]
-
-
-@dataclass(frozen=True, slots=True)
 class DeliveryDetail:
     id: int
     recipient: str
@@ -118,7 +109,7 @@ class DeliveryDetail:
 
 @dataclass(frozen=True, slots=True)
 class MessageDetail:
-    id: str
+    queue_id: str
     received_at: float
     mail_from: str
     peer: str

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 RECENT = 50
 FOUND = 200
 MAX_QUERY = 320     # an address is at most 254 characters; more is not a search
-# Queue ids are uppercase hex with a time prefix (spool.store.new_queue_id); others are looked up
+# Queue ids are uppercase hex with a time prefix (spool.base.new_queue_id); others are looked up
 # as recipients.
 _QUEUE_ID = re.compile(r"[0-9A-Fa-f]{12,32}")
 

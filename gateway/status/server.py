@@ -14,7 +14,6 @@ from aiohttp import web
 from gateway.config.model import Config, HttpConfig, Listener
 from gateway.config.networks import allowed
 from gateway.errors import GatewayError
-from gateway.spool import admin
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
 from gateway.status import callbacks as tracking
@@ -196,7 +195,7 @@ class StatusServer:
         return None
 
     async def _message(self, request: web.Request) -> web.Response:
-        detail = await admin.show_message(self.spool, request.match_info["queue_id"])
+        detail = await self.spool.show_message(request.match_info["queue_id"])
         if detail is None:
             return web.json_response({"error": "no such message"}, status=404)
         return web.json_response(asdict(detail))

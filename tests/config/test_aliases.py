@@ -16,7 +16,7 @@ from gateway.app import Gateway
 from gateway.config.aliases import MAX_EXPANDED
 from gateway.config.loader import load_config, parse_config
 from gateway.errors import ConfigError
-from gateway.spool import admin
+from gateway.spool.rows import Search
 from tests.conftest import Running, base_config, merge, text_message
 from tests.fakeplatform import FakePlatform
 
@@ -66,7 +66,7 @@ async def test_an_alias_of_a_group_is_one_delivery_per_member(
     assert sorted(r.form["sent_to"] for r in platform.requests) == ["79001234567",
                                                                     "79007654321"]
     assert {r.form["sent_text"] for r in platform.requests} == {"Disk full\ndb1"}
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert [d.recipient for d in detail.deliveries] == ["DUTY@sms.local"] * 2
 
@@ -100,7 +100,7 @@ async def test_a_local_part_neither_alias_nor_number_is_553_and_nothing_is_store
     code, text = refused.value.recipients["nobody@sms.local"]
     assert code == 553 and text.startswith(b"5.1.3 ")
     assert b"not an alias of sms.local" in text
-    assert await admin.list_messages(gw.gateway.spool, include_finished=True) == []
+    assert await gw.gateway.spool.find_deliveries(Search()) == []
     assert platform.requests == []
 
 

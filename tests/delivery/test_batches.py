@@ -12,7 +12,6 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import pytest
 
-from gateway.spool import admin
 from gateway.spool.rows import Search
 from tests.conftest import TOKEN, Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
@@ -41,7 +40,7 @@ async def batch_of_five(gw: Running, platform: FakePlatform, reply: Reply | None
 
 
 async def states(gw: Running, queue_id: str) -> list[str]:
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     return [d.state for d in detail.deliveries]
 
@@ -93,7 +92,7 @@ async def test_batch_fields_once_and_each_message_with_its_own_callback(
     assert all(c["id"] == "{id}" and c["status"] == "{status}" for c in callbacks)
     assert TOKEN not in batch.form["messages"]
     # Each message's platform id is stored from its own element of the reply.
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     ids = [d.platform_id for d in detail.deliveries]
     assert len(set(ids)) == 5 and None not in ids
@@ -107,7 +106,7 @@ async def test_a_list_reply_settles_each_message_on_its_own(
              {"type": "success", "id": 5}]
     _, queue_id = await batch_of_five(gw, platform, Reply(body=json.dumps(reply)))
     assert await settled(gw, queue_id) == ["sent", "refused", "sent", "refused", "sent"]
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert [d.platform_id for d in detail.deliveries] == ["a1", None, "a3", None, "5"]
     assert [d.last_error for d in detail.deliveries] == \
@@ -181,7 +180,7 @@ async def test_any_other_reply_leaves_the_batch_unconfirmed_until_an_operator_se
     url = base(gw) + "/callback?" + urlsplit(callback).query.replace(
         "{id}", "p-77").replace("{status}", "delivered")
     assert (await get(url))[0] == 200
-    after = await admin.show_message(spool, queue_id)
+    after = await spool.show_message(queue_id)
     assert after is not None
     confirmed = after.deliveries[0]
     assert (confirmed.state, confirmed.platform_id, confirmed.status_class) == \
@@ -192,13 +191,13 @@ async def test_any_other_reply_leaves_the_batch_unconfirmed_until_an_operator_se
 
     # queue retry sends the rest again (the operator decided they were not taken) ...
     platform.script = []
-    assert await admin.retry_message(spool, queue_id) == 4
+    assert await spool.retry_message(queue_id) == 4
     gw.gateway.worker.wake()        # `queue retry` from another process waits for its next look
     assert await settled(gw, queue_id) == ["sent"] * 5
     again = platform.requests[2]
     assert [m["sent_to"] for m in again.messages] == NUMBERS[1:]
     # ... and queue drop forgets a message whatever its state.
-    assert await admin.drop_message(spool, queue_id)
+    assert await spool.drop_message(queue_id)
     assert await spool.unconfirmed() == 0
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.spool import admin
 from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
@@ -86,7 +85,7 @@ async def test_refused_delivery_sends_one_dsn_to_the_sender(
 
     # The relay has the DSN before the bouncer has its 250 back and records "sent".
     async def bounce_sent() -> bool:
-        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        detail = await gw.gateway.spool.show_message(queue_id)
         assert detail is not None
         return detail.deliveries[0].bounce == "sent"
     await eventually(bounce_sent, every=0.02)
@@ -122,7 +121,7 @@ async def test_no_dsn_to_a_null_sender_nor_when_disabled(
     assert await gw.wait_final(null_sender) == ["refused"]
     assert await disabled.wait_final(other) == ["refused"]
     for running, queue_id in ((gw, null_sender), (disabled, other)):
-        detail = await admin.show_message(running.gateway.spool, queue_id)
+        detail = await running.gateway.spool.show_message(queue_id)
         assert detail is not None and detail.deliveries[0].bounce is None
     assert capture.messages == []
 

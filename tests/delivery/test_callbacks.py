@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 
-from gateway.spool import admin
 from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Received, Reply
 from tests.status.test_status import HTTP, base, get, submit_and_callback_url
@@ -75,7 +74,7 @@ async def reported_while_sending(start: Callable[..., Awaitable[Running]], statu
         await asyncio.sleep(1.0)
         assert len(platform.requests) == 1
         assert platform.callbacks == [(200, '{"result": "recorded"}')]
-        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        detail = await gw.gateway.spool.show_message(queue_id)
         assert detail is not None
         [delivery] = detail.deliveries
         assert (delivery.state, delivery.status, delivery.status_class) == ("sent", status, shown)
@@ -97,7 +96,7 @@ async def test_a_late_callback_settles_a_delivery_waiting_for_its_retry(
     query = urlsplit(platform.requests[0].form["callback"]).query
     url = base(gw) + "/callback?" + query.replace("{id}", "9").replace("{status}", "DELIVRD")
     assert await get(url) == (200, '{"result": "recorded"}')
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert (detail.deliveries[0].state, detail.deliveries[0].status_class) == ("sent",
                                                                                "delivered")
@@ -115,7 +114,7 @@ async def test_smpp_receipt_words_are_understood(
     queue_id, url = await submit_and_callback_url(gw, platform)
     assert await get(url.replace("{id}", "5").replace("{status}", word)) == (
         200, '{"result": "recorded"}')
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert (detail.deliveries[0].status, detail.deliveries[0].status_class) == (word, meaning)
 
@@ -129,6 +128,6 @@ async def test_a_kannel_status_that_is_not_ascii_flags_is_unknown_not_a_500(
     queue_id, url = await submit_and_callback_url(gw, platform)
     assert await get(url.replace("{id}", "5").replace("{status}", status)) == (
         200, '{"result": "recorded"}')
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert detail.deliveries[0].status_class == "unknown"

@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.config.model import Config
-from gateway.spool import admin
+from gateway.spool.rows import MessageDetail
 from tests.conftest import TOKEN, Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 
-async def history(gw: Running, queue_id: str) -> admin.MessageDetail:
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+async def history(gw: Running, queue_id: str) -> MessageDetail:
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     return detail
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.spool import admin
 from tests.conftest import Running, base_config, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
+from tests.spool.statements import run_sql
 from tests.test_crash import Daemon
 
 Start = Callable[..., Awaitable[Running]]
@@ -106,7 +106,7 @@ async def bounce_state(gw: Running, queue_id: str, within: float = 15.0) -> tupl
 
     async def bounce_settled() -> bool:
         nonlocal settled
-        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        detail = await gw.gateway.spool.show_message(queue_id)
         assert detail is not None
         [delivery] = detail.deliveries
         if delivery.bounce not in ("sent", "failed"):
@@ -240,7 +240,7 @@ async def event_texts(gw: Running, queue_id: str, kind: str, within: float) -> l
 
     async def found() -> bool:
         nonlocal texts
-        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        detail = await gw.gateway.spool.show_message(queue_id)
         assert detail is not None
         texts = [text for _, what, text in detail.deliveries[0].events if what == kind]
         return bool(texts)
@@ -271,8 +271,8 @@ async def test_a_delivery_in_flight_past_its_lease_is_not_sent_again(
     await gw.submit(text_message(), "79001234567@sms.local")
     await eventually(lambda: len(dribbler.posts) == 1, within=10)
     # What a stuck send looked like: its lease runs out while the request is still going.
-    await gw.sqlite.run(lambda conn: conn.execute(
-        "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'sending'"))
+    await run_sql(gw.sqlite,
+                  "UPDATE deliveries SET next_attempt_at = 0 WHERE state = 'sending'")
     await gw.submit(text_message(), "79007654321@sms.local")     # wakes the worker: a lease
     await eventually(lambda: len(dribbler.posts) >= 2, within=10)
     await asyncio.sleep(1.0)
@@ -286,7 +286,7 @@ async def test_a_huge_retry_after_is_capped(start_gateway: Start, platform: Fake
     platform.default = Reply(status=429, headers={"Retry-After": "99999999999"})
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     [deferred] = await event_texts(gw, queue_id, "deferred", within=10)
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     wait = detail.deliveries[0].next_attempt_at - detail.received_at
     assert 1.8 * 3600 < wait < 2.3 * 3600, deferred       # the schedule's longest wait, ±10%
@@ -452,7 +452,7 @@ async def test_one_signed_url_records_a_bounded_number_of_short_statuses(
     assert results[-1] == (200, '{"result": "ignored"}')
     # Past the 8 KiB cap (the MiB case, over a raw socket, is the test above).
     assert (await get(signed, "POST", data={"status": "z" * (64 << 10)}))[0] == 413
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     statuses = [text for _, kind, text in detail.deliveries[0].events if kind == "status"]
     assert len(statuses) == MAX_STATUSES

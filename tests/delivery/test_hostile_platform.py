@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.spool import admin
 from tests.conftest import Running, base_config, eventually, text_message
 from tests.delivery.test_hostile_delivery import event_texts
 from tests.hostileplatform import HostilePlatform, closed_port_url
@@ -45,7 +44,7 @@ async def states(gw: Running, queue_id: str, want: str, within: float = 15.0) ->
 
     async def all_there() -> bool:
         nonlocal found
-        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        detail = await gw.gateway.spool.show_message(queue_id)
         assert detail is not None
         found = [d.state for d in detail.deliveries]
         return all(state == want for state in found)
@@ -54,7 +53,7 @@ async def states(gw: Running, queue_id: str, want: str, within: float = 15.0) ->
 
 
 async def last_errors(gw: Running, queue_id: str) -> list[str]:
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     return [d.last_error or "" for d in detail.deliveries]
 
@@ -209,7 +208,7 @@ async def test_a_404_is_retried_on_schedule_warned_about_and_shown_by_healthz(
     assert -1 < banner < page.find("<h1>") and "HTTP 404" in page[banner:page.find("<h1>")]
     # The platform is fixed: the next 2xx clears it.
     hostile.mode = "ok"
-    await admin.retry_message(gw.gateway.spool, queue_id)
+    await gw.gateway.spool.retry_message(queue_id)
     gw.gateway.worker.wake()
     await states(gw, queue_id, "sent")
     status, health = await get(base(gw) + "/healthz")

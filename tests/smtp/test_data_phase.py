@@ -22,6 +22,7 @@ from gateway.smtp.session import GatewaySession
 from gateway.status.metrics import Metrics
 from tests.conftest import Running
 from tests.fakeplatform import FakePlatform
+from tests.spool.statements import run_sql
 
 SIZE_LIMIT = 300
 LINE_LIMIT = 1001          # aiosmtpd's default reader limit, as in the reference server below
@@ -168,9 +169,7 @@ async def test_client_hanging_up_mid_data_stores_nothing(
     await gw.send(b"Subject: whole\r\n\r\nnext client", "79001234567@sms.local")
     [request] = await platform.wait_for(1)
     assert request.form["sent_text"] == "whole\nnext client"
-    stored = await gw.sqlite.run(
-        lambda conn: conn.execute("SELECT count(*) FROM messages").fetchone()[0])
-    assert stored == 1
+    assert await run_sql(gw.sqlite, "SELECT count(*) FROM messages") == [(1,)]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

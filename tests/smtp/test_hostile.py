@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.spool.store import load_texts, unpack_request
+from gateway.spool.packing import load_texts, unpack_request
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform
+from tests.spool.statements import run_sql
 
 Start = Callable[..., Awaitable[Running]]
 HEADERS = b"From: a@corp.test\r\nSubject: hostile\r\n"
@@ -49,8 +50,7 @@ async def test_smuggling_with_bare_lf_stays_inside_one_message(gw: Running,
     [request] = await platform.wait_for(1)
     assert request.form["sent_to"] == "79001234567"
     assert "smuggled" in request.form["sent_text"]       # text of the one message, not a second
-    stored = await gw.sqlite.run(
-        lambda conn: conn.execute("SELECT recipient FROM deliveries").fetchall())
+    stored = await run_sql(gw.sqlite, "SELECT recipient FROM deliveries")
     assert stored == [("79001234567@sms.local",)]
 
 
@@ -165,10 +165,8 @@ async def test_generated_abuse_never_breaks_the_server(gw: Running,
     assert await gw.wait_final(queue_id) == ["sent"]
     # ... and whatever was accepted could be parsed: each stored message has deliveries whose
     # number is one of the recipients a session named, with text to send.
-    spool = gw.sqlite
-    rows = await spool.read(lambda conn: conn.execute(
-        "SELECT d.request, m.texts FROM deliveries d JOIN messages m ON m.id = d.message_id"
-    ).fetchall())
+    rows = await run_sql(gw.sqlite, "SELECT d.request, m.texts FROM deliveries d"
+                                    " JOIN messages m ON m.id = d.message_id")
     for request, texts in rows:
         fields = unpack_request(request, load_texts(texts))
         assert fields["sent_to"] in ("79001234567", "79005550000")

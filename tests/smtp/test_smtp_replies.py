@@ -13,6 +13,7 @@ import pytest
 from gateway.smtp.admission import LOGGED_RCPT_REFUSALS
 from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform
+from tests.spool.statements import run_sql
 
 
 async def rcpt_reply(gw: Running, address: str) -> tuple[int, bytes]:
@@ -106,15 +107,15 @@ async def test_spool_that_cannot_store_answers_451_4_3_0(gw: Running,
                                                         platform: FakePlatform) -> None:
     spool = gw.sqlite
     # A real SQLITE_FULL: cap the database at the pages it already has.
-    pages = await spool.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-    await spool.run(lambda c: c.execute(f"PRAGMA max_page_count={pages}"))
+    [(pages,)] = await run_sql(spool, "PRAGMA page_count")
+    await run_sql(spool, f"PRAGMA max_page_count={pages}")
     big = text_message(body="payload " * 2000)
     with pytest.raises(smtplib.SMTPDataError) as refused:
         await gw.send(big, "79001234567@sms.local")
     assert refused.value.smtp_code == 451
     error = refused.value.smtp_error
     assert isinstance(error, bytes) and error.startswith(b"4.3.0 ")
-    await spool.run(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
+    await run_sql(spool, "PRAGMA max_page_count=1073741823")
     await gw.send(text_message("after"), "79001234567@sms.local")
     [request] = await platform.wait_for(1)
     assert request.form["sent_text"] == "after\nWorld"   # the refused one never reached it

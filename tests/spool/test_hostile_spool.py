@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from gateway.spool import admin
-from gateway.spool.store import MIGRATIONS, SCHEMA, Spool, _statements
+from gateway.spool.rows import Search
+from gateway.spool.sqlite.schema import MIGRATIONS, SCHEMA, _statements
+from gateway.spool.sqlite.store import SqliteSpool
 from gateway.status import callbacks as tracking
 from tests.conftest import TOKEN, Running, base_config, eventually
 from tests.fakeplatform import FakePlatform
@@ -88,7 +89,8 @@ async def test_texts_of_their_own_are_each_delivered_and_bounded(
     gw = await start_gateway({
         "smtp": {"max_recipients": 100},   # max_message_size stays 64 KiB
         "domains": {"sms.local": {"text": "{recipient}: {subject}\n{body}"}}})
-    spool: Spool = gw.gateway.spool
+    spool = gw.gateway.spool
+    assert isinstance(spool, SqliteSpool)
     raw, text = big_message("each", 2000)
     three = [f"7900000000{n}@sms.local" for n in range(3)]
     code, _reply = await asyncio.to_thread(send, gw, raw, three)
@@ -101,10 +103,10 @@ async def test_texts_of_their_own_are_each_delivered_and_bounded(
     # nothing is stored.
     raw, _text = big_message("each", 60_000)
     twenty = [f"790000001{n:02d}@sms.local" for n in range(20)]
-    count = len(await admin.list_messages(spool, include_finished=True))
+    count = len(await spool.find_deliveries(Search()))
     code, reply = await asyncio.to_thread(send, gw, raw, twenty)
     assert (code, reply.split(b" ", 1)[0]) == (552, b"5.3.4"), reply
-    assert len(await admin.list_messages(spool, include_finished=True)) == count
+    assert len(await spool.find_deliveries(Search())) == count
 
     # The same mail with one text for all is a single copy, and taken.
     gw_shared = await start_gateway({"smtp": {"max_recipients": 100},
@@ -169,7 +171,8 @@ def fill(path: Path, messages: int, per_message: int) -> None:
 async def test_queue_list_and_metrics_on_a_big_spool_do_not_hold_up_accepts(
         start_gateway: StartGateway, platform: FakePlatform) -> None:
     gw = await start_gateway()
-    spool: Spool = gw.gateway.spool
+    spool = gw.gateway.spool
+    assert isinstance(spool, SqliteSpool)
     await asyncio.to_thread(fill, spool.path, 20_000, 10)    # 200,000 deliveries
 
     readings: list[tuple[float, float]] = []
@@ -190,7 +193,7 @@ async def test_queue_list_and_metrics_on_a_big_spool_do_not_hold_up_accepts(
     async def read_all_the_time() -> None:
         for _ in range(4):
             started = time.monotonic()
-            listed = await admin.list_messages(spool, include_finished=True, limit=200_000)
+            listed = await spool.find_deliveries(Search(limit=200_000))
             readings.append((started, time.monotonic()))
             started = time.monotonic()
             stats = await tracking.spool_stats(spool)

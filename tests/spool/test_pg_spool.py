@@ -13,8 +13,7 @@ import pytest
 from gateway.errors import SpoolError
 from gateway.spool.pg import schema as pg_schema
 from gateway.spool.pg.store import PgSpool
-from gateway.spool.rows import IncomingMessage, NewDelivery, Result
-from gateway.spool.states import BounceState, State, StatusClass
+from gateway.spool.rows import IncomingMessage, NewDelivery
 from tests.conftest import eventually
 from tests.pgserver import PgServer
 
@@ -42,7 +41,7 @@ async def test_an_accepted_message_is_committed_and_leased_whole(pg_url: str) ->
                                queue_id) == 2
     await conn.close()
     leased = await spool.lease(10, 60)
-    assert [(d.message_id, d.recipient, d.request["sent_text"]) for d in leased] == [
+    assert [(d.queue_id, d.recipient, d.request["sent_text"]) for d in leased] == [
         (queue_id, "79001234567", long_text), (queue_id, "79007654321", long_text)]
     await spool.stop()
 
@@ -102,44 +101,6 @@ async def test_two_gateways_starting_at_once_make_the_schema_once(pg_url: str) -
         await spool.stop()
 
 
-async def test_results_statuses_bounces_and_the_queue_commands(pg_url: str) -> None:
-    spool = await started(pg_url)
-    queue_id = await spool.accept(message("79001234567", "79007654321"))
-    first, second = await spool.lease(10, 60)
-    await spool.record(Result(first.id, State.SENT, time.time(), "sent", "p-1", "p-1"))
-    await spool.record(Result(second.id, State.REFUSED, time.time(), "refused", "blacklisted",
-                              bounce=True))
-    outcome = await spool.record_status(first.id, queue_id, "p-1", "delivered",
-                                        lambda kannel: StatusClass.DELIVERED, 20)
-    assert outcome == ("recorded", StatusClass.DELIVERED)
-    assert (await spool.record_status(first.id, queue_id, "p-1", "delivered",
-                                      lambda kannel: StatusClass.DELIVERED, 20))[0] == "repeated"
-    assert (await spool.record_status(first.id, "OTHER", "", "x",
-                                      lambda kannel: StatusClass.DELIVERED, 20))[0] == "unknown"
-    (bounce,) = await spool.pending_bounces()
-    assert (bounce.delivery_id, bounce.reason, bounce.state) == (
-        second.id, "blacklisted", State.REFUSED)
-    await spool.settle_bounce(second.id, BounceState.SENT)
-    assert await spool.pending_bounces() == []
-
-    detail = await spool.show_message(queue_id)
-    assert detail is not None
-    assert [(d.state, d.status, d.bounce) for d in detail.deliveries] == [
-        (State.SENT, "delivered", None), (State.REFUSED, None, BounceState.SENT)]
-    assert [kind for _, kind, _ in detail.deliveries[0].events] == ["received", "sent", "status"]
-    stats = await spool.stats()
-    assert stats.by_state == {"sent": 1, "refused": 1}
-    assert await spool.list_messages() == []
-    assert [m.id for m in await spool.list_messages(include_finished=True)] == [queue_id]
-    assert await spool.retry_message(queue_id) == 1          # the refused one
-    assert (await spool.stats()).by_state == {"sent": 1, "queued": 1}
-    assert await spool.retry_message("NOSUCH") is None
-    assert await spool.drop_message(queue_id) is True
-    assert await spool.show_message(queue_id) is None
-    await spool.probe_writable()
-    await spool.stop()
-
-
 async def test_a_lost_database_refuses_to_store_and_recovers(pg_server: PgServer,
                                                              pg_url: str) -> None:
     spool = await started(pg_url)
@@ -176,24 +137,8 @@ async def test_an_unreachable_database_at_start_is_a_clear_error() -> None:
         await spool.start()
 
 
-async def test_finding_deliveries_the_overview_and_the_shared_secret(pg_url: str) -> None:
-    from gateway.spool.rows import Search
-
+async def test_gateways_of_one_spool_share_its_callback_secret(pg_url: str) -> None:
     first, second = await started(pg_url), await started(pg_url)
-    queue_id = await first.accept(IncomingMessage(
-        mail_from="crm@corp.test", peer="127.0.0.1", helo="crm", raw=b"x",
-        deliveries=(NewDelivery("89001234567@sms.local",
-                                {"type": "sms", "sent_to": "79001234567", "sent_text": "a"}),)))
-    await first.accept(message("79005550000"))
-    for to in ("89001234567@sms.local", "79001234567", "+79001234567", "89001234567"):
-        found = await second.find_deliveries(Search(to=to))
-        assert [(line.queue_id, line.sent_to) for line in found] == [
-            (queue_id, "79001234567")], to
-    assert await second.find_deliveries(Search(to="79001234567", state="sent")) == []
-    assert len(await second.find_deliveries(Search(pending_only=True))) == 2
-    overview = await second.overview()
-    assert overview.by_state == {"queued": 2}
-    assert overview.oldest_waiting is not None and overview.oldest_waiting.queue_id == queue_id
     secrets = {await first.callback_secret(), await second.callback_secret()}
     assert len(secrets) == 1 and len(secrets.pop()) >= 32
     await first.stop()
@@ -214,5 +159,19 @@ async def test_a_spool_of_the_first_release_is_upgraded_in_place(pg_url: str) ->
         assert "unconfirmed" in pending
         assert await conn.fetchval(
             "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_unconfirmed'") == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_spool_newer_than_the_program_is_refused_untouched(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
+        newer = str(pg_schema.SCHEMA_VERSION + 1)
+        await conn.execute("INSERT INTO meta VALUES ('schema_version', $1)", newer)
+        with pytest.raises(SpoolError, match="newer than this program"):
+            await PgSpool(pg_url).start()
+        assert await conn.fetchval("SELECT value FROM meta") == newer
+        assert await conn.fetchval("SELECT to_regclass('messages')") is None
     finally:
         await conn.close()

@@ -1,4 +1,5 @@
-"""The spool's file as earlier releases left it, and the indexes its statements rely on."""
+"""The SQLite spool's file as earlier releases left it, and the indexes its statements rely on
+(the PostgreSQL spool's upgrade is in test_pg_spool.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool import sql
+from gateway.errors import SpoolError
+from gateway.spool.rows import Search
+from gateway.spool.sqlite import sql
+from gateway.spool.sqlite.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, _statements
+from gateway.spool.sqlite.store import SqliteSpool
 from gateway.spool.states import BounceState, State, StatusClass
-from gateway.spool.store import MIGRATIONS, SCHEMA, Spool, _statements
 
 NOW = 1_700_000_000.0
 
@@ -42,7 +46,7 @@ def previous_release_spool(path: Path) -> None:
 async def test_a_spool_of_the_release_before_the_enums_reads_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     previous_release_spool(path)
-    spool = Spool(path, clock=lambda: NOW + 100)
+    spool = SqliteSpool(path, clock=lambda: NOW + 100)
     await spool.start(recover=False)    # keep the `sending` row as it was found
     try:
         detail = await spool.show_message("0000000000A000001")
@@ -57,8 +61,7 @@ async def test_a_spool_of_the_release_before_the_enums_reads_unchanged(tmp_path:
         assert stats.by_state == {"queued": 1, "sending": 1, "sent": 4, "refused": 1,
                                   "failed": 1}
         assert stats.oldest_pending_age == 100
-        [listed] = await spool.list_messages()
-        assert listed.states == stats.by_state
+        assert len(await spool.find_deliveries(Search(pending_only=True))) == 2
         [bounce] = await spool.pending_bounces()
         assert (bounce.recipient, bounce.state) == ("79001110003@sms.local", State.SENT)
         assert await spool.next_due() == NOW
@@ -71,21 +74,21 @@ async def test_a_spool_of_the_release_before_the_enums_reads_unchanged(tmp_path:
 
 
 @pytest.mark.parametrize(("statement", "params", "index"), [
-    (sql.LEASE, (1.0, 1.0, 1.0, 10), "deliveries_due"),
+    (sql.LEASE, (1.0, 1.0, 10), "deliveries_due"),
     (sql.NEXT_DUE, (), "deliveries_due"),
     (sql.PENDING_BOUNCES, (50,), "deliveries_bounce"),
     (sql.OLDEST_PENDING, (), "deliveries_pending"),
-    (sql.LIST_UNFINISHED, (10, 10), "deliveries_pending"),
-    (sql.PURGE, (1.0, 1.0), "messages_by_arrival"),
+    (sql.OLDEST_WAITING, (), "deliveries_pending"),
+    (sql.PURGE, (1.0,), "messages_by_arrival"),
     (sql.COUNT_UNCONFIRMED, (), "deliveries_unconfirmed"),
-    (sql.RELEASE, (1.0, 1.0, "[1, 2]", 1.0), "INTEGER PRIMARY KEY"),
+    (sql.RELEASE, (1.0, "[1, 2]"), "INTEGER PRIMARY KEY"),
 ])
 async def test_the_statements_with_states_from_the_enum_use_the_partial_indexes(
         tmp_path: Path, statement: str, params: tuple[object, ...], index: str) -> None:
     # The states are put into the statements' text from State; the planner takes a partial
     # index only for a WHERE spelled as the index's own, so a respelling would scan the backlog.
     path = tmp_path / "s.sqlite3"
-    spool = Spool(path)
+    spool = SqliteSpool(path)
     await spool.start()
     await spool.stop()
     conn = sqlite3.connect(path)
@@ -95,3 +98,42 @@ async def test_the_statements_with_states_from_the_enum_use_the_partial_indexes(
     finally:
         conn.close()
     assert f"USING INDEX {index}" in plan or f"USING {index}" in plan, plan
+
+
+async def test_a_version_1_spool_is_upgraded_with_its_mail(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)
+    old.execute("INSERT INTO messages VALUES ('Q1', 1.0, 'a@b.c', '127.0.0.1', 'h', NULL, 3,"
+                " x'616263')")
+    old.execute("INSERT INTO deliveries (message_id, recipient, request, state,"
+                " next_attempt_at, updated_at) VALUES ('Q1', 'r@sms.local', '{}', 'queued',"
+                " 1.0, 1.0)")
+    old.execute("PRAGMA user_version=1")
+    old.commit()
+    old.close()
+
+    spool = SqliteSpool(path)
+    await spool.start()
+    try:
+        detail = await spool.show_message("Q1")
+        assert detail is not None and detail.deliveries[0].state == "queued"
+        assert detail.deliveries[0].status is None and detail.deliveries[0].bounce is None
+        [leased] = await spool.lease(10, 60)
+        assert leased.queue_id == "Q1"
+    finally:
+        await spool.stop()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_spool_newer_than_the_program_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    newer.close()
+    spool = SqliteSpool(path)
+    with pytest.raises(SpoolError, match="newer than this program"):
+        await spool.start()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0

@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from gateway.spool import admin
 from tests.conftest import TOKEN, Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
@@ -130,7 +129,7 @@ async def test_page_answers_only_the_allowed_networks(
 
 
 async def attempted(gw: Running, queue_id: str) -> bool:
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     return detail is not None and detail.deliveries[0].attempts > 0
 
 

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from gateway.spool import admin
 from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform
 
@@ -112,7 +111,7 @@ async def test_signed_callback_is_recorded_once(gw: Running, platform: FakePlatf
     filled = url.replace("{id}", "1000").replace("{status}", "delivered")
     assert await get(filled) == (200, '{"result": "recorded"}')
     assert await get(filled) == (200, '{"result": "repeated"}')        # the platform retries
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     [delivery] = detail.deliveries
     assert delivery.status == "delivered" and delivery.status_class == "delivered"
@@ -132,7 +131,7 @@ async def test_post_callback_with_form_fields(gw: Running, platform: FakePlatfor
             "status": "undelivered"}
     assert await get(base(gw) + "/callback", "POST", data=form) == \
         (200, '{"result": "recorded"}')
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None and detail.deliveries[0].status_class == "failed"
 
 
@@ -152,7 +151,7 @@ async def test_forged_callbacks_get_403_and_change_nothing(gw: Running, platform
         query["sig"] = "0" * 32
     forged = base(gw) + "/callback?" + "&".join(f"{k}={v}" for k, v in query.items())
     assert (await get(forged))[0] == 403
-    detail = await admin.show_message(gw.gateway.spool, queue_id)
+    detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None and detail.deliveries[0].status is None
 
 
@@ -170,7 +169,7 @@ async def test_kannel_codes_are_mapped(start_gateway: Callable[..., Awaitable[Ru
     queue_id, url = await submit_and_callback_url(gw, platform)
     for code, meaning in (("8", "pending"), ("1", "delivered")):
         await get(url.replace("{id}", "5").replace("{status}", code))
-        detail = await admin.show_message(gw.gateway.spool, queue_id)
+        detail = await gw.gateway.spool.show_message(queue_id)
         assert detail is not None
         assert (detail.deliveries[0].status, detail.deliveries[0].status_class) == (code, meaning)
 

@@ -1,13 +1,11 @@
 """The gateway's connections to a PostgreSQL spool: one writer with group commit, a few readers,
 one listener for wake-ups, each re-opened with backoff when the server goes away.
 
-Group commit as in the SQLite spool: every write (an accepted message, a lease, an attempt's
-result) is a job queued for the writer, which runs as many as are waiting in one transaction
-and commits once, so the server flushes its WAL once for all of them. A job's future settles
-only after COMMIT has returned: that is when a 250 may be given. If the connection breaks
-during the transaction, or during the COMMIT itself, the outcome is unknown and every job of
-the batch fails with `SpoolError` (the client hears 451 4.3.0 and sends again; a message that
-was in fact committed is then stored twice, never lost).
+The writer task runs each batch of waiting jobs as one group commit (commit.py), so the server
+flushes its WAL once for all of them. If the connection breaks during the transaction, or
+during the COMMIT itself, the outcome is unknown and every job of the batch fails with
+`SpoolError` (the client hears 451 4.3.0 and sends again; a message that was in fact committed
+is then stored twice, never lost).
 """
 
 from __future__ import annotations
@@ -17,18 +15,21 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
 
 from gateway.errors import ShuttingDown, SpoolError
+from gateway.spool.commit import Pending, Together, alone, as_spool_error, group_commit, settle
+from gateway.spool.pg import sql
+from gateway.spool.pg.schema import prepare
+from gateway.spool.steps import Fetch, Job, Query, drive_async
 
 log = logging.getLogger("smtp2pulse.spool")
 T = TypeVar("T")
 
-Job = Callable[[asyncpg.Connection], Awaitable[Any]]
-CHANNEL = "smtp2pulse_due"
+CHANNEL = "smtp2pulse_due"   # sql.NOTIFY's
 CONNECT_TIMEOUT = 5.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 READERS = 4
@@ -50,7 +51,24 @@ def safe_url(url: str) -> str:
     return f"{scheme}//{user}:***@{tail}"
 
 
-class Link:
+async def execute(conn: asyncpg.Connection, query: Query) -> Any:
+    if query.fetch is Fetch.MANY:
+        await conn.executemany(query.statement, query.params)
+        return None
+    if query.fetch is Fetch.ROWS:
+        return await conn.fetch(query.statement, *query.params)
+    if query.fetch is Fetch.ONE:
+        return await conn.fetchrow(query.statement, *query.params)
+    if query.fetch is Fetch.VALUE:
+        return await conn.fetchval(query.statement, *query.params)
+    return sql.rows_changed(await conn.execute(query.statement, *query.params))
+
+
+def _lost(exc: BaseException) -> bool:
+    return isinstance(exc, LOST)
+
+
+class PgLink:
     def __init__(self, url: str, *, max_batch: int = 512,
                  on_notify: Callable[[], None] | None = None) -> None:
         self.url = url
@@ -58,27 +76,31 @@ class Link:
         self.on_notify = on_notify
         self.healthy = False
         self.commits = 0
-        self._jobs: asyncio.Queue[tuple[Job, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._jobs: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._writer: asyncpg.Connection | None = None
         self._readers: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._wake_next = False
         self._retry_at = 0.0
 
     def __repr__(self) -> str:
-        return f"Link({safe_url(self.url)!r}, healthy={self.healthy})"
+        return f"PgLink({safe_url(self.url)!r}, healthy={self.healthy})"
 
-    async def start(self, prepare: Job) -> None:
-        """Connect and run `prepare` (schema, migrations) once; fails if the server is not
-        there at start, as a missing SQLite folder does: a typo in spool.url must not pass."""
+    async def start(self) -> None:
+        """Connect and create or upgrade the tables once; fails if the server is not there at
+        start, as a missing SQLite folder does: a typo in spool.url must not pass."""
         try:
             self._writer = await self._connect()
             await prepare(self._writer)
-        except LOST as exc:
-            raise SpoolError(f"cannot reach spool {safe_url(self.url)}: {exc}") from exc
-        except asyncpg.PostgresError as exc:
+        except (*LOST, asyncpg.PostgresError, SpoolError) as exc:
+            if self._writer is not None:    # a schema it refuses: nothing more to say to it
+                self._writer.terminate()
+                self._writer = None
+            if isinstance(exc, SpoolError):
+                raise
+            if isinstance(exc, LOST):
+                raise SpoolError(f"cannot reach spool {safe_url(self.url)}: {exc}") from exc
             raise SpoolError(f"spool {safe_url(self.url)}: {exc}") from exc
         self.healthy = True
         self._tasks = [asyncio.create_task(self._write_loop(), name="pg-writer"),
@@ -107,9 +129,15 @@ class Link:
 
     # --- writes: group commit ------------------------------------------------------------------
 
-    def submit(self, job: Job, *, wakes: bool = False) -> asyncio.Future[Any]:
-        """Queue `job` for the next group commit. `wakes`: it makes something due, so the
-        commit tells every gateway's worker (one NOTIFY per commit, however many jobs)."""
+    def submit(self, make: Callable[[], Job[T]], *, wakes: bool = False) -> asyncio.Future[T]:
+        return self._queue(make, wakes)
+
+    def submit_together(self, run_all: Together, item: Any, *,
+                        wakes: bool = False) -> asyncio.Future[Any]:
+        return self._queue(alone(run_all, item), wakes, run_all, item)
+
+    def _queue(self, make: Callable[[], Job[Any]], wakes: bool, run_all: Together | None = None,
+               item: Any = None) -> asyncio.Future[Any]:
         if self._closed:
             raise ShuttingDown("spool is closed")
         loop = asyncio.get_running_loop()
@@ -119,9 +147,7 @@ class Link:
             # (451 to the client) rather than keep the session waiting for the backoff.
             future.set_exception(SpoolError("spool database unreachable"))
             return future
-        if wakes:
-            self._wake_next = True
-        self._jobs.put_nowait((job, future))
+        self._jobs.put_nowait(Pending(make, future, loop, run_all, item, wakes))
         return future
 
     async def _write_loop(self) -> None:
@@ -138,7 +164,6 @@ class Link:
                     stop = True
                     break
                 batch.append(item)
-            batch = [(job, future) for job, future in batch if not future.cancelled()]
             if self._writer is None or self._writer.is_closed():
                 try:
                     self._writer = await self._connect()
@@ -156,14 +181,13 @@ class Link:
             if stop:
                 return
 
-    async def _commit(self, conn: asyncpg.Connection,
-                      batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
-        wake, self._wake_next = self._wake_next, False
+    async def _commit(self, conn: asyncpg.Connection, batch: list[Pending]) -> None:
+        # One NOTIFY a commit, however many of its jobs made something due.
+        finish = [Query(sql.NOTIFY)] if any(job.wakes for job in batch) else []
         try:
-            async with conn.transaction():
-                results = [await job(conn) for job, _ in batch]
-                if wake:
-                    await conn.execute(f"NOTIFY {CHANNEL}")
+            outcomes, committed = await drive_async(
+                group_commit(batch, Query(sql.BEGIN_WRITE), finish, _lost),
+                functools.partial(execute, conn))
         except LOST as exc:
             self._set_healthy(False, exc)
             with contextlib.suppress(Exception):
@@ -171,57 +195,19 @@ class Link:
             self._writer = None
             _fail(batch, SpoolError(f"spool database connection lost: {exc}"))
             return
-        except Exception as exc:
-            if len(batch) > 1:
-                await self._commit_one_by_one(conn, batch)
-            else:
-                _fail(batch, _as_spool_error(exc))
-            return
-        self.commits += 1
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    async def _commit_one_by_one(self, conn: asyncpg.Connection,
-                                 batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
-        # One bad job must not take its neighbours down: each in its own savepoint.
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            async with conn.transaction():
-                for job, future in batch:
-                    try:
-                        async with conn.transaction():
-                            outcomes.append((future, await job(conn), None))
-                    except LOST:
-                        raise
-                    except Exception as exc:
-                        outcomes.append((future, None, _as_spool_error(exc)))
-                await conn.execute(f"NOTIFY {CHANNEL}")
-        except Exception as exc:
-            if isinstance(exc, LOST):
-                self._set_healthy(False, exc)
-                self._writer = None
-            _fail(batch, _as_spool_error(exc))
-            return
-        self.commits += 1
-        for future, result, error in outcomes:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+        self.commits += committed
+        settle(outcomes)
 
     def _fail_pending(self, error: BaseException) -> None:
         while not self._jobs.empty():
             item = self._jobs.get_nowait()
-            if item is not None and not item[1].done():
-                item[1].set_exception(error)
+            if item is not None and not item.future.done():
+                item.future.set_exception(error)
 
     # --- reads ---------------------------------------------------------------------------------
 
-    async def read(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run a read-only query on a reader connection, beside the writer."""
+    async def read(self, make: Callable[[], Job[T]]) -> T:
+        """Run a job that changes nothing on a reader connection, beside the writer."""
         if self._closed:
             raise ShuttingDown("spool is closed")
         try:
@@ -230,11 +216,11 @@ class Link:
                     self.url, min_size=0, max_size=READERS, timeout=CONNECT_TIMEOUT,
                     command_timeout=60)
             async with self._readers.acquire() as conn:
-                return await query(conn)
+                return await drive_async(make(), functools.partial(execute, conn))
         except LOST as exc:
             raise SpoolError(f"spool database unreachable: {exc}") from exc
         except asyncpg.PostgresError as exc:
-            raise _as_spool_error(exc) from exc
+            raise as_spool_error(exc) from exc
 
     # --- wake-ups ------------------------------------------------------------------------------
 
@@ -283,13 +269,7 @@ def _resolve(future: asyncio.Future[None], *_: object) -> None:
         future.set_result(None)
 
 
-def _fail(batch: list[tuple[Job, asyncio.Future[Any]]], error: BaseException) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(error)
-
-
-def _as_spool_error(exc: BaseException) -> SpoolError:
-    if isinstance(exc, SpoolError):
-        return exc
-    return SpoolError(f"{type(exc).__name__}: {exc}")
+def _fail(batch: list[Pending], error: BaseException) -> None:
+    for job in batch:
+        if not job.future.done():
+            job.future.set_exception(error)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncpg
 
 from gateway.errors import SpoolError
-from gateway.spool import schema as lite_schema
 
 SCHEMA_VERSION = 2
 # Any fixed 64-bit number, the same in every gateway: the lock schema changes take.
@@ -66,9 +65,14 @@ CREATE INDEX IF NOT EXISTS events_by_delivery ON events(delivery_id);
 """
 # Each step brings a spool from the version before it; a new spool runs them all.
 MIGRATIONS: dict[int, str] = {
-    # Unconfirmed deliveries (a batch's reply said neither yes nor no) are unfinished too: the
-    # same index change as the SQLite spool's, in SQL both run.
-    2: lite_schema.MIGRATIONS[4],
+    # Unconfirmed deliveries (a batch's reply said neither yes nor no) are unfinished too.
+    2: """
+DROP INDEX IF EXISTS deliveries_pending;
+CREATE INDEX deliveries_pending ON deliveries(message_id)
+    WHERE state IN ('queued', 'sending', 'unconfirmed');
+CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
+    WHERE state = 'unconfirmed';
+""",
 }
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import SpoolError
-from gateway.spool import sql
+from gateway.spool.sqlite import sql
 
 log = logging.getLogger("smtp2pulse.spool")
 
@@ -54,7 +53,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_delivery ON events(delivery_id);
 """
 # Each step brings a spool from the version before it; a new spool runs them all.
-# (The states in the partial indexes are spelled as sql.LEASABLE_IN and sql.UNFINISHED_IN spell
+# (The states in the partial indexes are spelled as dialect.LEASABLE_IN and UNFINISHED_IN spell
 # them: the planner uses such an index only for a query whose WHERE is the index's own.)
 MIGRATIONS = {
     2: """
@@ -102,25 +101,8 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def select(conn: sqlite3.Connection, statement: str,
-           params: tuple[object, ...] | Mapping[str, object] = ()) -> list[sqlite3.Row]:
-    """The rows of a query, each read by column name."""
-    cursor = conn.cursor()
-    cursor.row_factory = sqlite3.Row
-    return cursor.execute(statement, params).fetchall()
-
-
-def select_one(conn: sqlite3.Connection, statement: str,
-               params: tuple[object, ...] = ()) -> sqlite3.Row | None:
-    cursor = conn.cursor()
-    cursor.row_factory = sqlite3.Row
-    row: sqlite3.Row | None = cursor.execute(statement, params).fetchone()
-    return row
-
-
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    row = select_one(conn, sql.USER_VERSION)
-    version = 0 if row is None else row["user_version"]
+    version = int(conn.execute(sql.USER_VERSION).fetchone()[0])
     if version > SCHEMA_VERSION:
         raise SpoolError(f"{path}: spool schema {version} is newer than this program")
     if version == SCHEMA_VERSION:
