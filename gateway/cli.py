@@ -17,13 +17,14 @@ from gateway.app import serve
 from gateway.config.access import policy_for
 from gateway.config.loader import DEFAULT_PATH, load_config
 from gateway.config.model import Config, Listener
-from gateway.config.recipients import resolve_recipients
+from gateway.config.recipients import Recipient, resolve_recipients
 from gateway.delivery.request import masked_request
-from gateway.errors import ConfigError, Refusal, SpoolError
+from gateway.errors import BadRecipient, ConfigError, Refusal, RelayDenied, SpoolError
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
 from gateway.message.cost import request_segments
 from gateway.message.prepare import prepare
+from gateway.message.routing import takes_address
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
 from gateway.spool.backends import describe
@@ -121,6 +122,9 @@ def _check_config(args: argparse.Namespace) -> int:
         details = ", ".join(f"{k}={v}" for k, v in domain.fields.items())
         print(f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"
               + (f", {details}" if details else ""))
+    for number, route in enumerate(config.routes, 1):
+        match = ", ".join(f"{key} {text!r}" for key, text in route.match.texts.items())
+        print(f"  route {number} {route.name}: {match} -> {route.action}")
     return EX_OK
 
 
@@ -155,15 +159,31 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_from: str
                       ) -> list[dict[str, object]]:
-    # As the daemon does: each recipient resolved in envelope order, then the one `prepare`.
-    resolved = [person for address in recipients
-                for person in resolve_recipients(address, config)]
-    prepared = prepare(raw, resolved, mail_from, config)
+    # As the daemon does: each recipient resolved in envelope order (an address only a route
+    # names kept for routing), then the one `prepare`.
+    resolved: list[Recipient] = []
+    route_only: list[str] = []
+    for address in recipients:
+        try:
+            resolved.extend(resolve_recipients(address, config))
+        except (RelayDenied, BadRecipient):
+            if not (config.routes and takes_address(config, address)):
+                raise
+            route_only.append(address)
+    prepared = prepare(raw, resolved, mail_from, config, route_only=route_only)
+    if prepared.route is not None:
+        print(f"route {prepared.route}: {prepared.route_action}", file=sys.stderr)
     printed: list[dict[str, object]] = []
+    routed = {"route": {"name": prepared.route, "action": prepared.route_action}} \
+        if prepared.route is not None else {}
     for delivery in prepared.deliveries:
+        if delivery.suppressed is not None:   # kept by the daemon, but no request is made
+            printed.append({"recipient": delivery.recipient,
+                            "suppressed": str(delivery.suppressed), **routed})
+            continue
         entry: dict[str, object] = {
             "method": "POST", "url": config.api.send_url,
-            "form": masked_request(delivery.request, config.api.token.reveal())}
+            "form": masked_request(delivery.request, config.api.token.reveal()), **routed}
         sms = request_segments(delivery.request)
         if sms is not None:   # what it costs: the platform bills each part
             entry["sms"] = {"encoding": sms.encoding, "parts": sms.parts}

@@ -10,6 +10,7 @@ else.
     ├── Refusal                mail or a recipient not taken (each a named SMTP reply)
     │   ├── BadRecipient
     │   ├── RelayDenied
+    │   ├── NoRoute
     │   ├── BadContent
     │   └── TooManyTexts
     ├── SpoolError             the spool could not store or update something
@@ -50,6 +51,10 @@ class BadRecipient(Refusal):
 
 class RelayDenied(Refusal):
     """A recipient in a domain the gateway does not serve."""
+
+
+class NoRoute(Refusal):
+    """Mail for an address only `routes` name (its domain is not served) that no route takes."""
 
 
 class BadContent(Refusal):

@@ -71,8 +71,9 @@ def detail_lines(detail: MessageDetail) -> list[str]:
             lines.append(f"  platform  id {d.platform_id}")
         if d.status:
             lines.append(f"  status    {d.status} ({d.status_class}) at {local_time(d.status_at)}")
-        if d.last_error:
-            lines.append(f"  error     {d.last_error}")
+        if d.last_error:   # a suppressed delivery's last_error is why it is kept, not sent
+            label = "reason" if d.state == State.SUPPRESSED else "error"
+            lines.append(f"  {label:<9} {d.last_error}")
         if d.bounce:
             lines.append(f"  bounce    {d.bounce}")
         short = {k: v for k, v in d.request.items() if k not in _LONG_FIELDS}

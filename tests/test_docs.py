@@ -9,6 +9,7 @@ exactly what leaving the key out gives. The README's service config loads, and i
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 import subprocess
@@ -94,11 +95,31 @@ def loader_keys() -> set[str]:
     add("smtp.listen[]", set(found.group(1).split(", ")))
     # A rewrite rule has exactly match and replace (its message says so, not as a list).
     add("domains.NAME.rewrite[]", {"match", "replace"})
+    route = {"name": "r", "match": {"subject": "x"}, "set": {"sender": "s"}}
+    add("routes[]", _route_keys(route, []))
+    add("routes[].match", _route_keys(route, ["match"]))
+    add("routes[].set", _route_keys(route, ["set"]))
     return keys
 
 
+def _route_keys(route: dict[str, Any], path: list[str]) -> set[str]:
+    """The keys the loader accepts in a route (`routes` is a list, which known_keys cannot walk)."""
+    config = base()
+    config["routes"] = [copy.deepcopy(route)]
+    node = config["routes"][0]
+    for part in path:
+        node = node[part]
+    node[PROBE] = 1
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config, env=ENV)
+    found = re.search(r"known: ([^)]*)\)", str(caught.value))
+    assert found, caught.value
+    return set(found.group(1).split(", "))
+
+
 # Mappings whose keys are names the operator chooses, not config keys.
-NAMED = {"domains": "NAME", "smtp.auth.users": "NAME", "domains.NAME.aliases": None}
+NAMED = {"domains": "NAME", "smtp.auth.users": "NAME", "domains.NAME.aliases": None,
+         "routes[].match.headers": None}
 
 
 def example_keys() -> tuple[set[str], str]:

@@ -93,7 +93,7 @@ def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
         name=name,
         type=kind,
         recipient=v.choice(data, "recipient", path, RECIPIENT_KINDS, default_recipient, problems),
-        text=v.value(data, "text", path, _template, None, problems),
+        text=v.value(data, "text", path, template, None, problems),
         html=v.value(data, "html", path, v.boolean, True, problems),
         max_length=v.value(data, "max_length", path, v.integer(2), None, problems),
         strip_signature=v.value(data, "strip_signature", path, v.boolean, True, problems),
@@ -128,7 +128,7 @@ def _sms_and_quiet(domain: DomainConfig, data: dict[str, Any], path: str,
     )
 
 
-def _template(value: Any) -> str:
+def template(value: Any) -> str:
     text = v.text(value)
     try:
         parsed = list(string.Formatter().parse(text))

@@ -28,6 +28,7 @@ from gateway.config.model import (
     SmtpConfig,
     SpoolConfig,
 )
+from gateway.config.routes import parse_routes
 from gateway.config.units import parse_duration, parse_hostport
 from gateway.errors import ConfigError
 
@@ -79,7 +80,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
     data = substitute_env(data, "", env, problems, secrets)
     top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
-                           "shutdown_timeout", "log", "event_loop"}, problems)
+                           "shutdown_timeout", "log", "event_loop", "routes"}, problems)
     smtp = _smtp(v.section(top, "smtp", problems), problems, env, secrets)
     api = _api(v.section(top, "api", problems), problems, dry_run, env, secrets)
     spool = _spool(v.section(top, "spool", problems), problems)
@@ -87,6 +88,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     bounces = _bounces(v.section(top, "bounces", problems), problems)
     domains = parse_domains(top.get("domains"), problems)
     check_access(smtp, domains, problems)
+    routes = parse_routes(top.get("routes"), domains, problems)
     event_loop = v.choice(top, "event_loop", "", LOOPS, "auto", problems)
     shutdown = v.value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)
     log = v.section(top, "log", problems)
@@ -97,6 +99,7 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
+                  routes=routes,
                   shutdown_timeout=shutdown, event_loop=event_loop, log_level=level,
                   log_format=log_format, log_mask_personal=log_mask, source=source)
 

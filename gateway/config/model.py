@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config.quiet import QuietHours
@@ -153,6 +154,7 @@ class Config:
     spool: SpoolConfig
     domains: Mapping[str, DomainConfig]
     http: HttpConfig | None = None
+    routes: tuple[Route, ...] = ()
     bounces: BounceConfig = BounceConfig()
     shutdown_timeout: float = 15.0
     event_loop: str = "auto"     # auto (uvloop when installed) | uvloop | asyncio
@@ -228,3 +230,50 @@ class DomainConfig:
     @property
     def sends_html(self) -> bool:
         return self.html and self.type in HTML_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One person an envelope recipient reaches (see gateway.config.recipients, which makes
+    them; here so that a route can hold the ones its `to:` names)."""
+
+    address: str      # the envelope address as the client wrote it in RCPT TO
+    domain: str       # the served domain it belongs to, lower-case
+    sent_to: str      # what goes into the platform's sent_to
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """What a route asks of a message; every condition given must hold. The patterns are
+    compiled RE2 (gateway.config.routes), whose matching is linear in the text."""
+
+    senders: Any = None       # glob: envelope sender or From: address
+    recipients: Any = None    # glob: a RCPT TO address
+    subject: Any = None       # searched in the decoded subject
+    body: Any = None          # searched in the decoded text body
+    headers: tuple[tuple[str, Any], ...] = ()    # lower-case name, pattern for its value
+    texts: Mapping[str, str] = field(default_factory=dict)   # as written, for people
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: RouteMatch
+    to: tuple[str, ...] = ()                    # as written
+    recipients: tuple[Recipient, ...] = ()      # `to` resolved (aliases expanded) at load
+    drop: bool = False
+    set: Mapping[str, str] = field(default_factory=dict)    # as written, for people
+    # Each served domain as `set` makes it for this route's messages; empty: no `set`.
+    domains: Mapping[str, DomainConfig] = field(default_factory=dict)
+
+    @property
+    def action(self) -> str:
+        """What the route does, for check-config, preview and logs."""
+        if self.drop:
+            return "drop"
+        parts = []
+        if self.to:
+            parts.append("to " + ", ".join(self.to))
+        if self.set:
+            parts.append("set " + ", ".join(f"{k}={v}" for k, v in self.set.items()))
+        return "; ".join(parts)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from gateway.config.model import DomainConfig, Recipient
 from gateway.errors import BadRecipient, RelayDenied
 
-if TYPE_CHECKING:
-    from gateway.config.model import Config, DomainConfig
+__all__ = ["Recipient", "ServedDomains", "resolve_recipients", "shown_recipient"]
 
 # A phone local part: optional leading "+", then digits with "-" or "." between them. Anything
 # else (parentheses, quotes, spaces, a "+" in the middle) is refused rather than guessed at.
@@ -33,16 +32,13 @@ _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _VERBATIM = re.compile(r"^[^\s\"(),:;<>@\[\\\]]+$")
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """One person an envelope recipient reaches."""
+class ServedDomains(Protocol):
+    """What resolving needs of a config: its served domains (a Config is one)."""
 
-    address: str      # the envelope address as the client wrote it in RCPT TO
-    domain: str       # the served domain it belongs to, lower-case
-    sent_to: str      # what goes into the platform's sent_to
+    def domain(self, name: str) -> DomainConfig | None: ...
 
 
-def resolve_recipients(address: str, config: Config) -> tuple[Recipient, ...]:
+def resolve_recipients(address: str, config: ServedDomains) -> tuple[Recipient, ...]:
     """The people `address` names: one, or each member of an alias's group; raises BadRecipient
     or RelayDenied (gateway.errors) for an address the gateway will not take."""
     local, at, domain_name = address.rpartition("@")

@@ -91,6 +91,9 @@ class ParsedMessage:
     more_dropped: int = 0         # parts not used beyond those named in dropped_attachments
     # The headers that say when to send and how urgent it is (gateway.message.schedule).
     timing: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Every header's first value as it came (not decoded), lower-case names: what `routes`
+    # match (gateway.message.routing decodes the few a route asks about).
+    raw_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage:
@@ -204,6 +207,7 @@ def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str 
         more_dropped=more_dropped,
         timing={name: header_text(value, fallback) for name, value in first.items()
                 if name in TIMING_HEADERS},
+        raw_headers=first,
     )
 
 

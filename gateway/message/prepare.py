@@ -10,14 +10,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.config.model import Config
+from gateway.config.model import Config, DomainConfig
 from gateway.config.recipients import Recipient
+from gateway.errors import BadContent
 from gateway.message.cost import total_parts
 from gateway.message.mapping import build_request, ignored_overrides, shape
 from gateway.message.parse import ParsedMessage, parse_message
+from gateway.message.routing import Target, route_message
 from gateway.message.schedule import scheduled
 from gateway.message.sms import ELLIPSIS
-from gateway.spool import NewDelivery, SharedTexts
+from gateway.spool import NewDelivery, SharedTexts, Suppressed
 
 # A log note names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
 # one hostile message must not write a megabyte line, and a person reading the log learns
@@ -31,13 +33,17 @@ class Prepared:
     deliveries: tuple[NewDelivery, ...]   # in envelope order, the same person once
     notes: tuple[str, ...]                # what the log should say once there is a queue id
     parts: int | None = None              # SMS parts of all the deliveries; None: no SMS
+    route: str | None = None              # the route the message took (config `routes`)
+    route_action: str = ""                # what that route did, for people
 
 
 def prepare(raw: bytes, recipients: Sequence[Recipient], mail_from: str,
-            config: Config, now: float | None = None) -> Prepared:
+            config: Config, now: float | None = None, route_only: Sequence[str] = ()
+            ) -> Prepared:
     """The requests for `raw` to `recipients` (each resolved once, at RCPT time, with the same
-    config), for mail that arrived at `now` (default: this moment); raises a Refusal
-    (gateway.errors) for a message that makes no request."""
+    config) and to the `route_only` addresses (accepted at RCPT only because a route names
+    them), as `routes` send them, for mail that arrived at `now` (default: this moment); raises
+    a Refusal (gateway.errors) for a message that makes no request."""
     arrived = time.time() if now is None else now
     parsed = parse_message(raw, config.smtp.fallback_charset)
     notes: list[str] = []
@@ -47,22 +53,49 @@ def prepare(raw: bytes, recipients: Sequence[Recipient], mail_from: str,
     deliveries: list[NewDelivery] = []
     seen: set[tuple[str, str]] = set()
     texts = SharedTexts(config.smtp.max_message_size)
-    for recipient in recipients:
-        domain = config.domains[recipient.domain]
+    routing = route_message(parsed, mail_from, recipients, route_only, config) \
+        if config.routes else None
+    route = routing.route if routing is not None else None
+    targets = routing.targets if routing is not None else \
+        tuple(Target(r, config.domains[r.domain]) for r in recipients)
+    for target in targets:
+        recipient, domain = target.recipient, target.domain
+        suppressed = Suppressed("route", route.name) if target.drop and route else None
+        event = None
+        if route is not None and (target.drop or target.via):
+            event = ("routed", f"route {route.name}: " + (
+                "dropped" if target.drop else f"from {target.via}"))
+        if domain is None:     # dropped, to an address only the route knows: nothing to render
+            deliveries.append(NewDelivery(recipient.address, {}, suppressed, event))
+            continue
         ignored = ignored_overrides(parsed, domain)
         if ignored:
             notes.append(f"{listing(ignored)} not allowed for {domain.name}, ignored")
         if (domain.name, recipient.sent_to) in seen:
             continue   # the same person twice in one envelope gets one message
         seen.add((domain.name, recipient.sent_to))
-        request = build_request(parsed, recipient, domain, mail_from)
-        shape(request, domain)
+        request = _request(parsed, recipient, domain, mail_from, suppressed is not None)
         for note in scheduled(request, parsed, domain, arrived):
             if note not in notes:
                 notes.append(note)
-        deliveries.append(NewDelivery(recipient.address, texts.share(request)))
-    return Prepared(tuple(deliveries), tuple(notes),
-                    total_parts([d.request for d in deliveries]))
+        deliveries.append(NewDelivery(recipient.address, texts.share(request), suppressed,
+                                      event))
+    sent = [d.request for d in deliveries if d.suppressed is None]
+    return Prepared(tuple(deliveries), tuple(notes), total_parts(sent),
+                    route.name if route else None, route.action if route else "")
+
+
+def _request(parsed: ParsedMessage, recipient: Recipient, domain: DomainConfig,
+             mail_from: str, dropped: bool) -> dict[str, str]:
+    try:
+        request = build_request(parsed, recipient, domain, mail_from)
+    except BadContent:
+        if not dropped:
+            raise
+        # Kept, never sent: an empty text is no reason to refuse what a route drops.
+        return {"type": domain.type, "sent_to": recipient.sent_to}
+    shape(request, domain)
+    return request
 
 
 def listing(names: Sequence[str], more: int = 0) -> str:

@@ -14,10 +14,12 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
+from gateway.config.model import Config
 from gateway.config.recipients import resolve_recipients
-from gateway.errors import Refusal, ShuttingDown, SpoolError
+from gateway.errors import BadRecipient, Refusal, RelayDenied, ShuttingDown, SpoolError
 from gateway.message.parse import off_loop
-from gateway.message.prepare import prepare
+from gateway.message.prepare import Prepared, prepare
+from gateway.message.routing import takes_address
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
@@ -59,15 +61,27 @@ class Handler:
                           rcpt_options: list[str]) -> Reply:
         config = server.config   # pinned per connection: a reload applies to new sessions
         limit = config.smtp.max_recipients
-        if len(envelope.recipients) >= limit:
+        if len(envelope.recipients) + len(envelope.route_only) >= limit:
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
         try:
             resolved = resolve_recipients(address, config)   # an alias: each of its group
+        except (RelayDenied, BadRecipient) as refusal:
+            if config.routes and takes_address(config, address):
+                # Only a route knows it (a device's burnt-in alerts@corp.local, or
+                # alerts@sms.local, no phone number): whether one takes the message is known
+                # after DATA.
+                envelope.rcpt_tos.append(address)
+                envelope.route_only.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+                return replies.RECIPIENT_OK
+            reply = reply_for(refusal)
+            server.client.log_refused_recipient(address, reply)
+            return reply
         except Refusal as refusal:
             reply = reply_for(refusal)
             server.client.log_refused_recipient(address, reply)
             return reply
-        if len(envelope.recipients) + len(resolved) > limit:
+        if len(envelope.recipients) + len(envelope.route_only) + len(resolved) > limit:
             server.client.log_refused_recipient(
                 address, f"a group of {len(resolved)}, over max_recipients")
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
@@ -88,19 +102,21 @@ class Handler:
         if verdict is not None:
             return verdict
         recipients = tuple(envelope.recipients)
+        route_only = tuple(envelope.route_only)
         arrived = self.clock()
         try:
             # Large mail is parsed off the loop: other sessions go on while it is.
             prepared = await off_loop(raw, lambda: prepare(raw, recipients,
                                                            envelope.mail_from or "", config,
-                                                           arrived))
+                                                           arrived, route_only))
         except Refusal as refusal:
             reply = reply_for(refusal)
             log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
                      reply)
             return reply
         refused = (server.client.sender_refusal(d.request.get("sender", "")
-                                                for d in prepared.deliveries)
+                                                for d in prepared.deliveries
+                                                if d.suppressed is None)
                    or server.client.take_rate())
         if refused is not None:
             log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
@@ -130,14 +146,29 @@ class Handler:
             return replies.TRY_LATER
         self.on_stored()
         self.metrics.accepted.inc()
-        log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s (stored in %.1f ms)",
+        self._count_routing(prepared, config)
+        log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s (stored in %.1f ms)",
                  queue_id, envelope.mail_from, peer(session), len(raw),
-                 ",".join(d.request["sent_to"] for d in incoming.deliveries),
+                 ",".join(d.request.get("sent_to") or d.recipient
+                          for d in incoming.deliveries),
                  "" if prepared.parts is None else f" parts={prepared.parts}",
+                 "" if prepared.route is None else
+                 f" route={prepared.route} ({prepared.route_action})",
                  (time.monotonic() - started) * 1000, extra={"queue_id": queue_id})
         for note in prepared.notes:
             log.info("queue_id=%s %s", queue_id, note, extra={"queue_id": queue_id})
         return replies.QUEUED.format(queue_id=queue_id)
+
+    def _count_routing(self, prepared: Prepared, config: Config) -> None:
+        if prepared.route is not None:
+            self.metrics.routed.labels(prepared.route).inc()
+        for delivery in prepared.deliveries:
+            if delivery.suppressed is not None:
+                domain = delivery.recipient.rpartition("@")[2].lower()
+                # A route's glob may take many unserved domains: one label for them all, lest
+                # a sender mint a time series per address.
+                label = domain if domain in config.domains else "unserved"
+                self.metrics.suppressed.labels(label, delivery.suppressed.reason).inc()
 
     async def handle_exception(self, error: Exception) -> Reply:
         # The one place an unexpected error becomes a reply: temporary, and without its text.

@@ -16,7 +16,14 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from gateway.errors import BadContent, BadRecipient, Refusal, RelayDenied, TooManyTexts
+from gateway.errors import (
+    BadContent,
+    BadRecipient,
+    NoRoute,
+    Refusal,
+    RelayDenied,
+    TooManyTexts,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,9 @@ TOO_LARGE_FOR_RECIPIENTS = Reply(552, "5.3.4", "Message too large for so many re
                                  "texts of their own; send it to fewer at a time", "too_large")
 BAD_RECIPIENT = Reply(553, "5.1.3", "{detail}", "bad_recipient")
 RELAY_DENIED = Reply(550, "5.7.1", "{detail}", "denied")
+# After DATA, for an address accepted at RCPT only because a route names it: what an unserved
+# domain gets, once no route takes the message (counted apart, to tell a route's miss).
+NO_ROUTE = Reply(550, "5.7.1", "{detail}", "no_route")
 BAD_CONTENT = Reply(550, "5.6.0", "{detail}", "nothing_to_send")
 TRY_LATER = Reply(451, "4.3.0", "Temporary failure storing the message, try again later",
                   "temporary_failure")
@@ -111,6 +121,7 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later", "s
 
 _FOR_REFUSAL: dict[type[Refusal], Reply] = {
     BadRecipient: BAD_RECIPIENT, RelayDenied: RELAY_DENIED, BadContent: BAD_CONTENT,
+    NoRoute: NO_ROUTE,
     TooManyTexts: TOO_LARGE_FOR_RECIPIENTS,
 }
 

@@ -68,6 +68,7 @@ class GatewayEnvelope(Envelope):
         super().__init__()
         # In step with rcpt_tos: each recipient resolved once, at RCPT, for DATA to use.
         self.recipients: list[Recipient] = []
+        self.route_only: list[str] = []   # unserved, taken as a route names them (routing.py)
 
 
 class GatewaySession(AuthExchange):

@@ -21,6 +21,7 @@ from gateway.spool.rows import (
     Result,
     Search,
     SpoolStats,
+    Suppressed,
 )
 from gateway.spool.states import SHOWN, BounceState, CallbackResult, State, StatusClass
 
@@ -43,6 +44,7 @@ __all__ = [
     "SpoolStats",
     "State",
     "StatusClass",
+    "Suppressed",
     "describe",
     "make_spool",
     "with_callback_secret",

@@ -87,10 +87,12 @@ class Dialect(Protocol):
         """A list of ids as one parameter."""
         ...
 
-    def insert(self, messages: list[tuple[object, ...]],
-               deliveries: list[tuple[object, ...]]) -> list[Query]:
-        """Messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts) and
-        their deliveries (message_id, recipient, request, now), queued."""
+    def insert(self, messages: list[tuple[object, ...]], deliveries: list[tuple[object, ...]],
+               events: list[tuple[object, ...]]) -> list[Query]:
+        """Messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts), their
+        deliveries (message_id, recipient, request, state, last_error, now) and events stored
+        with them (now, kind, detail, message_id, recipient: each delivery of the message to
+        that recipient gets it)."""
         ...
 
     def record_results(self, rows: list[ResultRow], now: float) -> Job[set[int]]:

@@ -60,15 +60,18 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
     anyway (the same work on the event loop measured slower, bench/README)."""
     messages: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
+    events: dict[tuple[object, ...], None] = {}     # in order, each once
     for n in new:
         texts, requests = pack_requests([delivery.request for delivery in n.message.deliveries])
         messages.append((n.queue_id, n.now, n.message.mail_from, n.message.peer,
                          n.message.helo, n.message.auth_user, len(n.message.raw), n.message.raw,
                          texts))
-        deliveries.extend((n.queue_id, delivery.recipient, request, n.now)
-                          for delivery, request in zip(n.message.deliveries, requests,
-                                                       strict=True))
-    for query in sql.insert(messages, deliveries):   # noqa: UP028 - see commit.py
+        for delivery, request in zip(n.message.deliveries, requests, strict=True):
+            deliveries.append((n.queue_id, delivery.recipient, request,
+                               *delivery.initial_state(), n.now))
+            if delivery.event is not None:
+                events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
+    for query in sql.insert(messages, deliveries, list(events)):   # noqa: UP028 - commit.py
         yield query
     return [n.queue_id for n in new]
 

@@ -10,9 +10,30 @@ from gateway.spool.states import BounceState, State, StatusClass
 
 
 @dataclass(frozen=True, slots=True)
+class Suppressed:
+    """Why an accepted delivery is kept but never sent (a route's `drop`; a repeat or a limit)."""
+
+    reason: str     # route | repeat | limit: the label smtp2pulse_suppressed_total counts by
+    detail: str     # for people: which route, which earlier message, which limit
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.detail}".rstrip()
+
+
+@dataclass(frozen=True, slots=True)
 class NewDelivery:
     recipient: str
     request: Mapping[str, str]
+    # Stored in state `suppressed` with this as its last_error: never leased, never sent.
+    suppressed: Suppressed | None = None
+    # One event (kind, detail) kept with the delivery from the start, e.g. the route it took.
+    event: tuple[str, str] | None = None
+
+    def initial_state(self) -> tuple[State, str | None]:
+        """The state and last_error it is stored with: queued, or suppressed with its reason."""
+        if self.suppressed is None:
+            return State.QUEUED, None
+        return State.SUPPRESSED, str(self.suppressed)
 
 
 @dataclass(frozen=True, slots=True)

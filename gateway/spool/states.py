@@ -21,6 +21,9 @@ class State(StrEnum):
     # A batch's reply said neither yes nor no (the contract's "unknown" outcome): perhaps
     # sent, so never sent again on its own; a callback, `queue retry` or `queue drop` settles it.
     UNCONFIRMED = "unconfirmed"
+    # Accepted and kept with its reason (last_error), but never sent: a route's `drop`, a
+    # repeat inside a repeat window, a limit's `drop`. Never leased; purged as finished ones are.
+    SUPPRESSED = "suppressed"
 
 
 # What the lease takes: due deliveries, and leases that ran out.
@@ -55,7 +58,7 @@ class BounceState(StrEnum):
 # What `queue list --state` and the status page call a delivery: its State, except that a sent
 # one is delivered, failed or unknown once the platform's status says so.
 SHOWN = (State.QUEUED, State.SENDING, State.SENT, StatusClass.DELIVERED, StatusClass.FAILED,
-         State.REFUSED, StatusClass.UNKNOWN, State.UNCONFIRMED)
+         State.REFUSED, StatusClass.UNKNOWN, State.UNCONFIRMED, State.SUPPRESSED)
 
 
 # What became of one platform callback.

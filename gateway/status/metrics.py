@@ -47,6 +47,13 @@ class Metrics:
         # What the platform bills: the parts of each SMS sent, by recipient domain.
         self.sms_parts = Counter("smtp2pulse_sms_parts", "SMS parts sent, by domain",
                                  ["domain"], registry=r)
+        # Messages by the route (config `routes`) they took; deliveries kept but never sent.
+        self.routed = Counter("smtp2pulse_routed", "Messages that took a route, by route",
+                              ["route"], registry=r)
+        self.suppressed = Counter("smtp2pulse_suppressed",
+                                  "Deliveries accepted and kept but never sent, by recipient "
+                                  "domain and reason (route, repeat, limit)",
+                                  ["domain", "reason"], registry=r)
         self.bounces = Counter("smtp2pulse_bounces", "Delivery status notifications by result",
                                ["result"], registry=r)
 

@@ -45,15 +45,23 @@ _INSERT = (
     "WITH message AS (INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user,"
     " size, raw, texts) SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],"
     " $5::text[], $6::text[], $7::int[], $8::bytea[], $9::text[]))"
-    " INSERT INTO deliveries (message_id, recipient, request, state, next_attempt_at, updated_at)"
-    f" SELECT message_id, recipient, request, '{State.QUEUED}', at, at"
-    " FROM unnest($10::text[], $11::text[], $12::text[], $13::float8[])"
-    " AS t(message_id, recipient, request, at)")
+    " INSERT INTO deliveries (message_id, recipient, request, state, last_error,"
+    " next_attempt_at, updated_at)"
+    " SELECT message_id, recipient, request, state, last_error, at, at"
+    " FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],"
+    " $15::float8[]) AS t(message_id, recipient, request, state, last_error, at)")
+# An event stored with a new message's deliveries (see sqlite/sql.py's).
+_INSERT_EVENT_BY_RECIPIENT = (
+    "INSERT INTO events (delivery_id, at, kind, detail)"
+    " SELECT id, $1, $2, $3 FROM deliveries WHERE message_id = $4 AND recipient = $5")
 
 
-def insert(messages: list[tuple[object, ...]],
-           deliveries: list[tuple[object, ...]]) -> list[Query]:
-    return [Query(_INSERT, [*_columns(messages, 9), *_columns(deliveries, 4)])]
+def insert(messages: list[tuple[object, ...]], deliveries: list[tuple[object, ...]],
+           events: list[tuple[object, ...]]) -> list[Query]:
+    queries = [Query(_INSERT, [*_columns(messages, 9), *_columns(deliveries, 6)])]
+    if events:
+        queries.append(Query(_INSERT_EVENT_BY_RECIPIENT, events, Fetch.MANY))
+    return queries
 
 
 # --- the delivery path -------------------------------------------------------------------------
@@ -178,8 +186,10 @@ OLDEST_WAITING = (
     _LINE + " WHERE d.id = (SELECT id FROM deliveries"
     f" WHERE state IN {UNFINISHED_IN} ORDER BY message_id, id LIMIT 1)")
 SENT_SINCE = "SELECT count(*) FROM events WHERE kind = 'sent' AND at >= $1"
+# (A suppressed delivery's last_error is its reason, not an error.)
 RECENT_ERRORS = (
-    _LINE + f" WHERE d.last_error IS NOT NULL OR d.status_class = '{StatusClass.FAILED}'"
+    _LINE + f" WHERE (d.last_error IS NOT NULL AND d.state != '{State.SUPPRESSED}')"
+    f" OR d.status_class = '{StatusClass.FAILED}'"
     " ORDER BY d.message_id DESC, d.id DESC LIMIT $1")
 
 # --- small values kept for the gateways --------------------------------------------------------

@@ -53,7 +53,7 @@ _IDS = "(SELECT value FROM json_each(?{n}))"
 # --- the accept path ---------------------------------------------------------------------------
 
 _MESSAGE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_DELIVERY_ROW = f"(?, ?, ?, '{State.QUEUED}', ?, ?)"
+_DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
 # One statement for many rows: every statement the writer thread runs makes it wait for the
 # GIL again afterwards, behind a busy event loop, and that wait is most of a commit's time.
 INSERT_ROWS = 32     # rows per statement at most: a handful of texts in the statement cache
@@ -67,15 +67,25 @@ def insert_messages(rows: int) -> str:
 
 @functools.lru_cache(maxsize=2 * INSERT_ROWS)
 def insert_deliveries(rows: int) -> str:
-    return ("INSERT INTO deliveries (message_id, recipient, request, state, next_attempt_at,"
-            " updated_at) VALUES " + ", ".join([_DELIVERY_ROW] * rows))
+    return ("INSERT INTO deliveries (message_id, recipient, request, state, last_error,"
+            " next_attempt_at, updated_at) VALUES " + ", ".join([_DELIVERY_ROW] * rows))
 
 
-def insert(messages: list[tuple[object, ...]],
-           deliveries: list[tuple[object, ...]]) -> list[Query]:
+# An event stored with a new message's deliveries (the route it took), found by recipient: the
+# insert gives no ids back, and a message's deliveries to one address share the event.
+_INSERT_EVENT_BY_RECIPIENT = (
+    "INSERT INTO events (delivery_id, at, kind, detail)"
+    " SELECT id, ?1, ?2, ?3 FROM deliveries WHERE message_id = ?4 AND recipient = ?5")
+
+
+def insert(messages: list[tuple[object, ...]], deliveries: list[tuple[object, ...]],
+           events: list[tuple[object, ...]]) -> list[Query]:
     # A delivery's arrival is both its first due time and its last update.
     rows = [(*row, row[-1]) for row in deliveries]
-    return [*_chunks(insert_messages, messages), *_chunks(insert_deliveries, rows)]
+    queries = [*_chunks(insert_messages, messages), *_chunks(insert_deliveries, rows)]
+    if events:
+        queries.append(Query(_INSERT_EVENT_BY_RECIPIENT, events, Fetch.MANY))
+    return queries
 
 
 def _chunks(statement: functools._lru_cache_wrapper[str],
@@ -215,8 +225,10 @@ OLDEST_WAITING = (
     _LINE + " WHERE d.id = (SELECT id FROM deliveries INDEXED BY deliveries_pending"
     f" WHERE state IN {UNFINISHED_IN} ORDER BY message_id, id LIMIT 1)")
 SENT_SINCE = "SELECT count(*) FROM events WHERE kind = 'sent' AND at >= ?1"
+# (A suppressed delivery's last_error is its reason, not an error.)
 RECENT_ERRORS = (
-    _LINE + f" WHERE d.last_error IS NOT NULL OR d.status_class = '{StatusClass.FAILED}'"
+    _LINE + f" WHERE (d.last_error IS NOT NULL AND d.state != '{State.SUPPRESSED}')"
+    f" OR d.status_class = '{StatusClass.FAILED}'"
     " ORDER BY d.message_id DESC, d.id DESC LIMIT ?1")
 
 # --- small values kept for the gateways --------------------------------------------------------
