@@ -45,6 +45,7 @@ STEPS = ("auto_generated", "parse_message", "clean_text", "build_request", "prep
 
 # --- messages --------------------------------------------------------------------------------
 
+
 def wrapped(size: int, codec: str) -> str:
     """About `size` encoded bytes of Russian text, wrapped at ~72 characters (as loadgen's)."""
     return body_text(RUSSIAN, size, codec)
@@ -55,24 +56,35 @@ def crlf(text: str) -> str:
 
 
 def envelope_headers(subject: str) -> str:
-    return ("From: CRM Robot <crm@corp.example>\r\nTo: 79001234567@sms.local\r\n"
-            f"Subject: {subject}\r\nMessage-ID: <4217@corp.example>\r\n"
-            "Date: Fri, 27 Nov 2026 10:00:00 +0300\r\n")
+    return (
+        "From: CRM Robot <crm@corp.example>\r\nTo: 79001234567@sms.local\r\n"
+        f"Subject: {subject}\r\nMessage-ID: <4217@corp.example>\r\n"
+        "Date: Fri, 27 Nov 2026 10:00:00 +0300\r\n"
+    )
 
 
 def messages() -> dict[str, tuple[bytes, str]]:
     """name -> (raw message, the body text as the parser hands it to clean_text)."""
     body = wrapped(1024, "utf-8")
     subject = "=?utf-8?B?" + base64.b64encode("Заказ № 4217 готов".encode()).decode() + "?="
-    utf8 = (envelope_headers(subject) + "MIME-Version: 1.0\r\n"
+    utf8 = (
+        (
+            envelope_headers(subject) + "MIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-            ).encode() + crlf(body).encode() + b"\r\n"
+        ).encode()
+        + crlf(body).encode()
+        + b"\r\n"
+    )
 
     legacy_body = wrapped(1024, "cp1251")
-    cp1251 = (envelope_headers("Заказ № 4217 готов").encode("cp1251") + b"\r\n"
-              + crlf(legacy_body).encode("cp1251") + b"\r\n")
+    cp1251 = (
+        envelope_headers("Заказ № 4217 готов").encode("cp1251")
+        + b"\r\n"
+        + crlf(legacy_body).encode("cp1251")
+        + b"\r\n"
+    )
 
-    html = ("<html><body><p>" + body.replace("\n", "<br>\n") + "</p></body></html>")
+    html = "<html><body><p>" + body.replace("\n", "<br>\n") + "</p></body></html>"
     alt = EmailMessage()
     alt["From"] = "CRM Robot <crm@corp.example>"
     alt["To"] = "79001234567@sms.local"
@@ -81,9 +93,11 @@ def messages() -> dict[str, tuple[bytes, str]]:
     alt.add_alternative(html, subtype="html")
     alternative = alt.as_bytes(policy=SMTP)
 
-    html_only = (envelope_headers(subject) + "MIME-Version: 1.0\r\n"
-                 "Content-Type: text/html; charset=utf-8\r\n"
-                 "Content-Transfer-Encoding: 8bit\r\n\r\n").encode() + crlf(html).encode()
+    html_only = (
+        envelope_headers(subject) + "MIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode() + crlf(html).encode()
     return {
         "utf8_plain": (utf8, crlf(body) + "\r\n"),
         "cp1251_legacy": (cp1251, crlf(legacy_body) + "\r\n"),
@@ -93,6 +107,7 @@ def messages() -> dict[str, tuple[bytes, str]]:
 
 
 # --- timing (runs in the worker, against whichever `gateway` is on sys.path) -----------------
+
 
 def per_call_us(call: Callable[[], Any], iterations: int) -> float:
     started = time.perf_counter()
@@ -106,13 +121,15 @@ def worker(iterations: int, repeats: int) -> dict[str, Any]:
 
     try:
         make_steps = _packaged_steps()
-    except ImportError:   # a baseline from before gateway/ became packages (fa6d3d0 and older)
+    except ImportError:  # a baseline from before gateway/ became packages (fa6d3d0 and older)
         make_steps = _flat_steps()
     results: dict[str, Any] = {"gateway": str(Path(gateway.__file__).resolve().parent)}
     for name, (raw, body) in messages().items():
         steps = make_steps(raw, body)
-        results[name] = {step: [per_call_us(call, iterations) for _ in range(repeats)]
-                         for step, call in steps.items()}
+        results[name] = {
+            step: [per_call_us(call, iterations) for _ in range(repeats)]
+            for step, call in steps.items()
+        }
     return results
 
 
@@ -139,10 +156,10 @@ def _packaged_steps() -> Steps:
             "auto_generated": lambda: admission.auto_generated(raw),
             "parse_message": lambda: parse_message(raw, "cp1251"),
             "clean_text": lambda: clean_text(body),
-            "build_request": lambda: build_request(parsed, recipient, domain,
-                                                   "crm@corp.example"),
+            "build_request": lambda: build_request(parsed, recipient, domain, "crm@corp.example"),
             "prepare": lambda: prepare(raw, [recipient], "crm@corp.example", config),
         }
+
     return steps
 
 
@@ -154,13 +171,13 @@ def _flat_steps() -> Steps:
     from aiosmtpd.smtp import Envelope, Session
 
     def module(name: str) -> Any:
-        return importlib.import_module(f"gateway.{name}")   # names that exist only there
+        return importlib.import_module(f"gateway.{name}")  # names that exist only there
 
     hygiene, mapping, parse, text = (module(n) for n in ("hygiene", "mapping", "parse", "text"))
     config = module("config").parse_config(CONFIG, env={})
     recipient = mapping.resolve_recipient("79001234567@sms.local", config)
     domain = config.domains[recipient.domain]
-    handler = module("smtp").Handler(None, lambda: None, None)   # _prepare uses neither
+    handler = module("smtp").Handler(None, lambda: None, None)  # _prepare uses neither
     session = Session(asyncio.new_event_loop())
     # aiosmtpd annotates peer as a str; at run time it is the transport's (host, port).
     session.peer = ("192.0.2.10", 40000)  # type: ignore[assignment]
@@ -174,19 +191,23 @@ def _flat_steps() -> Steps:
             "auto_generated": lambda: hygiene.auto_generated(raw),
             "parse_message": lambda: parse.parse_message(raw, "cp1251"),
             "clean_text": lambda: text.clean_text(body),
-            "build_request": lambda: mapping.build_request(parsed, recipient, domain,
-                                                           "crm@corp.example"),
+            "build_request": lambda: mapping.build_request(
+                parsed, recipient, domain, "crm@corp.example"
+            ),
             "prepare": lambda: handler._prepare(config, session, envelope, raw, []),
         }
+
     return steps
 
 
 # --- the driver --------------------------------------------------------------------------------
 
+
 def baseline_tree(ref: str, into: Path) -> Path:
     """The `gateway` package of commit `ref`, unpacked under `into`."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "gateway"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "gateway"], check=True, capture_output=True
+    ).stdout
     tar = into / "gateway.tar"
     tar.write_bytes(archive)
     with tarfile.open(tar) as unpacked:
@@ -197,9 +218,22 @@ def baseline_tree(ref: str, into: Path) -> Path:
 def run_worker(tree: Path, iterations: int, repeats: int) -> dict[str, Any]:
     # PYTHONPATH comes before the editable install, so `import gateway` finds `tree`'s copy.
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, __file__, "--worker", "--iterations", str(iterations),
-                          "--repeats", str(repeats)],
-                         check=True, capture_output=True, text=True, env=env, cwd=tree).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--iterations",
+            str(iterations),
+            "--repeats",
+            str(repeats),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tree,
+    ).stdout
     result: dict[str, Any] = json.loads(out)
     if Path(result["gateway"]) != (tree / "gateway").resolve():
         raise SystemExit(f"worker imported {result['gateway']}, not {tree}/gateway")
@@ -216,8 +250,11 @@ def merge(into: dict[str, dict[str, list[float]]], result: dict[str, Any]) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", default=None,
-                        help="commit to compare with (default: merge base of HEAD and main)")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="commit to compare with (default: merge base of HEAD and main)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="time this tree only")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of the two trees")
     parser.add_argument("--iterations", type=int, default=1000, help="calls per timing")
@@ -230,9 +267,15 @@ def main() -> None:
 
     ref = None
     if not args.no_baseline:
-        ref = args.baseline or subprocess.run(
-            ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
-            check=True, capture_output=True, text=True).stdout.strip()
+        ref = (
+            args.baseline
+            or subprocess.run(
+                ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
     new: dict[str, dict[str, list[float]]] = {}
     old: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="accept-bench-") as temp:
@@ -246,8 +289,10 @@ def main() -> None:
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
     samples = args.rounds * args.repeats
-    print(f"µs per message, median of {samples} timings of {args.iterations} calls each"
-          + (f"; baseline {ref[:12]}" if ref else ""))
+    print(
+        f"µs per message, median of {samples} timings of {args.iterations} calls each"
+        + (f"; baseline {ref[:12]}" if ref else "")
+    )
     header = f"{'message':<15} {'step':<15} {'this tree':>10}"
     print(header + (f" {'baseline':>10} {'new/old':>8}" if ref else ""))
     for name, steps in new.items():

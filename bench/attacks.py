@@ -58,8 +58,10 @@ class Attack:
 
 # --- talking to the gateway ---------------------------------------------------------------
 
-async def converse(port: int, payload: bytes, *, tls: bool = False, limit: float = 40.0,
-                   source: str | None = None) -> str:
+
+async def converse(
+    port: int, payload: bytes, *, tls: bool = False, limit: float = 40.0, source: str | None = None
+) -> str:
     """Send `payload` at once, read what comes back until the server closes or `limit`;
     return the last reply line. `source`: the local address to connect from."""
     context = _client_tls() if tls else None
@@ -67,8 +69,8 @@ async def converse(port: int, payload: bytes, *, tls: bool = False, limit: float
     try:
         async with asyncio.timeout(limit):
             reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=context,
-                local_addr=None if source is None else (source, 0))
+                "127.0.0.1", port, ssl=context, local_addr=None if source is None else (source, 0)
+            )
             try:
                 writer.write(payload)
                 await writer.drain()
@@ -95,7 +97,7 @@ def _client_tls() -> ssl.SSLContext:
     return context
 
 
-PROBE_SOURCE = "127.0.0.2"   # Linux answers for all of 127.0.0.0/8
+PROBE_SOURCE = "127.0.0.2"  # Linux answers for all of 127.0.0.0/8
 
 
 def mail(body: bytes, headers: bytes = b"Subject: attack\r\n") -> bytes:
@@ -113,47 +115,62 @@ async def probe_loop(port: int, stop: asyncio.Event, waits: list[float]) -> None
         reply = await converse(port, mail(b"fine"), limit=60, source=PROBE_SOURCE)
         waits.append(time.monotonic() - started)
         if "Bye" not in reply and "2.0.0" not in reply:
-            waits[-1] = float("inf")      # an ordinary message that did not go through
+            waits[-1] = float("inf")  # an ordinary message that did not go through
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.2)
 
 
 # --- the attacks ---------------------------------------------------------------------------
 
+
 async def redos(gw: Gateway) -> str:
-    return await converse(gw.smtp_port, EHLO + b"MAIL FROM:<a@corp.test>\r\nRCPT TO:<"
-                          + b"1" * 28 + b"x@sms.local>\r\nQUIT\r\n")
+    return await converse(
+        gw.smtp_port,
+        EHLO + b"MAIL FROM:<a@corp.test>\r\nRCPT TO:<" + b"1" * 28 + b"x@sms.local>\r\nQUIT\r\n",
+    )
 
 
 async def fanout(gw: Gateway) -> str:
     rcpts = b"".join(b"RCPT TO:<790012%05d@sms.local>\r\n" % i for i in range(100))
     body = (b"x" * 76 + b"\r\n") * (950_000 // 78)
-    one = (EHLO + b"MAIL FROM:<a@corp.test>\r\n" + rcpts + b"DATA\r\nSubject: big\r\n\r\n"
-           + body + b".\r\nQUIT\r\n")
+    one = (
+        EHLO
+        + b"MAIL FROM:<a@corp.test>\r\n"
+        + rcpts
+        + b"DATA\r\nSubject: big\r\n\r\n"
+        + body
+        + b".\r\nQUIT\r\n"
+    )
     replies = await asyncio.gather(*(converse(gw.smtp_port, one) for _ in range(4)))
     return replies[0]
 
 
 async def punycode(gw: Gateway) -> str:
-    return await converse(gw.smtp_port, mail(
-        b"a" * 500_000, b"Subject: p\r\nContent-Type: text/plain; charset=punycode\r\n"))
+    return await converse(
+        gw.smtp_port,
+        mail(b"a" * 500_000, b"Subject: p\r\nContent-Type: text/plain; charset=punycode\r\n"),
+    )
 
 
 async def content_type_params(gw: Gateway) -> str:
     params = b"".join(b"; p%d=v" % i for i in range(1_000_000 // 10))
-    return await converse(gw.smtp_port, mail(b"x", b"Subject: c\r\nContent-Type: text/plain"
-                                             + params + b"\r\n"))
+    return await converse(
+        gw.smtp_port, mail(b"x", b"Subject: c\r\nContent-Type: text/plain" + params + b"\r\n")
+    )
 
 
 async def empty_parts(gw: Gateway) -> str:
     parts = b"--b\r\n\r\n" * 120_000
-    return await converse(gw.smtp_port, mail(
-        parts + b"--b--", b"Subject: e\r\nContent-Type: multipart/mixed; boundary=b\r\n"))
+    return await converse(
+        gw.smtp_port,
+        mail(parts + b"--b--", b"Subject: e\r\nContent-Type: multipart/mixed; boundary=b\r\n"),
+    )
 
 
 async def auth_line(gw: Gateway) -> str:
-    return await converse(gw.smtp_port, EHLO + b"AUTH LOGIN\r\n" + b"A" * 1_500_000
-                          + b"\r\nQUIT\r\n")
+    return await converse(
+        gw.smtp_port, EHLO + b"AUTH LOGIN\r\n" + b"A" * 1_500_000 + b"\r\nQUIT\r\n"
+    )
 
 
 async def tls_flood(gw: Gateway) -> str:
@@ -170,7 +187,7 @@ async def tls_flood(gw: Gateway) -> str:
         try:
             held += await asyncio.wait_for(reader.read(1), 0.05) != b""
         except TimeoutError:
-            held += 1                   # nothing said and not closed: still held
+            held += 1  # nothing said and not closed: still held
         except OSError:
             pass
     for _reader, writer in pairs:
@@ -182,9 +199,11 @@ async def callback_body(gw: Gateway) -> str:
     assert gw.http_port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
     body = b"x" * (1 << 20)
-    writer.write(b"POST /callback?q=1&d=1&s=bad HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                 b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n"
-                 b"Connection: close\r\n\r\n" % len(body) + body)
+    writer.write(
+        b"POST /callback?q=1&d=1&s=bad HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n" % len(body) + body
+    )
     with contextlib.suppress(OSError):
         await writer.drain()
     async with asyncio.timeout(20):
@@ -196,8 +215,10 @@ async def callback_body(gw: Gateway) -> str:
 async def callback_digits(gw: Gateway) -> str:
     assert gw.http_port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
-    writer.write(b"GET /callback?q=1&d=" + b"9" * 5000 + b"&s=x HTTP/1.1\r\nHost: x\r\n"
-                 b"Connection: close\r\n\r\n")
+    writer.write(
+        b"GET /callback?q=1&d=" + b"9" * 5000 + b"&s=x HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: close\r\n\r\n"
+    )
     async with asyncio.timeout(20):
         status = await reader.readline()
     writer.transport.abort()
@@ -220,34 +241,68 @@ ATTACKS = [
 
 # --- one gateway per attack ----------------------------------------------------------------
 
+
 def make_cert(workdir: Path) -> tuple[Path, Path]:
     cert, key = workdir / "cert.pem", workdir / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
 def password_hash() -> str:
     from gateway.smtp.passwords import hash_password
+
     return hash_password("secret")
 
 
 def write_config(workdir: Path, platform_port: int) -> Path:
     cert, key = make_cert(workdir)
     config = {
-        "smtp": {"listen": "127.0.0.1:0", "hostname": "attack-gateway",
-                 "max_message_size": "1MiB", "max_recipients": 100,
-                 "allow_networks": ["127.0.0.0/8"], "timeout": "5m",
-                 "max_connections": 40, "max_connections_per_address": 10,
-                 "tls": {"cert": str(cert), "key": str(key), "implicit_listen": "127.0.0.1:0"},
-                 "auth": {"required": False, "allow_without_tls": True,
-                          "users": {"crm": {"password_hash": password_hash()}}}},
-        "api": {"base_url": f"http://127.0.0.1:{platform_port}/api/v1/bulk",
-                "token": "bench-token", "timeout": "10s"},
+        "smtp": {
+            "listen": "127.0.0.1:0",
+            "hostname": "attack-gateway",
+            "max_message_size": "1MiB",
+            "max_recipients": 100,
+            "allow_networks": ["127.0.0.0/8"],
+            "timeout": "5m",
+            "max_connections": 40,
+            "max_connections_per_address": 10,
+            "tls": {"cert": str(cert), "key": str(key), "implicit_listen": "127.0.0.1:0"},
+            "auth": {
+                "required": False,
+                "allow_without_tls": True,
+                "users": {"crm": {"password_hash": password_hash()}},
+            },
+        },
+        "api": {
+            "base_url": f"http://127.0.0.1:{platform_port}/api/v1/bulk",
+            "token": "bench-token",
+            "timeout": "10s",
+        },
         "spool": {"path": str(workdir / "spool.sqlite3"), "retry": ["1s"], "give_up_after": "1h"},
-        "http": {"listen": "127.0.0.1:0", "public_url": "http://127.0.0.1:9",
-                 "callback_secret": "attack-bench-secret-0123456789"},
+        "http": {
+            "listen": "127.0.0.1:0",
+            "public_url": "http://127.0.0.1:9",
+            "callback_secret": "attack-bench-secret-0123456789",
+        },
         "shutdown_timeout": "10s",
         "domains": {"sms.local": {"type": "sms", "sender": "Bench"}},
     }
@@ -260,14 +315,18 @@ async def start(workdir: Path, platform_port: int) -> Gateway:
     config = write_config(workdir, platform_port)
     log_path = workdir / "gateway.log"
     with log_path.open("wb") as log:
-        child = await Child.spawn("gateway", [sys.executable, "-m", "gateway", "serve", "-c",
-                                              str(config)], stdout=log, stderr=log)
+        child = await Child.spawn(
+            "gateway",
+            [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
+            stdout=log,
+            stderr=log,
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and child.process.returncode is None:
         text = log_path.read_text(errors="replace")
         ports = [int(p) for p in LISTENING.findall(text)]
         http = _port_after(text, "HTTP status listening on 127.0.0.1:")
-        if len(ports) >= 2 and http:       # the plain listener is logged first, then SMTPS
+        if len(ports) >= 2 and http:  # the plain listener is logged first, then SMTPS
             return Gateway(child, ports[0], ports[1], http, workdir)
         await asyncio.sleep(0.05)
     await child.stop()
@@ -279,7 +338,7 @@ def _port_after(text: str, marker: str) -> int | None:
     if at < 0:
         return None
     digits = ""
-    for ch in text[at + len(marker):]:
+    for ch in text[at + len(marker) :]:
         if not ch.isdigit():
             break
         digits += ch
@@ -311,12 +370,13 @@ async def one(attack: Attack, platform_port: int, limit: float) -> str:
             stop.set()
             await probe
             spool1, rss1 = spool_bytes(gw.workdir), proc_status(gw.child.pid)["VmHWM"]
-            tracebacks = (gw.workdir / "gateway.log").read_text(errors="replace").count(
-                "Traceback")
+            tracebacks = (gw.workdir / "gateway.log").read_text(errors="replace").count("Traceback")
             worst = max(waits) if waits else float("nan")
-            return (f"{attack.name:<9} {worst * 1000:9.0f} {took:7.1f} "
-                    f"{(spool1 - spool0) / MB:8.1f} {rss1 - rss0:8.1f} {tracebacks:5d}  "
-                    f"{got[:70]}   [{attack.what}]")
+            return (
+                f"{attack.name:<9} {worst * 1000:9.0f} {took:7.1f} "
+                f"{(spool1 - spool0) / MB:8.1f} {rss1 - rss0:8.1f} {tracebacks:5d}  "
+                f"{got[:70]}   [{attack.what}]"
+            )
         finally:
             await gw.child.stop(grace=20)
 
@@ -324,8 +384,10 @@ async def one(attack: Attack, platform_port: int, limit: float) -> str:
 async def main(only: list[str], limit: float) -> None:
     platform, platform_port = await start_helper("fakeplatform.py", "--max-seconds", 1800)
     try:
-        print(f"{'attack':<9} {'worst ms':>9} {'took s':>7} {'spool MB':>8} {'RSS MB':>8} "
-              f"{'tb':>5}  attacker got")
+        print(
+            f"{'attack':<9} {'worst ms':>9} {'took s':>7} {'spool MB':>8} {'RSS MB':>8} "
+            f"{'tb':>5}  attacker got"
+        )
         for attack in ATTACKS:
             if not only or attack.name in only:
                 print(await one(attack, platform_port, limit), flush=True)
@@ -336,8 +398,13 @@ async def main(only: list[str], limit: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=[], metavar="ATTACK",
-                        help="names: " + ", ".join(a.name for a in ATTACKS))
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=[],
+        metavar="ATTACK",
+        help="names: " + ", ".join(a.name for a in ATTACKS),
+    )
     parser.add_argument("--attack-seconds", type=float, default=40.0)
     options = parser.parse_args()
     asyncio.run(main(options.only, options.attack_seconds))

@@ -23,7 +23,7 @@ def process_cpu(pid: int) -> float:
             fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / _TICK   # utime, stime (fields 14, 15)
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
     return total
 
 
@@ -52,11 +52,11 @@ class CpuWindow:
     """Open with the servers' pids before the load, close() after it."""
 
     server_pids: tuple[int, ...]
-    database_pid: int | None = None   # PostgreSQL's postmaster, when the spool is there
-    server: float = 0.0      # seconds of CPU the servers (with their children) used, database too
-    database: float = 0.0    # ... of it the database server's processes
-    load: float = 0.0        # ... and this process, which runs the load generator
-    steal: float = 0.0       # the share of the host's CPU time stolen by its hypervisor
+    database_pid: int | None = None  # PostgreSQL's postmaster, when the spool is there
+    server: float = 0.0  # seconds of CPU the servers (with their children) used, database too
+    database: float = 0.0  # ... of it the database server's processes
+    load: float = 0.0  # ... and this process, which runs the load generator
+    steal: float = 0.0  # the share of the host's CPU time stolen by its hypervisor
 
     def __post_init__(self) -> None:
         self._server0 = self._servers()

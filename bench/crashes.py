@@ -33,23 +33,33 @@ from loadgen import LoadResult, LoadSpec, run_load
 
 
 async def one_size(batch_size: int, args: argparse.Namespace, rng: random.Random) -> str:
-    platform, port = await start_helper("fakeplatform.py", "--latency", args.latency,
-                                        "--max-seconds", 7200)
+    platform, port = await start_helper(
+        "fakeplatform.py", "--latency", args.latency, "--max-seconds", 7200
+    )
     workdir = Path(tempfile.mkdtemp(prefix=f"crash-b{batch_size}-"))
     accepted: dict[str, LoadResult] = {}
     try:
         for kill in range(args.kills):
             gateway, smtp_port, _log = await start_gateway(workdir, port, args, None, batch_size)
-            spec = LoadSpec("127.0.0.1", smtp_port, messages=10**6,
-                            connections=args.connections, run_id=f"b{batch_size}k{kill}",
-                            pace=args.pace, deadline=rng.uniform(0.3, 1.2))
+            spec = LoadSpec(
+                "127.0.0.1",
+                smtp_port,
+                messages=10**6,
+                connections=args.connections,
+                run_id=f"b{batch_size}k{kill}",
+                pace=args.pace,
+                deadline=rng.uniform(0.3, 1.2),
+            )
             load_task = asyncio.create_task(run_load(spec))
             await asyncio.sleep(spec.deadline)
             gateway.process.send_signal(signal.SIGKILL)
             await gateway.process.wait()
             accepted[spec.run_id] = await load_task
-            print(f"  batch_size {batch_size}: kill {kill + 1}/{args.kills}", file=sys.stderr,
-                  end="\r")
+            print(
+                f"  batch_size {batch_size}: kill {kill + 1}/{args.kills}",
+                file=sys.stderr,
+                end="\r",
+            )
         gateway, _smtp, _log = await start_gateway(workdir, port, args, None, batch_size)
         expected = set().union(*(expected_keys(load) for load in accepted.values()))
         client = PlatformClient(port)
@@ -66,12 +76,16 @@ async def one_size(batch_size: int, args: argparse.Namespace, rng: random.Random
         await platform.stop()
     lost = len(expected - deliveries.keys())
     twice = [key for key in expected if key in deliveries and deliveries[key][0] > 1]
-    per_kill = [sum(1 for key in expected_keys(load) if deliveries.get(key, [0])[0] > 1)
-                for load in accepted.values()]
+    per_kill = [
+        sum(1 for key in expected_keys(load) if deliveries.get(key, [0])[0] > 1)
+        for load in accepted.values()
+    ]
     share = 100 * len(twice) / max(len(expected), 1)
-    return (f"| {batch_size} | {args.kills} | {len(expected)} | {lost} | {len(twice)}"
-            f" ({share:.2f} %) | {statistics.median(per_kill):.0f} / {max(per_kill)} |"
-            f" {stats['requests']:.0f} |")
+    return (
+        f"| {batch_size} | {args.kills} | {len(expected)} | {lost} | {len(twice)}"
+        f" ({share:.2f} %) | {statistics.median(per_kill):.0f} / {max(per_kill)} |"
+        f" {stats['requests']:.0f} |"
+    )
 
 
 async def main() -> None:
@@ -80,9 +94,13 @@ async def main() -> None:
     parser.add_argument("--batch-sizes", default="1,100")
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--pace", type=float, default=0.1,
-                        help="each session's pause after a message: 10 sessions at 0.1 s bring"
-                             " about 100 msgs/s, which batch_size 1 delivers as it comes")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.1,
+        help="each session's pause after a message: 10 sessions at 0.1 s bring"
+        " about 100 msgs/s, which batch_size 1 delivers as it comes",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--api-concurrency", type=int, default=8)
     parser.add_argument("--log-level", default="info")
@@ -96,11 +114,15 @@ async def main() -> None:
             rows.append(await one_size(size, args, rng))
     finally:
         await Child.stop_all()
-    print(f"\nkill -9 every 0.3-1.2 s under load from {args.connections} sessions (each"
-          f" pausing {args.pace:g} s after a message), platform at {args.latency * 1000:.0f} ms,"
-          f" max_concurrency {args.api_concurrency}\n")
-    print("| batch_size | kills | accepted | lost | sent twice | twice per kill (median / max)"
-          " | requests |")
+    print(
+        f"\nkill -9 every 0.3-1.2 s under load from {args.connections} sessions (each"
+        f" pausing {args.pace:g} s after a message), platform at {args.latency * 1000:.0f} ms,"
+        f" max_concurrency {args.api_concurrency}\n"
+    )
+    print(
+        "| batch_size | kills | accepted | lost | sent twice | twice per kill (median / max)"
+        " | requests |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 

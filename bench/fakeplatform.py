@@ -38,28 +38,38 @@ from lifetime import until_stopped
 
 SEND_PATH = b"/api/v1/bulk/send-message"
 LIST_PATH = b"/api/v1/bulk/send-list-messages"
-_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                b"Content-Length: 19\r\n\r\nService Unavailable")
+_UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 19\r\n\r\nService Unavailable"
+)
 
 
 def _response(status: bytes, body: bytes, content_type: bytes = b"application/json") -> bytes:
-    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
-            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 class Platform:
     def __init__(self, latency: float, fail: float, seed: int) -> None:
         self.latency = latency
         self.fail = fail
-        self.rng = random.Random(seed)     # seeded: the same failure pattern every round
+        self.rng = random.Random(seed)  # seeded: the same failure pattern every round
         self.ids = itertools.count(1)
         self.requests = 0
         self.failed = 0
-        self.delivered = 0                 # messages successfully sent, duplicates included
-        self.batch_requests = 0            # send-list-messages requests (503'd ones included)
-        self.batch_messages = 0            # messages in them
-        self.unmarked = 0                  # successful requests without a bench marker
-        self.deliveries: dict[str, list[float]] = {}   # key -> [count, first, last]
+        self.delivered = 0  # messages successfully sent, duplicates included
+        self.batch_requests = 0  # send-list-messages requests (503'd ones included)
+        self.batch_messages = 0  # messages in them
+        self.unmarked = 0  # successful requests without a bench marker
+        self.deliveries: dict[str, list[float]] = {}  # key -> [count, first, last]
         self.last_arrival = 0.0
 
     def answer(self, method: bytes, path: bytes, body: bytes, arrived: float) -> bytes:
@@ -73,11 +83,21 @@ class Platform:
         if method == b"POST" and path == LIST_PATH:
             return self._batch(body, arrived)
         if method == b"GET" and path == b"/stats":
-            return _response(b"200 OK", json.dumps({
-                "requests": self.requests, "failed": self.failed, "delivered": self.delivered,
-                "batch_requests": self.batch_requests, "batch_messages": self.batch_messages,
-                "unique": len(self.deliveries), "unmarked": self.unmarked,
-                "last_arrival": self.last_arrival}).encode())
+            return _response(
+                b"200 OK",
+                json.dumps(
+                    {
+                        "requests": self.requests,
+                        "failed": self.failed,
+                        "delivered": self.delivered,
+                        "batch_requests": self.batch_requests,
+                        "batch_messages": self.batch_messages,
+                        "unique": len(self.deliveries),
+                        "unmarked": self.unmarked,
+                        "last_arrival": self.last_arrival,
+                    }
+                ).encode(),
+            )
         if method == b"GET" and path == b"/deliveries":
             return _response(b"200 OK", json.dumps({"deliveries": self.deliveries}).encode())
         return _response(b"404 Not Found", b"not found", b"text/plain")
@@ -120,7 +140,7 @@ class Http(asyncio.Protocol):
         self.platform = platform
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
-        self.pending: list[list[bytes | None]] = []   # answers in request order, None = not yet
+        self.pending: list[list[bytes | None]] = []  # answers in request order, None = not yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -140,15 +160,16 @@ class Http(asyncio.Protocol):
                     length = int(value)
             if len(self.buffer) < end + 4 + length:
                 return
-            body = self.buffer[end + 4:end + 4 + length]
-            self.buffer = self.buffer[end + 4 + length:]
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
             method, path = head[0].split(b" ")[:2]
             answer = self.platform.answer(method, path, body, time.time())
             slot: list[bytes | None] = [None]
             self.pending.append(slot)
             if self.platform.latency and path in (SEND_PATH, LIST_PATH):
-                asyncio.get_running_loop().call_later(self.platform.latency, self._ready,
-                                                      slot, answer)
+                asyncio.get_running_loop().call_later(
+                    self.platform.latency, self._ready, slot, answer
+                )
             else:
                 self._ready(slot, answer)
 
@@ -164,7 +185,7 @@ class Http(asyncio.Protocol):
         self.transport = None
 
 
-_MARKER_ROOM = 240   # a marker is about 20 characters: 240 escaped octets hold it and more
+_MARKER_ROOM = 240  # a marker is about 20 characters: 240 escaped octets hold it and more
 
 
 def delivery_key(raw: bytes) -> str | None:
@@ -230,7 +251,8 @@ def _decoded(value: bytes) -> str:
 
 async def serve(port: int, platform: Platform, max_seconds: float) -> None:
     server = await asyncio.get_running_loop().create_server(
-        lambda: Http(platform), "127.0.0.1", port, backlog=1024)
+        lambda: Http(platform), "127.0.0.1", port, backlog=1024
+    )
     print(server.sockets[0].getsockname()[1], flush=True)
     try:
         await until_stopped(max_seconds)

@@ -31,13 +31,14 @@ from gateway.config.model import SmtpConfig
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LISTENING = re.compile(r"SMTP listening on 127\.0\.0\.1:(\d+)")
-START_TIMEOUT = 30.0        # a helper or the gateway not up by then is a failed run
-STALL_TIMEOUT = 30.0        # no new delivery for this long: stop waiting, report missing ones
-EXPECTED_WARNINGS = ("is plain http",)   # the bench's platform is http:// on purpose
+START_TIMEOUT = 30.0  # a helper or the gateway not up by then is a failed run
+STALL_TIMEOUT = 30.0  # no new delivery for this long: stop waiting, report missing ones
+EXPECTED_WARNINGS = ("is plain http",)  # the bench's platform is http:// on purpose
 MB = 1024 * 1024
 
 
 # --- child processes -----------------------------------------------------------------------
+
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it if the bench dies, so nothing is left running."""
@@ -48,11 +49,11 @@ def _die_with_parent() -> None:
 class Child:
     """A process this bench started; only ever signalled by its own pid."""
 
-    started: list[Child] = []   # noqa: RUF012 - the bench's own registry, for cleanup
+    started: list[Child] = []  # noqa: RUF012 - the bench's own registry, for cleanup
 
     def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
         self.name, self.process = name, process
-        self.log_writer: Child | None = None   # the process writing this one's output to a file
+        self.log_writer: Child | None = None  # the process writing this one's output to a file
         Child.started.append(self)
 
     @property
@@ -60,12 +61,23 @@ class Child:
         return self.process.pid
 
     @classmethod
-    async def spawn(cls, name: str, argv: Sequence[str], stdout: int | IO[bytes],
-                    stderr: int | IO[bytes] | None = None,
-                    stdin: int = asyncio.subprocess.DEVNULL) -> Child:
+    async def spawn(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        stdout: int | IO[bytes],
+        stderr: int | IO[bytes] | None = None,
+        stdin: int = asyncio.subprocess.DEVNULL,
+    ) -> Child:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=REPO,
-            preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            *argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=REPO,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         return cls(name, process)
 
     @classmethod
@@ -95,12 +107,13 @@ class Child:
             try:
                 await asyncio.wait_for(self.process.wait(), grace)
             except TimeoutError:
-                print(f"  {self.name} (pid {self.pid}) ignored SIGTERM; killing it",
-                      file=sys.stderr)
+                print(
+                    f"  {self.name} (pid {self.pid}) ignored SIGTERM; killing it", file=sys.stderr
+                )
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()
                 await asyncio.wait_for(self.process.wait(), 10)
-        if self.log_writer is not None:   # the rest of the output is on its way to the file
+        if self.log_writer is not None:  # the rest of the output is on its way to the file
             try:
                 await asyncio.wait_for(self.log_writer.process.wait(), 10)
             except TimeoutError:
@@ -117,8 +130,11 @@ class Child:
 
 async def start_helper(script: str, *args: object) -> tuple[Child, int]:
     """Start bench/<script>, which prints its port on its first stdout line."""
-    child = await Child.spawn(script, [sys.executable, str(BENCH / script),
-                                       *map(str, args)], stdout=asyncio.subprocess.PIPE)
+    child = await Child.spawn(
+        script,
+        [sys.executable, str(BENCH / script), *map(str, args)],
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert child.process.stdout is not None
     line = await asyncio.wait_for(child.process.stdout.readline(), START_TIMEOUT)
     if not line.strip().isdigit():
@@ -129,6 +145,7 @@ async def start_helper(script: str, *args: object) -> tuple[Child, int]:
 
 # --- the gateway ---------------------------------------------------------------------------
 
+
 def connection_limits(args: argparse.Namespace) -> dict[str, int]:
     """The gateway's connection limits, where this version has them, raised above the bench's
     connection counts: everything comes from 127.0.0.1, and scenario b is about throughput at
@@ -137,26 +154,42 @@ def connection_limits(args: argparse.Namespace) -> dict[str, int]:
         return {}
     known = {f.name for f in fields(SmtpConfig)}
     wanted = max(args.connections, args.many_connections) + 10
-    return {name: wanted for name in ("max_connections", "max_connections_per_address")
-            if name in known}
+    return {
+        name: wanted for name in ("max_connections", "max_connections_per_address") if name in known
+    }
 
 
-def write_config(workdir: Path, platform_port: int, args: argparse.Namespace,
-                 spool_url: str | None = None, batch_size: int = 1) -> Path:
+def write_config(
+    workdir: Path,
+    platform_port: int,
+    args: argparse.Namespace,
+    spool_url: str | None = None,
+    batch_size: int = 1,
+) -> Path:
     config = {
-        "smtp": {"listen": "127.0.0.1:0", "hostname": "bench-gateway",
-                 "max_message_size": "1MiB", "max_recipients": 100,
-                 "allow_networks": ["127.0.0.0/8"], "timeout": "5m",
-                 **connection_limits(args)},
-        "api": {"base_url": f"http://127.0.0.1:{platform_port}/api/v1/bulk",
-                "token": "bench-token", "timeout": "10s",
-                "max_concurrency": args.api_concurrency,
-                # Only in the batch scenario; api.batch_wait stays the default.
-                **({"batch_size": batch_size} if batch_size > 1 else {})},
+        "smtp": {
+            "listen": "127.0.0.1:0",
+            "hostname": "bench-gateway",
+            "max_message_size": "1MiB",
+            "max_recipients": 100,
+            "allow_networks": ["127.0.0.0/8"],
+            "timeout": "5m",
+            **connection_limits(args),
+        },
+        "api": {
+            "base_url": f"http://127.0.0.1:{platform_port}/api/v1/bulk",
+            "token": "bench-token",
+            "timeout": "10s",
+            "max_concurrency": args.api_concurrency,
+            # Only in the batch scenario; api.batch_wait stays the default.
+            **({"batch_size": batch_size} if batch_size > 1 else {}),
+        },
         # A short retry: with --fail, a 503'd send comes back within the bench's patience.
-        "spool": {**({"url": spool_url} if spool_url else
-                     {"path": str(workdir / "spool.sqlite3")}),
-                  "retry": ["1s"], "give_up_after": "1h"},
+        "spool": {
+            **({"url": spool_url} if spool_url else {"path": str(workdir / "spool.sqlite3")}),
+            "retry": ["1s"],
+            "give_up_after": "1h",
+        },
         "shutdown_timeout": "15s",
         "log": {"level": args.log_level},
         "domains": {"sms.local": {"type": "sms", "sender": "Bench"}},
@@ -166,16 +199,21 @@ def write_config(workdir: Path, platform_port: int, args: argparse.Namespace,
     return path
 
 
-async def start_gateway(workdir: Path, platform_port: int, args: argparse.Namespace,
-                        spool_url: str | None = None, batch_size: int = 1
-                        ) -> tuple[Child, int, Path]:
+async def start_gateway(
+    workdir: Path,
+    platform_port: int,
+    args: argparse.Namespace,
+    spool_url: str | None = None,
+    batch_size: int = 1,
+) -> tuple[Child, int, Path]:
     """`python -m gateway serve` (not dry-run); its port read from its own log line."""
     config = write_config(workdir, platform_port, args, spool_url, batch_size)
     log_path = workdir / "gateway.log"
     # Its log is read back from a file, not from a pipe to this process: reading two lines per
     # message would cost the bench's event loop CPU on the same two cores.
     child = await Child.spawn_logged(
-        "gateway", [sys.executable, "-m", "gateway", "serve", "-c", str(config)], log_path)
+        "gateway", [sys.executable, "-m", "gateway", "serve", "-c", str(config)], log_path
+    )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and child.process.returncode is None:
         match = LISTENING.search(log_path.read_text(errors="replace"))
@@ -201,19 +239,26 @@ def proc_status(pid: int) -> dict[str, float]:
     gateway's sender process counts as the gateway's memory. `parts` keeps each one's VmHWM."""
     statuses = [_one_status(p) for p in (pid, *children(pid))]
     total = {name: sum(s.get(name, 0.0) for s in statuses) for name in ("VmHWM", "VmRSS")}
-    return {**total, "processes": float(len(statuses)),
-            **{f"VmHWM{n}": s.get("VmHWM", 0.0) for n, s in enumerate(statuses)}}
+    return {
+        **total,
+        "processes": float(len(statuses)),
+        **{f"VmHWM{n}": s.get("VmHWM", 0.0) for n, s in enumerate(statuses)},
+    }
 
 
 def log_problems(log_path: Path) -> list[str]:
     """WARNING/ERROR lines of a gateway log, minus the ones the bench causes on purpose."""
     lines = log_path.read_text(errors="replace").splitlines()
-    return [line for line in lines
-            if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
-            and not any(expected in line for expected in EXPECTED_WARNINGS)]
+    return [
+        line
+        for line in lines
+        if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+        and not any(expected in line for expected in EXPECTED_WARNINGS)
+    ]
 
 
 # --- the fake platform, seen from here ------------------------------------------------------
+
 
 class PlatformClient:
     def __init__(self, port: int) -> None:
@@ -221,8 +266,10 @@ class PlatformClient:
 
     async def _get(self, path: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session, \
-                session.get(self.base + path) as response:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(self.base + path) as response,
+        ):
             response.raise_for_status()
             return await response.json()
 
@@ -252,11 +299,15 @@ class PlatformClient:
 
 def expected_keys(load: LoadResult) -> set[str]:
     """What the platform must see once each: `<marker> <sent_to>` per accepted recipient."""
-    return {f"{marker} {rcpt.split('@')[0]}"
-            for marker, accepted in load.accepted.items() for rcpt in accepted.recipients}
+    return {
+        f"{marker} {rcpt.split('@')[0]}"
+        for marker, accepted in load.accepted.items()
+        for rcpt in accepted.recipients
+    }
 
 
 # --- the load, measured ---------------------------------------------------------------------
+
 
 def listen_overflows() -> int:
     """The kernel's TcpExt ListenOverflows counter (host-wide: others' traffic counts too)."""
@@ -270,11 +321,13 @@ def merged(loads: Sequence[LoadResult]) -> LoadResult:
     """Loads run side by side (one per gateway) as one: from the first start to the last reply."""
     if len(loads) == 1:
         return loads[0]
-    total = LoadResult(started=min(load.started for load in loads),
-                       first_mail=min(load.first_mail for load in loads),
-                       last_reply=max(load.last_reply for load in loads),
-                       finished=max(load.finished for load in loads),
-                       attempted=sum(load.attempted for load in loads))
+    total = LoadResult(
+        started=min(load.started for load in loads),
+        first_mail=min(load.first_mail for load in loads),
+        last_reply=max(load.last_reply for load in loads),
+        finished=max(load.finished for load in loads),
+        attempted=sum(load.attempted for load in loads),
+    )
     for load in loads:
         total.accepted.update(load.accepted)
         total.latencies_ms.extend(load.latencies_ms)
@@ -282,8 +335,11 @@ def merged(loads: Sequence[LoadResult]) -> LoadResult:
     return total
 
 
-async def measured_load(specs: LoadSpec | Sequence[LoadSpec], server_pids: int | Sequence[int],
-                        database_pid: int | None = None) -> tuple[LoadResult, int, CpuWindow]:
+async def measured_load(
+    specs: LoadSpec | Sequence[LoadSpec],
+    server_pids: int | Sequence[int],
+    database_pid: int | None = None,
+) -> tuple[LoadResult, int, CpuWindow]:
     """Run the loads side by side; the servers' CPU (and the database's) over the same window."""
     specs = [specs] if isinstance(specs, LoadSpec) else list(specs)
     pids = (server_pids,) if isinstance(server_pids, int) else tuple(server_pids)

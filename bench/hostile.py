@@ -36,7 +36,7 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # tests.hostileplatform
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.hostileplatform
 
 from cpu import children
 from harness import LISTENING, Child, proc_status, start_gateway, start_helper
@@ -46,15 +46,18 @@ EHLO = b"EHLO hostile.test\r\n"
 
 
 def attacks(rng: random.Random) -> list[bytes]:
-    nested = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
-                      for i in range(100))
+    nested = b"".join(
+        b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+        for i in range(100)
+    )
     return [
         b"\x00" * 5000 + b"\r\n" + bytes(rng.randrange(256) for _ in range(5000)) + b"\r\n",
-        b"MAIL FROM:<a@b.c>\r\n",                                     # before EHLO
-        EHLO + b"MAIL FROM:<a@b.c>\r\n" + b"".join(
-            b"RCPT TO:<7900%07d@sms.local>\r\n" % i for i in range(10_000)),
+        b"MAIL FROM:<a@b.c>\r\n",  # before EHLO
+        EHLO
+        + b"MAIL FROM:<a@b.c>\r\n"
+        + b"".join(b"RCPT TO:<7900%07d@sms.local>\r\n" % i for i in range(10_000)),
         EHLO + b"MAIL FROM:<a@b.c>\r\nRCPT TO:<79001234567@sms.local>\r\nDATA\r\n"
-        b"Subject: x\r\n\r\nfirst\n.\nMAIL FROM:<evil@x>\r\n",         # smuggling, then vanish
+        b"Subject: x\r\n\r\nfirst\n.\nMAIL FROM:<evil@x>\r\n",  # smuggling, then vanish
         EHLO + b"MAIL FROM:<a@b.c>\r\nRCPT TO:<79001234567@sms.local>\r\nDATA\r\n"
         b"Subject: " + b"A" * 900_000 + b"\r\n\r\nbody\r\n.\r\n",
         EHLO + b"MAIL FROM:<a@b.c>\r\nRCPT TO:<79001234567@sms.local>\r\nDATA\r\n"
@@ -88,8 +91,14 @@ async def hostile_session(port: int, payload: bytes) -> None:
 async def normal_message(port: int, marker: str) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        lines = [EHLO, b"MAIL FROM:<ok@corp.test>\r\n", b"RCPT TO:<79001234567@sms.local>\r\n",
-                 b"DATA\r\n", f"Subject: {marker}\r\n\r\nfine\r\n.\r\n".encode(), b"QUIT\r\n"]
+        lines = [
+            EHLO,
+            b"MAIL FROM:<ok@corp.test>\r\n",
+            b"RCPT TO:<79001234567@sms.local>\r\n",
+            b"DATA\r\n",
+            f"Subject: {marker}\r\n\r\nfine\r\n.\r\n".encode(),
+            b"QUIT\r\n",
+        ]
         writer.write(b"".join(lines))
         await writer.drain()
         async with asyncio.timeout(10):
@@ -110,13 +119,19 @@ async def main(rounds: int, sessions: int) -> None:
             print(f"start: RSS {proc_status(gateway.process.pid)['VmRSS']:.1f} MB")
             for round_no in range(1, rounds + 1):
                 for start in range(0, sessions, 25):
-                    await asyncio.gather(*(hostile_session(port, rng.choice(payloads))
-                                           for _ in range(min(25, sessions - start))))
+                    await asyncio.gather(
+                        *(
+                            hostile_session(port, rng.choice(payloads))
+                            for _ in range(min(25, sessions - start))
+                        )
+                    )
                 reply = await normal_message(port, f"normal-{round_no}")
                 status = proc_status(gateway.process.pid)
-                print(f"round {round_no}: {round_no * sessions} hostile sessions, RSS "
-                      f"{status['VmRSS']:.1f} MB (peak {status['VmHWM']:.1f}), normal client: "
-                      f"{reply.decode(errors='replace') or 'NO 250'}")
+                print(
+                    f"round {round_no}: {round_no * sessions} hostile sessions, RSS "
+                    f"{status['VmRSS']:.1f} MB (peak {status['VmHWM']:.1f}), normal client: "
+                    f"{reply.decode(errors='replace') or 'NO 250'}"
+                )
         finally:
             await Child.stop_all()
             del platform
@@ -124,23 +139,48 @@ async def main(rounds: int, sessions: int) -> None:
 
 # --- --soak: a broken platform under abusive load (issue 29, item 8) ----------------------------
 
-PLATFORM_MODES = ["wrong_length", "status_500", "huge", "slow_body", "ok", "non_utf8",
-                  "endless_chunked", "gzip_bomb", "not_found", "never_read"]
+PLATFORM_MODES = [
+    "wrong_length",
+    "status_500",
+    "huge",
+    "slow_body",
+    "ok",
+    "non_utf8",
+    "endless_chunked",
+    "gzip_bomb",
+    "not_found",
+    "never_read",
+]
 HTTP_LISTENING = re.compile(r"HTTP status listening on 127\.0\.0\.1:(\d+)")
 CYRILLIC = "Уважаемый клиент, ваш заказ № 42 собран и ждёт вас в пункте выдачи. "
 
 
 def soak_config(workdir: Path, platform_url: str, sender: str) -> Path:
     config = {
-        "smtp": {"listen": "127.0.0.1:0", "hostname": "soak", "max_message_size": "2MiB",
-                 "max_recipients": 100, "allow_networks": ["127.0.0.0/8"], "timeout": "30s",
-                 "max_connections": 500, "max_connections_per_address": 500},
-        "api": {"base_url": platform_url, "token": "soak-token", "timeout": "3s",
-                "max_concurrency": 8, "batch_size": 20, "sender": sender},
-        "http": {"listen": "127.0.0.1:0", "public_url": "https://gw.example.com",
-                 "callback_secret": "soak-callback-secret-0123456789"},
-        "spool": {"path": str(workdir / "spool.sqlite3"), "retry": ["2s"],
-                  "give_up_after": "1h"},
+        "smtp": {
+            "listen": "127.0.0.1:0",
+            "hostname": "soak",
+            "max_message_size": "2MiB",
+            "max_recipients": 100,
+            "allow_networks": ["127.0.0.0/8"],
+            "timeout": "30s",
+            "max_connections": 500,
+            "max_connections_per_address": 500,
+        },
+        "api": {
+            "base_url": platform_url,
+            "token": "soak-token",
+            "timeout": "3s",
+            "max_concurrency": 8,
+            "batch_size": 20,
+            "sender": sender,
+        },
+        "http": {
+            "listen": "127.0.0.1:0",
+            "public_url": "https://gw.example.com",
+            "callback_secret": "soak-callback-secret-0123456789",
+        },
+        "spool": {"path": str(workdir / "spool.sqlite3"), "retry": ["2s"], "give_up_after": "1h"},
         "log": {"level": "info"},
         "domains": {"sms.local": {"type": "sms", "sender": "Soak"}},
     }
@@ -157,10 +197,16 @@ def usage(pid: int) -> tuple[float, int]:
 
 
 async def smtp_send(port: int, recipients: list[str], body: str) -> None:
-    message = (f"Subject: soak\r\nContent-Type: text/plain; charset=utf-8\r\n"
-               f"Content-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n.\r\n").encode()
-    lines = [EHLO, b"MAIL FROM:<soak@corp.test>\r\n",
-             *(b"RCPT TO:<%s@sms.local>\r\n" % r.encode() for r in recipients), b"DATA\r\n"]
+    message = (
+        f"Subject: soak\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n.\r\n"
+    ).encode()
+    lines = [
+        EHLO,
+        b"MAIL FROM:<soak@corp.test>\r\n",
+        *(b"RCPT TO:<%s@sms.local>\r\n" % r.encode() for r in recipients),
+        b"DATA\r\n",
+    ]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"".join(lines))
@@ -201,7 +247,8 @@ async def soak(options: argparse.Namespace) -> None:
         config = soak_config(Path(tmp), platform.base_url, options.sender)
         log_path = Path(tmp) / "gateway.log"
         gateway = await Child.spawn_logged(
-            "gateway", [sys.executable, "-m", "gateway", "serve", "-c", str(config)], log_path)
+            "gateway", [sys.executable, "-m", "gateway", "serve", "-c", str(config)], log_path
+        )
         try:
             await soak_run(options, gateway, log_path, platform, rng)
         finally:
@@ -220,28 +267,38 @@ async def listening(log_path: Path) -> tuple[int, int]:
             await asyncio.sleep(0.1)
 
 
-async def soak_run(options: argparse.Namespace, gateway: Child, log_path: Path,
-                   platform: Any, rng: random.Random) -> None:
+async def soak_run(
+    options: argparse.Namespace, gateway: Child, log_path: Path, platform: Any, rng: random.Random
+) -> None:
     smtp_port, http_port = await listening(log_path)
     http = f"http://127.0.0.1:{http_port}"
     rows = [("before", *usage(gateway.pid))]
     start = time.monotonic()
     deadline = start + options.soak
-    big = CYRILLIC * 4000                        # ~540 KB of UTF-8
+    big = CYRILLIC * 4000  # ~540 KB of UTF-8
     payloads = attacks(rng)
     fifty = [f"7901{n:07d}" for n in range(50)]
     twenty = [f"7902{n:07d}" for n in range(20)]
 
     async def callbacks(session: aiohttp.ClientSession) -> None:
-        for _ in range(20):   # forged, malformed and huge: each must cost nothing
-            query = rng.choice([f"d={rng.randrange(10**6)}&q=ABC&sig=deadbeef&status=delivered",
-                                "d=%C2%B2&q=x&sig=x", "d=1&q=A&sig=0&status=" + "z" * 4000])
+        for _ in range(20):  # forged, malformed and huge: each must cost nothing
+            query = rng.choice(
+                [
+                    f"d={rng.randrange(10**6)}&q=ABC&sig=deadbeef&status=delivered",
+                    "d=%C2%B2&q=x&sig=x",
+                    "d=1&q=A&sig=0&status=" + "z" * 4000,
+                ]
+            )
             async with session.get(f"{http}/callback?{query}") as reply:
                 await reply.read()
 
     async def searches(session: aiohttp.ClientSession) -> None:
-        for path in (f"/?q=7901{rng.randrange(50):07d}", "/?q=%25%27%22<script>", "/metrics",
-                     "/healthz"):
+        for path in (
+            f"/?q=7901{rng.randrange(50):07d}",
+            "/?q=%25%27%22<script>",
+            "/metrics",
+            "/healthz",
+        ):
             async with session.get(http + path) as reply:
                 await reply.read()
 
@@ -252,26 +309,34 @@ async def soak_run(options: argparse.Namespace, gateway: Child, log_path: Path,
 
     sampling = asyncio.create_task(sample())
     async with aiohttp.ClientSession() as session:
-        def several(n: int, pause: float, action: Callable[[], Awaitable[object]]
-                    ) -> Awaitable[list[int]]:
+
+        def several(
+            n: int, pause: float, action: Callable[[], Awaitable[object]]
+        ) -> Awaitable[list[int]]:
             return asyncio.gather(*(until(deadline, pause, action) for _ in range(n)))
 
-        counts = [sum(done) for done in await asyncio.gather(
-            several(1, 3.0, lambda: smtp_send(smtp_port, fifty, big)),
-            several(3, 0.2, lambda: smtp_send(smtp_port, twenty, "Код 1234")),
-            several(5, 0.1, lambda: hostile_session(smtp_port, rng.choice(payloads))),
-            several(2, 0.1, lambda: callbacks(session)),
-            several(1, 0.5, lambda: searches(session)))]
+        counts = [
+            sum(done)
+            for done in await asyncio.gather(
+                several(1, 3.0, lambda: smtp_send(smtp_port, fifty, big)),
+                several(3, 0.2, lambda: smtp_send(smtp_port, twenty, "Код 1234")),
+                several(5, 0.1, lambda: hostile_session(smtp_port, rng.choice(payloads))),
+                several(2, 0.1, lambda: callbacks(session)),
+                several(1, 0.5, lambda: searches(session)),
+            )
+        ]
         await sampling
     rows[-1] = ("end", *rows[-1][1:])
     platform_requests = len(platform.requests)
     await asyncio.sleep(options.quiet)
     rows.append((f"after {options.quiet:g} s quiet", *usage(gateway.pid)))
     peak = proc_status(gateway.pid)["VmHWM"]
-    print(f"\n{options.soak:g} s soak, sender {options.sender}: {counts[0]} big mails x 50,"
-          f" {counts[1]} mails x 20, {counts[2]} garbage SMTP sessions, {counts[3] * 20}"
-          f" callbacks, {counts[4] * 4} page/metrics requests; {platform_requests} platform"
-          f" requests, {platform.connections} connections; peak RSS {peak:.0f} MB\n")
+    print(
+        f"\n{options.soak:g} s soak, sender {options.sender}: {counts[0]} big mails x 50,"
+        f" {counts[1]} mails x 20, {counts[2]} garbage SMTP sessions, {counts[3] * 20}"
+        f" callbacks, {counts[4] * 4} page/metrics requests; {platform_requests} platform"
+        f" requests, {platform.connections} connections; peak RSS {peak:.0f} MB\n"
+    )
     print("| when | RSS (MB) | open fds |\n|---|---|---|")
     for when, rss, fds in rows:
         print(f"| {when} | {rss:.0f} | {fds} |")
@@ -281,8 +346,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=200)
-    parser.add_argument("--soak", type=float, default=0.0,
-                        help="seconds of a broken platform and abusive load (0: SMTP rounds)")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        help="seconds of a broken platform and abusive load (0: SMTP rounds)",
+    )
     parser.add_argument("--quiet", type=float, default=45.0)
     parser.add_argument("--every", type=float, default=15.0)
     parser.add_argument("--sender", choices=("inline", "process"), default="inline")

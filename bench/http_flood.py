@@ -37,8 +37,9 @@ def free_port() -> int:
 def probe(http: int, smtp: int) -> str:
     started = time.monotonic()
     try:
-        health: object = urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz",
-                                                timeout=5).status
+        health: object = urllib.request.urlopen(
+            f"http://127.0.0.1:{http}/healthz", timeout=5
+        ).status
     except Exception as exc:
         health = type(exc).__name__
     took = (time.monotonic() - started) * 1000
@@ -54,8 +55,11 @@ async def flood(args: argparse.Namespace, http: int, smtp: int) -> None:
     connections = []
     for n in range(args.connections):
         try:
-            connections.append(await asyncio.open_connection(
-                "127.0.0.1", http, local_addr=(f"127.0.0.{2 + n % args.addresses}", 0)))
+            connections.append(
+                await asyncio.open_connection(
+                    "127.0.0.1", http, local_addr=(f"127.0.0.{2 + n % args.addresses}", 0)
+                )
+            )
         except OSError as exc:
             print(f"connection {n} failed: {exc}")
             break
@@ -66,8 +70,10 @@ async def flood(args: argparse.Namespace, http: int, smtp: int) -> None:
         with contextlib.suppress(TimeoutError, OSError):
             await asyncio.wait_for(reader.read(), 0.01)
     still = sum(not reader.at_eof() for reader, _ in connections)
-    print(f"after {args.wait + 1:.0f} s: {still} of {len(connections)} still open; "
-          f"{await asyncio.to_thread(probe, http, smtp)}")
+    print(
+        f"after {args.wait + 1:.0f} s: {still} of {len(connections)} still open; "
+        f"{await asyncio.to_thread(probe, http, smtp)}"
+    )
     for _, writer in connections:
         writer.close()
 
@@ -82,17 +88,35 @@ def main() -> None:
     http, smtp = free_port(), free_port()
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "smtp": {"listen": f"127.0.0.1:{smtp}", "hostname": "gw.test"},
-            "api": {"base_url": "http://127.0.0.1:9/api", "token": "t", "dry_run": True},
-            "spool": {"path": str(Path(folder) / "spool.sqlite3")},
-            "http": {"listen": f"127.0.0.1:{http}", "public_url": "http://gw.invalid",
-                     "callback_secret": "0123456789abcdef0123"},
-            "domains": {"sms.local": {"type": "sms", "sender": "Shop"}}}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "smtp": {"listen": f"127.0.0.1:{smtp}", "hostname": "gw.test"},
+                    "api": {"base_url": "http://127.0.0.1:9/api", "token": "t", "dry_run": True},
+                    "spool": {"path": str(Path(folder) / "spool.sqlite3")},
+                    "http": {
+                        "listen": f"127.0.0.1:{http}",
+                        "public_url": "http://gw.invalid",
+                        "callback_secret": "0123456789abcdef0123",
+                    },
+                    "domains": {"sms.local": {"type": "sms", "sender": "Shop"}},
+                }
+            )
+        )
         daemon = subprocess.Popen(
-            ["prlimit", f"--nofile={args.nofile}:{args.nofile}", sys.executable, "-m",
-             "gateway", "serve", "-c", str(config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "prlimit",
+                f"--nofile={args.nofile}:{args.nofile}",
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "-c",
+                str(config),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -100,8 +124,10 @@ def main() -> None:
                     if sock.connect_ex(("127.0.0.1", http)) == 0:
                         break
                 time.sleep(0.1)
-            print(f"{args.connections} idle HTTP connections from {args.addresses} addresses, "
-                  f"LimitNOFILE={args.nofile}")
+            print(
+                f"{args.connections} idle HTTP connections from {args.addresses} addresses, "
+                f"LimitNOFILE={args.nofile}"
+            )
             asyncio.run(flood(args, http, smtp))
         finally:
             daemon.terminate()

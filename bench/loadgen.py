@@ -21,14 +21,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-RUSSIAN = ("Здравствуйте! Ваш заказ № 4217 собран и ждёт вас в пункте выдачи на улице "
-           "Ленина, 15. Срок хранения — пять дней. Спасибо, что выбрали наш магазин. ")
+RUSSIAN = (
+    "Здравствуйте! Ваш заказ № 4217 собран и ждёт вас в пункте выдачи на улице "
+    "Ленина, 15. Срок хранения — пять дней. Спасибо, что выбрали наш магазин. "
+)
 LATIN = "Hello! Your order 4217 is packed and waiting at the pickup point. Thank you. "
 CHARSETS = {"utf-8": "utf-8", "cp1251": "windows-1251", "ascii": "us-ascii"}
-REPLY_TIMEOUT = 60.0      # one reply; a server slower than this is reported, not waited for
+REPLY_TIMEOUT = 60.0  # one reply; a server slower than this is reported, not waited for
 CONNECT_TIMEOUT = 10.0
-MAX_RECONNECTS = 5        # per connection task: after a 421 or a reset, open a new socket
-RECONNECT_PAUSE = 0.2     # seconds, times the failures so far: a refusing server is not hammered
+MAX_RECONNECTS = 5  # per connection task: after a 421 or a reset, open a new socket
+RECONNECT_PAUSE = 0.2  # seconds, times the failures so far: a refusing server is not hammered
 # Connections being opened at the same time. asyncio's create_server listens with backlog 100
 # (Sink and the gateway alike); 200 connects in one burst overflow it, the kernel drops SYNs
 # and the client retries a second later, which would measure the SYN retransmit timer instead
@@ -47,14 +49,14 @@ class Accepted:
 
 @dataclass
 class LoadResult:
-    started: float = 0.0          # time.time() when the first connection was opened
-    first_mail: float = 0.0       # time.time() of the first MAIL FROM sent
-    last_reply: float = 0.0       # time.time() of the last transaction's end, whatever its reply
-    finished: float = 0.0         # all connections closed (after any back-off of refused ones)
+    started: float = 0.0  # time.time() when the first connection was opened
+    first_mail: float = 0.0  # time.time() of the first MAIL FROM sent
+    last_reply: float = 0.0  # time.time() of the last transaction's end, whatever its reply
+    finished: float = 0.0  # all connections closed (after any back-off of refused ones)
     attempted: int = 0
-    accepted: dict[str, Accepted] = field(default_factory=dict)   # marker -> Accepted
-    latencies_ms: list[float] = field(default_factory=list)       # MAIL sent -> 250 after DATA
-    refused: Counter[str] = field(default_factory=Counter)        # "STAGE:code" -> count
+    accepted: dict[str, Accepted] = field(default_factory=dict)  # marker -> Accepted
+    latencies_ms: list[float] = field(default_factory=list)  # MAIL sent -> 250 after DATA
+    refused: Counter[str] = field(default_factory=Counter)  # "STAGE:code" -> count
 
     @property
     def wall(self) -> float:
@@ -95,13 +97,16 @@ def build_message(marker: str, recipients: tuple[str, ...], body_size: int, char
     sample = LATIN if charset == "ascii" else RUSSIAN
     codec = "cp1251" if charset == "cp1251" else "ascii" if charset == "ascii" else "utf-8"
     body = body_text(sample, body_size, codec)
-    headers = (f"From: Bench <bench@example.com>\r\nTo: {', '.join(recipients)}\r\n"
-               f"Subject: {marker}\r\nMessage-ID: <{marker}@bench.example>\r\n"
-               f"Date: {formatdate(localtime=True)}\r\nMIME-Version: 1.0\r\n"
-               f"Content-Type: text/plain; charset={mime_charset}\r\n"
-               "Content-Transfer-Encoding: 8bit\r\n\r\n").encode("ascii")
-    lines = [b"." + line if line.startswith(b".") else line
-             for line in body.encode(codec).split(b"\n")]
+    headers = (
+        f"From: Bench <bench@example.com>\r\nTo: {', '.join(recipients)}\r\n"
+        f"Subject: {marker}\r\nMessage-ID: <{marker}@bench.example>\r\n"
+        f"Date: {formatdate(localtime=True)}\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/plain; charset={mime_charset}\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode("ascii")
+    lines = [
+        b"." + line if line.startswith(b".") else line for line in body.encode(codec).split(b"\n")
+    ]
     return headers + b"\r\n".join(lines) + b"\r\n.\r\n"
 
 
@@ -131,7 +136,7 @@ class SmtpError(Exception):
 
 def count_refusal(refused: Counter[str], stage: str, code: int) -> None:
     refused[f"{stage}:{code}"] += 1
-    if code == 421:   # the server is closing this session: the caller must reconnect
+    if code == 421:  # the server is closing this session: the caller must reconnect
         raise SmtpError("421 from server")
 
 
@@ -143,7 +148,7 @@ class Connection:
 
     @classmethod
     async def open(cls, host: str, port: int, burst: asyncio.Semaphore) -> Connection:
-        async with burst:   # until the greeting: that is when the server has accepted us
+        async with burst:  # until the greeting: that is when the server has accepted us
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 reader, writer = await asyncio.open_connection(host, port)
             conn = cls(reader, writer)
@@ -171,11 +176,13 @@ class Connection:
         self.writer.write(line + b"\r\n")
         return await self.reply()
 
-    async def send(self, sender: str, recipients: tuple[str, ...], payload: bytes,
-                   refused: Counter[str]) -> tuple[int, str] | None:
+    async def send(
+        self, sender: str, recipients: tuple[str, ...], payload: bytes, refused: Counter[str]
+    ) -> tuple[int, str] | None:
         """One transaction. Returns the reply after DATA, or None when refused earlier."""
         code, _ = await self.command(
-            f"MAIL FROM:<{sender}> BODY=8BITMIME SIZE={len(payload)}".encode())
+            f"MAIL FROM:<{sender}> BODY=8BITMIME SIZE={len(payload)}".encode()
+        )
         if code != 250:
             count_refusal(refused, "MAIL", code)
             return None
@@ -215,8 +222,8 @@ class LoadSpec:
     body_size: int = 1024
     charset: str = "utf-8"
     run_id: str = "run"
-    pace: float = 0.0             # seconds to wait after each message (idle-latency mode)
-    deadline: float = 600.0       # stop taking new messages after this many seconds
+    pace: float = 0.0  # seconds to wait after each message (idle-latency mode)
+    deadline: float = 600.0  # stop taking new messages after this many seconds
 
 
 async def run_load(spec: LoadSpec) -> LoadResult:
@@ -225,19 +232,26 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     counter = iter(range(spec.messages))
     stop_at = time.monotonic() + spec.deadline
     burst = asyncio.Semaphore(CONNECT_BURST)
-    tasks = [asyncio.create_task(_connection_task(spec, counter, stop_at, burst, result))
-             for _ in range(min(spec.connections, spec.messages))]
+    tasks = [
+        asyncio.create_task(_connection_task(spec, counter, stop_at, burst, result))
+        for _ in range(min(spec.connections, spec.messages))
+    ]
     # A generous outer bound: the deadline plus one reply timeout for the message in flight.
     async with asyncio.timeout(spec.deadline + REPLY_TIMEOUT + CONNECT_TIMEOUT + 5):
         await asyncio.gather(*tasks)
     result.finished = time.time()
-    if result.attempted < spec.messages:   # every connection gave up, or the deadline hit
+    if result.attempted < spec.messages:  # every connection gave up, or the deadline hit
         result.refused["never sent"] = spec.messages - result.attempted
     return result
 
 
-async def _connection_task(spec: LoadSpec, counter: Iterator[int], stop_at: float,
-                           burst: asyncio.Semaphore, result: LoadResult) -> None:
+async def _connection_task(
+    spec: LoadSpec,
+    counter: Iterator[int],
+    stop_at: float,
+    burst: asyncio.Semaphore,
+    result: LoadResult,
+) -> None:
     conn: Connection | None = None
     failures = 0
     try:
@@ -247,11 +261,11 @@ async def _connection_task(spec: LoadSpec, counter: Iterator[int], stop_at: floa
                 break
             if conn is None:
                 conn = await _connect(spec, burst, result)
-                if conn is None:    # refused or unreachable: back off, keep the index unused
+                if conn is None:  # refused or unreachable: back off, keep the index unused
                     failures += 1
                     await asyncio.sleep(RECONNECT_PAUSE * failures)
                     continue
-            n = next(counter, None)   # shared by all tasks: each index is taken exactly once
+            n = next(counter, None)  # shared by all tasks: each index is taken exactly once
             if n is None:
                 break
             try:
@@ -269,8 +283,9 @@ async def _connection_task(spec: LoadSpec, counter: Iterator[int], stop_at: floa
             await conn.close(quit_first=True)
 
 
-async def _connect(spec: LoadSpec, burst: asyncio.Semaphore,
-                   result: LoadResult) -> Connection | None:
+async def _connect(
+    spec: LoadSpec, burst: asyncio.Semaphore, result: LoadResult
+) -> Connection | None:
     try:
         return await Connection.open(spec.host, spec.port, burst)
     except (SmtpError, OSError, TimeoutError) as exc:
@@ -312,12 +327,21 @@ def main() -> None:
     parser.add_argument("--body-size", type=int, default=1024)
     parser.add_argument("--charset", choices=sorted(CHARSETS), default="utf-8")
     args = parser.parse_args()
-    spec = LoadSpec(args.host, args.port, args.messages, args.connections, args.recipients,
-                    args.body_size, args.charset)
+    spec = LoadSpec(
+        args.host,
+        args.port,
+        args.messages,
+        args.connections,
+        args.recipients,
+        args.body_size,
+        args.charset,
+    )
     result = asyncio.run(run_load(spec))
-    print(f"accepted {len(result.accepted)}/{result.attempted} in {result.wall:.2f}s: "
-          f"{result.rate:.0f} msgs/s, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms, "
-          f"refused {dict(result.refused)}")
+    print(
+        f"accepted {len(result.accepted)}/{result.attempted} in {result.wall:.2f}s: "
+        f"{result.rate:.0f} msgs/s, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms, "
+        f"refused {dict(result.refused)}"
+    )
 
 
 if __name__ == "__main__":

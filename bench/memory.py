@@ -23,18 +23,30 @@ async def memory_run(args: argparse.Namespace, spool_root: Path) -> list[str]:
         try:
             for total in steps:
                 print(f"memory: up to {total} messages", file=sys.stderr)
-                load = await run_load(LoadSpec(
-                    "127.0.0.1", port, messages=total - done, connections=args.connections,
-                    recipients=args.recipients, body_size=args.body_size, charset=args.charset,
-                    run_id=f"m{total}", deadline=args.max_load_seconds))
+                load = await run_load(
+                    LoadSpec(
+                        "127.0.0.1",
+                        port,
+                        messages=total - done,
+                        connections=args.connections,
+                        recipients=args.recipients,
+                        body_size=args.body_size,
+                        charset=args.charset,
+                        run_id=f"m{total}",
+                        deadline=args.max_load_seconds,
+                    )
+                )
                 done += len(load.accepted)
                 await client.wait_for(done * args.recipients, cap=max(60.0, total / 20))
                 status = proc_status(gateway.pid)
-                parts = " + ".join(f"{status[f'VmHWM{n}']:.1f}"
-                                   for n in range(int(status["processes"])))
-                lines.append(f"after {done} messages: RSS {status['VmRSS']:.1f} MB, peak "
-                             f"{status['VmHWM']:.1f} MB ({parts}), spool {_spool_mb(workdir)}, "
-                             f"{load.rate:.0f} msgs/s accepted in this step")
+                parts = " + ".join(
+                    f"{status[f'VmHWM{n}']:.1f}" for n in range(int(status["processes"]))
+                )
+                lines.append(
+                    f"after {done} messages: RSS {status['VmRSS']:.1f} MB, peak "
+                    f"{status['VmHWM']:.1f} MB ({parts}), spool {_spool_mb(workdir)}, "
+                    f"{load.rate:.0f} msgs/s accepted in this step"
+                )
         finally:
             await gateway.stop()
     finally:

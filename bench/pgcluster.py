@@ -17,6 +17,7 @@ class Postgres:
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
         from tests.pgserver import PgServer
+
         self.server = PgServer()
         self.server.init()
         self.server.start()
@@ -29,6 +30,7 @@ class Postgres:
 
     async def database(self) -> str:
         import asyncpg
+
         self._count += 1
         name = f"bench{self._count}"
         conn = await asyncpg.connect(self.server.url)
@@ -42,12 +44,14 @@ class Postgres:
         """Transactions committed in that database so far (pg_stat_database.xact_commit): read
         after the gateways exited, whose backends flush their counts as they end."""
         import asyncpg
-        await asyncio.sleep(0.5)   # the last backends' counts reach the shared statistics
+
+        await asyncio.sleep(0.5)  # the last backends' counts reach the shared statistics
         conn = await asyncpg.connect(url)
         try:
             await conn.execute("SELECT pg_stat_clear_snapshot()")
             count = await conn.fetchval(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
         finally:
             await conn.close()
         return float(count)

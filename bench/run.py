@@ -53,18 +53,19 @@ from report import Row, notes, table
 
 # --- scenarios -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Scenario:
     key: str
     title: str
     messages: int
     connections: int
-    latency: float = 0.0      # the fake platform's delay before each reply, seconds
-    e2e: bool = False         # rate = deliveries / (last delivery - first MAIL)
-    pace: float = 0.0         # > 0: idle-latency mode, one message at a time, this far apart
-    batch_size: int = 1       # > 1: the gateway's api.batch_size (send-list-messages)
-    postgres: bool = False    # the spool in PostgreSQL (spool.url), a fresh database a round
-    gateways: int = 1         # gateways on that one database, the load split between them
+    latency: float = 0.0  # the fake platform's delay before each reply, seconds
+    e2e: bool = False  # rate = deliveries / (last delivery - first MAIL)
+    pace: float = 0.0  # > 0: idle-latency mode, one message at a time, this far apart
+    batch_size: int = 1  # > 1: the gateway's api.batch_size (send-list-messages)
+    postgres: bool = False  # the spool in PostgreSQL (spool.url), a fresh database a round
+    gateways: int = 1  # gateways on that one database, the load split between them
 
     @property
     def system(self) -> str:
@@ -78,36 +79,65 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     chosen = [
         Scenario("a", f"a accept {n}×{c}c", n, c),
         Scenario("b", f"b accept {n}×{args.many_connections}c", n, args.many_connections),
-        Scenario("c", f"c e2e {e2e_n}×{c}c @{args.latency * 1000:.0f}ms", e2e_n, c,
-                 latency=args.latency, e2e=True),
-        Scenario("e", f"e e2e batches of {args.batch_size} {e2e_n}×{c}c "
-                 f"@{args.latency * 1000:.0f}ms", e2e_n, c, latency=args.latency, e2e=True,
-                 batch_size=args.batch_size),
-        Scenario("d", f"d idle {idle_n}×1c /{args.pace * 1000:.0f}ms", idle_n, 1,
-                 pace=args.pace),
+        Scenario(
+            "c",
+            f"c e2e {e2e_n}×{c}c @{args.latency * 1000:.0f}ms",
+            e2e_n,
+            c,
+            latency=args.latency,
+            e2e=True,
+        ),
+        Scenario(
+            "e",
+            f"e e2e batches of {args.batch_size} {e2e_n}×{c}c @{args.latency * 1000:.0f}ms",
+            e2e_n,
+            c,
+            latency=args.latency,
+            e2e=True,
+            batch_size=args.batch_size,
+        ),
+        Scenario("d", f"d idle {idle_n}×1c /{args.pace * 1000:.0f}ms", idle_n, 1, pace=args.pace),
         Scenario("p", f"p accept, PostgreSQL spool {n}×{c}c", n, c, postgres=True),
-        Scenario("g", f"g accept, 2 gateways on one PostgreSQL {n}×{c}c", n, c,
-                 postgres=True, gateways=2),
+        Scenario(
+            "g", f"g accept, 2 gateways on one PostgreSQL {n}×{c}c", n, c, postgres=True, gateways=2
+        ),
     ]
     return [s for s in chosen if s.key in args.only]
 
 
 def load_spec(port: int, scenario: Scenario, run_id: str, args: argparse.Namespace) -> LoadSpec:
-    return LoadSpec("127.0.0.1", port, messages=scenario.messages,
-                    connections=scenario.connections, recipients=args.recipients,
-                    body_size=args.body_size, charset=args.charset, run_id=run_id,
-                    pace=scenario.pace, deadline=args.max_load_seconds)
+    return LoadSpec(
+        "127.0.0.1",
+        port,
+        messages=scenario.messages,
+        connections=scenario.connections,
+        recipients=args.recipients,
+        body_size=args.body_size,
+        charset=args.charset,
+        run_id=run_id,
+        pace=scenario.pace,
+        deadline=args.max_load_seconds,
+    )
 
 
-def split_specs(ports: Sequence[int], scenario: Scenario, run_id: str,
-                args: argparse.Namespace) -> list[LoadSpec]:
+def split_specs(
+    ports: Sequence[int], scenario: Scenario, run_id: str, args: argparse.Namespace
+) -> list[LoadSpec]:
     """One load per gateway, the messages and connections shared out evenly."""
     k = len(ports)
-    return [load_spec(port, replace(scenario, messages=scenario.messages // k
-                                    + (i < scenario.messages % k),
-                                    connections=max(1, scenario.connections // k)),
-                      f"{run_id}g{i}" if k > 1 else run_id, args)
-            for i, port in enumerate(ports)]
+    return [
+        load_spec(
+            port,
+            replace(
+                scenario,
+                messages=scenario.messages // k + (i < scenario.messages % k),
+                connections=max(1, scenario.connections // k),
+            ),
+            f"{run_id}g{i}" if k > 1 else run_id,
+            args,
+        )
+        for i, port in enumerate(ports)
+    ]
 
 
 def run_id(scenario: Scenario, round_no: int, system: str) -> str:
@@ -116,25 +146,38 @@ def run_id(scenario: Scenario, round_no: int, system: str) -> str:
 
 # --- one system, one scenario, one round ----------------------------------------------------
 
+
 async def sink_round(scenario: Scenario, round_no: int, args: argparse.Namespace) -> Outcome:
     child, port = await start_helper("sink.py", "--max-seconds", 3600)
     try:
         load, overflows, cpu = await measured_load(
-            load_spec(port, scenario, run_id(scenario, round_no, "sink"), args), child.pid)
+            load_spec(port, scenario, run_id(scenario, round_no, "sink"), args), child.pid
+        )
         rss = proc_status(child.pid)["VmHWM"]
     finally:
         await child.stop()
-    return Outcome(rate=load.rate, p50=load.p50, p99=load.p99, rss_mb=rss,
-                   overflows=overflows, refused=load.refused, **cpu_fields(load, cpu))
+    return Outcome(
+        rate=load.rate,
+        p50=load.p50,
+        p99=load.p99,
+        rss_mb=rss,
+        overflows=overflows,
+        refused=load.refused,
+        **cpu_fields(load, cpu),
+    )
 
 
-async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namespace,
-                        workdir: Path, postgres: Postgres | None = None
-                        ) -> tuple[Outcome, LoadResult, dict[str, list[float]]]:
+async def gateway_round(
+    scenario: Scenario,
+    round_no: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    postgres: Postgres | None = None,
+) -> tuple[Outcome, LoadResult, dict[str, list[float]]]:
     """The scenario's gateways (one, or several on one database) against one fake platform."""
     platform, platform_port = await start_helper(
-        "fakeplatform.py", "--latency", scenario.latency, "--fail", args.fail,
-        "--max-seconds", 3600)
+        "fakeplatform.py", "--latency", scenario.latency, "--fail", args.fail, "--max-seconds", 3600
+    )
     client = PlatformClient(platform_port)
     url = await postgres.database() if postgres is not None and scenario.postgres else None
     gateways: list[tuple[Child, int, Path]] = []
@@ -144,15 +187,21 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
             for number in range(scenario.gateways):
                 own = workdir / f"gateway{number}"
                 own.mkdir()
-                gateways.append(await start_gateway(own, platform_port, args, url,
-                                                    scenario.batch_size))
+                gateways.append(
+                    await start_gateway(own, platform_port, args, url, scenario.batch_size)
+                )
             if scenario.pace:
-                await asyncio.sleep(1.0)    # "idle": the worker has gone back to sleep
+                await asyncio.sleep(1.0)  # "idle": the worker has gone back to sleep
             load, overflows, cpu = await measured_load(
-                split_specs([port for _, port, _ in gateways], scenario,
-                            run_id(scenario, round_no, "gateway"), args),
+                split_specs(
+                    [port for _, port, _ in gateways],
+                    scenario,
+                    run_id(scenario, round_no, "gateway"),
+                    args,
+                ),
                 [child.pid for child, _, _ in gateways],
-                postgres.pid if url and postgres is not None else None)
+                postgres.pid if url and postgres is not None else None,
+            )
             expected = len(expected_keys(load))
             await client.wait_for(expected, cap=max(60.0, expected / 20))
             rss = sum(proc_status(child.pid)["VmHWM"] for child, _, _ in gateways)
@@ -164,11 +213,21 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
         transactions = await postgres.transactions(url) if url and postgres else NAN
     finally:
         await platform.stop()
-    problems = [problem for (_, _, log), code in zip(gateways, codes, strict=True)
-                for problem in gateway_problems(code, log, stats)]
-    outcome = Outcome(rate=load.rate, p50=load.p50, p99=load.p99, rss_mb=rss,
-                      overflows=overflows, refused=load.refused,
-                      problems=list(dict.fromkeys(problems)), **cpu_fields(load, cpu))
+    problems = [
+        problem
+        for (_, _, log), code in zip(gateways, codes, strict=True)
+        for problem in gateway_problems(code, log, stats)
+    ]
+    outcome = Outcome(
+        rate=load.rate,
+        p50=load.p50,
+        p99=load.p99,
+        rss_mb=rss,
+        overflows=overflows,
+        refused=load.refused,
+        problems=list(dict.fromkeys(problems)),
+        **cpu_fields(load, cpu),
+    )
     check_exactly_once(outcome, load, deliveries)
     delivery_timing(outcome, load, deliveries)
     outcome.requests, outcome.unique = stats["requests"], stats["unique"]
@@ -183,12 +242,13 @@ async def gateway_round(scenario: Scenario, round_no: int, args: argparse.Namesp
 
 # --- the whole run --------------------------------------------------------------------------
 
+
 async def run_rounds(args: argparse.Namespace, spool_root: Path) -> dict[Row, list[Outcome]]:
     postgres = None
     if any(s.postgres for s in scenarios(args)) or args.postgres:
         try:
             postgres = Postgres()
-        except (RuntimeError, OSError) as exc:   # no server binaries: the rest still runs
+        except (RuntimeError, OSError) as exc:  # no server binaries: the rest still runs
             print(f"PostgreSQL scenarios skipped: {exc}", file=sys.stderr)
             args.only, args.postgres = args.only.replace("p", "").replace("g", ""), False
     try:
@@ -198,8 +258,9 @@ async def run_rounds(args: argparse.Namespace, spool_root: Path) -> dict[Row, li
             postgres.stop()
 
 
-async def _rounds(args: argparse.Namespace, spool_root: Path, postgres: Postgres | None
-                  ) -> dict[Row, list[Outcome]]:
+async def _rounds(
+    args: argparse.Namespace, spool_root: Path, postgres: Postgres | None
+) -> dict[Row, list[Outcome]]:
     results: dict[Row, list[Outcome]] = {}
     for round_no in range(1, args.rounds + 1):
         for scenario in scenarios(args):
@@ -211,17 +272,25 @@ async def _rounds(args: argparse.Namespace, spool_root: Path, postgres: Postgres
             if args.postgres and not scenario.postgres and not scenario.pace:
                 systems.append(replace(scenario, postgres=True))
             for system in systems:
-                workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.key}{round_no}-",
-                                                dir=spool_root))
-                gateway, load, deliveries = await gateway_round(system, round_no, args,
-                                                                workdir, postgres)
+                workdir = Path(
+                    tempfile.mkdtemp(prefix=f"{scenario.key}{round_no}-", dir=spool_root)
+                )
+                gateway, load, deliveries = await gateway_round(
+                    system, round_no, args, workdir, postgres
+                )
                 results.setdefault((title, system.system), []).append(gateway)
             if scenario.pace:
                 latencies = idle_latencies(load, deliveries)
-                results.setdefault((_title(scenario, "250→platform"), scenario.system),
-                                   []).append(
-                    replace(gateway, p50=percentile(latencies, 50), p99=percentile(latencies, 99),
-                            checked=False, problems=[], refused=Counter()))
+                results.setdefault((_title(scenario, "250→platform"), scenario.system), []).append(
+                    replace(
+                        gateway,
+                        p50=percentile(latencies, 50),
+                        p99=percentile(latencies, 99),
+                        checked=False,
+                        problems=[],
+                        refused=Counter(),
+                    )
+                )
     return results
 
 
@@ -244,21 +313,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--charset", choices=("utf-8", "cp1251", "ascii"), default="utf-8")
     add("--fail", type=float, default=0.0, help="fraction of platform replies that are 503")
     add("--api-concurrency", type=int, default=8, help="gateway api.max_concurrency")
-    add("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-        help="gateway log.level (its log goes to a file in the spool directory)")
-    add("--spool-dir", type=Path, default=None,
+    add(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="gateway log.level (its log goes to a file in the spool directory)",
+    )
+    add(
+        "--spool-dir",
+        type=Path,
+        default=None,
         help="where the gateway's temporary spools go (default: the system temp dir); "
-             "the fsync behind every 250 costs what this disk makes it cost")
-    add("--keep-limits", action="store_true",
-        help="keep the gateway's default connection limits (else raised above the bench's)")
+        "the fsync behind every 250 costs what this disk makes it cost",
+    )
+    add(
+        "--keep-limits",
+        action="store_true",
+        help="keep the gateway's default connection limits (else raised above the bench's)",
+    )
     add("--batch-size", type=int, default=100, help="the gateway's api.batch_size in e")
     add("--only", default="abcdepg", help="scenarios to run, e.g. 'ace'")
     add("--max-load-seconds", type=float, default=600, help="cap on one load run")
     add("--memory", action="store_true", help="also RSS after 10k and 50k messages (slow)")
     add("--quick", action="store_true", help="smoke run: 200 messages, 1 round")
-    add("--postgres", action="store_true",
+    add(
+        "--postgres",
+        action="store_true",
         help="also a, b, c and e with the spool in PostgreSQL (p and g always are; a server "
-             "of Debian's postgresql package is started for the run)")
+        "of Debian's postgresql package is started for the run)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
@@ -273,9 +356,11 @@ async def main(args: argparse.Namespace) -> None:
             memory = await memory_run(args, Path(tmp)) if args.memory else []
         finally:
             await Child.stop_all()
-    print(f"\nsmtp2pulse bench: {args.rounds} round(s), {os.cpu_count()} CPUs, "
-          f"{args.recipients} rcpt/msg, {args.body_size} B {args.charset} body, "
-          f"api.max_concurrency {args.api_concurrency}, took {time.monotonic() - started:.0f}s")
+    print(
+        f"\nsmtp2pulse bench: {args.rounds} round(s), {os.cpu_count()} CPUs, "
+        f"{args.recipients} rcpt/msg, {args.body_size} B {args.charset} body, "
+        f"api.max_concurrency {args.api_concurrency}, took {time.monotonic() - started:.0f}s"
+    )
     print("\n".join(table(results)))
     extra = notes(results, args)
     if memory:

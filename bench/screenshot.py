@@ -25,11 +25,20 @@ import yaml
 from playwright.async_api import async_playwright
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-MESSAGES = [("89001234567@sms.local", "Order 42", "Your order is ready."),
-            ("79007654321@sms.local", "<script>alert(1)</script> Order 43", "Escaped, not run."),
-            ("ivan=example.com@mail.local", "Invoice", "Attached.")]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MESSAGES = [
+    ("89001234567@sms.local", "Order 42", "Your order is ready."),
+    ("79007654321@sms.local", "<script>alert(1)</script> Order 43", "Escaped, not run."),
+    ("ivan=example.com@mail.local", "Invoice", "Attached."),
+]
 
 
 def free_port() -> int:
@@ -39,13 +48,21 @@ def free_port() -> int:
 
 
 def config(spool: Path, smtp_port: int, http_port: int, mask: bool) -> dict[str, object]:
-    return {"smtp": {"listen": f"127.0.0.1:{smtp_port}"},
-            "api": {"dry_run": True}, "spool": {"path": str(spool)},
-            "http": {"listen": f"127.0.0.1:{http_port}"},
-            "log": {"mask_personal_data": mask},
-            "domains": {"sms.local": {"type": "sms", "sender": "MyShop", "rewrite": [
-                {"match": r"^8(\d{10})$", "replace": r"7\1"}]},
-                "mail.local": {"type": "email", "sender": "shop@example.com"}}}
+    return {
+        "smtp": {"listen": f"127.0.0.1:{smtp_port}"},
+        "api": {"dry_run": True},
+        "spool": {"path": str(spool)},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "log": {"mask_personal_data": mask},
+        "domains": {
+            "sms.local": {
+                "type": "sms",
+                "sender": "MyShop",
+                "rewrite": [{"match": r"^8(\d{10})$", "replace": r"7\1"}],
+            },
+            "mail.local": {"type": "email", "sender": "shop@example.com"},
+        },
+    }
 
 
 def wait_healthy(url: str, within: float = 20.0) -> None:
@@ -86,18 +103,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         smtp_port, http_port = free_port(), free_port()
         path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(config(Path(tmp) / "spool.sqlite3", smtp_port,
-                                              http_port, args.mask)))
-        daemon = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(path)],
-                                  stderr=subprocess.DEVNULL)
+        path.write_text(
+            yaml.safe_dump(config(Path(tmp) / "spool.sqlite3", smtp_port, http_port, args.mask))
+        )
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "-c", str(path)], stderr=subprocess.DEVNULL
+        )
         try:
             base = f"http://127.0.0.1:{http_port}"
             wait_healthy(base + "/healthz")
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
                 for to, subject, body in MESSAGES:
-                    client.sendmail("crm@example.com", [to],
-                                    f"Subject: {subject}\r\n\r\n{body}\r\n".encode())
-            time.sleep(1.0)   # the dry-run sends
+                    client.sendmail(
+                        "crm@example.com", [to], f"Subject: {subject}\r\n\r\n{body}\r\n".encode()
+                    )
+            time.sleep(1.0)  # the dry-run sends
             for shot in asyncio.run(shoot(base, args.out)):
                 print(shot)
         finally:

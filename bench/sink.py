@@ -18,15 +18,18 @@ from aiosmtpd.handlers import Sink
 from aiosmtpd.smtp import SMTP
 from lifetime import until_stopped
 
-DATA_SIZE_LIMIT = 1024 * 1024     # the gateway's default max_message_size (1MiB)
+DATA_SIZE_LIMIT = 1024 * 1024  # the gateway's default max_message_size (1MiB)
 
 
 async def serve(port: int, max_seconds: float) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(Sink(), hostname="bench", data_size_limit=DATA_SIZE_LIMIT,
-                     enable_SMTPUTF8=True),
-        "127.0.0.1", port)
+        lambda: SMTP(
+            Sink(), hostname="bench", data_size_limit=DATA_SIZE_LIMIT, enable_SMTPUTF8=True
+        ),
+        "127.0.0.1",
+        port,
+    )
     print(server.sockets[0].getsockname()[1], flush=True)
     await until_stopped(max_seconds)
     server.close()

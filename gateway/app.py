@@ -42,8 +42,17 @@ log = logging.getLogger("smtp2pulse")
 
 # Settings a running daemon cannot change in place: a reload warns about each one that changed and
 # keeps its running value, both from this list. An http section added or removed waits too.
-_RESTART_ONLY = ("smtp.listen", "spool.path", "spool.url", "api.base_url", "api.timeout",
-                 "api.dry_run", "api.max_concurrency", "api.sender", "http.listen")
+_RESTART_ONLY = (
+    "smtp.listen",
+    "spool.path",
+    "spool.url",
+    "api.base_url",
+    "api.timeout",
+    "api.dry_run",
+    "api.max_concurrency",
+    "api.sender",
+    "http.listen",
+)
 
 
 class SenderComponent(Sender, Component, Protocol):
@@ -51,31 +60,51 @@ class SenderComponent(Sender, Component, Protocol):
 
 
 class Gateway:
-    def __init__(self, config: Config, *, sender: SenderComponent | None = None,
-                 notifier: Notifier | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sender: SenderComponent | None = None,
+        notifier: Notifier | None = None,
+        verbose: bool = False,
+    ) -> None:
         self._config = config
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
         self.spool: SpoolInterface = make_spool(config.spool, wake=lambda: self.worker.wake())
         self.sender = sender or _make_sender(
-            config, mask_personal=lambda: self._config.log_mask_personal,
-            log_level="debug" if verbose else config.log_level)
+            config,
+            mask_personal=lambda: self._config.log_mask_personal,
+            log_level="debug" if verbose else config.log_level,
+        )
         self.bouncer = Bouncer(self.spool, lambda: self._config, self.metrics)
-        self.worker = Worker(self.spool, self.sender, lambda: self._config,
-                             metrics=self.metrics, on_bounce=self.bouncer.wake)
-        self.smtp = SmtpFront(lambda: self._config, self.spool, self.worker.wake,
-                              metrics=self.metrics)
+        self.worker = Worker(
+            self.spool,
+            self.sender,
+            lambda: self._config,
+            metrics=self.metrics,
+            on_bounce=self.bouncer.wake,
+        )
+        self.smtp = SmtpFront(
+            lambda: self._config, self.spool, self.worker.wake, metrics=self.metrics
+        )
         self.status: StatusServer | None = None
         if config.http is not None:
             # Imported only when configured, since the http section is optional: with the
             # sender in its own process, aiohttp's server is a good part of the daemon's memory.
             from gateway.status.server import StatusServer
-            self.status = StatusServer(config.http.listen, lambda: self._config, self.spool,
-                                       self.metrics, ready=self._ready,
-                                       not_sending=self._not_sending,
-                                       on_failed_status=self.bouncer.mark_failed_status)
+
+            self.status = StatusServer(
+                config.http.listen,
+                lambda: self._config,
+                self.spool,
+                self.metrics,
+                ready=self._ready,
+                not_sending=self._not_sending,
+                on_failed_status=self.bouncer.mark_failed_status,
+            )
         self._lock: IO[str] | None = None
-        self._spool_secret: str | None = None   # http.callback_secret when the config has none
+        self._spool_secret: str | None = None  # http.callback_secret when the config has none
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
 
@@ -95,7 +124,7 @@ class Gateway:
             recovered = await self.spool.start()
             if recovered:
                 log.warning("took back %d deliveries left in flight by a previous run", recovered)
-            if self._config.http is not None:   # also for a reload that drops its own secret
+            if self._config.http is not None:  # also for a reload that drops its own secret
                 self._spool_secret = await self.spool.callback_secret()
                 self._config = meta.with_callback_secret(self._config, self._spool_secret)
             await self.sender.start()
@@ -107,11 +136,17 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
-        log.info("smtp2pulse ready: %d domains, platform %s%s", len(self._config.domains),
-                 self._config.api.send_url, " (dry run)" if self._config.api.dry_run else "")
+        log.info(
+            "smtp2pulse ready: %d domains, platform %s%s",
+            len(self._config.domains),
+            self._config.api.send_url,
+            " (dry run)" if self._config.api.dry_run else "",
+        )
         if self._config.api.dry_run:
-            log.warning("dry run: nothing is sent to the platform; each request is logged and "
-                        "recorded as sent (api.dry_run: true or serve --dry-run)")
+            log.warning(
+                "dry run: nothing is sent to the platform; each request is logged and "
+                "recorded as sent (api.dry_run: true or serve --dry-run)"
+            )
         self.notifier.ready(f"accepting mail for {len(self._config.domains)} domains")
 
     async def stop(self) -> None:
@@ -148,7 +183,7 @@ class Gateway:
         if self.sender.ready():
             return None
         if isinstance(self.sender, SenderProcess) and self.sender.trouble:
-            return self.sender.trouble   # a stuck child being replaced
+            return self.sender.trouble  # a stuck child being replaced
         return "sender process is not running"
 
     def on_sighup(self, path: str | os.PathLike[str]) -> None:
@@ -158,7 +193,7 @@ class Gateway:
 
     async def reload(self, path: str | os.PathLike[str]) -> bool:
         """Swap in a re-read config for new sessions and deliveries; keep the old on error."""
-        async with self._reload_lock:     # one at a time, in the order they were asked for
+        async with self._reload_lock:  # one at a time, in the order they were asked for
             return await self._reload(path)
 
     async def _reload(self, path: str | os.PathLike[str]) -> bool:
@@ -179,8 +214,9 @@ class Gateway:
         for key in _RESTART_ONLY:
             if _dig(new, key) != _dig(self._config, key):
                 log.warning("reload: %s changed; that takes effect only after a restart", key)
-        self._config = meta.with_callback_secret(_keep_restart_only(new, self._config),
-                                                 self._spool_secret)
+        self._config = meta.with_callback_secret(
+            _keep_restart_only(new, self._config), self._spool_secret
+        )
         log.info("config reloaded: %d domains", len(new.domains))
         self.notifier.reloaded(f"accepting mail for {len(new.domains)} domains")
         return True
@@ -201,24 +237,30 @@ def _keep_restart_only(new: Config, old: Config) -> Config:
     for section, keys in kept.items():
         new_part, old_part = getattr(new, section), getattr(old, section)
         # The status server keeps its socket: an http section added or removed waits too.
-        sections[section] = (dataclasses.replace(new_part, **keys)
-                             if new_part is not None and old_part is not None else old_part)
+        sections[section] = (
+            dataclasses.replace(new_part, **keys)
+            if new_part is not None and old_part is not None
+            else old_part
+        )
     return dataclasses.replace(new, **sections)  # type: ignore[arg-type]
 
 
-def _make_sender(config: Config, mask_personal: Callable[[], bool], log_level: str
-                 ) -> SenderComponent:
+def _make_sender(
+    config: Config, mask_personal: Callable[[], bool], log_level: str
+) -> SenderComponent:
     """The HTTP client in this process (api.sender: inline, the default), or with `process` in
     a child process (SMTP2PULSE_SENDER, when set, overrides the key): a second core for the
     sends, for more memory (bench/ measures both)."""
     mode = os.environ.get("SMTP2PULSE_SENDER") or config.api.sender
     if mode == "inline":
         from gateway.delivery.client import DryRunClient, PulseClient  # httpx, only when used here
+
         return DryRunClient(config.api) if config.api.dry_run else PulseClient(config.api)
     if mode != "process":
         raise ConfigError([f"SMTP2PULSE_SENDER: {mode!r} is neither 'process' nor 'inline'"])
-    return SenderProcess(config.api, mask_personal=mask_personal, log_level=log_level,
-                         log_format=config.log_format)
+    return SenderProcess(
+        config.api, mask_personal=mask_personal, log_level=log_level, log_format=config.log_format
+    )
 
 
 def _lock_spool(path: Path) -> IO[str]:
@@ -229,9 +271,11 @@ def _lock_spool(path: Path) -> IO[str]:
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         # The first write the spool needs: say which key, and what the service must be given.
-        raise SpoolError(f"spool.path {path}: cannot create {lock_path}: "
-                         f"{exc.strerror or exc} (the directory must exist or be creatable, "
-                         "and be writable by the user the service runs as)") from None
+        raise SpoolError(
+            f"spool.path {path}: cannot create {lock_path}: "
+            f"{exc.strerror or exc} (the directory must exist or be creatable, "
+            "and be writable by the user the service runs as)"
+        ) from None
     handle = os.fdopen(lock, "a+")  # held while running
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -241,8 +285,9 @@ def _lock_spool(path: Path) -> IO[str]:
     return handle
 
 
-async def serve(config_path: str, *, dry_run: bool = False, verbose: bool = False,
-                config: Config | None = None) -> int:
+async def serve(
+    config_path: str, *, dry_run: bool = False, verbose: bool = False, config: Config | None = None
+) -> int:
     if config is None:
         config = load_config(config_path, dry_run=dry_run)
     setup_logging("debug" if verbose else config.log_level, config.log_format)

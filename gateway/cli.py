@@ -30,7 +30,7 @@ from gateway.smtp.replies import reply_for
 from gateway.spool.backends import describe
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
-EX_BROKEN_PIPE = 128 + signal.SIGPIPE   # what a shell reports for a tool SIGPIPE ended
+EX_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool SIGPIPE ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("debug" if getattr(args, "verbose", False) else "info")
     try:
         result: int = args.run(args)
-        sys.stdout.flush()   # here, where a closed pipe can still be caught, not at exit
+        sys.stdout.flush()  # here, where a closed pipe can still be caught, not at exit
         return result
     except ConfigError as exc:
         for problem in exc.problems:
@@ -56,35 +56,53 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smtp2pulse",
-                                     description="SMTP-to-API gateway for the Pulse platform")
+    parser = argparse.ArgumentParser(
+        prog="smtp2pulse", description="SMTP-to-API gateway for the Pulse platform"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], helptext: str,
-                config: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], helptext: str, config: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=helptext, description=helptext)
         if config:
-            sub.add_argument("-c", "--config", default=os.environ.get("SMTP2PULSE_CONFIG",
-                                                                      DEFAULT_PATH),
-                             help="config file (default: $SMTP2PULSE_CONFIG or %(default)s)")
+            sub.add_argument(
+                "-c",
+                "--config",
+                default=os.environ.get("SMTP2PULSE_CONFIG", DEFAULT_PATH),
+                help="config file (default: $SMTP2PULSE_CONFIG or %(default)s)",
+            )
         sub.set_defaults(run=run)
         return sub
 
     serve_cmd = command("serve", _serve, "run the daemon in the foreground")
-    serve_cmd.add_argument("--dry-run", action="store_true",
-                           help="accept and spool as usual, log API requests instead of sending")
+    serve_cmd.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="accept and spool as usual, log API requests instead of sending",
+    )
     serve_cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     check = command("check-config", _check_config, "validate a config file")
     check.add_argument("--dry-run", action="store_true", help="validate as serve --dry-run would")
     preview = command("preview", _preview, "print the API request(s) a message would become")
-    preview.add_argument("--to", action="append", required=True, metavar="ADDR",
-                         help="envelope recipient (may be repeated)")
-    preview.add_argument("--from", dest="mail_from", default="", metavar="ADDR",
-                         help="envelope sender")
+    preview.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        metavar="ADDR",
+        help="envelope recipient (may be repeated)",
+    )
+    preview.add_argument(
+        "--from", dest="mail_from", default="", metavar="ADDR", help="envelope sender"
+    )
     preview.add_argument("message", nargs="?", help="RFC 5322 message file (default: stdin)")
     queue_cli.add_arguments(command("queue", queue_cli.run, "inspect and manage the spool"))
-    command("hash-password", _hash_password, "print a hash for smtp.auth.users.*.password_hash",
-            config=False)
+    command(
+        "hash-password",
+        _hash_password,
+        "print a hash for smtp.auth.users.*.password_hash",
+        config=False,
+    )
     return parser
 
 
@@ -93,8 +111,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Read before the loop exists: the config chooses which loop it is.
         config = load_config(args.config, dry_run=args.dry_run)
         with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
-            return runner.run(serve(args.config, dry_run=args.dry_run, verbose=args.verbose,
-                                    config=config))
+            return runner.run(
+                serve(args.config, dry_run=args.dry_run, verbose=args.verbose, config=config)
+            )
     except (SpoolError, OSError) as exc:
         logging.getLogger("smtp2pulse").error("cannot start: %s", exc)
         return EX_FAIL
@@ -104,8 +123,10 @@ def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config, dry_run=args.dry_run)
     print(f"{args.config}: valid")
     smtp = config.smtp
-    print(f"  SMTP (hostname {smtp.hostname}, max {smtp.max_message_size} bytes,"
-          f" {smtp.max_recipients} recipients):")
+    print(
+        f"  SMTP (hostname {smtp.hostname}, max {smtp.max_message_size} bytes,"
+        f" {smtp.max_recipients} recipients):"
+    )
     for listener in (*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())):
         print(f"    {listener}: {_policy_summary(listener, config)}")
     if smtp.auth is not None:
@@ -113,15 +134,22 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  platform: {config.api.send_url}{' (dry run)' if config.api.dry_run else ''}")
     print(f"  spool: {describe(config.spool)}")
     if config.http is not None:
-        print(f"  HTTP status: {config.http.listen}"
-              + (f", callbacks via {config.http.callback_url}" if config.http.callback_url
-                 else ", no callbacks (http.public_url not set)"))
+        print(
+            f"  HTTP status: {config.http.listen}"
+            + (
+                f", callbacks via {config.http.callback_url}"
+                if config.http.callback_url
+                else ", no callbacks (http.public_url not set)"
+            )
+        )
     if config.bounces.enabled:
         print(f"  bounces: to senders through {config.bounces.relay}")
     for domain in config.domains.values():
         details = ", ".join(f"{k}={v}" for k, v in domain.fields.items())
-        print(f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"
-              + (f", {details}" if details else ""))
+        print(
+            f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"
+            + (f", {details}" if details else "")
+        )
     for number, route in enumerate(config.routes, 1):
         match = ", ".join(f"{key} {text!r}" for key, text in route.match.texts.items())
         print(f"  route {number} {route.name}: {match} -> {route.action}")
@@ -130,11 +158,22 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _policy_summary(listener: Listener, config: Config) -> str:
     policy = policy_for(listener, config.smtp)
-    parts = ["SMTPS" if policy.implicit_tls else
-             "STARTTLS required" if policy.require_starttls else
-             "STARTTLS offered" if config.smtp.tls else "plain"]
-    parts.append("AUTH required" if policy.require_auth else
-                 "AUTH optional" if config.smtp.auth else "no AUTH")
+    parts = [
+        "SMTPS"
+        if policy.implicit_tls
+        else "STARTTLS required"
+        if policy.require_starttls
+        else "STARTTLS offered"
+        if config.smtp.tls
+        else "plain"
+    ]
+    parts.append(
+        "AUTH required"
+        if policy.require_auth
+        else "AUTH optional"
+        if config.smtp.auth
+        else "no AUTH"
+    )
     if config.smtp.tls:
         parts.append(f"TLS {config.smtp.tls.min_version}+")
     return ", ".join(parts)
@@ -157,8 +196,9 @@ def _preview(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_from: str
-                      ) -> list[dict[str, object]]:
+def _preview_requests(
+    config: Config, raw: bytes, recipients: list[str], mail_from: str
+) -> list[dict[str, object]]:
     # As the daemon does: each recipient resolved in envelope order (an address only a route
     # names kept for routing), then the one `prepare`.
     resolved: list[Recipient] = []
@@ -174,18 +214,25 @@ def _preview_requests(config: Config, raw: bytes, recipients: list[str], mail_fr
     if prepared.route is not None:
         print(f"route {prepared.route}: {prepared.route_action}", file=sys.stderr)
     printed: list[dict[str, object]] = []
-    routed = {"route": {"name": prepared.route, "action": prepared.route_action}} \
-        if prepared.route is not None else {}
+    routed = (
+        {"route": {"name": prepared.route, "action": prepared.route_action}}
+        if prepared.route is not None
+        else {}
+    )
     for delivery in prepared.deliveries:
-        if delivery.suppressed is not None:   # kept by the daemon, but no request is made
-            printed.append({"recipient": delivery.recipient,
-                            "suppressed": str(delivery.suppressed), **routed})
+        if delivery.suppressed is not None:  # kept by the daemon, but no request is made
+            printed.append(
+                {"recipient": delivery.recipient, "suppressed": str(delivery.suppressed), **routed}
+            )
             continue
         entry: dict[str, object] = {
-            "method": "POST", "url": config.api.send_url,
-            "form": masked_request(delivery.request, config.api.token.reveal()), **routed}
+            "method": "POST",
+            "url": config.api.send_url,
+            "form": masked_request(delivery.request, config.api.token.reveal()),
+            **routed,
+        }
         sms = request_segments(delivery.request)
-        if sms is not None:   # what it costs: the platform bills each part
+        if sms is not None:  # what it costs: the platform bills each part
             entry["sms"] = {"encoding": sms.encoding, "parts": sms.parts}
         printed.append(entry)
     return printed

@@ -18,8 +18,9 @@ def loop_factory(configured: str = "auto") -> Callable[[], asyncio.AbstractEvent
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise SystemExit("event_loop (or SMTP2PULSE_LOOP) is uvloop, but uvloop is not "
-                             "installed") from None
+            raise SystemExit(
+                "event_loop (or SMTP2PULSE_LOOP) is uvloop, but uvloop is not installed"
+            ) from None
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory

@@ -29,20 +29,26 @@ LIST_LIMIT = 1000
 
 def add_arguments(queue: argparse.ArgumentParser) -> None:
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="deliveries still to be sent (or, with --all or a "
-                                              "filter, every one the spool keeps)")
+    listing = actions.add_parser(
+        "list",
+        help="deliveries still to be sent (or, with --all or a filter, every one the spool keeps)",
+    )
     listing.add_argument("--all", action="store_true", help="include finished deliveries")
-    listing.add_argument("--to", metavar="RECIPIENT",
-                         help="as written in RCPT TO (89001234567@sms.local) or as sent "
-                              "(79001234567)")
+    listing.add_argument(
+        "--to",
+        metavar="RECIPIENT",
+        help="as written in RCPT TO (89001234567@sms.local) or as sent (79001234567)",
+    )
     listing.add_argument("--since", metavar="DURATION", help="received in the last 30m, 2h, 1d…")
     listing.add_argument("--state", choices=[str(state) for state in SHOWN])
     listing.add_argument("--json", action="store_true", help="one JSON array")
     show = actions.add_parser("show", help="a message with its whole history")
     show.add_argument("queue_id", metavar="ID")
     show.add_argument("--json", action="store_true", help="as JSON")
-    for name, helptext in (("retry", "send a message's unfinished or failed deliveries now"),
-                           ("drop", "remove a message and its deliveries from the spool")):
+    for name, helptext in (
+        ("retry", "send a message's unfinished or failed deliveries now"),
+        ("drop", "remove a message and its deliveries from the spool"),
+    ):
         actions.add_parser(name, help=helptext).add_argument("queue_id", metavar="ID")
 
 
@@ -58,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"--since: {exc}", file=sys.stderr)
             return EX_USAGE
     if config.spool.url is None and not config.spool.path.exists():
-        print(f"no spool at {config.spool.path}: the daemon makes it when it first starts "
-              f"(spool.path in {args.config})", file=sys.stderr)
+        print(
+            f"no spool at {config.spool.path}: the daemon makes it when it first starts "
+            f"(spool.path in {args.config})",
+            file=sys.stderr,
+        )
         return EX_FAIL
     return _with_spool(config, lambda spool: _action(spool, args, search))
 
@@ -67,16 +76,27 @@ def run(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> Search:
     since = None if args.since is None else time.time() - parse_duration(args.since)
     filtered = args.to is not None or since is not None or args.state is not None
-    return Search(to=args.to, since=since, state=args.state,
-                  pending_only=not (args.all or filtered), limit=LIST_LIMIT)
+    return Search(
+        to=args.to,
+        since=since,
+        state=args.state,
+        pending_only=not (args.all or filtered),
+        limit=LIST_LIMIT,
+    )
 
 
 def _header(args: argparse.Namespace, count: int) -> str:
     noun = "delivery" if count == 1 else "deliveries"
-    what = f"{noun} still to be sent or settled (queued, sending or unconfirmed)" if not (
-        args.all or args.to or args.since or args.state) else noun
-    filters = [f"to {args.to}" if args.to else "", f"received in the last {args.since}"
-               if args.since else "", f"{args.state}" if args.state else ""]
+    what = (
+        f"{noun} still to be sent or settled (queued, sending or unconfirmed)"
+        if not (args.all or args.to or args.since or args.state)
+        else noun
+    )
+    filters = [
+        f"to {args.to}" if args.to else "",
+        f"received in the last {args.since}" if args.since else "",
+        f"{args.state}" if args.state else "",
+    ]
     named = " ".join(f for f in filters if f)
     more = " (the newest; narrow with --to/--since/--state)" if count >= LIST_LIMIT else ""
     hint = "; --all shows finished ones too" if what != noun else ""
@@ -87,8 +107,9 @@ async def _action(spool: SpoolInterface, args: argparse.Namespace, search: Searc
     if search is not None:
         lines = list(reversed(await spool.find_deliveries(search)))
         if args.json:
-            json.dump([shown.line_json(line) for line in lines], sys.stdout,
-                      ensure_ascii=False, indent=2)
+            json.dump(
+                [shown.line_json(line) for line in lines], sys.stdout, ensure_ascii=False, indent=2
+            )
             print()
         else:
             print(_header(args, len(lines)))
@@ -118,8 +139,10 @@ async def _action(spool: SpoolInterface, args: argparse.Namespace, search: Searc
 
 
 def _not_found(queue_id: str) -> int:
-    print(f"{queue_id}: no such message (queue list --all --to RECIPIENT finds one by "
-          "recipient)", file=sys.stderr)
+    print(
+        f"{queue_id}: no such message (queue list --all --to RECIPIENT finds one by recipient)",
+        file=sys.stderr,
+    )
     return EX_FAIL
 
 
@@ -133,12 +156,16 @@ def _with_spool(config: Config, action: Callable[[SpoolInterface], Awaitable[int
             return await action(spool)
         finally:
             await spool.stop()
+
     try:
         return asyncio.run(go())
     except SpoolError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
-            print(f"spool {where} is locked: another process holds a write on it "
-                  "(more than 5 seconds); try again", file=sys.stderr)
+            print(
+                f"spool {where} is locked: another process holds a write on it "
+                "(more than 5 seconds); try again",
+                file=sys.stderr,
+            )
         else:
             print(f"spool {where}: {exc}", file=sys.stderr)
         return EX_FAIL

@@ -39,7 +39,7 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.setblocking(False)   # a datagram to a local socket; never waits
+                sock.setblocking(False)  # a datagram to a local socket; never waits
                 sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as exc:
             log.warning("sd_notify to %r failed: %s", self.address, exc)
@@ -47,8 +47,9 @@ class Notifier:
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}")
         if self.watchdog_interval and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watchdog(),
-                                                                 name="sd-watchdog")
+            self._task = asyncio.get_running_loop().create_task(
+                self._watchdog(), name="sd-watchdog"
+            )
 
     def reloading(self) -> None:
         self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")

@@ -26,9 +26,11 @@ def platform_note(line: DeliveryLine) -> str:
 def line_text(line: DeliveryLine) -> str:
     attempts = f"{line.attempts} attempt" + ("" if line.attempts == 1 else "s")
     note = platform_note(line)
-    return (f"{line.queue_id}  {local_time(line.received_at)}  "
-            f"{shown_recipient(line.recipient, line.sent_to)}  {line.state}  {attempts}"
-            + (f"  {note}" if note else ""))
+    return (
+        f"{line.queue_id}  {local_time(line.received_at)}  "
+        f"{shown_recipient(line.recipient, line.sent_to)}  {line.state}  {attempts}"
+        + (f"  {note}" if note else "")
+    )
 
 
 def line_json(line: DeliveryLine) -> dict[str, Any]:
@@ -58,30 +60,37 @@ def next_attempt(delivery: DeliveryDetail) -> float | None:
 
 def detail_lines(detail: MessageDetail) -> list[str]:
     """`queue show`: the message, then each delivery with its events one a line."""
-    lines = [f"message {detail.queue_id}",
-             f"  received  {local_time(detail.received_at)} from <{detail.mail_from}>",
-             f"  client    {detail.peer} (HELO {detail.helo or '-'}), {detail.size} bytes"]
+    lines = [
+        f"message {detail.queue_id}",
+        f"  received  {local_time(detail.received_at)} from <{detail.mail_from}>",
+        f"  client    {detail.peer} (HELO {detail.helo or '-'}), {detail.size} bytes",
+    ]
     for d in detail.deliveries:
         to = shown_recipient(d.recipient, d.request.get("sent_to"))
-        lines += ["", f"delivery {d.id} to {to}: {shown_state(d)}",
-                  f"  attempts  {d.attempts}"
-                  + (f", next {local_time(d.next_attempt_at)}"
-                     if next_attempt(d) is not None else "")]
+        lines += [
+            "",
+            f"delivery {d.id} to {to}: {shown_state(d)}",
+            f"  attempts  {d.attempts}"
+            + (f", next {local_time(d.next_attempt_at)}" if next_attempt(d) is not None else ""),
+        ]
         if d.platform_id:
             lines.append(f"  platform  id {d.platform_id}")
         if d.status:
             lines.append(f"  status    {d.status} ({d.status_class}) at {local_time(d.status_at)}")
-        if d.last_error:   # a suppressed delivery's last_error is why it is kept, not sent
+        if d.last_error:  # a suppressed delivery's last_error is why it is kept, not sent
             label = "reason" if d.state == State.SUPPRESSED else "error"
             lines.append(f"  {label:<9} {d.last_error}")
         if d.bounce:
             lines.append(f"  bounce    {d.bounce}")
         short = {k: v for k, v in d.request.items() if k not in _LONG_FIELDS}
         lines.append("  request   " + " ".join(f"{k}={v!r}" for k, v in short.items()))
-        lines += [f"  {key:<9} {_cut(d.request[key])!r}" for key in _LONG_FIELDS
-                  if key in d.request]
-        lines += [f"  {local_time(at)}  {kind}" + (f"  {text}" if text else "")
-                  for at, kind, text in d.events]
+        lines += [
+            f"  {key:<9} {_cut(d.request[key])!r}" for key in _LONG_FIELDS if key in d.request
+        ]
+        lines += [
+            f"  {local_time(at)}  {kind}" + (f"  {text}" if text else "")
+            for at, kind, text in d.events
+        ]
     return lines
 
 
@@ -96,7 +105,7 @@ def detail_json(detail: MessageDetail) -> dict[str, Any]:
         shown["shown_state"] = shown_state(d)
         for key in ("next_attempt_at", "status_at"):
             shown[key] = iso_time(shown[key])
-        shown["events"] = [{"at": iso_time(at), "kind": kind, "detail": text}
-                           for at, kind, text in d.events]
+        shown["events"] = [
+            {"at": iso_time(at), "kind": kind, "detail": text} for at, kind, text in d.events
+        ]
     return data
-

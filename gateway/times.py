@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import time
 
-LOCAL = "%Y-%m-%d %H:%M:%S %z"     # 2026-12-07 05:43:12 +0300
+LOCAL = "%Y-%m-%d %H:%M:%S %z"  # 2026-12-07 05:43:12 +0300
 
 
 def local_time(timestamp: float | None) -> str:
@@ -30,5 +30,6 @@ def log_time(timestamp: float) -> str:
     """A log line's stamp: local time to the millisecond, with its UTC offset."""
     stamp = time.localtime(timestamp)
     millis = int(timestamp % 1 * 1000)
-    return (time.strftime("%Y-%m-%d %H:%M:%S", stamp) + f".{millis:03d} "
-            + time.strftime("%z", stamp))
+    return (
+        time.strftime("%Y-%m-%d %H:%M:%S", stamp) + f".{millis:03d} " + time.strftime("%z", stamp)
+    )

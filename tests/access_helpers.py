@@ -31,10 +31,29 @@ def make_certificate(directory: Path) -> Certificate:
     """A self-signed certificate for 127.0.0.1 and gw.test, made with the openssl tool."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=gw.test",
-         "-addext", "subjectAltName=DNS:gw.test,IP:127.0.0.1"],
-        check=True, capture_output=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gw.test",
+            "-addext",
+            "subjectAltName=DNS:gw.test,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return Certificate(cert, key)
 
 
@@ -43,8 +62,9 @@ def tls_section(certificate: Certificate, **extra: Any) -> dict[str, Any]:
 
 
 def users(**per_user: dict[str, Any]) -> dict[str, Any]:
-    return {name: {"password_hash": PASSWORD_HASH, **settings}
-            for name, settings in per_user.items()}
+    return {
+        name: {"password_hash": PASSWORD_HASH, **settings} for name, settings in per_user.items()
+    }
 
 
 def plain_auth(user: str, password: str = PASSWORD) -> str:
@@ -74,7 +94,9 @@ def converse(host: str, port: int, chunks: list[bytes], timeout: float = 10.0) -
                 break
             received += _read_replies(reader, chunk)
             if received.endswith(b"\r\n") and received.rsplit(b"\r\n", 2)[-2][:3] in (
-                    b"421", b"221"):
+                b"421",
+                b"221",
+            ):
                 break
     return received
 
@@ -100,5 +122,5 @@ def _read_replies(reader: Any, chunk: bytes) -> bytes:
 
 def _commands_in(chunk: bytes) -> int:
     if chunk.endswith(b"\r\n.\r\n"):
-        return 1           # a message body: one reply, at its end
+        return 1  # a message body: one reply, at its end
     return max(1, chunk.count(b"\r\n"))

@@ -24,11 +24,13 @@ from tests.pgserver import PgServer
 TOKEN = "tok-SECRET-0123456789abcdef"
 
 
-async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0,
-                     every: float = 0.01) -> None:
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0, every: float = 0.01
+) -> None:
     """Until `condition()` holds, for state that other tasks, threads or processes change;
     a condition that must await (the spool, an HTTP request) returns an awaitable instead.
     Raises TimeoutError after `within` seconds."""
+
     async def holds() -> bool:
         result = condition()
         return await result if inspect.isawaitable(result) else result
@@ -40,8 +42,12 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: fl
 
 def base_config(spool: Path, base_url: str) -> dict[str, Any]:
     return {
-        "smtp": {"listen": "127.0.0.1:0", "hostname": "gw.test", "max_message_size": "64KiB",
-                 "max_recipients": 5},
+        "smtp": {
+            "listen": "127.0.0.1:0",
+            "hostname": "gw.test",
+            "max_message_size": "64KiB",
+            "max_recipients": 5,
+        },
         "api": {"base_url": base_url, "token": TOKEN, "timeout": "2s"},
         "spool": {"path": str(spool), "retry": ["50ms", "100ms"], "give_up_after": "1d"},
         "shutdown_timeout": "2s",
@@ -59,7 +65,7 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge(merged[key], value)
         else:
-            merged[key] = copy.deepcopy(value)   # never share a caller's dict
+            merged[key] = copy.deepcopy(value)  # never share a caller's dict
     return merged
 
 
@@ -89,6 +95,7 @@ def make_config(tmp_path: Path, platform: FakePlatform) -> Callable[..., Config]
     def make(changes: dict[str, Any] | None = None) -> Config:
         data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), changes or {})
         return parse_config(data, env={})
+
     return make
 
 
@@ -111,8 +118,12 @@ class Running:
         client.ehlo("client.test")
         return client
 
-    async def send(self, message: EmailMessage | bytes | str, to: list[str] | str,
-                   sender: str = "app@corp.test") -> dict[str, tuple[int, bytes]]:
+    async def send(
+        self,
+        message: EmailMessage | bytes | str,
+        to: list[str] | str,
+        sender: str = "app@corp.test",
+    ) -> dict[str, tuple[int, bytes]]:
         """Send with smtplib; returns smtplib's refused-recipients dict (raises on refusal)."""
         recipients = [to] if isinstance(to, str) else to
 
@@ -121,10 +132,12 @@ class Running:
                 if isinstance(message, EmailMessage):
                     return client.send_message(message, sender, recipients)
                 return client.sendmail(sender, recipients, message)
+
         return await asyncio.to_thread(run)
 
-    async def submit(self, message: EmailMessage, to: list[str] | str,
-                     sender: str = "app@corp.test") -> str:
+    async def submit(
+        self, message: EmailMessage, to: list[str] | str, sender: str = "app@corp.test"
+    ) -> str:
         """Send one message; returns the queue id from the 250 reply."""
         recipients = [to] if isinstance(to, str) else to
 
@@ -134,6 +147,7 @@ class Running:
                 for rcpt in recipients:
                     client.rcpt(rcpt)
                 return client.data(message.as_bytes())
+
         code, text = await asyncio.to_thread(run)
         assert code == 250, (code, text)
         return text.rsplit(b" ", 1)[1].decode()
@@ -148,11 +162,13 @@ class Running:
             assert detail is not None
             states = [d.state for d in detail.deliveries]
             return all(state in ("sent", "refused", "failed") for state in states)
+
         await eventually(finished, within, every=0.02)
         return states
 
     async def dialog(self, *commands: str | bytes) -> list[tuple[int, bytes]]:
         """Send raw command lines after EHLO; returns each reply (code, text)."""
+
         def run() -> list[tuple[int, bytes]]:
             replies = []
             with self.client() as client:
@@ -161,12 +177,14 @@ class Running:
                     client.send(data + b"\r\n")
                     replies.append(client.getreply())
             return replies
+
         return await asyncio.to_thread(run)
 
 
 @pytest.fixture
-async def start_gateway(make_config: Callable[..., Config]
-                        ) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+async def start_gateway(
+    make_config: Callable[..., Config],
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
     started: list[Gateway] = []
 
     async def start(changes: dict[str, Any] | None = None, **kwargs: Any) -> Running:

@@ -20,7 +20,7 @@ from aiohttp import web
 @dataclass
 class Reply:
     status: int = 200
-    body: str | None = None          # None: the documented success JSON with a fresh id
+    body: str | None = None  # None: the documented success JSON with a fresh id
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -32,8 +32,8 @@ class Received:
     content_type: str
     raw: bytes
     form: dict[str, str]
-    at: float = 0.0          # loop time of arrival
-    answered: bool = False   # its reply is made (and on its way)
+    at: float = 0.0  # loop time of arrival
+    answered: bool = False  # its reply is made (and on its way)
 
     @property
     def batch(self) -> bool:
@@ -51,7 +51,7 @@ class Received:
 class FakePlatform:
     def __init__(self) -> None:
         self.requests: list[Received] = []
-        self.script: list[Reply] = []          # consumed one per request, then `default`
+        self.script: list[Reply] = []  # consumed one per request, then `default`
         self.default: Reply = Reply()
         self.decode_as: Callable[[bytes], dict[str, str]] | None = None
         self._ids = itertools.count(1000)
@@ -66,7 +66,7 @@ class FakePlatform:
         return f"http://127.0.0.1:{self.port}/api/v1/bulk"
 
     async def start(self, port: int = 0) -> None:
-        app = web.Application(client_max_size=64 << 20)   # big batches are the gateway's to cut
+        app = web.Application(client_max_size=64 << 20)  # big batches are the gateway's to cut
         app.router.add_route("*", "/api/v1/bulk/send-message", self._send_message)
         app.router.add_route("*", "/api/v1/bulk/send-list-messages", self._send_message)
         self._runner = web.AppRunner(app, access_log=None)
@@ -86,9 +86,14 @@ class FakePlatform:
     async def _send_message(self, request: web.Request) -> web.Response:
         raw = await request.read()
         form = (self.decode_as or _utf8_form)(raw)
-        received = Received(request.path, request.method,
-                            request.headers.get("Content-Type", ""), raw, form,
-                            asyncio.get_running_loop().time())
+        received = Received(
+            request.path,
+            request.method,
+            request.headers.get("Content-Type", ""),
+            raw,
+            form,
+            asyncio.get_running_loop().time(),
+        )
         self.requests.append(received)
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
@@ -111,18 +116,21 @@ class FakePlatform:
             await asyncio.sleep(reply.delay)
         body = reply.body
         if body is None and received.batch:
-            body = json.dumps([{"type": "success", "id": str(next(self._ids))}
-                               for _ in received.messages])
+            body = json.dumps(
+                [{"type": "success", "id": str(next(self._ids))} for _ in received.messages]
+            )
         elif body is None:
             body = f'{{"type": "success", "id": "{next(self._ids)}"}}'
-        return web.Response(status=reply.status, text=body, headers=reply.headers,
-                            content_type="application/json")
+        return web.Response(
+            status=reply.status, text=body, headers=reply.headers, content_type="application/json"
+        )
 
     async def wait_for(self, count: int, within: float = 10.0) -> list[Received]:
         """Until at least `count` requests arrived (fails the test after `within` seconds)."""
         async with self._changed:
             await asyncio.wait_for(
-                self._changed.wait_for(lambda: len(self.requests) >= count), within)
+                self._changed.wait_for(lambda: len(self.requests) >= count), within
+            )
         return self.requests
 
 

@@ -36,8 +36,20 @@ from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 
-MODES = ("ok", "slow_body", "endless_chunked", "gzip_bomb", "bad_gzip", "huge", "non_utf8",
-         "wrong_length", "status_500", "not_found", "never_read", "callback_first")
+MODES = (
+    "ok",
+    "slow_body",
+    "endless_chunked",
+    "gzip_bomb",
+    "bad_gzip",
+    "huge",
+    "non_utf8",
+    "wrong_length",
+    "status_500",
+    "not_found",
+    "never_read",
+    "callback_first",
+)
 
 
 @dataclass
@@ -70,10 +82,10 @@ class HostilePlatform:
 
     def __init__(self, mode: str = "ok") -> None:
         self.mode = mode
-        self.modes: list[str] = []              # if set: used in turn, one per request
+        self.modes: list[str] = []  # if set: used in turn, one per request
         self.requests: list[Request] = []
         self.connections = 0
-        self.callback_to = ""                   # scheme://host:port that replaces the URL's own
+        self.callback_to = ""  # scheme://host:port that replaces the URL's own
         self.callback_status = "delivered"
         self.callback_results: list[tuple[int, str]] = []
         self.answer_after = 7.0
@@ -139,7 +151,7 @@ class HostilePlatform:
             self.requests.append(request)
             await getattr(self, f"_{mode}")(request, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass   # the gateway hung up, as it should on most of these
+            pass  # the gateway hung up, as it should on most of these
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
@@ -149,8 +161,9 @@ class HostilePlatform:
 
     def success(self, request: Request) -> bytes:
         if request.batch:
-            return json.dumps([{"type": "success", "id": str(next(self._ids))}
-                               for _ in request.messages]).encode()
+            return json.dumps(
+                [{"type": "success", "id": str(next(self._ids))} for _ in request.messages]
+            ).encode()
         return json.dumps({"type": "success", "id": str(next(self._ids))}).encode()
 
     async def _ok(self, request: Request, writer: asyncio.StreamWriter) -> None:
@@ -177,8 +190,9 @@ class HostilePlatform:
         """`bomb_size` of "0" gzipped (a second per 256 MiB: made once, before the first use)."""
         bomb = self._bombs.get(self.bomb_size)
         if bomb is None:
-            bomb = self._bombs[self.bomb_size] = await asyncio.to_thread(_gzip_zeros,
-                                                                         self.bomb_size)
+            bomb = self._bombs[self.bomb_size] = await asyncio.to_thread(
+                _gzip_zeros, self.bomb_size
+            )
         return bomb
 
     async def _bad_gzip(self, request: Request, writer: asyncio.StreamWriter) -> None:
@@ -201,12 +215,17 @@ class HostilePlatform:
         await _answer(writer, 200, json.dumps(items).encode())
 
     async def _status_500(self, request: Request, writer: asyncio.StreamWriter) -> None:
-        await _answer(writer, 500, b"<html><body>Internal Server Error</body></html>",
-                      {"Content-Type": "text/html"})
+        await _answer(
+            writer,
+            500,
+            b"<html><body>Internal Server Error</body></html>",
+            {"Content-Type": "text/html"},
+        )
 
     async def _not_found(self, request: Request, writer: asyncio.StreamWriter) -> None:
-        await _answer(writer, 404, b"<html><body>404 Not Found</body></html>",
-                      {"Content-Type": "text/html"})
+        await _answer(
+            writer, 404, b"<html><body>404 Not Found</body></html>", {"Content-Type": "text/html"}
+        )
 
     async def _never_read(self, writer: asyncio.StreamWriter) -> None:
         # Held, unread, until stop(): the client's data piles up in its own buffers.
@@ -223,9 +242,9 @@ class HostilePlatform:
                     continue
                 parts = urlsplit(url)
                 base = self.callback_to or f"{parts.scheme}://{parts.netloc}"
-                filled = (f"{base}{parts.path}?{parts.query}"
-                          .replace("{id}", str(9000 + number))
-                          .replace("{status}", self.callback_status))
+                filled = f"{base}{parts.path}?{parts.query}".replace(
+                    "{id}", str(9000 + number)
+                ).replace("{status}", self.callback_status)
                 try:
                     async with session.get(filled) as reply:
                         self.callback_results.append((reply.status, await reply.text()))
@@ -243,14 +262,20 @@ def _gzip_zeros(size: int) -> bytes:
 
 
 def _head(status: int, headers: dict[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} X", "Connection: close",
-             *(f"{name}: {value}" for name, value in
-               {"Content-Type": "application/json", **headers}.items())]
+    lines = [
+        f"HTTP/1.1 {status} X",
+        "Connection: close",
+        *(
+            f"{name}: {value}"
+            for name, value in {"Content-Type": "application/json", **headers}.items()
+        ),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def _answer(writer: asyncio.StreamWriter, status: int, body: bytes,
-                  headers: dict[str, str] | None = None) -> None:
+async def _answer(
+    writer: asyncio.StreamWriter, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
     writer.write(_head(status, {"Content-Length": str(len(body)), **(headers or {})}) + body)
     await writer.drain()
     with contextlib.suppress(OSError):

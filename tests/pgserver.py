@@ -27,8 +27,10 @@ def server_binaries() -> Path | None:
     found = shutil.which("pg_ctl")
     if found and Path(found).with_name("initdb").exists():
         return Path(found).resolve().parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     return Path(versions[-1]).parent if versions else None
 
 
@@ -64,24 +66,46 @@ class PgServer:
         command = [str(self.bin / argv[0]), *argv[1:]]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              check=False, cwd=self.base)
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False, cwd=self.base
+        )
 
     def init(self) -> None:
-        done = self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                         "--encoding=UTF8", "--no-sync", timeout=INITDB_TIMEOUT)
+        done = self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+            timeout=INITDB_TIMEOUT,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
         with (self.data / "postgresql.conf").open("a") as conf:
             # Loopback only, the socket in our own directory (not /var/run/postgresql, which
             # may not exist without the packaged cluster), and small enough for a shared box.
-            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
-                       f"unix_socket_directories = '{self.base}'\nmax_connections = 100\n"
-                       "shared_buffers = 32MB\nfsync = on\n")
+            conf.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.base}'\nmax_connections = 100\n"
+                "shared_buffers = 32MB\nfsync = on\n"
+            )
 
     def start(self) -> None:
-        done = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "server.log"),
-                         "-w", "-t", str(int(START_TIMEOUT)), "start", timeout=START_TIMEOUT + 10)
+        done = self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "start",
+            timeout=START_TIMEOUT + 10,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()} {self.log()}")
         deadline = time.monotonic() + START_TIMEOUT

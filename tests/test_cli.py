@@ -22,30 +22,60 @@ from tests.fakeplatform import FakePlatform, Reply
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3",
-                                               "https://pulse.invalid/api/v1/bulk")))
+    path.write_text(
+        yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", "https://pulse.invalid/api/v1/bulk"))
+    )
     return path
 
 
 def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin,
-                          capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_preview_prints_the_exact_requests_token_masked(config_file: Path) -> None:
     raw = text_message("Заказ 42", "Готов к выдаче").as_bytes()
-    result = run_cli("preview", "-c", str(config_file), "--to", "+7 900 123-45-67@sms.local"
-                     .replace(" ", "-"), "--to", "ivan=example.com@mail.local", stdin=raw)
+    result = run_cli(
+        "preview",
+        "-c",
+        str(config_file),
+        "--to",
+        "+7 900 123-45-67@sms.local".replace(" ", "-"),
+        "--to",
+        "ivan=example.com@mail.local",
+        stdin=raw,
+    )
     assert result.returncode == 0, result.stderr
     requests = json.loads(result.stdout)
     assert requests == [
-        {"method": "POST", "url": "https://pulse.invalid/api/v1/bulk/send-message",
-         "form": {"token": "***", "type": "sms", "sent_to": "79001234567",
-                  "sent_text": "Заказ 42\nГотов к выдаче", "sender": "MyShop"},
-         "sms": {"encoding": "UCS-2", "parts": 1}},
-        {"method": "POST", "url": "https://pulse.invalid/api/v1/bulk/send-message",
-         "form": {"token": "***", "type": "email", "sent_to": "ivan@example.com",
-                  "sent_text": "Заказ 42\nГотов к выдаче", "sender": "shop@example.com"}},
+        {
+            "method": "POST",
+            "url": "https://pulse.invalid/api/v1/bulk/send-message",
+            "form": {
+                "token": "***",
+                "type": "sms",
+                "sent_to": "79001234567",
+                "sent_text": "Заказ 42\nГотов к выдаче",
+                "sender": "MyShop",
+            },
+            "sms": {"encoding": "UCS-2", "parts": 1},
+        },
+        {
+            "method": "POST",
+            "url": "https://pulse.invalid/api/v1/bulk/send-message",
+            "form": {
+                "token": "***",
+                "type": "email",
+                "sent_to": "ivan@example.com",
+                "sent_text": "Заказ 42\nГотов к выдаче",
+                "sender": "shop@example.com",
+            },
+        },
     ]
     assert TOKEN.encode() not in result.stdout + result.stderr
 
@@ -69,8 +99,13 @@ def test_serve_with_invalid_config_exits_78(tmp_path: Path) -> None:
 
 def test_config_from_environment_variable(tmp_path: Path, config_file: Path) -> None:
     env = {**os.environ, "SMTP2PULSE_CONFIG": str(config_file)}
-    result = subprocess.run([sys.executable, "-m", "gateway", "check-config"], env=env,
-                            capture_output=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert b"domain sms.local: type sms" in result.stdout
 
@@ -85,20 +120,22 @@ def test_hash_password_from_stdin() -> None:
 
 
 async def test_queue_list_show_retry_drop(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+    platform: FakePlatform,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     platform.default = Reply(body='{"type": "error", "msg": "no money"}')
     gw = await start_gateway()
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     assert await gw.wait_final(queue_id) == ["refused"]
 
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3",
-                                                 platform.base_url)))
+    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
     c = str(config)
     # The CLI runs beside the live daemon, as an operator would use it.
     assert await asyncio.to_thread(main, ["queue", "-c", c, "list"]) == 0
-    assert queue_id not in capsys.readouterr().out          # finished: not pending
+    assert queue_id not in capsys.readouterr().out  # finished: not pending
     assert await asyncio.to_thread(main, ["queue", "-c", c, "list", "--all"]) == 0
     assert f"{queue_id}  " in capsys.readouterr().out
 
@@ -111,7 +148,7 @@ async def test_queue_list_show_retry_drop(
 
     platform.default = Reply()
     assert await asyncio.to_thread(main, ["queue", "-c", c, "retry", queue_id]) == 0
-    gw.gateway.worker.wake()   # the daemon would notice on its next look at the spool
+    gw.gateway.worker.wake()  # the daemon would notice on its next look at the spool
     assert await gw.wait_final(queue_id) == ["sent"]
     assert len(platform.requests) == 2
 
@@ -121,34 +158,37 @@ async def test_queue_list_show_retry_drop(
 
 
 async def test_queue_list_into_a_closed_pipe_ends_quietly(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        tmp_path: Path) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform, tmp_path: Path
+) -> None:
     gw = await start_gateway()
     for n in range(3):
         await gw.submit(text_message(f"Order {n}"), "79001234567@sms.local")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3",
-                                                 platform.base_url)))
+    config.write_text(yaml.safe_dump(base_config(tmp_path / "spool.sqlite3", platform.base_url)))
 
     def into_closed_pipe() -> tuple[int, bytes]:
         # `queue list | head -0`: the reader is gone before the first line is written.
         reader, writer = os.pipe()
         os.close(reader)
         try:
-            done = subprocess.run([sys.executable, "-m", "gateway", "queue", "-c", str(config),
-                                   "list", "--all"], stdout=writer, stderr=subprocess.PIPE,
-                                  timeout=60, check=False)
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", "queue", "-c", str(config), "list", "--all"],
+                stdout=writer,
+                stderr=subprocess.PIPE,
+                timeout=60,
+                check=False,
+            )
         finally:
             os.close(writer)
         return done.returncode, done.stderr
 
     code, err = await asyncio.to_thread(into_closed_pipe)
-    assert (code, err) == (141, b"")     # 128 + SIGPIPE, as a shell reports `cat` ended by it
+    assert (code, err) == (141, b"")  # 128 + SIGPIPE, as a shell reports `cat` ended by it
 
 
 @pytest.mark.parametrize("where", ["below a file", "in /sys"])
 def test_a_spool_path_the_service_cannot_write_names_the_key(tmp_path: Path, where: str) -> None:
-    if where == "in /sys":      # EACCES even for root: what a service user meets in /var/lib
+    if where == "in /sys":  # EACCES even for root: what a service user meets in /var/lib
         if not Path("/sys/kernel").is_dir():
             pytest.skip("no /sys")
         spool = Path("/sys/smtp2pulse/spool.sqlite3")

@@ -51,9 +51,12 @@ def documented() -> dict[str, str]:
 
 
 def base() -> dict[str, Any]:
-    return {"api": {"token": "t"}, "http": {"listen": "127.0.0.1:8025"},
-            "smtp": {"auth": {"max_failures": 3}},
-            "domains": {DOMAIN: {"type": "sms"}}}
+    return {
+        "api": {"token": "t"},
+        "http": {"listen": "127.0.0.1:8025"},
+        "smtp": {"auth": {"max_failures": 3}},
+        "domains": {DOMAIN: {"type": "sms"}},
+    }
 
 
 def known_keys(path: list[str], config: dict[str, Any]) -> set[str]:
@@ -118,8 +121,12 @@ def _route_keys(route: dict[str, Any], path: list[str]) -> set[str]:
 
 
 # Mappings whose keys are names the operator chooses, not config keys.
-NAMED = {"domains": "NAME", "smtp.auth.users": "NAME", "domains.NAME.aliases": None,
-         "routes[].match.headers": None}
+NAMED = {
+    "domains": "NAME",
+    "smtp.auth.users": "NAME",
+    "domains.NAME.aliases": None,
+    "routes[].match.headers": None,
+}
 
 
 def example_keys() -> tuple[set[str], str]:
@@ -154,8 +161,9 @@ def test_every_key_the_loader_accepts_is_documented_and_nothing_else() -> None:
     # Section rows (`smtp`, `smtp.tls`, …) are documented as keys too.
     assert sorted(loader - docs) == [], "keys the loader accepts that docs/configuration.md lacks"
     sections = {key for key in docs if any(other.startswith(key + ".") for other in docs)}
-    assert sorted(docs - loader - sections - {"domains"}) == [], \
+    assert sorted(docs - loader - sections - {"domains"}) == [], (
         "keys docs/configuration.md has that the loader refuses"
+    )
 
 
 def test_every_key_of_the_example_is_documented_and_every_documented_key_in_the_example() -> None:
@@ -163,9 +171,12 @@ def test_every_key_of_the_example_is_documented_and_every_documented_key_in_the_
     keys, text = example_keys()
     assert sorted(keys - docs) == [], "config/example.yaml keys missing from the docs"
     # The example shows every key, set or in a comment (`# key:`), the placeholders aside.
-    missing = [key for key in docs
-               if key not in keys and not re.search(
-                   rf"#.*\b{re.escape(key.rsplit('.', 1)[-1].removesuffix('[]'))}:", text)]
+    missing = [
+        key
+        for key in docs
+        if key not in keys
+        and not re.search(rf"#.*\b{re.escape(key.rsplit('.', 1)[-1].removesuffix('[]'))}:", text)
+    ]
     assert missing == [], "documented keys config/example.yaml does not show"
 
 
@@ -231,10 +242,14 @@ def test_the_readme_service_config_loads(tmp_path: Path) -> None:
 
 def test_the_readme_try_config_sends_to_the_local_fake_platform(tmp_path: Path) -> None:
     text = README.read_text(encoding="utf-8")
-    line = next(line for line in text.splitlines()
-                if line.startswith("sed ") and "config/example.yaml > try.yaml" in line)
-    subprocess.run(line.replace("try.yaml", str(tmp_path / "try.yaml")), shell=True,
-                   check=True, cwd=ROOT)
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("sed ") and "config/example.yaml > try.yaml" in line
+    )
+    subprocess.run(
+        line.replace("try.yaml", str(tmp_path / "try.yaml")), shell=True, check=True, cwd=ROOT
+    )
     config = load_config(tmp_path / "try.yaml", env={"PULSE_TOKEN": "try-token"})
     assert not config.api.dry_run
     assert config.api.send_url == "http://127.0.0.1:8099/api/v1/bulk/send-message"
@@ -242,6 +257,7 @@ def test_the_readme_try_config_sends_to_the_local_fake_platform(tmp_path: Path) 
 
 def test_ci_runs_the_readme_test_command() -> None:
     text = README.read_text(encoding="utf-8")
-    command = next(line for line in text.splitlines()
-                   if line.startswith("python3 -m venv .venv-test"))
+    command = next(
+        line for line in text.splitlines() if line.startswith("python3 -m venv .venv-test")
+    )
     assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()

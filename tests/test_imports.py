@@ -22,10 +22,18 @@ HTTP_LIBRARIES = ("httpx", "aiohttp", "httpx_aiohttp")
 
 
 def _loaded_after(code: str, prefixes: tuple[str, ...], **env: str) -> list[str]:
-    script = (f"import json, sys\n{code}\nprint(json.dumps(sorted("
-              f"{{m.split('.')[0] for m in sys.modules}} & {set(prefixes)!r})))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            check=True, timeout=60, env={**os.environ, **env})
+    script = (
+        f"import json, sys\n{code}\nprint(json.dumps(sorted("
+        f"{{m.split('.')[0] for m in sys.modules}} & {set(prefixes)!r})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
     loaded: list[str] = json.loads(result.stdout)
     return loaded
 
@@ -34,22 +42,29 @@ def _gateway(tmp_path: Path, *, http: bool) -> str:
     data = base_config(tmp_path / "spool.sqlite3", "http://127.0.0.1:9/api/v1/bulk")
     if http:
         data["http"] = {"listen": "127.0.0.1:0"}
-    return ("from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
-            f"Gateway(parse_config({data!r}, env={{}}))")
+    return (
+        "from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
+        f"Gateway(parse_config({data!r}, env={{}}))"
+    )
 
 
 def test_the_daemon_with_a_sender_process_and_no_http_section_loads_no_http_library(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     code = _gateway(tmp_path, http=False)
     assert _loaded_after(code, HTTP_LIBRARIES, SMTP2PULSE_SENDER="process") == []
 
 
-@pytest.mark.parametrize(("mode", "http", "expected"), [
-    ("process", True, ["aiohttp"]),                          # the status server only
-    ("inline", False, ["aiohttp", "httpx", "httpx_aiohttp"]),  # the platform's client
-])
-def test_what_the_daemon_loads_follows_its_config(tmp_path: Path, mode: str, http: bool,
-                                                  expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "http", "expected"),
+    [
+        ("process", True, ["aiohttp"]),  # the status server only
+        ("inline", False, ["aiohttp", "httpx", "httpx_aiohttp"]),  # the platform's client
+    ],
+)
+def test_what_the_daemon_loads_follows_its_config(
+    tmp_path: Path, mode: str, http: bool, expected: list[str]
+) -> None:
     # The positive cases: the check above can see these libraries when they are there.
     code = _gateway(tmp_path, http=http)
     assert _loaded_after(code, HTTP_LIBRARIES, SMTP2PULSE_SENDER=mode) == expected
@@ -65,8 +80,9 @@ def test_the_status_page_loads_jinja2_only_when_first_rendered(tmp_path: Path) -
     rendered = code.replace("Gateway(parse_config", "g = Gateway(parse_config") + (
         "\nimport asyncio\nfrom gateway.status.page import StatusPage\n"
         "page = StatusPage(lambda: g.config, g.spool, lambda: True, lambda: True, lambda: '')\n"
-        "asyncio.run(page._render('message.html', queue_id='X', detail=None))")
-    assert _loaded_after(rendered, ("jinja2",)) == ["jinja2"]   # the check sees it when there
+        "asyncio.run(page._render('message.html', queue_id='X', detail=None))"
+    )
+    assert _loaded_after(rendered, ("jinja2",)) == ["jinja2"]  # the check sees it when there
 
 
 def test_the_sqlite_spool_loads_no_postgresql_driver(tmp_path: Path) -> None:
@@ -78,20 +94,40 @@ def test_a_postgresql_spool_loads_its_driver(tmp_path: Path) -> None:
     data = base_config(tmp_path / "spool.sqlite3", "http://127.0.0.1:9/api/v1/bulk")
     del data["spool"]["path"]
     data["spool"]["url"] = "postgresql://nobody@127.0.0.1:9/none"
-    code = ("from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
-            f"Gateway(parse_config({data!r}, env={{}}))")
+    code = (
+        "from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
+        f"Gateway(parse_config({data!r}, env={{}}))"
+    )
     assert _loaded_after(code, ("asyncpg",)) == ["asyncpg"]
 
 
 # --- the layer order (gateway/__init__.py's docstring) ------------------------------------------
 
 GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
-LAYERS = ["config", "spool", "message", "delivery", "shown", "status", "smtp", "app", "queue_cli",
-          "cli"]
+LAYERS = [
+    "config",
+    "spool",
+    "message",
+    "delivery",
+    "shown",
+    "status",
+    "smtp",
+    "app",
+    "queue_cli",
+    "cli",
+]
 # Anyone may import these: the exception tree, the component protocol, logging, the loop
 # helpers, masking, systemd's notify, how a moment reads, and the metrics every stage counts into.
-FOR_EVERYONE = {"errors", "component", "logs", "loops", "privacy", "sdnotify", "times",
-                "status.metrics"}
+FOR_EVERYONE = {
+    "errors",
+    "component",
+    "logs",
+    "loops",
+    "privacy",
+    "sdnotify",
+    "times",
+    "status.metrics",
+}
 # Commands above a part of the tree only: what each may import besides FOR_EVERYONE.
 COMMANDS = {"queue_cli": {"config", "spool", "shown"}, "__main__": {"cli"}}
 
@@ -121,8 +157,10 @@ def _imports() -> list[tuple[str, str]]:
             elif isinstance(node, ast.ImportFrom):
                 assert node.level == 0, f"{module}: a relative import"
                 base = node.module or ""
-                names = [f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base
-                         for alias in node.names]
+                names = [
+                    f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base
+                    for alias in node.names
+                ]
             else:
                 continue
             found += [(module, name) for name in names if name.startswith("gateway.")]
@@ -136,13 +174,13 @@ def _allowed(importer: str, imported: str) -> bool:
     if source in COMMANDS:
         return target in COMMANDS[source]
     if source == "status.metrics" or target not in LAYERS or source not in LAYERS:
-        return source == "status.metrics" and target == "status"   # its own package
+        return source == "status.metrics" and target == "status"  # its own package
     return LAYERS.index(target) < LAYERS.index(source)
 
 
 def test_no_module_imports_against_the_layer_order() -> None:
     imports = _imports()
-    assert len(imports) > 100        # the walk sees the tree
+    assert len(imports) > 100  # the walk sees the tree
     against = sorted({(a, b) for a, b in imports if not _allowed(a, b)})
     assert against == []
 

@@ -41,7 +41,8 @@ def logger() -> Iterator[tuple[logging.Logger, Recording]]:
 
 
 async def test_one_turns_lines_are_one_write_after_the_turn(
-        logger: tuple[logging.Logger, Recording]) -> None:
+    logger: tuple[logging.Logger, Recording],
+) -> None:
     log, stream = logger
     for number in range(3):
         log.info("accepted %d", number)
@@ -54,7 +55,8 @@ async def test_one_turns_lines_are_one_write_after_the_turn(
 
 
 async def test_a_warning_goes_at_once_after_what_is_pending(
-        logger: tuple[logging.Logger, Recording]) -> None:
+    logger: tuple[logging.Logger, Recording],
+) -> None:
     log, stream = logger
     log.info("first")
     log.warning("second")
@@ -64,7 +66,8 @@ async def test_a_warning_goes_at_once_after_what_is_pending(
 
 
 async def test_another_threads_line_is_written_at_once_and_in_order(
-        logger: tuple[logging.Logger, Recording]) -> None:
+    logger: tuple[logging.Logger, Recording],
+) -> None:
     log, stream = logger
     log.info("loop")
     thread = threading.Thread(target=log.info, args=("thread",))
@@ -73,8 +76,7 @@ async def test_another_threads_line_is_written_at_once_and_in_order(
     assert stream.getvalue() == "INFO loop\nINFO thread\n"
 
 
-def test_outside_a_loop_lines_are_written_at_once(logger: tuple[logging.Logger, Recording]
-                                                  ) -> None:
+def test_outside_a_loop_lines_are_written_at_once(logger: tuple[logging.Logger, Recording]) -> None:
     log, stream = logger
     log.info("no loop")
     assert stream.writes == ["INFO no loop\n"]
@@ -91,13 +93,15 @@ async def test_flush_writes_what_is_pending(logger: tuple[logging.Logger, Record
 
 
 def test_a_loop_that_stopped_before_its_turn_leaves_its_lines_to_the_next(
-        logger: tuple[logging.Logger, Recording]) -> None:
+    logger: tuple[logging.Logger, Recording],
+) -> None:
     log, stream = logger
     first = asyncio.new_event_loop()
 
     def log_and_stop() -> None:
         log.info("stranded")
-        first.stop()   # the turn that would write it never comes
+        first.stop()  # the turn that would write it never comes
+
     first.call_soon(log_and_stop)
     first.run_forever()
     first.close()
@@ -106,6 +110,7 @@ def test_a_loop_that_stopped_before_its_turn_leaves_its_lines_to_the_next(
     async def later() -> None:
         log.info("next loop")
         await asyncio.sleep(0)
+
     asyncio.run(later())
     assert stream.writes == ["INFO stranded\nINFO next loop\n"]
 
@@ -118,8 +123,9 @@ def test_a_plain_lines_stamp_names_its_zone(monkeypatch: pytest.MonkeyPatch) -> 
         stream = io.StringIO()
         handler = TurnBufferedHandler(stream)
         handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(message)s"))
-        record = logging.makeLogRecord({"msg": "ready", "levelname": "INFO",
-                                        "levelno": logging.INFO, "created": 1796000000.25})
+        record = logging.makeLogRecord(
+            {"msg": "ready", "levelname": "INFO", "levelno": logging.INFO, "created": 1796000000.25}
+        )
         handler.emit(record)
     finally:
         monkeypatch.delenv("TZ")

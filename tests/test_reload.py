@@ -18,8 +18,9 @@ from tests.fakeplatform import FakePlatform
 
 
 @pytest.fixture
-async def from_file(tmp_path: Path, platform: FakePlatform
-                    ) -> AsyncIterator[tuple[Path, dict[str, Any], Gateway]]:
+async def from_file(
+    tmp_path: Path, platform: FakePlatform
+) -> AsyncIterator[tuple[Path, dict[str, Any], Gateway]]:
     """A gateway started from a config file, so that reload() has a file to re-read."""
     path = tmp_path / "config.yaml"
     data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
@@ -31,12 +32,16 @@ async def from_file(tmp_path: Path, platform: FakePlatform
 
 
 async def test_reload_adds_a_domain_and_keeps_open_sessions(
-        from_file: tuple[Path, dict[str, Any], Gateway], platform: FakePlatform) -> None:
+    from_file: tuple[Path, dict[str, Any], Gateway], platform: FakePlatform
+) -> None:
     path, data, gateway = from_file
     gw = Running(gateway)
     open_session = await asyncio.to_thread(gw.client)
-    path.write_text(yaml.safe_dump(merge(data, {"domains": {"tg.local": {
-        "type": "telegram", "sender": "Bot"}}})))
+    path.write_text(
+        yaml.safe_dump(
+            merge(data, {"domains": {"tg.local": {"type": "telegram", "sender": "Bot"}}})
+        )
+    )
     assert await gateway.reload(path) is True
 
     await gw.send(text_message("new"), "79001234567@tg.local")
@@ -61,21 +66,26 @@ async def test_reload_adds_a_domain_and_keeps_open_sessions(
 
 
 async def test_reload_cannot_move_the_listener(
-        from_file: tuple[Path, dict[str, Any], Gateway]) -> None:
+    from_file: tuple[Path, dict[str, Any], Gateway],
+) -> None:
     path, data, gateway = from_file
     port = gateway.smtp.addresses[0][1]
     path.write_text(yaml.safe_dump(merge(data, {"smtp": {"listen": "127.0.0.1:1"}})))
     assert await gateway.reload(path) is True
     assert str(gateway.config.smtp.listen[0]) == "127.0.0.1:0"
+
     def noop() -> int:
         with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
             return client.noop()[0]
+
     assert await asyncio.to_thread(noop) == 250
 
 
 async def test_reload_of_the_callback_secret_signs_and_verifies_with_the_new_one(
-        tmp_path: Path, platform: FakePlatform) -> None:
+    tmp_path: Path, platform: FakePlatform
+) -> None:
     from tests.status.test_status import HTTP, get, submit_and_callback_url
+
     path = tmp_path / "config.yaml"
     data = merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), HTTP)
     path.write_text(yaml.safe_dump(data))
@@ -93,15 +103,17 @@ async def test_reload_of_the_callback_secret_signs_and_verifies_with_the_new_one
 
 
 async def test_a_big_aliases_file_is_checked_off_the_loop(
-        from_file: tuple[Path, dict[str, Any], Gateway], tmp_path: Path) -> None:
+    from_file: tuple[Path, dict[str, Any], Gateway], tmp_path: Path
+) -> None:
     """Issue 29 item 12: SMTP answers while a reload checks a large aliases file."""
     from tests.config.test_aliases import anchor_bomb
 
     path, data, gateway = from_file
     phones = tmp_path / "phones.csv"
     phones.write_text("".join(f"n{n},{79000000000 + n}\n" for n in range(100_000)))
-    path.write_text(yaml.safe_dump(merge(data, {"domains": {"sms.local": {
-        "aliases_file": str(phones)}}})))
+    path.write_text(
+        yaml.safe_dump(merge(data, {"domains": {"sms.local": {"aliases_file": str(phones)}}}))
+    )
     gw = Running(gateway)
     client = await asyncio.to_thread(gw.client)
     try:
@@ -123,8 +135,9 @@ async def test_a_big_aliases_file_is_checked_off_the_loop(
         phones.unlink()
         bomb = tmp_path / "phones.yaml"
         bomb.write_text(anchor_bomb(3000, 1000))
-        path.write_text(yaml.safe_dump(merge(data, {"domains": {"sms.local": {
-            "aliases_file": str(bomb)}}})))
+        path.write_text(
+            yaml.safe_dump(merge(data, {"domains": {"sms.local": {"aliases_file": str(bomb)}}}))
+        )
         assert await gateway.reload(path) is False
         assert len(gateway.config.domains["sms.local"].aliases) == 100_000
     finally:
@@ -132,7 +145,8 @@ async def test_a_big_aliases_file_is_checked_off_the_loop(
 
 
 async def test_a_reload_that_fails_keeps_the_config_and_says_ready(
-        tmp_path: Path, platform: FakePlatform) -> None:
+    tmp_path: Path, platform: FakePlatform
+) -> None:
     """A deeply nested aliases file: before, the SIGHUP callback died with a RecursionError
     and systemd never heard READY after RELOADING."""
     import socket
@@ -146,16 +160,18 @@ async def test_a_reload_that_fails_keeps_the_config_and_says_ready(
     path = tmp_path / "config.yaml"
     data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
     path.write_text(yaml.safe_dump(data))
-    gateway = Gateway(load_config(path),
-                      notifier=Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}))
+    gateway = Gateway(
+        load_config(path), notifier=Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    )
     await gateway.start()
     try:
         assert (await receive(listening)).startswith("READY=1")
         deep = tmp_path / "deep.yaml"
         deep.write_text("duty: " + "[" * 5000 + "]" * 5000 + "\n")
-        path.write_text(yaml.safe_dump(merge(data, {"domains": {"sms.local": {
-            "aliases_file": str(deep)}}})))
-        gateway.on_sighup(path)     # as the signal handler does
+        path.write_text(
+            yaml.safe_dump(merge(data, {"domains": {"sms.local": {"aliases_file": str(deep)}}}))
+        )
+        gateway.on_sighup(path)  # as the signal handler does
         assert (await receive(listening)).startswith("RELOADING=1")
         assert (await receive(listening)).startswith("READY=1\nSTATUS=reload refused")
         assert gateway.config.domains["sms.local"].aliases == {}

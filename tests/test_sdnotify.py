@@ -30,9 +30,9 @@ async def receive(sock: socket.socket, within: float = 5.0) -> str:
     return data.decode()
 
 
-async def test_ready_watchdog_reload_and_stopping(notify_socket: tuple[socket.socket, str],
-                                                  make_config: Callable[..., Config],
-                                                  tmp_path: Path) -> None:
+async def test_ready_watchdog_reload_and_stopping(
+    notify_socket: tuple[socket.socket, str], make_config: Callable[..., Config], tmp_path: Path
+) -> None:
     sock, path = notify_socket
     config = make_config()
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
@@ -41,8 +41,8 @@ async def test_ready_watchdog_reload_and_stopping(notify_socket: tuple[socket.so
     try:
         ready = await receive(sock)
         assert ready.startswith("READY=1\nSTATUS=accepting mail for 3 domains")
-        assert gateway.smtp.addresses   # READY only once the listeners are bound
-        pings = [await receive(sock) for _ in range(3)]    # every 100 ms, from the loop
+        assert gateway.smtp.addresses  # READY only once the listeners are bound
+        pings = [await receive(sock) for _ in range(3)]  # every 100 ms, from the loop
         assert pings == ["WATCHDOG=1"] * 3
         missing = tmp_path / "missing.yaml"
         assert await gateway.reload(missing) is False
@@ -64,7 +64,6 @@ def test_abstract_socket_names_and_no_socket() -> None:
     assert Notifier({"NOTIFY_SOCKET": "@sd/notify"}).address == "\0sd/notify"
     quiet = Notifier({})
     assert not quiet.enabled and quiet.watchdog_interval is None
-    quiet.notify("READY=1")   # nothing to send to: no error
-    other_pid = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000",
-                          "WATCHDOG_PID": "1"})
-    assert other_pid.watchdog_interval is None   # the watchdog is meant for another process
+    quiet.notify("READY=1")  # nothing to send to: no error
+    other_pid = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert other_pid.watchdog_interval is None  # the watchdog is meant for another process

@@ -34,7 +34,7 @@ class ListenerPolicy:
     implicit_tls: bool
     require_starttls: bool
     require_auth: bool
-    offer_auth_in_clear: bool      # AUTH before any TLS (allow_without_tls)
+    offer_auth_in_clear: bool  # AUTH before any TLS (allow_without_tls)
     # Unknown credentials leave the session anonymous instead of failing: never where AUTH is
     # required, since there a 235 for any password would be an oracle and an open door.
     accept_any_credentials: bool = False
@@ -42,18 +42,28 @@ class ListenerPolicy:
 
 def policy_for(listener: Listener, smtp: SmtpConfig) -> ListenerPolicy:
     tls_settings, auth = smtp.tls, smtp.auth
-    starttls = (listener.require_starttls if listener.require_starttls is not None
-                else tls_settings is not None and tls_settings.require_starttls)
-    required = (listener.require_auth if listener.require_auth is not None
-                else auth is not None and auth.required)
-    accept_any = (listener.accept_any_credentials if listener.accept_any_credentials is not None
-                  else auth is not None and auth.accept_any_credentials)
+    starttls = (
+        listener.require_starttls
+        if listener.require_starttls is not None
+        else tls_settings is not None and tls_settings.require_starttls
+    )
+    required = (
+        listener.require_auth
+        if listener.require_auth is not None
+        else auth is not None and auth.required
+    )
+    accept_any = (
+        listener.accept_any_credentials
+        if listener.accept_any_credentials is not None
+        else auth is not None and auth.accept_any_credentials
+    )
     return ListenerPolicy(
         implicit_tls=listener.implicit_tls,
         require_starttls=bool(starttls) and not listener.implicit_tls,
         require_auth=bool(required),
         offer_auth_in_clear=auth is not None and auth.allow_without_tls,
-        accept_any_credentials=bool(accept_any) and not required)
+        accept_any_credentials=bool(accept_any) and not required,
+    )
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -68,25 +78,36 @@ def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
         return Listener(*parse_hostport(item), implicit_tls=implicit_tls)
     unknown = sorted(str(k) for k in item if k not in _LISTENER_KEYS)
     if unknown:
-        raise ValueError(f"unknown key {', '.join(unknown)} (known: "
-                         f"{', '.join(sorted(_LISTENER_KEYS))})")
+        raise ValueError(
+            f"unknown key {', '.join(unknown)} (known: {', '.join(sorted(_LISTENER_KEYS))})"
+        )
     if "address" not in item:
         raise ValueError("a listener mapping needs `address: host:port`")
-    starttls, auth, accept_any = (None if item.get(key) is None else v.boolean(item[key])
-                                  for key in ("require_starttls", "require_auth",
-                                              "accept_any_credentials"))
+    starttls, auth, accept_any = (
+        None if item.get(key) is None else v.boolean(item[key])
+        for key in ("require_starttls", "require_auth", "accept_any_credentials")
+    )
     if implicit_tls and starttls is not None:
         raise ValueError("require_starttls means nothing on an implicit-TLS listener")
-    return Listener(*parse_hostport(item["address"]), require_starttls=starttls,
-                    require_auth=auth, implicit_tls=implicit_tls,
-                    accept_any_credentials=accept_any)
+    return Listener(
+        *parse_hostport(item["address"]),
+        require_starttls=starttls,
+        require_auth=auth,
+        implicit_tls=implicit_tls,
+        accept_any_credentials=accept_any,
+    )
 
 
-def read_tls(data: dict[str, Any], problems: v.Problems, secrets: bool = True
-             ) -> TlsSettings | None:
+def read_tls(
+    data: dict[str, Any], problems: v.Problems, secrets: bool = True
+) -> TlsSettings | None:
     path = "smtp.tls"
-    v.keys(data, path, {"cert", "key", "min_version", "require_starttls", "implicit_listen",
-                       "handshake_timeout"}, problems)
+    v.keys(
+        data,
+        path,
+        {"cert", "key", "min_version", "require_starttls", "implicit_listen", "handshake_timeout"},
+        problems,
+    )
     for key in ("cert", "key"):
         if not data.get(key):
             problems.add(f"{path}.{key}", "is required when the tls section is present")
@@ -95,35 +116,64 @@ def read_tls(data: dict[str, Any], problems: v.Problems, secrets: bool = True
         data = {**data, "min_version": str(data["min_version"])}
     min_version = v.choice(data, "min_version", path, tuple(MIN_VERSIONS), "1.2", problems)
     no_listeners: tuple[Listener, ...] = ()
-    implicit = v.value(data, "implicit_listen", path,
-                      lambda raw: tuple(listener_entry(item, implicit_tls=True)
-                                        for item in (raw if isinstance(raw, list) else [raw])),
-                      no_listeners, problems)
+    implicit = v.value(
+        data,
+        "implicit_listen",
+        path,
+        lambda raw: tuple(
+            listener_entry(item, implicit_tls=True)
+            for item in (raw if isinstance(raw, list) else [raw])
+        ),
+        no_listeners,
+        problems,
+    )
     require = v.value(data, "require_starttls", path, v.boolean, False, problems)
-    handshake_timeout = v.value(data, "handshake_timeout", path, v.positive_duration,
-                                HANDSHAKE_TIMEOUT, problems)
+    handshake_timeout = v.value(
+        data, "handshake_timeout", path, v.positive_duration, HANDSHAKE_TIMEOUT, problems
+    )
     if not data.get("cert") or not data.get("key"):
         return None
     cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
     try:
-        context = (server_context(cert_path, key_path, min_version) if secrets
-                   else unloaded_context(min_version))
+        context = (
+            server_context(cert_path, key_path, min_version)
+            if secrets
+            else unloaded_context(min_version)
+        )
     except ValueError as exc:
         problems.add(f"{path}.cert", str(exc))
         return None
-    return TlsSettings(cert=cert_path, key=key_path, context=context, min_version=min_version,
-                       require_starttls=require, implicit_listen=implicit,
-                       handshake_timeout=handshake_timeout)
+    return TlsSettings(
+        cert=cert_path,
+        key=key_path,
+        context=context,
+        min_version=min_version,
+        require_starttls=require,
+        implicit_listen=implicit,
+        handshake_timeout=handshake_timeout,
+    )
 
 
 _USER_KEYS = {"password_hash", "domains", "senders", *TOKEN_KEYS}
 
 
-def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str],
-              secrets: bool = True) -> AuthSettings:
+def read_auth(
+    data: dict[str, Any], problems: v.Problems, env: Mapping[str, str], secrets: bool = True
+) -> AuthSettings:
     path = "smtp.auth"
-    v.keys(data, path, {"required", "allow_without_tls", "accept_any_credentials",
-                       "max_failures", "block_for", "users"}, problems)
+    v.keys(
+        data,
+        path,
+        {
+            "required",
+            "allow_without_tls",
+            "accept_any_credentials",
+            "max_failures",
+            "block_for",
+            "users",
+        },
+        problems,
+    )
     users_data = data.get("users") or {}
     users: dict[str, User] = {}
     if not isinstance(users_data, dict):
@@ -139,17 +189,19 @@ def read_auth(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str]
         # A section that lists users means "these may send": required unless said otherwise.
         required=v.value(data, "required", path, v.boolean, bool(users), problems),
         allow_without_tls=v.value(data, "allow_without_tls", path, v.boolean, False, problems),
-        accept_any_credentials=v.value(data, "accept_any_credentials", path, v.boolean, False,
-                                      problems),
-        max_failures=v.value(data, "max_failures", path, v.integer(1, 1000),
-                            defaults.max_failures, problems),
-        block_for=v.value(data, "block_for", path, parse_duration, defaults.block_for,
-                         problems),
+        accept_any_credentials=v.value(
+            data, "accept_any_credentials", path, v.boolean, False, problems
+        ),
+        max_failures=v.value(
+            data, "max_failures", path, v.integer(1, 1000), defaults.max_failures, problems
+        ),
+        block_for=v.value(data, "block_for", path, parse_duration, defaults.block_for, problems),
     )
 
 
-def _user(name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str],
-          secrets: bool) -> User | None:
+def _user(
+    name: str, data: Any, path: str, problems: v.Problems, env: Mapping[str, str], secrets: bool
+) -> User | None:
     if not isinstance(data, dict):
         problems.add(path, "must be a mapping with at least password_hash")
         return None
@@ -182,17 +234,22 @@ def _hash_problem(stored: Any) -> str | None:
         return f"is not a password hash (a password written here is never taken): give {made_by}"
     fields = stored.split("$")
     if len(fields) != 6:
-        return (f"is a damaged scrypt hash: 6 fields separated by $ are expected, found "
-                f"{len(fields)} (copied only in part?); give {made_by}")
+        return (
+            f"is a damaged scrypt hash: 6 fields separated by $ are expected, found "
+            f"{len(fields)} (copied only in part?); give {made_by}"
+        )
     _, n, r, p, salt, digest = fields
-    if not all(number.isdigit() and int(number) > 0 for number in (n, r, p)) \
-            or int(n) & (int(n) - 1) or int(n) < 2:
+    if (
+        not all(number.isdigit() and int(number) > 0 for number in (n, r, p))
+        or int(n) & (int(n) - 1)
+        or int(n) < 2
+    ):
         return f"is a damaged scrypt hash: its cost fields are not scrypt's; give {made_by}"
     try:
         if not binascii.a2b_base64(salt.encode()) or not binascii.a2b_base64(digest.encode()):
             raise ValueError("empty")
     except (ValueError, binascii.Error):
-        return (f"is a damaged scrypt hash: its salt or digest is not base64; give {made_by}")
+        return f"is a damaged scrypt hash: its salt or digest is not base64; give {made_by}"
     return None
 
 
@@ -201,6 +258,7 @@ def _names(normal: Callable[[str], str]) -> Callable[[Any], frozenset[str]]:
         if not isinstance(value, list) or not value:
             raise ValueError("must be a non-empty list")
         return frozenset(normal(v.text(item)) for item in value)
+
     return convert
 
 
@@ -210,26 +268,37 @@ def check_access(smtp: SmtpConfig, domains: Mapping[str, object], problems: v.Pr
     if auth is not None:
         for user in auth.users.values():
             for domain in sorted(user.domains - set(domains)):
-                problems.add(f"smtp.auth.users.{user.name}.domains",
-                             f"{domain!r} is not one of the served domains")
+                problems.add(
+                    f"smtp.auth.users.{user.name}.domains",
+                    f"{domain!r} is not one of the served domains",
+                )
     listeners = [*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())]
     for index, listener in enumerate(listeners):
-        where = (f"smtp.listen[{index}]" if index < len(smtp.listen)
-                 else f"smtp.tls.implicit_listen[{index - len(smtp.listen)}]")
+        where = (
+            f"smtp.listen[{index}]"
+            if index < len(smtp.listen)
+            else f"smtp.tls.implicit_listen[{index - len(smtp.listen)}]"
+        )
         policy = policy_for(listener, smtp)
         if policy.require_starttls and smtp.tls is None:
             problems.add(f"{where}.require_starttls", "needs smtp.tls (cert and key)")
         if listener.accept_any_credentials and policy.require_auth:
-            problems.add(f"{where}.accept_any_credentials", "cannot be true where AUTH is "
-                         "required: any password would pass; set require_auth: false there")
+            problems.add(
+                f"{where}.accept_any_credentials",
+                "cannot be true where AUTH is "
+                "required: any password would pass; set require_auth: false there",
+            )
         if not policy.require_auth:
             continue
         if auth is None or not auth.users:
-            problems.add(f"{where}.require_auth" if listener.require_auth else
-                         "smtp.auth.users", "AUTH is required but no user is configured")
+            problems.add(
+                f"{where}.require_auth" if listener.require_auth else "smtp.auth.users",
+                "AUTH is required but no user is configured",
+            )
         elif smtp.tls is None and not auth.allow_without_tls and not policy.implicit_tls:
-            problems.add("smtp.auth.allow_without_tls",
-                         f"AUTH is required on {listener} but is offered only over TLS, and "
-                         "smtp.tls is not set; configure TLS, or set allow_without_tls: true "
-                         "for legacy devices on a trusted network")
-
+            problems.add(
+                "smtp.auth.allow_without_tls",
+                f"AUTH is required on {listener} but is offered only over TLS, and "
+                "smtp.tls is not set; configure TLS, or set allow_without_tls: true "
+                "for legacy devices on a trusted network",
+            )

@@ -30,8 +30,9 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS = 20
 
 
-def domain_aliases(data: Mapping[str, Any], domain: DomainConfig, path: str,
-                   problems: v.Problems) -> Mapping[str, tuple[str, ...]]:
+def domain_aliases(
+    data: Mapping[str, Any], domain: DomainConfig, path: str, problems: v.Problems
+) -> Mapping[str, tuple[str, ...]]:
     """`aliases` and the aliases of `aliases_file`; a name may be in one of them only."""
     aliases = dict(parse_aliases(data.get("aliases"), domain, f"{path}.aliases", problems))
     if data.get("aliases_file") is None:
@@ -87,18 +88,24 @@ def read_aliases_file(value: Any, path: str, problems: v.Problems) -> dict[str, 
 
 
 def _too_many(what: str) -> str:
-    return (f"more than {MAX_EXPANDED} recipients in all ({what}; each name's recipients "
-            f"summed): split the list or shorten it")
+    return (
+        f"more than {MAX_EXPANDED} recipients in all ({what}; each name's recipients "
+        f"summed): split the list or shorten it"
+    )
 
 
-def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Problems
-                  ) -> Mapping[str, tuple[str, ...]]:
+def parse_aliases(
+    value: Any, domain: DomainConfig, path: str, problems: v.Problems
+) -> Mapping[str, tuple[str, ...]]:
     """Lower-cased name -> the `sent_to` of each target, in order, each once."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        problems.add(path, 'must be a mapping of name to a recipient or a list of them '
-                           '(duty: ["79001234567", "79007654321"])')
+        problems.add(
+            path,
+            "must be a mapping of name to a recipient or a list of them "
+            '(duty: ["79001234567", "79007654321"])',
+        )
         return {}
     # Counted before any is checked; a list repeated through YAML anchors counts each time.
     expanded = sum(len(t) if isinstance(t, list) else 1 for t in value.values())
@@ -122,8 +129,11 @@ def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Probl
         shadowed = _recipient_named(name, domain)
         if shadowed is not None:
             # Mail to that number or address would silently go to the alias's group instead.
-            problems.add(where, f"{raw_name!r} is itself a recipient of this domain "
-                                f"({shadowed}); an alias must not reroute it")
+            problems.add(
+                where,
+                f"{raw_name!r} is itself a recipient of this domain "
+                f"({shadowed}); an alias must not reroute it",
+            )
             continue
         if isinstance(targets, (str, int)) and not isinstance(targets, bool):
             targets = [targets]
@@ -133,7 +143,7 @@ def parse_aliases(value: Any, domain: DomainConfig, path: str, problems: v.Probl
         if len(targets) > MAX_TARGETS:
             problems.add(where, f"more than {MAX_TARGETS} recipients")
             continue
-        resolved: dict[str, None] = {}     # in order, each once
+        resolved: dict[str, None] = {}  # in order, each once
         for index, target in enumerate(targets):
             at = f"{where}[{index}]" if len(targets) > 1 else where
             if isinstance(target, bool) or not isinstance(target, (str, int)):

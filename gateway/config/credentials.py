@@ -21,8 +21,14 @@ TOKEN_KEYS = ("token", "token_file", "token_credential")
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
 
 
-def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
-               problem: Callable[[str, str], None], *, secrets: bool = True) -> str:
+def read_token(
+    data: Mapping[str, Any],
+    path: str,
+    env: Mapping[str, str],
+    problem: Callable[[str, str], None],
+    *,
+    secrets: bool = True,
+) -> str:
     """The token `data` names through one of TOKEN_KEYS; "" when none is set or on a problem.
 
     With `secrets` false the keys are checked but no file or credential is read, and "" comes
@@ -51,8 +57,11 @@ def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
         if not secrets:
             return ""
         if not directory:
-            problem(f"{path}.{key}", "CREDENTIALS_DIRECTORY is not set (systemd sets it for a "
-                                     f"unit with LoadCredential={name}:...)")
+            problem(
+                f"{path}.{key}",
+                "CREDENTIALS_DIRECTORY is not set (systemd sets it for a "
+                f"unit with LoadCredential={name}:...)",
+            )
             return ""
         file = Path(directory) / name
     else:
@@ -74,7 +83,12 @@ def read_token(data: Mapping[str, Any], path: str, env: Mapping[str, str],
     elif key == "token_file" and mode & (stat.S_IRGRP | stat.S_IROTH):
         # Taken all the same (a group may be meant to read it), but said: it is the key to
         # the platform account.
-        log.warning("%s.%s: %s is readable by %s (mode %04o); chmod 600 it", path, key,
-                    str(file), "others" if mode & stat.S_IROTH else "its group",
-                    stat.S_IMODE(mode))
+        log.warning(
+            "%s.%s: %s is readable by %s (mode %04o); chmod 600 it",
+            path,
+            key,
+            str(file),
+            "others" if mode & stat.S_IROTH else "its group",
+            stat.S_IMODE(mode),
+        )
     return token

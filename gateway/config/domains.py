@@ -17,12 +17,31 @@ from gateway.config.model import DomainConfig, PhoneRewrite
 from gateway.config.quiet import URGENT_CHOICES, QuietHours, window, zone
 
 MESSAGE_TYPES = (
-    "sms", "push", "viber", "whatsapp", "telegram", "vk", "ok",
-    "email", "hlr", "voice", "mms", "bot", "bulk",
+    "sms",
+    "push",
+    "viber",
+    "whatsapp",
+    "telegram",
+    "vk",
+    "ok",
+    "email",
+    "hlr",
+    "voice",
+    "mms",
+    "bot",
+    "bulk",
 )
 API_CHARSETS = (
-    "UTF16BE", "UTF16LE", "CP1251", "UTF-8", "UTF-16BE", "UTF-16LE",
-    "UCS-2BE", "UCS-2LE", "UCS2BE", "UCS2LE",
+    "UTF16BE",
+    "UTF16LE",
+    "CP1251",
+    "UTF-8",
+    "UTF-16BE",
+    "UTF-16LE",
+    "UCS-2BE",
+    "UCS-2LE",
+    "UCS2BE",
+    "UCS2LE",
 )
 RECIPIENT_KINDS = ("phone", "email", "verbatim")
 OVERRIDABLE = ("sender", "ttl", "send_date", "button", "action", "image")
@@ -30,10 +49,29 @@ PLACEHOLDERS = frozenset({"subject", "body", "from", "from_name", "to", "recipie
 
 
 _DOMAIN_KEYS = {
-    "type", "recipient", "text", "html", "max_length", "strip_signature", "rewrite",
-    "allow_headers", "sender", "ttl", "charset", "button", "action", "image", "find_token",
-    "kannel_status", "max_parts", "transliterate", "quiet_hours", "timezone",
-    "quiet_hours_urgent", "aliases", "aliases_file",
+    "type",
+    "recipient",
+    "text",
+    "html",
+    "max_length",
+    "strip_signature",
+    "rewrite",
+    "allow_headers",
+    "sender",
+    "ttl",
+    "charset",
+    "button",
+    "action",
+    "image",
+    "find_token",
+    "kannel_status",
+    "max_parts",
+    "transliterate",
+    "quiet_hours",
+    "timezone",
+    "quiet_hours_urgent",
+    "aliases",
+    "aliases_file",
 }
 # The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
 SMS_TYPES = frozenset({"sms", "bulk"})
@@ -67,8 +105,9 @@ def parse_domains(value: Any, problems: v.Problems) -> dict[str, DomainConfig]:
     return domains
 
 
-def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
-            ) -> DomainConfig | None:
+def _domain(
+    name: str, data: dict[str, Any], path: str, problems: v.Problems
+) -> DomainConfig | None:
     v.keys(data, path, _DOMAIN_KEYS, problems)
     if "type" not in data:
         problems.add(f"{path}.type", f"is required (one of {', '.join(MESSAGE_TYPES)})")
@@ -106,12 +145,15 @@ def _domain(name: str, data: dict[str, Any], path: str, problems: v.Problems
     return checked if known_type else None
 
 
-def _sms_and_quiet(domain: DomainConfig, data: dict[str, Any], path: str,
-                   problems: v.Problems, known_type: bool) -> DomainConfig:
+def _sms_and_quiet(
+    domain: DomainConfig, data: dict[str, Any], path: str, problems: v.Problems, known_type: bool
+) -> DomainConfig:
     for key in ("max_parts", "transliterate"):
         if known_type and data.get(key) not in (None, False) and domain.type not in SMS_TYPES:
-            problems.add(f"{path}.{key}", f"only for types {', '.join(sorted(SMS_TYPES))} "
-                                          f"(this domain is {domain.type})")
+            problems.add(
+                f"{path}.{key}",
+                f"only for types {', '.join(sorted(SMS_TYPES))} (this domain is {domain.type})",
+            )
     quiet = None
     span = v.value(data, "quiet_hours", path, window, None, problems)
     urgent = v.choice(data, "quiet_hours_urgent", path, URGENT_CHOICES, "wait", problems)
@@ -138,8 +180,10 @@ def template(value: Any) -> str:
         if name is None:
             continue
         if name not in PLACEHOLDERS or spec or conversion:
-            raise ValueError(f"unknown placeholder {{{name}}} (known: "
-                             f"{', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))})")
+            raise ValueError(
+                f"unknown placeholder {{{name}}} (known: "
+                f"{', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))})"
+            )
     return text
 
 

@@ -14,8 +14,14 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 SECRET_KEYS = frozenset({*TOKEN_KEYS, "callback_secret"})
 
 
-def substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Problems,
-                   secrets: bool = True, done: dict[int, Any] | None = None) -> Any:
+def substitute_env(
+    node: Any,
+    path: str,
+    env: Mapping[str, str],
+    problems: v.Problems,
+    secrets: bool = True,
+    done: dict[int, Any] | None = None,
+) -> Any:
     """`node` with every ${VAR} (or ${VAR:-default}) in its strings replaced from `env`; an unset
     one without a default is a problem at its key path."""
     # A collection YAML reuses through an anchor is substituted once (`done`, by identity):
@@ -25,18 +31,22 @@ def substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Pro
         return done[id(node)]
     if isinstance(node, dict):
         mapping: dict[Any, Any] = {}
-        done[id(node)] = mapping     # before its members: an anchor may hold itself
+        done[id(node)] = mapping  # before its members: an anchor may hold itself
         for key, value in node.items():
-            mapping[key] = substitute_env(value, _child_path(path, key), env, problems, secrets,
-                                          done)
+            mapping[key] = substitute_env(
+                value, _child_path(path, key), env, problems, secrets, done
+            )
         return mapping
     if isinstance(node, list):
         items: list[Any] = []
         done[id(node)] = items
-        items.extend(substitute_env(item, f"{path}[{i}]", env, problems, secrets, done)
-                     for i, item in enumerate(node))
+        items.extend(
+            substitute_env(item, f"{path}[{i}]", env, problems, secrets, done)
+            for i, item in enumerate(node)
+        )
         return items
     if isinstance(node, str) and "${" in node:
+
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in env:
@@ -44,10 +54,14 @@ def substitute_env(node: Any, path: str, env: Mapping[str, str], problems: v.Pro
             if default is not None:
                 return default
             if not secrets and path.rpartition(".")[2] in SECRET_KEYS:
-                return ""   # the service's environment has it; a spool reader needs it not
-            problems.add(path, f"environment variable {name} is not set "
-                               f"(write ${{{name}:-default}} to make it optional)")
+                return ""  # the service's environment has it; a spool reader needs it not
+            problems.add(
+                path,
+                f"environment variable {name} is not set "
+                f"(write ${{{name}:-default}} to make it optional)",
+            )
             return ""
+
         return _ENV_REF.sub(replace, node)
     return node
 

@@ -35,13 +35,18 @@ from gateway.errors import ConfigError
 DEFAULT_PATH = "/etc/smtp2pulse/config.yaml"
 SENDERS = ("inline", "process")
 LOOPS = ("auto", "uvloop", "asyncio")
-MAX_BATCH = 1000        # the platform documents no limit; a request stays a few MB at most
+MAX_BATCH = 1000  # the platform documents no limit; a request stays a few MB at most
 MAX_BATCH_WAIT = 5.0
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
-                dry_run: bool = False, secrets: bool = True) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    dry_run: bool = False,
+    secrets: bool = True,
+) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem.
 
     `secrets=False` is for the commands that only read the spool (`queue`): every key is still
@@ -67,20 +72,46 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     except RecursionError:
         # PyYAML builds nested collections recursively: thousands of "[" exhaust the stack.
         raise ConfigError([f"{path}: nested too deeply to be a configuration"]) from None
-    return parse_config(data, env=os.environ if env is None else env, dry_run=dry_run,
-                        source=str(path), secrets=secrets)
+    return parse_config(
+        data,
+        env=os.environ if env is None else env,
+        dry_run=dry_run,
+        source=str(path),
+        secrets=secrets,
+    )
 
 
-def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
-                 source: str = "<memory>", secrets: bool = True) -> Config:
+def parse_config(
+    data: Any,
+    *,
+    env: Mapping[str, str],
+    dry_run: bool = False,
+    source: str = "<memory>",
+    secrets: bool = True,
+) -> Config:
     problems = v.Problems()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
     data = substitute_env(data, "", env, problems, secrets)
-    top = v.keys(data, "", {"smtp", "api", "spool", "http", "bounces", "domains",
-                           "shutdown_timeout", "log", "event_loop", "routes"}, problems)
+    top = v.keys(
+        data,
+        "",
+        {
+            "smtp",
+            "api",
+            "spool",
+            "http",
+            "bounces",
+            "domains",
+            "shutdown_timeout",
+            "log",
+            "event_loop",
+            "routes",
+        },
+        problems,
+    )
     smtp = _smtp(v.section(top, "smtp", problems), problems, env, secrets)
     api = _api(v.section(top, "api", problems), problems, dry_run, env, secrets)
     spool = _spool(v.section(top, "spool", problems), problems)
@@ -98,10 +129,21 @@ def parse_config(data: Any, *, env: Mapping[str, str], dry_run: bool = False,
     log_mask = v.value(log, "mask_personal_data", "log", v.boolean, False, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
-    return Config(smtp=smtp, api=api, spool=spool, domains=domains, http=http, bounces=bounces,
-                  routes=routes,
-                  shutdown_timeout=shutdown, event_loop=event_loop, log_level=level,
-                  log_format=log_format, log_mask_personal=log_mask, source=source)
+    return Config(
+        smtp=smtp,
+        api=api,
+        spool=spool,
+        domains=domains,
+        http=http,
+        bounces=bounces,
+        routes=routes,
+        shutdown_timeout=shutdown,
+        event_loop=event_loop,
+        log_level=level,
+        log_format=log_format,
+        log_mask_personal=log_mask,
+        source=source,
+    )
 
 
 def _listeners(value: Any) -> tuple[Listener, ...]:
@@ -111,56 +153,108 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
     return tuple(listener_entry(item) for item in items)
 
 
-def _smtp(data: dict[str, Any], problems: v.Problems, env: Mapping[str, str], secrets: bool
-          ) -> SmtpConfig:
+def _smtp(
+    data: dict[str, Any], problems: v.Problems, env: Mapping[str, str], secrets: bool
+) -> SmtpConfig:
     path = "smtp"
-    v.keys(data, path, {"listen", "hostname", "max_message_size", "max_recipients",
-                       "allow_networks", "tls", "auth", "timeout", "fallback_charset",
-                       "max_connections", "max_connections_per_address",
-                       "max_messages_per_minute_per_user", "max_messages_per_minute_per_address",
-                       "null_sender", "auto_submitted", "ipv6_prefix",
-                       "max_session_duration"}, problems)
+    v.keys(
+        data,
+        path,
+        {
+            "listen",
+            "hostname",
+            "max_message_size",
+            "max_recipients",
+            "allow_networks",
+            "tls",
+            "auth",
+            "timeout",
+            "fallback_charset",
+            "max_connections",
+            "max_connections_per_address",
+            "max_messages_per_minute_per_user",
+            "max_messages_per_minute_per_address",
+            "null_sender",
+            "auto_submitted",
+            "ipv6_prefix",
+            "max_session_duration",
+        },
+        problems,
+    )
     defaults = SmtpConfig()
     tls_data, auth_data = (v.section(data, key, problems, path) for key in ("tls", "auth"))
     hygiene = ("refuse", "drop", "accept")
     return SmtpConfig(
         tls=read_tls(tls_data, problems, secrets) if tls_data else None,
         auth=read_auth(auth_data, problems, env, secrets) if auth_data else None,
-        max_connections=v.value(data, "max_connections", path, v.integer(1, 100_000),
-                               defaults.max_connections, problems),
-        max_connections_per_address=v.value(data, "max_connections_per_address", path,
-                                           v.integer(1, 100_000),
-                                           defaults.max_connections_per_address, problems),
-        max_messages_per_minute_per_user=v.value(data, "max_messages_per_minute_per_user", path,
-                                                v.integer(0), 0, problems),
-        max_messages_per_minute_per_address=v.value(data, "max_messages_per_minute_per_address",
-                                                   path, v.integer(0), 0, problems),
+        max_connections=v.value(
+            data, "max_connections", path, v.integer(1, 100_000), defaults.max_connections, problems
+        ),
+        max_connections_per_address=v.value(
+            data,
+            "max_connections_per_address",
+            path,
+            v.integer(1, 100_000),
+            defaults.max_connections_per_address,
+            problems,
+        ),
+        max_messages_per_minute_per_user=v.value(
+            data, "max_messages_per_minute_per_user", path, v.integer(0), 0, problems
+        ),
+        max_messages_per_minute_per_address=v.value(
+            data, "max_messages_per_minute_per_address", path, v.integer(0), 0, problems
+        ),
         null_sender=v.choice(data, "null_sender", path, hygiene, defaults.null_sender, problems),
-        auto_submitted=v.choice(data, "auto_submitted", path, hygiene, defaults.auto_submitted,
-                               problems),
+        auto_submitted=v.choice(
+            data, "auto_submitted", path, hygiene, defaults.auto_submitted, problems
+        ),
         listen=v.value(data, "listen", path, _listeners, defaults.listen, problems),
         hostname=v.value(data, "hostname", path, v.hostname, defaults.hostname, problems),
-        max_message_size=v.value(data, "max_message_size", path, v.positive_size,
-                                defaults.max_message_size, problems),
-        max_recipients=v.value(data, "max_recipients", path, v.integer(1, 100_000),
-                              defaults.max_recipients, problems),
+        max_message_size=v.value(
+            data, "max_message_size", path, v.positive_size, defaults.max_message_size, problems
+        ),
+        max_recipients=v.value(
+            data, "max_recipients", path, v.integer(1, 100_000), defaults.max_recipients, problems
+        ),
         allow_networks=v.value(data, "allow_networks", path, v.networks, (), problems),
         timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
-        fallback_charset=v.value(data, "fallback_charset", path, v.charset_name,
-                                defaults.fallback_charset, problems),
-        ipv6_prefix=v.value(data, "ipv6_prefix", path, v.integer(32, 128), defaults.ipv6_prefix,
-                           problems),
-        max_session_duration=v.value(data, "max_session_duration", path, v.positive_duration,
-                                    defaults.max_session_duration, problems),
+        fallback_charset=v.value(
+            data, "fallback_charset", path, v.charset_name, defaults.fallback_charset, problems
+        ),
+        ipv6_prefix=v.value(
+            data, "ipv6_prefix", path, v.integer(32, 128), defaults.ipv6_prefix, problems
+        ),
+        max_session_duration=v.value(
+            data,
+            "max_session_duration",
+            path,
+            v.positive_duration,
+            defaults.max_session_duration,
+            problems,
+        ),
     )
 
 
-def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str],
-         secrets: bool) -> ApiConfig:
+def _api(
+    data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping[str, str], secrets: bool
+) -> ApiConfig:
     path = "api"
-    v.keys(data, path, {"base_url", "timeout", "dry_run", "max_concurrency", "max_rate", "sender",
-                        "batch_size", "batch_wait", *TOKEN_KEYS},
-          problems)
+    v.keys(
+        data,
+        path,
+        {
+            "base_url",
+            "timeout",
+            "dry_run",
+            "max_concurrency",
+            "max_rate",
+            "sender",
+            "batch_size",
+            "batch_wait",
+            *TOKEN_KEYS,
+        },
+        problems,
+    )
     defaults = ApiConfig()
     dry = v.value(data, "dry_run", path, v.boolean, False, problems) or dry_run
     token = read_token(data, path, env, problems.add, secrets=secrets)
@@ -171,14 +265,15 @@ def _api(data: dict[str, Any], problems: v.Problems, dry_run: bool, env: Mapping
         token=Secret(token),
         timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
         dry_run=dry,
-        max_concurrency=v.value(data, "max_concurrency", path, v.integer(1, 1000),
-                               defaults.max_concurrency, problems),
+        max_concurrency=v.value(
+            data, "max_concurrency", path, v.integer(1, 1000), defaults.max_concurrency, problems
+        ),
         max_rate=v.value(data, "max_rate", path, _rate, 0.0, problems),
         sender=v.choice(data, "sender", path, SENDERS, defaults.sender, problems),
-        batch_size=v.value(data, "batch_size", path, v.integer(1, MAX_BATCH),
-                           defaults.batch_size, problems),
-        batch_wait=v.value(data, "batch_wait", path, _batch_wait, defaults.batch_wait,
-                           problems),
+        batch_size=v.value(
+            data, "batch_size", path, v.integer(1, MAX_BATCH), defaults.batch_size, problems
+        ),
+        batch_wait=v.value(data, "batch_wait", path, _batch_wait, defaults.batch_wait, problems),
     )
 
 
@@ -187,16 +282,20 @@ def _base_url(value: Any) -> str:
     method = url.rstrip("/").rpartition("/")[2]
     if method in ("send-message", "send-list-messages"):
         # Taken as it is, every send would go to .../send-message/send-message: a 404 each.
-        raise ValueError(f"{url!r} ends in the method /{method}, which the gateway appends; "
-                         f"give the API's base, e.g. {url.rstrip('/').rpartition('/')[0]!r}")
+        raise ValueError(
+            f"{url!r} ends in the method /{method}, which the gateway appends; "
+            f"give the API's base, e.g. {url.rstrip('/').rpartition('/')[0]!r}"
+        )
     return url
 
 
 def _batch_wait(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds > MAX_BATCH_WAIT:
-        raise ValueError(f"{value!r} is longer than {MAX_BATCH_WAIT:g}s: a batch waits to fill"
-                         " while others are in flight, not for minutes")
+        raise ValueError(
+            f"{value!r} is longer than {MAX_BATCH_WAIT:g}s: a batch waits to fill"
+            " while others are in flight, not for minutes"
+        )
     return seconds
 
 
@@ -205,19 +304,32 @@ def _http(data: dict[str, Any], problems: v.Problems) -> HttpConfig:
     v.keys(data, path, {"listen", "public_url", "callback_secret", "allow_networks"}, problems)
     if "listen" not in data:
         problems.add("http.listen", "is required when the http section is present")
-    listen = v.value(data, "listen", path, lambda raw: Listener(*parse_hostport(raw)),
-                    Listener("127.0.0.1", 8025), problems)
+    listen = v.value(
+        data,
+        "listen",
+        path,
+        lambda raw: Listener(*parse_hostport(raw)),
+        Listener("127.0.0.1", 8025),
+        problems,
+    )
     # "" (an unset ${PUBLIC_URL:-}) means no callbacks, like leaving the key out.
-    public_url = v.value(data, "public_url", path, v.url, None, problems) \
-        if data.get("public_url") else None
+    public_url = (
+        v.value(data, "public_url", path, v.url, None, problems) if data.get("public_url") else None
+    )
     secret = v.value(data, "callback_secret", path, v.text, "", problems)
     # Absent (or ""), the spool makes one and keeps it; one that is set must be strong.
     if secret and len(secret) < 16:
-        problems.add("http.callback_secret", "at least 16 characters are required "
-                     "(callbacks are signed with it); leave it out to have one made")
-    return HttpConfig(listen=listen, public_url=public_url, callback_secret=Secret(secret),
-                      allow_networks=v.value(data, "allow_networks", path, v.networks, LOOPBACK,
-                                            problems))
+        problems.add(
+            "http.callback_secret",
+            "at least 16 characters are required "
+            "(callbacks are signed with it); leave it out to have one made",
+        )
+    return HttpConfig(
+        listen=listen,
+        public_url=public_url,
+        callback_secret=Secret(secret),
+        allow_networks=v.value(data, "allow_networks", path, v.networks, LOOPBACK, problems),
+    )
 
 
 def _bounces(data: dict[str, Any], problems: v.Problems) -> BounceConfig:
@@ -226,8 +338,14 @@ def _bounces(data: dict[str, Any], problems: v.Problems) -> BounceConfig:
     defaults = BounceConfig()
     return BounceConfig(
         enabled=v.value(data, "enabled", path, v.boolean, False, problems),
-        relay=v.value(data, "relay", path, lambda raw: Listener(*parse_hostport(raw)),
-                     defaults.relay, problems),
+        relay=v.value(
+            data,
+            "relay",
+            path,
+            lambda raw: Listener(*parse_hostport(raw)),
+            defaults.relay,
+            problems,
+        ),
         sender=v.value(data, "from", path, v.text, "", problems),
         timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
     )
@@ -266,14 +384,14 @@ def _spool(data: dict[str, Any], problems: v.Problems) -> SpoolConfig:
     v.keys(data, path, {"path", "url", "retry", "give_up_after"}, problems)
     defaults = SpoolConfig()
     if "path" in data and "url" in data:
-        problems.add("spool.url", "give spool.path (one SQLite file) or spool.url"
-                     " (PostgreSQL), not both")
+        problems.add(
+            "spool.url", "give spool.path (one SQLite file) or spool.url (PostgreSQL), not both"
+        )
     return SpoolConfig(
         path=v.value(data, "path", path, lambda raw: Path(v.text(raw)), defaults.path, problems),
         url=v.value(data, "url", path, _database_url, None, problems),
         retry=v.value(data, "retry", path, _retry, defaults.retry, problems),
-        give_up_after=v.value(data, "give_up_after", path, v.positive_duration,
-                             defaults.give_up_after, problems),
+        give_up_after=v.value(
+            data, "give_up_after", path, v.positive_duration, defaults.give_up_after, problems
+        ),
     )
-
-

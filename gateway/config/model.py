@@ -62,7 +62,7 @@ class Listener:
     require_starttls: bool | None = None
     require_auth: bool | None = None
     implicit_tls: bool = False
-    accept_any_credentials: bool | None = None   # None: smtp.auth.accept_any_credentials
+    accept_any_credentials: bool | None = None  # None: smtp.auth.accept_any_credentials
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -78,15 +78,15 @@ class SmtpConfig:
     timeout: float = 300.0
     fallback_charset: str = "cp1251"
     tls: TlsSettings | None = None
-    auth: AuthSettings | None = None        # None: AUTH is not offered
+    auth: AuthSettings | None = None  # None: AUTH is not offered
     max_connections: int = 100
     max_connections_per_address: int = 20
-    max_messages_per_minute_per_user: int = 0       # 0: no limit
+    max_messages_per_minute_per_user: int = 0  # 0: no limit
     max_messages_per_minute_per_address: int = 0
-    null_sender: str = "refuse"             # refuse | drop | accept (MAIL FROM:<>, bounces)
-    auto_submitted: str = "refuse"          # the same, for auto-replies and Auto-Submitted mail
-    ipv6_prefix: int = 64                   # IPv6 clients are counted and blocked per prefix
-    max_session_duration: float = 3600.0    # then 421 at the next command, however busy
+    null_sender: str = "refuse"  # refuse | drop | accept (MAIL FROM:<>, bounces)
+    auto_submitted: str = "refuse"  # the same, for auto-replies and Auto-Submitted mail
+    ipv6_prefix: int = 64  # IPv6 clients are counted and blocked per prefix
+    max_session_duration: float = 3600.0  # then 421 at the next command, however busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +96,8 @@ class ApiConfig:
     timeout: float = 10.0
     dry_run: bool = False
     max_concurrency: int = 8
-    max_rate: float = 0.0      # requests per second to the platform; 0 = no cap
-    sender: str = "inline"     # inline | process (the sends in a child process)
+    max_rate: float = 0.0  # requests per second to the platform; 0 = no cap
+    sender: str = "inline"  # inline | process (the sends in a child process)
     # >1: deliveries due together that share token, type, sender and charset go as one
     # send-list-messages request of at most this many.
     batch_size: int = 1
@@ -116,7 +116,7 @@ class ApiConfig:
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
     path: Path = Path("/var/lib/smtp2pulse/spool.sqlite3")
-    url: Secret | None = None   # postgresql://…: a database shared by several gateways
+    url: Secret | None = None  # postgresql://…: a database shared by several gateways
     retry: tuple[float, ...] = (30.0, 120.0, 600.0, 1800.0, 3600.0)
     give_up_after: float = 2 * 86400.0
 
@@ -143,7 +143,7 @@ class BounceConfig:
 
     enabled: bool = False
     relay: Listener = Listener("127.0.0.1", 25)
-    sender: str = ""          # the From: of the notification; "" = MAILER-DAEMON@smtp.hostname
+    sender: str = ""  # the From: of the notification; "" = MAILER-DAEMON@smtp.hostname
     timeout: float = 30.0
 
 
@@ -157,10 +157,10 @@ class Config:
     routes: tuple[Route, ...] = ()
     bounces: BounceConfig = BounceConfig()
     shutdown_timeout: float = 15.0
-    event_loop: str = "auto"     # auto (uvloop when installed) | uvloop | asyncio
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "info"
     log_format: str = "plain"
-    log_mask_personal: bool = False    # phone numbers and e-mail addresses in logs
+    log_mask_personal: bool = False  # phone numbers and e-mail addresses in logs
     source: str = "<memory>"
 
     def domain(self, name: str) -> DomainConfig | None:
@@ -176,7 +176,7 @@ class TlsSettings:
     key: Path
     context: ssl.SSLContext = field(compare=False, repr=False)
     min_version: str = "1.2"
-    require_starttls: bool = False        # default for plain listeners
+    require_starttls: bool = False  # default for plain listeners
     implicit_listen: tuple[Listener, ...] = ()
     # An SMTPS connection holds a connection slot from accept to the end of its handshake.
     handshake_timeout: float = HANDSHAKE_TIMEOUT
@@ -186,15 +186,15 @@ class TlsSettings:
 class User:
     name: str
     password_hash: Secret
-    domains: frozenset[str] = frozenset()        # empty: every served domain
-    senders: frozenset[str] | None = None        # None: any sender name
-    token: Secret | None = None                  # None: api.token
+    domains: frozenset[str] = frozenset()  # empty: every served domain
+    senders: frozenset[str] | None = None  # None: any sender name
+    token: Secret | None = None  # None: api.token
 
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     users: Mapping[str, User]
-    required: bool = True                 # default for every listener (false with no users)
+    required: bool = True  # default for every listener (false with no users)
     allow_without_tls: bool = False
     accept_any_credentials: bool = False
     max_failures: int = 3
@@ -218,10 +218,10 @@ class DomainConfig:
     strip_signature: bool = True
     rewrite: tuple[PhoneRewrite, ...] = ()
     allow_headers: frozenset[str] = frozenset()
-    max_parts: int | None = None              # SMS parts a text may take; longer is cut
-    transliterate: bool = False               # Cyrillic to Latin so the text stays GSM-7
+    max_parts: int | None = None  # SMS parts a text may take; longer is cut
+    transliterate: bool = False  # Cyrillic to Latin so the text stays GSM-7
     quiet_hours: QuietHours | None = None
-    timezone: ZoneInfo | None = None          # None: the machine's local time
+    timezone: ZoneInfo | None = None  # None: the machine's local time
     # Lower-cased local part -> the sent_to of each of its targets.
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Platform fields sent as they are; a None one is not sent.
@@ -237,9 +237,9 @@ class Recipient:
     """One person an envelope recipient reaches (see gateway.config.recipients, which makes
     them; here so that a route can hold the ones its `to:` names)."""
 
-    address: str      # the envelope address as the client wrote it in RCPT TO
-    domain: str       # the served domain it belongs to, lower-case
-    sent_to: str      # what goes into the platform's sent_to
+    address: str  # the envelope address as the client wrote it in RCPT TO
+    domain: str  # the served domain it belongs to, lower-case
+    sent_to: str  # what goes into the platform's sent_to
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,22 +247,22 @@ class RouteMatch:
     """What a route asks of a message; every condition given must hold. The patterns are
     compiled RE2 (gateway.config.routes), whose matching is linear in the text."""
 
-    senders: Any = None       # glob: envelope sender or From: address
-    recipients: Any = None    # glob: a RCPT TO address
-    subject: Any = None       # searched in the decoded subject
-    body: Any = None          # searched in the decoded text body
-    headers: tuple[tuple[str, Any], ...] = ()    # lower-case name, pattern for its value
-    texts: Mapping[str, str] = field(default_factory=dict)   # as written, for people
+    senders: Any = None  # glob: envelope sender or From: address
+    recipients: Any = None  # glob: a RCPT TO address
+    subject: Any = None  # searched in the decoded subject
+    body: Any = None  # searched in the decoded text body
+    headers: tuple[tuple[str, Any], ...] = ()  # lower-case name, pattern for its value
+    texts: Mapping[str, str] = field(default_factory=dict)  # as written, for people
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: RouteMatch
-    to: tuple[str, ...] = ()                    # as written
-    recipients: tuple[Recipient, ...] = ()      # `to` resolved (aliases expanded) at load
+    to: tuple[str, ...] = ()  # as written
+    recipients: tuple[Recipient, ...] = ()  # `to` resolved (aliases expanded) at load
     drop: bool = False
-    set: Mapping[str, str] = field(default_factory=dict)    # as written, for people
+    set: Mapping[str, str] = field(default_factory=dict)  # as written, for people
     # Each served domain as `set` makes it for this route's messages; empty: no `set`.
     domains: Mapping[str, DomainConfig] = field(default_factory=dict)
 

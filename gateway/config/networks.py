@@ -14,7 +14,7 @@ def client_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped   # a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
+        return address.ipv4_mapped  # a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
     return address
 
 

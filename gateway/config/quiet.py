@@ -19,8 +19,8 @@ _WINDOW = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*-\s*([01]?\d|2[0-3]):([0
 @dataclass(frozen=True, slots=True)
 class QuietHours:
     start: time
-    end: time            # may be earlier than start: the window crosses midnight
-    urgent_send: bool    # mail marked urgent (X-Priority: 1, Importance: high) is sent at once
+    end: time  # may be earlier than start: the window crosses midnight
+    urgent_send: bool  # mail marked urgent (X-Priority: 1, Importance: high) is sent at once
 
     def contains(self, moment: time) -> bool:
         if self.start <= self.end:
@@ -31,7 +31,7 @@ class QuietHours:
 def window(value: Any) -> tuple[time, time]:
     match = _WINDOW.match(value) if isinstance(value, str) else None
     if match is None:
-        raise ValueError(f"{value!r} is not a window HH:MM-HH:MM (e.g. \"22:00-08:00\")")
+        raise ValueError(f'{value!r} is not a window HH:MM-HH:MM (e.g. "22:00-08:00")')
     start = time(int(match[1]), int(match[2]))
     end = time(int(match[3]), int(match[4]))
     if start == end:
@@ -45,6 +45,8 @@ def zone(value: Any) -> ZoneInfo:
     try:
         return ZoneInfo(value.strip())
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{value!r} is not a time zone this machine knows (an IANA name such "
-                         f"as Europe/Moscow; install the tz database or the tzdata "
-                         f"package)") from None
+        raise ValueError(
+            f"{value!r} is not a time zone this machine knows (an IANA name such "
+            f"as Europe/Moscow; install the tz database or the tzdata "
+            f"package)"
+        ) from None

@@ -46,8 +46,9 @@ def resolve_recipients(address: str, config: ServedDomains) -> tuple[Recipient, 
         raise BadRecipient(f"<{address}>: not a valid address")
     domain = config.domain(domain_name)
     if domain is None:
-        raise RelayDenied(f"<{address}>: relay access denied, "
-                          f"domain {domain_name.lower()} is not served here")
+        raise RelayDenied(
+            f"<{address}>: relay access denied, domain {domain_name.lower()} is not served here"
+        )
     targets = domain.aliases.get(local.lower()) if domain.aliases else None
     if targets is not None:
         return tuple(Recipient(address, domain.name, sent_to) for sent_to in targets)
@@ -79,16 +80,19 @@ def recipient_value(local: str, domain: DomainConfig) -> str:
         # like another one in every log, list and reply: refused, never sent on.
         for ch in local:
             if unicodedata.category(ch) in ("Cf", "Cc"):
-                raise BadRecipient(f"{local.encode('ascii', 'backslashreplace').decode()!r} "
-                                   f"holds an invisible or control character "
-                                   f"(U+{ord(ch):04X})")
+                raise BadRecipient(
+                    f"{local.encode('ascii', 'backslashreplace').decode()!r} "
+                    f"holds an invisible or control character "
+                    f"(U+{ord(ch):04X})"
+                )
     return local
 
 
 def phone_number(local: str, domain: DomainConfig) -> str:
     if not _PHONE.match(local):
-        raise BadRecipient(f"{local!r} is not a phone number (digits, optional "
-                           f"leading +, separators - and . only)")
+        raise BadRecipient(
+            f"{local!r} is not a phone number (digits, optional leading +, separators - and . only)"
+        )
     international = local.startswith("+")
     digits = re.sub(r"[^0-9]", "", local)
     if not international:
@@ -100,8 +104,9 @@ def phone_number(local: str, domain: DomainConfig) -> str:
                 digits = rewritten
                 break
     if not digits.isdigit() or not 10 <= len(digits) <= 15:
-        raise BadRecipient(f"{local!r} is not a phone number in international "
-                           f"format (10 to 15 digits)")
+        raise BadRecipient(
+            f"{local!r} is not a phone number in international format (10 to 15 digits)"
+        )
     return digits
 
 

@@ -36,7 +36,7 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 def _options() -> Any:
     options = re2.Options()
-    options.log_errors = False      # RE2 would print each bad pattern to stderr itself
+    options.log_errors = False  # RE2 would print each bad pattern to stderr itself
     options.max_mem = MAX_PATTERN_MEMORY
     return options
 
@@ -50,8 +50,7 @@ def regex(value: Any) -> Any:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise ValueError(f"{pattern!r} is not a regular expression RE2 takes: {reason}"
-                         ) from None
+        raise ValueError(f"{pattern!r} is not a regular expression RE2 takes: {reason}") from None
 
 
 def glob(value: Any) -> Any:
@@ -73,8 +72,9 @@ class _Served:
         return self.domains.get(name.lower())
 
 
-def parse_routes(value: Any, domains: Mapping[str, DomainConfig], problems: v.Problems
-                 ) -> tuple[Route, ...]:
+def parse_routes(
+    value: Any, domains: Mapping[str, DomainConfig], problems: v.Problems
+) -> tuple[Route, ...]:
     """The routes, in order, each checked; `to:` resolved against `domains`."""
     if value is None:
         return ()
@@ -103,8 +103,13 @@ def parse_routes(value: Any, domains: Mapping[str, DomainConfig], problems: v.Pr
     return tuple(routes)
 
 
-def _route(data: dict[str, Any], path: str, domains: Mapping[str, DomainConfig],
-           resolver: _Served, problems: v.Problems) -> Route | None:
+def _route(
+    data: dict[str, Any],
+    path: str,
+    domains: Mapping[str, DomainConfig],
+    resolver: _Served,
+    problems: v.Problems,
+) -> Route | None:
     first = len(problems.lines)
     v.keys(data, path, ROUTE_KEYS, problems)
     name = v.value(data, "name", path, _name, "", problems)
@@ -112,30 +117,42 @@ def _route(data: dict[str, Any], path: str, domains: Mapping[str, DomainConfig],
         problems.add(f"{path}.name", "is required (it names the route in logs and /metrics)")
     match = _match(data.get("match"), f"{path}.match", problems)
     drop = v.value(data, "drop", path, v.boolean, False, problems)
-    targets = _targets(data.get("to"), f"{path}.to", resolver, problems) \
-        if data.get("to") is not None else ()
+    targets = (
+        _targets(data.get("to"), f"{path}.to", resolver, problems)
+        if data.get("to") is not None
+        else ()
+    )
     settings = v.section(data, "set", problems, path)
     v.keys(settings, f"{path}.set", SET_KEYS, problems)
     if drop and (data.get("to") is not None or settings):
-        problems.add(f"{path}.drop", "a route that drops a message neither sends it (to) nor "
-                                     "changes it (set)")
+        problems.add(
+            f"{path}.drop",
+            "a route that drops a message neither sends it (to) nor changes it (set)",
+        )
     if not drop and data.get("to") is None and not settings:
         problems.add(path, "needs what it does: to (recipients), set (fields) or drop: true")
     unserved = _unserved_domain(match, domains)
     if unserved and not drop and data.get("to") is None:
         # An address only a route names has no domain to send with: the route must say where
         # it goes (`set:` alone changes how recipients of served domains are sent to).
-        problems.add(f"{path}.match.to", f"{unserved} is not a served domain: this route needs "
-                                         "to (where such mail goes) or drop: true")
+        problems.add(
+            f"{path}.match.to",
+            f"{unserved} is not a served domain: this route needs "
+            "to (where such mail goes) or drop: true",
+        )
     routed = _routed_domains(settings, f"{path}.set", domains, targets, problems)
     if len(problems.lines) > first or match is None:
         return None
     written = data["to"] if isinstance(data.get("to"), list) else [data.get("to")]
-    return Route(name=name, match=match,
-                 to=tuple(str(t).strip() for t in written if t is not None),
-                 recipients=targets, drop=drop,
-                 set={key: _shown(settings[key]) for key in sorted(settings)},
-                 domains=routed)
+    return Route(
+        name=name,
+        match=match,
+        to=tuple(str(t).strip() for t in written if t is not None),
+        recipients=targets,
+        drop=drop,
+        set={key: _shown(settings[key]) for key in sorted(settings)},
+        domains=routed,
+    )
 
 
 def _unserved_domain(match: RouteMatch | None, domains: Mapping[str, DomainConfig]) -> str:
@@ -156,8 +173,11 @@ def _name(value: Any) -> str:
 
 def _match(value: Any, path: str, problems: v.Problems) -> RouteMatch | None:
     if not isinstance(value, dict) or not value:
-        problems.add(path, "is required: a mapping of from, to, subject, body and/or headers "
-                           "(every one given must hold)")
+        problems.add(
+            path,
+            "is required: a mapping of from, to, subject, body and/or headers "
+            "(every one given must hold)",
+        )
         return None
     v.keys(value, path, MATCH_KEYS, problems)
     headers: list[tuple[str, Any]] = []
@@ -176,14 +196,18 @@ def _match(value: Any, path: str, problems: v.Problems) -> RouteMatch | None:
         subject=v.value(value, "subject", path, regex, None, problems),
         body=v.value(value, "body", path, regex, None, problems),
         headers=tuple(headers),
-        texts={key: str(value[key]) for key in ("from", "to", "subject", "body")
-               if value.get(key) is not None}
+        texts={
+            key: str(value[key])
+            for key in ("from", "to", "subject", "body")
+            if value.get(key) is not None
+        }
         | {f"headers.{name}": str(p) for name, p in raw_headers.items()},
     )
 
 
-def _targets(value: Any, path: str, resolver: _Served, problems: v.Problems
-             ) -> tuple[Recipient, ...]:
+def _targets(
+    value: Any, path: str, resolver: _Served, problems: v.Problems
+) -> tuple[Recipient, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         problems.add(path, "must name at least one recipient address")
@@ -201,9 +225,13 @@ def _targets(value: Any, path: str, resolver: _Served, problems: v.Problems
     return tuple(targets)
 
 
-def _routed_domains(settings: dict[str, Any], path: str, domains: Mapping[str, DomainConfig],
-                    targets: tuple[Recipient, ...], problems: v.Problems
-                    ) -> Mapping[str, DomainConfig]:
+def _routed_domains(
+    settings: dict[str, Any],
+    path: str,
+    domains: Mapping[str, DomainConfig],
+    targets: tuple[Recipient, ...],
+    problems: v.Problems,
+) -> Mapping[str, DomainConfig]:
     """Each served domain as a message this route sends sees it (only those `set:` changes)."""
     if not settings:
         return {}
@@ -213,14 +241,18 @@ def _routed_domains(settings: dict[str, Any], path: str, domains: Mapping[str, D
     ttl = v.value(settings, "ttl", path, v.integer(1), None, problems)
     quiet = v.value(settings, "quiet_hours", path, v.boolean, True, problems)
     if settings.get("quiet_hours") is True:
-        problems.add(f"{path}.quiet_hours", "only false (send at once) is a route's to set; "
-                                            "quiet hours are the domain's")
+        problems.add(
+            f"{path}.quiet_hours",
+            "only false (send at once) is a route's to set; quiet hours are the domain's",
+        )
     if kind is not None:
         for target in targets:
             domain = domains[target.domain]
             if (kind == "email") != (domain.recipient == "email"):
-                problems.add(f"{path}.type", f"{kind!r} does not fit {target.address} "
-                                             f"(a {domain.recipient} recipient)")
+                problems.add(
+                    f"{path}.type",
+                    f"{kind!r} does not fit {target.address} (a {domain.recipient} recipient)",
+                )
                 break
     routed: dict[str, DomainConfig] = {}
     for name, domain in domains.items():

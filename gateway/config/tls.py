@@ -24,14 +24,17 @@ def server_context(cert: Path, key: Path, min_version: str = "1.2") -> ssl.SSLCo
             with open(path, "rb") as handle:
                 handle.read(1)
         except OSError as exc:
-            raise ValueError(f"cannot read the {label} {str(path)!r}: "
-                             f"{exc.strerror or exc}") from None
+            raise ValueError(
+                f"cannot read the {label} {str(path)!r}: {exc.strerror or exc}"
+            ) from None
     context = unloaded_context(min_version)
     try:
         context.load_cert_chain(str(cert), str(key))
     except ssl.SSLError as exc:
-        raise ValueError(f"certificate {str(cert)!r} and key {str(key)!r} do not load "
-                         f"({exc.reason or exc}); both must be PEM and belong together") from None
+        raise ValueError(
+            f"certificate {str(cert)!r} and key {str(key)!r} do not load "
+            f"({exc.reason or exc}); both must be PEM and belong together"
+        ) from None
     return context
 
 
@@ -40,6 +43,6 @@ def unloaded_context(min_version: str = "1.2") -> ssl.SSLContext:
     (for `queue`) needs, since it never serves."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = MIN_VERSIONS[min_version]
-    context.verify_mode = ssl.CERT_NONE    # mail clients do not present certificates
+    context.verify_mode = ssl.CERT_NONE  # mail clients do not present certificates
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     return context

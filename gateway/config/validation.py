@@ -17,6 +17,7 @@ from gateway.config.units import parse_duration, parse_size
 
 T = TypeVar("T")
 
+
 class Problems:
     """Collects every problem, each naming the key path it is about."""
 
@@ -31,8 +32,7 @@ def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def keys(data: dict[str, Any], path: str, known: set[str], problems: Problems
-          ) -> dict[str, Any]:
+def keys(data: dict[str, Any], path: str, known: set[str], problems: Problems) -> dict[str, Any]:
     for key in data:
         if key not in known:
             hint = f" (known: {', '.join(sorted(known))})"
@@ -40,8 +40,7 @@ def keys(data: dict[str, Any], path: str, known: set[str], problems: Problems
     return data
 
 
-def section(parent: dict[str, Any], key: str, problems: Problems, path: str = ""
-             ) -> dict[str, Any]:
+def section(parent: dict[str, Any], key: str, problems: Problems, path: str = "") -> dict[str, Any]:
     value = parent.get(key)
     if value is None:
         return {}
@@ -51,8 +50,14 @@ def section(parent: dict[str, Any], key: str, problems: Problems, path: str = ""
     return value
 
 
-def value(data: dict[str, Any], key: str, path: str, convert: Callable[[Any], T], default: T,
-           problems: Problems) -> T:
+def value(
+    data: dict[str, Any],
+    key: str,
+    path: str,
+    convert: Callable[[Any], T],
+    default: T,
+    problems: Problems,
+) -> T:
     if key not in data or data[key] is None:
         return default
     try:
@@ -62,14 +67,21 @@ def value(data: dict[str, Any], key: str, path: str, convert: Callable[[Any], T]
         return default
 
 
-def choice(data: dict[str, Any], key: str, path: str, choices: Iterable[str], default: str,
-            problems: Problems) -> str:
+def choice(
+    data: dict[str, Any],
+    key: str,
+    path: str,
+    choices: Iterable[str],
+    default: str,
+    problems: Problems,
+) -> str:
     choices = tuple(choices)
 
     def check(value: Any) -> str:
         if value not in choices:
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
         return str(value)
+
     return value(data, key, path, check, default, problems)
 
 
@@ -95,6 +107,7 @@ def integer(low: int, high: int | None = None) -> Callable[[Any], int]:
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise ValueError(f"{number} is out of range ({bound})")
         return number
+
     return check
 
 
@@ -106,7 +119,7 @@ def text(value: Any) -> str:
 
 def networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     if not isinstance(value, list):
-        raise ValueError("must be a list of networks, e.g. [127.0.0.0/8, \"::1/128\"]")
+        raise ValueError('must be a list of networks, e.g. [127.0.0.0/8, "::1/128"]')
     networks = []
     for item in value:
         try:
@@ -121,8 +134,9 @@ def charset_name(value: Any) -> str:
     if mail_codec(name) is None:
         # The parser decodes in no other charset (see gateway.config.charsets), so a fallback
         # outside the list would be ignored silently at every message.
-        raise ValueError(f"{name!r} is not a charset mail is written in (e.g. cp1251, koi8-r, "
-                         f"iso-8859-5, utf-8)")
+        raise ValueError(
+            f"{name!r} is not a charset mail is written in (e.g. cp1251, koi8-r, iso-8859-5, utf-8)"
+        )
     return name
 
 

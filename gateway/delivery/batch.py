@@ -55,8 +55,9 @@ def batch_key(outgoing: Outgoing) -> BatchKey:
     return (outgoing.token, fields.get("type"), fields.get("sender"), fields.get("charset"))
 
 
-def group(outgoing: Sequence[Outgoing], size: int, max_bytes: int = MAX_BATCH_BYTES
-          ) -> list[list[Outgoing]]:
+def group(
+    outgoing: Sequence[Outgoing], size: int, max_bytes: int = MAX_BATCH_BYTES
+) -> list[list[Outgoing]]:
     """Batches of at most `size` and about `max_bytes` of form (form_bytes) that share a key,
     in the order the first of each came."""
     open_batch: dict[BatchKey, tuple[list[Outgoing], list[int]]] = {}
@@ -87,8 +88,10 @@ def split(requests: Sequence[Mapping[str, str]]) -> tuple[dict[str, str], list[d
     """A batch's fields once (BATCH_FIELDS, which every request shares) and each message's own."""
     first = requests[0]
     shared = {name: first[name] for name in BATCH_FIELDS if name in first}
-    return shared, [{name: value for name, value in request.items()
-                     if name not in BATCH_FIELDS} for request in requests]
+    return shared, [
+        {name: value for name, value in request.items() if name not in BATCH_FIELDS}
+        for request in requests
+    ]
 
 
 def encode_batch(requests: Sequence[Mapping[str, str]], token: str) -> bytes:
@@ -98,13 +101,20 @@ def encode_batch(requests: Sequence[Mapping[str, str]], token: str) -> bytes:
     are: the texts are inside it, and the platform reads them in that charset."""
     shared, messages = split(requests)
     text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
-    return "&".join([*(quote_plus(name) + "=" + form_value(value, "utf-8")
-                       for name, value in {"token": token, **shared}.items()),
-                     "messages=" + form_value(text, codec_for(shared))]).encode("ascii")
+    return "&".join(
+        [
+            *(
+                quote_plus(name) + "=" + form_value(value, "utf-8")
+                for name, value in {"token": token, **shared}.items()
+            ),
+            "messages=" + form_value(text, codec_for(shared)),
+        ]
+    ).encode("ascii")
 
 
-def classify_batch(status: int, body: bytes, headers: Mapping[str, str], now: float,
-                   count: int, secret: str = "") -> list[Outcome]:
+def classify_batch(
+    status: int, body: bytes, headers: Mapping[str, str], now: float, count: int, secret: str = ""
+) -> list[Outcome]:
     """One outcome per message of a batch of `count`, in order (see the module's docstring)."""
     if status == 429 or status >= 500:
         return [overloaded(status, headers, now)] * count
@@ -130,8 +140,12 @@ def _one(item: object, index: int, count: int, secret: str) -> Outcome:
     if isinstance(item, dict):
         if item.get("type") == "success":
             platform_id = item.get("id")
-            return Outcome("sent", platform_id=str(platform_id)
-                           if isinstance(platform_id, str | int) and platform_id != "" else None)
+            return Outcome(
+                "sent",
+                platform_id=str(platform_id)
+                if isinstance(platform_id, str | int) and platform_id != ""
+                else None,
+            )
         if item.get("type") == "error":
             return refused(item, secret)
     text = unrecognised(200, json.dumps(item, ensure_ascii=False).encode(), secret)

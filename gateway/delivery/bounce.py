@@ -37,8 +37,9 @@ class Undeliverable(Exception):
     """This notification can never be sent as it is: recorded as failed, the next one goes on."""
 
 
-def build_dsn(failure: PendingBounce, headers: bytes, reporting_host: str,
-              sender: str) -> EmailMessage:
+def build_dsn(
+    failure: PendingBounce, headers: bytes, reporting_host: str, sender: str
+) -> EmailMessage:
     """A multipart/report: human text, message/delivery-status, the original headers (the
     7-bit header block _header_block cut from failure.raw)."""
     report = EmailMessage()
@@ -51,7 +52,8 @@ def build_dsn(failure: PendingBounce, headers: bytes, reporting_host: str,
     report.set_content(
         f"This is the smtp2pulse gateway at {reporting_host}.\n\n"
         f"Your message {failure.queue_id} could not be delivered to {failure.recipient}:\n\n"
-        f"    {failure.reason}\n\nNo further attempts will be made.\n")
+        f"    {failure.reason}\n\nNo further attempts will be made.\n"
+    )
     report.make_mixed()
     report.replace_header("Content-Type", "multipart/report; report-type=delivery-status")
     report.attach(_delivery_status(failure, reporting_host))
@@ -86,8 +88,9 @@ def _delivery_status(failure: PendingBounce, reporting_host: str) -> EmailMessag
 
 
 class Bouncer:
-    def __init__(self, spool: SpoolInterface, config: Callable[[], Config],
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, spool: SpoolInterface, config: Callable[[], Config], metrics: Metrics
+    ) -> None:
         self.spool = spool
         self.config = config
         self.metrics = metrics
@@ -95,7 +98,7 @@ class Bouncer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._wake.set()   # whatever a previous run left pending
+        self._wake.set()  # whatever a previous run left pending
         self._task = asyncio.create_task(self._run(), name="bouncer")
 
     def wake(self) -> None:
@@ -130,9 +133,12 @@ class Bouncer:
                 pending = await self.spool.pending_bounces(PENDING_AT_ONCE)
                 # The original's headers are read off the loop: a raw mail may be megabytes.
                 failures = await asyncio.to_thread(_failures, pending, fallback)
-            except Exception as exc:   # a spool that is briefly unwritable: try again later
-                log.error("bounces: cannot read the pending ones (%s); retrying in %.0fs",
-                          exc, RELAY_RETRY_SECONDS)
+            except Exception as exc:  # a spool that is briefly unwritable: try again later
+                log.error(
+                    "bounces: cannot read the pending ones (%s); retrying in %.0fs",
+                    exc,
+                    RELAY_RETRY_SECONDS,
+                )
                 failures = None
             if failures is None:
                 await asyncio.sleep(RELAY_RETRY_SECONDS)
@@ -151,14 +157,23 @@ class Bouncer:
         except Exception as exc:
             # One notification that cannot be built or sent must not hold up the ones after it.
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            log.error("queue_id=%s bounce to <%s> failed: %s", failure.queue_id,
-                      failure.mail_from, reason, extra={"queue_id": failure.queue_id})
+            log.error(
+                "queue_id=%s bounce to <%s> failed: %s",
+                failure.queue_id,
+                failure.mail_from,
+                reason,
+                extra={"queue_id": failure.queue_id},
+            )
             self.metrics.bounces.labels("failed").inc()
             try:
                 await self.spool.settle_bounce(failure.delivery_id, BounceState.FAILED, reason)
             except Exception as spool_exc:
-                log.error("queue_id=%s could not record the failed bounce: %s",
-                          failure.queue_id, spool_exc, extra={"queue_id": failure.queue_id})
+                log.error(
+                    "queue_id=%s could not record the failed bounce: %s",
+                    failure.queue_id,
+                    spool_exc,
+                    extra={"queue_id": failure.queue_id},
+                )
                 return False
             return True
 
@@ -171,27 +186,52 @@ class Bouncer:
         # takes it (checked in _relay).
         data = message.as_bytes(policy=SMTPUTF8_POLICY if utf8 else SMTP_POLICY)
         try:
-            await asyncio.to_thread(_relay, relay.host, relay.port, config.bounces.timeout,
-                                    failure.mail_from, data, utf8)
+            await asyncio.to_thread(
+                _relay,
+                relay.host,
+                relay.port,
+                config.bounces.timeout,
+                failure.mail_from,
+                data,
+                utf8,
+            )
         except smtplib.SMTPResponseException as exc:
             if exc.smtp_code < 500:
-                log.warning("queue_id=%s bounce to <%s> deferred: %s", failure.queue_id,
-                            failure.mail_from, exc, extra={"queue_id": failure.queue_id})
+                log.warning(
+                    "queue_id=%s bounce to <%s> deferred: %s",
+                    failure.queue_id,
+                    failure.mail_from,
+                    exc,
+                    extra={"queue_id": failure.queue_id},
+                )
                 return False
             await self.spool.settle_bounce(failure.delivery_id, BounceState.FAILED)
             self.metrics.bounces.labels("refused").inc()
-            log.warning("queue_id=%s bounce to <%s> refused by the relay: %s",
-                        failure.queue_id, failure.mail_from, exc,
-                        extra={"queue_id": failure.queue_id})
+            log.warning(
+                "queue_id=%s bounce to <%s> refused by the relay: %s",
+                failure.queue_id,
+                failure.mail_from,
+                exc,
+                extra={"queue_id": failure.queue_id},
+            )
             return True
         except (OSError, smtplib.SMTPException) as exc:
-            log.warning("bounce relay %s unreachable (%s); retrying in %.0fs", relay, exc,
-                        RELAY_RETRY_SECONDS)
+            log.warning(
+                "bounce relay %s unreachable (%s); retrying in %.0fs",
+                relay,
+                exc,
+                RELAY_RETRY_SECONDS,
+            )
             return False
         await self.spool.settle_bounce(failure.delivery_id, BounceState.SENT)
         self.metrics.bounces.labels("sent").inc()
-        log.info("queue_id=%s bounce sent to <%s> for %s", failure.queue_id, failure.mail_from,
-                 failure.recipient, extra={"queue_id": failure.queue_id})
+        log.info(
+            "queue_id=%s bounce sent to <%s> for %s",
+            failure.queue_id,
+            failure.mail_from,
+            failure.recipient,
+            extra={"queue_id": failure.queue_id},
+        )
         return True
 
 
@@ -211,12 +251,19 @@ def _relay(host: str, port: int, timeout: float, to: str, data: bytes, utf8: boo
             raise smtplib.SMTPResponseException(code, text) from None
 
 
-def _failures(pending: list[PendingBounce],
-              fallback_charset: str = "cp1251") -> list[tuple[PendingBounce, bytes]]:
+def _failures(
+    pending: list[PendingBounce], fallback_charset: str = "cp1251"
+) -> list[tuple[PendingBounce, bytes]]:
     """Each pending bounce with the reason the DSN gives, and the original's header block."""
-    return [(p if p.state != State.SENT
-             else replace(p, reason=f"the platform reported status {p.reason}"),
-             _header_block(p.raw, fallback_charset)) for p in pending]
+    return [
+        (
+            p
+            if p.state != State.SENT
+            else replace(p, reason=f"the platform reported status {p.reason}"),
+            _header_block(p.raw, fallback_charset),
+        )
+        for p in pending
+    ]
 
 
 def _header_block(raw: bytes, fallback_charset: str = "cp1251") -> bytes:
@@ -236,7 +283,7 @@ def _header_block(raw: bytes, fallback_charset: str = "cp1251") -> bytes:
 
 
 _ADDRESS_HEADERS = frozenset(("from", "to", "cc", "bcc", "reply-to", "sender"))
-_MAX_STRUCTURED = 998   # the email package's address parser is not linear in what it is given
+_MAX_STRUCTURED = 998  # the email package's address parser is not linear in what it is given
 
 
 def _quoted(name: str, text: str) -> str:
@@ -248,4 +295,3 @@ def _quoted(name: str, text: str) -> str:
             if folded.isascii():
                 return folded.replace("\r\n", "\n")
     return f"{name}: {Header(text, 'utf-8', header_name=name).encode()}\n"
-

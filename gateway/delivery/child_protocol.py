@@ -24,6 +24,7 @@ _LENGTH = struct.Struct("!I")
 @dataclass(frozen=True, slots=True)
 class Start:
     """Parent to child, first: how to run."""
+
     api: ApiConfig
     log_level: str
     log_format: str
@@ -38,6 +39,7 @@ class Ready:
 @dataclass(frozen=True, slots=True)
 class Failed:
     """Child to parent, instead of Ready."""
+
     reason: str
 
 
@@ -49,6 +51,7 @@ class Send:
     clock in both processes: not begun by `start_by`, the request is not sent at all (a child
     that was stalled must not send what the parent has given up on and will send again);
     not answered by `answer_by`, when the parent stops waiting, it is abandoned."""
+
     number: int
     requests: tuple[Mapping[str, str], ...]
     token: str
@@ -60,6 +63,7 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class Answer:
     """Child to parent: the outcomes of Send `number`, one per request, in order."""
+
     number: int
     outcomes: tuple[Outcome, ...]
 
@@ -67,6 +71,7 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class Mask:
     """Whether log lines hide personal data now (follows a reload)."""
+
     on: bool
 
 

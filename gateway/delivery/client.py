@@ -41,7 +41,7 @@ log = logging.getLogger("smtp2pulse.deliver")
 # Bodies past this (aiohttp's own threshold) are written in pieces of STREAM_PIECE (_request).
 STREAM_FROM = 1 << 20
 STREAM_PIECE = 1 << 16
-_RESET = struct.pack("ii", 1, 0)   # SO_LINGER on, 0 s: close() resets
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 # A platform answering 4xx is told to the log at most this often (the first at once).
 CONFIG_WARNING_EVERY = 60.0
 
@@ -84,17 +84,22 @@ class PulseClient:
     transport raises httpx's own exceptions.
     """
 
-    def __init__(self, api: ApiConfig, *, transport: httpx.AsyncBaseTransport | None = None
-                 ) -> None:
+    def __init__(
+        self, api: ApiConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.api = api
         self._transport = transport
         self._active: httpx.AsyncBaseTransport | None = None
         self._url = httpx.URL(api.send_url)
         self._batch_url = httpx.URL(api.batch_url)
         # identity: replies are small; one compressed anyway is still undone within the cap.
-        self._headers = httpx.Headers({"Content-Type": "application/x-www-form-urlencoded",
-                                       "User-Agent": "smtp2pulse",
-                                       "Accept-Encoding": "identity"})
+        self._headers = httpx.Headers(
+            {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "User-Agent": "smtp2pulse",
+                "Accept-Encoding": "identity",
+            }
+        )
         self._timeout = httpx.Timeout(api.timeout).as_dict()
         self.platform_error: PlatformError | None = None
         self._warned_at = 0.0
@@ -102,16 +107,18 @@ class PulseClient:
 
     async def start(self) -> None:
         if self.api.base_url.startswith("http://"):
-            log.warning("api.base_url %s is plain http: the token travels unencrypted",
-                        self.api.base_url)
+            log.warning(
+                "api.base_url %s is plain http: the token travels unencrypted", self.api.base_url
+            )
         # httpx's API and exceptions over aiohttp's connection handling, which measured several
         # times cheaper in CPU per request than httpx's own transport; the session is ours so
         # that its requests can be aborted (_TrackedRequest).
         if self._transport is not None:
             self._active = self._transport
             return
-        connector = aiohttp.TCPConnector(limit=self.api.max_concurrency, keepalive_timeout=5.0,
-                                         ssl=httpx.create_ssl_context())
+        connector = aiohttp.TCPConnector(
+            limit=self.api.max_concurrency, keepalive_timeout=5.0, ssl=httpx.create_ssl_context()
+        )
         session = aiohttp.ClientSession(connector=connector, request_class=_TrackedRequest)
         self._active = AiohttpTransport(client=session)
 
@@ -127,27 +134,30 @@ class PulseClient:
         reply = await self._post(self._url, encode_form(request, token), token)
         if isinstance(reply, Outcome):
             return reply
-        outcome = classify(*reply, time.time(), secret=token)   # a platform echoing the request
+        outcome = classify(*reply, time.time(), secret=token)  # a platform echoing the request
         return self._told(reply[0], [outcome])[0]
 
-    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
-                         ) -> list[Outcome]:
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str) -> list[Outcome]:
         reply = await self._post(self._batch_url, encode_batch(requests, token), token)
         if isinstance(reply, Outcome):
             return [reply] * len(requests)
-        return self._told(reply[0], classify_batch(*reply, time.time(), len(requests),
-                                                   secret=token))
+        return self._told(
+            reply[0], classify_batch(*reply, time.time(), len(requests), secret=token)
+        )
 
     def _told(self, status: int, outcomes: list[Outcome]) -> list[Outcome]:
         """The outcomes, each carrying the platform error a 4xx reply tells (if any)."""
         error = self.platform_error
         if error is None or error.status != status:
             return outcomes
-        return [replace(outcome, config_error=f"HTTP {status} from {error.url}: {error.hint}")
-                for outcome in outcomes]
+        return [
+            replace(outcome, config_error=f"HTTP {status} from {error.url}: {error.hint}")
+            for outcome in outcomes
+        ]
 
-    async def _post(self, url: httpx.URL, content: bytes, token: str
-                    ) -> tuple[int, bytes, httpx.Headers] | Outcome:
+    async def _post(
+        self, url: httpx.URL, content: bytes, token: str
+    ) -> tuple[int, bytes, httpx.Headers] | Outcome:
         """The reply's status, body and headers; an Outcome if there is none.
 
         No status: a retry (the request may not have arrived). A 2xx whose body cannot be read
@@ -184,7 +194,7 @@ class PulseClient:
         except httpx.HTTPError as exc:
             _abort(used)
             return self._unread(status, failure(exc, token))
-        except BaseException:   # cancelled (a stop), or a bug: the connection goes too
+        except BaseException:  # cancelled (a stop), or a bug: the connection goes too
             _abort(used)
             raise
         finally:
@@ -198,15 +208,17 @@ class PulseClient:
     def _request(self, url: httpx.URL, content: bytes) -> httpx.Request:
         extensions = {"timeout": self._timeout}
         if len(content) <= STREAM_FROM:
-            return httpx.Request("POST", url, headers=self._headers, content=content,
-                                 extensions=extensions)
+            return httpx.Request(
+                "POST", url, headers=self._headers, content=content, extensions=extensions
+            )
         # A big body goes out a piece at a time, each written once the last has left: the
         # whole of it is never copied into the connection's buffer (where a platform that
         # does not read would keep it). Its length is known: not chunked.
         headers = httpx.Headers(self._headers)
         headers["Content-Length"] = str(len(content))
-        return httpx.Request("POST", url, headers=headers, content=_pieces(content),
-                             extensions=extensions)
+        return httpx.Request(
+            "POST", url, headers=headers, content=_pieces(content), extensions=extensions
+        )
 
     def _unread(self, status: int | None, why: str) -> Outcome:
         if status is None:
@@ -229,8 +241,14 @@ class PulseClient:
             self._unwarned += 1
             return
         repeats = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
-        log.warning("the platform answered HTTP %d to POST %s: %s; deliveries stay queued and"
-                    " are retried%s", status, url, hint, repeats)
+        log.warning(
+            "the platform answered HTTP %d to POST %s: %s; deliveries stay queued and"
+            " are retried%s",
+            status,
+            url,
+            hint,
+            repeats,
+        )
         self._warned_at, self._unwarned = now, 0
 
 
@@ -257,7 +275,7 @@ def failure(exc: httpx.HTTPError, token: str) -> str:
 async def _pieces(content: bytes) -> AsyncIterator[bytes]:
     view = memoryview(content)
     for start in range(0, len(view), STREAM_PIECE):
-        yield bytes(view[start:start + STREAM_PIECE])
+        yield bytes(view[start : start + STREAM_PIECE])
 
 
 def _abort(used: list[asyncio.Transport]) -> None:
@@ -287,14 +305,20 @@ class DryRunClient:
         return True
 
     async def send(self, request: Mapping[str, str], token: str) -> Outcome:
-        log.info("dry run: would POST %s %s", self.api.send_url,
-                 json.dumps(masked_request(request, token), ensure_ascii=False))
+        log.info(
+            "dry run: would POST %s %s",
+            self.api.send_url,
+            json.dumps(masked_request(request, token), ensure_ascii=False),
+        )
         return Outcome("sent", platform_id="dry-run")
 
-    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
-                         ) -> list[Outcome]:
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str) -> list[Outcome]:
         shared, messages = split(requests)
-        log.info("dry run: would POST %s %s and %d messages: %s", self.api.batch_url,
-                 json.dumps(masked_request(shared, token), ensure_ascii=False), len(messages),
-                 json.dumps(messages, ensure_ascii=False))
+        log.info(
+            "dry run: would POST %s %s and %d messages: %s",
+            self.api.batch_url,
+            json.dumps(masked_request(shared, token), ensure_ascii=False),
+            len(messages),
+            json.dumps(messages, ensure_ascii=False),
+        )
         return [Outcome("sent", platform_id="dry-run")] * len(requests)

@@ -36,13 +36,14 @@ from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.worker")
 
-RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0)   # the last repeats: short, a lease is running out
-STILL_KEPT_EVERY = 60.0                # seconds between "still not recorded" lines
+RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0)  # the last repeats: short, a lease is running out
+STILL_KEPT_EVERY = 60.0  # seconds between "still not recorded" lines
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
     """One request: its deliveries, what the platform said of each, what the spool records."""
+
     batch: tuple[Outgoing, ...]
     outcomes: tuple[Outcome, ...]
     results: tuple[Result, ...]
@@ -50,8 +51,9 @@ class Finished:
 
 
 class Recorder:
-    def __init__(self, spool: SpoolInterface, metrics: Metrics,
-                 on_bounce: Callable[[], None]) -> None:
+    def __init__(
+        self, spool: SpoolInterface, metrics: Metrics, on_bounce: Callable[[], None]
+    ) -> None:
         self.spool = spool
         self.metrics = metrics
         self.on_bounce = on_bounce
@@ -59,7 +61,7 @@ class Recorder:
         self._held: set[int] = set()
         self._retry: asyncio.Task[None] | None = None
         self._said_at = 0.0
-        self._flushing = asyncio.Lock()   # the retry loop, the worker and stop() all flush
+        self._flushing = asyncio.Lock()  # the retry loop, the worker and stop() all flush
 
     @property
     def held(self) -> set[int]:
@@ -90,14 +92,17 @@ class Recorder:
                 return True
             written = await asyncio.gather(*(self._write(f, quiet=True) for f in kept))
             # Only record() adds meanwhile, at the end.
-            self._kept = [f for f, done in zip(kept, written, strict=True) if not done] \
-                + self._kept[len(kept):]
+            self._kept = [
+                f for f, done in zip(kept, written, strict=True) if not done
+            ] + self._kept[len(kept) :]
             for finished, done in zip(kept, written, strict=True):
                 if done:
                     self._held.difference_update(r.delivery_id for r in finished.results)
-                    log.warning("queue_id=%s recorded %d outcomes kept while the spool was"
-                                " away", finished.batch[0].delivery.queue_id,
-                                len(finished.results))
+                    log.warning(
+                        "queue_id=%s recorded %d outcomes kept while the spool was away",
+                        finished.batch[0].delivery.queue_id,
+                        len(finished.results),
+                    )
             return not self._kept
 
     async def stop(self, within: float) -> None:
@@ -119,10 +124,13 @@ class Recorder:
                 await self._retry
         if self._kept:
             sent = [r for f in self._kept for r in f.results if r.event == "sent"]
-            log.error("stopped with %d outcomes not recorded; %d of them sent, which will be"
-                      " sent again once their lease runs out: %s",
-                      sum(len(f.results) for f in self._kept), len(sent),
-                      " ".join(f.batch[0].delivery.queue_id for f in self._kept))
+            log.error(
+                "stopped with %d outcomes not recorded; %d of them sent, which will be"
+                " sent again once their lease runs out: %s",
+                sum(len(f.results) for f in self._kept),
+                len(sent),
+                " ".join(f.batch[0].delivery.queue_id for f in self._kept),
+            )
 
     def _keep(self, finished: Finished) -> None:
         self._kept.append(finished)
@@ -135,8 +143,10 @@ class Recorder:
                 return
             if time.monotonic() - self._said_at >= STILL_KEPT_EVERY:
                 self._said_at = time.monotonic()
-                log.error("%d outcomes still not recorded (their deliveries are held here);"
-                          " trying again", sum(len(f.results) for f in self._kept))
+                log.error(
+                    "%d outcomes still not recorded (their deliveries are held here); trying again",
+                    sum(len(f.results) for f in self._kept),
+                )
 
     async def _write(self, finished: Finished, *, quiet: bool = False) -> bool:
         try:
@@ -144,9 +154,13 @@ class Recorder:
         except (SpoolError, ShuttingDown) as exc:
             if not quiet:
                 self._said_at = time.monotonic()
-                log.error("queue_id=%s could not record %d outcomes: %s; kept, to be recorded"
-                          " when the spool is back", finished.batch[0].delivery.queue_id,
-                          len(finished.results), exc)
+                log.error(
+                    "queue_id=%s could not record %d outcomes: %s; kept, to be recorded"
+                    " when the spool is back",
+                    finished.batch[0].delivery.queue_id,
+                    len(finished.results),
+                    exc,
+                )
             return False
         self._account(finished)
         self._log(finished)
@@ -173,19 +187,26 @@ class Recorder:
         batch = finished.batch
         ms = finished.elapsed * 1000
         sent = []
-        for item, outcome, result in zip(batch, finished.outcomes, finished.results,
-                                         strict=True):
+        for item, outcome, result in zip(batch, finished.outcomes, finished.results, strict=True):
             delivery = item.delivery
             to = delivery.request.get("sent_to", delivery.recipient)
             if len(batch) > 1 and result.event == "sent":
                 sent.append(f"{delivery.queue_id}({to}:{outcome.platform_id or '-'})")
                 continue
-            log.info("queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
-                     delivery.queue_id, to, delivery.attempts + 1, result.event,
-                     f"platform_id={outcome.platform_id} " if outcome.platform_id else
-                     f"reason={result.detail!r} ", ms,
-                     f", batch of {len(batch)}" if len(batch) > 1 else "",
-                     extra={"queue_id": delivery.queue_id})
+            log.info(
+                "queue_id=%s to=%s attempt=%d outcome=%s %s(%.0f ms%s)",
+                delivery.queue_id,
+                to,
+                delivery.attempts + 1,
+                result.event,
+                f"platform_id={outcome.platform_id} "
+                if outcome.platform_id
+                else f"reason={result.detail!r} ",
+                ms,
+                f", batch of {len(batch)}" if len(batch) > 1 else "",
+                extra={"queue_id": delivery.queue_id},
+            )
         if sent:
-            log.info("batch of %d (%.0f ms): %d sent: %s", len(batch), ms, len(sent),
-                     " ".join(sent))
+            log.info(
+                "batch of %d (%.0f ms): %d sent: %s", len(batch), ms, len(sent), " ".join(sent)
+            )

@@ -33,7 +33,8 @@ from gateway.spool.rows import Delivery
 _CODECS = {
     **dict.fromkeys(("UTF16BE", "UTF-16BE", "UCS-2BE", "UCS2BE"), "utf-16-be"),
     **dict.fromkeys(("UTF16LE", "UTF-16LE", "UCS-2LE", "UCS2LE"), "utf-16-le"),
-    "CP1251": "cp1251", "UTF-8": "utf-8",
+    "CP1251": "cp1251",
+    "UTF-8": "utf-8",
 }
 _TEXT_FIELDS = ("sent_text", "html_text")
 _MAX_ERROR_TEXT = 300
@@ -67,8 +68,9 @@ def assemble(delivery: Delivery, config: Config) -> Outgoing:
     fields = dict(delivery.request)
     http = config.http
     if http is not None and http.callback_url:
-        fields["callback"] = callback_url(http.callback_url, http.callback_secret.reveal(),
-                                          delivery.id, delivery.queue_id)
+        fields["callback"] = callback_url(
+            http.callback_url, http.callback_secret.reveal(), delivery.id, delivery.queue_id
+        )
     return Outgoing(delivery, fields, token_for(config, delivery.auth_user))
 
 
@@ -83,7 +85,8 @@ def encode_form(request: Mapping[str, str], token: str) -> bytes:
     pairs = [("token", token), *request.items()]
     return "&".join(
         quote_plus(name) + "=" + form_value(value, codec if name in _TEXT_FIELDS else "utf-8")
-        for name, value in pairs).encode("ascii")
+        for name, value in pairs
+    ).encode("ascii")
 
 
 def form_value(value: str, codec: str) -> str:
@@ -105,8 +108,9 @@ def masked_request(request: Mapping[str, str], token: str) -> dict[str, str]:
     return {"token": mask(token), **request}
 
 
-def classify(status: int, body: bytes, headers: Mapping[str, str], now: float,
-             secret: str = "") -> Outcome:
+def classify(
+    status: int, body: bytes, headers: Mapping[str, str], now: float, secret: str = ""
+) -> Outcome:
     """What a reply means; `secret` (the request's token) is masked in any text it echoes,
     before that text is shortened, so a cut cannot leave half a token."""
     if status == 429 or status >= 500:
@@ -123,8 +127,11 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], now: float,
 
 def overloaded(status: int, headers: Mapping[str, str], now: float) -> Outcome:
     """A 429 or 5xx: tried again, after the Retry-After the platform asks for if any."""
-    return Outcome("retry", detail=f"HTTP {status}",
-                   retry_after=retry_after_seconds(headers.get("retry-after"), now))
+    return Outcome(
+        "retry",
+        detail=f"HTTP {status}",
+        retry_after=retry_after_seconds(headers.get("retry-after"), now),
+    )
 
 
 def json_reply(body: bytes) -> object:
@@ -157,10 +164,16 @@ def _spellings(secret: str) -> re.Pattern[str]:
     # Raw; form-encoded as we send it (a `/+=` token is all escapes there) and as other
     # encoders write it; JSON- and HTML-escaped. Case-blind for %2f against %2F (masking a
     # look-alike too is harmless).
-    forms = {secret, form_value(secret, "utf-8"), quote_plus(secret), quote(secret),
-             quote(secret, safe=""), html.escape(secret)}
+    forms = {
+        secret,
+        form_value(secret, "utf-8"),
+        quote_plus(secret),
+        quote(secret),
+        quote(secret, safe=""),
+        html.escape(secret),
+    }
     forms |= {json.dumps(form)[1:-1] for form in list(forms)}
-    forms |= {form.replace("/", "\\/") for form in list(forms)}   # JSON's optional \/
+    forms |= {form.replace("/", "\\/") for form in list(forms)}  # JSON's optional \/
     alternatives = sorted(forms, key=len, reverse=True)
     return re.compile("|".join(re.escape(form) for form in alternatives), re.IGNORECASE)
 
@@ -169,7 +182,7 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isascii() and value.isdigit():   # not "²": str.isdigit takes any Unicode digit
+    if value.isascii() and value.isdigit():  # not "²": str.isdigit takes any Unicode digit
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -190,8 +203,10 @@ def config_hint(base_url: str, status: int) -> str:
     if status == 413:
         return "the platform refuses a request this big"
     if base_url.rstrip("/").endswith(("/send-message", "/send-list-messages")):
-        return ("check api.base_url: it is the API's base (…/api/v1/bulk); /send-message is"
-                " appended to it")
+        return (
+            "check api.base_url: it is the API's base (…/api/v1/bulk); /send-message is"
+            " appended to it"
+        )
     if status in (404, 405):
         return "check api.base_url (the API's base, e.g. https://…/api/v1/bulk)"
     return "check api.base_url and api.token"

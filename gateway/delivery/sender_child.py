@@ -26,7 +26,7 @@ from gateway.logs import setup_logging
 
 log = logging.getLogger("smtp2pulse.sender")
 
-SENDER_NICENESS = 10      # added to the daemon's own (systemd's Nice=)
+SENDER_NICENESS = 10  # added to the daemon's own (systemd's Nice=)
 
 
 async def serve(fd: int) -> int:
@@ -40,6 +40,7 @@ async def serve(fd: int) -> int:
     privacy.install(lambda: masking[0])
     # Here and not at the top: the client brings httpx, aiohttp and their imports.
     from gateway.delivery.client import DryRunClient, PulseClient
+
     client = DryRunClient(api) if api.dry_run else PulseClient(api)
     out = wire.Batcher(writer)
     try:
@@ -60,20 +61,24 @@ async def serve(fd: int) -> int:
             # This process was stalled (stopped, starved) with the order waiting: the parent
             # has had no answer for it, and may already be sending it again elsewhere.
             log.warning("a request waited past its deadline in the sender process; not sent")
-            outcomes: tuple[Outcome, ...] = (Outcome(
-                "retry", detail="not sent: held up in the sender process past its deadline"),)
+            outcomes: tuple[Outcome, ...] = (
+                Outcome(
+                    "retry", detail="not sent: held up in the sender process past its deadline"
+                ),
+            )
             out.send(wire.Answer(order.number, outcomes))
             return
         try:
             async with asyncio.timeout(
-                    None if math.isinf(answer_by) else answer_by - time.monotonic()):
+                None if math.isinf(answer_by) else answer_by - time.monotonic()
+            ):
                 if order.batch:
                     outcomes = tuple(await client.send_batch(order.requests, order.token))
                 else:
                     outcomes = (await client.send(order.requests[0], order.token),)
-        except TimeoutError:   # the parent has stopped waiting for it (and counts it a retry)
+        except TimeoutError:  # the parent has stopped waiting for it (and counts it a retry)
             outcomes = (Outcome("retry", detail="sender process: past its answer deadline"),)
-        except Exception as exc:   # a bug must cost a retry, not the child
+        except Exception as exc:  # a bug must cost a retry, not the child
             log.exception("send raised")
             outcomes = (Outcome("retry", detail=f"internal error: {type(exc).__name__}"),)
         out.send(wire.Answer(order.number, outcomes))
@@ -116,7 +121,7 @@ def main(argv: list[str]) -> int:
     # measured).
     try:
         os.nice(SENDER_NICENESS)
-    except OSError as exc:   # a seccomp filter without setpriority: slower bursts, nothing worse
+    except OSError as exc:  # a seccomp filter without setpriority: slower bursts, nothing worse
         print(f"smtp2pulse sender process: cannot lower its priority: {exc}", file=sys.stderr)
     # asyncio's own loop: uvloop costs this process memory and measured no gain here (the
     # child's CPU per request the same within the noise); the SMTP side keeps it.

@@ -54,13 +54,13 @@ from gateway.errors import SenderProcessError
 log = logging.getLogger("smtp2pulse.sender")
 
 START_TIMEOUT = 30.0
-STOP_MARGIN = 10.0        # past the drain's grace, before the child is killed
-ANSWER_MARGIN = 10.0      # past api.timeout: a child that has not answered by then is stuck
+STOP_MARGIN = 10.0  # past the drain's grace, before the child is killed
+ANSWER_MARGIN = 10.0  # past api.timeout: a child that has not answered by then is stuck
 # A request the child has not begun this long after it was handed over is not sent at all: the
 # child was stalled, and a late start could only finish after the parent stopped waiting
 # (START_WITHIN + api.timeout is inside api.timeout + ANSWER_MARGIN).
 START_WITHIN = 5.0
-ANSWER_SLACK = 1.0        # for the child's own "past its deadline" answer to arrive
+ANSWER_SLACK = 1.0  # for the child's own "past its deadline" answer to arrive
 PING_EVERY = 1.0
 # A child whose event loop has not answered a ping for this long is stuck (SIGSTOP, a hang):
 # it is killed and replaced, and what it held becomes a retry. A working child answers within
@@ -72,12 +72,18 @@ RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 class SenderProcess:
     """A `Sender` whose requests run in a child process."""
 
-    def __init__(self, api: ApiConfig, *, mask_personal: Callable[[], bool] = lambda: False,
-                 log_level: str = "info", log_format: str = "plain",
-                 stuck_after: float = STUCK_AFTER) -> None:
+    def __init__(
+        self,
+        api: ApiConfig,
+        *,
+        mask_personal: Callable[[], bool] = lambda: False,
+        log_level: str = "info",
+        log_format: str = "plain",
+        stuck_after: float = STUCK_AFTER,
+    ) -> None:
         self.api = api
         self.stuck_after = stuck_after
-        self.trouble: str | None = None   # why the child is being replaced (for /healthz)
+        self.trouble: str | None = None  # why the child is being replaced (for /healthz)
         self.mask_personal = mask_personal
         self.log_level = log_level
         self.log_format = log_format
@@ -96,8 +102,12 @@ class SenderProcess:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None \
-            and self._out is not None and not self._out.writer.is_closing()
+        return (
+            self._process is not None
+            and self._process.returncode is None
+            and self._out is not None
+            and not self._out.writer.is_closing()
+        )
 
     @property
     def pid(self) -> int | None:
@@ -112,12 +122,12 @@ class SenderProcess:
         (outcome,) = await self._ask((request,), token, batch=False)
         return outcome
 
-    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
-                         ) -> list[Outcome]:
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str) -> list[Outcome]:
         return list(await self._ask(tuple(requests), token, batch=True))
 
-    async def _ask(self, requests: tuple[Mapping[str, str], ...], token: str, *, batch: bool
-                   ) -> tuple[Outcome, ...]:
+    async def _ask(
+        self, requests: tuple[Mapping[str, str], ...], token: str, *, batch: bool
+    ) -> tuple[Outcome, ...]:
         if not self.ready() and not self._stopping:
             # Being restarted: usually back in a fraction of a second, cheaper than a retry.
             with contextlib.suppress(TimeoutError):
@@ -126,19 +136,27 @@ class SenderProcess:
             return (Outcome("retry", detail="sender process is not running"),) * len(requests)
         assert self._out is not None
         mask = self.mask_personal()
-        if mask != self._mask_sent:          # follows a reload, for the dry run's log lines
+        if mask != self._mask_sent:  # follows a reload, for the dry run's log lines
             self._out.send(Mask(mask))
             self._mask_sent = mask
         number = next(self._ids)
         answer: asyncio.Future[tuple[Outcome, ...]] = asyncio.get_running_loop().create_future()
         self._waiting[number] = answer
         now = time.monotonic()
-        self._out.send(Send(number, tuple(dict(r) for r in requests), token, batch,
-                            start_by=now + START_WITHIN,
-                            answer_by=now + self.api.timeout + ANSWER_MARGIN))
+        self._out.send(
+            Send(
+                number,
+                tuple(dict(r) for r in requests),
+                token,
+                batch,
+                start_by=now + START_WITHIN,
+                answer_by=now + self.api.timeout + ANSWER_MARGIN,
+            )
+        )
         try:
-            outcomes = await asyncio.wait_for(answer,
-                                              self.api.timeout + ANSWER_MARGIN + ANSWER_SLACK)
+            outcomes = await asyncio.wait_for(
+                answer, self.api.timeout + ANSWER_MARGIN + ANSWER_SLACK
+            )
         except TimeoutError:
             outcomes = (Outcome("retry", detail="sender process did not answer"),)
         finally:
@@ -180,8 +198,13 @@ class SenderProcess:
         parent_end, child_end = socket.socketpair()
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.delivery.sender_child", str(child_end.fileno()),
-                pass_fds=(child_end.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+                sys.executable,
+                "-m",
+                "gateway.delivery.sender_child",
+                str(child_end.fileno()),
+                pass_fds=(child_end.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
         except BaseException:
             parent_end.close()
             raise
@@ -254,8 +277,10 @@ class SenderProcess:
                 continue
             silent = now - self._last_pong
             if silent > self.stuck_after:
-                self.trouble = (f"sender process {process.pid} is stuck (no answer for"
-                                f" {silent:.0f}s); replacing it")
+                self.trouble = (
+                    f"sender process {process.pid} is stuck (no answer for"
+                    f" {silent:.0f}s); replacing it"
+                )
                 log.error("%s", self.trouble)
                 self._up.clear()
                 with contextlib.suppress(ProcessLookupError):
@@ -293,4 +318,5 @@ if __name__ == "__main__":
     # that code, whose package was upgraded under it, still gets a working child when it
     # restarts one.
     from gateway.delivery.sender_child import main
+
     sys.exit(main(sys.argv))

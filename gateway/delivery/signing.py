@@ -18,12 +18,12 @@ def sign(secret: str, delivery_id: int, queue_id: str) -> str:
 
 
 def verify(secret: str, delivery_id: int, queue_id: str, signature: str) -> bool:
-    return bool(secret) and hmac.compare_digest(sign(secret, delivery_id, queue_id),
-                                                signature.encode("ascii", "replace").decode())
+    return bool(secret) and hmac.compare_digest(
+        sign(secret, delivery_id, queue_id), signature.encode("ascii", "replace").decode()
+    )
 
 
 def callback_url(base: str, secret: str, delivery_id: int, queue_id: str) -> str:
     """The request's `callback`: ours, signed, with the platform's placeholders left in."""
-    query = urlencode({"d": delivery_id, "q": queue_id,
-                       "sig": sign(secret, delivery_id, queue_id)})
+    query = urlencode({"d": delivery_id, "q": queue_id, "sig": sign(secret, delivery_id, queue_id)})
     return f"{base}?{query}&id={{id}}&status={{status}}"

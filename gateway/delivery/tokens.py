@@ -16,6 +16,7 @@ def token_for(config: Config, user_name: str | None) -> str:
     if user_name and user is None:
         # Removed from the config (and reloaded) while its mail was queued: say whose account
         # now pays for it.
-        log.warning("user %s is no longer configured; its queued mail goes with api.token",
-                    user_name)
+        log.warning(
+            "user %s is no longer configured; its queued mail goes with api.token", user_name
+        )
     return (user.token if user is not None and user.token else config.api.token).reveal()

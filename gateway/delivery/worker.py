@@ -59,17 +59,23 @@ class Pacer:
 class Sender(Protocol):
     async def send(self, request: Mapping[str, str], token: str) -> Outcome: ...
 
-    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str
-                         ) -> list[Outcome]:
+    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str) -> list[Outcome]:
         """One outcome per request, in order."""
         ...
 
 
 class Worker:
-    def __init__(self, spool: SpoolInterface, sender: Sender, config: Callable[[], Config], *,
-                 metrics: Metrics | None = None, on_bounce: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        spool: SpoolInterface,
+        sender: Sender,
+        config: Callable[[], Config],
+        *,
+        metrics: Metrics | None = None,
+        on_bounce: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self.spool = spool
         self.metrics = metrics or Metrics()
         # What each request came to, into the spool (or kept until the spool takes it).
@@ -81,7 +87,7 @@ class Worker:
         self._pacer = Pacer()
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
-        self._holding: set[int] = set()   # ids of the deliveries in flight here
+        self._holding: set[int] = set()  # ids of the deliveries in flight here
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_purge = 0.0
@@ -112,7 +118,7 @@ class Worker:
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
-                task.cancel()   # its lease stays in the spool: sent again after restart
+                task.cancel()  # its lease stays in the spool: sent again after restart
             if pending:
                 log.warning("stopped with %d sends unfinished; they will be retried", len(pending))
                 await asyncio.wait(pending)
@@ -164,8 +170,12 @@ class Worker:
                 # should prevent that), or while its outcome waits for the spool: the outcome
                 # is recorded once, and it is not sent a second time. (Leased again here, it
                 # stays ours meanwhile.)
-                log.warning("queue_id=%s delivery %d is still in flight past its lease; not"
-                            " sending it again", delivery.queue_id, delivery.id)
+                log.warning(
+                    "queue_id=%s delivery %d is still in flight past its lease; not"
+                    " sending it again",
+                    delivery.queue_id,
+                    delivery.id,
+                )
                 continue
             outgoing.append(assemble(delivery, config))
         batches = group(outgoing, api.batch_size)
@@ -211,21 +221,24 @@ class Worker:
                 outcomes = await self.sender.send_batch([item.fields for item in batch], token)
         except Exception as exc:  # a bug in a sender must not lose the deliveries
             log.exception("queue_id=%s send raised", batch[0].delivery.queue_id)
-            outcomes = [Outcome("retry", detail=f"internal error: {type(exc).__name__}")] * \
-                len(batch)
-        if len(outcomes) != len(batch):   # a sender's bug; the platform's is classify_batch's
-            outcomes = [Outcome("retry", detail="internal error: outcomes do not match")] * \
-                len(batch)
+            outcomes = [Outcome("retry", detail=f"internal error: {type(exc).__name__}")] * len(
+                batch
+            )
+        if len(outcomes) != len(batch):  # a sender's bug; the platform's is classify_batch's
+            outcomes = [Outcome("retry", detail="internal error: outcomes do not match")] * len(
+                batch
+            )
         elapsed = time.monotonic() - started
         self.metrics.platform_answered(outcomes[0].config_error, outcomes[0].kind != "retry")
         self.metrics.platform_latency.observe(elapsed)
         self.metrics.batch_messages.observe(len(batch))
         now = self.clock()
         jitter = self.rng.uniform(0.9, 1.1)
-        results = [next_state(item.delivery, outcome, config, now, jitter)
-                   for item, outcome in zip(batch, outcomes, strict=True)]
-        await self.recorder.record(Finished(tuple(batch), tuple(outcomes), tuple(results),
-                                            elapsed))
+        results = [
+            next_state(item.delivery, outcome, config, now, jitter)
+            for item, outcome in zip(batch, outcomes, strict=True)
+        ]
+        await self.recorder.record(Finished(tuple(batch), tuple(outcomes), tuple(results), elapsed))
 
     async def _maybe_purge(self) -> None:
         now = self.clock()

@@ -21,8 +21,17 @@ from gateway.message.text import one_line
 MAX_PARSED_HEADER = 8192
 # The headers parse keeps for gateway.message.schedule (lower-case names): it reads the mail's own
 # timing and urgency from them.
-TIMING_HEADERS = frozenset({"deferred-delivery", "expires", "expiry-date", "x-priority",
-                            "importance", "priority", "x-msmail-priority"})
+TIMING_HEADERS = frozenset(
+    {
+        "deferred-delivery",
+        "expires",
+        "expiry-date",
+        "x-priority",
+        "importance",
+        "priority",
+        "x-msmail-priority",
+    }
+)
 
 # RFC 2047: =?charset[*lang]?B|Q?text?= where text is printable ASCII other than "?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([!->@-~]*)\?=")
@@ -38,7 +47,7 @@ def decode_bytes(data: bytes, declared: str | None, fallback_charset: str) -> st
     """Bytes as text: the declared charset if mail uses it, else UTF-8, else the fallback."""
     codec = mail_codec(declared)
     if codec == "ascii" and not data.isascii():
-        codec = None   # legacy mailers label raw 8-bit text "us-ascii"
+        codec = None  # legacy mailers label raw 8-bit text "us-ascii"
     if codec is not None:
         # Should a codec refuse errors="replace", the text is treated as undeclared.
         with contextlib.suppress(Exception):
@@ -94,7 +103,7 @@ def _decode_words(text: str, fallback: str) -> str:
         data = _word_bytes(match[2], match[3])
         if data is None:
             continue
-        gap = text[end:match.start()]
+        gap = text[end : match.start()]
         # Whitespace between encoded words is not text, and adjacent words in one charset may
         # split a multi-byte character between them, so their bytes are decoded together.
         if charset is not None and not gap.strip():

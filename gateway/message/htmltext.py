@@ -18,12 +18,32 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 # Line breaks around block elements: 2 leaves a blank line, 1 starts a new line.
 _BLOCKS = {
     **dict.fromkeys(("p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "hr"), 2),
-    **dict.fromkeys(("div", "li", "tr", "table", "ul", "ol", "section", "article", "header",
-                     "footer", "main", "nav", "aside", "dl", "dt", "dd", "center"), 1),
+    **dict.fromkeys(
+        (
+            "div",
+            "li",
+            "tr",
+            "table",
+            "ul",
+            "ol",
+            "section",
+            "article",
+            "header",
+            "footer",
+            "main",
+            "nav",
+            "aside",
+            "dl",
+            "dt",
+            "dd",
+            "center",
+        ),
+        1,
+    ),
 }
 _HIDDEN = frozenset(("head", "title", "script", "style", "template"))
 _HEAD_ONLY = frozenset(("meta", "link", "base", "title", "style", "script", "noscript"))
-_MAX_INDENT = 4   # nesting levels of lists shown by indentation
+_MAX_INDENT = 4  # nesting levels of lists shown by indentation
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
 _TAG = re.compile(r"<[^<>]*>")
 _LONE_LT = re.compile(r"<(?=[^<>]*(?:<|\Z))")
@@ -52,7 +72,7 @@ def _defuse(html: str) -> str:
     pieces: list[str] = []
     pos = 0
     while (start := html.find("<!--", pos)) >= 0 and (end := html.find("-->", start + 4)) >= 0:
-        pieces += (_LONE_LT.sub("&lt;", html[pos:start]), html[start:end + 3])
+        pieces += (_LONE_LT.sub("&lt;", html[pos:start]), html[start : end + 3])
         pos = end + 3
     pieces.append(_LONE_LT.sub("&lt;", html[pos:]))
     return "".join(pieces)
@@ -68,6 +88,7 @@ def _same_link(label: str, href: str) -> bool:
         for prefix in ("https://", "http://", "www."):
             url = url.removeprefix(prefix)
         return url.rstrip("/")
+
     return bare(label) == bare(href)
 
 
@@ -75,13 +96,13 @@ class _TextExtractor(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self._out: list[str] = []
-        self._breaks = 0           # line breaks owed before the next text
+        self._breaks = 0  # line breaks owed before the next text
         self._line_start = True
-        self._bullet = ""         # a list item's "- ", written with its first text
+        self._bullet = ""  # a list item's "- ", written with its first text
         self._hidden: list[str] = []
         self._pre = 0
         self._lists = 0
-        self._link: tuple[str, int] | None = None   # href and where its text starts
+        self._link: tuple[str, int] | None = None  # href and where its text starts
 
     def text(self) -> str:
         self._close_link()
@@ -107,14 +128,14 @@ class _TextExtractor(HTMLParser):
         elif tag in ("td", "th"):
             self._space()
         elif tag == "a":
-            self._close_link()   # links do not nest: a new one ends the last, as in browsers
+            self._close_link()  # links do not nest: a new one ends the last, as in browsers
             href = next((value for name, value in attrs if name == "href"), None) or ""
             self._link = (href.strip(), len(self._out))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _HIDDEN:
             if tag in self._hidden:
-                del self._hidden[self._hidden.index(tag):]
+                del self._hidden[self._hidden.index(tag) :]
             return
         if self._hidden:
             return

@@ -20,8 +20,9 @@ from gateway.message.text import clean_text
 from gateway.message.translit import transliterate
 
 
-def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,
-                  mail_from: str) -> dict[str, str]:
+def build_request(
+    message: ParsedMessage, recipient: Recipient, domain: DomainConfig, mail_from: str
+) -> dict[str, str]:
     """The form fields of one send-message call, without token and callback."""
     text = render_text(message, recipient, domain, mail_from)
     if not text:
@@ -34,21 +35,24 @@ def build_request(message: ParsedMessage, recipient: Recipient, domain: DomainCo
     return request
 
 
-def render_text(message: ParsedMessage, recipient: Recipient, domain: DomainConfig,
-                mail_from: str) -> str:
+def render_text(
+    message: ParsedMessage, recipient: Recipient, domain: DomainConfig, mail_from: str
+) -> str:
     body = clean_text(strip_signature(message.text) if domain.strip_signature else message.text)
     if domain.text is None:
         text = "\n".join(part for part in (message.subject, body) if part.strip())
     else:
-        text = domain.text.format_map({
-            "subject": message.subject,
-            "body": body,
-            "from": message.from_addr or mail_from,
-            "from_name": message.from_name,
-            "to": recipient.address,
-            "recipient": recipient.sent_to,
-            "domain": recipient.domain,
-        })
+        text = domain.text.format_map(
+            {
+                "subject": message.subject,
+                "body": body,
+                "from": message.from_addr or mail_from,
+                "from_name": message.from_name,
+                "to": recipient.address,
+                "recipient": recipient.sent_to,
+                "domain": recipient.domain,
+            }
+        )
     text = clean_text(text)
     if domain.max_length is not None and len(text) > domain.max_length:
         text = text[: domain.max_length - 1].rstrip() + ELLIPSIS
@@ -58,8 +62,7 @@ def render_text(message: ParsedMessage, recipient: Recipient, domain: DomainConf
 def shape(request: dict[str, str], domain: DomainConfig) -> None:
     """Transliterates and cuts `request["sent_text"]` in place, as the domain says."""
     if domain.type in SMS_TYPES and (domain.transliterate or domain.max_parts is not None):
-        request["sent_text"] = _shaped(request["sent_text"], domain.transliterate,
-                                       domain.max_parts)
+        request["sent_text"] = _shaped(request["sent_text"], domain.transliterate, domain.max_parts)
 
 
 # One mail to many recipients is mostly one text many times: shaped once.
@@ -77,7 +80,7 @@ def _shaped(text: str, translit: bool, max_parts: int | None) -> str:
 def strip_signature(body: str) -> str:
     """Cut at the last signature separator line ("-- "; many clients drop its trailing space)."""
     if "--" not in body:
-        return body   # most bodies: no line to look for
+        return body  # most bodies: no line to look for
     lines = body.split("\n")
     for index in range(len(lines) - 1, -1, -1):
         if lines[index].rstrip() == "--":
@@ -106,5 +109,3 @@ def ignored_overrides(message: ParsedMessage, domain: DomainConfig) -> list[str]
     """The X-Pulse-* headers a message carried that its domain does not allow (for the log)."""
     allowed = {"x-pulse-" + name.replace("_", "-") for name in domain.allow_headers}
     return sorted(h for h in message.headers if h not in allowed)
-
-

@@ -39,8 +39,8 @@ _PARSER_CHUNK = 8192
 _MIME_NAME = r"[A-Za-z0-9!#$&^_.+-]+"
 CHARSET = r"[A-Za-z0-9_.:-]+"
 _PLAIN_CONTENT_TYPE = re.compile(
-    rf"{_MIME_NAME}/{_MIME_NAME}[ \t]*;[ \t]*(?i:charset)=(?:\"({CHARSET})\"|({CHARSET}))",
-    re.ASCII)
+    rf"{_MIME_NAME}/{_MIME_NAME}[ \t]*;[ \t]*(?i:charset)=(?:\"({CHARSET})\"|({CHARSET}))", re.ASCII
+)
 
 
 class _BoundedHeaderRegistry(HeaderRegistry):
@@ -74,7 +74,7 @@ def structure(raw: bytes) -> Message:
     text = raw.decode("ascii", "surrogateescape")
     parser = FeedParser(policy=STRUCTURE)
     for start in range(0, len(text), _PARSER_CHUNK):
-        parser.feed(text[start:start + _PARSER_CHUNK])
+        parser.feed(text[start : start + _PARSER_CHUNK])
     return parser.close()
 
 
@@ -113,8 +113,9 @@ def walk(message: Message) -> Iterator[Message]:
         if _is_container(part) and depth < _MAX_DEPTH:
             children = part.get_payload()
             if isinstance(children, list):
-                stack.extend((child, depth + 1) for child in reversed(children)
-                             if isinstance(child, Message))
+                stack.extend(
+                    (child, depth + 1) for child in reversed(children) if isinstance(child, Message)
+                )
 
 
 def _is_container(part: Message) -> bool:
@@ -179,7 +180,7 @@ def _filename(part: Message, fallback: str) -> str:
     headers = first_headers(part)
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
         if param not in headers.get(header, "").lower():
-            continue   # the header parser costs more than the rest of a part
+            continue  # the header parser costs more than the rest of a part
         value = _param(header, unfolded(headers.get(header, ""), fallback), param)
         if value:
             return header_text(value, fallback)

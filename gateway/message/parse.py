@@ -68,8 +68,8 @@ _SIMPLE_HEADER_BLOCK = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r?\n)*\r?
 # without its leading blanks (trailing ones stay).
 _SIMPLE_HEADER_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
 _SIMPLE_CONTENT_TYPE = re.compile(
-    rf"(?i:text/plain)(?:[ \t]*;[ \t]*(?i:charset)=(?:\"({CHARSET})\"|({CHARSET})))?",
-    re.ASCII)
+    rf"(?i:text/plain)(?:[ \t]*;[ \t]*(?i:charset)=(?:\"({CHARSET})\"|({CHARSET})))?", re.ASCII
+)
 # Transfer encodings whose payload get_payload(decode=True) gives as the raw body bytes.
 _RAW_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 # Headers that say how to read the body: at most one each. Message.get would read the first of
@@ -79,16 +79,16 @@ _STRUCTURAL = ("content-type", "content-transfer-encoding", "mime-version")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ParsedMessage:
-    subject: str                  # decoded, on one line
-    text: str                     # the readable body, LF line breaks, signature not yet cut
-    html: str | None              # the text/html part, if any
-    from_addr: str                # addr-spec of From:, '' if none
-    from_name: str                # display name of From:, '' if none
-    headers: Mapping[str, str]    # X-Pulse-* headers, lower-case names, first one wins
-    auto_submitted: str           # Auto-Submitted:, lower-case, '' if absent
-    dropped_attachments: tuple[str, ...]   # file names (or types) of the parts not used
-    defects: int                  # parse defects the email package found
-    more_dropped: int = 0         # parts not used beyond those named in dropped_attachments
+    subject: str  # decoded, on one line
+    text: str  # the readable body, LF line breaks, signature not yet cut
+    html: str | None  # the text/html part, if any
+    from_addr: str  # addr-spec of From:, '' if none
+    from_name: str  # display name of From:, '' if none
+    headers: Mapping[str, str]  # X-Pulse-* headers, lower-case names, first one wins
+    auto_submitted: str  # Auto-Submitted:, lower-case, '' if absent
+    dropped_attachments: tuple[str, ...]  # file names (or types) of the parts not used
+    defects: int  # parse defects the email package found
+    more_dropped: int = 0  # parts not used beyond those named in dropped_attachments
     # The headers that say when to send and how urgent it is (gateway.message.schedule).
     timing: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Every header's first value as it came (not decoded), lower-case names: what `routes`
@@ -122,8 +122,9 @@ def _slow(raw: bytes, fallback_charset: str) -> ParsedMessage:
         # must not lose the message: keep its headers if we can and its body as plain text.
         log.warning("unparseable message, its body is used as plain text", exc_info=True)
     try:
-        parsed = _parsed(BytesParser(policy=STRUCTURE).parsebytes(raw, headersonly=True),
-                         fallback_charset)
+        parsed = _parsed(
+            BytesParser(policy=STRUCTURE).parsebytes(raw, headersonly=True), fallback_charset
+        )
         return dataclasses.replace(parsed, defects=parsed.defects + 1)
     except Exception:
         return _unparsed(raw, fallback_charset)
@@ -142,24 +143,25 @@ def _simple_parsed(raw: bytes, fallback: str) -> ParsedMessage | None:
         return None
     first: dict[str, str] = {}
     for name, value in _SIMPLE_HEADER_LINE.findall(
-            raw[:block.end()].decode("ascii", "surrogateescape")):
+        raw[: block.end()].decode("ascii", "surrogateescape")
+    ):
         key = name.lower()
         if key in first and key in _STRUCTURAL:
             return None
         first.setdefault(key, value)
     if "content-disposition" in first:
-        return None   # an attachment is no body; let the slow path decide
+        return None  # an attachment is no body; let the slow path decide
     content_type = first.get("content-type")
     charset: str | None = None
     if content_type is not None:
         if len(content_type) > MAX_PARSED_HEADER:
-            return None   # the slow path reads it cut short (see gateway.message.mime)
+            return None  # the slow path reads it cut short (see gateway.message.mime)
         plain = _SIMPLE_CONTENT_TYPE.fullmatch(content_type)
         if plain is None:
             return None
         charset = (plain[1] or plain[2] or "").lower() or None
     encoding = first.get("content-transfer-encoding", "").lower()
-    body = raw[block.end():]
+    body = raw[block.end() :]
     if encoding == "quoted-printable":
         body = quopri.decodestring(body)
     elif encoding and encoding not in _RAW_ENCODINGS:
@@ -173,8 +175,7 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
     parts = list(walk(message))
     plain, html, unused = sort_parts(parts[:MAX_PARTS])
     # LF line breaks and no trailing blank lines, as for sent_text: the platform gets one style.
-    html_text = (scrub(lf(part_text(html, fallback))).strip()
-                 if html is not None else None)
+    html_text = scrub(lf(part_text(html, fallback))).strip() if html is not None else None
     text = clean_text(part_text(plain, fallback)) if plain is not None else ""
     if not text and html_text is not None:
         text = html_to_text(html_text)
@@ -182,12 +183,27 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
     more = len(unused) - len(dropped) + max(len(parts) - MAX_PARTS, 0)
     # Counted last: decoding a payload (bad base64, say) adds defects of its own.
     defects = sum(len(part.defects) for part in parts)
-    return _assembled(first, fallback, text=text, html=html_text, dropped=dropped,
-                      defects=defects, more_dropped=more)
+    return _assembled(
+        first,
+        fallback,
+        text=text,
+        html=html_text,
+        dropped=dropped,
+        defects=defects,
+        more_dropped=more,
+    )
 
 
-def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str | None,
-               dropped: tuple[str, ...], defects: int, more_dropped: int = 0) -> ParsedMessage:
+def _assembled(
+    first: Mapping[str, str],
+    fallback: str,
+    *,
+    text: str,
+    html: str | None,
+    dropped: tuple[str, ...],
+    defects: int,
+    more_dropped: int = 0,
+) -> ParsedMessage:
     """The ParsedMessage, its header fields read from the first value of each header.
 
     Both paths end here, so the header fields cannot differ between them.
@@ -199,14 +215,20 @@ def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str 
         html=html,
         from_addr=from_addr,
         from_name=from_name,
-        headers={name: header_text(value, fallback) for name, value in first.items()
-                 if name.startswith("x-pulse-")},
+        headers={
+            name: header_text(value, fallback)
+            for name, value in first.items()
+            if name.startswith("x-pulse-")
+        },
         auto_submitted=header_text(first.get("auto-submitted", ""), fallback).lower(),
         dropped_attachments=dropped,
         defects=defects,
         more_dropped=more_dropped,
-        timing={name: header_text(value, fallback) for name, value in first.items()
-                if name in TIMING_HEADERS},
+        timing={
+            name: header_text(value, fallback)
+            for name, value in first.items()
+            if name in TIMING_HEADERS
+        },
         raw_headers=first,
     )
 
@@ -214,6 +236,14 @@ def _assembled(first: Mapping[str, str], fallback: str, *, text: str, html: str 
 def _unparsed(raw: bytes, fallback: str) -> ParsedMessage:
     sections = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)
     body = sections[-1] if len(sections) == 2 else raw
-    return ParsedMessage(subject="", text=clean_text(decode_bytes(body, None, fallback)),
-                         html=None, from_addr="", from_name="", headers={}, auto_submitted="",
-                         dropped_attachments=(), defects=1)
+    return ParsedMessage(
+        subject="",
+        text=clean_text(decode_bytes(body, None, fallback)),
+        html=None,
+        from_addr="",
+        from_name="",
+        headers={},
+        auto_submitted="",
+        dropped_attachments=(),
+        defects=1,
+    )

@@ -30,16 +30,21 @@ _LISTED_LENGTH = 100
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    deliveries: tuple[NewDelivery, ...]   # in envelope order, the same person once
-    notes: tuple[str, ...]                # what the log should say once there is a queue id
-    parts: int | None = None              # SMS parts of all the deliveries; None: no SMS
-    route: str | None = None              # the route the message took (config `routes`)
-    route_action: str = ""                # what that route did, for people
+    deliveries: tuple[NewDelivery, ...]  # in envelope order, the same person once
+    notes: tuple[str, ...]  # what the log should say once there is a queue id
+    parts: int | None = None  # SMS parts of all the deliveries; None: no SMS
+    route: str | None = None  # the route the message took (config `routes`)
+    route_action: str = ""  # what that route did, for people
 
 
-def prepare(raw: bytes, recipients: Sequence[Recipient], mail_from: str,
-            config: Config, now: float | None = None, route_only: Sequence[str] = ()
-            ) -> Prepared:
+def prepare(
+    raw: bytes,
+    recipients: Sequence[Recipient],
+    mail_from: str,
+    config: Config,
+    now: float | None = None,
+    route_only: Sequence[str] = (),
+) -> Prepared:
     """The requests for `raw` to `recipients` (each resolved once, at RCPT time, with the same
     config) and to the `route_only` addresses (accepted at RCPT only because a route names
     them), as `routes` send them, for mail that arrived at `now` (default: this moment); raises
@@ -53,40 +58,51 @@ def prepare(raw: bytes, recipients: Sequence[Recipient], mail_from: str,
     deliveries: list[NewDelivery] = []
     seen: set[tuple[str, str]] = set()
     texts = SharedTexts(config.smtp.max_message_size)
-    routing = route_message(parsed, mail_from, recipients, route_only, config) \
-        if config.routes else None
+    routing = (
+        route_message(parsed, mail_from, recipients, route_only, config) if config.routes else None
+    )
     route = routing.route if routing is not None else None
-    targets = routing.targets if routing is not None else \
-        tuple(Target(r, config.domains[r.domain]) for r in recipients)
+    targets = (
+        routing.targets
+        if routing is not None
+        else tuple(Target(r, config.domains[r.domain]) for r in recipients)
+    )
     for target in targets:
         recipient, domain = target.recipient, target.domain
         suppressed = Suppressed("route", route.name) if target.drop and route else None
         event = None
         if route is not None and (target.drop or target.via):
-            event = ("routed", f"route {route.name}: " + (
-                "dropped" if target.drop else f"from {target.via}"))
-        if domain is None:     # dropped, to an address only the route knows: nothing to render
+            event = (
+                "routed",
+                f"route {route.name}: " + ("dropped" if target.drop else f"from {target.via}"),
+            )
+        if domain is None:  # dropped, to an address only the route knows: nothing to render
             deliveries.append(NewDelivery(recipient.address, {}, suppressed, event))
             continue
         ignored = ignored_overrides(parsed, domain)
         if ignored:
             notes.append(f"{listing(ignored)} not allowed for {domain.name}, ignored")
         if (domain.name, recipient.sent_to) in seen:
-            continue   # the same person twice in one envelope gets one message
+            continue  # the same person twice in one envelope gets one message
         seen.add((domain.name, recipient.sent_to))
         request = _request(parsed, recipient, domain, mail_from, suppressed is not None)
         for note in scheduled(request, parsed, domain, arrived):
             if note not in notes:
                 notes.append(note)
-        deliveries.append(NewDelivery(recipient.address, texts.share(request), suppressed,
-                                      event))
+        deliveries.append(NewDelivery(recipient.address, texts.share(request), suppressed, event))
     sent = [d.request for d in deliveries if d.suppressed is None]
-    return Prepared(tuple(deliveries), tuple(notes), total_parts(sent),
-                    route.name if route else None, route.action if route else "")
+    return Prepared(
+        tuple(deliveries),
+        tuple(notes),
+        total_parts(sent),
+        route.name if route else None,
+        route.action if route else "",
+    )
 
 
-def _request(parsed: ParsedMessage, recipient: Recipient, domain: DomainConfig,
-             mail_from: str, dropped: bool) -> dict[str, str]:
+def _request(
+    parsed: ParsedMessage, recipient: Recipient, domain: DomainConfig, mail_from: str, dropped: bool
+) -> dict[str, str]:
     try:
         request = build_request(parsed, recipient, domain, mail_from)
     except BadContent:
@@ -100,8 +116,10 @@ def _request(parsed: ParsedMessage, recipient: Recipient, domain: DomainConfig,
 
 def listing(names: Sequence[str], more: int = 0) -> str:
     """Names for a log note: the first few, each cut short, then how many more there are."""
-    shown = [name if len(name) <= _LISTED_LENGTH else name[:_LISTED_LENGTH - 1] + ELLIPSIS
-             for name in names[:_LISTED]]
+    shown = [
+        name if len(name) <= _LISTED_LENGTH else name[: _LISTED_LENGTH - 1] + ELLIPSIS
+        for name in names[:_LISTED]
+    ]
     rest = len(names) - len(shown) + more
     return ", ".join(shown) + (f" and {rest} more" if rest else "")
 

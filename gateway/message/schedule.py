@@ -59,29 +59,31 @@ def send_date_header(value: str) -> str:
     return value
 
 
-def scheduled(request: dict[str, str], message: ParsedMessage, domain: DomainConfig,
-              now: float) -> list[str]:
+def scheduled(
+    request: dict[str, str], message: ParsedMessage, domain: DomainConfig, now: float
+) -> list[str]:
     """Sets `sent_date` and `ttl` in `request` as the timing headers and quiet hours say;
     returns notes for the log."""
     notes: list[str] = []
     timing = message.timing
     arrived = datetime.fromtimestamp(now, UTC)
     send_at = arrived
-    if "sent_date" in request:   # X-Pulse-Send-Date, already checked: as the sender wrote it
+    if "sent_date" in request:  # X-Pulse-Send-Date, already checked: as the sender wrote it
         try:
-            send_at = _localized(datetime.strptime(request["sent_date"], SEND_DATE),
-                                 domain.timezone)
+            send_at = _localized(
+                datetime.strptime(request["sent_date"], SEND_DATE), domain.timezone
+            )
         except OverflowError:
-            raise BadContent(f"X-Pulse-Send-Date: {_shown(request['sent_date'])} is out of "
-                             f"range") from None
+            raise BadContent(
+                f"X-Pulse-Send-Date: {_shown(request['sent_date'])} is out of range"
+            ) from None
     else:
         deferred_header = ""
         if "send_date" in domain.allow_headers and timing.get("deferred-delivery"):
             deferred_header = timing["deferred-delivery"]
             deferred = _date(deferred_header)
             if deferred is None:
-                notes.append(f"Deferred-Delivery {deferred_header[:60]!r} is not a date, "
-                             f"ignored")
+                notes.append(f"Deferred-Delivery {deferred_header[:60]!r} is not a date, ignored")
             elif deferred > arrived:
                 send_at = deferred
         try:
@@ -90,8 +92,9 @@ def scheduled(request: dict[str, str], message: ParsedMessage, domain: DomainCon
                 request["sent_date"] = _stamp(send_at, domain.timezone)
         except OverflowError:
             # Only a deferred date can reach the end of the calendar: the arrival cannot.
-            raise BadContent(f"Deferred-Delivery: {_shown(deferred_header)} is out of "
-                             f"range") from None
+            raise BadContent(
+                f"Deferred-Delivery: {_shown(deferred_header)} is out of range"
+            ) from None
     expiry_header = "Expires" if timing.get("expires") else "Expiry-Date"
     expiry = timing.get("expires") or timing.get("expiry-date")
     if "ttl" in domain.allow_headers and expiry and "x-pulse-ttl" not in message.headers:
@@ -106,8 +109,9 @@ def scheduled(request: dict[str, str], message: ParsedMessage, domain: DomainCon
     return notes
 
 
-def _out_of_quiet_hours(send_at: datetime, timing: Mapping[str, str], domain: DomainConfig,
-                        notes: list[str]) -> datetime:
+def _out_of_quiet_hours(
+    send_at: datetime, timing: Mapping[str, str], domain: DomainConfig, notes: list[str]
+) -> datetime:
     quiet = domain.quiet_hours
     if quiet is None or (quiet.urgent_send and urgent(timing)):
         return send_at
@@ -116,17 +120,21 @@ def _out_of_quiet_hours(send_at: datetime, timing: Mapping[str, str], domain: Do
         return send_at
     day = local.date() if local.time() < quiet.end else local.date() + timedelta(1)
     held = _localized(datetime.combine(day, quiet.end), domain.timezone)
-    notes.append(f"quiet hours: held until {_stamp(held, domain.timezone)} "
-                 f"{_zone_name(held, domain.timezone)}")
+    notes.append(
+        f"quiet hours: held until {_stamp(held, domain.timezone)} "
+        f"{_zone_name(held, domain.timezone)}"
+    )
     return held
 
 
 def urgent(timing: Mapping[str, str]) -> bool:
     """Whether the mail says it is urgent, in any of the ways mail clients say it."""
-    return (timing.get("x-priority", "").strip().startswith("1")
-            or timing.get("importance", "").strip().lower() == "high"
-            or timing.get("priority", "").strip().lower() == "urgent"
-            or timing.get("x-msmail-priority", "").strip().lower() == "high")
+    return (
+        timing.get("x-priority", "").strip().startswith("1")
+        or timing.get("importance", "").strip().lower() == "high"
+        or timing.get("priority", "").strip().lower() == "urgent"
+        or timing.get("x-msmail-priority", "").strip().lower() == "high"
+    )
 
 
 def _date(value: str) -> datetime | None:
@@ -152,7 +160,7 @@ def _localized(wall: datetime, zone: ZoneInfo | None) -> datetime:
 
 def _stamp(moment: datetime, zone: ZoneInfo | None) -> str:
     local = _local(moment, zone)
-    if local.second or local.microsecond:   # never sent before the minute asked for
+    if local.second or local.microsecond:  # never sent before the minute asked for
         local += timedelta(minutes=1)
     return local.strftime(SEND_DATE)
 
@@ -162,6 +170,8 @@ def _zone_name(moment: datetime, zone: ZoneInfo | None) -> str:
     (Europe/Moscow +0300), else the machine's offset."""
     offset = _local(moment, zone).strftime("%z")
     return f"{zone.key} {offset}" if zone is not None else offset
+
+
 def _shown(value: str) -> str:
     """A header value for a reply: quoted, and cut short (a reply line is not the place for
     5,000 digits)."""

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
 GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 GSM7 = GSM7_BASIC | GSM7_EXTENSION
 ELLIPSIS = "…"
@@ -25,8 +26,8 @@ _NEAR = 20
 
 @dataclass(frozen=True, slots=True)
 class Segments:
-    encoding: str     # "GSM-7" or "UCS-2"
-    units: int        # septets (GSM-7) or UTF-16 code units (UCS-2)
+    encoding: str  # "GSM-7" or "UCS-2"
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
     parts: int
 
 
@@ -49,8 +50,9 @@ def _outside_bmp(char: str) -> bool:
     return ord(char) > 0xFFFF
 
 
-def _segments(encoding: str, text: str, doubles: int, double: Callable[[str], bool],
-              single: int, each: int) -> Segments:
+def _segments(
+    encoding: str, text: str, doubles: int, double: Callable[[str], bool], single: int, each: int
+) -> Segments:
     units = len(text) + doubles
     if units <= single:
         return Segments(encoding, units, 1)
@@ -59,7 +61,7 @@ def _segments(encoding: str, text: str, doubles: int, double: Callable[[str], bo
     parts, room = 1, each
     for char in text:
         size = 2 if double(char) else 1
-        if size > room:          # a pair is never split: it starts the next part
+        if size > room:  # a pair is never split: it starts the next part
             parts, room = parts + 1, each
         room -= size
     return Segments(encoding, units, parts)
@@ -72,7 +74,7 @@ def fit(text: str, max_parts: int, ellipsis: str = ELLIPSIS) -> str:
         return text
     # No text of more characters than this fits in max_parts parts of either encoding.
     low, high = 0, min(len(text), max_parts * 160)
-    while low < high:                  # the longest prefix that fits: fits() grows monotonically
+    while low < high:  # the longest prefix that fits: fits() grows monotonically
         middle = (low + high + 1) // 2
         if _fits(text[:middle], max_parts, ellipsis):
             low = middle

@@ -35,8 +35,8 @@ from gateway.status.metrics import Metrics
 log = logging.getLogger("smtp2pulse.smtp")
 
 Clock = Callable[[], float]
-WINDOW = 60.0          # messages are counted per minute
-LOGGED_RCPT_REFUSALS = 5   # refused recipients of a session logged one by one; then counted
+WINDOW = 60.0  # messages are counted per minute
+LOGGED_RCPT_REFUSALS = 5  # refused recipients of a session logged one by one; then counted
 NULL_SENDERS = ("", "<>")
 # Typical markers of automatic mail besides RFC 3834's Auto-Submitted: Exchange, Outlook and
 # the vacation programs of Unix, cPanel, Zimbra and friends.
@@ -45,12 +45,11 @@ _MARKERS = re.compile(
     rb"|^(?:x-)?precedence[ \t]*:[ \t]*auto[-_]reply"
     rb"|^auto-submitted[ \t]*:[ \t]*(?!no[ \t]*(?:[;(\r\n]|$))\S"
     rb"|^content-type[ \t]*:[ \t]*multipart/report",
-    re.IGNORECASE | re.MULTILINE)
+    re.IGNORECASE | re.MULTILINE,
+)
 _HEADER_SCAN_LIMIT = 256 * 1024
-_REFUSED = {"null_sender": replies.BOUNCE_REFUSED,
-            "auto_submitted": replies.AUTO_REPLY_REFUSED}
-_DROPPED = {"null_sender": replies.BOUNCE_DROPPED,
-            "auto_submitted": replies.AUTO_REPLY_DROPPED}
+_REFUSED = {"null_sender": replies.BOUNCE_REFUSED, "auto_submitted": replies.AUTO_REPLY_REFUSED}
+_DROPPED = {"null_sender": replies.BOUNCE_DROPPED, "auto_submitted": replies.AUTO_REPLY_DROPPED}
 
 
 class Admission:
@@ -70,13 +69,14 @@ class Admission:
             return key, replies.NETWORK_REFUSED
         if self.logins.is_blocked(key):
             return key, replies.LOGIN_BLOCKED
-        return key, self.connections.try_open(key, smtp.max_connections,
-                                              smtp.max_connections_per_address)
+        return key, self.connections.try_open(
+            key, smtp.max_connections, smtp.max_connections_per_address
+        )
 
 
 def client_host(peer: Any) -> str:
     host = peer[0] if isinstance(peer, tuple) and peer else str(peer or "?")
-    return str(host).removeprefix("::ffff:")    # dual-stack sockets report IPv4 clients so
+    return str(host).removeprefix("::ffff:")  # dual-stack sockets report IPv4 clients so
 
 
 class Client:
@@ -86,9 +86,9 @@ class Client:
         self.admission = admission
         self.smtp = smtp
         self.host = host
-        self.key = key                  # what limits and the login block count
-        self.user: User | None = None   # the login, once AUTH succeeded
-        self._failed_pairs: set[bytes] = set()   # digests of the pairs refused in the session
+        self.key = key  # what limits and the login block count
+        self.user: User | None = None  # the login, once AUTH succeeded
+        self._failed_pairs: set[bytes] = set()  # digests of the pairs refused in the session
         self._refused_recipients = 0
 
     def guessed_again(self, login: bytes, password: bytes) -> bool:
@@ -105,14 +105,23 @@ class Client:
         wrote 22 MB of log in 150 s), the count logged when the session ends."""
         self._refused_recipients += 1
         if self._refused_recipients <= LOGGED_RCPT_REFUSALS:
-            log.info("refused recipient <%s> from %s: %s%s", address, self.host, why,
-                     "; further ones in this session are counted, not logged"
-                     if self._refused_recipients == LOGGED_RCPT_REFUSALS else "")
+            log.info(
+                "refused recipient <%s> from %s: %s%s",
+                address,
+                self.host,
+                why,
+                "; further ones in this session are counted, not logged"
+                if self._refused_recipients == LOGGED_RCPT_REFUSALS
+                else "",
+            )
 
     def log_unlogged_refusals(self) -> None:
         if self._refused_recipients > LOGGED_RCPT_REFUSALS:
-            log.info("%d more recipients refused from %s in that session (not logged one by "
-                     "one)", self._refused_recipients - LOGGED_RCPT_REFUSALS, self.host)
+            log.info(
+                "%d more recipients refused from %s in that session (not logged one by one)",
+                self._refused_recipients - LOGGED_RCPT_REFUSALS,
+                self.host,
+            )
 
     def mail_refusal(self, mail_from: str) -> Reply | None:
         """At MAIL: a bounce the config refuses, or a client already over its rate."""
@@ -130,8 +139,13 @@ class Client:
 
     def data_verdict(self, mail_from: str | None, raw: bytes) -> Reply | None:
         """At the end of DATA, before parsing: the reply for mail not to send, else None."""
-        kind = ("null_sender" if is_null_sender(mail_from) else
-                "auto_submitted" if auto_generated(raw) else None)
+        kind = (
+            "null_sender"
+            if is_null_sender(mail_from)
+            else "auto_submitted"
+            if auto_generated(raw)
+            else None
+        )
         action = getattr(self.smtp, kind) if kind is not None else "accept"
         if kind is None or action == "accept":
             return None
@@ -156,11 +170,15 @@ class Client:
 
     def _rate_refusal(self, take: bool) -> Reply | None:
         smtp, rates = self.smtp, self.admission.rates
-        limits = [(f"address:{self.key}", smtp.max_messages_per_minute_per_address,
-                   "your address")]
+        limits = [(f"address:{self.key}", smtp.max_messages_per_minute_per_address, "your address")]
         if self.user is not None:
-            limits.append((f"user:{self.user.name}", smtp.max_messages_per_minute_per_user,
-                           f"user {self.user.name}"))
+            limits.append(
+                (
+                    f"user:{self.user.name}",
+                    smtp.max_messages_per_minute_per_user,
+                    f"user {self.user.name}",
+                )
+            )
         for key, limit, who in limits:
             if rates.full(key, limit):
                 log.warning("rate limit: %s over %d messages a minute", key, limit)
@@ -177,7 +195,7 @@ def is_null_sender(mail_from: str | None) -> bool:
 
 def auto_generated(raw: bytes) -> bool:
     """Does the header block mark the message as automatic (auto-reply, report, vacation)?"""
-    head = raw[:header_end(raw, _HEADER_SCAN_LIMIT)].lower()
+    head = raw[: header_end(raw, _HEADER_SCAN_LIMIT)].lower()
     # Every marker holds one of these words; most header blocks have none and need no regex.
     if b"auto" not in head and b"vacation" not in head and b"report" not in head:
         return False

@@ -24,8 +24,7 @@ Clock = Callable[[], float]
 # RFC 4954 section 4: an AUTH exchange line may be up to 12288 octets; nothing longer is read.
 AUTH_LINE_LIMIT = 12288
 # Checked for an unknown user name, so that its answer takes as long as a known one's.
-_NOBODY = ("scrypt$16384$8$1$kF+QN4oNk+fRaspKNN7UTw==$"
-           "M4n1ira3IJPHjyCQfzIY/D6DcBcxsyGd3La3+DtO1uI=")
+_NOBODY = "scrypt$16384$8$1$kF+QN4oNk+fRaspKNN7UTw==$M4n1ira3IJPHjyCQfzIY/D6DcBcxsyGd3La3+DtO1uI="
 
 
 async def read_answer(reader: asyncio.StreamReader) -> bytes | Reply:
@@ -49,7 +48,7 @@ async def _line(reader: asyncio.StreamReader) -> bytes | None:
         try:
             line = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
-            line = exc.partial          # the end of the stream: the session ends anyway
+            line = exc.partial  # the end of the stream: the session ends anyway
         except asyncio.LimitOverrunError as exc:
             await reader.readexactly(exc.consumed)
             too_long = True
@@ -61,9 +60,9 @@ async def _line(reader: asyncio.StreamReader) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class Login:
-    name: str                 # as the client sent it (never logged unless it is a user)
-    user: User | None         # the configured user of that name, if any
-    matches: bool             # the password is that user's
+    name: str  # as the client sent it (never logged unless it is a user)
+    user: User | None  # the configured user of that name, if any
+    matches: bool  # the password is that user's
 
 
 async def check_login(login: bytes, password: bytes, auth: AuthSettings | None) -> Login:
@@ -84,8 +83,8 @@ class LoginFailures:
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
-        self.failures: dict[str, tuple[int, float]] = {}    # address -> (count, last failure)
-        self.blocked: dict[str, float] = {}                 # address -> blocked until
+        self.failures: dict[str, tuple[int, float]] = {}  # address -> (count, last failure)
+        self.blocked: dict[str, float] = {}  # address -> blocked until
 
     def is_blocked(self, address: str) -> bool:
         until = self.blocked.get(address)
@@ -101,7 +100,7 @@ class LoginFailures:
         now = self.clock()
         count, last = self.failures.get(address, (0, now))
         if now - last > block_for:
-            count = 0          # old failures, long forgiven
+            count = 0  # old failures, long forgiven
         count += 1
         if count >= max_failures:
             self.failures.pop(address, None)

@@ -39,7 +39,8 @@ class AuthExchange(SMTP):
     client: Client
     policy: ListenerPolicy
 
-    if TYPE_CHECKING:   # GatewaySession's
+    if TYPE_CHECKING:  # GatewaySession's
+
         async def push(self, status: str | bytes | Reply) -> None: ...
 
         def hang_up(self) -> None: ...
@@ -48,8 +49,9 @@ class AuthExchange(SMTP):
         return self.policy.implicit_tls or self._tls_protocol is not None
 
     def offers_auth(self) -> bool:
-        return self.config.smtp.auth is not None and (self.encrypted()
-                                                      or self.policy.offer_auth_in_clear)
+        return self.config.smtp.auth is not None and (
+            self.encrypted() or self.policy.offer_auth_in_clear
+        )
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         if self.policy.require_auth and self.client.user is None:
@@ -80,14 +82,14 @@ class AuthExchange(SMTP):
         # Sessions opened before the block must not keep guessing during it.
         if not self.admission.logins.is_blocked(self.client.key):
             return False
-        log.warning("AUTH from %s refused: address blocked after failed logins",
-                    self.client.host)
+        log.warning("AUTH from %s refused: address blocked after failed logins", self.client.host)
         await self.push(replies.LOGIN_BLOCKED)
         self.hang_up()
         return True
 
-    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
-                             log_client_response: bool = False) -> Any:
+    async def challenge_auth(
+        self, challenge: str | bytes, encode_to_b64: bool = True, log_client_response: bool = False
+    ) -> Any:
         # aiosmtpd's own reads the answer with readline(), which raises on a line over the
         # reader's limit (a 451 and a traceback at ERROR, for any client that asks); this one
         # reads at most auth.AUTH_LINE_LIMIT and answers as RFC 4954 says.
@@ -97,8 +99,11 @@ class AuthExchange(SMTP):
         if not isinstance(answer, Reply):
             return answer
         if answer is replies.AUTH_LINE_TOO_LONG:
-            log.warning("AUTH from %s: exchange line over %d bytes refused", self.client.host,
-                        auth.AUTH_LINE_LIMIT)
+            log.warning(
+                "AUTH from %s: exchange line over %d bytes refused",
+                self.client.host,
+                auth.AUTH_LINE_LIMIT,
+            )
         await self.push(answer)
         return MISSING
 
@@ -117,7 +122,7 @@ class AuthExchange(SMTP):
         if not exchange.success or not isinstance(exchange.auth_data, LoginPassword):
             # Aborted or undecodable: answered already (aiosmtpd would add a 535 to some).
             return AuthResult(success=False, handled=True)
-        settings = self.config.smtp.auth       # the session's limits
+        settings = self.config.smtp.auth  # the session's limits
         assert settings is not None
         login = await auth.check_login(*exchange.auth_data, self.current_config().smtp.auth)
         # Parallel sessions may have blocked the address during the check: then no answer
@@ -132,24 +137,34 @@ class AuthExchange(SMTP):
         anonymous = self.policy.accept_any_credentials
         if anonymous and login.user is None:
             # Legacy devices send made-up names: not counted, or the switch would block them.
-            log.info("AUTH from %s: credentials not recognised, session stays anonymous "
-                     "(accept_any_credentials)", self.client.host)
+            log.info(
+                "AUTH from %s: credentials not recognised, session stays anonymous "
+                "(accept_any_credentials)",
+                self.client.host,
+            )
             return await self._succeeded()
         # A configured user's name with a wrong password is a guess on a real account: counted
         # on every listener, once per pair and session (see Client.guessed_again).
         again = self.client.guessed_again(*exchange.auth_data)
         blocked = not again and self.admission.logins.fail(
-            self.client.key, settings.max_failures, settings.block_for)
+            self.client.key, settings.max_failures, settings.block_for
+        )
         # A name that is no user may be a password typed in the wrong field: never log it.
-        log.warning("AUTH failed from %s for %s%s", self.client.host,
-                    f"user={login.name}" if login.user is not None else "an unknown user",
-                    f"; address blocked for {settings.block_for:.0f}s" if blocked else
-                    "; the same credentials again, not counted" if again else "")
+        log.warning(
+            "AUTH failed from %s for %s%s",
+            self.client.host,
+            f"user={login.name}" if login.user is not None else "an unknown user",
+            f"; address blocked for {settings.block_for:.0f}s"
+            if blocked
+            else "; the same credentials again, not counted"
+            if again
+            else "",
+        )
         if blocked:
             await self.push(replies.LOGIN_BLOCKED)
             self.hang_up()
         elif anonymous:
-            return await self._succeeded()     # as for any unrecognised credentials here
+            return await self._succeeded()  # as for any unrecognised credentials here
         else:
             await self.push(replies.BAD_CREDENTIALS)
         return AuthResult(success=False, handled=True)

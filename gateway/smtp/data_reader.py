@@ -36,7 +36,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     too_big = False
-    tail = b"\r\n"     # the last two bytes read: the DATA command ended with them
+    tail = b"\r\n"  # the last two bytes read: the DATA command ended with them
     while True:
         try:
             chunk = await reader.readuntil(_DOT_LINE)
@@ -59,7 +59,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int) -> bytes:
             parts.append(chunk)
         if ended:
             break
-        tail = b"\r\n"   # every stretch ends with ".<CRLF>"
+        tail = b"\r\n"  # every stretch ends with ".<CRLF>"
     if too_big:
         raise TooBig
     data = b"".join(parts)

@@ -31,40 +31,59 @@ log = logging.getLogger("smtp2pulse.smtp")
 
 
 class Handler:
-    def __init__(self, spool: SpoolInterface, on_stored: Callable[[], None],
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, spool: SpoolInterface, on_stored: Callable[[], None], metrics: Metrics
+    ) -> None:
         self.spool = spool
         self.on_stored = on_stored
         self.metrics = metrics
         # The arrival time quiet hours and Expires are measured from (tests set another).
         self.clock: Callable[[], float] = time.time
 
-    async def handle_EHLO(self, server: GatewaySession, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: GatewaySession,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         session.host_name = hostname
         # aiosmtpd reads commands in order from one buffer and answers each in turn, which is
         # all RFC 2920 asks; advertising it saves relays such as Postfix a round trip per RCPT.
         return server.ehlo_keywords(
-            [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]])
+            [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        )
 
-    async def handle_MAIL(self, server: GatewaySession, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> Reply:
-        refusal = server.client.mail_refusal(address)    # bounces, rate limits
+    async def handle_MAIL(
+        self,
+        server: GatewaySession,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> Reply:
+        refusal = server.client.mail_refusal(address)  # bounces, rate limits
         if refusal is not None:
             return refusal
-        envelope.mail_from = address   # "<>" for the null reverse-path (aiosmtpd needs it truthy)
+        envelope.mail_from = address  # "<>" for the null reverse-path (aiosmtpd needs it truthy)
         envelope.mail_options.extend(mail_options)
         return replies.SENDER_OK
 
-    async def handle_RCPT(self, server: GatewaySession, session: Session,
-                          envelope: GatewayEnvelope, address: str,
-                          rcpt_options: list[str]) -> Reply:
-        config = server.config   # pinned per connection: a reload applies to new sessions
+    async def handle_RCPT(
+        self,
+        server: GatewaySession,
+        session: Session,
+        envelope: GatewayEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> Reply:
+        config = server.config  # pinned per connection: a reload applies to new sessions
         limit = config.smtp.max_recipients
         if len(envelope.recipients) + len(envelope.route_only) >= limit:
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
         try:
-            resolved = resolve_recipients(address, config)   # an alias: each of its group
+            resolved = resolve_recipients(address, config)  # an alias: each of its group
         except (RelayDenied, BadRecipient) as refusal:
             if config.routes and takes_address(config, address):
                 # Only a route knows it (a device's burnt-in alerts@corp.local, or
@@ -83,9 +102,10 @@ class Handler:
             return reply
         if len(envelope.recipients) + len(envelope.route_only) + len(resolved) > limit:
             server.client.log_refused_recipient(
-                address, f"a group of {len(resolved)}, over max_recipients")
+                address, f"a group of {len(resolved)}, over max_recipients"
+            )
             return replies.TOO_MANY_RECIPIENTS.format(limit=limit)
-        denied = server.client.recipient_refusal(resolved[0].domain)   # the user's own domains
+        denied = server.client.recipient_refusal(resolved[0].domain)  # the user's own domains
         if denied is not None:
             server.client.log_refused_recipient(address, denied)
             return denied
@@ -94,8 +114,9 @@ class Handler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
-    async def handle_DATA(self, server: GatewaySession, session: Session,
-                          envelope: GatewayEnvelope) -> Reply:
+    async def handle_DATA(
+        self, server: GatewaySession, session: Session, envelope: GatewayEnvelope
+    ) -> Reply:
         config = server.config
         raw: bytes = envelope.original_content or b""
         verdict = server.client.data_verdict(envelope.mail_from, raw)  # bounces, auto-replies
@@ -106,27 +127,33 @@ class Handler:
         arrived = self.clock()
         try:
             # Large mail is parsed off the loop: other sessions go on while it is.
-            prepared = await off_loop(raw, lambda: prepare(raw, recipients,
-                                                           envelope.mail_from or "", config,
-                                                           arrived, route_only))
+            prepared = await off_loop(
+                raw,
+                lambda: prepare(
+                    raw, recipients, envelope.mail_from or "", config, arrived, route_only
+                ),
+            )
         except Refusal as refusal:
             reply = reply_for(refusal)
-            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
-                     reply)
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session), reply)
             return reply
-        refused = (server.client.sender_refusal(d.request.get("sender", "")
-                                                for d in prepared.deliveries
-                                                if d.suppressed is None)
-                   or server.client.take_rate())
+        refused = (
+            server.client.sender_refusal(
+                d.request.get("sender", "") for d in prepared.deliveries if d.suppressed is None
+            )
+            or server.client.take_rate()
+        )
         if refused is not None:
-            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
-                     refused)
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session), refused)
             return refused
         incoming = IncomingMessage(
             # The null reverse-path is stored as "", which is what bounce logic looks for.
             mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
-            peer=peer(session), helo=session.host_name or "", raw=raw,
-            deliveries=prepared.deliveries)
+            peer=peer(session),
+            helo=session.host_name or "",
+            raw=raw,
+            deliveries=prepared.deliveries,
+        )
         if server.login_user is not None:
             incoming = dataclasses.replace(incoming, auth_user=server.login_user.name)
         started = time.monotonic()
@@ -135,26 +162,30 @@ class Handler:
             queue_id = await self.spool.accept(incoming)
         except ShuttingDown:
             return replies.SHUTTING_DOWN
-        except Refusal as refusal:      # what no spool can store (a NUL byte): for good
+        except Refusal as refusal:  # what no spool can store (a NUL byte): for good
             reply = reply_for(refusal)
-            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session),
-                     reply)
+            log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session), reply)
             return reply
         except SpoolError as exc:
-            log.error("could not store message from <%s> %s: %s", envelope.mail_from,
-                      peer(session), exc)
+            log.error(
+                "could not store message from <%s> %s: %s", envelope.mail_from, peer(session), exc
+            )
             return replies.TRY_LATER
         self.on_stored()
         self.metrics.accepted.inc()
         self._count_routing(prepared, config)
-        log.info("queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s (stored in %.1f ms)",
-                 queue_id, envelope.mail_from, peer(session), len(raw),
-                 ",".join(d.request.get("sent_to") or d.recipient
-                          for d in incoming.deliveries),
-                 "" if prepared.parts is None else f" parts={prepared.parts}",
-                 "" if prepared.route is None else
-                 f" route={prepared.route} ({prepared.route_action})",
-                 (time.monotonic() - started) * 1000, extra={"queue_id": queue_id})
+        log.info(
+            "queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s (stored in %.1f ms)",
+            queue_id,
+            envelope.mail_from,
+            peer(session),
+            len(raw),
+            ",".join(d.request.get("sent_to") or d.recipient for d in incoming.deliveries),
+            "" if prepared.parts is None else f" parts={prepared.parts}",
+            "" if prepared.route is None else f" route={prepared.route} ({prepared.route_action})",
+            (time.monotonic() - started) * 1000,
+            extra={"queue_id": queue_id},
+        )
         for note in prepared.notes:
             log.info("queue_id=%s %s", queue_id, note, extra={"queue_id": queue_id})
         return replies.QUEUED.format(queue_id=queue_id)

@@ -55,8 +55,9 @@ class Sessions:
         try:
             await asyncio.wait_for(self._empty.wait(), grace)
         except TimeoutError:
-            log.warning("%d SMTP sessions still busy after %.0fs; closing them",
-                        len(self.open), grace)
+            log.warning(
+                "%d SMTP sessions still busy after %.0fs; closing them", len(self.open), grace
+            )
             for session in list(self.open):
                 session.abort()
 
@@ -64,8 +65,14 @@ class Sessions:
 class SmtpFront:
     """Binds the listeners and drains them on stop."""
 
-    def __init__(self, config: Callable[[], Config], spool: SpoolInterface,
-                 on_stored: Callable[[], None], *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        spool: SpoolInterface,
+        on_stored: Callable[[], None],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.handler = Handler(spool, on_stored, self.metrics)
@@ -77,11 +84,16 @@ class SmtpFront:
     def _protocol(self, listener: Listener, admitted: str | None = None) -> GatewaySession:
         config = self.config()
         return GatewaySession(
-            self.handler, self.sessions, config, admission=self.admission, listener=listener,
-            current_config=self.config, admitted=admitted,
+            self.handler,
+            self.sessions,
+            config,
+            admission=self.admission,
+            listener=listener,
+            current_config=self.config,
+            admitted=admitted,
             data_size_limit=config.smtp.max_message_size,
             enable_SMTPUTF8=True,
-            hostname=config.smtp.hostname,    # never the default: it does a DNS lookup
+            hostname=config.smtp.hostname,  # never the default: it does a DNS lookup
             ident="ESMTP smtp2pulse",
             timeout=config.smtp.timeout,
             loop=asyncio.get_running_loop(),
@@ -93,16 +105,23 @@ class SmtpFront:
         for listener in (*smtp.listen, *(smtp.tls.implicit_listen if smtp.tls else ())):
             try:
                 if listener.implicit_tls:
-                    tls_listener = TlsListener(listener, self.admission, self.config,
-                                               functools.partial(self._protocol, listener),
-                                               lambda: self.sessions.closing)
+                    tls_listener = TlsListener(
+                        listener,
+                        self.admission,
+                        self.config,
+                        functools.partial(self._protocol, listener),
+                        lambda: self.sessions.closing,
+                    )
                     self._tls_listeners.append(tls_listener)
                     await tls_listener.start()
                     sockets: list[Any] = tls_listener.sockets
                 else:
                     server = await loop.create_server(
-                        functools.partial(self._protocol, listener), listener.host,
-                        listener.port, reuse_address=True)
+                        functools.partial(self._protocol, listener),
+                        listener.host,
+                        listener.port,
+                        reuse_address=True,
+                    )
                     self._servers.append(server)
                     sockets = list(server.sockets)
             except OSError as exc:
@@ -116,8 +135,10 @@ class SmtpFront:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         # Implicit-TLS listeners come last in the config, and last here.
-        return [*(sock.getsockname()[:2] for s in self._servers for sock in s.sockets),
-                *(sock.getsockname()[:2] for t in self._tls_listeners for sock in t.sockets)]
+        return [
+            *(sock.getsockname()[:2] for s in self._servers for sock in s.sockets),
+            *(sock.getsockname()[:2] for t in self._tls_listeners for sock in t.sockets),
+        ]
 
     async def close_listeners(self) -> None:
         for server in self._servers:

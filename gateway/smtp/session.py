@@ -49,7 +49,9 @@ log = logging.getLogger("smtp2pulse.smtp")
 _SIMPLE_ADDRESS = re.compile(
     r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
-    r"((?:\s.*)?)", re.DOTALL)
+    r"((?:\s.*)?)",
+    re.DOTALL,
+)
 
 
 class SessionSet(Protocol):
@@ -68,20 +70,28 @@ class GatewayEnvelope(Envelope):
         super().__init__()
         # In step with rcpt_tos: each recipient resolved once, at RCPT, for DATA to use.
         self.recipients: list[Recipient] = []
-        self.route_only: list[str] = []   # unserved, taken as a route names them (routing.py)
+        self.route_only: list[str] = []  # unserved, taken as a route names them (routing.py)
 
 
 class GatewaySession(AuthExchange):
-    def __init__(self, handler: Any, sessions: SessionSet, config: Config, *,
-                 admission: Admission, listener: Listener,
-                 current_config: Callable[[], Config] | None = None,
-                 admitted: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        sessions: SessionSet,
+        config: Config,
+        *,
+        admission: Admission,
+        listener: Listener,
+        current_config: Callable[[], Config] | None = None,
+        admitted: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         # A real HTML mail has lines far above RFC 5321's 1000 octets; any line that fits in
         # the size limit is taken (aiosmtpd reads it into a StreamReader of this limit, and
         # the DATA reader needs that limit at or above the size limit).
         self.line_length_limit = max(1001, config.smtp.max_message_size)
         self.sessions = sessions
-        self.config = config            # pinned per connection: a reload applies to new ones
+        self.config = config  # pinned per connection: a reload applies to new ones
         # Users are looked up in the newest config: one removed by a reload cannot log in.
         self.current_config = current_config or (lambda: config)
         self.admission = admission
@@ -89,7 +99,7 @@ class GatewaySession(AuthExchange):
         self.policy = policy_for(listener, config.smtp)
         self.client = Client(admission, config.smtp, "?", admitted or "?")
         self.busy = False
-        self.holding_turn = False      # the client has had its say; our reply is pending
+        self.holding_turn = False  # the client has had its say; our reply is pending
         self.deadline = float("inf")
         self._refusal: Reply | None = None
         self._counted = admitted is not None  # admitted (and counted) before a TLS handshake
@@ -102,9 +112,11 @@ class GatewaySession(AuthExchange):
             require_starttls=self.policy.require_starttls,
             # AUTH's TLS rule is applied in smtp_AUTH below, which knows about implicit TLS.
             auth_require_tls=False,
-            **kwargs)
-        self._smtp_methods = {name: self._tracked(name, method)
-                              for name, method in self._smtp_methods.items()}
+            **kwargs,
+        )
+        self._smtp_methods = {
+            name: self._tracked(name, method) for name, method in self._smtp_methods.items()
+        }
 
     # Never name an attribute or method auth_*: aiosmtpd takes those for AUTH mechanisms.
     @property
@@ -120,7 +132,7 @@ class GatewaySession(AuthExchange):
         first = self.transport is None
         super().connection_made(transport)
         if not first:
-            self.client.user = None     # RFC 3207: after STARTTLS, forget what came before
+            self.client.user = None  # RFC 3207: after STARTTLS, forget what came before
             return
         self.sessions.add(self)
         assert self.session is not None
@@ -163,24 +175,26 @@ class GatewaySession(AuthExchange):
     def _give_turn(self) -> None:
         self.holding_turn = False
         if self.transport is not None and not self.transport.is_closing():
-            self._reset_timeout()      # the client's silence is timed from our reply on
+            self._reset_timeout()  # the client's silence is timed from our reply on
 
     def _timeout_cb(self) -> None:
         if self.holding_turn:
-            return      # a timer armed before the hold (aiosmtpd's own paths): not the client's
+            return  # a timer armed before the hold (aiosmtpd's own paths): not the client's
         # RFC 5321 4.5.3.2: say why before closing, so a stalled client's log tells its admin.
         if self.transport is not None and not self.transport.is_closing():
             self._writer.write(f"{replies.TIMEOUT.format(hostname=self.hostname)}\r\n".encode())
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
-    def _tracked(self, name: str, method: Callable[[str | None], Awaitable[None]]
-                 ) -> Callable[[str | None], Awaitable[None]]:
+    def _tracked(
+        self, name: str, method: Callable[[str | None], Awaitable[None]]
+    ) -> Callable[[str | None], Awaitable[None]]:
         async def call(arg: str | None) -> None:
             if self.loop.time() > self.deadline and name != "QUIT":
                 # A NOOP every few minutes would otherwise keep a session (and the config and
                 # login it started with) for ever.
-                log.info("closing session of %s: smtp.max_session_duration reached",
-                         self.client.host)
+                log.info(
+                    "closing session of %s: smtp.max_session_duration reached", self.client.host
+                )
                 await self.push(replies.SESSION_TOO_LONG)
                 self.hang_up()
                 return
@@ -191,6 +205,7 @@ class GatewaySession(AuthExchange):
                 self.busy = False
             if self.sessions.closing and name != "QUIT":
                 self.say_goodbye()
+
         return call
 
     def hang_up(self) -> None:
@@ -216,8 +231,9 @@ class GatewaySession(AuthExchange):
         if isinstance(error, ValueError) and str(error).startswith("Separator is"):
             # asyncio's readline() on a line over the reader's limit: the client's doing, so one
             # line in the log, not a traceback at ERROR.
-            log.warning("line over %d bytes from %s refused", self.line_length_limit,
-                        self.client.host)
+            log.warning(
+                "line over %d bytes from %s refused", self.line_length_limit, self.client.host
+            )
             return replies.LINE_TOO_LONG
         status: Reply | str = await super().handle_exception(error)
         return status
@@ -231,8 +247,11 @@ class GatewaySession(AuthExchange):
             await super().push(status)
             return
         if isinstance(status, str):
-            reply = None if self._in_greeting_reply and status.startswith("250") else \
-                replies.from_aiosmtpd(status)
+            reply = (
+                None
+                if self._in_greeting_reply and status.startswith("250")
+                else replies.from_aiosmtpd(status)
+            )
             if reply is None:
                 await super().push(status)
                 return
@@ -242,7 +261,7 @@ class GatewaySession(AuthExchange):
         await super().push(str(reply))
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        self._in_greeting_reply = True   # EHLO's keyword lines carry no status codes
+        self._in_greeting_reply = True  # EHLO's keyword lines carry no status codes
         try:
             await super().smtp_EHLO(hostname)
         finally:
@@ -285,8 +304,11 @@ class GatewaySession(AuthExchange):
         # after), with the data read in stretches by read_data. A server that decodes the
         # data, has no size limit or reads lines shorter than it (none of which the gateway
         # does) keeps aiosmtpd's own loop.
-        if (self._decode_data or not self.data_size_limit
-                or self.line_length_limit < self.data_size_limit):
+        if (
+            self._decode_data
+            or not self.data_size_limit
+            or self.line_length_limit < self.data_size_limit
+        ):
             await super().smtp_DATA(arg)
             return
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):

@@ -25,12 +25,18 @@ from gateway.smtp.session import GatewaySession
 
 log = logging.getLogger("smtp2pulse.smtp")
 
-_BACKLOG = 100          # what asyncio's create_server uses
+_BACKLOG = 100  # what asyncio's create_server uses
 
 
 class TlsListener:
-    def __init__(self, listener: Listener, admission: Admission, config: Callable[[], Config],
-                 session: Callable[[str], GatewaySession], closing: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        listener: Listener,
+        admission: Admission,
+        config: Callable[[], Config],
+        session: Callable[[str], GatewaySession],
+        closing: Callable[[], bool],
+    ) -> None:
         self.listener = listener
         self.admission = admission
         self.config = config
@@ -41,8 +47,9 @@ class TlsListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.listener.host, self.listener.port,
-                                       type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = await loop.getaddrinfo(
+            self.listener.host, self.listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
         try:
             for family, kind, proto, _, address in dict.fromkeys(infos):
                 sock = socket.socket(family, kind, proto)
@@ -94,21 +101,32 @@ class TlsListener:
             self.admission.connections.close(key)
             refusal = "shutting down" if self.closing() else "smtp.tls was removed by a reload"
         if refusal is not None:
-            log.warning("refused SMTPS connection from %s before its TLS handshake: %s",
-                        host, refusal)
+            log.warning(
+                "refused SMTPS connection from %s before its TLS handshake: %s", host, refusal
+            )
             conn.close()
             return
         assert smtp.tls is not None
-        self._spawn(self._handshake(conn, host, self.session(key), smtp.tls.context,
-                                    smtp.tls.handshake_timeout))
+        self._spawn(
+            self._handshake(
+                conn, host, self.session(key), smtp.tls.context, smtp.tls.handshake_timeout
+            )
+        )
 
-    async def _handshake(self, conn: socket.socket, host: str, session: GatewaySession,
-                         context: Any, handshake_timeout: float) -> None:
+    async def _handshake(
+        self,
+        conn: socket.socket,
+        host: str,
+        session: GatewaySession,
+        context: Any,
+        handshake_timeout: float,
+    ) -> None:
         # The session exists (and holds its slot) from accept; it hears of the connection
         # only once the handshake is over.
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: session, conn, ssl=context, ssl_handshake_timeout=handshake_timeout)
+                lambda: session, conn, ssl=context, ssl_handshake_timeout=handshake_timeout
+            )
         except Exception as exc:
             log.info("TLS handshake with %s failed: %s", host, str(exc) or type(exc).__name__)
             session.release_slot()

@@ -10,13 +10,13 @@ from gateway.spool.interface import SpoolInterface
 from gateway.spool.sqlite.store import SqliteSpool
 
 
-def make_spool(config: SpoolConfig, *, wake: Callable[[], None] | None = None
-               ) -> SpoolInterface:
+def make_spool(config: SpoolConfig, *, wake: Callable[[], None] | None = None) -> SpoolInterface:
     """`wake` is called when another gateway of a shared spool made something due."""
     if config.url is None:
         return SqliteSpool(config.path)
     # asyncpg is imported only for a PostgreSQL spool: the SQLite default loads nothing new.
     from gateway.spool.pg.store import PgSpool
+
     return PgSpool(config.url.reveal(), on_notify=wake)
 
 
@@ -25,4 +25,5 @@ def describe(config: SpoolConfig) -> str:
     if config.url is None:
         return str(config.path)
     from gateway.spool.pg.link import safe_url
+
     return safe_url(config.url.reveal())

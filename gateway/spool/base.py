@@ -43,7 +43,7 @@ T = TypeVar("T")
 class Link(Protocol):
     """A backend's connections: writes in group commits, reads beside them."""
 
-    commits: int    # how many group commits ran, for tests and metrics
+    commits: int  # how many group commits ran, for tests and metrics
 
     @property
     def healthy(self) -> bool: ...
@@ -60,8 +60,9 @@ class Link(Protocol):
         then tells every gateway)."""
         ...
 
-    def submit_together(self, run_all: Together, item: Any, *,
-                        wakes: bool = False) -> asyncio.Future[Any]:
+    def submit_together(
+        self, run_all: Together, item: Any, *, wakes: bool = False
+    ) -> asyncio.Future[Any]:
         """`submit` for an item that run_all stores together with the others of its commit."""
         ...
 
@@ -81,8 +82,7 @@ def new_queue_id(now: float) -> str:
 
 
 class BaseSpool:
-    def __init__(self, sql: Dialect, link: Link, clock: Callable[[], float] = time.time
-                 ) -> None:
+    def __init__(self, sql: Dialect, link: Link, clock: Callable[[], float] = time.time) -> None:
         self.sql = sql
         self.link = link
         self.clock = clock
@@ -121,25 +121,30 @@ class BaseSpool:
             return refused
         now = self.clock()
         return self.link.submit_together(
-            self._insert, jobs.NewMessage(new_queue_id(now), now, message), wakes=True)
+            self._insert, jobs.NewMessage(new_queue_id(now), now, message), wakes=True
+        )
 
     # --- the delivery path -------------------------------------------------------------------
 
     async def lease(self, limit: int, lease_seconds: float) -> list[Delivery]:
         return await self.link.submit(
-            lambda: jobs.lease(self.sql, self.clock(), limit, lease_seconds))
+            lambda: jobs.lease(self.sql, self.clock(), limit, lease_seconds)
+        )
 
     async def next_due(self) -> float | None:
         return await self.link.read(lambda: jobs.next_due(self.sql))
 
     async def release(self, delivery_ids: Sequence[int]) -> int:
         return await self.link.submit(
-            lambda: jobs.release(self.sql, self.clock(), delivery_ids), wakes=True)
+            lambda: jobs.release(self.sql, self.clock(), delivery_ids), wakes=True
+        )
 
     async def record(self, *results: Result) -> None:
         # A retry made due (a deferral) is for whoever is free, possibly another gateway.
-        await self.link.submit(lambda: jobs.record(self.sql, self.clock(), results),
-                               wakes=any(r.state == State.QUEUED for r in results))
+        await self.link.submit(
+            lambda: jobs.record(self.sql, self.clock(), results),
+            wakes=any(r.state == State.QUEUED for r in results),
+        )
 
     async def purge(self, older_than: float) -> int:
         """Forget messages whose every delivery ended before `older_than`."""
@@ -153,17 +158,32 @@ class BaseSpool:
     async def pending_bounces(self, limit: int = 50) -> list[PendingBounce]:
         return await self.link.read(lambda: jobs.pending_bounces(self.sql, limit))
 
-    async def settle_bounce(self, delivery_id: int, state: BounceState,
-                            detail: str = "") -> None:
-        await self.link.submit(lambda: jobs.settle_bounce(self.sql, self.clock(), delivery_id,
-                                                          state, detail))
+    async def settle_bounce(self, delivery_id: int, state: BounceState, detail: str = "") -> None:
+        await self.link.submit(
+            lambda: jobs.settle_bounce(self.sql, self.clock(), delivery_id, state, detail)
+        )
 
-    async def record_status(self, delivery_id: int, queue_id: str, platform_id: str,
-                            status: str, classify: Callable[[bool], StatusClass],
-                            max_statuses: int) -> tuple[CallbackResult, StatusClass]:
-        return await self.link.submit(lambda: jobs.record_status(
-            self.sql, self.clock, delivery_id, queue_id, platform_id, status, classify,
-            max_statuses))
+    async def record_status(
+        self,
+        delivery_id: int,
+        queue_id: str,
+        platform_id: str,
+        status: str,
+        classify: Callable[[bool], StatusClass],
+        max_statuses: int,
+    ) -> tuple[CallbackResult, StatusClass]:
+        return await self.link.submit(
+            lambda: jobs.record_status(
+                self.sql,
+                self.clock,
+                delivery_id,
+                queue_id,
+                platform_id,
+                status,
+                classify,
+                max_statuses,
+            )
+        )
 
     # --- health, metrics, the operator's queue commands --------------------------------------
 
@@ -181,7 +201,8 @@ class BaseSpool:
 
     async def retry_message(self, queue_id: str) -> int | None:
         return await self.link.submit(
-            lambda: queue_view.retry_message(self.sql, self.clock(), queue_id), wakes=True)
+            lambda: queue_view.retry_message(self.sql, self.clock(), queue_id), wakes=True
+        )
 
     async def drop_message(self, queue_id: str) -> bool:
         return await self.link.submit(lambda: queue_view.drop_message(self.sql, queue_id))
@@ -195,9 +216,10 @@ class BaseSpool:
     # --- values kept for the gateways --------------------------------------------------------
 
     async def callback_secret(self) -> str:
-        candidate = secrets.token_urlsafe(32)   # 256 bits, used only if there is none yet
+        candidate = secrets.token_urlsafe(32)  # 256 bits, used only if there is none yet
         return await self.link.submit(
-            lambda: jobs.get_or_set(self.sql, meta.CALLBACK_SECRET, candidate))
+            lambda: jobs.get_or_set(self.sql, meta.CALLBACK_SECRET, candidate)
+        )
 
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ ROLLBACK = Query("ROLLBACK")
 class Pending:
     """A job waiting for a group commit, and who waits for its result."""
 
-    make: Callable[[], Job[Any]]    # a fresh run of the job (it may run twice)
+    make: Callable[[], Job[Any]]  # a fresh run of the job (it may run twice)
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     together: Together | None = None
@@ -53,8 +53,10 @@ class Pending:
 
 def alone(run_all: Together, item: Any) -> Callable[[], Job[Any]]:
     """The job of one item run alone (a `together` job's second run, in its own savepoint)."""
+
     def make() -> Job[Any]:
         return _alone(run_all, item)
+
     return make
 
 
@@ -71,15 +73,18 @@ def as_spool_error(exc: BaseException) -> SpoolError:
     return SpoolError(f"{type(exc).__name__}: {exc}")
 
 
-def group_commit(batch: Sequence[Pending], begin: Query, finish: Sequence[Query] = (),
-                 lost: Callable[[BaseException], bool] = lambda exc: False
-                 ) -> Job[tuple[list[Outcome], bool]]:
+def group_commit(
+    batch: Sequence[Pending],
+    begin: Query,
+    finish: Sequence[Query] = (),
+    lost: Callable[[BaseException], bool] = lambda exc: False,
+) -> Job[tuple[list[Outcome], bool]]:
     """Each job's outcome, and whether a COMMIT happened. `finish` runs just before COMMIT
     (PostgreSQL's NOTIFY to the other gateways)."""
     try:
         yield begin
         results = yield from _run_all(batch)
-        for query in finish:   # noqa: UP028 - a list cannot take the results sent back
+        for query in finish:  # noqa: UP028 - a list cannot take the results sent back
             yield query
         yield COMMIT
     except Exception as exc:
@@ -110,8 +115,12 @@ def _run_all(batch: Sequence[Pending]) -> Job[list[Any]]:
     return results
 
 
-def _one_by_one(batch: Sequence[Pending], begin: Query, finish: Sequence[Query],
-                lost: Callable[[BaseException], bool]) -> Job[tuple[list[Outcome], bool]]:
+def _one_by_one(
+    batch: Sequence[Pending],
+    begin: Query,
+    finish: Sequence[Query],
+    lost: Callable[[BaseException], bool],
+) -> Job[tuple[list[Outcome], bool]]:
     outcomes: list[Outcome] = []
     try:
         yield begin
@@ -128,7 +137,7 @@ def _one_by_one(batch: Sequence[Pending], begin: Query, finish: Sequence[Query],
             else:
                 yield RELEASE_SAVEPOINT
                 outcomes.append((job, result, None))
-        for query in finish:   # noqa: UP028 - a list cannot take the results sent back
+        for query in finish:  # noqa: UP028 - a list cannot take the results sent back
             yield query
         yield COMMIT
     except Exception as exc:
@@ -142,14 +151,14 @@ def _one_by_one(batch: Sequence[Pending], begin: Query, finish: Sequence[Query],
 
 
 def _rollback() -> Job[None]:
-    with contextlib.suppress(Exception):   # nothing to undo: the transaction never began
+    with contextlib.suppress(Exception):  # nothing to undo: the transaction never began
         yield ROLLBACK
 
 
 def settle(outcomes: list[Outcome]) -> None:
     """Hand results to their futures, on the futures' own loop (see the backends' links)."""
     for job, result, error in outcomes:
-        if job.future.done():       # its caller gave up waiting (the write still happened)
+        if job.future.done():  # its caller gave up waiting (the write still happened)
             continue
         if error is not None:
             job.future.set_exception(error)

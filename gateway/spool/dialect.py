@@ -24,19 +24,22 @@ def in_list(states: tuple[State, ...]) -> str:
     return "(" + ", ".join(f"'{state}'" for state in states) + ")"
 
 
-LEASABLE_IN = in_list(LEASABLE)        # deliveries_due's WHERE
-UNFINISHED_IN = in_list(UNFINISHED)    # deliveries_pending's WHERE
+LEASABLE_IN = in_list(LEASABLE)  # deliveries_due's WHERE
+UNFINISHED_IN = in_list(UNFINISHED)  # deliveries_pending's WHERE
 TAKEN_BY_CALLBACK_IN = in_list(TAKEN_BY_CALLBACK)
 
 # A delivery in the state a person asks about (states.SHOWN): sent until the platform's status
 # says delivered, failed or unknown.
 SHOWN_STATE = (
     f"CASE WHEN d.state = '{State.SENT}' AND d.status_class IN ('{StatusClass.DELIVERED}',"
-    f" '{StatusClass.FAILED}', '{StatusClass.UNKNOWN}') THEN d.status_class ELSE d.state END")
+    f" '{StatusClass.FAILED}', '{StatusClass.UNKNOWN}') THEN d.status_class ELSE d.state END"
+)
 
 # The columns of one line of `queue list` and the status page, read by queue_view.line.
-LINE_COLUMNS = ("d.message_id, d.id, m.received_at, d.recipient, {sent_to} AS sent_to,"
-                f" {SHOWN_STATE} AS shown, d.attempts, d.last_error, d.status, d.updated_at")
+LINE_COLUMNS = (
+    "d.message_id, d.id, m.received_at, d.recipient, {sent_to} AS sent_to,"
+    f" {SHOWN_STATE} AS shown, d.attempts, d.last_error, d.status, d.updated_at"
+)
 
 
 # An attempt's outcome as record_results takes it:
@@ -52,43 +55,47 @@ class Dialect(Protocol):
     LEASE: str
     # ids (id_list) -> id, received_at, auth_user, texts; None if LEASE returns them itself
     MESSAGES_FOR_LEASE: str | None
-    NEXT_DUE: str                # -> due
-    RELEASE: str                 # now, ids (id_list)
-    PURGE: str                   # older_than
-    MARK_BOUNCES: str            # ids (id_list)
-    PENDING_BOUNCES: str         # limit
-    SETTLE_BOUNCE: str           # state, delivery_id
-    LOCK_DELIVERY: str           # delivery_id: the row held until the commit
-    DELIVERY_FOR_STATUS: str     # delivery_id, queue_id -> request, state
-    STATUS_SEEN: str             # delivery_id, kind, detail
-    STATUS_COUNT: str            # delivery_id, kind -> n
-    RECORD_STATUS: str           # status, status_class, now, platform_id, delivery_id
-    COUNT_BY_STATE: str          # -> state, n
-    COUNT_UNCONFIRMED: str       # -> n
-    OLDEST_PENDING: str          # -> received_at
-    PROBE_WRITE: str             # value
-    SHOW_MESSAGE: str            # queue_id
-    SHOW_DELIVERIES: str         # queue_id
-    SHOW_EVENTS: str             # delivery_id
-    MESSAGE_EXISTS: str          # queue_id
-    RETRY_MESSAGE: str           # now, queue_id -> id
-    DROP_MESSAGE: str            # queue_id
+    NEXT_DUE: str  # -> due
+    RELEASE: str  # now, ids (id_list)
+    PURGE: str  # older_than
+    MARK_BOUNCES: str  # ids (id_list)
+    PENDING_BOUNCES: str  # limit
+    SETTLE_BOUNCE: str  # state, delivery_id
+    LOCK_DELIVERY: str  # delivery_id: the row held until the commit
+    DELIVERY_FOR_STATUS: str  # delivery_id, queue_id -> request, state
+    STATUS_SEEN: str  # delivery_id, kind, detail
+    STATUS_COUNT: str  # delivery_id, kind -> n
+    RECORD_STATUS: str  # status, status_class, now, platform_id, delivery_id
+    COUNT_BY_STATE: str  # -> state, n
+    COUNT_UNCONFIRMED: str  # -> n
+    OLDEST_PENDING: str  # -> received_at
+    PROBE_WRITE: str  # value
+    SHOW_MESSAGE: str  # queue_id
+    SHOW_DELIVERIES: str  # queue_id
+    SHOW_EVENTS: str  # delivery_id
+    MESSAGE_EXISTS: str  # queue_id
+    RETRY_MESSAGE: str  # now, queue_id -> id
+    DROP_MESSAGE: str  # queue_id
     # from_id, since, state, queue_id, to, to_number, to_local, limit (queue_view.parameters)
     FIND_DELIVERIES: str
     FIND_UNFINISHED: str
-    COUNT_BY_SHOWN_STATE: str    # -> shown, n
+    COUNT_BY_SHOWN_STATE: str  # -> shown, n
     OLDEST_WAITING: str
-    SENT_SINCE: str              # since -> n
-    RECENT_ERRORS: str           # limit
-    META_IF_ABSENT: str          # key, value
-    META_VALUE: str              # key
+    SENT_SINCE: str  # since -> n
+    RECENT_ERRORS: str  # limit
+    META_IF_ABSENT: str  # key, value
+    META_VALUE: str  # key
 
     def id_list(self, ids: list[int] | list[str]) -> object:
         """A list of ids as one parameter."""
         ...
 
-    def insert(self, messages: list[tuple[object, ...]], deliveries: list[tuple[object, ...]],
-               events: list[tuple[object, ...]]) -> list[Query]:
+    def insert(
+        self,
+        messages: list[tuple[object, ...]],
+        deliveries: list[tuple[object, ...]],
+        events: list[tuple[object, ...]],
+    ) -> list[Query]:
         """Messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts), their
         deliveries (message_id, recipient, request, state, last_error, now) and events stored
         with them (now, kind, detail, message_id, recipient: each delivery of the message to

@@ -73,13 +73,20 @@ class SpoolInterface(Protocol):
 
     async def pending_bounces(self, limit: int = 50) -> list[PendingBounce]: ...
 
-    async def settle_bounce(self, delivery_id: int, state: BounceState,
-                            detail: str = "") -> None: ...
+    async def settle_bounce(
+        self, delivery_id: int, state: BounceState, detail: str = ""
+    ) -> None: ...
 
     # --- platform callbacks
-    async def record_status(self, delivery_id: int, queue_id: str, platform_id: str,
-                            status: str, classify: Callable[[bool], StatusClass],
-                            max_statuses: int) -> tuple[CallbackResult, StatusClass]:
+    async def record_status(
+        self,
+        delivery_id: int,
+        queue_id: str,
+        platform_id: str,
+        status: str,
+        classify: Callable[[bool], StatusClass],
+        max_statuses: int,
+    ) -> tuple[CallbackResult, StatusClass]:
         """Keep a callback's status on its delivery, once however often it is repeated;
         `classify` is told whether the delivery's request asked for Kannel status codes."""
         ...

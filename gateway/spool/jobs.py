@@ -25,12 +25,13 @@ from gateway.spool.states import (
 from gateway.spool.steps import Fetch, Job, Query, Row
 
 STATUS_EVENT = "status"
-CONFIRMED = "confirmed by the platform's callback"   # the detail of an unconfirmed one's "sent"
+CONFIRMED = "confirmed by the platform's callback"  # the detail of an unconfirmed one's "sent"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewMessage:
     """A message as a group commit stores it, with its queue id and arrival time."""
+
     queue_id: str
     now: float
     message: IncomingMessage
@@ -46,11 +47,15 @@ def unstorable(message: IncomingMessage) -> str | None:
         texts.append(delivery.recipient)
         texts.extend(delivery.request.keys())
         texts.extend(delivery.request.values())
-    return "a NUL character in the envelope or the message's text" if any(
-        isinstance(text, str) and "\x00" in text for text in texts) else None
+    return (
+        "a NUL character in the envelope or the message's text"
+        if any(isinstance(text, str) and "\x00" in text for text in texts)
+        else None
+    )
 
 
 # --- the accept path ---------------------------------------------------------------------------
+
 
 def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
     """Store messages and their deliveries, in a few statements for all of them.
@@ -60,23 +65,35 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
     anyway (the same work on the event loop measured slower, bench/README)."""
     messages: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
-    events: dict[tuple[object, ...], None] = {}     # in order, each once
+    events: dict[tuple[object, ...], None] = {}  # in order, each once
     for n in new:
         texts, requests = pack_requests([delivery.request for delivery in n.message.deliveries])
-        messages.append((n.queue_id, n.now, n.message.mail_from, n.message.peer,
-                         n.message.helo, n.message.auth_user, len(n.message.raw), n.message.raw,
-                         texts))
+        messages.append(
+            (
+                n.queue_id,
+                n.now,
+                n.message.mail_from,
+                n.message.peer,
+                n.message.helo,
+                n.message.auth_user,
+                len(n.message.raw),
+                n.message.raw,
+                texts,
+            )
+        )
         for delivery, request in zip(n.message.deliveries, requests, strict=True):
-            deliveries.append((n.queue_id, delivery.recipient, request,
-                               *delivery.initial_state(), n.now))
+            deliveries.append(
+                (n.queue_id, delivery.recipient, request, *delivery.initial_state(), n.now)
+            )
             if delivery.event is not None:
                 events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
-    for query in sql.insert(messages, deliveries, list(events)):   # noqa: UP028 - commit.py
+    for query in sql.insert(messages, deliveries, list(events)):  # noqa: UP028 - commit.py
         yield query
     return [n.queue_id for n in new]
 
 
 # --- the delivery path -------------------------------------------------------------------------
+
 
 def recover(statement: str, now: float) -> Job[int]:
     """Every lease taken back (the SQLite spool's start: one daemon owns it, so a `sending` row
@@ -95,12 +112,18 @@ def lease(sql: Dialect, now: float, limit: int, lease_seconds: float) -> Job[lis
         found: list[Row] = yield Query(sql.MESSAGES_FOR_LEASE, (sql.id_list(ids),), Fetch.ROWS)
         messages = {row["id"]: row for row in found}
     texts = {queue_id: load_texts(row["texts"]) for queue_id, row in messages.items()}
-    return [Delivery(id=row["id"], queue_id=row["message_id"], recipient=row["recipient"],
-                     request=unpack_request(row["request"], texts[row["message_id"]]),
-                     attempts=row["attempts"],
-                     received_at=messages[row["message_id"]]["received_at"],
-                     auth_user=messages[row["message_id"]]["auth_user"])
-            for row in sorted(rows, key=lambda row: int(row["id"]))]
+    return [
+        Delivery(
+            id=row["id"],
+            queue_id=row["message_id"],
+            recipient=row["recipient"],
+            request=unpack_request(row["request"], texts[row["message_id"]]),
+            attempts=row["attempts"],
+            received_at=messages[row["message_id"]]["received_at"],
+            auth_user=messages[row["message_id"]]["auth_user"],
+        )
+        for row in sorted(rows, key=lambda row: int(row["id"]))
+    ]
 
 
 def next_due(sql: Dialect) -> Job[float | None]:
@@ -119,8 +142,15 @@ def record(sql: Dialect, now: float, results: Sequence[Result]) -> Job[None]:
     """Attempts' outcomes, each with its event, and a bounce owed where one asks for it. A
     delivery an operator dropped while it was being sent is not there any more: skipped."""
     rows: list[ResultRow] = [
-        (r.delivery_id, r.state.value, r.next_attempt_at, r.platform_id,
-         None if r.state == State.SENT else r.detail) for r in results]
+        (
+            r.delivery_id,
+            r.state.value,
+            r.next_attempt_at,
+            r.platform_id,
+            None if r.state == State.SENT else r.detail,
+        )
+        for r in results
+    ]
     taken = yield from sql.record_results(rows, now)
     recorded = [r for r in results if r.delivery_id in taken]
     bounces = [r.delivery_id for r in recorded if r.bounce]
@@ -137,6 +167,7 @@ def purge(sql: Dialect, older_than: float) -> Job[int]:
 
 # --- bounces -----------------------------------------------------------------------------------
 
+
 def mark_bounce(sql: Dialect, delivery_id: int) -> Job[bool]:
     """Owe the sender one notification for a failed delivery; never a null sender, never twice."""
     marked: int = yield Query(sql.MARK_BOUNCES, (sql.id_list([delivery_id]),))
@@ -145,24 +176,41 @@ def mark_bounce(sql: Dialect, delivery_id: int) -> Job[bool]:
 
 def pending_bounces(sql: Dialect, limit: int) -> Job[list[PendingBounce]]:
     rows: list[Row] = yield Query(sql.PENDING_BOUNCES, (limit,), Fetch.ROWS)
-    return [PendingBounce(delivery_id=row["delivery_id"], queue_id=row["queue_id"],
-                          mail_from=row["mail_from"], recipient=row["recipient"],
-                          received_at=row["received_at"], state=State(row["state"]),
-                          reason=row["reason"], raw=bytes(row["raw"]))
-            for row in rows]
+    return [
+        PendingBounce(
+            delivery_id=row["delivery_id"],
+            queue_id=row["queue_id"],
+            mail_from=row["mail_from"],
+            recipient=row["recipient"],
+            received_at=row["received_at"],
+            state=State(row["state"]),
+            reason=row["reason"],
+            raw=bytes(row["raw"]),
+        )
+        for row in rows
+    ]
 
 
-def settle_bounce(sql: Dialect, now: float, delivery_id: int, state: BounceState,
-                  detail: str) -> Job[None]:
+def settle_bounce(
+    sql: Dialect, now: float, delivery_id: int, state: BounceState, detail: str
+) -> Job[None]:
     yield Query(sql.SETTLE_BOUNCE, (state.value, delivery_id))
     yield sql.insert_events([(delivery_id, now, f"bounce {state}", detail)])
 
 
 # --- platform callbacks ------------------------------------------------------------------------
 
-def record_status(sql: Dialect, clock: Callable[[], float], delivery_id: int, queue_id: str,
-                  platform_id: str, status: str, classify: Callable[[bool], StatusClass],
-                  max_statuses: int) -> Job[tuple[CallbackResult, StatusClass]]:
+
+def record_status(
+    sql: Dialect,
+    clock: Callable[[], float],
+    delivery_id: int,
+    queue_id: str,
+    platform_id: str,
+    status: str,
+    classify: Callable[[bool], StatusClass],
+    max_statuses: int,
+) -> Job[tuple[CallbackResult, StatusClass]]:
     """Keep a callback's status on its delivery, once however often it is repeated. A callback
     is the platform's word that it has the message: a delivery still being sent, waiting for a
     retry or unconfirmed is then sent (the attempt in flight counted here: its own outcome is
@@ -180,7 +228,7 @@ def record_status(sql: Dialect, clock: Callable[[], float], delivery_id: int, qu
         return "repeated", meaning
     count = yield Query(sql.STATUS_COUNT, (delivery_id, STATUS_EVENT), Fetch.VALUE)
     if count is not None and count >= max_statuses:
-        return "ignored", meaning    # one signed URL must not fill the spool
+        return "ignored", meaning  # one signed URL must not fill the spool
     now = clock()
     yield Query(sql.RECORD_STATUS, (status, meaning.value, now, platform_id, delivery_id))
     events = [(delivery_id, now, STATUS_EVENT, detail)]
@@ -191,6 +239,7 @@ def record_status(sql: Dialect, clock: Callable[[], float], delivery_id: int, qu
 
 
 # --- values kept for the gateways --------------------------------------------------------------
+
 
 def get_or_set(sql: Dialect, key: str, value: str) -> Job[str]:
     """The value kept under `key`, `value` if there was none: one statement decides, so two

@@ -19,5 +19,6 @@ def with_callback_secret(config: Config, secret: str | None) -> Config:
     """`config` signing callbacks with the spool's secret, unless it names one of its own."""
     if config.http is None or config.http.callback_secret or not secret:
         return config
-    return dataclasses.replace(config, http=dataclasses.replace(
-        config.http, callback_secret=Secret(secret)))
+    return dataclasses.replace(
+        config, http=dataclasses.replace(config.http, callback_secret=Secret(secret))
+    )

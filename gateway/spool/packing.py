@@ -47,7 +47,6 @@ class SharedTexts:
         return shared
 
 
-
 def pack_requests(requests: list[Mapping[str, str]]) -> tuple[str | None, list[str]]:
     """A message's requests as stored: the long values once, in a list for the message (its
     `texts`), and each request as JSON in which such a value is its index in that list (a

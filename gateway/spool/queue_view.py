@@ -25,7 +25,7 @@ from gateway.spool.states import BounceState, State, StatusClass
 from gateway.spool.steps import Fetch, Job, Query, Row
 
 E = TypeVar("E", StatusClass, BounceState)
-SENT_WINDOW = 3600.0      # the overview's "sent in the last hour"
+SENT_WINDOW = 3600.0  # the overview's "sent in the last hour"
 
 
 def show_message(sql: Dialect, queue_id: str) -> Job[MessageDetail | None]:
@@ -38,18 +38,36 @@ def show_message(sql: Dialect, queue_id: str) -> Job[MessageDetail | None]:
     for d in deliveries:
         rows: list[Row] = yield Query(sql.SHOW_EVENTS, (d["id"],), Fetch.ROWS)
         # Arrival is the message's own time, not an event row (one insert less a message).
-        events = [(message["received_at"], "received", ""),
-                  *((e["at"], e["kind"], e["detail"]) for e in rows)]
-        details.append(DeliveryDetail(
-            id=d["id"], recipient=d["recipient"], state=State(d["state"]),
-            attempts=d["attempts"], next_attempt_at=d["next_attempt_at"],
-            platform_id=d["platform_id"], last_error=d["last_error"],
-            request=unpack_request(d["request"], texts), status=d["status"],
-            status_class=_maybe(StatusClass, d["status_class"]), status_at=d["status_at"],
-            bounce=_maybe(BounceState, d["bounce"]), events=events))
-    return MessageDetail(queue_id=message["id"], received_at=message["received_at"],
-                         mail_from=message["mail_from"], peer=message["peer"],
-                         helo=message["helo"], size=message["size"], deliveries=details)
+        events = [
+            (message["received_at"], "received", ""),
+            *((e["at"], e["kind"], e["detail"]) for e in rows),
+        ]
+        details.append(
+            DeliveryDetail(
+                id=d["id"],
+                recipient=d["recipient"],
+                state=State(d["state"]),
+                attempts=d["attempts"],
+                next_attempt_at=d["next_attempt_at"],
+                platform_id=d["platform_id"],
+                last_error=d["last_error"],
+                request=unpack_request(d["request"], texts),
+                status=d["status"],
+                status_class=_maybe(StatusClass, d["status_class"]),
+                status_at=d["status_at"],
+                bounce=_maybe(BounceState, d["bounce"]),
+                events=events,
+            )
+        )
+    return MessageDetail(
+        queue_id=message["id"],
+        received_at=message["received_at"],
+        mail_from=message["mail_from"],
+        peer=message["peer"],
+        helo=message["helo"],
+        size=message["size"],
+        deliveries=details,
+    )
 
 
 def _maybe(kind: type[E], value: str | None) -> E | None:
@@ -72,8 +90,7 @@ def drop_message(sql: Dialect, queue_id: str) -> Job[bool]:
 
 
 def stats(sql: Dialect, now: float) -> Job[SpoolStats]:
-    counts = {row["state"]: row["n"]
-              for row in (yield Query(sql.COUNT_BY_STATE, (), Fetch.ROWS))}
+    counts = {row["state"]: row["n"] for row in (yield Query(sql.COUNT_BY_STATE, (), Fetch.ROWS))}
     oldest = yield Query(sql.OLDEST_PENDING, (), Fetch.VALUE)
     return SpoolStats(counts, 0.0 if oldest is None else max(0.0, now - oldest))
 
@@ -88,10 +105,18 @@ def probe_writable(sql: Dialect, now: float) -> Job[None]:
 
 
 def line(row: Row) -> DeliveryLine:
-    return DeliveryLine(row["message_id"], row["id"], row["received_at"], row["recipient"],
-                        row["sent_to"] if isinstance(row["sent_to"], str) else None,
-                        row["shown"], row["attempts"], row["last_error"], row["status"],
-                        row["updated_at"])
+    return DeliveryLine(
+        row["message_id"],
+        row["id"],
+        row["received_at"],
+        row["recipient"],
+        row["sent_to"] if isinstance(row["sent_to"], str) else None,
+        row["shown"],
+        row["attempts"],
+        row["last_error"],
+        row["status"],
+        row["updated_at"],
+    )
 
 
 def parameters(search: Search) -> tuple[object, ...]:
@@ -104,9 +129,16 @@ def parameters(search: Search) -> tuple[object, ...]:
     if to is not None and "@" not in to:
         local = to.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "@%"
     since = search.since
-    return ("" if since is None else f"{int(since * 1000):011X}", since, search.state,
-            search.queue_id, to, None if to is None else to.removeprefix("+"), local,
-            search.limit)
+    return (
+        "" if since is None else f"{int(since * 1000):011X}",
+        since,
+        search.state,
+        search.queue_id,
+        to,
+        None if to is None else to.removeprefix("+"),
+        local,
+        search.limit,
+    )
 
 
 def find_deliveries(sql: Dialect, search: Search) -> Job[list[DeliveryLine]]:
@@ -120,10 +152,15 @@ def overview(sql: Dialect, now: float, errors: int) -> Job[Overview]:
     platform errors (refusals, failed attempts, failed statuses) of the newest messages.
 
     The counts scan the spool, as /metrics does; finished messages leave it after a week."""
-    counts = {row["shown"]: row["n"]
-              for row in (yield Query(sql.COUNT_BY_SHOWN_STATE, (), Fetch.ROWS))}
+    counts = {
+        row["shown"]: row["n"] for row in (yield Query(sql.COUNT_BY_SHOWN_STATE, (), Fetch.ROWS))
+    }
     oldest: Row | None = yield Query(sql.OLDEST_WAITING, (), Fetch.ONE)
     sent = yield Query(sql.SENT_SINCE, (now - SENT_WINDOW,), Fetch.VALUE)
     failed = yield Query(sql.RECENT_ERRORS, (errors,), Fetch.ROWS)
-    return Overview(counts, None if oldest is None else line(oldest), int(sent or 0),
-                    [line(row) for row in failed])
+    return Overview(
+        counts,
+        None if oldest is None else line(oldest),
+        int(sent or 0),
+        [line(row) for row in failed],
+    )

@@ -13,8 +13,8 @@ from gateway.spool.states import BounceState, State, StatusClass
 class Suppressed:
     """Why an accepted delivery is kept but never sent (a route's `drop`; a repeat or a limit)."""
 
-    reason: str     # route | repeat | limit: the label smtp2pulse_suppressed_total counts by
-    detail: str     # for people: which route, which earlier message, which limit
+    reason: str  # route | repeat | limit: the label smtp2pulse_suppressed_total counts by
+    detail: str  # for people: which route, which earlier message, which limit
 
     def __str__(self) -> str:
         return f"{self.reason} {self.detail}".rstrip()
@@ -67,7 +67,7 @@ class Result:
     event: str
     detail: str = ""
     platform_id: str | None = None
-    bounce: bool = False     # a final failure the envelope sender is to be told of
+    bounce: bool = False  # a final failure the envelope sender is to be told of
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +79,8 @@ class PendingBounce:
     mail_from: str
     recipient: str
     received_at: float
-    state: State          # refused | failed | sent (a failed status by callback)
-    reason: str           # the last error, or the platform's status for a sent one
+    state: State  # refused | failed | sent (a failed status by callback)
+    reason: str  # the last error, or the platform's status for a sent one
     raw: bytes
 
 
@@ -100,10 +100,10 @@ class DeliveryDetail:
     platform_id: str | None
     last_error: str | None
     request: dict[str, str]
-    status: str | None = None                 # the platform's last delivery status, verbatim
+    status: str | None = None  # the platform's last delivery status, verbatim
     status_class: StatusClass | None = None
     status_at: float | None = None
-    bounce: BounceState | None = None         # the DSN to the sender
+    bounce: BounceState | None = None  # the DSN to the sender
     events: list[tuple[float, str, str]] = field(default_factory=list)
 
 
@@ -125,20 +125,20 @@ class DeliveryLine:
     queue_id: str
     delivery_id: int
     received_at: float
-    recipient: str          # as written in RCPT TO
-    sent_to: str | None     # as sent to the platform
-    state: str              # one of states.SHOWN
+    recipient: str  # as written in RCPT TO
+    sent_to: str | None  # as sent to the platform
+    state: str  # one of states.SHOWN
     attempts: int
     last_error: str | None
-    status: str | None      # the platform's last status, verbatim
+    status: str | None  # the platform's last status, verbatim
     updated_at: float
 
 
 @dataclass(frozen=True, slots=True)
 class Search:
-    to: str | None = None         # a recipient as written or as sent
-    since: float | None = None    # received at or after (epoch seconds)
-    state: str | None = None      # one of states.SHOWN
+    to: str | None = None  # a recipient as written or as sent
+    since: float | None = None  # received at or after (epoch seconds)
+    state: str | None = None  # one of states.SHOWN
     queue_id: str | None = None
     pending_only: bool = False
     limit: int = 1000
@@ -146,7 +146,7 @@ class Search:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    by_state: dict[str, int]      # by shown state
+    by_state: dict[str, int]  # by shown state
     oldest_waiting: DeliveryLine | None
     sent_last_hour: int
     recent_errors: list[DeliveryLine]

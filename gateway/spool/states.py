@@ -13,11 +13,11 @@ from typing import Literal
 class State(StrEnum):
     """A delivery's own state: where it is in our hands."""
 
-    QUEUED = "queued"      # due at next_attempt_at
-    SENDING = "sending"    # leased to a worker until next_attempt_at
-    SENT = "sent"          # the platform took it
-    REFUSED = "refused"    # the platform said never
-    FAILED = "failed"      # given up on
+    QUEUED = "queued"  # due at next_attempt_at
+    SENDING = "sending"  # leased to a worker until next_attempt_at
+    SENT = "sent"  # the platform took it
+    REFUSED = "refused"  # the platform said never
+    FAILED = "failed"  # given up on
     # A batch's reply said neither yes nor no (the contract's "unknown" outcome): perhaps
     # sent, so never sent again on its own; a callback, `queue retry` or `queue drop` settles it.
     UNCONFIRMED = "unconfirmed"
@@ -57,8 +57,17 @@ class BounceState(StrEnum):
 
 # What `queue list --state` and the status page call a delivery: its State, except that a sent
 # one is delivered, failed or unknown once the platform's status says so.
-SHOWN = (State.QUEUED, State.SENDING, State.SENT, StatusClass.DELIVERED, StatusClass.FAILED,
-         State.REFUSED, StatusClass.UNKNOWN, State.UNCONFIRMED, State.SUPPRESSED)
+SHOWN = (
+    State.QUEUED,
+    State.SENDING,
+    State.SENT,
+    StatusClass.DELIVERED,
+    StatusClass.FAILED,
+    State.REFUSED,
+    StatusClass.UNKNOWN,
+    State.UNCONFIRMED,
+    State.SUPPRESSED,
+)
 
 
 # What became of one platform callback.

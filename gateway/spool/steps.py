@@ -21,11 +21,11 @@ T = TypeVar("T")
 class Fetch(Enum):
     """What a statement's result is sent back as."""
 
-    ROWS = "rows"      # every row, each read by column name
-    ONE = "one"        # the first row, or None
-    VALUE = "value"    # the first column of the first row, or None
-    COUNT = "count"    # how many rows it changed
-    MANY = "many"      # run once per parameter tuple in `params`; nothing is sent back
+    ROWS = "rows"  # every row, each read by column name
+    ONE = "one"  # the first row, or None
+    VALUE = "value"  # the first column of the first row, or None
+    COUNT = "count"  # how many rows it changed
+    MANY = "many"  # run once per parameter tuple in `params`; nothing is sent back
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +53,11 @@ def drive(job: Job[T], execute: Callable[[Query], Any]) -> T:
         try:
             query = job.send(reply) if error is None else job.throw(error)
         except StopIteration as done:
-            return done.value   # type: ignore[no-any-return]
+            return done.value  # type: ignore[no-any-return]
         reply, error = None, None
         try:
             reply = execute(query)
-        except Exception as exc:   # the job decides: it may roll back to a savepoint
+        except Exception as exc:  # the job decides: it may roll back to a savepoint
             error = exc
 
 
@@ -69,7 +69,7 @@ async def drive_async(job: Job[T], execute: Callable[[Query], Awaitable[Any]]) -
         try:
             query = job.send(reply) if error is None else job.throw(error)
         except StopIteration as done:
-            return done.value   # type: ignore[no-any-return]
+            return done.value  # type: ignore[no-any-return]
         reply, error = None, None
         try:
             reply = await execute(query)

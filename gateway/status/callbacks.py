@@ -15,8 +15,18 @@ from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import SpoolStats
 from gateway.spool.states import CallbackResult, StatusClass
 
-__all__ = ["CallbackResult", "SpoolStats", "StatusClass", "callback_url", "classify_status",
-           "probe_writable", "record_status", "sign", "spool_stats", "verify"]
+__all__ = [
+    "CallbackResult",
+    "SpoolStats",
+    "StatusClass",
+    "callback_url",
+    "classify_status",
+    "probe_writable",
+    "record_status",
+    "sign",
+    "spool_stats",
+    "verify",
+]
 
 _DELIVERED, _FAILED, _PENDING = StatusClass.DELIVERED, StatusClass.FAILED, StatusClass.PENDING
 # Kannel DLR values are bit flags; the worst bit present decides.
@@ -25,12 +35,26 @@ _KANNEL = ((2, _FAILED), (16, _FAILED), (1, _DELIVERED), (8, _PENDING), (4, _PEN
 # The platform may pass on an SMSC's own word: SMPP's delivery receipt states (its `stat:`
 # field, seven letters at most: DELIVRD, UNDELIV, ...) and their long forms mean the same.
 _WORDS = {
-    "delivered": _DELIVERED, "read": _DELIVERED, "seen": _DELIVERED, "delivrd": _DELIVERED,
-    "undelivered": _FAILED, "failed": _FAILED, "rejected": _FAILED, "expired": _FAILED,
-    "error": _FAILED, "not_delivered": _FAILED, "undeliv": _FAILED, "undeliverable": _FAILED,
-    "rejectd": _FAILED, "deleted": _FAILED,
-    "sent": _PENDING, "queued": _PENDING, "pending": _PENDING, "accepted": _PENDING,
-    "enroute": _PENDING, "buffered": _PENDING,
+    "delivered": _DELIVERED,
+    "read": _DELIVERED,
+    "seen": _DELIVERED,
+    "delivrd": _DELIVERED,
+    "undelivered": _FAILED,
+    "failed": _FAILED,
+    "rejected": _FAILED,
+    "expired": _FAILED,
+    "error": _FAILED,
+    "not_delivered": _FAILED,
+    "undeliv": _FAILED,
+    "undeliverable": _FAILED,
+    "rejectd": _FAILED,
+    "deleted": _FAILED,
+    "sent": _PENDING,
+    "queued": _PENDING,
+    "pending": _PENDING,
+    "accepted": _PENDING,
+    "enroute": _PENDING,
+    "buffered": _PENDING,
     # SMPP's ACCEPTD: taken by the SMSC (or read to the subscriber by an operator), not a
     # handset's receipt: still on its way as far as we can tell.
     "acceptd": _PENDING,
@@ -39,7 +63,7 @@ _WORDS = {
 # Kannel's %d: the flags as ASCII digits. str.isdigit() also takes '²', which int() refuses,
 # and int() refuses more than 4,300 digits; a real value is a byte.
 _KANNEL_FLAGS = re.compile(r"[0-9]{1,5}")
-MAX_STATUSES = 20   # distinct statuses kept per delivery; a real one goes through a handful
+MAX_STATUSES = 20  # distinct statuses kept per delivery; a real one goes through a handful
 
 
 def classify_status(status: str, kannel: bool) -> StatusClass:
@@ -53,12 +77,18 @@ def classify_status(status: str, kannel: bool) -> StatusClass:
     return _WORDS.get(text.lower(), StatusClass.UNKNOWN)
 
 
-async def record_status(spool: SpoolInterface, delivery_id: int, queue_id: str,
-                        platform_id: str, status: str) -> tuple[CallbackResult, StatusClass]:
+async def record_status(
+    spool: SpoolInterface, delivery_id: int, queue_id: str, platform_id: str, status: str
+) -> tuple[CallbackResult, StatusClass]:
     """Store a callback's status on its delivery, once however often the platform repeats it."""
-    return await spool.record_status(delivery_id, queue_id, platform_id, status,
-                                     functools.partial(classify_status, status),
-                                     max_statuses=MAX_STATUSES)
+    return await spool.record_status(
+        delivery_id,
+        queue_id,
+        platform_id,
+        status,
+        functools.partial(classify_status, status),
+        max_statuses=MAX_STATUSES,
+    )
 
 
 async def spool_stats(spool: SpoolInterface) -> SpoolStats:

@@ -33,22 +33,28 @@ MAX_PER_ADDRESS = 64
 # Seconds a connection may wait for its first request, between requests, and for a request's
 # body; no client of this port (monitors, the platform, a browser) idles longer and expects it.
 IDLE_TIMEOUT = 15.0
-REFUSAL_LOG_EVERY = 60.0     # at most one log line a minute for refused connections
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-         b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n")
+REFUSAL_LOG_EVERY = 60.0  # at most one log line a minute for refused connections
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
+)
 
 
 class Gate:
     """The protocol factory for the HTTP listener: `make` is aiohttp's (its web.Server)."""
 
-    def __init__(self, make: Callable[[], asyncio.Protocol],
-                 max_connections: int = MAX_CONNECTIONS,
-                 max_per_address: int = MAX_PER_ADDRESS, ipv6_prefix: int = 64) -> None:
+    def __init__(
+        self,
+        make: Callable[[], asyncio.Protocol],
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_address: int = MAX_PER_ADDRESS,
+        ipv6_prefix: int = 64,
+    ) -> None:
         self.make = make
         self.ipv6_prefix = ipv6_prefix
         self.max_connections = max_connections
         self.max_per_address = max_per_address
-        self.admitted: dict[_Guarded, None] = {}     # oldest first
+        self.admitted: dict[_Guarded, None] = {}  # oldest first
         self.by_address: Counter[str] = Counter()
         self.refused = 0
         self.evicted = 0
@@ -65,8 +71,10 @@ class Gate:
         # that address is at its cap (so one address churns only its own), else the oldest
         # of all. A flood of idle connections then cannot keep /healthz or the platform's
         # callbacks out. Only when the old ones are all busy does it refuse, at twice a cap.
-        if (self.by_address[address] >= 2 * self.max_per_address
-                or len(self.admitted) >= 2 * self.max_connections):
+        if (
+            self.by_address[address] >= 2 * self.max_per_address
+            or len(self.admitted) >= 2 * self.max_connections
+        ):
             self._note_refusal(address)
             return False
         if self.by_address[address] >= self.max_per_address:
@@ -96,9 +104,13 @@ class Gate:
         self._refused_since_log += 1
         now = asyncio.get_running_loop().time()
         if now - self._logged_at >= REFUSAL_LOG_EVERY:
-            log.warning("HTTP connections refused: %d since the last such line (now from %s; "
-                        "at most %d per address)", self._refused_since_log, address,
-                        self.max_per_address)
+            log.warning(
+                "HTTP connections refused: %d since the last such line (now from %s; "
+                "at most %d per address)",
+                self._refused_since_log,
+                address,
+                self.max_per_address,
+            )
             self._logged_at = now
             self._refused_since_log = 0
 
@@ -108,7 +120,7 @@ class _Guarded(asyncio.Protocol):
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
-        self.inner: Any = None     # aiohttp's RequestHandler once admitted
+        self.inner: Any = None  # aiohttp's RequestHandler once admitted
         self.address = ""
         self.evicted = False
 
@@ -119,13 +131,14 @@ class _Guarded(asyncio.Protocol):
         if getattr(self.inner, "_waiter", None) is not None:
             self.inner.force_close()
         else:
-            self.inner.close()     # closed once the response in hand is out
+            self.inner.close()  # closed once the response in hand is out
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         # Counted as SMTP counts a client: an IPv6 host per its /64, which it can roam.
-        self.address = address_key(str(peer[0]) if isinstance(peer, tuple) and peer
-                                   else str(peer), self.gate.ipv6_prefix)
+        self.address = address_key(
+            str(peer[0]) if isinstance(peer, tuple) and peer else str(peer), self.gate.ipv6_prefix
+        )
         if not self.gate.admit(self):
             # Not isinstance(asyncio.WriteTransport): uvloop's transports do not derive from it.
             writable = cast(asyncio.Transport, transport)

@@ -10,52 +10,80 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.sessions = Counter("smtp2pulse_smtp_sessions", "SMTP connections accepted",
-                                registry=r)
-        self.sessions_open = Gauge("smtp2pulse_smtp_sessions_open", "SMTP connections open now",
-                                   registry=r)
-        self.accepted = Counter("smtp2pulse_messages_accepted",
-                                "Messages stored and answered 250", registry=r)
-        self.refused = Counter("smtp2pulse_smtp_refusals",
-                               "4xx/5xx replies to MAIL, RCPT, DATA and connections, by reason",
-                               ["reason"], registry=r)
-        self.deliveries = Counter("smtp2pulse_deliveries",
-                                  "Delivery attempts by outcome (sent, refused, deferred,"
-                                  " failed, unknown)",
-                                  ["outcome"], registry=r)
+        self.sessions = Counter("smtp2pulse_smtp_sessions", "SMTP connections accepted", registry=r)
+        self.sessions_open = Gauge(
+            "smtp2pulse_smtp_sessions_open", "SMTP connections open now", registry=r
+        )
+        self.accepted = Counter(
+            "smtp2pulse_messages_accepted", "Messages stored and answered 250", registry=r
+        )
+        self.refused = Counter(
+            "smtp2pulse_smtp_refusals",
+            "4xx/5xx replies to MAIL, RCPT, DATA and connections, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "smtp2pulse_deliveries",
+            "Delivery attempts by outcome (sent, refused, deferred, failed, unknown)",
+            ["outcome"],
+            registry=r,
+        )
         self.platform_latency = Histogram(
-            "smtp2pulse_platform_request_seconds", "Time for one platform request",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+            "smtp2pulse_platform_request_seconds",
+            "Time for one platform request",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.batch_messages = Histogram(
             "smtp2pulse_platform_request_messages",
             "Messages in one platform request (1: send-message; more: send-list-messages)",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
-        self.spool_depth = Gauge("smtp2pulse_spool_deliveries", "Deliveries in the spool by state",
-                                 ["state"], registry=r)
-        self.oldest_queued = Gauge("smtp2pulse_spool_oldest_pending_seconds",
-                                   "Age of the oldest delivery not yet finished", registry=r)
-        self.callbacks = Counter("smtp2pulse_callbacks",
-                                 "Delivery-status callbacks by result (recorded, repeated, "
-                                 "unknown, forged)", ["result"], registry=r)
-        self.filtered = Counter("smtp2pulse_messages_filtered",
-                                "Bounces and automatic replies not sent, by kind and action",
-                                ["kind", "action"], registry=r)
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.spool_depth = Gauge(
+            "smtp2pulse_spool_deliveries", "Deliveries in the spool by state", ["state"], registry=r
+        )
+        self.oldest_queued = Gauge(
+            "smtp2pulse_spool_oldest_pending_seconds",
+            "Age of the oldest delivery not yet finished",
+            registry=r,
+        )
+        self.callbacks = Counter(
+            "smtp2pulse_callbacks",
+            "Delivery-status callbacks by result (recorded, repeated, unknown, forged)",
+            ["result"],
+            registry=r,
+        )
+        self.filtered = Counter(
+            "smtp2pulse_messages_filtered",
+            "Bounces and automatic replies not sent, by kind and action",
+            ["kind", "action"],
+            registry=r,
+        )
         # What the platform bills: the parts of each SMS sent, by recipient domain.
-        self.sms_parts = Counter("smtp2pulse_sms_parts", "SMS parts sent, by domain",
-                                 ["domain"], registry=r)
+        self.sms_parts = Counter(
+            "smtp2pulse_sms_parts", "SMS parts sent, by domain", ["domain"], registry=r
+        )
         # Messages by the route (config `routes`) they took; deliveries kept but never sent.
-        self.routed = Counter("smtp2pulse_routed", "Messages that took a route, by route",
-                              ["route"], registry=r)
-        self.suppressed = Counter("smtp2pulse_suppressed",
-                                  "Deliveries accepted and kept but never sent, by recipient "
-                                  "domain and reason (route, repeat, limit)",
-                                  ["domain", "reason"], registry=r)
-        self.bounces = Counter("smtp2pulse_bounces", "Delivery status notifications by result",
-                               ["result"], registry=r)
+        self.routed = Counter(
+            "smtp2pulse_routed", "Messages that took a route, by route", ["route"], registry=r
+        )
+        self.suppressed = Counter(
+            "smtp2pulse_suppressed",
+            "Deliveries accepted and kept but never sent, by recipient "
+            "domain and reason (route, repeat, limit)",
+            ["domain", "reason"],
+            registry=r,
+        )
+        self.bounces = Counter(
+            "smtp2pulse_bounces", "Delivery status notifications by result", ["result"], registry=r
+        )
 
         # The platform's last word that our configuration is wrong (a 4xx but 429: a wrong
         # api.base_url or token) until it next takes a request; /healthz shows it.

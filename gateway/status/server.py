@@ -35,16 +35,22 @@ _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 
 
 class StatusServer:
-    def __init__(self, listen: Listener, config: Callable[[], Config], spool: SpoolInterface,
-                 metrics: Metrics, ready: Callable[[], bool],
-                 not_sending: Callable[[], str | None],
-                 on_failed_status: Callable[[int], Awaitable[None]]) -> None:
-        self.listen = listen     # the socket stays; everything else follows a reload
+    def __init__(
+        self,
+        listen: Listener,
+        config: Callable[[], Config],
+        spool: SpoolInterface,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        not_sending: Callable[[], str | None],
+        on_failed_status: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self.listen = listen  # the socket stays; everything else follows a reload
         self.config = config
         self.spool = spool
         self.metrics = metrics
         self.ready = ready
-        self.not_sending = not_sending   # why nothing leaves now; None when it does
+        self.not_sending = not_sending  # why nothing leaves now; None when it does
         self.on_failed_status = on_failed_status
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
@@ -57,27 +63,38 @@ class StatusServer:
         app.router.add_route("GET", "/callback", self._callback)
         app.router.add_route("POST", "/callback", self._callback)
         app.router.add_get("/messages/{queue_id}", self._message)
-        StatusPage(self.config, self.spool, self.ready, lambda: self.not_sending() is None,
-                   lambda: self.metrics.platform_error).add_routes(app.router)
+        StatusPage(
+            self.config,
+            self.spool,
+            self.ready,
+            lambda: self.not_sending() is None,
+            lambda: self.metrics.platform_error,
+        ).add_routes(app.router)
         # aiohttp's own timer closes a connection idle this long, from its start (see
         # gateway.status.gate, which caps how many there are).
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     keepalive_timeout=IDLE_TIMEOUT)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_TIMEOUT
+        )
         await self._runner.setup()
         assert self._runner.server is not None
         self.gate = Gate(self._runner.server, ipv6_prefix=self.config().smtp.ipv6_prefix)
         # Not web.TCPSite: it hands connections to aiohttp directly, past any cap.
         self._server = await asyncio.get_running_loop().create_server(
-            self.gate, self.listen.host, self.listen.port, reuse_address=True)
-        log.info("HTTP status listening on %s", ", ".join(
-            f"{host}:{port}" for host, port in self.addresses))
+            self.gate, self.listen.host, self.listen.port, reuse_address=True
+        )
+        log.info(
+            "HTTP status listening on %s",
+            ", ".join(f"{host}:{port}" for host, port in self.addresses),
+        )
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         if self._server is None:
             return []
-        return [(str(sock.getsockname()[0]), int(sock.getsockname()[1]))
-                for sock in self._server.sockets]
+        return [
+            (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+            for sock in self._server.sockets
+        ]
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -88,9 +105,9 @@ class StatusServer:
             self._runner = None
 
     @web.middleware
-    async def _guard(self, request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                     ) -> web.StreamResponse:
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         # Metrics, message history and the page are for the operator's networks only.
         if request.path in ("/healthz", "/callback"):
             return await handler(request)
@@ -107,30 +124,41 @@ class StatusServer:
         # A dry run is healthy but sends nothing: said, so a monitor can tell it from production.
         dry = {"dry_run": True} if self.config().api.dry_run else {}
         if not self.ready():
-            return web.json_response({**dry, "status": "unavailable",
-                                      "reason": "SMTP listeners are not bound"}, status=503)
+            return web.json_response(
+                {**dry, "status": "unavailable", "reason": "SMTP listeners are not bound"},
+                status=503,
+            )
         stalled = self.not_sending()
         if stalled is not None:
             # Mail is still accepted and kept, but nothing leaves until it is back.
-            return web.json_response({**dry, "status": "unavailable", "reason": stalled},
-                                     status=503)
+            return web.json_response(
+                {**dry, "status": "unavailable", "reason": stalled}, status=503
+            )
         try:
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await tracking.probe_writable(self.spool)
         except (GatewayError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
-            return web.json_response({**dry, "status": "unavailable",
-                                      "reason": f"spool is not writable: {reason}"}, status=503)
+            return web.json_response(
+                {**dry, "status": "unavailable", "reason": f"spool is not writable: {reason}"},
+                status=503,
+            )
         # Still ready (mail is taken and kept) in both cases below: these are for a person.
         report: dict[str, object] = {**dry, "status": "ok"}
         if self.metrics.platform_error:
             report["platform_error"] = self.metrics.platform_error
         unconfirmed = await self.spool.unconfirmed()
         if unconfirmed:
-            report.update({"unconfirmed": unconfirmed, "detail": (
-                f"{unconfirmed} deliveries have an unknown outcome (the platform's reply"
-                " neither confirmed nor refused them): see `smtp2pulse queue list --state"
-                " unconfirmed`, then queue retry or queue drop")})
+            report.update(
+                {
+                    "unconfirmed": unconfirmed,
+                    "detail": (
+                        f"{unconfirmed} deliveries have an unknown outcome (the platform's reply"
+                        " neither confirmed nor refused them): see `smtp2pulse queue list --state"
+                        " unconfirmed`, then queue retry or queue drop"
+                    ),
+                }
+            )
         return web.json_response(report)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -138,30 +166,36 @@ class StatusServer:
         for state in State:
             self.metrics.spool_depth.labels(state).set(stats.by_state.get(state, 0))
         self.metrics.oldest_queued.set(stats.oldest_pending_age)
-        return web.Response(body=self.metrics.exposition(),
-                            headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _callback(self, request: web.Request) -> web.Response:
         secret = self._http().callback_secret.reveal()
         query = request.query
         if "sig" in query:
             # The URL we made carries the signature: an unsigned body is never read.
-            refusal = self._refusal(request, query.get("d", ""), query.get("q", ""),
-                                    query.get("sig", ""), secret)
+            refusal = self._refusal(
+                request, query.get("d", ""), query.get("q", ""), query.get("sig", ""), secret
+            )
             if refusal is not None:
                 return refusal
         params = dict(query)
         if request.method == "POST":
             try:
-                async with asyncio.timeout(IDLE_TIMEOUT):   # a body trickled in for ever
+                async with asyncio.timeout(IDLE_TIMEOUT):  # a body trickled in for ever
                     body = await _small_body(request)
             except TimeoutError:
-                log.warning("callback from %s refused: its body took over %.0fs",
-                            request.remote, IDLE_TIMEOUT)
+                log.warning(
+                    "callback from %s refused: its body took over %.0fs",
+                    request.remote,
+                    IDLE_TIMEOUT,
+                )
                 return web.json_response({"error": "body too slow"}, status=408)
             if body is None:
-                log.warning("callback from %s refused: a body over %d bytes", request.remote,
-                            MAX_CALLBACK_BODY)
+                log.warning(
+                    "callback from %s refused: a body over %d bytes",
+                    request.remote,
+                    MAX_CALLBACK_BODY,
+                )
                 return web.json_response({"error": "body too large"}, status=413)
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         delivery, queue_id = params.get("d", ""), params.get("q", "")
@@ -172,17 +206,26 @@ class StatusServer:
         status = params.get("status", "")[:MAX_STATUS]
         platform_id = params.get("id", "")[:MAX_PLATFORM_ID]
         result, meaning = await tracking.record_status(
-            self.spool, int(delivery), queue_id, platform_id, status)
+            self.spool, int(delivery), queue_id, platform_id, status
+        )
         self.metrics.callbacks.labels(result).inc()
-        log.info("queue_id=%s delivery=%s status=%r (%s) %s", queue_id, delivery, status,
-                 meaning, result, extra={"queue_id": queue_id})
+        log.info(
+            "queue_id=%s delivery=%s status=%r (%s) %s",
+            queue_id,
+            delivery,
+            status,
+            meaning,
+            result,
+            extra={"queue_id": queue_id},
+        )
         if result == "recorded" and meaning == "failed":
             await self.on_failed_status(int(delivery))
         # 200 even for a delivery we no longer know: the platform would only retry in vain.
         return web.json_response({"result": result})
 
-    def _refusal(self, request: web.Request, delivery: str, queue_id: str, signature: str,
-                 secret: str) -> web.Response | None:
+    def _refusal(
+        self, request: web.Request, delivery: str, queue_id: str, signature: str, secret: str
+    ) -> web.Response | None:
         """400 for ids of a shape we never sign, 403 for a wrong signature, else None."""
         if not _ID_DIGITS.fullmatch(delivery) or not _QUEUE_ID.fullmatch(queue_id):
             self.metrics.callbacks.labels("malformed").inc()

@@ -15,8 +15,12 @@ from gateway.errors import ConfigError
 
 def _data(tmp_path: Any, **top: Any) -> dict[str, Any]:
     api = {"token": "t" * 20, **top.pop("api", {})}
-    return {"api": api, "spool": {"path": str(tmp_path / "spool.sqlite3")},
-            "domains": {"sms.local": {"type": "sms"}}, **top}
+    return {
+        "api": api,
+        "spool": {"path": str(tmp_path / "spool.sqlite3")},
+        "domains": {"sms.local": {"type": "sms"}},
+        **top,
+    }
 
 
 @pytest.mark.parametrize("mode", ["inline", "process"])
@@ -45,7 +49,8 @@ def test_an_unknown_event_loop_is_named_by_its_key_path(tmp_path: Any) -> None:
 
 @pytest.mark.parametrize(("mode", "kind"), [("process", SenderProcess), ("inline", PulseClient)])
 def test_api_sender_picks_the_daemons_sender_when_the_env_var_is_absent(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, mode: str, kind: type) -> None:
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, mode: str, kind: type
+) -> None:
     monkeypatch.delenv("SMTP2PULSE_SENDER", raising=False)
     gateway = Gateway(parse_config(_data(tmp_path, api={"sender": mode}), env={}))
     assert isinstance(gateway.sender, kind)

@@ -15,8 +15,9 @@ from tests.fakeplatform import FakePlatform
 
 
 @pytest.fixture
-async def start_on_pg(tmp_path: Path, pg_url: str, platform: FakePlatform
-                      ) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+async def start_on_pg(
+    tmp_path: Path, pg_url: str, platform: FakePlatform
+) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
     """start_gateway's twin with spool.url, a fresh database of the session's server."""
     started: list[Gateway] = []
 
@@ -28,6 +29,7 @@ async def start_on_pg(tmp_path: Path, pg_url: str, platform: FakePlatform
         await gateway.start()
         started.append(gateway)
         return Running(gateway)
+
     yield start
     for gateway in reversed(started):
         await gateway.stop()

@@ -48,18 +48,21 @@ REPORTS = [("delivered", "delivered"), ("UNDELIV", "failed")]
 
 @pytest.mark.parametrize(("status", "shown"), REPORTS)
 async def test_a_callback_while_sending_settles_it_and_the_timeout_does_not_undo_it(
-        start_gateway: Callable[..., Awaitable[Running]], status: str, shown: str) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], status: str, shown: str
+) -> None:
     await reported_while_sending(start_gateway, status, shown)
 
 
 @pytest.mark.parametrize(("status", "shown"), REPORTS)
-async def test_the_same_on_postgresql(start_on_pg: Callable[..., Awaitable[Running]],
-                                      status: str, shown: str) -> None:
+async def test_the_same_on_postgresql(
+    start_on_pg: Callable[..., Awaitable[Running]], status: str, shown: str
+) -> None:
     await reported_while_sending(start_on_pg, status, shown)
 
 
-async def reported_while_sending(start: Callable[..., Awaitable[Running]], status: str,
-                                 shown: str) -> None:
+async def reported_while_sending(
+    start: Callable[..., Awaitable[Running]], status: str, shown: str
+) -> None:
     platform = ReportingFirst(status, answer_after=2.0)
     await platform.start()
     try:
@@ -68,8 +71,14 @@ async def reported_while_sending(start: Callable[..., Awaitable[Running]], statu
         queue_id = await gw.submit(text_message(), "79001234567@sms.local")
         # The request times out (1 s) before its reply (2 s); the callback came first.
         await platform.wait_for(1)
-        await eventually(lambda: gw.gateway.worker.busy == 0 and len(platform.requests) >= 1
-                         and platform.requests[0].answered, within=10)
+        await eventually(
+            lambda: (
+                gw.gateway.worker.busy == 0
+                and len(platform.requests) >= 1
+                and platform.requests[0].answered
+            ),
+            within=10,
+        )
         # Past the retry schedule (50 ms, 100 ms) several times over.
         await asyncio.sleep(1.0)
         assert len(platform.requests) == 1
@@ -80,13 +89,14 @@ async def reported_while_sending(start: Callable[..., Awaitable[Running]], statu
         assert (delivery.state, delivery.status, delivery.status_class) == ("sent", status, shown)
         assert delivery.attempts == 1 and delivery.last_error is None
         kinds = [kind for _, kind, _ in delivery.events]
-        assert kinds == ["received", "sent", "status"]     # no "deferred" over it, one "sent"
+        assert kinds == ["received", "sent", "status"]  # no "deferred" over it, one "sent"
     finally:
         await platform.stop()
 
 
 async def test_a_late_callback_settles_a_delivery_waiting_for_its_retry(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     # The request is answered 503 (or its reply lost); the platform had it all the same.
     gw = await start_gateway({**HTTP, "spool": {"retry": ["1h"]}})
     platform.default = Reply(status=503)
@@ -98,22 +108,35 @@ async def test_a_late_callback_settles_a_delivery_waiting_for_its_retry(
     assert await get(url) == (200, '{"result": "recorded"}')
     detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
-    assert (detail.deliveries[0].state, detail.deliveries[0].status_class) == ("sent",
-                                                                               "delivered")
+    assert (detail.deliveries[0].state, detail.deliveries[0].status_class) == ("sent", "delivered")
 
 
 # SMPP's delivery receipt states (the `stat:` field), as a platform may pass them on.
-@pytest.mark.parametrize(("word", "meaning"), [
-    ("DELIVRD", "delivered"), ("EXPIRED", "failed"), ("DELETED", "failed"),
-    ("UNDELIV", "failed"), ("REJECTD", "failed"), ("ACCEPTD", "pending"),
-    ("ENROUTE", "pending"), ("UNKNOWN", "unknown")])
+@pytest.mark.parametrize(
+    ("word", "meaning"),
+    [
+        ("DELIVRD", "delivered"),
+        ("EXPIRED", "failed"),
+        ("DELETED", "failed"),
+        ("UNDELIV", "failed"),
+        ("REJECTD", "failed"),
+        ("ACCEPTD", "pending"),
+        ("ENROUTE", "pending"),
+        ("UNKNOWN", "unknown"),
+    ],
+)
 async def test_smpp_receipt_words_are_understood(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform, word: str,
-        meaning: str) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+    platform: FakePlatform,
+    word: str,
+    meaning: str,
+) -> None:
     gw = await start_gateway(HTTP)
     queue_id, url = await submit_and_callback_url(gw, platform)
     assert await get(url.replace("{id}", "5").replace("{status}", word)) == (
-        200, '{"result": "recorded"}')
+        200,
+        '{"result": "recorded"}',
+    )
     detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert (detail.deliveries[0].status, detail.deliveries[0].status_class) == (word, meaning)
@@ -121,13 +144,16 @@ async def test_smpp_receipt_words_are_understood(
 
 @pytest.mark.parametrize("status", ["²", "٣", "9" * 60])
 async def test_a_kannel_status_that_is_not_ascii_flags_is_unknown_not_a_500(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        status: str) -> None:
-    gw = await start_gateway({**HTTP, "domains": {"sms.local": {"type": "sms",
-                                                                "kannel_status": True}}})
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform, status: str
+) -> None:
+    gw = await start_gateway(
+        {**HTTP, "domains": {"sms.local": {"type": "sms", "kannel_status": True}}}
+    )
     queue_id, url = await submit_and_callback_url(gw, platform)
     assert await get(url.replace("{id}", "5").replace("{status}", status)) == (
-        200, '{"result": "recorded"}')
+        200,
+        '{"result": "recorded"}',
+    )
     detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     assert detail.deliveries[0].status_class == "unknown"

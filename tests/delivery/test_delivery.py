@@ -29,24 +29,24 @@ async def test_success_stores_the_platform_id(gw: Running, platform: FakePlatfor
     assert [kind for _, kind, _ in delivery.events] == ["received", "sent"]
 
 
-async def test_platform_error_is_a_permanent_refusal(gw: Running,
-                                                     platform: FakePlatform) -> None:
+async def test_platform_error_is_a_permanent_refusal(gw: Running, platform: FakePlatform) -> None:
     platform.script = [Reply(body='{"type": "error", "msg": "Недостаточно средств"}')]
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     assert await gw.wait_final(queue_id) == ["refused"]
     [delivery] = (await history(gw, queue_id)).deliveries
     assert delivery.last_error == "Недостаточно средств"
-    assert len(platform.requests) == 1   # never retried
+    assert len(platform.requests) == 1  # never retried
 
 
 async def test_5xx_timeout_garbage_and_429_are_retried_until_success(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     gw = await start_gateway({"api": {"timeout": "300ms"}})
     platform.script = [
         Reply(status=502, body="<html>Bad Gateway</html>"),
-        Reply(delay=1.0),                                   # longer than api.timeout
-        Reply(body="<html>maintenance</html>"),             # 200 but not the documented JSON
-        Reply(body='{"type": "success"}'),                  # success without an id: unknown
+        Reply(delay=1.0),  # longer than api.timeout
+        Reply(body="<html>maintenance</html>"),  # 200 but not the documented JSON
+        Reply(body='{"type": "success"}'),  # success without an id: unknown
         Reply(status=429, body="slow down", headers={"Retry-After": "0"}),
         Reply(body='{"type": "success", "id": "42"}'),
     ]
@@ -63,11 +63,12 @@ async def test_5xx_timeout_garbage_and_429_are_retried_until_success(
     assert "unrecognised reply" in details[2]
     assert details[4].startswith("HTTP 429")
     forms = [r.form for r in platform.requests]
-    assert len(forms) == 6 and all(f == forms[0] for f in forms)   # the same request each time
+    assert len(forms) == 6 and all(f == forms[0] for f in forms)  # the same request each time
 
 
-async def test_retry_after_is_honoured(start_gateway: Callable[..., Awaitable[Running]],
-                                       platform: FakePlatform) -> None:
+async def test_retry_after_is_honoured(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     gw = await start_gateway()
     platform.script = [Reply(status=429, headers={"Retry-After": "3600"})]
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
@@ -78,14 +79,16 @@ async def test_retry_after_is_honoured(start_gateway: Callable[..., Awaitable[Ru
         nonlocal detail
         detail = await history(gw, queue_id)
         return detail.deliveries[0].attempts > 0
+
     await eventually(attempted)
     [delivery] = detail.deliveries
     assert delivery.state == "queued"
-    assert delivery.next_attempt_at - detail.received_at > 3500   # not the 50 ms schedule
+    assert delivery.next_attempt_at - detail.received_at > 3500  # not the 50 ms schedule
 
 
-async def test_gives_up_after_give_up_after(start_gateway: Callable[..., Awaitable[Running]],
-                                           platform: FakePlatform) -> None:
+async def test_gives_up_after_give_up_after(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     gw = await start_gateway({"spool": {"give_up_after": "300ms"}})
     platform.default = Reply(status=503, body="down")
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
@@ -95,11 +98,12 @@ async def test_gives_up_after_give_up_after(start_gateway: Callable[..., Awaitab
     assert delivery.last_error is not None and delivery.last_error.startswith("gave up after")
 
 
-async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Running]],
-                                       platform: FakePlatform) -> None:
+async def test_platform_down_then_back(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     gw = await start_gateway()
     port = platform.port
-    await platform.stop()                      # connection refused from now on
+    await platform.stop()  # connection refused from now on
     queue_id = await gw.submit(text_message("while down"), "79001234567@sms.local")
     detail = await history(gw, queue_id)
 
@@ -107,6 +111,7 @@ async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Ru
         nonlocal detail
         detail = await history(gw, queue_id)
         return detail.deliveries[0].attempts >= 2
+
     await eventually(tried_twice, every=0.02)
     assert detail.deliveries[0].state in ("queued", "sending")
     platform.port = port
@@ -117,9 +122,13 @@ async def test_platform_down_then_back(start_gateway: Callable[..., Awaitable[Ru
 
 @pytest.mark.parametrize("mode", ["inline", "process"])
 async def test_dry_run_sends_nothing_and_records_sent(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+    platform: FakePlatform,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
     gw = await start_gateway({"api": {"dry_run": True}})
@@ -135,16 +144,23 @@ async def test_dry_run_sends_nothing_and_records_sent(
 
 @pytest.mark.parametrize("mode", ["inline", "process"])
 async def test_token_never_appears_in_any_log_line(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+    platform: FakePlatform,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
     monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
-    caplog.set_level(logging.DEBUG)   # every logger, httpx and aiosmtpd included
+    caplog.set_level(logging.DEBUG)  # every logger, httpx and aiosmtpd included
     # A sender process logs to the stderr it inherited, at the configured level.
     gw = await start_gateway({"api": {"timeout": "300ms"}, "log": {"level": "debug"}})
-    platform.script = [Reply(status=500, body=f"echo {TOKEN}"), Reply(body=f"echo {TOKEN}"),
-                       Reply(delay=1.0),
-                       Reply(body='{"type": "error", "msg": "bad token"}')]
+    platform.script = [
+        Reply(status=500, body=f"echo {TOKEN}"),
+        Reply(body=f"echo {TOKEN}"),
+        Reply(delay=1.0),
+        Reply(body='{"type": "error", "msg": "bad token"}'),
+    ]
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     assert await gw.wait_final(queue_id) == ["refused"]
     await gw.gateway.stop()
@@ -158,7 +174,8 @@ async def test_token_never_appears_in_any_log_line(
 
 
 async def test_concurrency_cap_is_held_under_load(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     gw = await start_gateway({"api": {"max_concurrency": 3}})
     platform.default = Reply(delay=0.2)
     for n in range(4):
@@ -168,9 +185,11 @@ async def test_concurrency_cap_is_held_under_load(
 
 
 async def test_rate_cap_spaces_the_requests(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
-    gw = await start_gateway({"api": {"max_rate": 20, "max_concurrency": 8},
-                              "smtp": {"max_recipients": 20}})
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
+    gw = await start_gateway(
+        {"api": {"max_rate": 20, "max_concurrency": 8}, "smtp": {"max_recipients": 20}}
+    )
     await gw.send(text_message(), [f"790012345{i:02d}@sms.local" for i in range(15)])
     requests = await platform.wait_for(15)
     arrivals = sorted(r.at for r in requests)
@@ -183,8 +202,11 @@ async def test_rate_cap_spaces_the_requests(
 
 
 async def test_a_dead_sender_process_costs_a_retry_not_the_message(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+    platform: FakePlatform,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import os
     import signal
 
@@ -195,7 +217,7 @@ async def test_a_dead_sender_process_costs_a_retry_not_the_message(
     sender = gw.gateway.sender
     assert isinstance(sender, SenderProcess) and sender.pid is not None
     first_pid = sender.pid
-    platform.script = [Reply(delay=2.0)]     # the first request hangs until the kill
+    platform.script = [Reply(delay=2.0)]  # the first request hangs until the kill
     queue_id = await gw.submit(text_message("survivor"), "79001234567@sms.local")
     await platform.wait_for(1)
     os.kill(first_pid, signal.SIGKILL)
@@ -209,7 +231,7 @@ async def test_a_dead_sender_process_costs_a_retry_not_the_message(
 
 
 async def test_the_sender_process_runs_below_the_smtp_side(
-        start_gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
+    start_gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os
 
@@ -223,13 +245,19 @@ async def test_the_sender_process_runs_below_the_smtp_side(
     assert os.getpriority(os.PRIO_PROCESS, sender.pid) == min(19, ours + SENDER_NICENESS)
 
 
-@pytest.mark.parametrize(("mode", "kind"), [(None, "PulseClient"), ("inline", "PulseClient"),
-                                            ("process", "SenderProcess")])
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [(None, "PulseClient"), ("inline", "PulseClient"), ("process", "SenderProcess")],
+)
 async def test_each_sender_mode_delivers(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        monkeypatch: pytest.MonkeyPatch, mode: str | None, kind: str) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+    platform: FakePlatform,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str | None,
+    kind: str,
+) -> None:
     if mode is None:
-        monkeypatch.delenv("SMTP2PULSE_SENDER", raising=False)   # the default: in the daemon
+        monkeypatch.delenv("SMTP2PULSE_SENDER", raising=False)  # the default: in the daemon
     else:
         monkeypatch.setenv("SMTP2PULSE_SENDER", mode)
     gw = await start_gateway()
@@ -239,8 +267,9 @@ async def test_each_sender_mode_delivers(
     assert platform.requests[-1].form["sent_text"] == f"via {mode}\nWorld"
 
 
-def test_an_unknown_sender_mode_is_a_config_error(make_config: Callable[..., Config],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unknown_sender_mode_is_a_config_error(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gateway.app import Gateway
     from gateway.errors import ConfigError
 

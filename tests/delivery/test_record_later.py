@@ -24,7 +24,7 @@ def sent_to(platform: FakePlatform) -> Counter[str]:
 
 
 async def submit_all(gw: Running, batch: bool) -> list[str]:
-    if batch:   # one message to five: with api.batch_size 5, one request
+    if batch:  # one message to five: with api.batch_size 5, one request
         return [await gw.submit(text_message(), NUMBERS)]
     return [await gw.submit(text_message(f"m{n}"), to) for n, to in enumerate(NUMBERS)]
 
@@ -36,8 +36,8 @@ async def all_sent(gw: Running, queue_ids: list[str], within: float) -> None:
 
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
 async def test_outcomes_wait_out_a_locked_sqlite_file(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform,
-        batch: bool) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform, batch: bool
+) -> None:
     gw = await start_gateway({"api": {"batch_size": 5 if batch else 1}})
     platform.default = Reply(delay=1.0)
     queue_ids = await submit_all(gw, batch)
@@ -58,8 +58,11 @@ async def test_outcomes_wait_out_a_locked_sqlite_file(
 
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
 async def test_outcomes_wait_out_a_postgresql_restart(
-        start_on_pg: Callable[..., Awaitable[Running]], pg_server: PgServer,
-        platform: FakePlatform, batch: bool) -> None:
+    start_on_pg: Callable[..., Awaitable[Running]],
+    pg_server: PgServer,
+    platform: FakePlatform,
+    batch: bool,
+) -> None:
     gw = await start_on_pg({"api": {"batch_size": 5 if batch else 1, "timeout": "5s"}})
     platform.default = Reply(delay=2.0)
     queue_ids = await submit_all(gw, batch)
@@ -76,8 +79,11 @@ async def test_outcomes_wait_out_a_postgresql_restart(
 
 
 async def test_outcomes_kept_at_stop_are_recorded_within_the_grace(
-        start_on_pg: Callable[..., Awaitable[Running]], pg_server: PgServer, pg_url: str,
-        platform: FakePlatform) -> None:
+    start_on_pg: Callable[..., Awaitable[Running]],
+    pg_server: PgServer,
+    pg_url: str,
+    platform: FakePlatform,
+) -> None:
     gw = await start_on_pg({"api": {"timeout": "5s"}, "shutdown_timeout": "15s"})
     platform.default = Reply(delay=2.0)
     await submit_all(gw, batch=False)
@@ -102,7 +108,8 @@ async def test_outcomes_kept_at_stop_are_recorded_within_the_grace(
 
 
 async def test_a_reply_with_a_nul_is_recorded_on_postgresql(
-        start_on_pg: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    start_on_pg: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     """PostgreSQL's text holds no NUL: a refusal whose words carry one was never recorded,
     and its delivery held (or sent again) for ever; the other deliveries go on regardless."""
     gw = await start_on_pg()

@@ -15,22 +15,31 @@ from gateway.delivery import child_protocol as wire
 
 
 def _api(tmp_path: Any) -> Any:
-    data = {"api": {"token": "t" * 20, "dry_run": True},
-            "spool": {"path": str(tmp_path / "spool.sqlite3")},
-            "domains": {"sms.local": {"type": "sms"}}}
+    data = {
+        "api": {"token": "t" * 20, "dry_run": True},
+        "spool": {"path": str(tmp_path / "spool.sqlite3")},
+        "domains": {"sms.local": {"type": "sms"}},
+    }
     return parse_config(data, env={}).api
 
 
 # sender_process: the module the child was started as before it had its own, which a daemon
 # still running that code asks for after an upgrade under it.
-@pytest.mark.parametrize("module", ["gateway.delivery.sender_child",
-                                    "gateway.delivery.sender_process"])
+@pytest.mark.parametrize(
+    "module", ["gateway.delivery.sender_child", "gateway.delivery.sender_process"]
+)
 async def test_the_child_starts_answers_each_send_and_stops_when_told(
-        tmp_path: Any, module: str) -> None:
+    tmp_path: Any, module: str
+) -> None:
     ours, theirs = socket.socketpair()
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-        stdin=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        module,
+        str(theirs.fileno()),
+        pass_fds=(theirs.fileno(),),
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     theirs.close()
     reader, writer = await asyncio.open_connection(sock=ours)
     try:

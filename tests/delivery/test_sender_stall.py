@@ -34,6 +34,7 @@ async def watching(url: str) -> AsyncIterator[list[tuple[int, str]]]:
         while True:
             seen.append(await get(url))
             await asyncio.sleep(0.02)
+
     task = asyncio.create_task(poll())
     try:
         yield seen
@@ -44,8 +45,10 @@ async def watching(url: str) -> AsyncIterator[list[tuple[int, str]]]:
 
 
 async def test_a_stopped_child_is_replaced_and_nothing_is_sent_twice(
-        start_gateway: Callable[..., Awaitable[Running]], make_config: Callable[..., Config],
-        platform: FakePlatform) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+    make_config: Callable[..., Config],
+    platform: FakePlatform,
+) -> None:
     changes = {**HTTP, "api": {"batch_size": 5}}
     sender = SenderProcess(make_config(changes).api, stuck_after=2.0)
     gw = await start_gateway(changes, sender=sender)
@@ -56,27 +59,34 @@ async def test_a_stopped_child_is_replaced_and_nothing_is_sent_twice(
         async with watching(base(gw) + "/healthz") as health:
             # The batch goes to the stopped child, which neither reads nor answers it.
             queue_id = await gw.submit(text_message(), NUMBERS)
-            await eventually(lambda: any(status == 503 and "is stuck" in body
-                                         for status, body in health), within=15)
+            await eventually(
+                lambda: any(status == 503 and "is stuck" in body for status, body in health),
+                within=15,
+            )
             await eventually(lambda: sender.pid != stalled and sender.ready(), within=15)
             assert set(await gw.wait_final(queue_id, within=15)) == {"sent"}
             await eventually(lambda: health[-1] == (200, '{"status": "ok"}'))
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(stalled, signal.SIGCONT)
-    await asyncio.sleep(1.0)    # whatever the old child could still have done
+    await asyncio.sleep(1.0)  # whatever the old child could still have done
     assert sender.restarts >= 1
     assert len(platform.requests) == 1
     assert Counter(m["sent_to"] for m in platform.messages) == Counter(
-        n.split("@")[0] for n in NUMBERS)
+        n.split("@")[0] for n in NUMBERS
+    )
 
 
-async def test_the_child_does_not_send_past_a_deadline_and_answers_pings(tmp_path: Path
-                                                                         ) -> None:
+async def test_the_child_does_not_send_past_a_deadline_and_answers_pings(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair()
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.delivery.sender_child", str(theirs.fileno()),
-        pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "gateway.delivery.sender_child",
+        str(theirs.fileno()),
+        pass_fds=(theirs.fileno(),),
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     theirs.close()
     reader, writer = await asyncio.open_connection(sock=ours)
     try:
@@ -86,10 +96,18 @@ async def test_the_child_does_not_send_past_a_deadline_and_answers_pings(tmp_pat
         now = time.monotonic()
         # A stalled child meets this one only after its deadline: not sent (the dry run's
         # client would say "sent"), a retry for the parent.
-        writer.write(wire.frame(wire.Send(1, (request,), "token", batch=False,
-                                          start_by=now - 1, answer_by=now + 30)))
-        writer.write(wire.frame(wire.Send(2, (request,), "token", batch=False,
-                                          start_by=now + 30, answer_by=now + 30)))
+        writer.write(
+            wire.frame(
+                wire.Send(1, (request,), "token", batch=False, start_by=now - 1, answer_by=now + 30)
+            )
+        )
+        writer.write(
+            wire.frame(
+                wire.Send(
+                    2, (request,), "token", batch=False, start_by=now + 30, answer_by=now + 30
+                )
+            )
+        )
         writer.write(wire.frame(wire.Ping()))
         got: dict[int | str, object] = {}
         for _ in range(3):
@@ -122,9 +140,13 @@ class OldSend:
 async def test_a_send_from_an_older_parent_still_goes(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair()
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.delivery.sender_child", str(theirs.fileno()),
+        sys.executable,
+        "-m",
+        "gateway.delivery.sender_child",
+        str(theirs.fileno()),
         pass_fds=(theirs.fileno(),),
-        stdin=asyncio.subprocess.DEVNULL)
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     theirs.close()
     reader, writer = await asyncio.open_connection(sock=ours)
     try:
@@ -149,5 +171,6 @@ def test_a_lease_outlasts_the_longest_wait_for_the_sender_process() -> None:
     after that, inside the parent's wait; the lease outlasts the parent's wait."""
     from gateway.delivery import sender_process as sp
     from gateway.delivery.worker import LEASE_MARGIN
+
     assert sp.START_WITHIN < sp.ANSWER_MARGIN
     assert sp.ANSWER_MARGIN + sp.ANSWER_SLACK < LEASE_MARGIN

@@ -19,20 +19,30 @@ from gateway.smtp.replies import reply_for
 
 def config(**domain: Any) -> Config:
     settings = {"type": "sms", **domain}
-    return parse_config({"api": {"token": "t"}, "domains": {"d.local": settings,
-                                                            "mail.local": {"type": "email"}}},
-                        env={})
+    return parse_config(
+        {"api": {"token": "t"}, "domains": {"d.local": settings, "mail.local": {"type": "email"}}},
+        env={},
+    )
 
 
-def message(subject: str = "Subj", text: str = "Body", html: str | None = None,
-            **headers: str) -> ParsedMessage:
-    return ParsedMessage(subject=subject, text=text, html=html, from_addr="crm@corp.test",
-                         from_name="CRM Robot", headers=headers, auto_submitted="",
-                         dropped_attachments=(), defects=0)
+def message(
+    subject: str = "Subj", text: str = "Body", html: str | None = None, **headers: str
+) -> ParsedMessage:
+    return ParsedMessage(
+        subject=subject,
+        text=text,
+        html=html,
+        from_addr="crm@corp.test",
+        from_name="CRM Robot",
+        headers=headers,
+        auto_submitted="",
+        dropped_attachments=(),
+        defects=0,
+    )
 
 
 def resolve_recipient(address: str, cfg: Config) -> Recipient:
-    [recipient] = resolve_recipients(address, cfg)     # no aliases here: one person each
+    [recipient] = resolve_recipients(address, cfg)  # no aliases here: one person each
     return recipient
 
 
@@ -41,13 +51,16 @@ def request(cfg: Config, msg: ParsedMessage, to: str = "79001234567@d.local") ->
     return build_request(msg, recipient, cfg.domains[recipient.domain], "env@corp.test")
 
 
-@pytest.mark.parametrize(("local", "digits"), [
-    ("79001234567", "79001234567"),
-    ("+79001234567", "79001234567"),
-    ("+7-900-123-45-67", "79001234567"),
-    ("7.900.123.45.67", "79001234567"),
-    ("442071234567", "442071234567"),
-])
+@pytest.mark.parametrize(
+    ("local", "digits"),
+    [
+        ("79001234567", "79001234567"),
+        ("+79001234567", "79001234567"),
+        ("+7-900-123-45-67", "79001234567"),
+        ("7.900.123.45.67", "79001234567"),
+        ("442071234567", "442071234567"),
+    ],
+)
 def test_phone_local_parts(local: str, digits: str) -> None:
     assert resolve_recipient(f"{local}@d.local", config()).sent_to == digits
 
@@ -59,9 +72,21 @@ def test_national_rewrite_applies_only_without_plus() -> None:
     assert resolve_recipient("+89001234567@d.local", cfg).sent_to == "89001234567"
 
 
-@pytest.mark.parametrize("local", ["7900123456a", "+", "--", "7900 1234567", "7900+1234567",
-                                   "7(900)1234567", "123456789", "1234567890123456",
-                                   "-79001234567", "79001234567-"])
+@pytest.mark.parametrize(
+    "local",
+    [
+        "7900123456a",
+        "+",
+        "--",
+        "7900 1234567",
+        "7900+1234567",
+        "7(900)1234567",
+        "123456789",
+        "1234567890123456",
+        "-79001234567",
+        "79001234567-",
+    ],
+)
 def test_bad_phones_are_553(local: str) -> None:
     with pytest.raises(Refusal) as refusal:
         resolve_recipient(f"{local}@d.local", config())
@@ -69,8 +94,10 @@ def test_bad_phones_are_553(local: str) -> None:
 
 
 def test_email_recipient() -> None:
-    assert resolve_recipient("ivan.petrov=Example.COM@mail.local", config()).sent_to == \
-        "ivan.petrov@example.com"
+    assert (
+        resolve_recipient("ivan.petrov=Example.COM@mail.local", config()).sent_to
+        == "ivan.petrov@example.com"
+    )
     with pytest.raises(Refusal):
         resolve_recipient("ivan=nodot@mail.local", config())
 
@@ -96,15 +123,19 @@ def test_default_template_leaves_out_an_empty_part() -> None:
 
 def test_template_placeholders() -> None:
     cfg = config(text="{from_name} <{from}> to {to} ({recipient}@{domain}): {subject} / {body}")
-    assert request(cfg, message())["sent_text"] == \
-        "CRM Robot <crm@corp.test> to 79001234567@d.local (79001234567@d.local): Subj / Body"
+    assert (
+        request(cfg, message())["sent_text"]
+        == "CRM Robot <crm@corp.test> to 79001234567@d.local (79001234567@d.local): Subj / Body"
+    )
 
 
 def test_text_is_trimmed_and_signature_dropped() -> None:
     msg = message(subject="S", text="\n\nline one   \nline two\t\n\n-- \nBest regards\nBob\n\n")
     assert request(config(), msg)["sent_text"] == "S\nline one\nline two"
-    assert request(config(strip_signature=False), msg)["sent_text"] == \
-        "S\nline one\nline two\n\n--\nBest regards\nBob"
+    assert (
+        request(config(strip_signature=False), msg)["sent_text"]
+        == "S\nline one\nline two\n\n--\nBest regards\nBob"
+    )
 
 
 @given(st.text(st.sampled_from("-- \t\n\u3000ab")))
@@ -112,7 +143,7 @@ def test_strip_signature_shortcut(body: str) -> None:
     # The definition, without the shortcut for bodies that have no "--" at all.
     lines = body.split("\n")
     cut = [i for i, line in enumerate(lines) if line.rstrip() == "--"]
-    assert strip_signature(body) == ("\n".join(lines[:cut[-1]]) if cut else body)
+    assert strip_signature(body) == ("\n".join(lines[: cut[-1]]) if cut else body)
 
 
 def test_max_length_cuts_with_an_ellipsis() -> None:
@@ -126,33 +157,53 @@ def test_html_only_for_types_that_use_it() -> None:
     assert "html_text" not in request(config(), message(html=html))
     assert request(config(type="push"), message(html=html))["html_text"] == html
     assert "html_text" not in request(config(type="push", html=False), message(html=html))
-    assert "html_text" not in request(config(type="email"), message(html=None),
-                                      "a=b.example@mail.local")
+    assert "html_text" not in request(
+        config(type="email"), message(html=None), "a=b.example@mail.local"
+    )
 
 
 def test_domain_fields_go_into_every_request() -> None:
     cfg = config(sender="Shop", ttl=30, find_token=True)
-    assert request(cfg, message()) == {"type": "sms", "sent_to": "79001234567",
-                                       "sent_text": "Subj\nBody", "sender": "Shop",
-                                       "ttl": "30", "find_token": "1"}
+    assert request(cfg, message()) == {
+        "type": "sms",
+        "sent_to": "79001234567",
+        "sent_text": "Subj\nBody",
+        "sender": "Shop",
+        "ttl": "30",
+        "find_token": "1",
+    }
 
 
 def test_header_overrides_only_where_allowed() -> None:
-    headers = {"x-pulse-sender": "Other", "x-pulse-ttl": "5",
-               "x-pulse-send-date": "2026-12-01 09:30", "x-pulse-button": "Go",
-               "x-pulse-action": "https://a.example", "x-pulse-image": "https://i.example/x"}
+    headers = {
+        "x-pulse-sender": "Other",
+        "x-pulse-ttl": "5",
+        "x-pulse-send-date": "2026-12-01 09:30",
+        "x-pulse-button": "Go",
+        "x-pulse-action": "https://a.example",
+        "x-pulse-image": "https://i.example/x",
+    }
     locked = request(config(sender="Shop"), message(**headers))
     assert locked["sender"] == "Shop" and "ttl" not in locked and "sent_date" not in locked
-    opened = request(config(sender="Shop", allow_headers=["sender", "ttl", "send_date", "button",
-                                                          "action", "image"]),
-                     message(**headers))
-    assert {k: opened[k] for k in ("sender", "ttl", "sent_date", "button", "action", "image")} \
-        == {"sender": "Other", "ttl": "5", "sent_date": "2026-12-01 09:30", "button": "Go",
-            "action": "https://a.example", "image": "https://i.example/x"}
+    opened = request(
+        config(
+            sender="Shop", allow_headers=["sender", "ttl", "send_date", "button", "action", "image"]
+        ),
+        message(**headers),
+    )
+    assert {k: opened[k] for k in ("sender", "ttl", "sent_date", "button", "action", "image")} == {
+        "sender": "Other",
+        "ttl": "5",
+        "sent_date": "2026-12-01 09:30",
+        "button": "Go",
+        "action": "https://a.example",
+        "image": "https://i.example/x",
+    }
 
 
-@pytest.mark.parametrize(("header", "value"), [("x-pulse-ttl", "soon"),
-                                               ("x-pulse-send-date", "tomorrow")])
+@pytest.mark.parametrize(
+    ("header", "value"), [("x-pulse-ttl", "soon"), ("x-pulse-send-date", "tomorrow")]
+)
 def test_bad_allowed_override_is_550_5_6_0(header: str, value: str) -> None:
     cfg = config(allow_headers=["ttl", "send_date"])
     with pytest.raises(Refusal) as refusal:

@@ -30,10 +30,14 @@ def reference_clean_text(text: str) -> str:
 
 
 # Characters each path treats specially, mixed into arbitrary text (surrogates included).
-SPECIAL = ("\r\n\t \x00\x01\x08\x0b\x0c\x1c\x1f\x7f\x85\xa0\u2028\u2029\u3000"
-           "\ud800\udbff\udc80\udfff")
-texts = st.text(st.one_of(st.sampled_from(SPECIAL), st.characters(exclude_categories=()),
-                          st.sampled_from("aZ9.-Жж€")))
+SPECIAL = (
+    "\r\n\t \x00\x01\x08\x0b\x0c\x1c\x1f\x7f\x85\xa0\u2028\u2029\u3000\ud800\udbff\udc80\udfff"
+)
+texts = st.text(
+    st.one_of(
+        st.sampled_from(SPECIAL), st.characters(exclude_categories=()), st.sampled_from("aZ9.-Жж€")
+    )
+)
 # Mostly ordinary text, which is what takes the fast paths.
 plain_texts = st.text(st.sampled_from(" \n\t\u00a0aZ9.-Жж€—"))
 
@@ -43,7 +47,8 @@ plain_texts = st.text(st.sampled_from(" \n\t\u00a0aZ9.-Жж€—"))
 def test_clean_text_matches_reference(text: str) -> None:
     assert clean_text(text) == reference_clean_text(text)
     assert clean_text(text.replace("\n", "\r\n")) == reference_clean_text(
-        text.replace("\n", "\r\n"))
+        text.replace("\n", "\r\n")
+    )
 
 
 @settings(max_examples=1000)
@@ -59,10 +64,24 @@ def test_scrub_and_lf_match_reference(text: str) -> None:
     assert lf(text) == LINE_BREAK.sub("\n", text)
 
 
-@pytest.mark.parametrize("text", [
-    "", "\r", "\r\r\n", "\n\r", "a\r\n\rb", " \r\n ", "a \x01\nb", "a\x00\u2028\nb",
-    "x\ud800y", "\udfff", "ж\x0b\x0cж", "line\u3000\r\nnext\x85", "\x1c\x1d\x1e\x1f",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\r",
+        "\r\r\n",
+        "\n\r",
+        "a\r\n\rb",
+        " \r\n ",
+        "a \x01\nb",
+        "a\x00\u2028\nb",
+        "x\ud800y",
+        "\udfff",
+        "ж\x0b\x0cж",
+        "line\u3000\r\nnext\x85",
+        "\x1c\x1d\x1e\x1f",
+    ],
+)
 def test_edge_cases(text: str) -> None:
     assert clean_text(text) == reference_clean_text(text)
     assert one_line(text) == reference_one_line(text)

@@ -25,7 +25,7 @@ from tests.fakeplatform import FakePlatform
 from tests.spool.statements import run_sql
 
 SIZE_LIMIT = 300
-LINE_LIMIT = 1001          # aiosmtpd's default reader limit, as in the reference server below
+LINE_LIMIT = 1001  # aiosmtpd's default reader limit, as in the reference server below
 END = b"\r\n.\r\n"
 ENVELOPE = b"EHLO c.test\r\nMAIL FROM:<a@corp.test>\r\nRCPT TO:<79001234567@sms.local>\r\nDATA\r\n"
 
@@ -46,7 +46,8 @@ async def reference() -> AsyncIterator[tuple[int, Capture]]:
     capture = Capture()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(capture, hostname="ref.test", data_size_limit=SIZE_LIMIT), "127.0.0.1", 0)
+        lambda: SMTP(capture, hostname="ref.test", data_size_limit=SIZE_LIMIT), "127.0.0.1", 0
+    )
     yield server.sockets[0].getsockname()[1], capture
     server.close()
     await server.wait_closed()
@@ -59,7 +60,7 @@ def reference_read(port: int, capture: Capture, data: bytes) -> bytes | None:
         reader = sock.makefile("rb")
         sock.sendall(ENVELOPE + data)
         finals: list[bytes] = []
-        while len(finals) < 6:           # greeting, EHLO, MAIL, RCPT, 354, after the data
+        while len(finals) < 6:  # greeting, EHLO, MAIL, RCPT, 354, after the data
             line = reader.readline()
             assert line, f"connection closed after {finals}"
             if line[3:4] != b"-":
@@ -67,7 +68,7 @@ def reference_read(port: int, capture: Capture, data: bytes) -> bytes | None:
     if finals[-1] == b"250":
         assert len(capture.contents) == before + 1
         return capture.contents[-1]
-    assert finals[-1] in (b"552", b"500"), finals   # too much data, or a line too long
+    assert finals[-1] in (b"552", b"500"), finals  # too much data, or a line too long
     return None
 
 
@@ -85,21 +86,42 @@ async def stretched_read(data: bytes) -> tuple[bytes | None, bytes]:
 
 # Pieces that sit on the edges: dots at line starts and ends, bare CR and LF, the end mark
 # itself, lines and stretches near the size and line limits.
-_PIECES = st.sampled_from([b".", b"..", b"\r\n", b"\r", b"\n", b"x", b"text.", b" ", b"\r\n.",
-                           b".\r\n", b"\n.\n", b"\r.\r", b"\r\n..\r\n", b"\xd0\x96",
-                           b"a" * 120, b"b" * 700, b"c.\r\n" * 40])
+_PIECES = st.sampled_from(
+    [
+        b".",
+        b"..",
+        b"\r\n",
+        b"\r",
+        b"\n",
+        b"x",
+        b"text.",
+        b" ",
+        b"\r\n.",
+        b".\r\n",
+        b"\n.\n",
+        b"\r.\r",
+        b"\r\n..\r\n",
+        b"\xd0\x96",
+        b"a" * 120,
+        b"b" * 700,
+        b"c.\r\n" * 40,
+    ]
+)
 
 
-@pytest.mark.parametrize("data", [
-    b".\r\n",                                    # an empty message
-    b"..\r\n.\r\n",                              # one stuffed line: "."
-    b".hidden\r\nline.\r\nlast.\r\n.\r\n",       # a leading dot and lines that end in one
-    b"a\n.\nb\r.\rc\n.\r\nd\r\n.\r\n",           # bare LF and CR never end the data
-    b"x" * 2000 + b"\r\n.\r\n",                  # a line over the reader's limit
-    (b"y" * 98 + b"\r\n") * 4 + b".\r\n",        # over the size limit in short lines
-    b"z" * 298 + b"\r\n.\r\n",                   # exactly the size limit
-    b"z" * 299 + b"\r\n.\r\n",                   # one byte over
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b".\r\n",  # an empty message
+        b"..\r\n.\r\n",  # one stuffed line: "."
+        b".hidden\r\nline.\r\nlast.\r\n.\r\n",  # a leading dot and lines that end in one
+        b"a\n.\nb\r.\rc\n.\r\nd\r\n.\r\n",  # bare LF and CR never end the data
+        b"x" * 2000 + b"\r\n.\r\n",  # a line over the reader's limit
+        (b"y" * 98 + b"\r\n") * 4 + b".\r\n",  # over the size limit in short lines
+        b"z" * 298 + b"\r\n.\r\n",  # exactly the size limit
+        b"z" * 299 + b"\r\n.\r\n",  # one byte over
+    ],
+)
 async def test_known_edges_match_aiosmtpd(reference: tuple[int, Capture], data: bytes) -> None:
     port, capture = reference
     expected = await asyncio.to_thread(reference_read, port, capture, data)
@@ -117,7 +139,7 @@ async def test_generated_data_matches_aiosmtpd(reference: tuple[int, Capture]) -
         data = b"".join(pieces) + END + b"NOOP\r\n"
         # The data ends at the first <CRLF>.<CRLF>, the DATA command's own <CRLF> included.
         end = (b"\r\n" + data).find(END) + len(END) - 2
-        content, rest = asyncio.run(stretched_read(data))   # this thread's own loop
+        content, rest = asyncio.run(stretched_read(data))  # this thread's own loop
         assert content == reference_read(port, capture, data)
         assert rest == data[end:]
 
@@ -137,26 +159,36 @@ async def test_end_mark_split_across_writes(gw: Running, platform: FakePlatform)
                 sock.sendall(bytes([byte]))
             sock.sendall(b"QUIT\r\n")
             return [line for line in reader.read().split(b"\r\n") if line[3:4] == b" "]
+
     finals = await asyncio.to_thread(run)
-    assert [line[:9] for line in finals] == [b"220 gw.te", b"250 HELP", b"250 2.1.0",
-                                             b"250 2.1.5", b"354 End d", b"250 2.0.0",
-                                             b"221 2.0.0"]
+    assert [line[:9] for line in finals] == [
+        b"220 gw.te",
+        b"250 HELP",
+        b"250 2.1.0",
+        b"250 2.1.5",
+        b"354 End d",
+        b"250 2.0.0",
+        b"221 2.0.0",
+    ]
     [request] = await platform.wait_for(1)
     assert request.form["sent_text"] == "slow\nfirst.\n.dotted"
 
 
 async def test_dots_at_line_starts_reach_the_platform_unstuffed(
-        gw: Running, platform: FakePlatform) -> None:
+    gw: Running, platform: FakePlatform
+) -> None:
     body = ".starts with a dot\r\n..two dots\r\n.\r\nends with a dot.\r\n"
     raw = f"From: a@corp.test\r\nSubject: dots\r\n\r\n{body}".encode()
-    await gw.send(raw, "79001234567@sms.local")   # smtplib stuffs the dots
+    await gw.send(raw, "79001234567@sms.local")  # smtplib stuffs the dots
     [request] = await platform.wait_for(1)
-    assert request.form["sent_text"] == ("dots\n.starts with a dot\n..two dots\n.\n"
-                                         "ends with a dot.")
+    assert request.form["sent_text"] == (
+        "dots\n.starts with a dot\n..two dots\n.\nends with a dot."
+    )
 
 
 async def test_client_hanging_up_mid_data_stores_nothing(
-        gw: Running, platform: FakePlatform, caplog: pytest.LogCaptureFixture) -> None:
+    gw: Running, platform: FakePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
     def run() -> None:
         with socket.create_connection((gw.host, gw.port), timeout=10) as sock:
             reader = sock.makefile("rb")
@@ -164,7 +196,8 @@ async def test_client_hanging_up_mid_data_stores_nothing(
             while not reader.readline().startswith(b"354"):
                 pass
             sock.shutdown(socket.SHUT_WR)
-            assert reader.read() == b""     # closed without another word
+            assert reader.read() == b""  # closed without another word
+
     await asyncio.to_thread(run)
     await gw.send(b"Subject: whole\r\n\r\nnext client", "79001234567@sms.local")
     [request] = await platform.wait_for(1)
@@ -179,18 +212,36 @@ async def test_a_reader_limit_below_the_size_limit_keeps_aiosmtpds_loop() -> Non
     capture = Capture()
     loop = asyncio.get_running_loop()
     # The smallest size limit gives the session a reader limit of 1024, below the 5000 here.
-    config = parse_config({"api": {"token": "t"}, "domains": {"sms.local": {"type": "sms"}},
-                           "smtp": {"max_message_size": 1024}}, env={})
+    config = parse_config(
+        {
+            "api": {"token": "t"},
+            "domains": {"sms.local": {"type": "sms"}},
+            "smtp": {"max_message_size": 1024},
+        },
+        env={},
+    )
     metrics = Metrics()
     server = await loop.create_server(
-        lambda: GatewaySession(capture, Sessions(metrics), config, admission=Admission(metrics),
-                               listener=config.smtp.listen[0], hostname="x.test",
-                               data_size_limit=5000, loop=loop), "127.0.0.1", 0)
+        lambda: GatewaySession(
+            capture,
+            Sessions(metrics),
+            config,
+            admission=Admission(metrics),
+            listener=config.smtp.listen[0],
+            hostname="x.test",
+            data_size_limit=5000,
+            loop=loop,
+        ),
+        "127.0.0.1",
+        0,
+    )
     try:
         port = server.sockets[0].getsockname()[1]
-        data = b"word " * 9 + b"\r\n"       # no ".<CRLF>" in 3000 bytes: one long stretch
-        assert await asyncio.to_thread(reference_read, port, capture, data * 60 + b".\r\n") \
+        data = b"word " * 9 + b"\r\n"  # no ".<CRLF>" in 3000 bytes: one long stretch
+        assert (
+            await asyncio.to_thread(reference_read, port, capture, data * 60 + b".\r\n")
             == data * 60
+        )
     finally:
         server.close()
         await server.wait_closed()

@@ -41,24 +41,25 @@ def send(gw: Running, marker: str) -> tuple[int, bytes]:
 
 
 async def test_a_commit_held_past_the_timeout_is_answered_250_and_delivered_once(
-        tmp_path: Path, platform: FakePlatform, pg_url: str) -> None:
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
     gateway = await pg_gateway(tmp_path, platform, pg_url)
     locker = await asyncpg.connect(pg_url)
     try:
         gw = Running(gateway)
-        assert (await asyncio.to_thread(send, gw, "before"))[0] == 250   # the path works
+        assert (await asyncio.to_thread(send, gw, "before"))[0] == 250  # the path works
         await platform.wait_for(1)
         transaction = locker.transaction()
         await transaction.start()
         await locker.execute("LOCK TABLE messages, deliveries, events IN ACCESS EXCLUSIVE MODE")
         sends = [asyncio.create_task(asyncio.to_thread(send, gw, f"held-{n}")) for n in range(3)]
-        await asyncio.sleep(LOCKED_FOR)          # three times smtp.timeout
+        await asyncio.sleep(LOCKED_FOR)  # three times smtp.timeout
         assert not any(task.done() for task in sends), [t.result() for t in sends if t.done()]
         await transaction.rollback()
         results = await asyncio.gather(*sends)
         assert [code for code, _ in results] == [250, 250, 250], results
         await eventually(lambda: len(platform.messages) == 4)
-        await asyncio.sleep(0.5)                 # nothing more comes
+        await asyncio.sleep(0.5)  # nothing more comes
         texts = sorted(m["sent_text"].split("\n")[-1] for m in platform.messages)
         assert texts == ["before", "held-0", "held-1", "held-2"], texts
     finally:
@@ -66,8 +67,9 @@ async def test_a_commit_held_past_the_timeout_is_answered_250_and_delivered_once
         await gateway.stop()
 
 
-async def test_a_silent_client_still_times_out(tmp_path: Path, platform: FakePlatform,
-                                               pg_url: str) -> None:
+async def test_a_silent_client_still_times_out(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
     gateway = await pg_gateway(tmp_path, platform, pg_url)
     try:
         gw = Running(gateway)
@@ -79,10 +81,11 @@ async def test_a_silent_client_still_times_out(tmp_path: Path, platform: FakePla
                 client.rcpt("79001234567@sms.local")
                 client.putcmd("DATA")
                 assert client.getreply()[0] == 354
-                client.send(b"Subject: x\r\n\r\nhalf a message")   # and then nothing
+                client.send(b"Subject: x\r\n\r\nhalf a message")  # and then nothing
                 code, text = client.getreply()
                 assert code == 421, (code, text)
                 return text
+
         assert b"4.4.2" in await asyncio.wait_for(asyncio.to_thread(silent_after_data), 10)
         assert platform.messages == []
     finally:

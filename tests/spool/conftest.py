@@ -21,17 +21,18 @@ OpenSpool = Callable[..., Awaitable[BaseSpool]]
 
 
 @pytest.fixture(params=["sqlite", "pg"])
-async def open_spool(request: pytest.FixtureRequest,
-                     tmp_path: Path) -> AsyncIterator[OpenSpool]:
+async def open_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenSpool]:
     """Starts spools of the parameter's backend, all on one file or database (two of them are
     two gateways of one PostgreSQL spool); stops them after the test."""
     started: list[BaseSpool] = []
-    url = (await fresh_database(request.getfixturevalue("pg_server"))
-           if request.param == "pg" else "")
+    url = (
+        await fresh_database(request.getfixturevalue("pg_server")) if request.param == "pg" else ""
+    )
 
     async def start(**kwargs: Any) -> BaseSpool:
-        spool: BaseSpool = (PgSpool(url, **kwargs) if url
-                            else SqliteSpool(tmp_path / "spool.sqlite3", **kwargs))
+        spool: BaseSpool = (
+            PgSpool(url, **kwargs) if url else SqliteSpool(tmp_path / "spool.sqlite3", **kwargs)
+        )
         await spool.start()
         started.append(spool)
         return spool

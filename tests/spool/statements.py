@@ -11,9 +11,11 @@ from gateway.spool.steps import Fetch, Job, Query
 
 async def run_sql(spool: SpoolInterface, statement: str) -> list[tuple[Any, ...]]:
     """The rows it gives, as tuples (none for a statement that gives none)."""
+
     def job() -> Job[list[tuple[Any, ...]]]:
         rows = yield Query(statement, (), Fetch.ROWS)
         return [tuple(row) for row in rows]
-    link = getattr(spool, "link")   # noqa: B009 - a BaseSpool's, not the interface's
+
+    link = getattr(spool, "link")  # noqa: B009 - a BaseSpool's, not the interface's
     rows: list[tuple[Any, ...]] = await link.submit(job)
     return rows

@@ -42,9 +42,10 @@ def big_message(subject: str, size: int) -> tuple[bytes, str]:
     """A plain-text mail of about `size` bytes and the sent_text it becomes."""
     line = "The quick brown fox jumps over the lazy dog, again and again and again. 0123456"
     lines = [f"{n:06d} {line}" for n in range(size // (len(line) + 9))]
-    raw = (f"From: app@corp.test\r\nTo: many@sms.local\r\nSubject: {subject}\r\n"
-           "Content-Type: text/plain; charset=us-ascii\r\n\r\n" + "\r\n".join(lines)
-           + "\r\n").encode()
+    raw = (
+        f"From: app@corp.test\r\nTo: many@sms.local\r\nSubject: {subject}\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n" + "\r\n".join(lines) + "\r\n"
+    ).encode()
     return raw, subject + "\n" + "\n".join(lines)
 
 
@@ -60,11 +61,17 @@ def send(running: Running, raw: bytes, recipients: list[str]) -> tuple[int, byte
 
 # --- item 2: one message, many recipients ----------------------------------------------------
 
+
 async def test_a_large_message_to_100_recipients_is_stored_once(
-        start_gateway: StartGateway, platform: FakePlatform) -> None:
-    gw = await start_gateway({"smtp": {"max_message_size": "1MiB", "max_recipients": 100},
-                              # A busy test machine must not time a 1 MB send out (a resend).
-                              "api": {"max_concurrency": 16, "timeout": "30s"}})
+    start_gateway: StartGateway, platform: FakePlatform
+) -> None:
+    gw = await start_gateway(
+        {
+            "smtp": {"max_message_size": "1MiB", "max_recipients": 100},
+            # A busy test machine must not time a 1 MB send out (a resend).
+            "api": {"max_concurrency": 16, "timeout": "30s"},
+        }
+    )
     path = gw.gateway.config.spool.path
     raw, text = big_message("big", 950_000)
     recipients = [f"7900{n:07d}@sms.local" for n in range(100)]
@@ -85,10 +92,14 @@ async def test_a_large_message_to_100_recipients_is_stored_once(
 
 
 async def test_texts_of_their_own_are_each_delivered_and_bounded(
-        start_gateway: StartGateway, platform: FakePlatform) -> None:
-    gw = await start_gateway({
-        "smtp": {"max_recipients": 100},   # max_message_size stays 64 KiB
-        "domains": {"sms.local": {"text": "{recipient}: {subject}\n{body}"}}})
+    start_gateway: StartGateway, platform: FakePlatform
+) -> None:
+    gw = await start_gateway(
+        {
+            "smtp": {"max_recipients": 100},  # max_message_size stays 64 KiB
+            "domains": {"sms.local": {"text": "{recipient}: {subject}\n{body}"}},
+        }
+    )
     spool = gw.gateway.spool
     assert isinstance(spool, SqliteSpool)
     raw, text = big_message("each", 2000)
@@ -97,7 +108,8 @@ async def test_texts_of_their_own_are_each_delivered_and_bounded(
     assert code == 250
     received = await platform.wait_for(3)
     assert sorted(r.form["sent_text"] for r in received) == [
-        f"7900000000{n}: {text}" for n in range(3)]
+        f"7900000000{n}: {text}" for n in range(3)
+    ]
 
     # 20 texts of 60 KB each are past ten times the 64 KiB size limit: "too large", and
     # nothing is stored.
@@ -109,15 +121,16 @@ async def test_texts_of_their_own_are_each_delivered_and_bounded(
     assert len(await spool.find_deliveries(Search())) == count
 
     # The same mail with one text for all is a single copy, and taken.
-    gw_shared = await start_gateway({"smtp": {"max_recipients": 100},
-                                     "spool": {"path": str(Path(f"{spool.path}.2"))}})
+    gw_shared = await start_gateway(
+        {"smtp": {"max_recipients": 100}, "spool": {"path": str(Path(f"{spool.path}.2"))}}
+    )
     code, reply = await asyncio.to_thread(send, gw_shared, raw, twenty)
     assert code == 250, reply
 
 
 async def test_a_spool_from_the_previous_version_still_delivers(
-        make_config: Callable[..., Any], start_gateway: StartGateway,
-        platform: FakePlatform) -> None:
+    make_config: Callable[..., Any], start_gateway: StartGateway, platform: FakePlatform
+) -> None:
     # Schema 2, as the previous release wrote it: every delivery holds its whole request.
     path = make_config().spool.path
     old = sqlite3.connect(path, isolation_level=None)
@@ -127,14 +140,25 @@ async def test_a_spool_from_the_previous_version_still_delivers(
     old.execute("PRAGMA user_version=2")
     now = time.time()
     long_text = "Old mail\n" + "queued before the upgrade " * 20
-    old.execute("INSERT INTO messages VALUES ('0000000000A000001', ?, 'a@corp.test', '127.0.0.1',"
-                " 'h', NULL, 3, x'616263')", (now,))
+    old.execute(
+        "INSERT INTO messages VALUES ('0000000000A000001', ?, 'a@corp.test', '127.0.0.1',"
+        " 'h', NULL, 3, x'616263')",
+        (now,),
+    )
     for number in ("79001110001", "79001110002"):
-        old.execute("INSERT INTO deliveries (message_id, recipient, request, state,"
-                    " next_attempt_at, updated_at) VALUES ('0000000000A000001', ?, ?, 'queued',"
-                    " ?, ?)", (f"{number}@sms.local", json.dumps(
-                        {"type": "sms", "sent_to": number, "sender": "MyShop",
-                         "sent_text": long_text}), now, now))
+        old.execute(
+            "INSERT INTO deliveries (message_id, recipient, request, state,"
+            " next_attempt_at, updated_at) VALUES ('0000000000A000001', ?, ?, 'queued',"
+            " ?, ?)",
+            (
+                f"{number}@sms.local",
+                json.dumps(
+                    {"type": "sms", "sent_to": number, "sender": "MyShop", "sent_text": long_text}
+                ),
+                now,
+                now,
+            ),
+        )
     old.close()
 
     gw = await start_gateway()
@@ -150,33 +174,41 @@ async def test_a_spool_from_the_previous_version_still_delivers(
 
 # --- item 15: readers beside the writer ------------------------------------------------------
 
+
 def fill(path: Path, messages: int, per_message: int) -> None:
     """Finished history, written straight into the spool in one transaction."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     start = time.time() - 3 * 86400
     ids = [f"{int((start + n) * 1000):011X}{n:06X}" for n in range(messages)]
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT INTO messages (id, received_at, mail_from, peer, helo, size, raw)"
-                     " VALUES (?, ?, 'old@corp.test', '127.0.0.1', 'h', 3, x'616263')",
-                     ((queue_id, start + n) for n, queue_id in enumerate(ids)))
+    conn.executemany(
+        "INSERT INTO messages (id, received_at, mail_from, peer, helo, size, raw)"
+        " VALUES (?, ?, 'old@corp.test', '127.0.0.1', 'h', 3, x'616263')",
+        ((queue_id, start + n) for n, queue_id in enumerate(ids)),
+    )
     conn.executemany(
         "INSERT INTO deliveries (message_id, recipient, request, state, attempts,"
         " next_attempt_at, updated_at) VALUES (?, ?, '{\"sent_to\": \"7\"}', 'sent', 1, ?, ?)",
-        ((queue_id, f"7901{n:06d}{r}@sms.local", start, start)
-         for n, queue_id in enumerate(ids) for r in range(per_message)))
+        (
+            (queue_id, f"7901{n:06d}{r}@sms.local", start, start)
+            for n, queue_id in enumerate(ids)
+            for r in range(per_message)
+        ),
+    )
     conn.execute("COMMIT")
     conn.close()
 
 
 async def test_queue_list_and_metrics_on_a_big_spool_do_not_hold_up_accepts(
-        start_gateway: StartGateway, platform: FakePlatform) -> None:
+    start_gateway: StartGateway, platform: FakePlatform
+) -> None:
     gw = await start_gateway()
     spool = gw.gateway.spool
     assert isinstance(spool, SqliteSpool)
-    await asyncio.to_thread(fill, spool.path, 20_000, 10)    # 200,000 deliveries
+    await asyncio.to_thread(fill, spool.path, 20_000, 10)  # 200,000 deliveries
 
     readings: list[tuple[float, float]] = []
-    accepted: list[tuple[float, float]] = []     # (when answered, how long it took)
+    accepted: list[tuple[float, float]] = []  # (when answered, how long it took)
     done = threading.Event()
 
     def accepts() -> None:
@@ -186,8 +218,11 @@ async def test_queue_list_and_metrics_on_a_big_spool_do_not_hold_up_accepts(
                 if done.is_set() and n >= 40:
                     return
                 started = time.monotonic()
-                client.sendmail("app@corp.test", ["79005550000@sms.local"],
-                                f"Subject: beside {n}\r\n\r\nbody\r\n".encode())
+                client.sendmail(
+                    "app@corp.test",
+                    ["79005550000@sms.local"],
+                    f"Subject: beside {n}\r\n\r\nbody\r\n".encode(),
+                )
                 accepted.append((time.monotonic(), time.monotonic() - started))
 
     async def read_all_the_time() -> None:
@@ -208,15 +243,18 @@ async def test_queue_list_and_metrics_on_a_big_spool_do_not_hold_up_accepts(
     # Every accept answered promptly while whole listings of the spool ran...
     assert max(took for _, took in accepted) < 2.0
     # ... and answered *during* them: on the writer's thread a listing holds every commit.
-    during = [at for at, _ in accepted
-              if any(start + 0.05 < at < end - 0.05 for start, end in readings)]
+    during = [
+        at for at, _ in accepted if any(start + 0.05 < at < end - 0.05 for start, end in readings)
+    ]
     assert during, (readings, accepted[:5])
 
 
 # --- item 18: file modes and a readable token file -------------------------------------------
 
+
 async def test_spool_files_are_private_and_a_readable_token_file_is_named(
-        tmp_path: Path, platform: FakePlatform) -> None:
+    tmp_path: Path, platform: FakePlatform
+) -> None:
     spool = tmp_path / "spool.sqlite3"
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
@@ -228,15 +266,18 @@ async def test_spool_files_are_private_and_a_readable_token_file_is_named(
     config_path.write_text(yaml.safe_dump(config))
 
     daemon = Daemon(config_path)
-    old_umask = os.umask(0o022)    # what a shell gives outside systemd
+    old_umask = os.umask(0o022)  # what a shell gives outside systemd
     try:
         port = await daemon.start()
     finally:
         os.umask(old_umask)
+
     def one() -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-            client.sendmail("app@corp.test", ["79001234567@sms.local"],
-                            b"Subject: modes\r\n\r\nbody\r\n")
+            client.sendmail(
+                "app@corp.test", ["79001234567@sms.local"], b"Subject: modes\r\n\r\nbody\r\n"
+            )
+
     await asyncio.to_thread(one)
     await platform.wait_for(1)
     assert platform.requests[0].form["token"] == TOKEN
@@ -251,10 +292,11 @@ async def test_spool_files_are_private_and_a_readable_token_file_is_named(
 
 
 async def test_an_existing_readable_spool_keeps_its_mode_and_is_named(
-        tmp_path: Path, platform: FakePlatform) -> None:
+    tmp_path: Path, platform: FakePlatform
+) -> None:
     spool = tmp_path / "spool.sqlite3"
     spool.touch()
-    spool.chmod(0o640)       # perhaps meant for a group of operators: not changed behind them
+    spool.chmod(0o640)  # perhaps meant for a group of operators: not changed behind them
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(base_config(spool, platform.base_url)))
     daemon = Daemon(config_path)

@@ -18,12 +18,18 @@ from tests.conftest import eventually
 from tests.pgserver import PgServer
 
 
-def message(*recipients: str, text: str = "hello", mail_from: str = "crm@corp.test"
-            ) -> IncomingMessage:
+def message(
+    *recipients: str, text: str = "hello", mail_from: str = "crm@corp.test"
+) -> IncomingMessage:
     return IncomingMessage(
-        mail_from=mail_from, peer="127.0.0.1", helo="crm", raw=b"Subject: x\r\n\r\nbody\r\n",
-        deliveries=tuple(NewDelivery(r, {"type": "sms", "sent_to": r, "sent_text": text})
-                         for r in recipients))
+        mail_from=mail_from,
+        peer="127.0.0.1",
+        helo="crm",
+        raw=b"Subject: x\r\n\r\nbody\r\n",
+        deliveries=tuple(
+            NewDelivery(r, {"type": "sms", "sent_to": r, "sent_text": text}) for r in recipients
+        ),
+    )
 
 
 async def started(url: str, **kwargs: object) -> PgSpool:
@@ -34,15 +40,18 @@ async def started(url: str, **kwargs: object) -> PgSpool:
 
 async def test_an_accepted_message_is_committed_and_leased_whole(pg_url: str) -> None:
     spool = await started(pg_url)
-    long_text = "Заказ готов. " * 40     # shared between the deliveries, stored once
+    long_text = "Заказ готов. " * 40  # shared between the deliveries, stored once
     queue_id = await spool.accept(message("79001234567", "79007654321", text=long_text))
-    conn = await asyncpg.connect(pg_url)   # another connection sees it: it is committed
-    assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE message_id = $1",
-                               queue_id) == 2
+    conn = await asyncpg.connect(pg_url)  # another connection sees it: it is committed
+    assert (
+        await conn.fetchval("SELECT count(*) FROM deliveries WHERE message_id = $1", queue_id) == 2
+    )
     await conn.close()
     leased = await spool.lease(10, 60)
     assert [(d.queue_id, d.recipient, d.request["sent_text"]) for d in leased] == [
-        (queue_id, "79001234567", long_text), (queue_id, "79007654321", long_text)]
+        (queue_id, "79001234567", long_text),
+        (queue_id, "79007654321", long_text),
+    ]
     await spool.stop()
 
 
@@ -66,8 +75,8 @@ async def test_a_live_lease_is_not_taken_an_expired_one_is(pg_url: str) -> None:
     await first.accept(message("79001234567"))
     (mine,) = await first.lease(10, 70)
     now[0] += 69
-    assert await second.lease(10, 70) == []     # still the first gateway's
-    now[0] += 2                                 # the first died: its lease ran out
+    assert await second.lease(10, 70) == []  # still the first gateway's
+    now[0] += 2  # the first died: its lease ran out
     (taken,) = await second.lease(10, 70)
     assert taken.id == mine.id and taken.attempts == 0
     # A restart does not take leases back: they may be another gateway's live sends.
@@ -82,7 +91,7 @@ async def test_a_commit_on_one_gateway_wakes_the_others(pg_url: str) -> None:
     woken = asyncio.Event()
     listener = await started(pg_url, on_notify=woken.set)
     sender = await started(pg_url)
-    await asyncio.sleep(0.3)        # its LISTEN is in place
+    await asyncio.sleep(0.3)  # its LISTEN is in place
     woken.clear()
     await sender.accept(message("79001234567"))
     await asyncio.wait_for(woken.wait(), 5)
@@ -94,15 +103,17 @@ async def test_two_gateways_starting_at_once_make_the_schema_once(pg_url: str) -
     spools = [PgSpool(pg_url) for _ in range(4)]
     await asyncio.gather(*(spool.start() for spool in spools))
     conn = await asyncpg.connect(pg_url)
-    assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") \
-        == str(pg_schema.SCHEMA_VERSION)
+    assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == str(
+        pg_schema.SCHEMA_VERSION
+    )
     await conn.close()
     for spool in spools:
         await spool.stop()
 
 
-async def test_a_lost_database_refuses_to_store_and_recovers(pg_server: PgServer,
-                                                             pg_url: str) -> None:
+async def test_a_lost_database_refuses_to_store_and_recovers(
+    pg_server: PgServer, pg_url: str
+) -> None:
     spool = await started(pg_url)
     await spool.accept(message("79001234567"))
     pg_server.stop("immediate")
@@ -119,6 +130,7 @@ async def test_a_lost_database_refuses_to_store_and_recovers(pg_server: PgServer
         except SpoolError:
             return False
         return True
+
     deadline = time.monotonic() + 20
     while not await stored():
         assert time.monotonic() < deadline, "the spool did not reconnect"
@@ -148,17 +160,23 @@ async def test_gateways_of_one_spool_share_its_callback_secret(pg_url: str) -> N
 async def test_a_spool_of_the_first_release_is_upgraded_in_place(pg_url: str) -> None:
     conn = await asyncpg.connect(pg_url)
     try:
-        await conn.execute(pg_schema.SCHEMA)       # version 1, as the first release made it
+        await conn.execute(pg_schema.SCHEMA)  # version 1, as the first release made it
         await conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
         spool = await started(pg_url)
         await spool.stop()
-        assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") \
-            == str(pg_schema.SCHEMA_VERSION)
+        assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == str(
+            pg_schema.SCHEMA_VERSION
+        )
         pending = await conn.fetchval(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'deliveries_pending'")
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'deliveries_pending'"
+        )
         assert "unconfirmed" in pending
-        assert await conn.fetchval(
-            "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_unconfirmed'") == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_unconfirmed'"
+            )
+            == 1
+        )
     finally:
         await conn.close()
 

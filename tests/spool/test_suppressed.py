@@ -22,15 +22,24 @@ ROUTED = ("routed", "route r1: from alerts@corp.local")
 def message() -> IncomingMessage:
     def request(to: str) -> dict[str, str]:
         return {"type": "sms", "sent_to": to, "sent_text": "OK: fine"}
+
     return IncomingMessage(
-        mail_from="ups@corp.test", peer="127.0.0.1", helo="ups", raw=b"Subject: OK\r\n\r\nx\r\n",
+        mail_from="ups@corp.test",
+        peer="127.0.0.1",
+        helo="ups",
+        raw=b"Subject: OK\r\n\r\nx\r\n",
         deliveries=(
-            NewDelivery("79001234567@sms.local", request("79001234567"),
-                        Suppressed("route", "ok-notices"), ("routed", "route ok-notices: dropped")),
+            NewDelivery(
+                "79001234567@sms.local",
+                request("79001234567"),
+                Suppressed("route", "ok-notices"),
+                ("routed", "route ok-notices: dropped"),
+            ),
             NewDelivery("alerts@corp.local", {}, Suppressed("route", "ok-notices")),
             NewDelivery("duty@sms.local", request("79007654321"), None, ROUTED),
             NewDelivery("duty@sms.local", request("79001112233"), None, ROUTED),
-        ))
+        ),
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -46,8 +55,7 @@ async def spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await store.stop()
 
 
-async def test_a_suppressed_delivery_is_kept_with_its_reason_and_never_leased(spool: Any
-                                                                              ) -> None:
+async def test_a_suppressed_delivery_is_kept_with_its_reason_and_never_leased(spool: Any) -> None:
     queue_id = await spool.accept(message())
     leased = await spool.lease(10, 60)
     assert sorted(d.request["sent_to"] for d in leased) == ["79001112233", "79007654321"]
@@ -57,18 +65,23 @@ async def test_a_suppressed_delivery_is_kept_with_its_reason_and_never_leased(sp
         ("79001234567@sms.local", State.SUPPRESSED, "route ok-notices"),
         ("alerts@corp.local", State.SUPPRESSED, "route ok-notices"),
         ("duty@sms.local", State.SENDING, None),
-        ("duty@sms.local", State.SENDING, None)]
+        ("duty@sms.local", State.SENDING, None),
+    ]
     events = [[(kind, text) for _, kind, text in d.events] for d in detail.deliveries]
-    assert events == [[("received", ""), ("routed", "route ok-notices: dropped")],
-                      [("received", "")],
-                      [("received", ""), ROUTED], [("received", ""), ROUTED]]
+    assert events == [
+        [("received", ""), ("routed", "route ok-notices: dropped")],
+        [("received", "")],
+        [("received", ""), ROUTED],
+        [("received", ""), ROUTED],
+    ]
     found = await spool.find_deliveries(Search(state="suppressed"))
     assert [(line.queue_id, line.recipient, line.last_error) for line in found] == [
         (queue_id, "alerts@corp.local", "route ok-notices"),
-        (queue_id, "79001234567@sms.local", "route ok-notices")]
+        (queue_id, "79001234567@sms.local", "route ok-notices"),
+    ]
     overview = await spool.overview()
     assert overview.by_state["suppressed"] == 2
-    assert overview.recent_errors == []          # a reason, not an error
+    assert overview.recent_errors == []  # a reason, not an error
     assert (await spool.stats()).by_state["suppressed"] == 2
-    assert await spool.retry_message(queue_id) == 0   # retry does not send what was dropped
+    assert await spool.retry_message(queue_id) == 0  # retry does not send what was dropped
     assert await spool.lease(10, 60) == []

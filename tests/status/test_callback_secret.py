@@ -21,7 +21,8 @@ NO_SECRET = {"http": {"listen": "127.0.0.1:0", "public_url": "https://gw.example
 
 
 async def test_a_made_secret_signs_callbacks_and_survives_a_restart(
-        make_config: Callable[..., Config], platform: FakePlatform) -> None:
+    make_config: Callable[..., Config], platform: FakePlatform
+) -> None:
     first = Gateway(make_config(NO_SECRET))
     await first.start()
     try:
@@ -29,30 +30,45 @@ async def test_a_made_secret_signs_callbacks_and_survives_a_restart(
         query = url.split("?", 1)[1]
         sig = next(p for p in query.split("&") if p.startswith("sig="))
         forged = query.replace(sig, "sig=" + "0" * 32)
-        assert await get(f"{base(Running(first))}/callback?{forged}".replace(
-            "{id}", "1").replace("{status}", "sent")) == (403, '{"error": "forbidden"}')
+        assert await get(
+            f"{base(Running(first))}/callback?{forged}".replace("{id}", "1").replace(
+                "{status}", "sent"
+            )
+        ) == (403, '{"error": "forbidden"}')
         assert await get(url.replace("{id}", "1").replace("{status}", "sent")) == (
-            200, '{"result": "recorded"}')
+            200,
+            '{"result": "recorded"}',
+        )
     finally:
         await first.stop()
 
-    second = Gateway(make_config(NO_SECRET))      # the same spool, a new process's worth
+    second = Gateway(make_config(NO_SECRET))  # the same spool, a new process's worth
     await second.start()
     try:
         again = f"{base(Running(second))}/callback?{query}"
         assert await get(again.replace("{id}", "1").replace("{status}", "delivered")) == (
-            200, '{"result": "recorded"}')
+            200,
+            '{"result": "recorded"}',
+        )
         _, newer = await submit_and_callback_url(Running(second), platform)
         assert await get(newer.replace("{id}", "2").replace("{status}", "delivered")) == (
-            200, '{"result": "recorded"}')
+            200,
+            '{"result": "recorded"}',
+        )
     finally:
         await second.stop()
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PULSE_TOKEN", "PUBLIC_URL")}
-    return subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
 
 
 def test_check_config_takes_public_url_alone_but_not_a_weak_secret(tmp_path: Path) -> None:

@@ -18,19 +18,23 @@ HTTP = {"http": {"listen": "127.0.0.1:0"}}
 async def looked_at(gw: Running, path: str) -> tuple[int, str]:
     assert gw.gateway.status is not None
     host, port = gw.gateway.status.addresses[0]
-    async with aiohttp.ClientSession() as session, \
-            session.get(f"http://{host}:{port}{path}") as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{host}:{port}{path}") as response,
+    ):
         return response.status, await response.text()
 
 
 @pytest.mark.parametrize("dry", [True, False])
 async def test_a_dry_run_says_so_at_start_in_healthz_and_on_the_page(
-        start_gateway: Callable[..., Awaitable[Running]], caplog: pytest.LogCaptureFixture,
-        dry: bool) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], caplog: pytest.LogCaptureFixture, dry: bool
+) -> None:
     with caplog.at_level(logging.INFO, logger="smtp2pulse"):
         gw = await start_gateway({**HTTP, "api": {"dry_run": dry}})
-    said = ("dry run: nothing is sent to the platform; each request is logged and recorded as "
-            "sent (api.dry_run: true or serve --dry-run)")
+    said = (
+        "dry run: nothing is sent to the platform; each request is logged and recorded as "
+        "sent (api.dry_run: true or serve --dry-run)"
+    )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings.count(said) == (1 if dry else 0)
 
@@ -45,5 +49,5 @@ async def test_a_dry_run_says_so_at_start_in_healthz_and_on_the_page(
         assert status == 200
         banner = html.find('id="dry-run"')
         assert (banner != -1) is dry, path
-        if dry:     # at the top, before anything else the page says
+        if dry:  # at the top, before anything else the page says
             assert banner < html.find("<h1>") and "nothing is sent to the platform" in html

@@ -29,7 +29,8 @@ def closed(connections: list[Connection]) -> int:
 
 
 async def test_idle_http_connections_are_capped_and_closed(
-        start_gateway: Callable[..., Awaitable[Running]], platform: object) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: object
+) -> None:
     gw = await start_gateway(HTTP)
     assert gw.gateway.status is not None and gw.gateway.status.gate is not None
     gate = gw.gateway.status.gate
@@ -40,7 +41,7 @@ async def test_idle_http_connections_are_capped_and_closed(
         for _ in range(1100):
             flood.append(await idle(host, port, "127.0.0.2"))
         await eventually(lambda: closed(flood) == 1100 - MAX_PER_ADDRESS)
-        assert all(task.done() for _, task in flood[:1100 - MAX_PER_ADDRESS])
+        assert all(task.done() for _, task in flood[: 1100 - MAX_PER_ADDRESS])
         assert not any(task.done() for _, task in flood[-MAX_PER_ADDRESS:])
         # From many addresses: at most MAX_CONNECTIONS in all.
         many = [await idle(host, port, f"127.0.0.{3 + n // 60}") for n in range(300)]
@@ -59,14 +60,16 @@ async def test_idle_http_connections_are_capped_and_closed(
 
 
 async def test_a_callback_body_trickled_in_is_cut_off(
-        start_gateway: Callable[..., Awaitable[Running]], platform: object) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: object
+) -> None:
     gw = await start_gateway(HTTP)
     assert gw.gateway.status is not None
     host, port = gw.gateway.status.addresses[0]
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(b"POST /callback?d=1&q=ABC HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: 100\r\n\r\nstatus=")
+        writer.write(
+            b"POST /callback?d=1&q=ABC HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nstatus="
+        )
         await writer.drain()
         async with asyncio.timeout(IDLE_TIMEOUT + 5):
             status_line = await reader.readline()

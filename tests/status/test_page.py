@@ -17,11 +17,25 @@ from tests.conftest import TOKEN, Running, eventually, text_message
 from tests.fakeplatform import FakePlatform, Reply
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-HTTP: dict[str, Any] = {"http": {"listen": "127.0.0.1:0"}, "domains": {"sms.local": {
-    "type": "sms", "sender": "MyShop", "rewrite": [{"match": r"^8(\d{10})$",
-                                                     "replace": r"7\1"}]}}}
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HTTP: dict[str, Any] = {
+    "http": {"listen": "127.0.0.1:0"},
+    "domains": {
+        "sms.local": {
+            "type": "sms",
+            "sender": "MyShop",
+            "rewrite": [{"match": r"^8(\d{10})$", "replace": r"7\1"}],
+        }
+    },
+}
 ATTACK = "<script>window.pwned = 1; alert('pwned')</script><img src=x onerror=alert(2)> Order 42"
 
 
@@ -36,8 +50,9 @@ async def browser() -> AsyncIterator[Browser]:
     # Not skipped when missing: the page's safety is tested here or nowhere (.ci/run installs it).
     assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is needed: apt-get install chromium"
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                   args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
         yield browser
         await browser.close()
 
@@ -48,12 +63,14 @@ async def watched_page(browser: Browser, dialogs: list[str]) -> Page:
     async def dismiss(dialog: Any) -> None:
         dialogs.append(dialog.message)
         await dialog.dismiss()
+
     page.on("dialog", dismiss)
     return page
 
 
 async def test_page_loads_searches_and_shows_a_script_subject_as_text(
-        start_gateway: Callable[..., Awaitable[Running]], browser: Browser) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], browser: Browser
+) -> None:
     gw = await start_gateway(HTTP)
     other = await gw.submit(text_message("Another"), "79005556677@sms.local")
     queue_id = await gw.submit(text_message(ATTACK), "89001234567@sms.local")
@@ -68,10 +85,10 @@ async def test_page_loads_searches_and_shows_a_script_subject_as_text(
     assert (await page.inner_text("#count-sent")).split() == ["sent", "2"]
     assert (await page.inner_text("#sent-last-hour")).split()[-1] == "2"
     rows = await page.locator("#deliveries tr").all_inner_texts()
-    assert queue_id in rows[1] and other in rows[2]          # newest first
+    assert queue_id in rows[1] and other in rows[2]  # newest first
     assert TOKEN not in await page.content()
 
-    await page.fill("input[name=q]", "79001234567")           # as sent; the mail said 8900…
+    await page.fill("input[name=q]", "79001234567")  # as sent; the mail said 8900…
     await page.press("input[name=q]", "Enter")
     await page.wait_for_url("**/?q=79001234567")
     rows = await page.locator("#deliveries tr").all_inner_texts()
@@ -85,7 +102,7 @@ async def test_page_loads_searches_and_shows_a_script_subject_as_text(
     assert await page.locator("script, img").count() == 0
     assert "received" in text and "sent" in text and "MyShop" in text
 
-    await page.fill("input[name=q]", queue_id.lower())         # a queue id goes to its page
+    await page.fill("input[name=q]", queue_id.lower())  # a queue id goes to its page
     await page.press("input[name=q]", "Enter")
     await page.wait_for_url(f"**/queue/{queue_id}")
     assert dialogs == []
@@ -104,10 +121,12 @@ async def get(url: str) -> tuple[int, str]:
 
 
 async def test_page_masks_personal_data_when_asked(
-        start_gateway: Callable[..., Awaitable[Running]]) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+) -> None:
     gw = await start_gateway({**HTTP, "log": {"mask_personal_data": True}})
-    queue_id = await gw.submit(text_message("Call 79005554433"), "89005554433@sms.local",
-                               sender="ivan.petrov@corp.test")
+    queue_id = await gw.submit(
+        text_message("Call 79005554433"), "89005554433@sms.local", sender="ivan.petrov@corp.test"
+    )
     await gw.wait_final(queue_id)
     for path in ("/", "/?q=79005554433", f"/queue/{queue_id}"):
         status, html = await get(base(gw) + path)
@@ -119,9 +138,9 @@ async def test_page_masks_personal_data_when_asked(
 
 
 async def test_page_answers_only_the_allowed_networks(
-        start_gateway: Callable[..., Awaitable[Running]]) -> None:
-    gw = await start_gateway({"http": {"listen": "127.0.0.1:0",
-                                       "allow_networks": ["10.0.0.0/8"]}})
+    start_gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    gw = await start_gateway({"http": {"listen": "127.0.0.1:0", "allow_networks": ["10.0.0.0/8"]}})
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     for path in ("/", "/?q=79001234567", f"/queue/{queue_id}"):
         status, html = await get(base(gw) + path)
@@ -134,27 +153,31 @@ async def attempted(gw: Running, queue_id: str) -> bool:
 
 
 async def test_page_shows_platform_errors_and_the_oldest_waiting(
-        start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform) -> None:
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
     platform.script = [Reply(body='{"type": "error", "msg": "no <b>money</b>"}')]
     platform.default = Reply(status=503)
     gw = await start_gateway({**HTTP, "spool": {"retry": ["1h"]}})
     refused = await gw.submit(text_message(), "79001234567@sms.local")
     assert await gw.wait_final(refused) == ["refused"]
     waiting = await gw.submit(text_message(), "79005556677@sms.local")
-    await eventually(lambda: attempted(gw, waiting), every=0.02)   # its first attempt recorded
+    await eventually(lambda: attempted(gw, waiting), every=0.02)  # its first attempt recorded
     status, html = await get(base(gw) + "/")
     assert status == 200
     errors = html.split('id="errors"', 1)[1].split("</table>", 1)[0]
     assert refused in errors and "no &lt;b&gt;money&lt;/b&gt;" in errors
     oldest = html.split('id="oldest-waiting"', 1)[1].split("</div>", 1)[0]
     assert f'href="/queue/{waiting}"' in oldest
-    counts = {state: html.split(f'id="count-{state}">', 1)[1].split("</b>", 1)[0][-1]
-              for state in ("queued", "refused", "sent")}
+    counts = {
+        state: html.split(f'id="count-{state}">', 1)[1].split("</b>", 1)[0][-1]
+        for state in ("queued", "refused", "sent")
+    }
     assert counts == {"queued": "1", "refused": "1", "sent": "0"}
 
 
 async def test_every_time_on_the_page_names_its_zone(
-        start_gateway: Callable[..., Awaitable[Running]]) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+) -> None:
     gw = await start_gateway(HTTP)
     queue_id = await gw.submit(text_message(), "79001234567@sms.local")
     await gw.wait_final(queue_id)

@@ -14,8 +14,13 @@ from tests.conftest import Running, eventually, text_message
 from tests.fakeplatform import FakePlatform
 
 SECRET = "callback-secret-0123456789"
-HTTP = {"http": {"listen": "127.0.0.1:0", "public_url": "https://gw.example.com",
-                 "callback_secret": SECRET}}
+HTTP = {
+    "http": {
+        "listen": "127.0.0.1:0",
+        "public_url": "https://gw.example.com",
+        "callback_secret": SECRET,
+    }
+}
 
 
 @pytest.fixture
@@ -30,8 +35,10 @@ def base(gw: Running) -> str:
 
 
 async def get(url: str, method: str = "GET", **kwargs: Any) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, \
-            session.request(method, url, **kwargs) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, **kwargs) as response,
+    ):
         return response.status, await response.text()
 
 
@@ -52,28 +59,30 @@ async def test_healthz_ok_then_503_when_listeners_are_gone(gw: Running) -> None:
 
 
 async def test_healthz_503_while_the_sender_process_is_not_running(
-        start_gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
+    start_gateway: Callable[..., Awaitable[Running]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SMTP2PULSE_SENDER", "process")
     gw = await start_gateway(HTTP)
     assert await get(base(gw) + "/healthz") == (200, '{"status": "ok"}')
-    await gw.gateway.sender.stop()    # stopped for good: no new child comes
+    await gw.gateway.sender.stop()  # stopped for good: no new child comes
     status, body = await get(base(gw) + "/healthz")
     assert status == 503 and '"reason": "sender process is not running"' in body
 
 
 async def test_healthz_503_when_the_spool_cannot_be_written(gw: Running) -> None:
     blocker = sqlite3.connect(gw.gateway.config.spool.path, timeout=5)
-    blocker.execute("BEGIN IMMEDIATE")   # another writer holds the lock
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
     try:
         status, body = await get(base(gw) + "/healthz")
         assert status == 503 and "spool is not writable" in body
     finally:
         blocker.rollback()
         blocker.close()
+
     # The probe that timed out finishes once the lock is gone; then all is well again.
     async def healthy() -> bool:
         return (await get(base(gw) + "/healthz"))[0] == 200
+
     await eventually(healthy, within=15, every=0.1)
 
 
@@ -94,8 +103,9 @@ async def test_metrics_follow_the_mail(gw: Running, platform: FakePlatform) -> N
     assert metric(after, "smtp2pulse_spool_oldest_pending_seconds") == 0
 
 
-async def submit_and_callback_url(gw: Running, platform: FakePlatform,
-                                  to: str = "79001234567@sms.local") -> tuple[str, str]:
+async def submit_and_callback_url(
+    gw: Running, platform: FakePlatform, to: str = "79001234567@sms.local"
+) -> tuple[str, str]:
     queue_id = await gw.submit(text_message(), to)
     await gw.wait_final(queue_id)
     callback = platform.requests[-1].form["callback"]
@@ -110,7 +120,7 @@ async def test_signed_callback_is_recorded_once(gw: Running, platform: FakePlatf
     queue_id, url = await submit_and_callback_url(gw, platform)
     filled = url.replace("{id}", "1000").replace("{status}", "delivered")
     assert await get(filled) == (200, '{"result": "recorded"}')
-    assert await get(filled) == (200, '{"result": "repeated"}')        # the platform retries
+    assert await get(filled) == (200, '{"result": "repeated"}')  # the platform retries
     detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None
     [delivery] = detail.deliveries
@@ -127,17 +137,22 @@ async def test_signed_callback_is_recorded_once(gw: Running, platform: FakePlatf
 async def test_post_callback_with_form_fields(gw: Running, platform: FakePlatform) -> None:
     queue_id, url = await submit_and_callback_url(gw, platform)
     query = dict(part.split("=", 1) for part in urlsplit(url).query.split("&"))
-    form = {"d": query["d"], "q": query["q"], "sig": query["sig"], "id": "7",
-            "status": "undelivered"}
-    assert await get(base(gw) + "/callback", "POST", data=form) == \
-        (200, '{"result": "recorded"}')
+    form = {
+        "d": query["d"],
+        "q": query["q"],
+        "sig": query["sig"],
+        "id": "7",
+        "status": "undelivered",
+    }
+    assert await get(base(gw) + "/callback", "POST", data=form) == (200, '{"result": "recorded"}')
     detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None and detail.deliveries[0].status_class == "failed"
 
 
 @pytest.mark.parametrize("tamper", ["sig", "d", "q", "unsigned"])
-async def test_forged_callbacks_get_403_and_change_nothing(gw: Running, platform: FakePlatform,
-                                                          tamper: str) -> None:
+async def test_forged_callbacks_get_403_and_change_nothing(
+    gw: Running, platform: FakePlatform, tamper: str
+) -> None:
     queue_id, url = await submit_and_callback_url(gw, platform)
     url = url.replace("{id}", "1").replace("{status}", "delivered")
     query = dict(part.split("=", 1) for part in urlsplit(url).query.split("&"))
@@ -157,15 +172,18 @@ async def test_forged_callbacks_get_403_and_change_nothing(gw: Running, platform
 
 async def test_signed_callback_for_an_unknown_delivery(gw: Running) -> None:
     from gateway.status.callbacks import callback_url
+
     url = callback_url(base(gw) + "/callback", SECRET, 99999, "NOSUCHQUEUEID")
     filled = url.replace("{id}", "1").replace("{status}", "delivered")
     assert await get(filled) == (200, '{"result": "unknown"}')
 
 
-async def test_kannel_codes_are_mapped(start_gateway: Callable[..., Awaitable[Running]],
-                                       platform: FakePlatform) -> None:
-    gw = await start_gateway({**HTTP, "domains": {"sms.local": {"type": "sms",
-                                                                "kannel_status": True}}})
+async def test_kannel_codes_are_mapped(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
+    gw = await start_gateway(
+        {**HTTP, "domains": {"sms.local": {"type": "sms", "kannel_status": True}}}
+    )
     queue_id, url = await submit_and_callback_url(gw, platform)
     for code, meaning in (("8", "pending"), ("1", "delivered")):
         await get(url.replace("{id}", "5").replace("{status}", code))
@@ -175,7 +193,8 @@ async def test_kannel_codes_are_mapped(start_gateway: Callable[..., Awaitable[Ru
 
 
 async def test_history_and_metrics_are_for_allowed_networks_only(
-        start_gateway: Callable[..., Awaitable[Running]]) -> None:
+    start_gateway: Callable[..., Awaitable[Running]],
+) -> None:
     gw = await start_gateway({"http": {**HTTP["http"], "allow_networks": ["10.0.0.0/8"]}})
     assert (await get(base(gw) + "/metrics"))[0] == 403
     assert (await get(base(gw) + "/messages/X"))[0] == 403

@@ -33,13 +33,22 @@ class CheckFailed(Exception):
     pass
 
 
-def sh(command: str, check: bool = True, timeout: float = 300, **env: str
-       ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **env}, cwd=SRC)
+def sh(
+    command: str, check: bool = True, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+        cwd=SRC,
+    )
     if check and done.returncode != 0:
-        raise CheckFailed(f"`{command[:200]}` exited {done.returncode}:\n"
-                          f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise CheckFailed(
+            f"`{command[:200]}` exited {done.returncode}:\n"
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
     return done
 
 
@@ -47,8 +56,7 @@ def show(prop: str) -> str:
     return sh(f"systemctl show -P {prop} {UNIT}").stdout.strip()
 
 
-def eventually(what: Callable[[], Any], timeout: float, message: str, every: float = 0.2
-               ) -> Any:
+def eventually(what: Callable[[], Any], timeout: float, message: str, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -73,9 +81,12 @@ def check(name: str) -> Callable[[Callable[[], str | None]], Callable[[], str | 
             RESULTS.append((name, False, note))
         took = time.monotonic() - started
         ok = RESULTS[-1][1]
-        print(f"[{'ok' if ok else 'FAIL'}] {name} ({took:.1f}s){': ' + note if note else ''}",
-              flush=True)
+        print(
+            f"[{'ok' if ok else 'FAIL'}] {name} ({took:.1f}s){': ' + note if note else ''}",
+            flush=True,
+        )
         return step
+
     return run
 
 
@@ -94,11 +105,13 @@ def run_doc(marker: str, replace: dict[str, str] | None = None, doc: str = "READ
         if old not in block:
             raise CheckFailed(f"README block {marker} no longer contains {old!r}")
         block = block.replace(old, new)
-    prelude = ("set -euo pipefail\n"
-               'sudo() { "$@"; }\n'
-               # No package index here: the packages the README installs must be in the tree.
-               'apt-get() { [ "$1" = install ] || return 0; shift; for p in "$@"; do\n'
-               '  case "$p" in -*) ;; *) dpkg -s "$p" >/dev/null;; esac; done; }\n')
+    prelude = (
+        "set -euo pipefail\n"
+        'sudo() { "$@"; }\n'
+        # No package index here: the packages the README installs must be in the tree.
+        'apt-get() { [ "$1" = install ] || return 0; shift; for p in "$@"; do\n'
+        '  case "$p" in -*) ;; *) dpkg -s "$p" >/dev/null;; esac; done; }\n'
+    )
     sh(prelude + block, PIP_NO_INDEX="1", PIP_FIND_LINKS="/root/wheelhouse")
 
 

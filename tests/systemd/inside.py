@@ -22,7 +22,7 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
-if not __package__:   # run as a script inside the container: the checkout is two levels up
+if not __package__:  # run as a script inside the container: the checkout is two levels up
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.systemd.box import (
@@ -67,10 +67,14 @@ def main() -> int:
     @check("go live as README.md says (credential token, api.dry_run: false), restart")
     def _live() -> None:
         # The one change the test makes to the README's config: the platform is the fake one.
-        sh(f"sed -i 's#https://1-pulse.kupon.mobi/api/v1/bulk#"
-           f"http://127.0.0.1:{PLATFORM_PORT}/api/v1/bulk#' {CONFIG}")
-        sh(f"systemd-run --unit=fake-platform --quiet /usr/bin/python3 "
-           f"{SRC}/tests/systemd/platform.py --port {PLATFORM_PORT} --log {PLATFORM_LOG}")
+        sh(
+            f"sed -i 's#https://1-pulse.kupon.mobi/api/v1/bulk#"
+            f"http://127.0.0.1:{PLATFORM_PORT}/api/v1/bulk#' {CONFIG}"
+        )
+        sh(
+            f"systemd-run --unit=fake-platform --quiet /usr/bin/python3 "
+            f"{SRC}/tests/systemd/platform.py --port {PLATFORM_PORT} --log {PLATFORM_LOG}"
+        )
         run_doc("go-live", {"PASTE-YOUR-TOKEN-HERE": TOKEN})
         if show("ActiveState") != "active":
             raise CheckFailed(f"after going live: {show('ActiveState')}")
@@ -110,8 +114,9 @@ def main() -> int:
         request = eventually(arrived, 30, "no request reached the fake platform")
         form = request["form"]
         if form.get("token") != TOKEN:
-            raise CheckFailed(f"token sent was not the credential's ({len(form.get('token', ''))}"
-                              " characters)")
+            raise CheckFailed(
+                f"token sent was not the credential's ({len(form.get('token', ''))} characters)"
+            )
         if form.get("sent_to") != "79001234567" or not request["path"].endswith("/send-message"):
             raise CheckFailed(f"unexpected request: {request['path']} {form}")
         return f"queue id {queue_id}"
@@ -154,14 +159,20 @@ def main() -> int:
         pid, restarts = show("MainPID"), int(show("NRestarts"))
         mark = cursor()
         started = time.monotonic()
-        os.kill(int(pid), 19)   # SIGSTOP: the loop stops pinging
-        eventually(lambda: show("MainPID") not in ("0", pid) and show("ActiveState") == "active",
-                   120, "not restarted after the loop hung", every=1)
+        os.kill(int(pid), 19)  # SIGSTOP: the loop stops pinging
+        eventually(
+            lambda: show("MainPID") not in ("0", pid) and show("ActiveState") == "active",
+            120,
+            "not restarted after the loop hung",
+            every=1,
+        )
         took = time.monotonic() - started
         if int(show("NRestarts")) != restarts + 1:
             raise CheckFailed(f"NRestarts {show('NRestarts')}, was {restarts}")
-        if "watchdog timeout" not in journal(mark).lower() and \
-                "watchdog timeout" not in sh("journalctl --no-pager -o cat -n 200").stdout.lower():
+        if (
+            "watchdog timeout" not in journal(mark).lower()
+            and "watchdog timeout" not in sh("journalctl --no-pager -o cat -n 200").stdout.lower()
+        ):
             raise CheckFailed("the journal does not say watchdog timeout")
         eventually(greets, 30, "SMTP does not answer after the watchdog restart")
         return f"restarted after {took:.0f}s (WatchdogSec={show('WatchdogUSec')})"
@@ -175,8 +186,11 @@ def main() -> int:
             raise CheckFailed("the spool file was replaced")
         # The message accepted before the restarts is still in the spool the new process reads.
         queue_id = STATE.get("queue_id", "?")
-        history = eventually(lambda: http_json(f"/messages/{queue_id}"), 30,
-                             f"/messages/{queue_id} does not answer after the restart")
+        history = eventually(
+            lambda: http_json(f"/messages/{queue_id}"),
+            30,
+            f"/messages/{queue_id} does not answer after the restart",
+        )
         if queue_id not in json.dumps(history):
             raise CheckFailed(f"/messages/{queue_id} after restart: {history}")
         return f"{spool} kept (inode {before})"
@@ -194,11 +208,15 @@ def main() -> int:
             raise CheckFailed("the backup command made no file")
         # Accepted after the backup: the restored spool must not know it.
         later = send("79001230000@sms.local", "ci-after-backup")
-        run_doc("restore", {"/root/spool-BACKUP.sqlite3": str(backups[-1])},
-                doc="docs/operations.md")
+        run_doc(
+            "restore", {"/root/spool-BACKUP.sqlite3": str(backups[-1])}, doc="docs/operations.md"
+        )
         queue_id = STATE.get("queue_id", "?")
-        eventually(lambda: http_json(f"/messages/{queue_id}"), 30,
-                   f"/messages/{queue_id} is gone after the restore")
+        eventually(
+            lambda: http_json(f"/messages/{queue_id}"),
+            30,
+            f"/messages/{queue_id} is gone after the restore",
+        )
         try:
             http_json(f"/messages/{later}")
         except urllib.error.HTTPError as exc:
@@ -254,7 +272,6 @@ def main() -> int:
         return f"exit 0, session got {code or 'closed'}"
 
     return report()
-
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from gateway.spool.steps import Fetch, Job, Query, drive_async
 log = logging.getLogger("smtp2pulse.spool")
 T = TypeVar("T")
 
-CHANNEL = "smtp2pulse_due"   # sql.NOTIFY's
+CHANNEL = "smtp2pulse_due"  # sql.NOTIFY's
 CONNECT_TIMEOUT = 5.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 READERS = 4
@@ -40,10 +40,16 @@ READERS = 4
 LOOKUP_PATIENCE = 10.0
 # asyncpg raises these when the server or the network went away, rather than the statement
 # being wrong; any of them means: reconnect, and the outcome of what was running is unknown.
-LOST = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-        asyncpg.exceptions.InterfaceError, asyncpg.exceptions.CannotConnectNowError,
-        asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
-        asyncpg.exceptions.ConnectionFailureError, TimeoutError)
+LOST = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+    TimeoutError,
+)
 
 
 def safe_url(url: str) -> str:
@@ -74,8 +80,9 @@ def _lost(exc: BaseException) -> bool:
 
 
 class PgLink:
-    def __init__(self, url: str, *, max_batch: int = 512,
-                 on_notify: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, url: str, *, max_batch: int = 512, on_notify: Callable[[], None] | None = None
+    ) -> None:
         self.url = url
         self.max_batch = max_batch
         self.on_notify = on_notify
@@ -99,7 +106,7 @@ class PgLink:
             self._writer = await self._connect()
             await prepare(self._writer)
         except (*LOST, asyncpg.PostgresError, SpoolError) as exc:
-            if self._writer is not None:    # a schema it refuses: nothing more to say to it
+            if self._writer is not None:  # a schema it refuses: nothing more to say to it
                 self._writer.terminate()
                 self._writer = None
             if isinstance(exc, SpoolError):
@@ -108,8 +115,10 @@ class PgLink:
                 raise SpoolError(f"cannot reach spool {safe_url(self.url)}: {exc}") from exc
             raise SpoolError(f"spool {safe_url(self.url)}: {exc}") from exc
         self.healthy = True
-        self._tasks = [asyncio.create_task(self._write_loop(), name="pg-writer"),
-                       asyncio.create_task(self._listen_loop(), name="pg-listener")]
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="pg-writer"),
+            asyncio.create_task(self._listen_loop(), name="pg-listener"),
+        ]
 
     async def stop(self) -> None:
         if self._closed:
@@ -137,12 +146,18 @@ class PgLink:
     def submit(self, make: Callable[[], Job[T]], *, wakes: bool = False) -> asyncio.Future[T]:
         return self._queue(make, wakes)
 
-    def submit_together(self, run_all: Together, item: Any, *,
-                        wakes: bool = False) -> asyncio.Future[Any]:
+    def submit_together(
+        self, run_all: Together, item: Any, *, wakes: bool = False
+    ) -> asyncio.Future[Any]:
         return self._queue(alone(run_all, item), wakes, run_all, item)
 
-    def _queue(self, make: Callable[[], Job[Any]], wakes: bool, run_all: Together | None = None,
-               item: Any = None) -> asyncio.Future[Any]:
+    def _queue(
+        self,
+        make: Callable[[], Job[Any]],
+        wakes: bool,
+        run_all: Together | None = None,
+        item: Any = None,
+    ) -> asyncio.Future[Any]:
         if self._closed:
             raise ShuttingDown("spool is closed")
         loop = asyncio.get_running_loop()
@@ -192,7 +207,8 @@ class PgLink:
         try:
             outcomes, committed = await drive_async(
                 group_commit(batch, Query(sql.BEGIN_WRITE), finish, _lost),
-                functools.partial(execute, conn))
+                functools.partial(execute, conn),
+            )
         except LOST as exc:
             self._set_healthy(False, exc)
             backend = conn.get_server_pid()
@@ -206,13 +222,17 @@ class PgLink:
         self.commits += committed
         settle(outcomes)
 
-    async def _stored_after_loss(self, batch: list[Pending], backend: int
-                                 ) -> list[tuple[Pending, str]]:
+    async def _stored_after_loss(
+        self, batch: list[Pending], backend: int
+    ) -> list[tuple[Pending, str]]:
         """The accepts of a commit whose answer was lost that it did store, with their queue
         ids, asked on a new connection once the server process that ran it (`backend`) is gone;
         none if the database cannot be asked in time."""
-        accepts = {job.item.queue_id: job for job in batch
-                   if isinstance(job.item, NewMessage) and not job.future.done()}
+        accepts = {
+            job.item.queue_id: job
+            for job in batch
+            if isinstance(job.item, NewMessage) and not job.future.done()
+        }
         if not accepts:
             return []
         loop = asyncio.get_running_loop()
@@ -232,12 +252,18 @@ class PgLink:
                 await asyncio.sleep(0.5)
                 continue
             stored = [(accepts[row["id"]], row["id"]) for row in rows]
-            log.warning("spool database connection lost during a commit of %d messages: %d of "
-                        "them were stored", len(accepts), len(stored))
+            log.warning(
+                "spool database connection lost during a commit of %d messages: %d of "
+                "them were stored",
+                len(accepts),
+                len(stored),
+            )
             return stored
-        log.error("spool database connection lost during a commit of %d messages, and it could"
-                  " not be asked which were stored: answered 451 (one stored may come again)",
-                  len(accepts))
+        log.error(
+            "spool database connection lost during a commit of %d messages, and it could"
+            " not be asked which were stored: answered 451 (one stored may come again)",
+            len(accepts),
+        )
         return []
 
     def _fail_pending(self, error: BaseException) -> None:
@@ -255,8 +281,12 @@ class PgLink:
         try:
             if self._readers is None:
                 self._readers = await asyncpg.create_pool(
-                    self.url, min_size=0, max_size=READERS, timeout=CONNECT_TIMEOUT,
-                    command_timeout=60)
+                    self.url,
+                    min_size=0,
+                    max_size=READERS,
+                    timeout=CONNECT_TIMEOUT,
+                    command_timeout=60,
+                )
             async with self._readers.acquire() as conn:
                 return await drive_async(make(), functools.partial(execute, conn))
         except LOST as exc:
@@ -278,7 +308,7 @@ class PgLink:
                 await conn.add_listener(CHANNEL, self._notified)
                 delay = BACKOFF_FIRST
                 if self.on_notify is not None:
-                    self.on_notify()   # what was missed while not listening
+                    self.on_notify()  # what was missed while not listening
                 await lost
             except LOST as exc:
                 log.debug("spool listener: %s", exc)
@@ -293,16 +323,20 @@ class PgLink:
     # --- connections ---------------------------------------------------------------------------
 
     async def _connect(self) -> asyncpg.Connection:
-        conn: asyncpg.Connection = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT,
-                                                         command_timeout=60)
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.url, timeout=CONNECT_TIMEOUT, command_timeout=60
+        )
         return conn
 
     def _set_healthy(self, healthy: bool, error: BaseException | None = None) -> None:
         if healthy and not self.healthy:
             log.warning("spool database %s reachable again", safe_url(self.url))
         elif not healthy and self.healthy:
-            log.error("spool database %s lost: %s; no message is accepted until it is back",
-                      safe_url(self.url), error)
+            log.error(
+                "spool database %s lost: %s; no message is accepted until it is back",
+                safe_url(self.url),
+                error,
+            )
         self.healthy = healthy
 
 

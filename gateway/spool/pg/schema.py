@@ -16,7 +16,7 @@ from gateway.errors import SpoolError
 
 SCHEMA_VERSION = 2
 # Any fixed 64-bit number, the same in every gateway: the lock schema changes take.
-MIGRATION_LOCK = 0x5350_4F4F_4C50_4731   # "SPOOLPG1"
+MIGRATION_LOCK = 0x5350_4F4F_4C50_4731  # "SPOOLPG1"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
@@ -93,4 +93,6 @@ async def prepare(conn: asyncpg.Connection) -> None:
             await conn.execute(MIGRATIONS[step])
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value", str(SCHEMA_VERSION))
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            str(SCHEMA_VERSION),
+        )

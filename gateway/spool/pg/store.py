@@ -31,8 +31,13 @@ if TYPE_CHECKING:
 class PgSpool(BaseSpool):
     link: PgLink
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time,
-                 on_notify: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_notify: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(sql, PgLink(url, on_notify=on_notify), clock)
 
     def __repr__(self) -> str:

@@ -83,8 +83,9 @@ class SqliteLink:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(target=self._run, args=(ready, loop),
-                                        name="spool-writer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, loop), name="spool-writer", daemon=True
+        )
         self._thread.start()
         await ready
 
@@ -99,8 +100,9 @@ class SqliteLink:
     def submit(self, make: Callable[[], Job[T]], *, wakes: bool = False) -> asyncio.Future[T]:
         return self._queue(Pending(make, *self._future()))
 
-    def submit_together(self, run_all: Together, item: Any, *,
-                        wakes: bool = False) -> asyncio.Future[Any]:
+    def submit_together(
+        self, run_all: Together, item: Any, *, wakes: bool = False
+    ) -> asyncio.Future[Any]:
         return self._queue(Pending(alone(run_all, item), *self._future(), run_all, item))
 
     def _future(self) -> tuple[asyncio.Future[Any], asyncio.AbstractEventLoop]:
@@ -122,8 +124,11 @@ class SqliteLink:
         try:
             conn = schema.open_writer(self.path)
         except (sqlite3.Error, OSError, SpoolError) as exc:
-            error = exc if isinstance(exc, SpoolError) else SpoolError(
-                f"cannot open spool {self.path}: {exc}")
+            error = (
+                exc
+                if isinstance(exc, SpoolError)
+                else SpoolError(f"cannot open spool {self.path}: {exc}")
+            )
             loop.call_soon_threadsafe(_resolve, ready, error)
             return
         loop.call_soon_threadsafe(_resolve, ready, None)
@@ -148,8 +153,9 @@ class SqliteLink:
     def _commit(self, batch: list[Pending], conn: sqlite3.Connection) -> None:
         if not batch:
             return
-        outcomes, committed = drive(group_commit(batch, Query(sql.BEGIN_WRITE)),
-                                    lambda query: execute(conn, query))
+        outcomes, committed = drive(
+            group_commit(batch, Query(sql.BEGIN_WRITE)), lambda query: execute(conn, query)
+        )
         self.commits += committed
         _settle_all(outcomes)
 

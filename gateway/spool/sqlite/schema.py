@@ -129,8 +129,12 @@ def _create_private(path: Path) -> None:
     # only pointed out.
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        log.warning("spool %s is readable by others than its owner (mode %04o); "
-                    "chmod 600 it and its -wal and -shm files", path, mode)
+        log.warning(
+            "spool %s is readable by others than its owner (mode %04o); "
+            "chmod 600 it and its -wal and -shm files",
+            path,
+            mode,
+        )
 
 
 def _statements(script: str) -> list[str]:

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 class SqliteSpool(BaseSpool):
     link: SqliteLink
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time,
-                 max_batch: int = 512) -> None:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, max_batch: int = 512
+    ) -> None:
         self.path = Path(path)
         super().__init__(sql, SqliteLink(self.path, max_batch), clock)
 
