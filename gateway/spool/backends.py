@@ -24,6 +24,6 @@ def describe(config: SpoolConfig) -> str:
     """The spool for a log line or an error: the file, or the database without its password."""
     if config.url is None:
         return str(config.path)
-    from gateway.spool.pg.link import safe_url
+    from gateway.spool.pg.wire import safe_url
 
     return safe_url(config.url.reveal())

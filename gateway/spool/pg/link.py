@@ -27,7 +27,8 @@ from gateway.spool.commit import Pending, Together, alone, as_spool_error, group
 from gateway.spool.jobs import NewMessage
 from gateway.spool.pg import sql
 from gateway.spool.pg.schema import prepare
-from gateway.spool.steps import Fetch, Job, Query, drive_async
+from gateway.spool.pg.wire import LOST, execute, is_lost, safe_url
+from gateway.spool.steps import Job, Query, drive_async
 
 log = logging.getLogger("smtp2pulse.spool")
 T = TypeVar("T")
@@ -38,45 +39,6 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 READERS = 4
 # How long a commit whose answer was lost looks for the messages it held (the client waits).
 LOOKUP_PATIENCE = 10.0
-# asyncpg raises these when the server or the network went away, rather than the statement
-# being wrong; any of them means: reconnect, and the outcome of what was running is unknown.
-LOST = (
-    OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.ConnectionFailureError,
-    TimeoutError,
-)
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password replaced, for logs and errors."""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, user_pass = head.partition("//")
-    user = user_pass.split(":", 1)[0]
-    return f"{scheme}//{user}:***@{tail}"
-
-
-async def execute(conn: asyncpg.Connection, query: Query) -> Any:
-    if query.fetch is Fetch.MANY:
-        await conn.executemany(query.statement, query.params)
-        return None
-    if query.fetch is Fetch.ROWS:
-        return await conn.fetch(query.statement, *query.params)
-    if query.fetch is Fetch.ONE:
-        return await conn.fetchrow(query.statement, *query.params)
-    if query.fetch is Fetch.VALUE:
-        return await conn.fetchval(query.statement, *query.params)
-    return sql.rows_changed(await conn.execute(query.statement, *query.params))
-
-
-def _lost(exc: BaseException) -> bool:
-    return isinstance(exc, LOST)
 
 
 class PgLink:
@@ -206,7 +168,7 @@ class PgLink:
         finish = [Query(sql.NOTIFY)] if any(job.wakes for job in batch) else []
         try:
             outcomes, committed = await drive_async(
-                group_commit(batch, Query(sql.BEGIN_WRITE), finish, _lost),
+                group_commit(batch, Query(sql.BEGIN_WRITE), finish, is_lost),
                 functools.partial(execute, conn),
             )
         except LOST as exc:
