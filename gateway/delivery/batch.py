@@ -127,10 +127,8 @@ def classify_batch(
         if reply.get("type") == "error":
             return [refused(reply, secret)] * count
     detail = unrecognised(status, body, secret)
-    if 400 <= status < 500:
-        # Not taken (HTTP's client error), and most likely our own configuration: a wrong
-        # api.base_url or token. Tried again on the schedule; the client says so loudly.
-        return [Outcome("retry", detail=detail)] * count
+    # A 4xx without the documented error JSON too (the contract: any other reply is unknown);
+    # most likely our own configuration, which the client says loudly (PulseClient._note_status).
     if isinstance(reply, list):
         detail += f" (a list of {len(reply)} for {count} messages)"
     return [Outcome("unknown", detail=detail)] * count

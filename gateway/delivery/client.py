@@ -242,8 +242,8 @@ class PulseClient:
             return
         repeats = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
         log.warning(
-            "the platform answered HTTP %d to POST %s: %s; deliveries stay queued and"
-            " are retried%s",
+            "the platform answered HTTP %d to POST %s: %s; a single send is retried on"
+            " schedule, a batch's messages are unconfirmed until queue retry%s",
             status,
             url,
             hint,
