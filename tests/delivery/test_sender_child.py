@@ -4,8 +4,10 @@ starts it (sender_process.SenderProcess), spoken to in child_protocol's messages
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,14 +25,11 @@ def _api(tmp_path: Any) -> Any:
     return parse_config(data, env={}).api
 
 
-# sender_process: the module the child was started as before it had its own, which a daemon
-# still running that code asks for after an upgrade under it.
-@pytest.mark.parametrize(
-    "module", ["gateway.delivery.sender_child", "gateway.delivery.sender_process"]
-)
-async def test_the_child_starts_answers_each_send_and_stops_when_told(
-    tmp_path: Any, module: str
-) -> None:
+@contextlib.asynccontextmanager
+async def ready_child(
+    tmp_path: Any, module: str = "gateway.delivery.sender_child"
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.subprocess.Process]]:
+    """A real sender child over a socket pair, started and Ready; killed if a test leaves it."""
     ours, theirs = socket.socketpair()
     child = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -45,6 +44,23 @@ async def test_the_child_starts_answers_each_send_and_stops_when_told(
     try:
         writer.write(wire.frame(wire.Start(_api(tmp_path), "warning", "plain", False)))
         assert isinstance(await asyncio.wait_for(wire.read(reader), 30), wire.Ready)
+        yield reader, writer, child
+    finally:
+        writer.close()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+
+
+# sender_process: the module the child was started as before it had its own, which a daemon
+# still running that code asks for after an upgrade under it.
+@pytest.mark.parametrize(
+    "module", ["gateway.delivery.sender_child", "gateway.delivery.sender_process"]
+)
+async def test_the_child_starts_answers_each_send_and_stops_when_told(
+    tmp_path: Any, module: str
+) -> None:
+    async with ready_child(tmp_path, module) as (reader, writer, child):
         request = {"sent_to": "79001234567", "sent_text": "hello"}
         writer.write(wire.frame(wire.Send(7, (request,), "token", batch=False)))
         writer.write(wire.frame(wire.Send(8, (request, request), "token", batch=True)))
@@ -56,8 +72,3 @@ async def test_the_child_starts_answers_each_send_and_stops_when_told(
         assert answers == {7: [("sent", "dry-run")], 8: [("sent", "dry-run")] * 2}
         writer.write(wire.frame(wire.Stop()))
         assert await asyncio.wait_for(child.wait(), 30) == 0
-    finally:
-        writer.close()
-        if child.returncode is None:
-            child.kill()
-            await child.wait()

@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +16,7 @@ from gateway.config.model import Config
 from gateway.delivery import child_protocol as wire
 from gateway.delivery.sender_process import SenderProcess
 from tests.conftest import Running, eventually, text_message
-from tests.delivery.test_sender_child import _api
+from tests.delivery.test_sender_child import ready_child
 from tests.fakeplatform import FakePlatform
 from tests.status.test_status import HTTP, base, get
 
@@ -78,20 +76,7 @@ async def test_a_stopped_child_is_replaced_and_nothing_is_sent_twice(
 
 
 async def test_the_child_does_not_send_past_a_deadline_and_answers_pings(tmp_path: Path) -> None:
-    ours, theirs = socket.socketpair()
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.delivery.sender_child",
-        str(theirs.fileno()),
-        pass_fds=(theirs.fileno(),),
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    theirs.close()
-    reader, writer = await asyncio.open_connection(sock=ours)
-    try:
-        writer.write(wire.frame(wire.Start(_api(tmp_path), "warning", "plain", False)))
-        assert isinstance(await asyncio.wait_for(wire.read(reader), 30), wire.Ready)
+    async with ready_child(tmp_path) as (reader, writer, child):
         request = {"sent_to": "79001234567", "sent_text": "hello"}
         now = time.monotonic()
         # A stalled child meets this one only after its deadline: not sent (the dry run's
@@ -119,11 +104,6 @@ async def test_the_child_does_not_send_past_a_deadline_and_answers_pings(tmp_pat
         assert got == {1: [("retry", None)], 2: [("sent", "dry-run")], "Pong": True}
         writer.write(wire.frame(wire.Stop()))
         assert await asyncio.wait_for(child.wait(), 30) == 0
-    finally:
-        writer.close()
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
 
 
 class OldSend:
@@ -138,20 +118,7 @@ class OldSend:
 
 
 async def test_a_send_from_an_older_parent_still_goes(tmp_path: Path) -> None:
-    ours, theirs = socket.socketpair()
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.delivery.sender_child",
-        str(theirs.fileno()),
-        pass_fds=(theirs.fileno(),),
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    theirs.close()
-    reader, writer = await asyncio.open_connection(sock=ours)
-    try:
-        writer.write(wire.frame(wire.Start(_api(tmp_path), "warning", "plain", False)))
-        assert isinstance(await asyncio.wait_for(wire.read(reader), 30), wire.Ready)
+    async with ready_child(tmp_path) as (reader, writer, child):
         old = OldSend(3, ({"sent_to": "79001234567", "sent_text": "hi"},), "token", False)
         writer.write(wire.frame(old))  # type: ignore[arg-type]
         answer = await asyncio.wait_for(wire.read(reader), 30)
@@ -159,11 +126,6 @@ async def test_a_send_from_an_older_parent_still_goes(tmp_path: Path) -> None:
         assert [o.kind for o in answer.outcomes] == ["sent"]
         writer.write(wire.frame(wire.Stop()))
         assert await asyncio.wait_for(child.wait(), 30) == 0
-    finally:
-        writer.close()
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
 
 
 def test_a_lease_outlasts_the_longest_wait_for_the_sender_process() -> None:
