@@ -24,6 +24,7 @@ from gateway.component import Component
 from gateway.config.loader import load_config
 from gateway.config.model import Config
 from gateway.delivery.bounce import Bouncer
+from gateway.delivery.dry_run import DryRunClient
 from gateway.delivery.sender_process import SenderProcess
 from gateway.delivery.worker import Sender, Worker
 from gateway.errors import ConfigError, SpoolError, SpoolLocked
@@ -253,9 +254,11 @@ def _make_sender(
     sends, for more memory (bench/ measures both)."""
     mode = os.environ.get("SMTP2PULSE_SENDER") or config.api.sender
     if mode == "inline":
-        from gateway.delivery.client import DryRunClient, PulseClient  # httpx, only when used here
+        if config.api.dry_run:
+            return DryRunClient(config.api)
+        from gateway.delivery.client import PulseClient  # httpx, only when used here
 
-        return DryRunClient(config.api) if config.api.dry_run else PulseClient(config.api)
+        return PulseClient(config.api)
     if mode != "process":
         raise ConfigError([f"SMTP2PULSE_SENDER: {mode!r} is neither 'process' nor 'inline'"])
     return SenderProcess(

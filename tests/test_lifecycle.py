@@ -12,7 +12,7 @@ import yaml
 
 from gateway.app import Gateway
 from gateway.config.loader import load_config, parse_config
-from gateway.delivery.client import DryRunClient
+from gateway.delivery.dry_run import DryRunClient
 from tests.conftest import Running, base_config, merge, text_message
 from tests.fakeplatform import FakePlatform
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import socket
 import struct
@@ -24,7 +23,7 @@ from aiohttp.connector import Connection
 from httpx_aiohttp import AiohttpTransport
 
 from gateway.config.model import ApiConfig
-from gateway.delivery.batch import classify_batch, encode_batch, split
+from gateway.delivery.batch import classify_batch, encode_batch
 from gateway.delivery.reply import Body, Unreadable, is_utf8
 from gateway.delivery.request import (
     Outcome,
@@ -32,7 +31,6 @@ from gateway.delivery.request import (
     config_hint,
     encode_form,
     mask_secret,
-    masked_request,
     short,
 )
 
@@ -287,38 +285,3 @@ def _abort(used: list[asyncio.Transport]) -> None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         transport.abort()
-
-
-class DryRunClient:
-    """Logs the request it would make (token masked) and reports it sent."""
-
-    def __init__(self, api: ApiConfig) -> None:
-        self.api = api
-
-    async def start(self) -> None:
-        log.warning("dry run: nothing is sent to the platform")
-
-    async def stop(self) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    async def send(self, request: Mapping[str, str], token: str) -> Outcome:
-        log.info(
-            "dry run: would POST %s %s",
-            self.api.send_url,
-            json.dumps(masked_request(request, token), ensure_ascii=False),
-        )
-        return Outcome("sent", platform_id="dry-run")
-
-    async def send_batch(self, requests: Sequence[Mapping[str, str]], token: str) -> list[Outcome]:
-        shared, messages = split(requests)
-        log.info(
-            "dry run: would POST %s %s and %d messages: %s",
-            self.api.batch_url,
-            json.dumps(masked_request(shared, token), ensure_ascii=False),
-            len(messages),
-            json.dumps(messages, ensure_ascii=False),
-        )
-        return [Outcome("sent", platform_id="dry-run")] * len(requests)

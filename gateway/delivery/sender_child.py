@@ -39,7 +39,8 @@ async def serve(fd: int) -> int:
     masking = [start.mask_personal]
     privacy.install(lambda: masking[0])
     # Here and not at the top: the client brings httpx, aiohttp and their imports.
-    from gateway.delivery.client import DryRunClient, PulseClient
+    from gateway.delivery.client import PulseClient
+    from gateway.delivery.dry_run import DryRunClient
 
     client = DryRunClient(api) if api.dry_run else PulseClient(api)
     out = wire.Batcher(writer)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -37,7 +36,7 @@ from aiosmtpd.smtp import MISSING, Envelope, TLSSetupException
 from gateway.config.access import policy_for
 from gateway.config.model import Config, Listener, User
 from gateway.config.recipients import Recipient
-from gateway.smtp import replies
+from gateway.smtp import addresses, replies
 from gateway.smtp.admission import Admission, Client, client_host
 from gateway.smtp.auth_exchange import AuthExchange
 from gateway.smtp.data_reader import TooBig, read_data
@@ -45,13 +44,6 @@ from gateway.smtp.replies import Reply
 from gateway.status.metrics import Metrics
 
 log = logging.getLogger("smtp2pulse.smtp")
-
-_SIMPLE_ADDRESS = re.compile(
-    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
-    r"((?:\s.*)?)",
-    re.DOTALL,
-)
 
 
 class SessionSet(Protocol):
@@ -282,20 +274,9 @@ class GatewaySession(AuthExchange):
     # --- MAIL, RCPT, DATA --------------------------------------------------------------------
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # The common case needs no RFC 5322 parser (aiosmtpd's builds a class on every call,
-        # a cost a busy gateway measured); anything unusual still goes through it.
-        simple = _SIMPLE_ADDRESS.fullmatch(arg)
-        if simple:
-            return simple.group(1), simple.group(2).lstrip()
-        # The address parser drops (comments) silently, so "<7(900)1234567@sms.local>" would
-        # become other digits than the sender wrote. Refuse instead of guessing.
-        address_part = arg.split(">", 1)[0] if arg.lstrip().startswith("<") else arg
-        if "(" in address_part or ")" in address_part:
-            return None, None
-        # Bytes that are not UTF-8 (aiosmtpd keeps them as lone surrogates) or control
-        # characters make an address nobody can store, log or answer to: a malformed one.
-        if any(ch < " " or "\udc80" <= ch <= "\udcff" for ch in arg):
-            return None, None
+        known = addresses.precheck(arg)
+        if known is not None:
+            return known
         result: tuple[str | None, str | None] = super()._getaddr(arg)
         return result
 
