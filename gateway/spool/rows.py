@@ -37,6 +37,21 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Picture:
+    """A message's picture (domains.NAME.images; gateway.spool.media): re-encoded, or refused
+    with its reason. Read for `queue show`, `data` is left out (b"") and `size` says it."""
+
+    content_type: str  # image/jpeg or image/png; "" when refused
+    width: int
+    height: int
+    size: int  # bytes of the picture sent
+    source: str  # the part's file name (or type) and size, as it came
+    source_size: int
+    problem: str | None  # why none is sent: not a picture, broken, a bomb, too large
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     mail_from: str
     peer: str
@@ -44,6 +59,7 @@ class IncomingMessage:
     raw: bytes
     deliveries: tuple[NewDelivery, ...]
     auth_user: str | None = None
+    picture: Picture | None = None  # stored with it, in the same commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +132,7 @@ class MessageDetail:
     helo: str
     size: int
     deliveries: list[DeliveryDetail]
+    picture: Picture | None = None  # without its bytes
 
 
 @dataclass(frozen=True, slots=True)
