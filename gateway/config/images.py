@@ -8,7 +8,6 @@ every picture, is installed (the `images` extra).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,7 +50,9 @@ def check_images(
                 f"domains[{name}].images",
                 "needs http.public_url (the platform fetches the picture from there)",
             )
-    if importlib.util.find_spec("PIL") is None:
+    try:
+        import PIL.Image  # noqa: F401 - only to know it is there
+    except ImportError:
         problems.add(
             f"domains[{named[0]}].images",
             "needs Pillow, which decodes and re-encodes the pictures:"

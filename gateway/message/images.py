@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from gateway.config.model import DomainConfig
 from gateway.spool.media import marker
-from gateway.spool.rows import Picture
+from gateway.spool.rows import NewPicture, Picture
 
 # Formats decoded at all: what cameras, recorders and monitoring send. Others (TIFF's many
 # compressions, PSD, ICO...) are refused as "not a picture we read": less decoder to attack.
@@ -74,7 +74,7 @@ def first_picture(
     return Attachment(part.get_content_type(), _printable(name(part)), data)
 
 
-def kept(source: Attachment | None, domains: Iterable[DomainConfig | None]) -> Picture | None:
+def kept(source: Attachment | None, domains: Iterable[DomainConfig | None]) -> NewPicture | None:
     """The picture stored with the message: for the domains that send one, and only if the
     mail has one. One picture for all of them, made within the largest images_max_size."""
     sizes = [d.images_max_size for d in domains if d is not None and d.images]
@@ -86,12 +86,15 @@ def kept(source: Attachment | None, domains: Iterable[DomainConfig | None]) -> P
             raise Refused(f"larger than images_max_size ({max(sizes)} bytes)")
         content_type, data, width, height = reencoded(source.data)
     except Refused as refused:
-        return Picture("", 0, 0, 0, described, len(source.data), str(refused))
-    return Picture(content_type, width, height, len(data), described, len(source.data), None, data)
+        return NewPicture(Picture("", 0, 0, 0, described, len(source.data), str(refused)))
+    return NewPicture(
+        Picture(content_type, width, height, len(data), described, len(source.data), None), data
+    )
 
 
-def image_field(picture: Picture | None, domain: DomainConfig) -> str | None:
+def image_field(new: NewPicture | None, domain: DomainConfig) -> str | None:
     """What a delivery to `domain` stores as its `image` (see gateway.spool.media), or None."""
+    picture = new.about if new is not None else None
     if picture is None or not domain.images or picture.problem is not None:
         return None
     if picture.source_size > domain.images_max_size:
@@ -99,10 +102,11 @@ def image_field(picture: Picture | None, domain: DomainConfig) -> str | None:
     return marker(picture.content_type)
 
 
-def note(picture: Picture | None, domains: Iterable[DomainConfig | None]) -> str | None:
+def note(new: NewPicture | None, domains: Iterable[DomainConfig | None]) -> str | None:
     """The log's line about the picture."""
-    if picture is None:
+    if new is None:
         return None
+    picture = new.about
     if picture.problem is not None:
         return f"picture {picture.source} not sent: {picture.problem}"
     small = sorted(

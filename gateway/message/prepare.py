@@ -20,7 +20,7 @@ from gateway.message.parse import ParsedMessage, parse_message
 from gateway.message.routing import Target, route_message
 from gateway.message.schedule import scheduled
 from gateway.message.sms import ELLIPSIS
-from gateway.spool import NewDelivery, Picture, SharedTexts, Suppressed
+from gateway.spool import NewDelivery, NewPicture, SharedTexts, Suppressed
 from gateway.spool.media import IMAGE
 
 # A log note names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
@@ -37,7 +37,7 @@ class Prepared:
     parts: int | None = None  # SMS parts of all the deliveries; None: no SMS
     route: str | None = None  # the route the message took (config `routes`)
     route_action: str = ""  # what that route did, for people
-    picture: Picture | None = None  # stored with the message (domains.NAME.images)
+    picture: NewPicture | None = None  # stored with the message (domains.NAME.images)
 
 
 def prepare(
@@ -131,11 +131,12 @@ def listing(names: Sequence[str], more: int = 0) -> str:
     return ", ".join(shown) + (f" and {rest} more" if rest else "")
 
 
-def dropped_note(message: ParsedMessage, picture: Picture | None = None) -> str | None:
+def dropped_note(message: ParsedMessage, picture: NewPicture | None = None) -> str | None:
     """The log note about the parts of a message that were not sent, if any (the picture, when
     one is kept, has a note of its own)."""
     dropped = list(message.dropped_attachments)
-    if picture is not None and message.picture is not None and message.picture.name in dropped:
+    kept = picture is not None and picture.about.problem is None
+    if kept and message.picture is not None and message.picture.name in dropped:
         dropped.remove(message.picture.name)
     if not dropped and not message.more_dropped:
         return None

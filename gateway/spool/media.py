@@ -46,14 +46,14 @@ def insert(sql: Dialect, new: Sequence[NewMessage]) -> Job[None]:
     rows = [
         (
             n.queue_id,
-            p.content_type,
-            p.width,
-            p.height,
-            p.size,
-            p.source,
-            p.source_size,
-            p.problem,
-            p.data if p.problem is None else None,
+            p.about.content_type,
+            p.about.width,
+            p.about.height,
+            p.about.size,
+            p.about.source,
+            p.about.source_size,
+            p.about.problem,
+            p.data if p.about.problem is None else None,
         )
         for n in new
         if (p := n.message.picture) is not None

@@ -38,8 +38,8 @@ class NewDelivery:
 
 @dataclass(frozen=True, slots=True)
 class Picture:
-    """A message's picture (domains.NAME.images; gateway.spool.media): re-encoded, or refused
-    with its reason. Read for `queue show`, `data` is left out (b"") and `size` says it."""
+    """What a message's picture is (domains.NAME.images; gateway.spool.media): re-encoded, or
+    refused with its reason. `queue show` tells of it; NewPicture carries its bytes."""
 
     content_type: str  # image/jpeg or image/png; "" when refused
     width: int
@@ -48,7 +48,14 @@ class Picture:
     source: str  # the part's file name (or type) and size, as it came
     source_size: int
     problem: str | None  # why none is sent: not a picture, broken, a bomb, too large
-    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class NewPicture:
+    """A picture to store with its message: b"" for one refused."""
+
+    about: Picture
+    data: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +66,7 @@ class IncomingMessage:
     raw: bytes
     deliveries: tuple[NewDelivery, ...]
     auth_user: str | None = None
-    picture: Picture | None = None  # stored with it, in the same commit
+    picture: NewPicture | None = None  # stored with it, in the same commit
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,11 @@ class MediaRoute:
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get(PREFIX + "{queue_id}/{name}", self.picture)  # HEAD too
 
+    def serves(self, request: web.Request) -> bool:
+        """Whether the request was routed here (by the route aiohttp matched, not by the path's
+        text, which a `..` could make say /media/ and mean another page)."""
+        return request.match_info.route.handler == self.picture
+
     async def picture(self, request: web.Request) -> web.Response:
         queue_id, name = request.match_info["queue_id"], request.match_info["name"]
         shape = _NAME.fullmatch(name)
