@@ -91,7 +91,7 @@ def with_inline(picture: bytes, logo: bytes) -> EmailMessage:
     message.add_alternative(
         '<html><body><p>Line crossing</p><img src="cid:snap.5@nvr"></body></html>', subtype="html"
     )
-    html = message.get_payload()[1]
+    html = next(part for part in message.iter_parts() if part.get_content_type() == "text/html")
     assert isinstance(html, EmailMessage)
     html.add_related(logo, "image", "png", cid="<logo@nvr>")
     html.add_related(picture, "image", "png", cid="<snap.5@nvr>")

@@ -4,19 +4,24 @@ gives the picture re-encoded (decoded pixels compared, EXIF gone)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import yaml
 import yarl
 
+from gateway.app import Gateway
+from gateway.config.loader import parse_config
 from gateway.delivery.signing import media_signature
 from gateway.shown import detail_lines
-from tests.conftest import Running, text_message
+from tests.conftest import Running, base_config, merge, text_message
 from tests.fakeplatform import FakePlatform
 from tests.pictures import (
     GPS_MARK,
@@ -28,6 +33,8 @@ from tests.pictures import (
     with_attachment,
     with_inline,
 )
+from tests.test_cli import run_cli
+from tests.test_imports import _loaded_after
 
 SECRET = "callback-secret-0123456789abcdef"
 PUBLIC = "https://gw.example.com/pulse"
@@ -224,3 +231,76 @@ async def test_the_stored_request_holds_no_url_that_could_go_stale(
     stored = await gw.gateway.spool.show_message(queue_id)
     assert stored is not None and stored.deliveries[0].request["image"] == "picture:jpg"
     assert platform.messages[0]["image"].startswith(PUBLIC + "/media/")
+
+
+async def test_any_gateway_of_one_postgresql_spool_serves_the_picture(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    data = merge(base_config(tmp_path / "unused.sqlite3", platform.base_url), PICTURES)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    one, other = (Gateway(parse_config(data, env={})) for _ in range(2))
+    await one.start()
+    try:
+        await other.start()
+        try:
+            gw = Running(one)
+            queue_id = await sent(gw, platform, with_attachment(camera_jpeg()), [VIBER])
+            url = local(gw, platform.messages[0]["image"])
+            assert other.status is not None
+            host, port = other.status.addresses[0]
+            elsewhere = f"http://{host}:{port}" + urlsplit(url).path
+            status, content_type, served = await fetch(elsewhere)
+            assert (status, content_type) == (200, "image/jpeg")
+            assert served == (await fetch(url))[2]
+            assert mean_difference(decoded(served), decoded(camera_jpeg())) < 3
+            # Purged through one, gone from both.
+            assert await other.spool.purge(time.time() + 60) == 1
+            assert (await fetch(elsewhere))[0] == (await fetch(url))[0] == 404
+            assert queue_id
+        finally:
+            await other.stop()
+    finally:
+        await one.stop()
+
+
+def test_preview_shows_the_picture_it_would_send(tmp_path: Path) -> None:
+    base = base_config(tmp_path / "spool.sqlite3", "https://pulse.invalid/api/v1/bulk")
+    data = merge(base, PICTURES)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    original = camera_jpeg()
+    result = run_cli(
+        "preview", "-c", str(path), "--to", VIBER, "--to", "79001234567@sms.local",
+        stdin=with_attachment(original).as_bytes(),
+    )
+    assert result.returncode == 0, result.stderr
+    viber, sms = json.loads(result.stdout)
+    assert viber["form"]["image"] == f"{PUBLIC}/media/<queue id>/<signature>.jpg"
+    assert viber["picture"] == {
+        "type": "image/jpeg",
+        "bytes": viber["picture"]["bytes"],
+        "width": 320,
+        "height": 240,
+        "from": f"snapshot.jpg ({len(original)} bytes)",
+    }
+    assert 0 < viber["picture"]["bytes"] < len(original)
+    assert "picture" not in sms and "image" not in sms["form"]
+    broken = run_cli(
+        "preview", "-c", str(path), "--to", VIBER,
+        stdin=with_attachment(original[:2000]).as_bytes(),
+    )
+    (entry,) = json.loads(broken.stdout)
+    assert "image" not in entry["form"]
+    assert entry["picture"]["not_sent"].startswith("a broken picture")
+
+
+def test_pillow_is_loaded_only_for_a_config_with_images(tmp_path: Path) -> None:
+    plain = base_config(tmp_path / "spool.sqlite3", "http://127.0.0.1:9/api/v1/bulk")
+    code = (
+        "from gateway.app import Gateway\nfrom gateway.config.loader import parse_config\n"
+        "Gateway(parse_config({!r}, env={{}}))"
+    )
+    assert _loaded_after(code.format(plain), ("PIL",)) == []
+    with_images = merge(plain, PICTURES)
+    assert _loaded_after(code.format(with_images), ("PIL",)) == ["PIL"]  # the check can see it
