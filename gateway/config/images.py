@@ -32,8 +32,6 @@ def read_images(
             f"{path}.images",
             f"only for types {', '.join(sorted(IMAGE_TYPES))} (this domain is {domain.type})",
         )
-    if "images_max_size" in data and not images:
-        problems.add(f"{path}.images_max_size", "needs images: true")
     return dataclasses.replace(domain, images=images, images_max_size=max_size)
 
 

@@ -20,17 +20,18 @@ from aiohttp import web
 from gateway.config.model import Config
 from gateway.delivery.signing import media_signature
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.media import TYPES
+from gateway.spool.media import EXTENSIONS, TYPES
+from gateway.spool.rows import MessageDetail
 
 log = logging.getLogger("smtp2pulse.status")
 
 PREFIX = "/media/"
 _QUEUE_ID = re.compile(r"[0-9A-F]{12,32}")
 _NAME = re.compile(r"([0-9a-f]{32})\.([a-z]{3})")
-# The platform may fetch again (each messenger, a retry): kept a day by caches on the way, but
-# only private ones, and never sniffed into anything but a picture.
+# Not kept by caches on the way: a dropped or purged message's picture is gone at once. Never
+# sniffed into anything but a picture, nor run as a page.
 _HEADERS = {
-    "Cache-Control": "private, max-age=86400",
+    "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; sandbox",
     "Referrer-Policy": "no-referrer",
@@ -65,6 +66,16 @@ class MediaRoute:
             return _answer(404)
         content_type, data = found
         return web.Response(body=data, content_type=content_type, headers=_HEADERS)
+
+
+def thumbnail_url(config: Config, detail: MessageDetail) -> str | None:
+    """The picture's URL on this server (the status page's thumbnail), or None."""
+    picture = detail.picture
+    secret = config.http.callback_secret.reveal() if config.http is not None else ""
+    if picture is None or picture.problem is not None or not secret:
+        return None
+    signature = media_signature(secret, detail.queue_id)
+    return f"{PREFIX}{detail.queue_id}/{signature}.{EXTENSIONS[picture.content_type]}"
 
 
 def _answer(status: int) -> web.Response:

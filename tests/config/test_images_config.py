@@ -65,8 +65,8 @@ def test_bad_images_values_name_their_keys() -> None:
         "domains[cams.local].images: 'yes please' is not true or false",
         "domains[cams.local].images_max_size: 'big' is not a size (use e.g. 512KiB, 10MiB)",
     ]
-    assert problems(config({"type": "viber", "images_max_size": "1MiB"})) == [
-        "domains[cams.local].images_max_size: needs images: true"
+    assert problems(config({"type": "viber", "images": True, "images_max_size": 512})) == [
+        "domains[cams.local].images_max_size: 512 is too small (at least 1KiB)"
     ]
 
 
