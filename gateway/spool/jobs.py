@@ -90,7 +90,7 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
                 events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
     for query in sql.insert(messages, deliveries, list(events)):  # noqa: UP028 - commit.py
         yield query
-    yield from media.insert(sql, new)  # their pictures (domains.NAME.images)
+    yield from media.insert(sql, [(n.queue_id, n.message.picture) for n in new])
     return [n.queue_id for n in new]
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway.spool.rows import Picture
+from gateway.spool.rows import NewPicture, Picture
 from gateway.spool.steps import Fetch, Job, Query, Row
 
 if TYPE_CHECKING:
     from gateway.spool.dialect import Dialect
-    from gateway.spool.jobs import NewMessage
 
 IMAGE = "image"  # the platform's field
 _MARK = "picture:"
@@ -41,11 +40,12 @@ def marked(request: object) -> str | None:
     return None
 
 
-def insert(sql: Dialect, new: Sequence[NewMessage]) -> Job[None]:
-    """The pictures of messages being stored (after the messages: the rows refer to them)."""
+def insert(sql: Dialect, new: Sequence[tuple[str, NewPicture | None]]) -> Job[None]:
+    """The pictures (by queue id) of messages being stored, after the messages: the rows refer
+    to them."""
     rows = [
         (
-            n.queue_id,
+            queue_id,
             p.about.content_type,
             p.about.width,
             p.about.height,
@@ -55,8 +55,8 @@ def insert(sql: Dialect, new: Sequence[NewMessage]) -> Job[None]:
             p.about.problem,
             p.data if p.about.problem is None else None,
         )
-        for n in new
-        if (p := n.message.picture) is not None
+        for queue_id, p in new
+        if p is not None
     ]
     if rows:
         yield Query(sql.INSERT_MEDIA, rows, Fetch.MANY)
