@@ -152,6 +152,7 @@ def _check_config(args: argparse.Namespace) -> int:
         print(
             f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"
             + (f", {details}" if details else "")
+            + (f", pictures up to {domain.images_max_size} bytes" if domain.images else "")
         )
     for number, route in enumerate(config.routes, 1):
         match = ", ".join(f"{key} {text!r}" for key, text in route.match.texts.items())

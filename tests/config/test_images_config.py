@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from gateway.cli import main
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError
 
@@ -86,3 +89,13 @@ def test_images_without_pillow_is_a_config_error_saying_what_to_install() -> Non
         "domains[cams.local].images: needs Pillow, which decodes and re-encodes the pictures:"
         " pip install 'smtp2pulse[images]' (or the distribution's python3-pil)"
     )
+
+
+def test_check_config_names_the_domains_that_send_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config({"type": "viber", "images": True})))
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "domain cams.local: type viber, recipient phone, pictures up to 5242880 bytes" in out
