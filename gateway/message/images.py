@@ -162,7 +162,7 @@ def _transparent(image: object) -> bool:
     from PIL import Image
 
     assert isinstance(image, Image.Image)
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if image.mode in ("RGBA", "LA", "PA"):
         alpha = image.getchannel("A").getextrema()
         return bool(alpha[0] < 255)  # type: ignore[operator]
     return "transparency" in image.info
