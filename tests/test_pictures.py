@@ -304,3 +304,17 @@ def test_pillow_is_loaded_only_for_a_config_with_images(tmp_path: Path) -> None:
     assert _loaded_after(code.format(plain), ("PIL",)) == []
     with_images = merge(plain, PICTURES)
     assert _loaded_after(code.format(with_images), ("PIL",)) == ["PIL"]  # the check can see it
+
+
+async def test_in_a_batch_each_message_carries_the_picture(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
+    gw = await start_gateway({**PICTURES, "api": {"batch_size": 10}})
+    to = [VIBER, "79007654321@viber.local"]
+    queue_id = await gw.submit(with_attachment(camera_jpeg()), to)
+    assert await gw.wait_final(queue_id) == ["sent", "sent"]
+    (request,) = await platform.wait_for(1)  # one send-list-messages for both
+    assert request.batch and len(request.messages) == 2
+    url = f"{PUBLIC}/media/{queue_id}/{media_signature(SECRET, queue_id)}.jpg"
+    assert [m["image"] for m in request.messages] == [url, url]
+    assert (await fetch(local(gw, url)))[:2] == (200, "image/jpeg")
