@@ -78,7 +78,7 @@ async def sent(gw: Running, platform: FakePlatform, message: EmailMessage, to: l
 
 
 async def test_a_jpeg_attachment_is_sent_as_a_signed_url_serving_the_picture_without_exif(
-    gw: Running, platform: FakePlatform
+    gw: Running, platform: FakePlatform, caplog: pytest.LogCaptureFixture
 ) -> None:
     original = camera_jpeg()
     queue_id = await sent(gw, platform, with_attachment(original), [VIBER, "79001234567@sms.local"])
@@ -91,8 +91,10 @@ async def test_a_jpeg_attachment_is_sent_as_a_signed_url_serving_the_picture_wit
     )
     assert "image" not in sms and sms["type"] == "sms"  # text only, as before
 
+    caplog.set_level("INFO", "smtp2pulse")
     status, content_type, data = await fetch(local(gw, viber["image"]))
     assert (status, content_type) == (200, "image/jpeg")
+    assert f"queue_id={queue_id} picture fetched by 127.0.0.1" in caplog.text
     picture = decoded(data)
     assert picture.format == "JPEG" and picture.size == (320, 240)
     assert mean_difference(picture, decoded(original)) < 3  # the same picture, re-encoded

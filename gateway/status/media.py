@@ -65,6 +65,13 @@ class MediaRoute:
         if found is None or found[0] != TYPES[shape[2]]:
             return _answer(404)
         content_type, data = found
+        # The operator's evidence that the platform came for it (or who else did).
+        log.info(
+            "queue_id=%s picture fetched by %s",
+            queue_id,
+            request.remote,
+            extra={"queue_id": queue_id},
+        )
         return web.Response(body=data, content_type=content_type, headers=_HEADERS)
 
 
