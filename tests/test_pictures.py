@@ -218,6 +218,13 @@ async def test_a_purged_messages_picture_is_gone(gw: Running, platform: FakePlat
     assert (await fetch(url))[0] == 404
 
 
+async def test_a_dropped_messages_picture_is_gone(gw: Running, platform: FakePlatform) -> None:
+    queue_id = await sent(gw, platform, with_attachment(camera_jpeg()), [VIBER])
+    url = local(gw, platform.messages[0]["image"])
+    assert await gw.gateway.spool.drop_message(queue_id)
+    assert (await fetch(url))[0] == 404
+
+
 async def test_a_text_mail_to_an_images_domain_has_no_image(
     gw: Running, platform: FakePlatform
 ) -> None:
