@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from gateway import queue_cli
 from gateway.app import serve
 from gateway.config.access import policy_for
+from gateway.config.images import IMAGE_TYPES
 from gateway.config.loader import DEFAULT_PATH, load_config
 from gateway.config.model import Config, Listener
 from gateway.config.recipients import Recipient, resolve_recipients
@@ -27,7 +28,9 @@ from gateway.message.prepare import prepare
 from gateway.message.routing import takes_address
 from gateway.smtp.passwords import hash_password
 from gateway.smtp.replies import reply_for
+from gateway.spool import NewPicture
 from gateway.spool.backends import describe
+from gateway.spool.media import IMAGE, marked
 
 EX_OK, EX_FAIL, EX_REFUSED, EX_CONFIG = 0, 1, 2, 78
 EX_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool SIGPIPE ended
@@ -149,6 +152,7 @@ def _check_config(args: argparse.Namespace) -> int:
         print(
             f"  domain {domain.name}: type {domain.type}, recipient {domain.recipient}"
             + (f", {details}" if details else "")
+            + (f", pictures up to {domain.images_max_size} bytes" if domain.images else "")
         )
     for number, route in enumerate(config.routes, 1):
         match = ", ".join(f"{key} {text!r}" for key, text in route.match.texts.items())
@@ -225,17 +229,45 @@ def _preview_requests(
                 {"recipient": delivery.recipient, "suppressed": str(delivery.suppressed), **routed}
             )
             continue
+        form = masked_request(delivery.request, config.api.token.reveal())
         entry: dict[str, object] = {
             "method": "POST",
             "url": config.api.send_url,
-            "form": masked_request(delivery.request, config.api.token.reveal()),
+            "form": form,
             **routed,
         }
         sms = request_segments(delivery.request)
         if sms is not None:  # what it costs: the platform bills each part
             entry["sms"] = {"encoding": sms.encoding, "parts": sms.parts}
+        entry.update(preview_picture(form, prepared.picture, config))
         printed.append(entry)
     return printed
+
+
+def preview_picture(
+    form: dict[str, str], picture: NewPicture | None, config: Config
+) -> dict[str, object]:
+    """The picture a request would send (its `image` as the URL it becomes, the queue id and
+    signature left as placeholders), or why the message's picture is not sent."""
+    if picture is None:
+        return {}
+    about = picture.about
+    if about.problem is not None and form.get("type") in IMAGE_TYPES:
+        return {"picture": {"not_sent": about.problem, "from": about.source}}
+    extension = marked(form.get(IMAGE))
+    if extension is None or about.problem is not None:
+        return {}
+    public = config.http.public_url if config.http is not None else None
+    form[IMAGE] = f"{(public or '').rstrip('/')}/media/<queue id>/<signature>.{extension}"
+    return {
+        "picture": {
+            "type": about.content_type,
+            "bytes": about.size,
+            "width": about.width,
+            "height": about.height,
+            "from": about.source,
+        }
+    }
 
 
 def _hash_password(args: argparse.Namespace) -> int:

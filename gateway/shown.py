@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any
 
 from gateway.config.recipients import shown_recipient
-from gateway.spool.rows import DeliveryDetail, DeliveryLine, MessageDetail
+from gateway.spool.rows import DeliveryDetail, DeliveryLine, MessageDetail, Picture
 from gateway.spool.states import State, StatusClass
 from gateway.times import iso_time, local_time
 
@@ -65,6 +65,8 @@ def detail_lines(detail: MessageDetail) -> list[str]:
         f"  received  {local_time(detail.received_at)} from <{detail.mail_from}>",
         f"  client    {detail.peer} (HELO {detail.helo or '-'}), {detail.size} bytes",
     ]
+    if detail.picture is not None:
+        lines.append(f"  picture   {picture_text(detail.picture)}")
     for d in detail.deliveries:
         to = shown_recipient(d.recipient, d.request.get("sent_to"))
         lines += [
@@ -92,6 +94,16 @@ def detail_lines(detail: MessageDetail) -> list[str]:
             for at, kind, text in d.events
         ]
     return lines
+
+
+def picture_text(picture: Picture) -> str:
+    """A message's picture (domains.NAME.images) in a line: what is sent, or why nothing is."""
+    if picture.problem is not None:
+        return f"not sent: {picture.problem} ({picture.source})"
+    return (
+        f"{picture.content_type} {picture.width}x{picture.height}, {picture.size} bytes"
+        f" (from {picture.source})"
+    )
 
 
 def _cut(text: str, limit: int = 200) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import validation as v
 from gateway.config.aliases import domain_aliases
+from gateway.config.images import read_images
 from gateway.config.model import DomainConfig, PhoneRewrite
 from gateway.config.quiet import URGENT_CHOICES, QuietHours, window, zone
 
@@ -72,6 +73,8 @@ _DOMAIN_KEYS = {
     "quiet_hours_urgent",
     "aliases",
     "aliases_file",
+    "images",
+    "images_max_size",
 }
 # The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
 SMS_TYPES = frozenset({"sms", "bulk"})
@@ -142,6 +145,7 @@ def _domain(
         timezone=v.value(data, "timezone", path, zone, None, problems),
     )
     checked = _sms_and_quiet(domain, data, path, problems, known_type)
+    checked = read_images(checked, data, path, problems, known_type)
     return checked if known_type else None
 
 

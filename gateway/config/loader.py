@@ -17,6 +17,7 @@ from gateway.config.access import check_access, listener_entry, read_auth, read_
 from gateway.config.api import read_api
 from gateway.config.domains import parse_domains
 from gateway.config.environment import substitute_env
+from gateway.config.images import check_images
 from gateway.config.model import (
     LOOPBACK,
     BounceConfig,
@@ -115,6 +116,7 @@ def parse_config(
     bounces = _bounces(v.section(top, "bounces", problems), problems)
     domains = parse_domains(top.get("domains"), problems)
     check_access(smtp, domains, problems)
+    check_images(domains, http, problems)
     routes = parse_routes(top.get("routes"), domains, problems)
     event_loop = v.choice(top, "event_loop", "", LOOPS, "auto", problems)
     shutdown = v.value(top, "shutdown_timeout", "", parse_duration, 15.0, problems)

@@ -226,6 +226,8 @@ class DomainConfig:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Platform fields sent as they are; a None one is not sent.
     fields: Mapping[str, str] = field(default_factory=dict)
+    images: bool = False  # the mail's first picture sent as `image` (gateway.config.images)
+    images_max_size: int = 5 * 1024 * 1024  # bytes of that picture as it came, at most
 
     @property
     def sends_html(self) -> bool:

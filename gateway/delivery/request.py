@@ -25,8 +25,9 @@ from typing import Literal
 from urllib.parse import quote, quote_plus
 
 from gateway.config.model import Config, mask
-from gateway.delivery.signing import callback_url
+from gateway.delivery.signing import callback_url, media_url
 from gateway.delivery.tokens import token_for
+from gateway.spool.media import IMAGE, marked
 from gateway.spool.rows import Delivery
 
 # The platform's names for the encodings it accepts, to Python codec names.
@@ -71,7 +72,21 @@ def assemble(delivery: Delivery, config: Config) -> Outgoing:
         fields["callback"] = callback_url(
             http.callback_url, http.callback_secret.reveal(), delivery.id, delivery.queue_id
         )
+    picture_url(fields, delivery.queue_id, config)
     return Outgoing(delivery, fields, token_for(config, delivery.auth_user))
+
+
+def picture_url(fields: dict[str, str], queue_id: str, config: Config) -> None:
+    """The message's picture (a stored marker, gateway.spool.media) as the URL the platform
+    fetches, made from the running http.public_url; without one, no `image` is sent."""
+    extension = marked(fields.get(IMAGE))
+    if extension is None:
+        return
+    http = config.http
+    if http is None or not http.public_url:
+        del fields[IMAGE]
+        return
+    fields[IMAGE] = media_url(http.public_url, http.callback_secret.reveal(), queue_id, extension)
 
 
 def codec_for(request: Mapping[str, str]) -> str:

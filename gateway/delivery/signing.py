@@ -23,6 +23,18 @@ def verify(secret: str, delivery_id: int, queue_id: str, signature: str) -> bool
     )
 
 
+def media_signature(secret: str, queue_id: str) -> str:
+    """What a message's picture URL carries: an HMAC of its queue id, apart from callbacks'."""
+    message = f"media:{queue_id}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def media_url(public_url: str, secret: str, queue_id: str, extension: str) -> str:
+    """The `image` of a request that sends its message's picture (gateway.status.media)."""
+    signature = media_signature(secret, queue_id)
+    return f"{public_url.rstrip('/')}/media/{queue_id}/{signature}.{extension}"
+
+
 def callback_url(base: str, secret: str, delivery_id: int, queue_id: str) -> str:
     """The request's `callback`: ours, signed, with the platform's placeholders left in."""
     query = urlencode({"d": delivery_id, "q": queue_id, "sig": sign(secret, delivery_id, queue_id)})

@@ -33,6 +33,7 @@ from typing import TypeVar
 from gateway.message.headers import MAX_PARSED_HEADER, TIMING_HEADERS, address, header_text
 from gateway.message.headers import decode_bytes as decode_bytes  # also gateway.delivery's
 from gateway.message.htmltext import html_to_text
+from gateway.message.images import Attachment, first_picture
 from gateway.message.mime import (
     CHARSET,
     MAX_DESCRIBED,
@@ -75,6 +76,7 @@ _RAW_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 # Headers that say how to read the body: at most one each. Message.get would read the first of
 # several, as the fast path does, but a message with two is odd enough for the slow path.
 _STRUCTURAL = ("content-type", "content-transfer-encoding", "mime-version")
+_MAY_HAVE_PICTURE = re.compile(rb"(?i)image/")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class ParsedMessage:
     # Every header's first value as it came (not decoded), lower-case names: what `routes`
     # match (gateway.message.routing decodes the few a route asks about).
     raw_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The first picture (gateway.message.images), used only by domains with images: true.
+    picture: Attachment | None = None
 
 
 def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage:
@@ -107,8 +111,9 @@ def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage
 
 
 async def off_loop(raw: bytes, work: Callable[[], T]) -> T:
-    """work(), which parses raw: at once for small mail, in a parser thread for large mail."""
-    if len(raw) <= OFF_LOOP_SIZE:
+    """work(), which parses raw: at once for small mail, in a parser thread for large mail
+    and for mail that may carry a picture (decoding one is CPU work: gateway.message.images)."""
+    if len(raw) <= OFF_LOOP_SIZE and _MAY_HAVE_PICTURE.search(raw) is None:
         return work()
     return await asyncio.get_running_loop().run_in_executor(_PARSERS, work)
 
@@ -181,9 +186,10 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
         text = html_to_text(html_text)
     dropped = tuple(describe(part, fallback) for part in unused[:MAX_DESCRIBED])
     more = len(unused) - len(dropped) + max(len(parts) - MAX_PARTS, 0)
+    picture = first_picture(unused, html_text, lambda part: describe(part, fallback))
     # Counted last: decoding a payload (bad base64, say) adds defects of its own.
     defects = sum(len(part.defects) for part in parts)
-    return _assembled(
+    parsed = _assembled(
         first,
         fallback,
         text=text,
@@ -192,6 +198,7 @@ def _parsed(message: Message, fallback: str) -> ParsedMessage:
         defects=defects,
         more_dropped=more,
     )
+    return parsed if picture is None else dataclasses.replace(parsed, picture=picture)
 
 
 def _assembled(

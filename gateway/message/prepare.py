@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from gateway.config.model import Config, DomainConfig
 from gateway.config.recipients import Recipient
 from gateway.errors import BadContent
+from gateway.message import images
 from gateway.message.cost import total_parts
 from gateway.message.mapping import build_request, ignored_overrides, shape
 from gateway.message.parse import ParsedMessage, parse_message
 from gateway.message.routing import Target, route_message
 from gateway.message.schedule import scheduled
 from gateway.message.sms import ELLIPSIS
-from gateway.spool import NewDelivery, SharedTexts, Suppressed
+from gateway.spool import NewDelivery, NewPicture, SharedTexts, Suppressed
+from gateway.spool.media import IMAGE
 
 # A log note names at most this many things (attachments, headers), each cut to _LISTED_LENGTH:
 # one hostile message must not write a megabyte line, and a person reading the log learns
@@ -35,6 +37,7 @@ class Prepared:
     parts: int | None = None  # SMS parts of all the deliveries; None: no SMS
     route: str | None = None  # the route the message took (config `routes`)
     route_action: str = ""  # what that route did, for people
+    picture: NewPicture | None = None  # stored with the message (domains.NAME.images)
 
 
 def prepare(
@@ -52,9 +55,6 @@ def prepare(
     arrived = time.time() if now is None else now
     parsed = parse_message(raw, config.smtp.fallback_charset)
     notes: list[str] = []
-    dropped = dropped_note(parsed)
-    if dropped is not None:
-        notes.append(dropped)
     deliveries: list[NewDelivery] = []
     seen: set[tuple[str, str]] = set()
     texts = SharedTexts(config.smtp.max_message_size)
@@ -67,6 +67,9 @@ def prepare(
         if routing is not None
         else tuple(Target(r, config.domains[r.domain]) for r in recipients)
     )
+    picture = images.kept(parsed.picture, (t.domain for t in targets))
+    dropped = dropped_note(parsed, picture)
+    notes.extend(n for n in (dropped, images.note(picture, (t.domain for t in targets))) if n)
     for target in targets:
         recipient, domain = target.recipient, target.domain
         suppressed = Suppressed("route", route.name) if target.drop and route else None
@@ -86,6 +89,9 @@ def prepare(
             continue  # the same person twice in one envelope gets one message
         seen.add((domain.name, recipient.sent_to))
         request = _request(parsed, recipient, domain, mail_from, suppressed is not None)
+        image = images.image_field(picture, domain)
+        if image is not None:
+            request[IMAGE] = image
         for note in scheduled(request, parsed, domain, arrived):
             if note not in notes:
                 notes.append(note)
@@ -97,6 +103,7 @@ def prepare(
         total_parts(sent),
         route.name if route else None,
         route.action if route else "",
+        picture,
     )
 
 
@@ -124,8 +131,13 @@ def listing(names: Sequence[str], more: int = 0) -> str:
     return ", ".join(shown) + (f" and {rest} more" if rest else "")
 
 
-def dropped_note(message: ParsedMessage) -> str | None:
-    """The log note about the parts of a message that were not sent, if any."""
-    if not message.dropped_attachments and not message.more_dropped:
+def dropped_note(message: ParsedMessage, picture: NewPicture | None = None) -> str | None:
+    """The log note about the parts of a message that were not sent, if any (the picture, when
+    one is kept, has a note of its own)."""
+    dropped = list(message.dropped_attachments)
+    kept = picture is not None and picture.about.problem is None
+    if kept and message.picture is not None and message.picture.name in dropped:
+        dropped.remove(message.picture.name)
+    if not dropped and not message.more_dropped:
         return None
-    return f"attachments not sent: {listing(message.dropped_attachments, message.more_dropped)}"
+    return f"attachments not sent: {listing(dropped, message.more_dropped)}"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.errors import BadContent
-from gateway.spool import jobs, meta, queue_view
+from gateway.spool import jobs, media, meta, queue_view
 from gateway.spool.commit import Together
 from gateway.spool.dialect import Dialect
 from gateway.spool.rows import (
@@ -214,6 +214,9 @@ class BaseSpool:
         return await self.link.read(lambda: queue_view.overview(self.sql, self.clock(), errors))
 
     # --- values kept for the gateways --------------------------------------------------------
+
+    async def picture(self, queue_id: str) -> tuple[str, bytes] | None:
+        return await self.link.read(lambda: media.read(self.sql, queue_id))
 
     async def callback_secret(self) -> str:
         candidate = secrets.token_urlsafe(32)  # 256 bits, used only if there is none yet

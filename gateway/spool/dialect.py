@@ -85,6 +85,10 @@ class Dialect(Protocol):
     RECENT_ERRORS: str  # limit
     META_IF_ABSENT: str  # key, value
     META_VALUE: str  # key
+    # queue_id, content_type, width, height, size, source, source_size, problem, data (media.py)
+    INSERT_MEDIA: str
+    READ_MEDIA: str  # queue_id -> content_type, data
+    SHOW_MEDIA: str  # queue_id -> every column but data
 
     def id_list(self, ids: list[int] | list[str]) -> object:
         """A list of ids as one parameter."""

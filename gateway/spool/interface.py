@@ -118,6 +118,11 @@ class SpoolInterface(Protocol):
         """The queue at a glance for the status page, with the `errors` newest failures."""
         ...
 
+    async def picture(self, queue_id: str) -> tuple[str, bytes] | None:
+        """(content type, bytes) of a message's picture (domains.NAME.images); None when it
+        has none, was refused, or the message is gone."""
+        ...
+
     # --- values kept for the gateways
     async def callback_secret(self) -> str:
         """The secret that signs callback URLs, made (random) the first time it is asked for

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
+from gateway.spool import media
 from gateway.spool.dialect import Dialect, ResultRow
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
 from gateway.spool.rows import Delivery, IncomingMessage, PendingBounce, Result
@@ -89,6 +90,7 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
                 events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
     for query in sql.insert(messages, deliveries, list(events)):  # noqa: UP028 - commit.py
         yield query
+    yield from media.insert(sql, [(n.queue_id, n.message.picture) for n in new])
     return [n.queue_id for n in new]
 
 

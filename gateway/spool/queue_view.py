@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from gateway.spool import media
 from gateway.spool.dialect import Dialect
 from gateway.spool.packing import load_texts, unpack_request
 from gateway.spool.rows import (
@@ -67,6 +68,7 @@ def show_message(sql: Dialect, queue_id: str) -> Job[MessageDetail | None]:
         helo=message["helo"],
         size=message["size"],
         deliveries=details,
+        picture=(yield from media.info(sql, queue_id)),
     )
 
 

@@ -37,6 +37,28 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Picture:
+    """What a message's picture is (domains.NAME.images; gateway.spool.media): re-encoded, or
+    refused with its reason. `queue show` tells of it; NewPicture carries its bytes."""
+
+    content_type: str  # image/jpeg or image/png; "" when refused
+    width: int
+    height: int
+    size: int  # bytes of the picture sent
+    source: str  # the part's file name (or type) and size, as it came
+    source_size: int
+    problem: str | None  # why none is sent: not a picture, broken, a bomb, too large
+
+
+@dataclass(frozen=True, slots=True)
+class NewPicture:
+    """A picture to store with its message: b"" for one refused."""
+
+    about: Picture
+    data: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     mail_from: str
     peer: str
@@ -44,6 +66,7 @@ class IncomingMessage:
     raw: bytes
     deliveries: tuple[NewDelivery, ...]
     auth_user: str | None = None
+    picture: NewPicture | None = None  # stored with it, in the same commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +139,7 @@ class MessageDetail:
     helo: str
     size: int
     deliveries: list[DeliveryDetail]
+    picture: Picture | None = None  # without its bytes
 
 
 @dataclass(frozen=True, slots=True)

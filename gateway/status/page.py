@@ -22,6 +22,7 @@ from gateway.privacy import mask_personal
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Search
 from gateway.spool.states import SHOWN
+from gateway.status.media import thumbnail_url
 from gateway.times import local_time
 
 if TYPE_CHECKING:
@@ -51,7 +52,11 @@ def _templates() -> dict[str, jinja2.Template]:
         lstrip_blocks=True,
     )
     env.filters.update(
-        when=local_time, recipient=shown_recipient, note=shown.platform_note, personal=personal
+        when=local_time,
+        recipient=shown_recipient,
+        note=shown.platform_note,
+        personal=personal,
+        picture=shown.picture_text,
     )
     return {name: env.get_template(name) for name in ("index.html", "message.html")}
 
@@ -105,7 +110,11 @@ class StatusPage:
             return await self._render("message.html", status=404, queue_id=queue_id, detail=None)
         deliveries = [(d, shown.shown_state(d), shown.next_attempt(d)) for d in detail.deliveries]
         return await self._render(
-            "message.html", queue_id=queue_id, detail=detail, deliveries=deliveries
+            "message.html",
+            queue_id=queue_id,
+            detail=detail,
+            deliveries=deliveries,
+            picture_url=thumbnail_url(self.config(), detail),
         )
 
     async def _render(self, name: str, status: int = 200, **values: Any) -> web.Response:
@@ -127,7 +136,7 @@ class StatusPage:
                 "Cache-Control": "no-store",
                 # Belt and braces: even an escaping slip could run nothing.
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                "form-action 'self'; frame-ancestors 'none'",
+                "img-src 'self'; form-action 'self'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "no-referrer",
             },

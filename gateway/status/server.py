@@ -18,6 +18,7 @@ from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
 from gateway.status import callbacks as tracking
 from gateway.status.gate import IDLE_TIMEOUT, Gate
+from gateway.status.media import MediaRoute
 from gateway.status.metrics import CONTENT_TYPE, Metrics
 from gateway.status.page import StatusPage
 
@@ -55,6 +56,7 @@ class StatusServer:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.gate: Gate | None = None
+        self._media = MediaRoute(config, spool)
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._guard])
@@ -63,6 +65,7 @@ class StatusServer:
         app.router.add_route("GET", "/callback", self._callback)
         app.router.add_route("POST", "/callback", self._callback)
         app.router.add_get("/messages/{queue_id}", self._message)
+        self._media.add_routes(app.router)
         StatusPage(
             self.config,
             self.spool,
@@ -108,8 +111,9 @@ class StatusServer:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        # Metrics, message history and the page are for the operator's networks only.
-        if request.path in ("/healthz", "/callback"):
+        # Metrics, message history and the page are for the operator's networks only; a
+        # picture is fetched by the platform, and guarded by its URL's signature.
+        if request.path in ("/healthz", "/callback") or self._media.serves(request):
             return await handler(request)
         if not allowed(request.remote, self._http().allow_networks):
             return web.json_response({"error": "forbidden"}, status=403)

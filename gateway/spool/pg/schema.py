@@ -14,7 +14,7 @@ import asyncpg
 
 from gateway.errors import SpoolError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 7
 # Any fixed 64-bit number, the same in every gateway: the lock schema changes take.
 MIGRATION_LOCK = 0x5350_4F4F_4C50_4731  # "SPOOLPG1"
 
@@ -73,6 +73,25 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
 """,
+    # The same numbers as the SQLite spool's migrations from here on.
+    3: "",  # another branch
+    4: "",  # another branch
+    5: "",  # another branch
+    6: "",  # another branch
+    # A message's picture (domains.NAME.images), gone with the message.
+    7: """
+CREATE TABLE IF NOT EXISTS media (
+    message_id   text PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    content_type text NOT NULL,
+    width        integer NOT NULL,
+    height       integer NOT NULL,
+    size         integer NOT NULL,
+    source       text NOT NULL,
+    source_size  integer NOT NULL,
+    problem      text,
+    data         bytea
+);
+""",
 }
 
 
@@ -90,7 +109,8 @@ async def prepare(conn: asyncpg.Connection) -> None:
             return
         await conn.execute(SCHEMA)
         for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-            await conn.execute(MIGRATIONS[step])
+            if MIGRATIONS[step]:
+                await conn.execute(MIGRATIONS[step])
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -17,7 +17,7 @@ from gateway.spool.sqlite import sql
 
 log = logging.getLogger("smtp2pulse.spool")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 7
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          TEXT PRIMARY KEY,
@@ -79,6 +79,22 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
     WHERE state IN ('queued', 'sending', 'unconfirmed');
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
+""",
+    5: "",  # another branch
+    6: "",  # another branch
+    # A message's picture (domains.NAME.images), gone with the message.
+    7: """
+CREATE TABLE IF NOT EXISTS media (
+    message_id   TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    content_type TEXT NOT NULL,               -- image/jpeg | image/png; '' when refused
+    width        INTEGER NOT NULL,
+    height       INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    source       TEXT NOT NULL,               -- the part's name and size, as it came
+    source_size  INTEGER NOT NULL,
+    problem      TEXT,                        -- why none is sent
+    data         BLOB
+);
 """,
 }
 

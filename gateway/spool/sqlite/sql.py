@@ -266,3 +266,15 @@ RECENT_ERRORS = (
 
 META_IF_ABSENT = "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING"
 META_VALUE = "SELECT value FROM meta WHERE key = ?1"
+
+# --- a message's picture (media.py) ------------------------------------------------------------
+
+INSERT_MEDIA = (
+    "INSERT INTO media (message_id, content_type, width, height, size, source, source_size,"
+    " problem, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+)
+READ_MEDIA = "SELECT content_type, data FROM media WHERE message_id = ?1"
+SHOW_MEDIA = (
+    "SELECT content_type, width, height, size, source, source_size, problem FROM media"
+    " WHERE message_id = ?1"
+)

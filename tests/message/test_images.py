@@ -1,0 +1,95 @@
+"""The mail's picture: which part is chosen, and the picture made from it (Pillow, real files)."""
+
+from __future__ import annotations
+
+import threading
+from email.message import EmailMessage
+
+from gateway.config.model import DomainConfig
+from gateway.message import images
+from gateway.message.parse import OFF_LOOP_SIZE, off_loop, parse_message
+from tests.pictures import (
+    camera_jpeg,
+    decoded,
+    scene,
+    transparent_png,
+    with_attachment,
+    with_inline,
+)
+
+VIBER = DomainConfig(name="viber.local", type="viber", images=True)
+
+
+async def test_a_small_mail_that_may_carry_a_picture_is_parsed_in_a_parser_thread() -> None:
+    # Decoding a picture is CPU work: off the loop however small the mail.
+    small = with_attachment(transparent_png(8, 8), "png", "p.png").as_bytes()
+    assert len(small) < OFF_LOOP_SIZE
+    where = await off_loop(small, lambda: threading.current_thread().name)
+    assert where.startswith("smtp2pulse-parse")
+    text = b"Subject: hi\r\n\r\nplain words\r\n"
+    assert await off_loop(text, lambda: threading.current_thread().name) == "MainThread"
+
+
+def test_an_attachment_comes_before_an_inline_picture() -> None:
+    message = with_inline(transparent_png(), transparent_png(16, 16))
+    message.add_attachment(camera_jpeg(), maintype="image", subtype="jpeg", filename="a.jpg")
+    picture = parse_message(message.as_bytes()).picture
+    assert picture is not None and (picture.name, picture.content_type) == ("a.jpg", "image/jpeg")
+
+
+def test_the_cid_picture_the_html_shows_not_the_first_inline_part() -> None:
+    shown, logo = transparent_png(40, 30), transparent_png(16, 16)
+    picture = parse_message(with_inline(shown, logo).as_bytes()).picture
+    assert picture is not None and picture.data == shown
+
+
+def test_an_inline_picture_no_html_names_is_taken_when_there_is_no_other() -> None:
+    message = EmailMessage()
+    message["Subject"] = "snapshot"
+    message.set_content("see picture")
+    message.add_attachment(camera_jpeg(), maintype="image", subtype="jpeg", disposition="inline")
+    picture = parse_message(message.as_bytes()).picture
+    assert picture is not None and picture.content_type == "image/jpeg"
+
+
+def test_a_text_mail_has_none() -> None:
+    assert parse_message(b"Subject: x\r\n\r\nbody\r\n").picture is None
+
+
+def test_a_picture_is_kept_only_for_a_domain_with_images() -> None:
+    source = parse_message(with_attachment(camera_jpeg()).as_bytes()).picture
+    sms = DomainConfig(name="sms.local", type="sms")
+    assert images.kept(source, [sms, None]) is None
+    kept = images.kept(source, [sms, VIBER])
+    assert kept is not None and kept.about.content_type == "image/jpeg"
+    assert images.image_field(kept, VIBER) == "picture:jpg"
+    assert images.image_field(kept, sms) is None
+
+
+def test_an_upright_picture_is_made_of_a_rotated_one_as_its_exif_says() -> None:
+    import io
+
+    from PIL import ExifTags, Image
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # the camera was turned: rotate 90° clockwise to show
+    out = io.BytesIO()
+    scene(320, 240).save(out, "JPEG", exif=exif)
+    content_type, data, width, height = images.reencoded(out.getvalue())
+    assert (content_type, width, height) == ("image/jpeg", 240, 320)
+    assert decoded(data).size == (240, 320) and not decoded(data).getexif()
+
+
+def test_a_gif_with_a_transparent_colour_becomes_a_png_that_keeps_it() -> None:
+    import io
+
+    from PIL import Image
+
+    image = Image.new("P", (10, 10), 1)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.info["transparency"] = 1
+    out = io.BytesIO()
+    image.save(out, "GIF", transparency=1)
+    content_type, data, _, _ = images.reencoded(out.getvalue())
+    assert content_type == "image/png"
+    assert decoded(data).convert("RGBA").getpixel((0, 0))[3] == 0  # type: ignore[index]
