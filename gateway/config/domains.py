@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import validation as v
 from gateway.config.aliases import domain_aliases
+from gateway.config.limits import check_notify, parse_limits
 from gateway.config.model import DomainConfig, PhoneRewrite
 from gateway.config.quiet import URGENT_CHOICES, QuietHours, window, zone
 
@@ -72,6 +73,7 @@ _DOMAIN_KEYS = {
     "quiet_hours_urgent",
     "aliases",
     "aliases_file",
+    "limits",
 }
 # The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
 SMS_TYPES = frozenset({"sms", "bulk"})
@@ -102,6 +104,7 @@ def parse_domains(value: Any, problems: v.Problems) -> dict[str, DomainConfig]:
         domain = _domain(name, settings, path, problems)
         if domain is not None:
             domains[name] = domain
+    check_notify(domains, problems)
     return domains
 
 
@@ -167,6 +170,7 @@ def _sms_and_quiet(
         transliterate=v.value(data, "transliterate", path, v.boolean, False, problems),
         quiet_hours=quiet,
         aliases=domain_aliases(data, domain, path, problems) if known_type else {},
+        limits=parse_limits(data, domain, path, problems, known_type),
     )
 
 

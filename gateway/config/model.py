@@ -208,6 +208,17 @@ class PhoneRewrite:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What a domain may spend (config `limits`, read by gateway.config.limits)."""
+
+    per_recipient: tuple[int, float] | None = None  # messages to one recipient, window seconds
+    messages_per_day: int | None = None
+    parts_per_day: int | None = None  # sms and bulk: SMS parts in the domain's calendar day
+    over_limit: str = "hold"  # hold | drop | refuse
+    notify: str | None = None  # an address of a served domain, told once a day of a trip
+
+
+@dataclass(frozen=True, slots=True)
 class DomainConfig:
     name: str
     type: str
@@ -226,6 +237,7 @@ class DomainConfig:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Platform fields sent as they are; a None one is not sent.
     fields: Mapping[str, str] = field(default_factory=dict)
+    limits: Limits | None = None
 
     @property
     def sends_html(self) -> bool:

@@ -6,10 +6,12 @@ gateway/spool/ imports a backend (sqlite/, pg/) or the shared machinery beneath 
 """
 
 from gateway.spool.backends import describe, make_spool
+from gateway.spool.budget import Trip
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.meta import with_callback_secret
 from gateway.spool.packing import SharedTexts
 from gateway.spool.rows import (
+    DayLimits,
     Delivery,
     DeliveryDetail,
     DeliveryLine,
@@ -20,6 +22,7 @@ from gateway.spool.rows import (
     PendingBounce,
     Result,
     Search,
+    Spend,
     SpoolStats,
     Suppressed,
 )
@@ -29,6 +32,7 @@ __all__ = [
     "SHOWN",
     "BounceState",
     "CallbackResult",
+    "DayLimits",
     "Delivery",
     "DeliveryDetail",
     "DeliveryLine",
@@ -40,11 +44,13 @@ __all__ = [
     "Result",
     "Search",
     "SharedTexts",
+    "Spend",
     "SpoolInterface",
     "SpoolStats",
     "State",
     "StatusClass",
     "Suppressed",
+    "Trip",
     "describe",
     "make_spool",
     "with_callback_secret",
