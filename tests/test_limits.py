@@ -5,6 +5,7 @@ day's notice, /metrics' budget gauges — and concurrent clients never get past 
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,10 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from gateway.app import Gateway
+from gateway.cli import main
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError
+from gateway.message.limits import today
 from gateway.spool import Search
 from tests.conftest import Running, base_config, eventually, fresh_database, merge, text_message
 from tests.fakeplatform import FakePlatform
@@ -90,6 +94,10 @@ async def burst(gw: Running, count: int, to: Callable[[int], str] = lambda n: f"
             *(client(gw, to(n), f"burst {n}") for n in range(count))
         )
     )
+
+
+async def held_count(gw: Running, count: int) -> bool:
+    return len(await in_state(gw, "held")) == count
 
 
 async def in_state(gw: Running, state: str) -> list[Any]:
@@ -248,7 +256,7 @@ async def test_messages_per_day_holds_until_the_domains_next_day(
     assert (await client(gw, f"{PHONE}@sms.local", "today"))[1] == 250
     assert (await client(gw, f"{PHONE}@sms.local", "over"))[1] == 250
     await platform.wait_for(4)
-    await eventually(lambda: in_state(gw, "held"))
+    await eventually(lambda: held_count(gw, 1))
     (held,) = await in_state(gw, "held")
     assert "limit messages_per_day 2 reached; held until" in held.last_error
     await asyncio.sleep(0.5)
@@ -293,3 +301,91 @@ async def test_notify_is_told_once_and_metrics_show_the_budget(
     assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="messages"} 2.0' in metrics
     assert 'smtp2pulse_domain_budget_used{domain="sms.local",unit="parts"} 2.0' in metrics
     assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="parts"} 9.0' in metrics
+
+
+# --- two gateways, one PostgreSQL database ------------------------------------------------------
+
+
+async def test_two_gateways_on_one_database_never_exceed_a_limit_together(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    config = parse_config(
+        merge(data, limited({"per_recipient": "5/1h", "messages_per_day": 12})), env={}
+    )
+    gateways = [Gateway(config), Gateway(config)]
+    await asyncio.gather(*(gateway.start() for gateway in gateways))
+    try:
+        gws = [Running(gateway) for gateway in gateways]
+        first, second = gws
+        # Twenty clients at once to one recipient, half through each gateway: five in all.
+        results = await asyncio.gather(
+            *(client(gws[n % 2], f"{PHONE}@sms.local", f"one {n}") for n in range(20))
+        )
+        assert [r[1] for r in results] == [250] * 20
+        await platform.wait_for(5)
+        # Twenty to twenty recipients: the day's 12 messages, 5 spent already, so 7 more.
+        results = await asyncio.gather(
+            *(client(gws[n % 2], f"790011100{n:02d}@sms.local", f"many {n}") for n in range(20))
+        )
+        assert [r[1] for r in results] == [250] * 20
+        await platform.wait_for(12)
+        await asyncio.sleep(1.0)
+        assert len(platform.messages) == 12
+        assert len(await first.gateway.spool.find_deliveries(Search(state="held"))) == 28
+        used = await second.gateway.spool.budget_used(today(config, time.time()))
+        assert used == {"sms.local": (12, 12)}  # messages and parts, one part each
+    finally:
+        for gateway in reversed(gateways):
+            await gateway.stop()
+
+
+# --- seeing it: queue list / show, /messages/ID, the status page, preview -----------------------
+
+
+async def test_held_ones_are_shown_with_their_reason_and_preview_says_so(
+    start_gateway: Start, platform: FakePlatform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changes = merge(limited({"per_recipient": "1/1h"}), {"http": {"listen": "127.0.0.1:0"}})
+    gw = await start_gateway(changes)
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    held_id = (await client(gw, f"{PHONE}@sms.local", "second"))[2].split()[-1]
+    await platform.wait_for(1)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), changes))
+    )
+    queue = ["queue", "-c", str(config)]
+    assert await asyncio.to_thread(main, [*queue, "list", "--state", "held"]) == 0
+    out = capsys.readouterr().out
+    assert held_id in out
+    assert "  held  0 attempts  limit per_recipient 1/1h reached; held until" in out
+    assert await asyncio.to_thread(main, [*queue, "show", held_id]) == 0
+    out = capsys.readouterr().out
+    assert ": held" in out and "limit per_recipient 1/1h reached; held until" in out
+    assert gw.gateway.status is not None
+    host, port = gw.gateway.status.addresses[0]
+    web = f"http://{host}:{port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{web}/messages/{held_id}") as response:
+            detail = await response.json()
+        assert detail["deliveries"][0]["state"] == "held"
+        assert "per_recipient 1/1h" in detail["deliveries"][0]["last_error"]
+        async with session.get(f"{web}/", headers={"Accept": "text/html"}) as response:
+            page = await response.text()
+        assert "held" in page
+    # preview reads the same counts: a third would be held, another recipient sent.
+    message = tmp_path / "mail.eml"
+    message.write_bytes(text_message("alert", "third").as_bytes())
+    preview = ["preview", "-c", str(config), "--to", f"{PHONE}@sms.local", str(message)]
+    assert await asyncio.to_thread(main, preview) == 0
+    captured = capsys.readouterr()
+    assert f"{PHONE}@sms.local: would be held: limit per_recipient 1/1h reached until" in (
+        captured.err
+    )
+    assert json.loads(captured.out)[0]["limit"].startswith("held: limit per_recipient 1/1h")
+    preview[-2] = "79005555555@sms.local"
+    assert await asyncio.to_thread(main, preview) == 0
+    assert "limit" not in json.loads(capsys.readouterr().out)[0]
