@@ -60,7 +60,7 @@ def parse_limits(
             f"{here}.parts_per_day", f"only for types bulk, sms (this domain is {domain.type})"
         )
     if limits.per_recipient is None and not limits.messages_per_day and not limits.parts_per_day:
-        problems.add(here, "names no limit (per_recipient, messages_per_day or parts_per_day)")
+        return None  # nothing to count (over_limit or notify alone say nothing)
     return limits
 
 
