@@ -50,10 +50,16 @@ class HeldWatch:
         """A message was stored: it may have been held, or tripped a limit."""
         self._stale = True
 
+    def _watching(self) -> bool:
+        """Whether there is anything to look for: a domain with limits, or held deliveries
+        left from a config that had them (a gateway without limits never looks)."""
+        limited = any(domain.limits is not None for domain in self.config().domains.values())
+        return limited or self._next_held is not None
+
     def due(self) -> float | None:
         """When `tick` has something to do next; None: nothing until a message is stored."""
         times = [t for t in (self._next_held,) if t is not None]
-        if self._stale:
+        if self._stale and self._watching():
             times.append(self._looked + LOOK_EVERY)
         return min(times) if times else None
 
@@ -61,7 +67,7 @@ class HeldWatch:
         config = self.config()
         now = self.clock()
         limited = any(domain.limits is not None for domain in config.domains.values())
-        if self._stale and now - self._looked >= LOOK_EVERY:
+        if self._stale and self._watching() and now - self._looked >= LOOK_EVERY:
             self._looked, self._stale = now, False
             self._next_held = await self.spool.next_held()
             if limited:
