@@ -389,3 +389,27 @@ async def test_held_ones_are_shown_with_their_reason_and_preview_says_so(
     preview[-2] = "79005555555@sms.local"
     assert await asyncio.to_thread(main, preview) == 0
     assert "limit" not in json.loads(capsys.readouterr().out)[0]
+
+
+async def test_a_notice_to_the_limited_domain_itself_is_exempt_and_cannot_loop(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(
+        limited(
+            {"messages_per_day": 1, "over_limit": "drop", "notify": "duty@sms.local"},
+            aliases={"duty": "79005550000"},
+        )
+    )
+    for n in range(3):
+        assert (await client(gw, f"7900000000{n}@sms.local", f"alert {n}"))[1] == 250
+    await platform.wait_for(2)  # the one the day allows, and the notice beyond it
+    await asyncio.sleep(1.5)
+    assert sorted(m["sent_to"] for m in platform.messages) == ["79000000000", "79005550000"]
+    notice = next(m for m in platform.messages if m["sent_to"] == "79005550000")
+    assert "limit messages_per_day 1 reached" in notice["sent_text"]
+    assert "accepted and suppressed" in notice["sent_text"]
+    # The notice spent nothing: the day's count is the one message.
+    config = gw.gateway.config
+    used = await gw.gateway.spool.budget_used(today(config, time.time()))
+    assert used["sms.local"][0] == 1
+    assert len(await in_state(gw, "suppressed")) == 2
