@@ -37,7 +37,7 @@ RELEASED = "released"  # the event of a held delivery admitted
 class Day:
     messages: int
     parts: int
-    over: int  # deliveries held, dropped or refused this day
+    held_back: int  # deliveries held, dropped or refused this day
     tripped: str | None  # the first limit that tripped this day
     notified: int  # 0: a notice is owed; 1: sent, or none owed
     changed: bool = False
@@ -142,7 +142,7 @@ class Ledger:
 
     def trip(self, spend: Spend, what: str) -> None:
         day = self.day(spend)
-        day.over += 1
+        day.held_back += 1
         if day.tripped is None:
             day.tripped = what
             day.notified = 0 if spend.limits.notify else 1
@@ -150,7 +150,7 @@ class Ledger:
 
     def save(self, sql: Dialect, now: float) -> Job[None]:
         days = [
-            (*key, d.messages, d.parts, d.over, d.tripped, d.notified)
+            (*key, d.messages, d.parts, d.held_back, d.tripped, d.notified)
             for key, d in self.days.items()
             if d.changed
         ]
