@@ -265,6 +265,28 @@ async def test_messages_per_day_holds_until_the_domains_next_day(
     assert len(platform.messages) == 4
 
 
+async def test_parts_per_day_holds_cyrillic_parts_until_the_next_day(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(limited({"parts_per_day": 4}, timezone="America/Los_Angeles"))
+    yesterday = time.time() - 86400
+    gw.gateway.smtp.handler.clock = lambda: yesterday
+    for n in range(3):  # 2 parts each: the third would make 6 of yesterday's 4
+        assert (await client(gw, f"7900000000{n}@sms.local", CYRILLIC))[1] == 250
+    await platform.wait_for(3)  # the third held until yesterday's end, past: released today
+    gw.gateway.smtp.handler.clock = time.time
+    for n in range(2):  # today: 2 parts spent by the released one, 2 more fit, then no more
+        assert (await client(gw, f"7900000001{n}@sms.local", CYRILLIC))[1] == 250
+    await platform.wait_for(4)
+    await eventually(lambda: held_count(gw, 1))
+    (held,) = await in_state(gw, "held")
+    assert "limit parts_per_day 4 reached; held until" in held.last_error
+    used = await gw.gateway.spool.budget_used(today(gw.gateway.config, time.time()))
+    assert used == {"sms.local": (2, 4)}
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == 4
+
+
 # --- the notice, /metrics -----------------------------------------------------------------------
 
 
