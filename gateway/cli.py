@@ -24,6 +24,7 @@ from gateway.errors import BadRecipient, ConfigError, Refusal, RelayDenied, Spoo
 from gateway.logs import setup_logging
 from gateway.loops import loop_factory
 from gateway.message.cost import request_segments
+from gateway.message.limit_preview import limit_verdicts
 from gateway.message.prepare import prepare
 from gateway.message.routing import takes_address
 from gateway.smtp.passwords import hash_password
@@ -223,7 +224,10 @@ def _preview_requests(
         if prepared.route is not None
         else {}
     )
-    for delivery in prepared.deliveries:
+    verdicts = limit_verdicts(config, prepared.deliveries)  # the spool's counts, if readable
+    for delivery, verdict in zip(prepared.deliveries, verdicts, strict=True):
+        if verdict is not None:
+            print(f"{delivery.recipient}: would be {verdict}", file=sys.stderr)
         if delivery.suppressed is not None:  # kept by the daemon, but no request is made
             printed.append(
                 {"recipient": delivery.recipient, "suppressed": str(delivery.suppressed), **routed}
@@ -236,6 +240,8 @@ def _preview_requests(
             "form": form,
             **routed,
         }
+        if verdict is not None:
+            entry["limit"] = verdict
         sms = request_segments(delivery.request)
         if sms is not None:  # what it costs: the platform bills each part
             entry["sms"] = {"encoding": sms.encoding, "parts": sms.parts}

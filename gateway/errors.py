@@ -12,7 +12,8 @@ else.
     │   ├── RelayDenied
     │   ├── NoRoute
     │   ├── BadContent
-    │   └── TooManyTexts
+    │   ├── TooManyTexts
+    │   └── LimitReached       a domain's limit with over_limit refuse (452 4.2.2)
     ├── SpoolError             the spool could not store or update something
     │   └── SpoolLocked        another smtp2pulse holds the spool
     ├── ShuttingDown
@@ -66,6 +67,11 @@ class TooManyTexts(Refusal):
 
     def __init__(self) -> None:
         super().__init__("too large for so many recipients with texts of their own")
+
+
+class LimitReached(Refusal):
+    """A domain's `limits` say no more now and its over_limit is refuse: a temporary refusal,
+    so that the client tries again later (nothing is stored)."""
 
 
 class SpoolError(GatewayError):

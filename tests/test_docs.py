@@ -88,6 +88,7 @@ def loader_keys() -> set[str]:
     with_user = base()
     add("smtp.auth.users.NAME", known_keys(["smtp", "auth", "users", "u"], with_user))
     add("domains.NAME", known_keys(["domains", DOMAIN], base()))
+    add("domains.NAME.limits", known_keys(["domains", DOMAIN, "limits"], base()))
     # A listener given as a mapping: its unknown-key message comes from the listener parser.
     listener = base()
     listener["smtp"]["listen"] = [{"address": "127.0.0.1:2525", PROBE: 1}]

@@ -86,9 +86,7 @@ async def test_a_jpeg_attachment_is_sent_as_a_signed_url_serving_the_picture_wit
     assert viber["type"] == "viber" and viber["sent_text"] == (
         "Motion detected\nCamera 3: motion at the gate"
     )
-    assert viber["image"] == (
-        f"{PUBLIC}/media/{queue_id}/{media_signature(SECRET, queue_id)}.jpg"
-    )
+    assert viber["image"] == (f"{PUBLIC}/media/{queue_id}/{media_signature(SECRET, queue_id)}.jpg")
     assert "image" not in sms and sms["type"] == "sms"  # text only, as before
 
     caplog.set_level("INFO", "smtp2pulse")
@@ -201,9 +199,7 @@ async def test_a_picture_over_images_max_size_is_not_sent(
     assert detail.picture.problem == "larger than images_max_size (4096 bytes)"
 
 
-async def test_a_message_only_to_sms_stores_no_picture(
-    gw: Running, platform: FakePlatform
-) -> None:
+async def test_a_message_only_to_sms_stores_no_picture(gw: Running, platform: FakePlatform) -> None:
     queue_id = await sent(gw, platform, with_attachment(camera_jpeg()), ["79001234567@sms.local"])
     assert "image" not in platform.messages[0]
     detail = await gw.gateway.spool.show_message(queue_id)
@@ -280,7 +276,13 @@ def test_preview_shows_the_picture_it_would_send(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     original = camera_jpeg()
     result = run_cli(
-        "preview", "-c", str(path), "--to", VIBER, "--to", "79001234567@sms.local",
+        "preview",
+        "-c",
+        str(path),
+        "--to",
+        VIBER,
+        "--to",
+        "79001234567@sms.local",
         stdin=with_attachment(original).as_bytes(),
     )
     assert result.returncode == 0, result.stderr
@@ -296,7 +298,11 @@ def test_preview_shows_the_picture_it_would_send(tmp_path: Path) -> None:
     assert 0 < viber["picture"]["bytes"] < len(original)
     assert "picture" not in sms and "image" not in sms["form"]
     broken = run_cli(
-        "preview", "-c", str(path), "--to", VIBER,
+        "preview",
+        "-c",
+        str(path),
+        "--to",
+        VIBER,
         stdin=with_attachment(original[:2000]).as_bytes(),
     )
     (entry,) = json.loads(broken.stdout)

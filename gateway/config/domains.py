@@ -14,6 +14,7 @@ from typing import Any
 from gateway.config import validation as v
 from gateway.config.aliases import domain_aliases
 from gateway.config.images import read_images
+from gateway.config.limits import check_notify, parse_limits
 from gateway.config.model import DomainConfig, PhoneRewrite
 from gateway.config.quiet import URGENT_CHOICES, QuietHours, window, zone
 
@@ -75,6 +76,7 @@ _DOMAIN_KEYS = {
     "aliases_file",
     "images",
     "images_max_size",
+    "limits",
 }
 # The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
 SMS_TYPES = frozenset({"sms", "bulk"})
@@ -105,6 +107,7 @@ def parse_domains(value: Any, problems: v.Problems) -> dict[str, DomainConfig]:
         domain = _domain(name, settings, path, problems)
         if domain is not None:
             domains[name] = domain
+    check_notify(domains, problems)
     return domains
 
 
@@ -171,6 +174,7 @@ def _sms_and_quiet(
         transliterate=v.value(data, "transliterate", path, v.boolean, False, problems),
         quiet_hours=quiet,
         aliases=domain_aliases(data, domain, path, problems) if known_type else {},
+        limits=parse_limits(data, domain, path, problems, known_type),
     )
 
 

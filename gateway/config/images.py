@@ -24,9 +24,7 @@ def read_images(
 ) -> DomainConfig:
     """The domain with its `images` and `images_max_size` read."""
     images = v.value(data, "images", path, v.boolean, False, problems)
-    max_size = v.value(
-        data, "images_max_size", path, v.positive_size, DEFAULT_MAX_SIZE, problems
-    )
+    max_size = v.value(data, "images_max_size", path, v.positive_size, DEFAULT_MAX_SIZE, problems)
     if images and known_type and domain.type not in IMAGE_TYPES:
         problems.add(
             f"{path}.images",

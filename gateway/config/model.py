@@ -208,6 +208,17 @@ class PhoneRewrite:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What a domain may spend (config `limits`, read by gateway.config.limits)."""
+
+    per_recipient: tuple[int, float] | None = None  # messages to one recipient, window seconds
+    messages_per_day: int | None = None
+    parts_per_day: int | None = None  # sms and bulk: SMS parts in the domain's calendar day
+    over_limit: str = "hold"  # hold | drop | refuse
+    notify: str | None = None  # an address of a served domain, told once a day of a trip
+
+
+@dataclass(frozen=True, slots=True)
 class DomainConfig:
     name: str
     type: str
@@ -228,6 +239,7 @@ class DomainConfig:
     fields: Mapping[str, str] = field(default_factory=dict)
     images: bool = False  # the mail's first picture sent as `image` (gateway.config.images)
     images_max_size: int = 5 * 1024 * 1024  # bytes of that picture as it came, at most
+    limits: Limits | None = None
 
     @property
     def sends_html(self) -> bool:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from gateway.config.model import Config
 from gateway.delivery.batch import group
+from gateway.delivery.held import HeldWatch
 from gateway.delivery.recording import Finished, Recorder
 from gateway.delivery.request import Outcome, Outgoing, assemble
 from gateway.delivery.retry import next_state
@@ -91,6 +92,7 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_purge = 0.0
+        self.held = HeldWatch(spool, config, clock)  # limits: held deliveries, notices
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="delivery-worker")
@@ -99,6 +101,7 @@ class Worker:
         """Something was stored. With every slot busy this is a no-op: the slot that finishes
         first wakes the loop, which then leases whatever is due, this included — and a busy
         SMTP side is spared a turn of the delivery loop for every message it stores."""
+        self.held.changed()
         if len(self._inflight) < self.config().api.max_concurrency:
             self._wake.set()
 
@@ -145,6 +148,7 @@ class Worker:
     async def _fill(self) -> None:
         # Cleared before looking, so a wake-up that arrives while we look is not lost.
         self._wake.clear()
+        await self.held.tick()  # limits: held ones whose window has room become due
         config = self.config()
         api = config.api
         if api.max_concurrency - len(self._inflight) <= 0:
@@ -204,6 +208,9 @@ class Worker:
             due = await self.spool.next_due()
             if due is not None:
                 timeout = min(timeout, max(0.0, due - self.clock()))
+        held = self.held.due()
+        if held is not None:
+            timeout = min(timeout, max(0.0, held - self.clock()))
         if timeout > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)

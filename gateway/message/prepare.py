@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gateway.config.model import Config, DomainConfig
 from gateway.config.recipients import Recipient
 from gateway.errors import BadContent
-from gateway.message import images
+from gateway.message import images, limits
 from gateway.message.cost import total_parts
 from gateway.message.mapping import build_request, ignored_overrides, shape
 from gateway.message.parse import ParsedMessage, parse_message
@@ -47,11 +47,13 @@ def prepare(
     config: Config,
     now: float | None = None,
     route_only: Sequence[str] = (),
+    budgeted: bool = True,
 ) -> Prepared:
     """The requests for `raw` to `recipients` (each resolved once, at RCPT time, with the same
     config) and to the `route_only` addresses (accepted at RCPT only because a route names
     them), as `routes` send them, for mail that arrived at `now` (default: this moment); raises
-    a Refusal (gateway.errors) for a message that makes no request."""
+    a Refusal (gateway.errors) for a message that makes no request. Each delivery carries what
+    it costs its domain's `limits`, unless not `budgeted` (a limit's own notice)."""
     arrived = time.time() if now is None else now
     parsed = parse_message(raw, config.smtp.fallback_charset)
     notes: list[str] = []
@@ -95,7 +97,10 @@ def prepare(
         for note in scheduled(request, parsed, domain, arrived):
             if note not in notes:
                 notes.append(note)
-        deliveries.append(NewDelivery(recipient.address, texts.share(request), suppressed, event))
+        cost = limits.spend(domain, recipient.sent_to, request, arrived) if budgeted else None
+        deliveries.append(
+            NewDelivery(recipient.address, texts.share(request), suppressed, event, cost)
+        )
     sent = [d.request for d in deliveries if d.suppressed is None]
     return Prepared(
         tuple(deliveries),

@@ -21,6 +21,7 @@ from gateway.message.parse import off_loop
 from gateway.message.prepare import Prepared, prepare
 from gateway.message.routing import takes_address
 from gateway.smtp import replies
+from gateway.smtp.limit_check import rcpt_refusal
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
 from gateway.spool import IncomingMessage
@@ -109,6 +110,10 @@ class Handler:
         if denied is not None:
             server.client.log_refused_recipient(address, denied)
             return denied
+        over = await rcpt_refusal(self.spool, config, resolved, self.clock())  # over_limit refuse
+        if over is not None:
+            server.client.log_refused_recipient(address, over)
+            return over
         envelope.rcpt_tos.append(address)
         envelope.recipients.extend(resolved)
         envelope.rcpt_options.extend(rcpt_options)

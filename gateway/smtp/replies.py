@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from gateway.errors import (
     BadContent,
     BadRecipient,
+    LimitReached,
     NoRoute,
     Refusal,
     RelayDenied,
@@ -76,6 +77,9 @@ RELAY_DENIED = Reply(550, "5.7.1", "{detail}", "denied")
 # domain gets, once no route takes the message (counted apart, to tell a route's miss).
 NO_ROUTE = Reply(550, "5.7.1", "{detail}", "no_route")
 BAD_CONTENT = Reply(550, "5.6.0", "{detail}", "nothing_to_send")
+# A domain's limit with over_limit refuse (config `limits`): at RCPT when the count already says
+# so, else after DATA; nothing stored, and a temporary code, so the client tries again later.
+LIMIT_REACHED = Reply(452, "4.2.2", "{detail}", "limit")
 TRY_LATER = Reply(
     451, "4.3.0", "Temporary failure storing the message, try again later", "temporary_failure"
 )
@@ -152,6 +156,7 @@ _FOR_REFUSAL: dict[type[Refusal], Reply] = {
     BadContent: BAD_CONTENT,
     NoRoute: NO_ROUTE,
     TooManyTexts: TOO_LARGE_FOR_RECIPIENTS,
+    LimitReached: LIMIT_REACHED,
 }
 
 
@@ -221,6 +226,7 @@ _REASONS = {
     "5.7.8": "bad_credentials",
     "4.7.0": "too_many_connections",
     "4.7.1": "rate_limited",
+    "4.2.2": "limit",
 }
 
 

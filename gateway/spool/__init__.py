@@ -6,10 +6,12 @@ gateway/spool/ imports a backend (sqlite/, pg/) or the shared machinery beneath 
 """
 
 from gateway.spool.backends import describe, make_spool
+from gateway.spool.budget import Trip
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.meta import with_callback_secret
 from gateway.spool.packing import SharedTexts
 from gateway.spool.rows import (
+    DayLimits,
     Delivery,
     DeliveryDetail,
     DeliveryLine,
@@ -22,6 +24,7 @@ from gateway.spool.rows import (
     Picture,
     Result,
     Search,
+    Spend,
     SpoolStats,
     Suppressed,
 )
@@ -31,6 +34,7 @@ __all__ = [
     "SHOWN",
     "BounceState",
     "CallbackResult",
+    "DayLimits",
     "Delivery",
     "DeliveryDetail",
     "DeliveryLine",
@@ -44,11 +48,13 @@ __all__ = [
     "Result",
     "Search",
     "SharedTexts",
+    "Spend",
     "SpoolInterface",
     "SpoolStats",
     "State",
     "StatusClass",
     "Suppressed",
+    "Trip",
     "describe",
     "make_spool",
     "with_callback_secret",

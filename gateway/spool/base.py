@@ -13,14 +13,15 @@ import functools
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.errors import BadContent
-from gateway.spool import jobs, media, meta, queue_view
+from gateway.spool import budget, jobs, media, meta, queue_view
 from gateway.spool.commit import Together
 from gateway.spool.dialect import Dialect
 from gateway.spool.rows import (
+    DayLimits,
     Delivery,
     DeliveryLine,
     IncomingMessage,
@@ -29,6 +30,7 @@ from gateway.spool.rows import (
     PendingBounce,
     Result,
     Search,
+    Spend,
     SpoolStats,
 )
 from gateway.spool.states import BounceState, CallbackResult, State, StatusClass
@@ -212,6 +214,39 @@ class BaseSpool:
 
     async def overview(self, *, errors: int = 5) -> Overview:
         return await self.link.read(lambda: queue_view.overview(self.sql, self.clock(), errors))
+
+    # --- limits (budget.py) ------------------------------------------------------------------
+
+    async def release_held(
+        self, today: Mapping[str, DayLimits], limit: int = 500
+    ) -> tuple[int, float | None]:
+        return await self.link.submit(
+            lambda: budget.release(self.sql, self.clock(), today, limit), wakes=True
+        )
+
+    async def next_held(self) -> float | None:
+        return await self.link.read(lambda: budget.next_held(self.sql))
+
+    async def over_limit(self, spend: Spend) -> str | None:
+        return await self.link.read(lambda: budget.over_limit(self.sql, spend, self.clock()))
+
+    async def budget_used(self, today: Mapping[str, DayLimits]) -> dict[str, tuple[int, int]]:
+        return await self.link.read(lambda: budget.used(self.sql, today))
+
+    async def notices_owed(self) -> list[budget.Trip]:
+        return await self.link.read(lambda: budget.trips(self.sql))
+
+    async def store_notice(self, trip: budget.Trip, message: IncomingMessage) -> str | None:
+        now = self.clock()
+        new = jobs.NewMessage(new_queue_id(now), now, message)
+
+        def make() -> Job[str | None]:
+            if not (yield from budget.claim_notice(self.sql, trip)):
+                return None
+            stored = (yield from jobs.insert(self.sql, [new]))[0]
+            return stored if isinstance(stored, str) else None  # (a notice spends nothing)
+
+        return await self.link.submit(make, wakes=True)
 
     # --- values kept for the gateways --------------------------------------------------------
 

@@ -160,6 +160,8 @@ def settle(outcomes: list[Outcome]) -> None:
     for job, result, error in outcomes:
         if job.future.done():  # its caller gave up waiting (the write still happened)
             continue
+        if error is None and isinstance(result, Exception):
+            error = result  # one item's own answer (a message a limit refused), not a failure
         if error is not None:
             job.future.set_exception(error)
         else:

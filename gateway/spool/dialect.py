@@ -89,6 +89,21 @@ class Dialect(Protocol):
     INSERT_MEDIA: str
     READ_MEDIA: str  # queue_id -> content_type, data
     SHOW_MEDIA: str  # queue_id -> every column but data
+    # limits (budget.py): a row locked by an upsert that gives its counts
+    BUDGET_DAY: str  # domain, day, now -> messages, parts, held_back, tripped, notified
+    BUDGET_RECIPIENT: str  # domain, recipient, now -> times
+    SET_BUDGET_DAY: str  # domain, day, messages, parts, held_back, tripped, notified
+    SET_BUDGET_RECIPIENT: str  # domain, recipient, times, now
+    READ_BUDGET_DAY: str  # domain, day -> messages, parts
+    READ_BUDGET_RECIPIENT: str  # domain, recipient -> times
+    HELD_DUE: str  # now, limit -> id, spend
+    NEXT_HELD: str  # -> due
+    RELEASE_HELD: str  # id, now
+    HOLD_AGAIN: str  # id, until, last_error, now
+    TRIPS_OWED: str  # -> domain, day, tripped, over
+    CLAIM_NOTICE: str  # domain, day
+    PURGE_BUDGET_DAYS: str  # older_than
+    PURGE_BUDGET_RECIPIENTS: str  # older_than
 
     def id_list(self, ids: list[int] | list[str]) -> object:
         """A list of ids as one parameter."""
@@ -101,7 +116,8 @@ class Dialect(Protocol):
         events: list[tuple[object, ...]],
     ) -> list[Query]:
         """Messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts), their
-        deliveries (message_id, recipient, request, state, last_error, now) and events stored
+        deliveries (message_id, recipient, request, state, last_error, next_attempt_at, spend,
+        now) and events stored
         with them (now, kind, detail, message_id, recipient: each delivery of the message to
         that recipient gets it)."""
         ...

@@ -9,10 +9,12 @@ promise.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from gateway.spool.budget import Trip
 from gateway.spool.rows import (
+    DayLimits,
     Delivery,
     DeliveryLine,
     IncomingMessage,
@@ -21,6 +23,7 @@ from gateway.spool.rows import (
     PendingBounce,
     Result,
     Search,
+    Spend,
     SpoolStats,
 )
 from gateway.spool.states import BounceState, CallbackResult, StatusClass
@@ -121,6 +124,29 @@ class SpoolInterface(Protocol):
     async def picture(self, queue_id: str) -> tuple[str, bytes] | None:
         """(content type, bytes) of a message's picture (domains.NAME.images); None when it
         has none, was refused, or the message is gone."""
+
+    # --- limits (gateway.spool.budget)
+    async def release_held(
+        self, today: Mapping[str, DayLimits], limit: int = 500
+    ) -> tuple[int, float | None]:
+        """Due held deliveries admitted where their limits (`today`, by domain) have room,
+        else held longer; gives how many were admitted and when the next held one is due."""
+        ...
+
+    async def next_held(self) -> float | None: ...
+
+    async def over_limit(self, spend: Spend) -> str | None:
+        """Which limit one more delivery like this would exceed now (a read, no lock)."""
+        ...
+
+    async def budget_used(self, today: Mapping[str, DayLimits]) -> dict[str, tuple[int, int]]:
+        """Each domain's messages and parts so far on its day."""
+        ...
+
+    async def notices_owed(self) -> list[Trip]: ...
+
+    async def store_notice(self, trip: Trip, message: IncomingMessage) -> str | None:
+        """Store a limit's notice, unless a gateway did already today; gives its queue id."""
         ...
 
     # --- values kept for the gateways

@@ -12,7 +12,8 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
-from gateway.spool import media
+from gateway.errors import LimitReached
+from gateway.spool import budget, media
 from gateway.spool.dialect import Dialect, ResultRow
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
 from gateway.spool.rows import Delivery, IncomingMessage, PendingBounce, Result
@@ -58,16 +59,21 @@ def unstorable(message: IncomingMessage) -> str | None:
 # --- the accept path ---------------------------------------------------------------------------
 
 
-def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
+def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str | LimitReached]]:
     """Store messages and their deliveries, in a few statements for all of them.
 
     The requests are packed (packing.py) here, in the commit, not by the session that waits for
     the 250: for SQLite that is the writer thread, which holds the GIL between its statements
     anyway (the same work on the event loop measured slower, bench/README)."""
+    # The domains' limits first: held, suppressed or the whole message refused (budget.py).
+    verdicts = yield from budget.admit(sql, [(n.now, n.message.deliveries) for n in new])
     messages: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
     events: dict[tuple[object, ...], None] = {}  # in order, each once
-    for n in new:
+    for n, verdict in zip(new, verdicts, strict=True):
+        if isinstance(verdict, LimitReached):
+            continue
+        n = dataclasses.replace(n, message=dataclasses.replace(n.message, deliveries=verdict))
         texts, requests = pack_requests([delivery.request for delivery in n.message.deliveries])
         messages.append(
             (
@@ -84,14 +90,25 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
         )
         for delivery, request in zip(n.message.deliveries, requests, strict=True):
             deliveries.append(
-                (n.queue_id, delivery.recipient, request, *delivery.initial_state(), n.now)
+                (n.queue_id, delivery.recipient, request, *delivery.stored(n.now), n.now)
             )
             if delivery.event is not None:
                 events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
-    for query in sql.insert(messages, deliveries, list(events)):  # noqa: UP028 - commit.py
-        yield query
-    yield from media.insert(sql, [(n.queue_id, n.message.picture) for n in new])
-    return [n.queue_id for n in new]
+    if messages:
+        for query in sql.insert(messages, deliveries, list(events)):  # noqa: UP028 - commit.py
+            yield query
+    yield from media.insert(
+        sql,
+        [
+            (n.queue_id, n.message.picture)
+            for n, v in zip(new, verdicts, strict=True)
+            if not isinstance(v, LimitReached)
+        ],
+    )
+    # A refused one's error is its result: commit.settle raises it to that caller alone.
+    return [
+        v if isinstance(v, LimitReached) else n.queue_id for n, v in zip(new, verdicts, strict=True)
+    ]
 
 
 # --- the delivery path -------------------------------------------------------------------------
@@ -164,6 +181,7 @@ def record(sql: Dialect, now: float, results: Sequence[Result]) -> Job[None]:
 
 def purge(sql: Dialect, older_than: float) -> Job[int]:
     purged: int = yield Query(sql.PURGE, (older_than,))
+    yield from budget.purge(sql, older_than)
     return purged
 
 

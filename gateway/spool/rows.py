@@ -3,6 +3,7 @@ database holds them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,34 @@ class Suppressed:
 
 
 @dataclass(frozen=True, slots=True)
+class DayLimits:
+    """A domain's `limits` as the spool counts them (gateway.spool.budget) on one calendar day
+    of the domain's time zone: the message layer works out the day, the spool only counts."""
+
+    domain: str
+    day: str  # the domain's calendar day, YYYY-MM-DD
+    day_ends: float  # its next local midnight, epoch seconds
+    per_recipient: tuple[int, float] | None = None  # (messages, window seconds)
+    messages_per_day: int | None = None
+    parts_per_day: int | None = None
+    over_limit: str = "hold"  # hold | drop | refuse
+    notify: bool = False  # a notice is owed when a limit first trips in the day
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """What one delivery costs its domain's limits."""
+
+    limits: DayLimits
+    recipient: str  # who per_recipient counts: the sent_to
+    parts: int  # SMS parts; 0 for a type that is no SMS
+
+    def text(self) -> str:
+        """As a held delivery keeps it (its `spend` column), to be counted when released."""
+        return json.dumps([self.limits.domain, self.recipient, self.parts])
+
+
+@dataclass(frozen=True, slots=True)
 class NewDelivery:
     recipient: str
     request: Mapping[str, str]
@@ -28,12 +57,26 @@ class NewDelivery:
     suppressed: Suppressed | None = None
     # One event (kind, detail) kept with the delivery from the start, e.g. the route it took.
     event: tuple[str, str] | None = None
+    # What it costs its domain's limits; None: exempt (no limits, or a limit's own notice).
+    spend: Spend | None = None
+    # Over a limit with over_limit hold (set by the spool's budget): until when, and why.
+    held: tuple[float, str] | None = None
 
     def initial_state(self) -> tuple[State, str | None]:
-        """The state and last_error it is stored with: queued, or suppressed with its reason."""
-        if self.suppressed is None:
-            return State.QUEUED, None
-        return State.SUPPRESSED, str(self.suppressed)
+        """The state and last_error it is stored with: queued, suppressed with its reason, or
+        held for a limit's window."""
+        if self.suppressed is not None:
+            return State.SUPPRESSED, str(self.suppressed)
+        if self.held is not None:
+            return State.HELD, self.held[1]
+        return State.QUEUED, None
+
+    def stored(self, now: float) -> tuple[State, str | None, float, str | None]:
+        """State, last_error, next_attempt_at and spend as the row is inserted."""
+        state, error = self.initial_state()
+        if self.held is None or self.spend is None:
+            return state, error, now, None
+        return state, error, self.held[0], self.spend.text()
 
 
 @dataclass(frozen=True, slots=True)

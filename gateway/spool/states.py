@@ -24,6 +24,9 @@ class State(StrEnum):
     # Accepted and kept with its reason (last_error), but never sent: a route's `drop`, a
     # repeat inside a repeat window, a limit's `drop`. Never leased; purged as finished ones are.
     SUPPRESSED = "suppressed"
+    # Accepted, over a limit with over_limit hold (last_error says which and until when): due
+    # at next_attempt_at to be looked at again (gateway.spool.budget), never leased as it is.
+    HELD = "held"
 
 
 # What the lease takes: due deliveries, and leases that ran out.
@@ -67,6 +70,7 @@ SHOWN = (
     StatusClass.UNKNOWN,
     State.UNCONFIRMED,
     State.SUPPRESSED,
+    State.HELD,
 )
 
 

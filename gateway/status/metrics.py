@@ -81,6 +81,20 @@ class Metrics:
             ["domain", "reason"],
             registry=r,
         )
+        # Today's spend beside each limit (config `limits`), read from the spool at scrape
+        # time: shared by every gateway of one database, so any of them shows the same.
+        self.budget_used = Gauge(
+            "smtp2pulse_domain_budget_used",
+            "Messages or SMS parts a domain admitted to be sent on its calendar day",
+            ["domain", "unit"],
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            "smtp2pulse_domain_budget_limit",
+            "A domain's limit of messages or SMS parts a day (messages_per_day, parts_per_day)",
+            ["domain", "unit"],
+            registry=r,
+        )
         self.bounces = Counter(
             "smtp2pulse_bounces", "Delivery status notifications by result", ["result"], registry=r
         )

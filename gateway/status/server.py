@@ -17,6 +17,7 @@ from gateway.errors import GatewayError
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
 from gateway.status import callbacks as tracking
+from gateway.status.budget_gauges import budget_gauges
 from gateway.status.gate import IDLE_TIMEOUT, Gate
 from gateway.status.media import MediaRoute
 from gateway.status.metrics import CONTENT_TYPE, Metrics
@@ -170,6 +171,7 @@ class StatusServer:
         for state in State:
             self.metrics.spool_depth.labels(state).set(stats.by_state.get(state, 0))
         self.metrics.oldest_queued.set(stats.oldest_pending_age)
+        await budget_gauges(self.metrics, self.spool, self.config())
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _callback(self, request: web.Request) -> web.Response:

@@ -73,11 +73,33 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
 """,
-    # The same numbers as the SQLite spool's migrations from here on.
-    3: "",  # another branch
-    4: "",  # another branch
+    # Numbered as the SQLite spool's migrations this round; 3 and 4 have nothing to do here.
+    3: "",
+    4: "",
     5: "",  # another branch
-    6: "",  # another branch
+    # Limits (gateway.spool.budget): see the SQLite spool's step 6.
+    6: """
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS spend text;
+CREATE INDEX IF NOT EXISTS deliveries_held ON deliveries(next_attempt_at) WHERE state = 'held';
+CREATE TABLE IF NOT EXISTS budget_days (
+    domain   text NOT NULL,
+    day      text NOT NULL,
+    at       double precision NOT NULL,
+    messages integer NOT NULL DEFAULT 0,
+    parts    integer NOT NULL DEFAULT 0,
+    held_back integer NOT NULL DEFAULT 0,
+    tripped  text,
+    notified integer NOT NULL DEFAULT 1,
+    PRIMARY KEY (domain, day)
+);
+CREATE TABLE IF NOT EXISTS budget_recipients (
+    domain    text NOT NULL,
+    recipient text NOT NULL,
+    times     text NOT NULL,
+    last_at   double precision NOT NULL,
+    PRIMARY KEY (domain, recipient)
+);
+""",
     # A message's picture (domains.NAME.images), gone with the message.
     7: """
 CREATE TABLE IF NOT EXISTS media (

@@ -46,10 +46,11 @@ _INSERT = (
     " size, raw, texts) SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],"
     " $5::text[], $6::text[], $7::int[], $8::bytea[], $9::text[]))"
     " INSERT INTO deliveries (message_id, recipient, request, state, last_error,"
-    " next_attempt_at, updated_at)"
-    " SELECT message_id, recipient, request, state, last_error, at, at"
+    " next_attempt_at, spend, updated_at)"
+    " SELECT message_id, recipient, request, state, last_error, due, spend, at"
     " FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],"
-    " $15::float8[]) AS t(message_id, recipient, request, state, last_error, at)"
+    " $15::float8[], $16::text[], $17::float8[])"
+    " AS t(message_id, recipient, request, state, last_error, due, spend, at)"
 )
 # An event stored with a new message's deliveries (see sqlite/sql.py's).
 _INSERT_EVENT_BY_RECIPIENT = (
@@ -63,7 +64,7 @@ def insert(
     deliveries: list[tuple[object, ...]],
     events: list[tuple[object, ...]],
 ) -> list[Query]:
-    queries = [Query(_INSERT, [*_columns(messages, 9), *_columns(deliveries, 6)])]
+    queries = [Query(_INSERT, [*_columns(messages, 9), *_columns(deliveries, 8)])]
     if events:
         queries.append(Query(_INSERT_EVENT_BY_RECIPIENT, events, Fetch.MANY))
     return queries
@@ -235,6 +236,50 @@ SHOW_MEDIA = (
     " WHERE message_id = $1"
 )
 NOTIFY = "NOTIFY smtp2pulse_due"
+
+# --- limits: the budget's counts and held deliveries (gateway.spool.budget) ---------------------
+
+# The upsert takes the row lock (waiting for another gateway's commit that holds it) and gives
+# the counts as that commit left them: each budget job locks its rows so, in one sorted order.
+BUDGET_DAY = (
+    "INSERT INTO budget_days (domain, day, at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
+    " RETURNING messages, parts, held_back, tripped, notified"
+)
+BUDGET_RECIPIENT = (
+    "INSERT INTO budget_recipients (domain, recipient, times, last_at) VALUES ($1, $2, '[]', $3)"
+    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain RETURNING times"
+)
+SET_BUDGET_DAY = (
+    "UPDATE budget_days SET messages = $3, parts = $4, held_back = $5, tripped = $6, notified = $7"
+    " WHERE domain = $1 AND day = $2"
+)
+SET_BUDGET_RECIPIENT = (
+    "UPDATE budget_recipients SET times = $3, last_at = $4 WHERE domain = $1 AND recipient = $2"
+)
+READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = $1 AND day = $2"
+READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = $1 AND recipient = $2"
+# SKIP LOCKED: gateways releasing at once take different ones.
+HELD_DUE = (
+    f"SELECT id, spend FROM deliveries WHERE state = '{State.HELD}' AND next_attempt_at <= $1"
+    " ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+)
+NEXT_HELD = f"SELECT min(next_attempt_at) FROM deliveries WHERE state = '{State.HELD}'"
+RELEASE_HELD = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = $2, last_error = NULL,"
+    f" spend = NULL, updated_at = $2 WHERE id = $1 AND state = '{State.HELD}'"
+)
+HOLD_AGAIN = (
+    "UPDATE deliveries SET next_attempt_at = $2, last_error = $3, updated_at = $4"
+    f" WHERE id = $1 AND state = '{State.HELD}'"
+)
+TRIPS_OWED = (
+    "SELECT domain, day, tripped, held_back FROM budget_days"
+    " WHERE notified = 0 AND tripped IS NOT NULL ORDER BY domain, day"
+)
+CLAIM_NOTICE = "UPDATE budget_days SET notified = 1 WHERE domain = $1 AND day = $2 AND notified = 0"
+PURGE_BUDGET_DAYS = "DELETE FROM budget_days WHERE at < $1"
+PURGE_BUDGET_RECIPIENTS = "DELETE FROM budget_recipients WHERE last_at < $1"
 
 
 def rows_changed(status: str) -> int:

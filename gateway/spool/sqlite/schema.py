@@ -81,7 +81,30 @@ CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
 """,
     5: "",  # another branch
-    6: "",  # another branch
+    # Limits (gateway.spool.budget): a domain's counts by day, a recipient's window, and what a
+    # held delivery will cost when it is released.
+    6: """
+ALTER TABLE deliveries ADD COLUMN spend TEXT;  -- JSON [domain, recipient, parts] while held
+CREATE INDEX IF NOT EXISTS deliveries_held ON deliveries(next_attempt_at) WHERE state = 'held';
+CREATE TABLE IF NOT EXISTS budget_days (
+    domain   TEXT NOT NULL,
+    day      TEXT NOT NULL,                -- the domain's calendar day, YYYY-MM-DD
+    at       REAL NOT NULL,                -- first counted (for purging)
+    messages INTEGER NOT NULL DEFAULT 0,
+    parts    INTEGER NOT NULL DEFAULT 0,
+    held_back INTEGER NOT NULL DEFAULT 0,  -- held, dropped or refused by a limit
+    tripped  TEXT,                         -- the first limit that tripped that day
+    notified INTEGER NOT NULL DEFAULT 1,   -- 0 while its notice is owed
+    PRIMARY KEY (domain, day)
+);
+CREATE TABLE IF NOT EXISTS budget_recipients (
+    domain    TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    times     TEXT NOT NULL,               -- JSON: when each counted message was admitted
+    last_at   REAL NOT NULL,
+    PRIMARY KEY (domain, recipient)
+);
+""",
     # A message's picture (domains.NAME.images), gone with the message.
     7: """
 CREATE TABLE IF NOT EXISTS media (

@@ -53,7 +53,7 @@ _IDS = "(SELECT value FROM json_each(?{n}))"
 # --- the accept path ---------------------------------------------------------------------------
 
 _MESSAGE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?)"
+_DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 # One statement for many rows: every statement the writer thread runs makes it wait for the
 # GIL again afterwards, behind a busy event loop, and that wait is most of a commit's time.
 INSERT_ROWS = 32  # rows per statement at most: a handful of texts in the statement cache
@@ -71,7 +71,7 @@ def insert_messages(rows: int) -> str:
 def insert_deliveries(rows: int) -> str:
     return (
         "INSERT INTO deliveries (message_id, recipient, request, state, last_error,"
-        " next_attempt_at, updated_at) VALUES " + ", ".join([_DELIVERY_ROW] * rows)
+        " next_attempt_at, spend, updated_at) VALUES " + ", ".join([_DELIVERY_ROW] * rows)
     )
 
 
@@ -88,9 +88,7 @@ def insert(
     deliveries: list[tuple[object, ...]],
     events: list[tuple[object, ...]],
 ) -> list[Query]:
-    # A delivery's arrival is both its first due time and its last update.
-    rows = [(*row, row[-1]) for row in deliveries]
-    queries = [*_chunks(insert_messages, messages), *_chunks(insert_deliveries, rows)]
+    queries = [*_chunks(insert_messages, messages), *_chunks(insert_deliveries, deliveries)]
     if events:
         queries.append(Query(_INSERT_EVENT_BY_RECIPIENT, events, Fetch.MANY))
     return queries
@@ -278,3 +276,45 @@ SHOW_MEDIA = (
     "SELECT content_type, width, height, size, source, source_size, problem FROM media"
     " WHERE message_id = ?1"
 )
+# --- limits: the budget's counts and held deliveries (gateway.spool.budget) ---------------------
+
+# An upsert that changes nothing but takes the row, giving its counts: the budget's lock (the
+# one writer needs none, but the statements are the same shape as PostgreSQL's).
+BUDGET_DAY = (
+    "INSERT INTO budget_days (domain, day, at) VALUES (?1, ?2, ?3)"
+    " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
+    " RETURNING messages, parts, held_back, tripped, notified"
+)
+BUDGET_RECIPIENT = (
+    "INSERT INTO budget_recipients (domain, recipient, times, last_at) VALUES (?1, ?2, '[]', ?3)"
+    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain RETURNING times"
+)
+SET_BUDGET_DAY = (
+    "UPDATE budget_days SET messages = ?3, parts = ?4, held_back = ?5, tripped = ?6, notified = ?7"
+    " WHERE domain = ?1 AND day = ?2"
+)
+SET_BUDGET_RECIPIENT = (
+    "UPDATE budget_recipients SET times = ?3, last_at = ?4 WHERE domain = ?1 AND recipient = ?2"
+)
+READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = ?1 AND day = ?2"
+READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = ?1 AND recipient = ?2"
+HELD_DUE = (
+    f"SELECT id, spend FROM deliveries WHERE state = '{State.HELD}' AND next_attempt_at <= ?1"
+    " ORDER BY next_attempt_at, id LIMIT ?2"
+)
+NEXT_HELD = f"SELECT min(next_attempt_at) FROM deliveries WHERE state = '{State.HELD}'"
+RELEASE_HELD = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?2, last_error = NULL,"
+    f" spend = NULL, updated_at = ?2 WHERE id = ?1 AND state = '{State.HELD}'"
+)
+HOLD_AGAIN = (
+    "UPDATE deliveries SET next_attempt_at = ?2, last_error = ?3, updated_at = ?4"
+    f" WHERE id = ?1 AND state = '{State.HELD}'"
+)
+TRIPS_OWED = (
+    "SELECT domain, day, tripped, held_back FROM budget_days"
+    " WHERE notified = 0 AND tripped IS NOT NULL ORDER BY domain, day"
+)
+CLAIM_NOTICE = "UPDATE budget_days SET notified = 1 WHERE domain = ?1 AND day = ?2 AND notified = 0"
+PURGE_BUDGET_DAYS = "DELETE FROM budget_days WHERE at < ?1"
+PURGE_BUDGET_RECIPIENTS = "DELETE FROM budget_recipients WHERE last_at < ?1"

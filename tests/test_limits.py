@@ -1,0 +1,437 @@
+"""A domain's `limits` (issue 32, item 3), over real SMTP to a running gateway on both spools:
+per_recipient, messages_per_day and parts_per_day with over_limit hold, drop and refuse, the
+day's notice, /metrics' budget gauges — and concurrent clients never get past a limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from gateway.app import Gateway
+from gateway.cli import main
+from gateway.config.loader import parse_config
+from gateway.errors import ConfigError
+from gateway.message.limits import today
+from gateway.spool import Search
+from tests.conftest import Running, base_config, eventually, fresh_database, merge, text_message
+from tests.fakeplatform import FakePlatform
+
+Start = Callable[..., Awaitable[Running]]
+PHONE = "79001234567"
+# 2 parts (UCS-2: 67 a part) with the subject before it.
+CYRILLIC = "Сбой питания на объекте номер семь. Проверьте источник бесперебойного питания."
+
+
+def limited(limits: dict[str, Any], **domain: Any) -> dict[str, Any]:
+    sms = {"type": "sms", "sender": "MyShop", "limits": limits, **domain}
+    return {"domains": {"sms.local": sms}}
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+async def start(
+    request: pytest.FixtureRequest, tmp_path: Path, platform: FakePlatform
+) -> AsyncIterator[Start]:
+    """A gateway on each spool: the limits count the same on both."""
+    started: list[Gateway] = []
+    url = None
+    if request.param == "pg":
+        url = await fresh_database(request.getfixturevalue("pg_server"))
+
+    async def run(changes: dict[str, Any] | None = None) -> Running:
+        data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
+        if url is not None:
+            del data["spool"]["path"]
+            data["spool"]["url"] = url
+        gateway = Gateway(parse_config(merge(data, changes or {}), env={}))
+        await gateway.start()
+        started.append(gateway)
+        return Running(gateway)
+
+    yield run
+    for gateway in reversed(started):
+        await gateway.stop()
+
+
+# Clients run on threads of their own: on the loop's default executor, ten clients waiting for
+# their replies would take every thread the gateway's own reads (the SQLite spool's) need.
+CLIENTS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="smtp-client")
+
+
+def client(gw: Running, to: list[str] | str, body: str) -> asyncio.Future[tuple[str, int, str]]:
+    return asyncio.get_running_loop().run_in_executor(CLIENTS, attempt, gw, to, body)
+
+
+def attempt(gw: Running, to: list[str] | str, body: str) -> tuple[str, int, str]:
+    """One message; where it ended: ("rcpt", code, text) if a RCPT was refused, else
+    ("data", code, text)."""
+    recipients = [to] if isinstance(to, str) else to
+    with smtplib.SMTP(gw.host, gw.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail("app@corp.test")
+        for rcpt in recipients:
+            code, text = client.rcpt(rcpt)
+            if code != 250:
+                return "rcpt", code, text.decode()
+        code, text = client.data(text_message("alert", body).as_bytes())
+        return "data", code, text.decode()
+
+
+async def burst(
+    gw: Running, count: int, to: Callable[[int], str] = lambda n: f"{PHONE}@sms.local"
+) -> list[tuple[str, int, str]]:
+    """`count` clients at once, each with one message."""
+    return list(await asyncio.gather(*(client(gw, to(n), f"burst {n}") for n in range(count))))
+
+
+async def held_count(gw: Running, count: int) -> bool:
+    return len(await in_state(gw, "held")) == count
+
+
+async def in_state(gw: Running, state: str) -> list[Any]:
+    return await gw.gateway.spool.find_deliveries(Search(state=state))
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_limits_are_checked_at_load_naming_their_key(tmp_path: Path) -> None:
+    data = base_config(tmp_path / "s.sqlite3", "http://127.0.0.1:1")
+    bad = merge(
+        data,
+        {
+            "domains": {
+                "sms.local": {"limits": {"per_recipient": "ten an hour", "over_limit": "wait"}},
+                "mail.local": {"limits": {"parts_per_day": 10, "notify": "ops@nowhere.test"}},
+                "push.local": {"limits": {"per_recipient": "5/2d", "colour": 1}},
+            }
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(bad, env={})
+    lines = caught.value.problems
+    sms, mail = "domains[sms.local].limits", "domains[mail.local].limits"
+    assert f"{sms}.per_recipient: 'ten an hour' is not COUNT/DURATION (e.g. 10/1h)" in lines
+    assert f"{sms}.over_limit: 'wait' is not one of hold, drop, refuse" in lines
+    for start in (
+        f"{mail}.parts_per_day: only for types",
+        f"{mail}.notify: not an address served here",
+        "domains[push.local].limits.per_recipient: '5/2d'",
+        "domains[push.local].limits.colour: unknown key",
+    ):
+        assert any(line.startswith(start) for line in lines), (start, lines)
+    notify = "ops=example.com@mail.local"
+    good = parse_config(
+        merge(data, limited({"per_recipient": "10/1h", "parts_per_day": 50, "notify": notify})),
+        env={},
+    )
+    limits = good.domains["sms.local"].limits
+    assert limits is not None and limits.per_recipient == (10, 3600.0)
+    assert limits.over_limit == "hold" and limits.notify == "ops=example.com@mail.local"
+
+
+# --- per_recipient ------------------------------------------------------------------------------
+
+
+async def test_per_recipient_holds_a_burst_then_sends_it_when_the_window_passes(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(limited({"per_recipient": "4/3s"}))
+    started = time.monotonic()
+    results = await burst(gw, 10)
+    assert [r[1] for r in results] == [250] * 10  # hold: every one accepted
+    await platform.wait_for(4)
+    held = await in_state(gw, "held")
+    assert len(held) == 6
+    assert all("limit per_recipient 4/3s reached; held until" in h.last_error for h in held)
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == 4  # exactly the limit, whatever the burst
+    # The window slides: 4 more once the first 4 are 3 s old, the last 2 three seconds later.
+    await eventually(lambda: len(platform.messages) == 8, within=10)
+    assert time.monotonic() - started >= 2.5
+    assert len(platform.messages) == 8
+    await eventually(lambda: len(platform.messages) == 10, within=10)
+    assert time.monotonic() - started >= 5.5
+    assert await in_state(gw, "held") == []
+    # No five within one window at the platform either (arrival lags admission a little: the
+    # margin is for a loaded machine).
+    times = sorted(r.at for r in platform.requests)
+    assert all(later - earlier >= 2.0 for earlier, later in zip(times, times[4:], strict=False))
+    # Another recipient has a window of its own.
+    assert (await client(gw, "79009999999@sms.local", "other"))[1] == 250
+    await platform.wait_for(11)
+
+
+async def test_per_recipient_drop_suppresses_with_reason_limit(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(limited({"per_recipient": "3/1h", "over_limit": "drop"}))
+    results = await burst(gw, 10)
+    assert [r[1] for r in results] == [250] * 10
+    await platform.wait_for(3)
+    suppressed = await in_state(gw, "suppressed")
+    assert len(suppressed) == 7
+    assert {s.last_error for s in suppressed} == {"limit per_recipient 3/1h"}
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == 3
+
+
+async def test_per_recipient_refuse_at_rcpt_and_after_data_storing_nothing(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(limited({"per_recipient": "3/1h", "over_limit": "refuse"}))
+    results = await burst(gw, 10)
+    accepted = [r for r in results if r[1] == 250]
+    refused = [r for r in results if r[1] != 250]
+    assert len(accepted) == 3
+    # Those in flight together passed RCPT's read; the commit refused what did not fit.
+    assert {(code, text.split(" ", 1)[0]) for _, code, text in refused} == {(452, "4.2.2")}
+    await platform.wait_for(3)
+    # Now RCPT knows: refused there, before any data.
+    stage, code, text = await client(gw, f"{PHONE}@sms.local", "late")
+    assert (stage, code) == ("rcpt", 452)
+    assert text.startswith("4.2.2 sms.local: limit per_recipient 3/1h")
+    everything = await gw.gateway.spool.find_deliveries(Search())
+    assert len(everything) == 3  # nothing of a refused message is stored
+    await asyncio.sleep(0.3)
+    assert len(platform.messages) == 3
+
+
+# --- daily budgets ------------------------------------------------------------------------------
+
+
+async def test_parts_per_day_refuses_a_whole_message_after_data(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(limited({"parts_per_day": 5, "over_limit": "refuse"}))
+    assert (await client(gw, f"{PHONE}@sms.local", CYRILLIC))[1] == 250
+    await platform.wait_for(1)
+    assert "бесперебойного" in platform.messages[0]["sent_text"]
+    # 2 parts used: two recipients of 2 parts each pass RCPT (1 part would fit), not the commit.
+    to = ["79001111111@sms.local", "79002222222@sms.local"]
+    stage, code, text = await client(gw, to, CYRILLIC)
+    assert (stage, code) == ("data", 452) and "limit parts_per_day 5 reached" in text
+    assert len(await gw.gateway.spool.find_deliveries(Search())) == 1
+    # One recipient of 2 parts fits (4), then a third would not (6 > 5): held it would be,
+    # refused it is.
+    assert (await client(gw, to[0], CYRILLIC))[1] == 250
+    assert (await client(gw, to[1], CYRILLIC))[:2] == ("data", 452)
+    # At 4 of 5 parts a short (one-part) text still fits; then RCPT refuses at once.
+    assert (await client(gw, to[1], "short"))[1] == 250
+    assert (await client(gw, to[1], "short"))[:2] == ("rcpt", 452)
+    await platform.wait_for(3)
+    await asyncio.sleep(0.3)
+    assert len(platform.messages) == 3
+
+
+async def test_messages_per_day_holds_until_the_domains_next_day(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(limited({"messages_per_day": 2}, timezone="Asia/Tokyo"))
+    # Mail that arrived yesterday (the handler's clock): that day's budget is 2.
+    yesterday = time.time() - 86400
+    gw.gateway.smtp.handler.clock = lambda: yesterday
+    for n in range(2):
+        assert (await client(gw, f"7900000000{n}@sms.local", "old"))[1] == 250
+    await platform.wait_for(2)
+    # The third is over yesterday's budget: held until the end of that day in Tokyo, which is
+    # past, so it is released at once into today's budget.
+    queue_id = (await client(gw, "79000000009@sms.local", "third"))[2].split()[-1]
+    await platform.wait_for(3)
+    detail = await gw.gateway.spool.show_message(queue_id)
+    assert detail is not None
+    assert [kind for _, kind, _ in detail.deliveries[0].events][:2] == ["received", "released"]
+    # Today: the released one spent 1 of 2; one more goes, the next waits for Tokyo's midnight.
+    gw.gateway.smtp.handler.clock = time.time
+    assert (await client(gw, f"{PHONE}@sms.local", "today"))[1] == 250
+    assert (await client(gw, f"{PHONE}@sms.local", "over"))[1] == 250
+    await platform.wait_for(4)
+    await eventually(lambda: held_count(gw, 1))
+    (held,) = await in_state(gw, "held")
+    assert "limit messages_per_day 2 reached; held until" in held.last_error
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == 4
+
+
+async def test_parts_per_day_holds_cyrillic_parts_until_the_next_day(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(limited({"parts_per_day": 4}, timezone="America/Los_Angeles"))
+    yesterday = time.time() - 86400
+    gw.gateway.smtp.handler.clock = lambda: yesterday
+    for n in range(3):  # 2 parts each: the third would make 6 of yesterday's 4
+        assert (await client(gw, f"7900000000{n}@sms.local", CYRILLIC))[1] == 250
+    await platform.wait_for(3)  # the third held until yesterday's end, past: released today
+    gw.gateway.smtp.handler.clock = time.time
+    for n in range(2):  # today: 2 parts spent by the released one, 2 more fit, then no more
+        assert (await client(gw, f"7900000001{n}@sms.local", CYRILLIC))[1] == 250
+    await platform.wait_for(4)
+    await eventually(lambda: held_count(gw, 1))
+    (held,) = await in_state(gw, "held")
+    assert "limit parts_per_day 4 reached; held until" in held.last_error
+    used = await gw.gateway.spool.budget_used(today(gw.gateway.config, time.time()))
+    assert used == {"sms.local": (2, 4)}
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == 4
+
+
+# --- the notice, /metrics -----------------------------------------------------------------------
+
+
+async def test_notify_is_told_once_and_metrics_show_the_budget(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(
+        merge(
+            limited(
+                {"messages_per_day": 2, "parts_per_day": 9, "notify": "ops=example.com@mail.local"}
+            ),
+            {"http": {"listen": "127.0.0.1:0"}},
+        )
+    )
+    results = await burst(gw, 6, to=lambda n: f"7900000000{n}@sms.local")
+    assert [r[1] for r in results] == [250] * 6
+    await platform.wait_for(3)  # two SMS, one notice
+    await asyncio.sleep(1.5)  # and no second notice, however many more are held
+    results = await burst(gw, 2, to=lambda n: f"7900000001{n}@sms.local")
+    await asyncio.sleep(1.5)
+    notices = [m for m in platform.messages if m["type"] == "email"]
+    assert len(notices) == 1, notices
+    notice = notices[0]
+    assert notice["sent_to"] == "ops@example.com"
+    assert "sms.local: limit messages_per_day 2 reached" in notice["sent_text"]
+    assert "queue list --state held" in notice["sent_text"]
+    assert len([m for m in platform.messages if m["type"] == "sms"]) == 2
+    assert len(await in_state(gw, "held")) == 6
+    assert gw.gateway.status is not None
+    host, port = gw.gateway.status.addresses[0]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{host}:{port}/metrics") as response,
+    ):
+        metrics = await response.text()
+    assert 'smtp2pulse_domain_budget_used{domain="sms.local",unit="messages"} 2.0' in metrics
+    assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="messages"} 2.0' in metrics
+    assert 'smtp2pulse_domain_budget_used{domain="sms.local",unit="parts"} 2.0' in metrics
+    assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="parts"} 9.0' in metrics
+
+
+# --- two gateways, one PostgreSQL database ------------------------------------------------------
+
+
+async def test_two_gateways_on_one_database_never_exceed_a_limit_together(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    config = parse_config(
+        merge(data, limited({"per_recipient": "5/1h", "messages_per_day": 12})), env={}
+    )
+    gateways = [Gateway(config), Gateway(config)]
+    await asyncio.gather(*(gateway.start() for gateway in gateways))
+    try:
+        gws = [Running(gateway) for gateway in gateways]
+        first, second = gws
+        # Twenty clients at once to one recipient, half through each gateway: five in all.
+        results = await asyncio.gather(
+            *(client(gws[n % 2], f"{PHONE}@sms.local", f"one {n}") for n in range(20))
+        )
+        assert [r[1] for r in results] == [250] * 20
+        await platform.wait_for(5)
+        # Twenty to twenty recipients: the day's 12 messages, 5 spent already, so 7 more.
+        results = await asyncio.gather(
+            *(client(gws[n % 2], f"790011100{n:02d}@sms.local", f"many {n}") for n in range(20))
+        )
+        assert [r[1] for r in results] == [250] * 20
+        await platform.wait_for(12)
+        await asyncio.sleep(1.0)
+        assert len(platform.messages) == 12
+        assert len(await first.gateway.spool.find_deliveries(Search(state="held"))) == 28
+        used = await second.gateway.spool.budget_used(today(config, time.time()))
+        assert used == {"sms.local": (12, 12)}  # messages and parts, one part each
+    finally:
+        for gateway in reversed(gateways):
+            await gateway.stop()
+
+
+# --- seeing it: queue list / show, /messages/ID, the status page, preview -----------------------
+
+
+async def test_held_ones_are_shown_with_their_reason_and_preview_says_so(
+    start_gateway: Start, platform: FakePlatform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changes = merge(limited({"per_recipient": "1/1h"}), {"http": {"listen": "127.0.0.1:0"}})
+    gw = await start_gateway(changes)
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    held_id = (await client(gw, f"{PHONE}@sms.local", "second"))[2].split()[-1]
+    await platform.wait_for(1)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(merge(base_config(tmp_path / "spool.sqlite3", platform.base_url), changes))
+    )
+    queue = ["queue", "-c", str(config)]
+    assert await asyncio.to_thread(main, [*queue, "list", "--state", "held"]) == 0
+    out = capsys.readouterr().out
+    assert held_id in out
+    assert "  held  0 attempts  limit per_recipient 1/1h reached; held until" in out
+    assert await asyncio.to_thread(main, [*queue, "show", held_id]) == 0
+    out = capsys.readouterr().out
+    assert ": held" in out and "limit per_recipient 1/1h reached; held until" in out
+    assert gw.gateway.status is not None
+    host, port = gw.gateway.status.addresses[0]
+    web = f"http://{host}:{port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{web}/messages/{held_id}") as response:
+            detail = await response.json()
+        assert detail["deliveries"][0]["state"] == "held"
+        assert "per_recipient 1/1h" in detail["deliveries"][0]["last_error"]
+        async with session.get(f"{web}/", headers={"Accept": "text/html"}) as response:
+            page = await response.text()
+        assert "held" in page
+    # preview reads the same counts: a third would be held, another recipient sent.
+    message = tmp_path / "mail.eml"
+    message.write_bytes(text_message("alert", "third").as_bytes())
+    preview = ["preview", "-c", str(config), "--to", f"{PHONE}@sms.local", str(message)]
+    assert await asyncio.to_thread(main, preview) == 0
+    captured = capsys.readouterr()
+    assert f"{PHONE}@sms.local: would be held: limit per_recipient 1/1h reached until" in (
+        captured.err
+    )
+    assert json.loads(captured.out)[0]["limit"].startswith("held: limit per_recipient 1/1h")
+    preview[-2] = "79005555555@sms.local"
+    assert await asyncio.to_thread(main, preview) == 0
+    assert "limit" not in json.loads(capsys.readouterr().out)[0]
+
+
+async def test_a_notice_to_the_limited_domain_itself_is_exempt_and_cannot_loop(
+    start: Start, platform: FakePlatform
+) -> None:
+    gw = await start(
+        limited(
+            {"messages_per_day": 1, "over_limit": "drop", "notify": "duty@sms.local"},
+            aliases={"duty": "79005550000"},
+        )
+    )
+    for n in range(3):
+        assert (await client(gw, f"7900000000{n}@sms.local", f"alert {n}"))[1] == 250
+    await platform.wait_for(2)  # the one the day allows, and the notice beyond it
+    await asyncio.sleep(1.5)
+    assert sorted(m["sent_to"] for m in platform.messages) == ["79000000000", "79005550000"]
+    notice = next(m for m in platform.messages if m["sent_to"] == "79005550000")
+    assert "limit messages_per_day 1 reached" in notice["sent_text"]
+    assert "accepted and suppressed" in notice["sent_text"]
+    # The notice spent nothing: the day's count is the one message.
+    config = gw.gateway.config
+    used = await gw.gateway.spool.budget_used(today(config, time.time()))
+    assert used["sms.local"][0] == 1
+    assert len(await in_state(gw, "suppressed")) == 2
