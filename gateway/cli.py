@@ -213,13 +213,20 @@ def _preview_requests(
     prepared = prepare(raw, resolved, mail_from, config, route_only=route_only)
     if prepared.route is not None:
         print(f"route {prepared.route}: {prepared.route_action}", file=sys.stderr)
+    verdicts = queue_cli.foresee(config, prepared.deliveries)  # retransmission, repeat
+    if isinstance(verdicts, str):
+        print(f"retransmissions and repeats not checked: {verdicts}", file=sys.stderr)
+        verdicts = [None] * len(prepared.deliveries)
     printed: list[dict[str, object]] = []
     routed = (
         {"route": {"name": prepared.route, "action": prepared.route_action}}
         if prepared.route is not None
         else {}
     )
-    for delivery in prepared.deliveries:
+    for delivery, verdict in zip(prepared.deliveries, verdicts, strict=True):
+        if verdict is not None:  # what the spool would decide: nothing sent either way
+            printed.append({"recipient": delivery.recipient, verdict[0]: verdict[1], **routed})
+            continue
         if delivery.suppressed is not None:  # kept by the daemon, but no request is made
             printed.append(
                 {"recipient": delivery.recipient, "suppressed": str(delivery.suppressed), **routed}

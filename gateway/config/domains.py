@@ -72,6 +72,7 @@ _DOMAIN_KEYS = {
     "quiet_hours_urgent",
     "aliases",
     "aliases_file",
+    "repeat_window",
 }
 # The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
 SMS_TYPES = frozenset({"sms", "bulk"})
@@ -140,6 +141,7 @@ def _domain(
         allow_headers=v.value(data, "allow_headers", path, _overrides, frozenset(), problems),
         fields=fields,
         timezone=v.value(data, "timezone", path, zone, None, problems),
+        repeat_window=v.value(data, "repeat_window", path, v.positive_duration, None, problems),
     )
     checked = _sms_and_quiet(domain, data, path, problems, known_type)
     return checked if known_type else None

@@ -226,6 +226,8 @@ class DomainConfig:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Platform fields sent as they are; a None one is not sent.
     fields: Mapping[str, str] = field(default_factory=dict)
+    # Seconds within which the same sent_text to the same recipient is kept, not sent again.
+    repeat_window: float | None = None
 
     @property
     def sends_html(self) -> bool:

@@ -23,7 +23,7 @@ from gateway.message.routing import takes_address
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
-from gateway.spool import IncomingMessage
+from gateway.spool import Accepted, IncomingMessage
 from gateway.spool.interface import SpoolInterface
 from gateway.status.metrics import Metrics
 
@@ -171,6 +171,8 @@ class Handler:
                 "could not store message from <%s> %s: %s", envelope.mail_from, peer(session), exc
             )
             return replies.TRY_LATER
+        if not self._decided(queue_id, envelope.mail_from, session, config):
+            return replies.QUEUED.format(queue_id=queue_id)  # a retransmission: the first's id
         self.on_stored()
         self.metrics.accepted.inc()
         self._count_routing(prepared, config)
@@ -200,6 +202,33 @@ class Handler:
                 # a sender mint a time series per address.
                 label = domain if domain in config.domains else "unserved"
                 self.metrics.suppressed.labels(label, delivery.suppressed.reason).inc()
+
+    def _decided(
+        self, accepted: Accepted, mail_from: str | None, session: Session, config: Config
+    ) -> bool:
+        """Logs and counts what the commit decided besides storing (spool/repeats.py): the
+        retransmissions not stored again, the repeats suppressed. False if nothing was stored."""
+        for recipient, first in accepted.retransmitted:
+            self.metrics.retransmissions.inc()
+            log.info(
+                "queue_id=%s retransmission from=<%s> peer=%s rcpt=%s: accepted before as %s,"
+                " not stored again",
+                first,
+                mail_from,
+                peer(session),
+                recipient,
+                first,
+                extra={"queue_id": first},
+            )
+        for recipient, why in accepted.repeats:
+            domain = recipient.rpartition("@")[2].lower()
+            label = domain if domain in config.domains else "unserved"
+            self.metrics.suppressed.labels(label, why.reason).inc()
+            log.info(
+                "queue_id=%s rcpt=%s suppressed: %s", accepted, recipient, why,
+                extra={"queue_id": str(accepted)},
+            )
+        return accepted.stored
 
     async def handle_exception(self, error: Exception) -> Reply:
         # The one place an unexpected error becomes a reply: temporary, and without its text.

@@ -17,14 +17,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.errors import BadContent
-from gateway.spool import jobs, meta, queue_view
+from gateway.spool import jobs, meta, queue_view, repeats
 from gateway.spool.commit import Together
 from gateway.spool.dialect import Dialect
 from gateway.spool.rows import (
+    Accepted,
     Delivery,
     DeliveryLine,
     IncomingMessage,
     MessageDetail,
+    NewDelivery,
     Overview,
     PendingBounce,
     Result,
@@ -108,14 +110,14 @@ class BaseSpool:
 
     # --- the accept path ---------------------------------------------------------------------
 
-    def accept(self, message: IncomingMessage) -> asyncio.Future[str]:
+    def accept(self, message: IncomingMessage) -> asyncio.Future[Accepted]:
         """Store a message and its deliveries durably; the future gives the queue id.
 
         A plain future, not a coroutine: on a busy loop every extra step to the 250 (a task
         to start, a shield to pass through) waits its turn behind every other session's."""
         problem = jobs.unstorable(message)
         if problem is not None:
-            refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            refused: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
             # For good: the same bytes would be refused again, so a 4xx would be retried forever.
             refused.set_exception(BadContent(problem))
             return refused
@@ -123,6 +125,11 @@ class BaseSpool:
         return self.link.submit_together(
             self._insert, jobs.NewMessage(new_queue_id(now), now, message), wakes=True
         )
+
+    async def foresee(
+        self, deliveries: Sequence[NewDelivery]
+    ) -> list[tuple[str, str] | None]:
+        return await self.link.read(lambda: repeats.foresee(self.sql, self.clock(), deliveries))
 
     # --- the delivery path -------------------------------------------------------------------
 
@@ -148,7 +155,7 @@ class BaseSpool:
 
     async def purge(self, older_than: float) -> int:
         """Forget messages whose every delivery ended before `older_than`."""
-        return await self.link.submit(lambda: jobs.purge(self.sql, older_than))
+        return await self.link.submit(lambda: jobs.purge(self.sql, older_than, self.clock()))
 
     # --- bounces and callbacks ---------------------------------------------------------------
 

@@ -12,9 +12,10 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
+from gateway.spool import repeats
 from gateway.spool.dialect import Dialect, ResultRow
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
-from gateway.spool.rows import Delivery, IncomingMessage, PendingBounce, Result
+from gateway.spool.rows import Accepted, Delivery, IncomingMessage, PendingBounce, Result
 from gateway.spool.states import (
     TAKEN_BY_CALLBACK,
     BounceState,
@@ -57,12 +58,13 @@ def unstorable(message: IncomingMessage) -> str | None:
 # --- the accept path ---------------------------------------------------------------------------
 
 
-def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
+def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[Accepted]]:
     """Store messages and their deliveries, in a few statements for all of them.
 
     The requests are packed (packing.py) here, in the commit, not by the session that waits for
     the 250: for SQLite that is the writer thread, which holds the GIL between its statements
     anyway (the same work on the event loop measured slower, bench/README)."""
+    new, answers = yield from repeats.decide(sql, new)  # retransmissions left out, repeats kept
     messages: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
     events: dict[tuple[object, ...], None] = {}  # in order, each once
@@ -89,7 +91,7 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str]]:
                 events.setdefault((n.now, *delivery.event, n.queue_id, delivery.recipient))
     for query in sql.insert(messages, deliveries, list(events)):  # noqa: UP028 - commit.py
         yield query
-    return [n.queue_id for n in new]
+    return answers
 
 
 # --- the delivery path -------------------------------------------------------------------------
@@ -160,8 +162,9 @@ def record(sql: Dialect, now: float, results: Sequence[Result]) -> Job[None]:
         yield sql.insert_events([(r.delivery_id, now, r.event, r.detail) for r in recorded])
 
 
-def purge(sql: Dialect, older_than: float) -> Job[int]:
+def purge(sql: Dialect, older_than: float, now: float) -> Job[int]:
     purged: int = yield Query(sql.PURGE, (older_than,))
+    yield from repeats.forget(sql, now)
     return purged
 
 

@@ -21,6 +21,18 @@ class Suppressed:
 
 
 @dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What the accept commit tells a retransmission and a repeat by (spool/repeats.py), as
+    gateway/message/fingerprint.py makes it from the mail."""
+
+    # Message-ID, envelope sender, recipient and content, hashed; None without a Message-ID.
+    retransmission: str | None = None
+    # The domain, sent_to and sent_text, hashed; None when the domain has no repeat_window.
+    text: str | None = None
+    window: float = 0.0  # the domain's repeat_window, seconds
+
+
+@dataclass(frozen=True, slots=True)
 class NewDelivery:
     recipient: str
     request: Mapping[str, str]
@@ -28,6 +40,7 @@ class NewDelivery:
     suppressed: Suppressed | None = None
     # One event (kind, detail) kept with the delivery from the start, e.g. the route it took.
     event: tuple[str, str] | None = None
+    fingerprint: Fingerprint | None = None
 
     def initial_state(self) -> tuple[State, str | None]:
         """The state and last_error it is stored with: queued, or suppressed with its reason."""
@@ -44,6 +57,30 @@ class IncomingMessage:
     raw: bytes
     deliveries: tuple[NewDelivery, ...]
     auth_user: str | None = None
+
+
+class Accepted(str):
+    """A queue id as `accept` gives it, with what the commit decided besides storing (a str, so
+    whoever wants only the id has it). `stored` is False when every delivery was a
+    retransmission: nothing was stored, and the id is the first message's."""
+
+    stored: bool
+    retransmitted: tuple[tuple[str, str], ...]  # (recipient, first queue id), not stored again
+    repeats: tuple[tuple[str, Suppressed], ...]  # (recipient, why) suppressed by the commit
+
+    def __new__(
+        cls,
+        queue_id: str,
+        *,
+        stored: bool = True,
+        retransmitted: tuple[tuple[str, str], ...] = (),
+        repeats: tuple[tuple[str, Suppressed], ...] = (),
+    ) -> Accepted:
+        accepted = super().__new__(cls, queue_id)
+        accepted.stored = stored
+        accepted.retransmitted = retransmitted
+        accepted.repeats = repeats
+        return accepted
 
 
 @dataclass(frozen=True, slots=True)

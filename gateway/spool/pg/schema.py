@@ -14,7 +14,7 @@ import asyncpg
 
 from gateway.errors import SpoolError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 # Any fixed 64-bit number, the same in every gateway: the lock schema changes take.
 MIGRATION_LOCK = 0x5350_4F4F_4C50_4731  # "SPOOLPG1"
 
@@ -73,6 +73,25 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
 """,
+    # Numbered as the SQLite spool's migrations this round (5: retransmissions and repeats);
+    # 3 and 4 have nothing to do here.
+    3: "",
+    4: "",
+    5: """
+CREATE TABLE IF NOT EXISTS retransmissions (
+    key      text PRIMARY KEY,
+    queue_id text NOT NULL,
+    at       double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retransmissions_by_time ON retransmissions(at);
+CREATE TABLE IF NOT EXISTS repeats (
+    key         text PRIMARY KEY,
+    sent_id     text NOT NULL,
+    seen_at     double precision NOT NULL,
+    window_s    double precision NOT NULL,
+    previous_at double precision
+);
+""",
 }
 
 
@@ -90,7 +109,8 @@ async def prepare(conn: asyncpg.Connection) -> None:
             return
         await conn.execute(SCHEMA)
         for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-            await conn.execute(MIGRATIONS[step])
+            if MIGRATIONS[step]:
+                await conn.execute(MIGRATIONS[step])
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -17,7 +17,7 @@ from gateway.spool.sqlite import sql
 
 log = logging.getLogger("smtp2pulse.spool")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          TEXT PRIMARY KEY,
@@ -79,6 +79,22 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
     WHERE state IN ('queued', 'sending', 'unconfirmed');
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
+""",
+    # Retransmissions and repeats (spool/repeats.py): keys the accept commit decides by.
+    5: """
+CREATE TABLE IF NOT EXISTS retransmissions (
+    key      TEXT PRIMARY KEY,  -- Message-ID, sender, recipient, content (message/fingerprint.py)
+    queue_id TEXT NOT NULL,     -- the message first accepted with it
+    at       REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS retransmissions_by_time ON retransmissions(at);
+CREATE TABLE IF NOT EXISTS repeats (
+    key         TEXT PRIMARY KEY,  -- domain, sent_to, sent_text
+    sent_id     TEXT NOT NULL,     -- the queue id the window began with (the one sent)
+    seen_at     REAL NOT NULL,     -- the text's last arrival: the window runs from there
+    window_s    REAL NOT NULL,
+    previous_at REAL               -- the arrival before (what the upsert returns)
+) WITHOUT ROWID;
 """,
 }
 
