@@ -4,7 +4,8 @@ decided by the spool in the commit that stores the message (gateway/spool/repeat
 A retransmission is the same mail sent again by a client that lost our 250: the same
 Message-ID, envelope sender and recipient, and the same content. "Content" is the body and the
 header fields its author wrote (ORIGINATOR below, and every X-Pulse-* field, which shape the
-request), each unfolded; every other field is left out. A relay that retries adds or rewrites
+request), each unfolded, and line endings and trailing blank lines aside; every other field
+is left out. A relay that retries adds or rewrites
 trace fields on the way (Received, Return-Path, Delivered-To, Authentication-Results, a spam
 score, ...), and those must not make a retransmission look new; a different text under one
 Message-ID (a device that reuses one) differs in its body or Subject and is new.
@@ -105,7 +106,7 @@ def _content(raw: bytes) -> tuple[str | None, bytes]:
             message_id = value.decode("latin-1").strip() or None
         if name in ORIGINATOR or name.startswith(_PULSE):
             kept.append(name.encode() + b":" + value)
-    return message_id, b"\n".join(kept) + b"\n\n" + body
+    return message_id, b"\n".join(kept) + b"\n\n" + body.rstrip(b"\n")
 
 
 def _fields(head: bytes) -> Iterator[tuple[str, bytes]]:
