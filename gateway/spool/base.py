@@ -27,6 +27,7 @@ from gateway.spool.rows import (
     IncomingMessage,
     MessageDetail,
     NewDelivery,
+    NewMessage,
     Overview,
     PendingBounce,
     Result,
@@ -123,7 +124,7 @@ class BaseSpool:
             return refused
         now = self.clock()
         return self.link.submit_together(
-            self._insert, jobs.NewMessage(new_queue_id(now), now, message), wakes=True
+            self._insert, NewMessage(new_queue_id(now), now, message), wakes=True
         )
 
     async def foresee(

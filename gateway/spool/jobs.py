@@ -8,14 +8,20 @@ Deliveries are leased the way litequeue does it: leasing moves a row to `sending
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
 from gateway.spool import repeats
 from gateway.spool.dialect import Dialect, ResultRow
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
-from gateway.spool.rows import Accepted, Delivery, IncomingMessage, PendingBounce, Result
+from gateway.spool.rows import (
+    Accepted,
+    Delivery,
+    IncomingMessage,
+    NewMessage,
+    PendingBounce,
+    Result,
+)
 from gateway.spool.states import (
     TAKEN_BY_CALLBACK,
     BounceState,
@@ -27,15 +33,6 @@ from gateway.spool.steps import Fetch, Job, Query, Row
 
 STATUS_EVENT = "status"
 CONFIRMED = "confirmed by the platform's callback"  # the detail of an unconfirmed one's "sent"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A message as a group commit stores it, with its queue id and arrival time."""
-
-    queue_id: str
-    now: float
-    message: IncomingMessage
 
 
 def unstorable(message: IncomingMessage) -> str | None:

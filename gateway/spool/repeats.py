@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from gateway.spool.dialect import Dialect
-from gateway.spool.rows import Accepted, NewDelivery, Suppressed
+from gateway.spool.rows import Accepted, NewDelivery, NewMessage, Suppressed
 from gateway.spool.steps import Fetch, Job, Query, Row
-
-if TYPE_CHECKING:
-    from gateway.spool.jobs import NewMessage
 
 RETRANSMISSION_MEMORY = 86400.0  # how long a retransmission is recognised (the contract's 24 h)
 REPEAT = "repeat"  # the Suppressed reason smtp2pulse_suppressed_total counts

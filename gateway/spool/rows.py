@@ -59,6 +59,15 @@ class IncomingMessage:
     auth_user: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message as a group commit stores it, with its queue id and arrival time."""
+
+    queue_id: str
+    now: float
+    message: IncomingMessage
+
+
 class Accepted(str):
     """A queue id as `accept` gives it, with what the commit decided besides storing (a str, so
     whoever wants only the id has it). `stored` is False when every delivery was a

@@ -24,11 +24,10 @@ import asyncpg
 
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.spool.commit import Pending, Together, alone, as_spool_error, group_commit, settle
-from gateway.spool.jobs import NewMessage
 from gateway.spool.pg import sql
 from gateway.spool.pg.schema import prepare
 from gateway.spool.pg.wire import LOST, execute, is_lost, safe_url
-from gateway.spool.rows import Accepted
+from gateway.spool.rows import Accepted, NewMessage
 from gateway.spool.steps import Job, Query, drive_async
 
 log = logging.getLogger("smtp2pulse.spool")
