@@ -23,6 +23,7 @@ import yaml
 from gateway.app import Gateway
 from gateway.cli import main
 from gateway.config.loader import parse_config
+from gateway.errors import ConfigError
 from gateway.spool.rows import Search
 from tests.conftest import Running, base_config, eventually, fresh_database, text_message
 from tests.fakeplatform import FakePlatform
@@ -360,3 +361,12 @@ def _data_sync(gw: Running, raw: bytes, to: str) -> tuple[int, bytes]:
 
 async def _data(gw: Running, raw: bytes, to: str) -> tuple[int, bytes]:
     return await asyncio.to_thread(_data_sync, gw, raw, to)
+
+
+@pytest.mark.parametrize("window", ["soon", "0s"])
+def test_a_bad_repeat_window_is_a_config_error_naming_its_key(tmp_path: Path, window: str) -> None:
+    data = base_config(tmp_path / "spool.sqlite3", "http://127.0.0.1:9")
+    data["domains"]["sms.local"]["repeat_window"] = window
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, env={})
+    assert any(line.startswith("domains[sms.local].repeat_window: ") for line in error.value.problems)

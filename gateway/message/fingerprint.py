@@ -42,7 +42,10 @@ ORIGINATOR = frozenset(
         "importance",
         "priority",
         "x-priority",
+        "x-msmail-priority",
         "expires",
+        "expiry-date",
+        "deferred-delivery",
         "auto-submitted",
     }
 )
