@@ -177,7 +177,7 @@ class Handler:
         self.metrics.accepted.inc()
         self._count_routing(prepared, config)
         log.info(
-            "queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s (stored in %.1f ms)",
+            "queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s%s (stored in %.1f ms)",
             queue_id,
             envelope.mail_from,
             peer(session),
@@ -185,6 +185,7 @@ class Handler:
             ",".join(d.request.get("sent_to") or d.recipient for d in incoming.deliveries),
             "" if prepared.parts is None else f" parts={prepared.parts}",
             "" if prepared.route is None else f" route={prepared.route} ({prepared.route_action})",
+            "".join(f" suppressed {to}: {why}" for to, why in queue_id.repeats),
             (time.monotonic() - started) * 1000,
             extra={"queue_id": queue_id},
         )
@@ -206,8 +207,8 @@ class Handler:
     def _decided(
         self, accepted: Accepted, mail_from: str | None, session: Session, config: Config
     ) -> bool:
-        """Logs and counts what the commit decided besides storing (spool/repeats.py): the
-        retransmissions not stored again, the repeats suppressed. False if nothing was stored."""
+        """Logs the retransmissions not stored again and counts them and the repeats the commit
+        suppressed (spool/repeats.py). False if nothing was stored."""
         for recipient, first in accepted.retransmitted:
             self.metrics.retransmissions.inc()
             log.info(
@@ -220,14 +221,10 @@ class Handler:
                 first,
                 extra={"queue_id": first},
             )
-        for recipient, why in accepted.repeats:
+        for recipient, why in accepted.repeats:  # (said in the "accepted" line)
             domain = recipient.rpartition("@")[2].lower()
             label = domain if domain in config.domains else "unserved"
             self.metrics.suppressed.labels(label, why.reason).inc()
-            log.info(
-                "queue_id=%s rcpt=%s suppressed: %s", accepted, recipient, why,
-                extra={"queue_id": str(accepted)},
-            )
         return accepted.stored
 
     async def handle_exception(self, error: Exception) -> Reply:
