@@ -138,11 +138,12 @@ async def run(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, f
 
 
 async def main(args: argparse.Namespace) -> None:
-    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+    kinds = tuple(kind for kind in KINDS if kind.startswith(args.only))
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="smtp2pulse-storm-") as tmp:
         for round_no in range(args.rounds):
-            order = KINDS if round_no % 2 == 0 else tuple(reversed(KINDS))
+            order = kinds if round_no % 2 == 0 else tuple(reversed(kinds))
             for kind in order:
                 workdir = Path(tmp) / f"{round_no}-{kind.replace(' ', '-')}"
                 workdir.mkdir()
@@ -157,7 +158,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"\n{args.rounds} rounds, {time.monotonic() - began:.0f} s\n")
     print("| run | msgs | msgs/s | p50 / p99 ms | CPU µs/msg | requests at the platform |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for kind in KINDS:
+    for kind in kinds:
         rows = results[kind]
 
         def med(key: str, rows: list[dict[str, float]] = rows) -> float:
@@ -168,7 +169,7 @@ async def main(args: argparse.Namespace) -> None:
             f" {med('p50'):.1f} / {med('p99'):.1f} | {med('cpu_us'):,.0f} |"
             f" {med('requests'):,.0f} |"
         )
-    for name in ("storm", "distinct"):
+    for name in sorted({kind.split()[0] for kind in kinds}):
         ratios = [
             on["rate"] / off["rate"]
             for on, off in zip(results[f"{name} on"], results[f"{name} off"], strict=True)
@@ -185,6 +186,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--only", choices=("storm", "distinct", ""), default="", help="one pair")
     args = parser.parse_args()
     # What harness.write_config reads besides.
     args.keep_limits, args.many_connections, args.api_concurrency = False, 0, 8
