@@ -369,4 +369,28 @@ def test_a_bad_repeat_window_is_a_config_error_naming_its_key(tmp_path: Path, wi
     data["domains"]["sms.local"]["repeat_window"] = window
     with pytest.raises(ConfigError) as error:
         parse_config(data, env={})
-    assert any(line.startswith("domains[sms.local].repeat_window: ") for line in error.value.problems)
+    problems = error.value.problems
+    assert any(line.startswith("domains[sms.local].repeat_window: ") for line in problems)
+
+
+async def test_preview_without_a_spool_says_it_did_not_look(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = base_config(tmp_path / "none" / "spool.sqlite3", "http://127.0.0.1:9")
+    data["domains"]["sms.local"]["repeat_window"] = "10m"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(crlf(text_message("Link down", "wan1", Message_ID="<l1@corp.test>")))
+    code = await asyncio.to_thread(
+        main, ["preview", "-c", str(config), "--to", TO, "--from", "app@corp.test", str(mail)]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert err.strip() == (
+        "retransmissions and repeats not checked:"
+        f" no spool at {tmp_path / 'none' / 'spool.sqlite3'} yet"
+    )
+    [request] = json.loads(out)
+    assert request["form"]["sent_text"] == "Link down\nwan1"
+    assert not (tmp_path / "none").exists()  # preview made no spool
