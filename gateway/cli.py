@@ -218,16 +218,23 @@ def _preview_requests(
     prepared = prepare(raw, resolved, mail_from, config, route_only=route_only)
     if prepared.route is not None:
         print(f"route {prepared.route}: {prepared.route_action}", file=sys.stderr)
+    verdicts = queue_cli.foresee(config, prepared.deliveries)  # retransmission, repeat
+    if isinstance(verdicts, str):
+        print(f"retransmissions and repeats not checked: {verdicts}", file=sys.stderr)
+        verdicts = [None] * len(prepared.deliveries)
     printed: list[dict[str, object]] = []
     routed = (
         {"route": {"name": prepared.route, "action": prepared.route_action}}
         if prepared.route is not None
         else {}
     )
-    verdicts = limit_verdicts(config, prepared.deliveries)  # the spool's counts, if readable
-    for delivery, verdict in zip(prepared.deliveries, verdicts, strict=True):
-        if verdict is not None:
-            print(f"{delivery.recipient}: would be {verdict}", file=sys.stderr)
+    limits = limit_verdicts(config, prepared.deliveries)  # the spool's counts, if readable
+    for delivery, verdict, limit in zip(prepared.deliveries, verdicts, limits, strict=True):
+        if verdict is not None:  # what the spool would decide: nothing sent either way
+            printed.append({"recipient": delivery.recipient, verdict[0]: verdict[1], **routed})
+            continue
+        if limit is not None:
+            print(f"{delivery.recipient}: would be {limit}", file=sys.stderr)
         if delivery.suppressed is not None:  # kept by the daemon, but no request is made
             printed.append(
                 {"recipient": delivery.recipient, "suppressed": str(delivery.suppressed), **routed}
@@ -240,8 +247,8 @@ def _preview_requests(
             "form": form,
             **routed,
         }
-        if verdict is not None:
-            entry["limit"] = verdict
+        if limit is not None:
+            entry["limit"] = limit
         sms = request_segments(delivery.request)
         if sms is not None:  # what it costs: the platform bills each part
             entry["sms"] = {"encoding": sms.encoding, "parts": sms.parts}

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway import shown
 from gateway.config.loader import load_config
@@ -20,7 +20,7 @@ from gateway.config.units import parse_duration
 from gateway.errors import SpoolError
 from gateway.spool.backends import describe, make_spool
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.rows import Search
+from gateway.spool.rows import NewDelivery, Search
 from gateway.spool.states import SHOWN
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
@@ -144,6 +144,30 @@ def _not_found(queue_id: str) -> int:
         file=sys.stderr,
     )
     return EX_FAIL
+
+
+def foresee(
+    config: Config, deliveries: Sequence[NewDelivery]
+) -> list[tuple[str, str] | None] | str:
+    """What the daemon would decide now of each delivery (`preview`), looked up in the spool
+    without changing it; or, as a str, why the spool was not asked."""
+    if not any(d.fingerprint for d in deliveries):
+        return [None] * len(deliveries)
+    if config.spool.url is None and not config.spool.path.exists():
+        return f"no spool at {config.spool.path} yet"
+
+    async def go() -> list[tuple[str, str] | None]:
+        spool = make_spool(config.spool)
+        await spool.start(recover=False)  # the daemon may be running
+        try:
+            return await spool.foresee(deliveries)
+        finally:
+            await spool.stop()
+
+    try:
+        return asyncio.run(go())
+    except SpoolError as exc:
+        return f"spool {describe(config.spool)} not reachable: {exc}"
 
 
 def _with_spool(config: Config, action: Callable[[SpoolInterface], Awaitable[int]]) -> int:

@@ -181,6 +181,8 @@ async def test_per_recipient_drop_suppresses_with_reason_limit(
     suppressed = await in_state(gw, "suppressed")
     assert len(suppressed) == 7
     assert {s.last_error for s in suppressed} == {"limit per_recipient 3/1h"}
+    exposition = gw.gateway.metrics.exposition().decode()
+    assert 'smtp2pulse_suppressed_total{domain="sms.local",reason="limit"} 7.0' in exposition
     await asyncio.sleep(0.5)
     assert len(platform.messages) == 3
 
@@ -435,3 +437,35 @@ async def test_a_notice_to_the_limited_domain_itself_is_exempt_and_cannot_loop(
     used = await gw.gateway.spool.budget_used(today(config, time.time()))
     assert used["sms.local"][0] == 1
     assert len(await in_state(gw, "suppressed")) == 2
+
+
+async def test_a_message_a_limit_refused_is_new_when_sent_again_not_a_retransmission(
+    start: Start, platform: FakePlatform
+) -> None:
+    """A 452 stored nothing, so the same message sent again (the same Message-ID, as a client
+    retries a temporary refusal) must be taken and sent once there is room: neither answered
+    as a retransmission of the refused one nor suppressed as its repeat."""
+    gw = await start(limited({"parts_per_day": 3, "over_limit": "refuse"}, repeat_window="10m"))
+    yesterday = time.time() - 86400
+    gw.gateway.smtp.handler.clock = lambda: yesterday
+    assert (await client(gw, "79001111111@sms.local", CYRILLIC))[1] == 250  # 2 of 3 parts
+    await platform.wait_for(1)
+    retried = text_message("alert", CYRILLIC, Message_ID="<ups-7@corp.test>").as_bytes()
+
+    def send() -> tuple[int, str]:
+        with smtplib.SMTP(gw.host, gw.port, timeout=30) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("app@corp.test")
+            assert smtp.rcpt(f"{PHONE}@sms.local")[0] == 250  # 1 part would fit
+            code, text = smtp.data(retried)
+            return code, text.decode()
+
+    loop = asyncio.get_running_loop()
+    code, text = await loop.run_in_executor(CLIENTS, send)
+    assert code == 452, text  # 2 more parts would make 4 of 3: refused after DATA
+    gw.gateway.smtp.handler.clock = time.time  # a new day: room again
+    code, text = await loop.run_in_executor(CLIENTS, send)
+    assert code == 250, text
+    await platform.wait_for(2)
+    assert platform.messages[1]["sent_to"] == PHONE
+    assert await in_state(gw, "suppressed") == []

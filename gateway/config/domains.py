@@ -77,6 +77,7 @@ _DOMAIN_KEYS = {
     "images",
     "images_max_size",
     "limits",
+    "repeat_window",
 }
 # The types whose text is (or, for a cascade, may end as) an SMS: see gateway.message.sms.
 SMS_TYPES = frozenset({"sms", "bulk"})
@@ -146,6 +147,7 @@ def _domain(
         allow_headers=v.value(data, "allow_headers", path, _overrides, frozenset(), problems),
         fields=fields,
         timezone=v.value(data, "timezone", path, zone, None, problems),
+        repeat_window=v.value(data, "repeat_window", path, v.positive_duration, None, problems),
     )
     checked = _sms_and_quiet(domain, data, path, problems, known_type)
     checked = read_images(checked, data, path, problems, known_type)

@@ -240,6 +240,8 @@ class DomainConfig:
     images: bool = False  # the mail's first picture sent as `image` (gateway.config.images)
     images_max_size: int = 5 * 1024 * 1024  # bytes of that picture as it came, at most
     limits: Limits | None = None
+    # Seconds within which the same sent_text to the same recipient is kept, not sent again.
+    repeat_window: float | None = None
 
     @property
     def sends_html(self) -> bool:

@@ -15,6 +15,7 @@ from gateway.config.recipients import Recipient
 from gateway.errors import BadContent
 from gateway.message import images, limits
 from gateway.message.cost import total_parts
+from gateway.message.fingerprint import fingerprinted
 from gateway.message.mapping import build_request, ignored_overrides, shape
 from gateway.message.parse import ParsedMessage, parse_message
 from gateway.message.routing import Target, route_message
@@ -103,7 +104,7 @@ def prepare(
         )
     sent = [d.request for d in deliveries if d.suppressed is None]
     return Prepared(
-        tuple(deliveries),
+        fingerprinted(tuple(deliveries), raw, mail_from, config),
         tuple(notes),
         total_parts(sent),
         route.name if route else None,

@@ -24,7 +24,7 @@ from gateway.smtp import replies
 from gateway.smtp.limit_check import rcpt_refusal
 from gateway.smtp.replies import Reply, reply_for
 from gateway.smtp.session import GatewayEnvelope, GatewaySession
-from gateway.spool import IncomingMessage
+from gateway.spool import Accepted, IncomingMessage
 from gateway.spool.interface import SpoolInterface
 from gateway.status.metrics import Metrics
 
@@ -177,11 +177,13 @@ class Handler:
                 "could not store message from <%s> %s: %s", envelope.mail_from, peer(session), exc
             )
             return replies.TRY_LATER
+        if not self._decided(queue_id, envelope.mail_from, session, config):
+            return replies.QUEUED.format(queue_id=queue_id)  # a retransmission: the first's id
         self.on_stored()
         self.metrics.accepted.inc()
         self._count_routing(prepared, config)
         log.info(
-            "queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s (stored in %.1f ms)",
+            "queue_id=%s accepted from=<%s> peer=%s size=%d rcpt=%s%s%s%s (stored in %.1f ms)",
             queue_id,
             envelope.mail_from,
             peer(session),
@@ -189,6 +191,7 @@ class Handler:
             ",".join(d.request.get("sent_to") or d.recipient for d in incoming.deliveries),
             "" if prepared.parts is None else f" parts={prepared.parts}",
             "" if prepared.route is None else f" route={prepared.route} ({prepared.route_action})",
+            "".join(f" suppressed {to}: {why}" for to, why in queue_id.suppressed),
             (time.monotonic() - started) * 1000,
             extra={"queue_id": queue_id},
         )
@@ -206,6 +209,29 @@ class Handler:
                 # a sender mint a time series per address.
                 label = domain if domain in config.domains else "unserved"
                 self.metrics.suppressed.labels(label, delivery.suppressed.reason).inc()
+
+    def _decided(
+        self, accepted: Accepted, mail_from: str | None, session: Session, config: Config
+    ) -> bool:
+        """Logs the retransmissions not stored again and counts them and the repeats the commit
+        suppressed (spool/repeats.py). False if nothing was stored."""
+        for recipient, first in accepted.retransmitted:
+            self.metrics.retransmissions.inc()
+            log.info(
+                "queue_id=%s retransmission from=<%s> peer=%s rcpt=%s: accepted before as %s,"
+                " not stored again",
+                first,
+                mail_from,
+                peer(session),
+                recipient,
+                first,
+                extra={"queue_id": first},
+            )
+        for recipient, why in accepted.suppressed:  # (said in the "accepted" line)
+            domain = recipient.rpartition("@")[2].lower()
+            label = domain if domain in config.domains else "unserved"
+            self.metrics.suppressed.labels(label, why.reason).inc()
+        return accepted.stored
 
     async def handle_exception(self, error: Exception) -> Reply:
         # The one place an unexpected error becomes a reply: temporary, and without its text.

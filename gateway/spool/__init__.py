@@ -11,6 +11,7 @@ from gateway.spool.interface import SpoolInterface
 from gateway.spool.meta import with_callback_secret
 from gateway.spool.packing import SharedTexts
 from gateway.spool.rows import (
+    Accepted,
     DayLimits,
     Delivery,
     DeliveryDetail,
@@ -32,6 +33,7 @@ from gateway.spool.states import SHOWN, BounceState, CallbackResult, State, Stat
 
 __all__ = [
     "SHOWN",
+    "Accepted",
     "BounceState",
     "CallbackResult",
     "DayLimits",

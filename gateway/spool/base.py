@@ -17,15 +17,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.errors import BadContent
-from gateway.spool import budget, jobs, media, meta, queue_view
+from gateway.spool import budget, jobs, media, meta, queue_view, repeats
 from gateway.spool.commit import Together
 from gateway.spool.dialect import Dialect
 from gateway.spool.rows import (
+    Accepted,
     DayLimits,
     Delivery,
     DeliveryLine,
     IncomingMessage,
     MessageDetail,
+    NewDelivery,
+    NewMessage,
     Overview,
     PendingBounce,
     Result,
@@ -110,21 +113,24 @@ class BaseSpool:
 
     # --- the accept path ---------------------------------------------------------------------
 
-    def accept(self, message: IncomingMessage) -> asyncio.Future[str]:
+    def accept(self, message: IncomingMessage) -> asyncio.Future[Accepted]:
         """Store a message and its deliveries durably; the future gives the queue id.
 
         A plain future, not a coroutine: on a busy loop every extra step to the 250 (a task
         to start, a shield to pass through) waits its turn behind every other session's."""
         problem = jobs.unstorable(message)
         if problem is not None:
-            refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            refused: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
             # For good: the same bytes would be refused again, so a 4xx would be retried forever.
             refused.set_exception(BadContent(problem))
             return refused
         now = self.clock()
         return self.link.submit_together(
-            self._insert, jobs.NewMessage(new_queue_id(now), now, message), wakes=True
+            self._insert, NewMessage(new_queue_id(now), now, message), wakes=True
         )
+
+    async def foresee(self, deliveries: Sequence[NewDelivery]) -> list[tuple[str, str] | None]:
+        return await self.link.read(lambda: repeats.foresee(self.sql, self.clock(), deliveries))
 
     # --- the delivery path -------------------------------------------------------------------
 
@@ -150,7 +156,7 @@ class BaseSpool:
 
     async def purge(self, older_than: float) -> int:
         """Forget messages whose every delivery ended before `older_than`."""
-        return await self.link.submit(lambda: jobs.purge(self.sql, older_than))
+        return await self.link.submit(lambda: jobs.purge(self.sql, older_than, self.clock()))
 
     # --- bounces and callbacks ---------------------------------------------------------------
 
@@ -238,7 +244,7 @@ class BaseSpool:
 
     async def store_notice(self, trip: budget.Trip, message: IncomingMessage) -> str | None:
         now = self.clock()
-        new = jobs.NewMessage(new_queue_id(now), now, message)
+        new = NewMessage(new_queue_id(now), now, message)
 
         def make() -> Job[str | None]:
             if not (yield from budget.claim_notice(self.sql, trip)):

@@ -130,3 +130,25 @@ class Dialect(Protocol):
     def insert_events(self, events: list[tuple[int, float, str, str]]) -> Query:
         """A delivery's history: (delivery id, when, kind, detail)."""
         ...
+
+    # --- retransmissions and repeats (repeats.py) ---------------------------------------------
+
+    RETRANSMISSIONS_OF: str  # keys (id_list) -> key, queue_id, at
+    REPEATS_OF: str  # keys (id_list) -> key, sent_id, seen_at
+    FORGET_RETRANSMISSIONS: str  # older_than
+    FORGET_REPEATS: str  # now
+    # queue ids (id_list): what messages a limit refused in this commit had claimed
+    UNCLAIM_RETRANSMISSIONS: str
+    UNCLAIM_REPEATS: str
+
+    def claim_retransmissions(self, rows: list[tuple[str, str, float]], memory: float) -> Query:
+        """Keys (key, queue_id, at), sorted by key, each stored unless one kept less than
+        `memory` seconds before it is there -> key of each stored (Fetch.ROWS)."""
+        ...
+
+    def note_repeats(self, rows: list[tuple[str, str, float, float]]) -> Query:
+        """Texts (key, queue_id, at, window), sorted by key, each stored or, if there, seen
+        again at `at` -> key, previous_at (when it was seen before; None if new) and sent_id
+        (the one its window began with: kept if `at` is within the window of previous_at,
+        else queue_id) (Fetch.ROWS)."""
+        ...

@@ -14,11 +14,13 @@ from typing import Protocol
 
 from gateway.spool.budget import Trip
 from gateway.spool.rows import (
+    Accepted,
     DayLimits,
     Delivery,
     DeliveryLine,
     IncomingMessage,
     MessageDetail,
+    NewDelivery,
     Overview,
     PendingBounce,
     Result,
@@ -44,8 +46,14 @@ class SpoolInterface(Protocol):
         ...
 
     # --- the accept path
-    def accept(self, message: IncomingMessage) -> Awaitable[str]:
-        """Store a message and its deliveries durably; gives the queue id."""
+    def accept(self, message: IncomingMessage) -> Awaitable[Accepted]:
+        """Store a message and its deliveries durably; gives the queue id, with what the commit
+        decided: a retransmission not stored again (then the first one's id), repeats kept."""
+        ...
+
+    async def foresee(self, deliveries: Sequence[NewDelivery]) -> list[tuple[str, str] | None]:
+        """What accepting these deliveries now would decide of each, for people (`preview`):
+        ("retransmission", of what), ("suppressed", why: a repeat) or None. Reads only."""
         ...
 
     # --- the delivery path

@@ -13,10 +13,18 @@ import json
 from collections.abc import Callable, Sequence
 
 from gateway.errors import LimitReached
-from gateway.spool import budget, media
+from gateway.spool import budget, media, repeats
 from gateway.spool.dialect import Dialect, ResultRow
 from gateway.spool.packing import load_texts, pack_requests, unpack_request
-from gateway.spool.rows import Delivery, IncomingMessage, PendingBounce, Result
+from gateway.spool.rows import (
+    Accepted,
+    Delivery,
+    IncomingMessage,
+    NewMessage,
+    PendingBounce,
+    Result,
+    Suppressed,
+)
 from gateway.spool.states import (
     TAKEN_BY_CALLBACK,
     BounceState,
@@ -28,15 +36,6 @@ from gateway.spool.steps import Fetch, Job, Query, Row
 
 STATUS_EVENT = "status"
 CONFIRMED = "confirmed by the platform's callback"  # the detail of an unconfirmed one's "sent"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A message as a group commit stores it, with its queue id and arrival time."""
-
-    queue_id: str
-    now: float
-    message: IncomingMessage
 
 
 def unstorable(message: IncomingMessage) -> str | None:
@@ -59,13 +58,15 @@ def unstorable(message: IncomingMessage) -> str | None:
 # --- the accept path ---------------------------------------------------------------------------
 
 
-def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str | LimitReached]]:
+def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[Accepted | LimitReached]]:
     """Store messages and their deliveries, in a few statements for all of them.
 
     The requests are packed (packing.py) here, in the commit, not by the session that waits for
     the 250: for SQLite that is the writer thread, which holds the GIL between its statements
     anyway (the same work on the event loop measured slower, bench/README)."""
-    # The domains' limits first: held, suppressed or the whole message refused (budget.py).
+    new, answers = yield from repeats.decide(sql, new)  # retransmissions left out, repeats kept
+    # Then the domains' limits, on what is left: held, suppressed or the whole message refused
+    # (budget.py); what a route or a repeat suppressed spends nothing.
     verdicts = yield from budget.admit(sql, [(n.now, n.message.deliveries) for n in new])
     messages: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
@@ -97,17 +98,25 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[str | LimitReached]]
     if messages:
         for query in sql.insert(messages, deliveries, list(events)):  # noqa: UP028 - commit.py
             yield query
+    refused: dict[str, LimitReached] = {}
+    dropped: dict[str, tuple[tuple[str, Suppressed], ...]] = {}
+    for n, verdict in zip(new, verdicts, strict=True):
+        if isinstance(verdict, LimitReached):
+            refused[n.queue_id] = verdict
+        else:
+            dropped[n.queue_id] = tuple(
+                (after.recipient, after.suppressed)
+                for before, after in zip(n.message.deliveries, verdict, strict=True)
+                if before.suppressed is None and after.suppressed is not None
+            )
     yield from media.insert(
-        sql,
-        [
-            (n.queue_id, n.message.picture)
-            for n, v in zip(new, verdicts, strict=True)
-            if not isinstance(v, LimitReached)
-        ],
+        sql, [(n.queue_id, n.message.picture) for n in new if n.queue_id not in refused]
     )
+    if refused:
+        yield from repeats.unclaim(sql, list(refused))
     # A refused one's error is its result: commit.settle raises it to that caller alone.
     return [
-        v if isinstance(v, LimitReached) else n.queue_id for n, v in zip(new, verdicts, strict=True)
+        refused.get(answer) or answer.also_suppressed(dropped.get(answer, ())) for answer in answers
     ]
 
 
@@ -179,9 +188,10 @@ def record(sql: Dialect, now: float, results: Sequence[Result]) -> Job[None]:
         yield sql.insert_events([(r.delivery_id, now, r.event, r.detail) for r in recorded])
 
 
-def purge(sql: Dialect, older_than: float) -> Job[int]:
+def purge(sql: Dialect, older_than: float, now: float) -> Job[int]:
     purged: int = yield Query(sql.PURGE, (older_than,))
     yield from budget.purge(sql, older_than)
+    yield from repeats.forget(sql, now)
     return purged
 
 

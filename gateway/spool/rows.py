@@ -50,6 +50,18 @@ class Spend:
 
 
 @dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What the accept commit tells a retransmission and a repeat by (spool/repeats.py), as
+    gateway/message/fingerprint.py makes it from the mail."""
+
+    # Message-ID, envelope sender, recipient and content, hashed; None without a Message-ID.
+    retransmission: str | None = None
+    # The domain, sent_to and sent_text, hashed; None when the domain has no repeat_window.
+    text: str | None = None
+    window: float = 0.0  # the domain's repeat_window, seconds
+
+
+@dataclass(frozen=True, slots=True)
 class NewDelivery:
     recipient: str
     request: Mapping[str, str]
@@ -61,6 +73,7 @@ class NewDelivery:
     spend: Spend | None = None
     # Over a limit with over_limit hold (set by the spool's budget): until when, and why.
     held: tuple[float, str] | None = None
+    fingerprint: Fingerprint | None = None
 
     def initial_state(self) -> tuple[State, str | None]:
         """The state and last_error it is stored with: queued, suppressed with its reason, or
@@ -110,6 +123,48 @@ class IncomingMessage:
     deliveries: tuple[NewDelivery, ...]
     auth_user: str | None = None
     picture: NewPicture | None = None  # stored with it, in the same commit
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message as a group commit stores it, with its queue id and arrival time."""
+
+    queue_id: str
+    now: float
+    message: IncomingMessage
+
+
+class Accepted(str):
+    """A queue id as `accept` gives it, with what the commit decided besides storing (a str, so
+    whoever wants only the id has it). `stored` is False when every delivery was a
+    retransmission: nothing was stored, and the id is the first message's."""
+
+    stored: bool
+    retransmitted: tuple[tuple[str, str], ...]  # (recipient, first queue id), not stored again
+    # (recipient, why) suppressed by the commit itself: a repeat, a limit's drop
+    suppressed: tuple[tuple[str, Suppressed], ...]
+
+    def __new__(
+        cls,
+        queue_id: str,
+        *,
+        stored: bool = True,
+        retransmitted: tuple[tuple[str, str], ...] = (),
+        suppressed: tuple[tuple[str, Suppressed], ...] = (),
+    ) -> Accepted:
+        accepted = super().__new__(cls, queue_id)
+        accepted.stored = stored
+        accepted.retransmitted = retransmitted
+        accepted.suppressed = suppressed
+        return accepted
+
+    def also_suppressed(self, more: tuple[tuple[str, Suppressed], ...]) -> Accepted:
+        return Accepted(
+            self,
+            stored=self.stored,
+            retransmitted=self.retransmitted,
+            suppressed=self.suppressed + more,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,11 @@ class Metrics:
             ["domain", "unit"],
             registry=r,
         )
+        self.retransmissions = Counter(
+            "smtp2pulse_retransmissions",
+            "Deliveries a client sent again after losing our 250: answered 250, not stored again",
+            registry=r,
+        )
         self.bounces = Counter(
             "smtp2pulse_bounces", "Delivery status notifications by result", ["result"], registry=r
         )

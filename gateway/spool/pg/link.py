@@ -24,10 +24,10 @@ import asyncpg
 
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.spool.commit import Pending, Together, alone, as_spool_error, group_commit, settle
-from gateway.spool.jobs import NewMessage
 from gateway.spool.pg import sql
 from gateway.spool.pg.schema import prepare
 from gateway.spool.pg.wire import LOST, execute, is_lost, safe_url
+from gateway.spool.rows import Accepted, NewMessage
 from gateway.spool.steps import Job, Query, drive_async
 
 log = logging.getLogger("smtp2pulse.spool")
@@ -178,7 +178,7 @@ class PgLink:
                 conn.terminate()
             self._writer = None
             for job, queue_id in await self._stored_after_loss(batch, backend):
-                job.future.set_result(queue_id)
+                job.future.set_result(Accepted(queue_id))
             _fail(batch, SpoolError(f"spool database connection lost: {exc}"))
             return
         self.commits += committed

@@ -76,7 +76,21 @@ CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     # Numbered as the SQLite spool's migrations this round; 3 and 4 have nothing to do here.
     3: "",
     4: "",
-    5: "",  # another branch
+    5: """
+CREATE TABLE IF NOT EXISTS retransmissions (
+    key      text PRIMARY KEY,
+    queue_id text NOT NULL,
+    at       double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retransmissions_by_time ON retransmissions(at);
+CREATE TABLE IF NOT EXISTS repeats (
+    key         text PRIMARY KEY,
+    sent_id     text NOT NULL,
+    seen_at     double precision NOT NULL,
+    window_s    double precision NOT NULL,
+    previous_at double precision
+);
+""",
     # Limits (gateway.spool.budget): see the SQLite spool's step 6.
     6: """
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS spend text;

@@ -80,7 +80,22 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
 """,
-    5: "",  # another branch
+    # Retransmissions and repeats (spool/repeats.py): keys the accept commit decides by.
+    5: """
+CREATE TABLE IF NOT EXISTS retransmissions (
+    key      TEXT PRIMARY KEY,  -- Message-ID, sender, recipient, content (message/fingerprint.py)
+    queue_id TEXT NOT NULL,     -- the message first accepted with it
+    at       REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS retransmissions_by_time ON retransmissions(at);
+CREATE TABLE IF NOT EXISTS repeats (
+    key         TEXT PRIMARY KEY,  -- domain, sent_to, sent_text
+    sent_id     TEXT NOT NULL,     -- the queue id the window began with (the one sent)
+    seen_at     REAL NOT NULL,     -- the text's last arrival: the window runs from there
+    window_s    REAL NOT NULL,
+    previous_at REAL               -- the arrival before (what the upsert returns)
+) WITHOUT ROWID;
+""",
     # Limits (gateway.spool.budget): a domain's counts by day, a recipient's window, and what a
     # held delivery will cost when it is released.
     6: """
