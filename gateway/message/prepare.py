@@ -26,6 +26,7 @@ from gateway.spool import NewDelivery, SharedTexts, Suppressed
 # enough from the first few names and the count of the rest.
 _LISTED = 10
 _LISTED_LENGTH = 100
+SUBJECT_KEPT = 400  # characters of the subject the spool keeps for the console
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class Prepared:
     parts: int | None = None  # SMS parts of all the deliveries; None: no SMS
     route: str | None = None  # the route the message took (config `routes`)
     route_action: str = ""  # what that route did, for people
+    subject: str = ""  # the mail's, decoded: kept for the console
 
 
 def prepare(
@@ -97,6 +99,8 @@ def prepare(
         total_parts(sent),
         route.name if route else None,
         route.action if route else "",
+        # Without NUL (no PostgreSQL text takes one) and cut short: only shown and searched.
+        parsed.subject.replace("\x00", "")[:SUBJECT_KEPT],
     )
 
 

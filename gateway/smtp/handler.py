@@ -153,6 +153,7 @@ class Handler:
             helo=session.host_name or "",
             raw=raw,
             deliveries=prepared.deliveries,
+            subject=prepared.subject,
         )
         if server.login_user is not None:
             incoming = dataclasses.replace(incoming, auth_user=server.login_user.name)

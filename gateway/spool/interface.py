@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from gateway.spool.console import Action, ConsoleSearch, Day, FoundLine, Hourly
 from gateway.spool.rows import (
     Delivery,
     DeliveryLine,
@@ -117,6 +118,30 @@ class SpoolInterface(Protocol):
     async def overview(self, *, errors: int = 5) -> Overview:
         """The queue at a glance for the status page, with the `errors` newest failures."""
         ...
+
+    # --- the console (the status page: spool/console.py)
+    async def console_find(self, search: ConsoleSearch) -> list[FoundLine]: ...
+
+    async def console_subject(self, queue_id: str) -> str | None: ...
+
+    async def console_day(self, since: float) -> Day:
+        """The deliveries of messages received since `since`, and the routes they took."""
+        ...
+
+    async def console_requests(self, ids: Sequence[int]) -> dict[int, dict[str, str]]: ...
+
+    async def console_hourly(self) -> Hourly:
+        """Accepted, suppressed, sent and failed per hour, the last 24 hours."""
+        ...
+
+    async def console_act(self, action: Action, queue_id: str, who: str) -> int | None:
+        """Retry, drop or settle; how many deliveries changed, None if no such message."""
+        ...
+
+    async def console_failed(self, since: float, until: float, limit: int) -> list[DeliveryLine]:
+        ...
+
+    async def console_retry_failed(self, since: float, until: float, who: str) -> int: ...
 
     # --- values kept for the gateways
     async def callback_secret(self) -> str:

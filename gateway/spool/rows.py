@@ -44,6 +44,7 @@ class IncomingMessage:
     raw: bytes
     deliveries: tuple[NewDelivery, ...]
     auth_user: str | None = None
+    subject: str = ""  # decoded, for the console's listing and search
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import asyncpg
 
 from gateway.errors import SpoolError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 8
 # Any fixed 64-bit number, the same in every gateway: the lock schema changes take.
 MIGRATION_LOCK = 0x5350_4F4F_4C50_4731  # "SPOOLPG1"
 
@@ -73,6 +73,15 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
 """,
+    3: "",  # another branch
+    4: "",  # another branch
+    5: "",  # another branch
+    6: "",  # another branch
+    7: "",  # another branch
+    # The console's subject (see sqlite/schema.py's step 8).
+    8: """
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS subject text NOT NULL DEFAULT '';
+""",
 }
 
 
@@ -90,7 +99,8 @@ async def prepare(conn: asyncpg.Connection) -> None:
             return
         await conn.execute(SCHEMA)
         for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-            await conn.execute(MIGRATIONS[step])
+            if MIGRATIONS[step]:  # (a number kept for another branch may be empty)
+                await conn.execute(MIGRATIONS[step])
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -17,7 +17,7 @@ from gateway.spool.sqlite import sql
 
 log = logging.getLogger("smtp2pulse.spool")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 8
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          TEXT PRIMARY KEY,
@@ -79,6 +79,14 @@ CREATE INDEX deliveries_pending ON deliveries(message_id)
     WHERE state IN ('queued', 'sending', 'unconfirmed');
 CREATE INDEX IF NOT EXISTS deliveries_unconfirmed ON deliveries(message_id)
     WHERE state = 'unconfirmed';
+""",
+    5: "",  # another branch
+    6: "",  # another branch
+    7: "",  # another branch
+    # The console (status page) shows and searches a message's subject: decoded at accept, kept
+    # beside it rather than parsed again from the raw mail for every line of a listing.
+    8: """
+ALTER TABLE messages ADD COLUMN subject TEXT NOT NULL DEFAULT '';
 """,
 }
 
