@@ -20,7 +20,8 @@ def message(subject: str, *to: str, sender: str = "crm@corp.test") -> IncomingMe
         helo="c",
         raw=b"raw",
         deliveries=tuple(
-            NewDelivery(address, {"type": "sms", "sent_to": address.split("@")[0]}) for address in to
+            NewDelivery(address, {"type": "sms", "sent_to": address.split("@")[0]})
+            for address in to
         ),
         subject=subject,
     )
