@@ -16,7 +16,7 @@ from gateway.spool.console import Hourly
 
 WIDTH = 600
 HEIGHT = 230
-LEFT, RIGHT, TOP, BOTTOM = 44, 10, 12, 34  # room for the labels
+LEFT, RIGHT, TOP, BOTTOM = 52, 12, 14, 36  # room for the labels
 LABEL_EVERY = 4  # hours between the time labels under the chart
 
 
@@ -32,6 +32,7 @@ class Series:
 class Chart:
     width: int
     height: int
+    left: int  # where the plot begins, after the scale's labels
     series: list[Series]
     grid: list[tuple[float, str]]  # (y, label) of each horizontal line
     hours: list[tuple[float, str]]  # (x, "HH:00") under the chart
@@ -93,4 +94,4 @@ def chart(hourly: Hourly) -> Chart:
     ]
     totals = ", ".join(f"{sum(values)} {label}" for _, label, values in named)
     summary = f"Deliveries per hour, the last {hours} hours: {totals}"
-    return Chart(WIDTH, HEIGHT, series, grid, labels, rows, summary)
+    return Chart(WIDTH, HEIGHT, LEFT, series, grid, labels, rows, summary)

@@ -39,10 +39,13 @@ Render = Callable[..., Awaitable[web.Response]]
 
 
 class Console:
-    def __init__(self, spool: SpoolInterface, tokens: Tokens, render: Render) -> None:
+    def __init__(
+        self, spool: SpoolInterface, tokens: Tokens, render: Render, changed: Callable[[], None]
+    ) -> None:
         self.spool = spool
         self.tokens = tokens
         self.render = render
+        self.changed = changed  # the page's counts are out of date
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/queue/{queue_id}/{action}", self.act)
@@ -81,6 +84,7 @@ class Console:
             return form
         who = request.remote or "?"
         changed = await self.spool.console_act(action, queue_id, who)
+        self.changed()
         if changed is None:
             raise web.HTTPNotFound()
         log.info(
@@ -116,5 +120,6 @@ class Console:
             raise web.HTTPBadRequest(text="since and until are the confirmed hour")
         who = request.remote or "?"
         changed = await self.spool.console_retry_failed(since, until, who)
+        self.changed()
         log.info("retry of %d failed deliveries from the console by %s", changed, who)
         raise web.HTTPSeeOther(f"/?done=retry-failed&n={changed}")

@@ -8,9 +8,10 @@ only clients in http.allow_networks (the status server's guard) and shows what `
 `queue show` would, personal data masked when log.mask_personal_data is on. Nothing of the
 config is shown, so no token can be.
 
-The bill and the chart read every delivery of the day: they are made at most every
-SUMMARY_SECONDS and shared by the pages asked for meanwhile, so a page reloaded in a loop (or a
-dozen open) costs the spool one such read per interval, and the accept path does not feel it.
+The counts, the bill and the chart read every delivery of the day: they are made at most every
+SUMMARY_SECONDS (and after each action) and shared by the pages asked for meanwhile, so a page
+reloaded in a loop (or a dozen open) costs the spool one such read per interval, and the accept
+path does not feel it; the page says the moment they were counted at.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -29,9 +31,10 @@ from gateway.config.recipients import shown_recipient
 from gateway.privacy import mask_personal
 from gateway.spool.console import ConsoleSearch
 from gateway.spool.interface import SpoolInterface
+from gateway.spool.rows import Overview
 from gateway.spool.states import RETRYABLE, SHOWN, State
 from gateway.status import chart as charts
-from gateway.status.bill import Bill, Biller, error_kinds
+from gateway.status.bill import Bill, Biller, ErrorKind, error_kinds
 from gateway.status.console import Console
 from gateway.status.csrf import Tokens
 from gateway.times import iso_time, local_time
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 
 PAGE = 50  # deliveries a page
 ERRORS = 200  # the newest failed deliveries the error kinds are counted over
-SUMMARY_SECONDS = 10.0  # how old the bill and the chart may be
+SUMMARY_SECONDS = 5.0  # how old the counts, the bill and the chart may be
 MAX_QUERY = 320  # an address is at most 254 characters; more is not a search
 # Queue ids are uppercase hex with a time prefix (spool.base.new_queue_id); others are looked up
 # as recipients, senders or subject words.
@@ -56,6 +59,18 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the top of the page shows, all counted at one moment (so no two numbers disagree
+    for having been counted seconds apart under load)."""
+
+    at: float
+    overview: Overview
+    errors: list[ErrorKind]
+    bill: Bill
+    chart: charts.Chart
 
 
 def ago(timestamp: float | None, now: float | None = None) -> str:
@@ -117,9 +132,9 @@ class StatusPage:
         self.platform_error = platform_error  # the platform says our config is wrong
         self._loaded: dict[str, jinja2.Template] | None = None
         self.tokens = Tokens(self._secret)
-        self.console = Console(spool, self.tokens, self._render)
+        self.console = Console(spool, self.tokens, self._render, self._forget_summary)
         self._biller = Biller(spool)
-        self._summary: tuple[float, Bill, charts.Chart] | None = None
+        self._summary: Summary | None = None
         self._summary_lock = asyncio.Lock()
 
     def _secret(self) -> str:
@@ -153,9 +168,9 @@ class StatusPage:
             limit=PAGE,
         )
         found = await self.spool.console_find(search)
-        overview = await self.spool.overview(errors=ERRORS)
-        bill, chart = await self._summaries()
-        domains = sorted({*self.config().domains, *(d.domain for d in bill.domains)})
+        summary = await self._summaries()
+        overview = summary.overview
+        domains = sorted({*self.config().domains, *(d.domain for d in summary.bill.domains)})
         last = found[-1].line if len(found) >= PAGE else None
         return await self._render(
             "index.html",
@@ -167,25 +182,35 @@ class StatusPage:
             paged=cursor is not None,
             found=found,
             older=None if last is None else f"{last.queue_id}.{last.delivery_id}",
+            as_of=summary.at,
             overview=overview,
             waiting=sum(overview.by_state.get(s, 0) for s in ("queued", "sending")),
-            errors=error_kinds(overview.recent_errors),
-            bill=bill,
-            chart=chart,
+            errors=summary.errors,
+            bill=summary.bill,
+            chart=summary.chart,
             states=SHOWN,
             ready=self.ready(),
             sending=self.sending(),
             done=self.console.done_note(request),
         )
 
-    async def _summaries(self) -> tuple[Bill, charts.Chart]:
+    async def _summaries(self) -> Summary:
         async with self._summary_lock:  # one read for every page asked for meanwhile
             now = time.time()
-            if self._summary is None or now - self._summary[0] >= SUMMARY_SECONDS:
-                bill = await self._biller.bill(now)
-                chart = charts.chart(await self.spool.console_hourly())
-                self._summary = (now, bill, chart)
-            return self._summary[1], self._summary[2]
+            if self._summary is None or now - self._summary.at >= SUMMARY_SECONDS:
+                overview = await self.spool.overview(errors=ERRORS)
+                self._summary = Summary(
+                    now,
+                    overview,
+                    error_kinds(overview.recent_errors),
+                    await self._biller.bill(now),
+                    charts.chart(await self.spool.console_hourly()),
+                )
+            return self._summary
+
+    def _forget_summary(self) -> None:
+        """After an action: the next page counts afresh."""
+        self._summary = None
 
     async def message(self, request: web.Request) -> web.Response:
         queue_id = request.match_info["queue_id"]
