@@ -9,7 +9,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, Page, ViewportSize
 
 from tests.conftest import Running, text_message
 from tests.fakeplatform import FakePlatform, Reply
@@ -21,7 +21,7 @@ CONSOLE: dict[str, Any] = {
     "routes": [{"name": "ok-notices", "match": {"subject": "^OK:"}, "drop": True}],
 }
 ZONED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}")
-PHONE = {"width": 375, "height": 740}
+PHONE: ViewportSize = {"width": 375, "height": 740}
 
 # Every element with text of its own whose contrast with the background behind it is below
 # WCAG AA's 4.5:1 (the chart's SVG text is drawn dark on white and left out).
@@ -60,7 +60,8 @@ async def test_the_glance_the_bill_and_the_chart_say_what_they_count(
     short = await gw.submit(text_message("Code", "5521"), "79005556677@sms.local")
     dropped = await gw.submit(text_message("OK: backup done"), "79009998877@sms.local")
     assert await gw.wait_final(long) == ["sent"] and await gw.wait_final(short) == ["sent"]
-    page = await watched_page(browser, dialogs := [])
+    dialogs: list[str] = []
+    page = await watched_page(browser, dialogs)
     response = await page.goto(base(gw) + "/")
     assert response is not None and response.status == 200
     assert "script-src" not in (await response.all_headers())["content-security-policy"]
@@ -130,7 +131,8 @@ async def test_a_retry_by_keyboard_and_the_last_hours_failures_after_a_confirmat
     first = await gw.submit(text_message("Disk full"), "79001234567@sms.local")
     second = await gw.submit(text_message("Disk fuller"), "79005556677@sms.local")
     assert await gw.wait_final(first) == ["failed"] and await gw.wait_final(second) == ["failed"]
-    page = await watched_page(browser, dialogs := [])
+    dialogs: list[str] = []
+    page = await watched_page(browser, dialogs)
 
     await page.goto(base(gw) + "/")
     assert "attention" in (await page.get_attribute("#count-failed", "class") or "")
