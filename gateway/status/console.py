@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.spool.console import Action
 from gateway.spool.interface import SpoolInterface
 from gateway.status.csrf import Tokens, cross_site
+from gateway.status.pace import Pace
 
 log = logging.getLogger("smtp2pulse.status")
 
@@ -40,12 +41,18 @@ Render = Callable[..., Awaitable[web.Response]]
 
 class Console:
     def __init__(
-        self, spool: SpoolInterface, tokens: Tokens, render: Render, changed: Callable[[], None]
+        self,
+        spool: SpoolInterface,
+        tokens: Tokens,
+        render: Render,
+        changed: Callable[[], None],
+        pace: Pace,
     ) -> None:
         self.spool = spool
         self.tokens = tokens
         self.render = render
         self.changed = changed  # the page's counts are out of date
+        self.pace = pace
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/queue/{queue_id}/{action}", self.act)
@@ -98,6 +105,7 @@ class Console:
         raise web.HTTPSeeOther(f"/queue/{queue_id}?done={action}&n={changed}")
 
     async def confirm(self, request: web.Request) -> web.Response:
+        await self.pace.turn()
         until = time.time()
         since = until - RECENT_FAILED
         lines = await self.spool.console_failed(since, until, LISTED)
