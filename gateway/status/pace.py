@@ -15,7 +15,7 @@ import time
 
 from aiohttp import web
 
-RATE = 10.0  # pages a second, in all, once the burst is spent
+RATE = 5.0  # pages a second, in all, once the burst is spent
 BURST = 10  # pages at once, e.g. a person opening several tabs
 MAX_WAIT = 5.0
 

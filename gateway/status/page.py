@@ -262,7 +262,7 @@ class StatusPage:
         )
 
     async def _render(
-        self, name: str, request: web.Request, status: int = 200, **values: Any
+        self, name: str, request: web.Request | None = None, status: int = 200, **values: Any
     ) -> web.Response:
         if self._loaded is None:
             # Compiling reads the template files: off the event loop, once.
@@ -272,7 +272,8 @@ class StatusPage:
             mask=config.log_mask_personal,
             dry_run=config.api.dry_run,
             platform_error=self.platform_error(),
-            csrf=self.tokens.token(request.remote or ""),
+            # The forms' token, for the address that asked (csrf.py).
+            csrf=self.tokens.token(request.remote or "") if request is not None else "",
             now=time.time(),
             **values,
         )
