@@ -3,7 +3,8 @@ holding 10,000 deliveries of today, SMTP load on it, and the same load again whi
 fetch the console's pages as fast as they are answered: its main page (counts, bill, chart),
 a search by subject words and a deep page of the listing. Rounds alternate, quiet and hammered,
 and the medians are printed: accepted messages a second, the 250's latency, pages a second and
-a page's latency.
+a page's latency. Then, without SMTP load, the daemon's CPU time per page served (its
+/proc counters, idle subtracted), which the machine's other load does not blur.
 
     python bench/console_load.py                       # 10,000 deliveries, 3 rounds of each
     python bench/console_load.py --deliveries 20000 --rounds 5 --messages 3000 --pages 4
@@ -13,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+import yaml
 from loadgen import LoadSpec, run_load
 from screenshot import TEXTS, config, free_port, wait_healthy
 
@@ -66,7 +70,12 @@ async def seed(path: Path, deliveries: int) -> None:
     await spool.stop()
 
 
-async def hammer(base: str, stop: asyncio.Event, latencies: list[float]) -> None:
+KINDS = ("main", "search", "listing")
+
+
+async def hammer(
+    base: str, stop: asyncio.Event, latencies: list[float], kinds: tuple[str, ...] = KINDS
+) -> None:
     """One client fetching the console's pages one after another until told to stop: the main
     page, a search, and the next page of the listing of sent deliveries (paging through all of
     them, then from the start again)."""
@@ -74,7 +83,8 @@ async def hammer(base: str, stop: asyncio.Event, latencies: list[float]) -> None
     async with aiohttp.ClientSession() as session:
         n = 0
         while not stop.is_set():
-            path = ("/", "/?q=order+4417", listing)[n % 3]
+            kind = kinds[n % len(kinds)]
+            path = {"main": "/", "search": "/?q=order+4417", "listing": listing}[kind]
             started = time.perf_counter()
             async with session.get(base + path) as response:
                 html = await response.text()
@@ -104,43 +114,48 @@ async def round_(port: int, base: str, messages: int, pages: int) -> dict[str, f
     }
 
 
-async def run(args: argparse.Namespace, tmp: Path) -> None:
-    import subprocess
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
-    import yaml
 
-    spool = tmp / "spool.sqlite3"
-    started = time.perf_counter()
-    await seed(spool, args.deliveries)
-    print(f"seeded {args.deliveries} deliveries in {time.perf_counter() - started:.0f}s")
-    smtp_port, http_port = free_port(), free_port()
-    settings = config(spool, smtp_port, http_port, False)
-    settings["smtp"] = {"listen": f"127.0.0.1:{smtp_port}", "max_connections": 200}
-    (tmp / "config.yaml").write_text(yaml.safe_dump(settings))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "-c", str(tmp / "config.yaml")],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{http_port}"
-        wait_healthy(base + "/healthz")
-        await round_(smtp_port, base, 300, 0)  # warm up
-        quiet: list[dict[str, float]] = []
-        busy: list[dict[str, float]] = []
-        for r in range(args.rounds):
-            quiet.append(await round_(smtp_port, base, args.messages, 0))
-            busy.append(await round_(smtp_port, base, args.messages, args.pages))
-            print(f"round {r + 1}: quiet {quiet[-1]}\n         hammered {busy[-1]}")
-        for name, rounds in (("quiet", quiet), (f"{args.pages} page clients", busy)):
-            med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-            print(
-                f"{name:>16}: {med['rate']:.0f} msg/s accepted, 250 p50 {med['p50']:.1f} ms"
-                f" p99 {med['p99']:.1f} ms; {med['pages_per_s']:.1f} pages/s,"
-                f" page median {med['page_ms']:.0f} ms"
-            )
-    finally:
-        daemon.terminate()
-        daemon.wait(15)
+async def cpu_during(
+    pid: int, base: str, clients: int, seconds: float, kinds: tuple[str, ...] = KINDS
+) -> tuple[float, float]:
+    """The daemon's CPU seconds while `clients` fetch pages for `seconds`, and the pages."""
+    stop = asyncio.Event()
+    latencies: list[float] = []
+    before = cpu_seconds(pid)
+    tasks = [asyncio.create_task(hammer(base, stop, latencies, kinds)) for _ in range(clients)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks)
+    return cpu_seconds(pid) - before, float(len(latencies))
+
+
+async def measure(args: argparse.Namespace, pid: int, smtp_port: int, base: str) -> None:
+    await round_(smtp_port, base, 300, 0)  # warm up
+    quiet: list[dict[str, float]] = []
+    busy: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        quiet.append(await round_(smtp_port, base, args.messages, 0))
+        busy.append(await round_(smtp_port, base, args.messages, args.pages))
+        print(f"round {r + 1}: quiet {quiet[-1]}\n         hammered {busy[-1]}")
+    idle, _ = await cpu_during(pid, base, 0, args.seconds)
+    print(f"daemon CPU, no SMTP load, {args.seconds:.0f} s idle: {idle:.2f} s")
+    for kinds in ((kind,) for kind in KINDS):
+        used, pages = await cpu_during(pid, base, args.pages, args.seconds, kinds)
+        print(
+            f"  {kinds[0]:>8} pages: {pages:.0f} in {args.seconds:.0f} s, {used:.2f} s of CPU"
+            f" = {(used - idle) / max(pages, 1) * 1000:.1f} ms a page"
+        )
+    for name, rounds in (("quiet", quiet), (f"{args.pages} page clients", busy)):
+        med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+        print(
+            f"{name:>16}: {med['rate']:.0f} msg/s accepted, 250 p50 {med['p50']:.1f} ms"
+            f" p99 {med['p99']:.1f} ms; {med['pages_per_s']:.1f} pages/s,"
+            f" page median {med['page_ms']:.0f} ms"
+        )
 
 
 def main() -> int:
@@ -149,9 +164,29 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--messages", type=int, default=2000, help="per round")
     parser.add_argument("--pages", type=int, default=4, help="HTTP clients fetching pages")
+    parser.add_argument("--seconds", type=float, default=20.0, help="of the CPU measurement")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args, Path(tmp)))
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        spool = tmp / "spool.sqlite3"
+        started = time.perf_counter()
+        asyncio.run(seed(spool, args.deliveries))
+        print(f"seeded {args.deliveries} deliveries in {time.perf_counter() - started:.0f}s")
+        smtp_port, http_port = free_port(), free_port()
+        settings = config(spool, smtp_port, http_port, False)
+        settings["smtp"] = {"listen": f"127.0.0.1:{smtp_port}", "max_connections": 200}
+        (tmp / "config.yaml").write_text(yaml.safe_dump(settings))
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "-c", str(tmp / "config.yaml")],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{http_port}"
+            wait_healthy(base + "/healthz")
+            asyncio.run(measure(args, daemon.pid, smtp_port, base))
+        finally:
+            daemon.terminate()
+            daemon.wait(15)
     return 0
 
 

@@ -80,15 +80,17 @@ def _like(text: str) -> str:
 def find_params(search: ConsoleSearch) -> tuple[object, ...]:
     """CONSOLE_FIND's parameters: newest first below the cursor, each filter off when NULL."""
     text = None if not search.text else search.text.strip().lower()
+    # A recipient has no space: a text with one is looked for in subjects and senders only.
+    to = None if text is None or " " in text else text
     before_queue, before_id = search.before if search.before else (NEWEST, 0)
     return (
         before_queue,
         before_id if search.before else None,
         search.state,
         None if not search.domain else "%@" + _like(search.domain.strip().lower()),
-        text,
-        None if text is None else text.removeprefix("+"),
-        None if text is None or "@" in text else _like(text) + "@%",
+        to,
+        None if to is None else to.removeprefix("+"),
+        None if to is None or "@" in to else _like(to) + "@%",
         None if text is None else "%" + _like(text) + "%",
         None if text is None else text.upper(),
         search.limit,

@@ -92,7 +92,9 @@ class Biller:
         await self._count([i for i in uncounted if i not in self._parts])
         domains: dict[str, DomainBill] = {}
         for row in day.rows:
-            d = domains.setdefault(row.domain, DomainBill(row.domain))
+            d = domains.get(row.domain)
+            if d is None:
+                d = domains[row.domain] = DomainBill(row.domain)
             d.messages += 1
             if row.state in SENT:
                 d.sent += 1

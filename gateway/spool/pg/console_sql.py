@@ -27,9 +27,10 @@ CONSOLE_FIND = (
     " AND ($2::bigint IS NULL OR d.message_id < $1::text OR d.id < $2::bigint)"
     f" AND ($3::text IS NULL OR {SHOWN_STATE} = $3)"
     " AND ($4::text IS NULL OR lower(d.recipient) LIKE $4 ESCAPE '\\')"
-    f" AND ($5::text IS NULL OR lower(d.recipient) = $5 OR {_SENT_TO} IN ($5, $6::text)"
-    " OR lower(d.recipient) LIKE $7::text ESCAPE '\\' OR d.message_id = $9::text"
-    " OR lower(m.mail_from) LIKE $8::text ESCAPE '\\' OR lower(m.subject) LIKE $8 ESCAPE '\\')"
+    " AND ($8::text IS NULL OR d.message_id = $9::text OR lower(m.subject) LIKE $8 ESCAPE '\\'"
+    " OR lower(m.mail_from) LIKE $8 ESCAPE '\\' OR ($5::text IS NOT NULL AND"
+    f" (lower(d.recipient) = $5 OR lower(d.recipient) LIKE $7::text ESCAPE '\\'"
+    f" OR {_SENT_TO} IN ($5, $6::text))))"
     " ORDER BY d.message_id DESC, d.id DESC LIMIT $10"
 )
 CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = $1"
