@@ -225,7 +225,9 @@ class BaseSpool:
     async def console_day(self, since: float) -> Day:
         return await self.link.read(lambda: console.day(self.sql, since))
 
-    async def console_requests(self, ids: Sequence[int]) -> dict[int, dict[str, str]]:
+    async def console_requests(
+        self, ids: Sequence[int]
+    ) -> dict[int, tuple[str, dict[str, str]]]:
         return await self.link.read(lambda: console.requests_of(self.sql, ids))
 
     async def console_hourly(self) -> Hourly:

@@ -47,18 +47,19 @@ class FoundLine:
 
 
 @dataclass(frozen=True, slots=True)
-class DayRow:
-    """One delivery of a message received today, as the bill counts it."""
+class DayCount:
+    """How many deliveries of messages received today are to one domain in one state."""
 
-    delivery_id: int
     domain: str
     state: str  # shown state
-    reason: str  # a suppressed one's reason (route | repeat | limit ...), else ""
+    reason: str  # a suppressed one's reason (route | repeat | limit | dropped ...), else ""
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
 class Day:
-    rows: list[DayRow]
+    counts: list[DayCount]
+    sent: list[int]  # the ids of those the platform took (state sent), for their SMS parts
     routed: dict[str, int]  # route name -> messages it routed
 
 
@@ -109,7 +110,8 @@ def subject(sql: Dialect, queue_id: str) -> Job[str | None]:
 
 def day(sql: Dialect, since: float) -> Job[Day]:
     prefix = id_prefix(since)
-    rows: list[Row] = yield Query(sql.CONSOLE_DAY, (prefix,), Fetch.ROWS)
+    counts: list[Row] = yield Query(sql.CONSOLE_DAY, (prefix,), Fetch.ROWS)
+    sent: list[Row] = yield Query(sql.CONSOLE_DAY_SENT, (prefix,), Fetch.ROWS)
     routed_rows: list[Row] = yield Query(sql.CONSOLE_ROUTED, (prefix,), Fetch.ROWS)
     routed: dict[str, set[str]] = {}
     for row in routed_rows:
@@ -117,30 +119,21 @@ def day(sql: Dialect, since: float) -> Job[Day]:
         name = str(row["detail"]).removeprefix("route ").split(":", 1)[0]
         routed.setdefault(name, set()).add(row["message_id"])
     return Day(
-        [
-            DayRow(
-                row["id"],
-                str(row["recipient"]).rpartition("@")[2].lower(),
-                row["shown"],
-                _reason(row["last_error"]) if row["shown"] == "suppressed" else "",
-            )
-            for row in rows
-        ],
+        [DayCount(r["domain"], r["shown"], r["reason"] or "", int(r["n"])) for r in counts],
+        [row["id"] for row in sent],
         {name: len(ids) for name, ids in routed.items()},
     )
 
 
-def _reason(last_error: str | None) -> str:
-    """A suppressed delivery's reason: the first word of its last_error (rows.Suppressed)."""
-    return str(last_error or "").split(" ", 1)[0]
-
-
-def requests_of(sql: Dialect, ids: Sequence[int]) -> Job[dict[int, dict[str, str]]]:
-    """The requests (as sent) of these deliveries, for counting SMS parts."""
+def requests_of(sql: Dialect, ids: Sequence[int]) -> Job[dict[int, tuple[str, dict[str, str]]]]:
+    """The recipient and request (as sent) of these deliveries, for counting SMS parts."""
     if not ids:
         return {}
     rows: list[Row] = yield Query(sql.CONSOLE_REQUESTS, (sql.id_list(list(ids)),), Fetch.ROWS)
-    return {row["id"]: unpack_request(row["request"], load_texts(row["texts"])) for row in rows}
+    return {
+        row["id"]: (row["recipient"], unpack_request(row["request"], load_texts(row["texts"])))
+        for row in rows
+    }
 
 
 def hourly(sql: Dialect, now: float) -> Job[Hourly]:

@@ -87,9 +87,10 @@ class Dialect(Protocol):
     # The console (spool/console.py): parameters as console.find_params gives them
     CONSOLE_FIND: str
     CONSOLE_SUBJECT: str  # queue_id -> subject
-    CONSOLE_DAY: str  # id prefix -> id, recipient, shown, last_error
+    CONSOLE_DAY: str  # id prefix -> domain, shown, reason, n
+    CONSOLE_DAY_SENT: str  # id prefix -> id
     CONSOLE_ROUTED: str  # id prefix -> message_id, detail
-    CONSOLE_REQUESTS: str  # ids (id_list) -> id, request, texts
+    CONSOLE_REQUESTS: str  # ids (id_list) -> id, recipient, request, texts
     CONSOLE_HOURLY_ACCEPTED: str  # id prefix, start -> hour, n, suppressed
     CONSOLE_HOURLY_EVENTS: str  # start -> hour, kind, n
     CONSOLE_DROP: str  # now, reason, queue_id -> id

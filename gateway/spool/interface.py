@@ -128,7 +128,9 @@ class SpoolInterface(Protocol):
         """The deliveries of messages received since `since`, and the routes they took."""
         ...
 
-    async def console_requests(self, ids: Sequence[int]) -> dict[int, dict[str, str]]: ...
+    async def console_requests(
+        self, ids: Sequence[int]
+    ) -> dict[int, tuple[str, dict[str, str]]]: ...
 
     async def console_hourly(self) -> Hourly:
         """Accepted, suppressed, sent and failed per hour, the last 24 hours."""

@@ -76,37 +76,44 @@ def midnight(now: float) -> float:
 
 
 class Biller:
-    """Makes the bill, remembering each delivery's parts until the day changes."""
+    """Makes the bill, remembering each sent delivery's domain and parts until the day ends."""
 
     def __init__(self, spool: SpoolInterface) -> None:
         self.spool = spool
         self._day = 0.0
-        self._parts: dict[int, int] = {}
+        self._parts: dict[int, tuple[str, int]] = {}  # delivery id -> (domain, SMS parts)
 
     async def bill(self, now: float) -> Bill:
         since = midnight(now)
         if since != self._day:
             self._day, self._parts = since, {}
         day = await self.spool.console_day(since)
-        uncounted = [r.delivery_id for r in day.rows if r.state in SENT]
-        await self._count([i for i in uncounted if i not in self._parts])
+        await self._count([i for i in day.sent if i not in self._parts])
         domains: dict[str, DomainBill] = {}
-        for row in day.rows:
-            d = domains.get(row.domain)
+
+        def of(name: str) -> DomainBill:
+            d = domains.get(name)
             if d is None:
-                d = domains[row.domain] = DomainBill(row.domain)
-            d.messages += 1
+                d = domains[name] = DomainBill(name)
+            return d
+
+        for row in day.counts:
+            d = of(row.domain)
+            d.messages += row.count
             if row.state in SENT:
-                d.sent += 1
-                d.parts += self._parts.get(row.delivery_id, 0)
+                d.sent += row.count
             elif row.state in WAITING:
-                d.waiting += 1
+                d.waiting += row.count
             elif row.state in NOT_SENT:
-                d.refused += 1
+                d.refused += row.count
             elif row.state == SUPPRESSED:
-                d.suppressed[row.reason or "unknown"] += 1
+                d.suppressed[row.reason or "unknown"] += row.count
             else:
-                d.other[row.state] += 1
+                d.other[row.state] += row.count
+        for delivery_id in day.sent:
+            domain, parts = self._parts.get(delivery_id, ("", 0))
+            if parts:
+                of(domain).parts += parts
         others = sorted({state for d in domains.values() for state in d.other})
         routes = sorted(day.routed.items(), key=lambda item: (-item[1], item[0]))
         return Bill(since, sorted(domains.values(), key=lambda d: d.domain), routes, others)
@@ -114,10 +121,13 @@ class Biller:
     async def _count(self, ids: list[int]) -> None:
         for start in range(0, len(ids), CHUNK):
             requests = await self.spool.console_requests(ids[start : start + CHUNK])
-            for delivery_id, request in requests.items():
+            for delivery_id, (recipient, request) in requests.items():
                 if len(self._parts) < MAX_KEPT:
                     segments = request_segments(request)
-                    self._parts[delivery_id] = segments.parts if segments is not None else 0
+                    self._parts[delivery_id] = (
+                        recipient.rpartition("@")[2].lower(),
+                        segments.parts if segments is not None else 0,
+                    )
 
 
 @dataclass(frozen=True, slots=True)

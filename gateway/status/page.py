@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 PAGE = 50  # deliveries a page
 ERRORS = 200  # the newest failed deliveries the error kinds are counted over
-SUMMARY_SECONDS = 5.0  # how old the counts, the bill and the chart may be
+SEARCH_RATE, SEARCH_BURST = 1.0, 3  # searches a second, after a burst of 3
+SUMMARY_SECONDS = 10.0  # how old the counts, the bill and the chart may be
 MAX_QUERY = 320  # an address is at most 254 characters; more is not a search
 # Queue ids are uppercase hex with a time prefix (spool.base.new_queue_id); others are looked up
 # as recipients, senders or subject words.
@@ -166,6 +167,8 @@ class StatusPage:
         self._loaded: dict[str, jinja2.Template] | None = None
         self.tokens = Tokens(self._secret)
         self.pace = Pace()  # one for every page of the console
+        # A search of words reads every delivery until it has a page of them: fewer of those.
+        self.search_pace = Pace(SEARCH_RATE, SEARCH_BURST)
         self.console = Console(spool, self.tokens, self._render, self._forget_summary, self.pace)
         self._biller = Biller(spool)
         self._summary: Summary | None = None
@@ -188,6 +191,8 @@ class StatusPage:
         domain = request.query.get("domain", "").strip().lower()
         domain = domain if _DOMAIN.fullmatch(domain) else ""
         cursor = _CURSOR.fullmatch(request.query.get("before", ""))
+        if query:
+            await self.search_pace.turn()
         if (
             query
             and not (state or domain or cursor)

@@ -89,17 +89,20 @@ async def test_the_day_counts_states_reasons_and_routes(spool: BaseSpool) -> Non
     )
     queue_id = await spool.accept(kept)
     day = await spool.console_day(time.time() - 60)
-    rows = sorted((r.domain, r.state, r.reason) for r in day.rows)
-    assert rows == [
-        ("sms.local", "queued", ""),
-        ("sms.local", "suppressed", "repeat"),
-        ("sms.local", "suppressed", "route"),
+    counts = sorted((c.domain, c.state, c.reason, c.count) for c in day.counts)
+    assert counts == [
+        ("sms.local", "queued", "", 1),
+        ("sms.local", "suppressed", "repeat", 1),
+        ("sms.local", "suppressed", "route", 1),
     ]
-    assert day.routed == {"ok-notices": 1, "duty": 1}
-    assert (await spool.console_day(time.time() + 60)).rows == []
-    ids = [r.delivery_id for r in day.rows]
-    requests = await spool.console_requests(ids)
-    assert sorted(r.get("sent_text", "") for r in requests.values()) == ["", "", "hi"]
+    assert day.sent == [] and day.routed == {"ok-notices": 1, "duty": 1}
+    later = await spool.console_day(time.time() + 60)
+    assert later.counts == [] and later.routed == {}
+    [queued] = await spool.lease(10, 60)
+    await spool.record(Result(queued.id, State.SENT, time.time(), "sent", "p"))
+    assert (await spool.console_day(time.time() - 60)).sent == [queued.id]
+    requests = await spool.console_requests([queued.id])
+    assert requests == {queued.id: ("79003@sms.local", {"type": "sms", "sent_text": "hi"})}
     assert queue_id
 
 

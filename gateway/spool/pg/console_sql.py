@@ -35,15 +35,21 @@ CONSOLE_FIND = (
 )
 CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = $1"
 CONSOLE_DAY = (
-    f"SELECT d.id, d.recipient, {SHOWN_STATE} AS shown, d.last_error FROM deliveries d"
-    " WHERE d.message_id >= $1"
+    "SELECT lower(split_part(d.recipient, '@', 2)) AS domain,"
+    f" {SHOWN_STATE} AS shown, CASE WHEN d.state = '{State.SUPPRESSED}'"
+    " THEN split_part(d.last_error, ' ', 1) ELSE '' END AS reason,"
+    " count(*) AS n FROM deliveries d WHERE d.message_id >= $1 GROUP BY 1, 2, 3"
+)
+CONSOLE_DAY_SENT = (
+    f"SELECT id FROM deliveries WHERE message_id >= $1 AND state = '{State.SENT}'"
 )
 CONSOLE_ROUTED = (
     "SELECT DISTINCT d.message_id, e.detail FROM deliveries d"
     " JOIN events e ON e.delivery_id = d.id WHERE d.message_id >= $1 AND e.kind = 'routed'"
 )
 CONSOLE_REQUESTS = (
-    "SELECT d.id, d.request, m.texts FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    "SELECT d.id, d.recipient, d.request, m.texts FROM deliveries d"
+    " JOIN messages m ON m.id = d.message_id"
     " WHERE d.id = ANY($1::bigint[])"
 )
 CONSOLE_HOURLY_ACCEPTED = (

@@ -32,9 +32,15 @@ CONSOLE_FIND = (
     " ORDER BY d.message_id DESC, d.id DESC LIMIT ?10"
 )
 CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = ?1"
+# Counted here, by domain, state and reason: a day of deliveries is a few rows, not thousands.
 CONSOLE_DAY = (
-    f"SELECT d.id, d.recipient, {SHOWN_STATE} AS shown, d.last_error FROM deliveries d"
-    " WHERE d.message_id >= ?1"
+    "SELECT lower(substr(d.recipient, instr(d.recipient, '@') + 1)) AS domain,"
+    f" {SHOWN_STATE} AS shown, CASE WHEN d.state = '{State.SUPPRESSED}'"
+    " THEN substr(d.last_error, 1, instr(d.last_error || ' ', ' ') - 1) ELSE '' END AS reason,"
+    " count(*) AS n FROM deliveries d WHERE d.message_id >= ?1 GROUP BY 1, 2, 3"
+)
+CONSOLE_DAY_SENT = (
+    f"SELECT id FROM deliveries WHERE message_id >= ?1 AND state = '{State.SENT}'"
 )
 # CROSS JOIN: SQLite keeps this order, today's deliveries along their index and then each one's
 # events, where it would otherwise scan every event of the week.
@@ -43,7 +49,8 @@ CONSOLE_ROUTED = (
     " WHERE e.delivery_id = d.id AND d.message_id >= ?1 AND e.kind = 'routed'"
 )
 CONSOLE_REQUESTS = (
-    "SELECT d.id, d.request, m.texts FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    "SELECT d.id, d.recipient, d.request, m.texts FROM deliveries d"
+    " JOIN messages m ON m.id = d.message_id"
     f" WHERE d.id IN {_IDS.format(n=1)}"
 )
 CONSOLE_HOURLY_ACCEPTED = (
