@@ -16,7 +16,7 @@ from gateway.spool.console import Hourly
 
 WIDTH = 600
 HEIGHT = 230
-LEFT, RIGHT, TOP, BOTTOM = 52, 12, 14, 36  # room for the labels
+LEFT, RIGHT, TOP, BOTTOM = 52, 30, 14, 36  # room for the labels
 LABEL_EVERY = 4  # hours between the time labels under the chart
 
 
@@ -33,6 +33,7 @@ class Chart:
     width: int
     height: int
     left: int  # where the plot begins, after the scale's labels
+    right: int  # room after it, for the last hour's label
     series: list[Series]
     grid: list[tuple[float, str]]  # (y, label) of each horizontal line
     hours: list[tuple[float, str]]  # (x, "HH:00") under the chart
@@ -94,4 +95,4 @@ def chart(hourly: Hourly) -> Chart:
     ]
     totals = ", ".join(f"{sum(values)} {label}" for _, label, values in named)
     summary = f"Deliveries per hour, the last {hours} hours: {totals}"
-    return Chart(WIDTH, HEIGHT, LEFT, series, grid, labels, rows, summary)
+    return Chart(WIDTH, HEIGHT, LEFT, RIGHT, series, grid, labels, rows, summary)
