@@ -48,12 +48,16 @@ class Tokens:
 
 
 def cross_site(headers: Mapping[str, str], host: str) -> bool:
-    """What a browser says of a request another site made it send (Origin, Sec-Fetch-Site)."""
-    if headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-        return True
+    """What a browser says of a request another site made it send.
+
+    Sec-Fetch-Site, which every current browser sends and no page can forge, is taken as it
+    stands: it is judged against the address the browser used, so it holds behind a reverse
+    proxy that gives the gateway another Host. Without it (an older browser), the Origin must
+    be this Host; "null" is an opaque origin (a sandboxed frame, a redirect across sites)."""
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
     origin = headers.get("Origin")
-    if origin is None or origin == "null":
-        # No Origin: not a browser's cross-site form post (browsers send one with every POST);
-        # "null" is an opaque origin (a sandboxed frame, a redirect across sites): not ours.
-        return origin == "null"
-    return origin.split("://", 1)[-1] != host
+    if origin is None:
+        return False  # not a browser's form post: browsers send an Origin with every POST
+    return origin == "null" or origin.split("://", 1)[-1] != host

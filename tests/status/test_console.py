@@ -74,7 +74,9 @@ async def test_an_action_without_a_valid_token_or_from_another_site_changes_noth
         ({"csrf": "0" * 64}, {}),  # a wrong one
         ({"csrf": elsewhere}, {}),  # one made for another client's address
         ({"csrf": token}, {"Origin": "https://evil.example"}),  # sent by another site
-        ({"csrf": token}, {"Sec-Fetch-Site": "cross-site"}),
+        ({"csrf": token}, {"Origin": "null"}),  # by a sandboxed frame
+        ({"csrf": token}, {"Sec-Fetch-Site": "cross-site", "Origin": base(gw)}),
+        ({"csrf": token}, {"Sec-Fetch-Site": "same-site"}),
     ):
         status, html, _ = await post(url, form, **headers)
         assert status == 403 and "Nothing was changed" in html, (form, headers)
@@ -82,7 +84,10 @@ async def test_an_action_without_a_valid_token_or_from_another_site_changes_noth
     detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None and detail.deliveries[0].state == State.FAILED
 
-    status, _, location = await post(url, {"csrf": token}, Origin=base(gw))
+    # Behind a reverse proxy the Origin is the proxy's; the browser's Sec-Fetch-Site still
+    # says the form is the page's own.
+    proxied = {"Origin": "https://console.example", "Sec-Fetch-Site": "same-origin"}
+    status, _, location = await post(url, {"csrf": token}, **proxied)
     assert status == 303 and location == f"/queue/{queue_id}?done=retry&n=1"
     assert ("retry", "requested from the console by 127.0.0.1") in await history(gw, queue_id)
 
