@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from markupsafe import Markup
 
 from gateway import shown
+from gateway.config.domains import SMS_TYPES
 from gateway.config.model import Config
 from gateway.config.recipients import shown_recipient
 from gateway.privacy import mask_personal
@@ -38,6 +38,7 @@ from gateway.status import chart as charts
 from gateway.status.bill import Bill, Biller, ErrorKind, error_kinds
 from gateway.status.console import Console
 from gateway.status.csrf import Tokens
+from gateway.status.filters import age_html, ago, state_html
 from gateway.status.pace import Pace
 from gateway.times import iso_time, local_time
 
@@ -77,48 +78,6 @@ class Summary:
     errors: list[ErrorKind]
     bill: Bill
     chart: charts.Chart
-
-
-def ago(timestamp: float | None, now: float | None = None) -> str:
-    """How long ago, as a person says it: "40 s ago", "3 min ago", "2 h 5 min ago"."""
-    if timestamp is None:
-        return "-"
-    seconds = max(0, int((time.time() if now is None else now) - timestamp))
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 86400:
-        hours, minutes = divmod(seconds // 60, 60)
-        return f"{hours} h {minutes} min ago" if minutes else f"{hours} h ago"
-    days = seconds // 86400
-    return f"{days} day{'s' if days > 1 else ''} ago"
-
-
-def age_html(timestamp: float | None, now: float | None = None) -> Markup:
-    """An age with its exact time and zone in a title (a filter, not a macro: it is on every
-    line of a listing, where a macro call, or Markup.format, costs many times this)."""
-    if timestamp is None:
-        return Markup("-")
-    # Markup + str escapes the str: cheap, and safe whatever the texts.
-    return (
-        _TIME_OPEN
-        + (iso_time(timestamp) or "")
-        + _TITLE
-        + local_time(timestamp)
-        + _CLOSE_TAG
-        + ago(timestamp, now)
-        + _TIME_CLOSE
-    )
-
-
-def state_html(state: str) -> Markup:
-    return _STATE_OPEN + state + _CLOSE_TAG + state + _STATE_CLOSE
-
-
-_TIME_OPEN, _TITLE, _TIME_CLOSE = Markup('<time datetime="'), Markup('" title="'), Markup("</time>")
-_STATE_OPEN, _STATE_CLOSE = Markup('<span class="state state-'), Markup("</span>")
-_CLOSE_TAG = Markup('">')
 
 
 def _templates() -> dict[str, jinja2.Template]:
@@ -210,7 +169,8 @@ class StatusPage:
         found = await self.spool.console_find(search)
         summary = await self._summaries()
         overview = summary.overview
-        domains = sorted({*self.config().domains, *(d.domain for d in summary.bill.domains)})
+        served = self.config().domains
+        domains = sorted({*served, *(d.domain for d in summary.bill.domains)})
         last = found[-1].line if len(found) >= PAGE else None
         return await self._render(
             "index.html",
@@ -219,6 +179,7 @@ class StatusPage:
             state=state,
             domain=domain,
             domains=domains,
+            not_sms={name for name, d in served.items() if d.type not in SMS_TYPES},
             paged=cursor is not None,
             found=found,
             older=None if last is None else f"{last.queue_id}.{last.delivery_id}",

@@ -220,3 +220,21 @@ async def test_pages_hold_every_delivery_once_newest_first(
         older = re.search(r'href="(/\?[^"]*before=[^"]*)" id="older"', html)
         url = base(gw) + older.group(1).replace("&amp;", "&") if older else ""
     assert pages == 2 and len(seen) == 60 and len(set(seen)) == 60
+
+
+async def test_the_bill_counts_no_sms_parts_for_a_domain_that_is_not_sms(
+    start_gateway: Callable[..., Awaitable[Running]],
+) -> None:
+    gw = await start_gateway(HTTP)
+    mail = await gw.submit(text_message("Invoice", "x" * 400), "ivan=example.com@mail.local")
+    sms = await gw.submit(text_message("Code", "x" * 400), "79001234567@sms.local")
+    assert await gw.wait_final(mail) == ["sent"] and await gw.wait_final(sms) == ["sent"]
+    status, html = await page(base(gw) + "/")
+    assert status == 200
+    bill = html.split('id="bill"', 1)[1].split("</table>", 1)[0]
+    cells = {
+        row.split("</th>", 1)[0].rsplit(">", 1)[-1]: re.findall(r'<td class="n">([^<]*)</td>', row)
+        for row in bill.split("<tr")[2:]
+    }
+    assert cells["mail.local"][:3] == ["1", "1", "-"]  # messages, sent, SMS parts
+    assert cells["sms.local"][:3] == ["1", "1", "3"]  # 400 x's are three parts
