@@ -395,10 +395,11 @@ async def test_queue_show_the_message_page_and_metrics_name_the_route(
         ] * 2
         async with session.get(f"{web}/queue/{routed_id}", headers=HTML) as response:
             page = await response.text()
-        assert page.count("route ups-on-battery: from alerts@corp.local") == 2
+        # The message's route at its top (the console), then each delivery's history.
+        assert page.count("route ups-on-battery: from alerts@corp.local") == 3
         async with session.get(f"{web}/queue/{dropped_id}", headers=HTML) as response:
             page = await response.text()
-        assert "<th>reason</th><td>route ok-notices</td>" in page
+        assert '<th scope="row">reason</th><td class="wrap">route ok-notices</td>' in page
         async with session.get(f"{web}/metrics") as response:
             metrics = await response.text()
     assert 'smtp2pulse_routed_total{route="ups-on-battery"} 1.0' in metrics

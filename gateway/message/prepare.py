@@ -29,6 +29,7 @@ from gateway.spool.media import IMAGE
 # enough from the first few names and the count of the rest.
 _LISTED = 10
 _LISTED_LENGTH = 100
+SUBJECT_KEPT = 400  # characters of the subject the spool keeps for the console
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Prepared:
     route: str | None = None  # the route the message took (config `routes`)
     route_action: str = ""  # what that route did, for people
     picture: NewPicture | None = None  # stored with the message (domains.NAME.images)
+    subject: str = ""  # the mail's, decoded: kept for the console
 
 
 def prepare(
@@ -110,6 +112,8 @@ def prepare(
         route.name if route else None,
         route.action if route else "",
         picture,
+        # Without NUL (no PostgreSQL text takes one) and cut short: only shown and searched.
+        parsed.subject.replace("\x00", "")[:SUBJECT_KEPT],
     )
 
 

@@ -159,6 +159,7 @@ class Handler:
             raw=raw,
             deliveries=prepared.deliveries,
             picture=prepared.picture,
+            subject=prepared.subject,
         )
         if server.login_user is not None:
             incoming = dataclasses.replace(incoming, auth_user=server.login_user.name)

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.errors import BadContent
-from gateway.spool import budget, jobs, media, meta, queue_view, repeats
+from gateway.spool import budget, console, jobs, media, meta, queue_view, repeats
 from gateway.spool.commit import Together
+from gateway.spool.console import Action, ConsoleSearch, Day, FoundLine, Hourly
 from gateway.spool.dialect import Dialect
 from gateway.spool.rows import (
     Accepted,
@@ -253,6 +254,36 @@ class BaseSpool:
             return stored if isinstance(stored, str) else None  # (a notice spends nothing)
 
         return await self.link.submit(make, wakes=True)
+
+    # --- the console (the status page: spool/console.py) --------------------------------------
+
+    async def console_find(self, search: ConsoleSearch) -> list[FoundLine]:
+        return await self.link.read(lambda: console.find(self.sql, search))
+
+    async def console_subject(self, queue_id: str) -> str | None:
+        return await self.link.read(lambda: console.subject(self.sql, queue_id))
+
+    async def console_day(self, since: float) -> Day:
+        return await self.link.read(lambda: console.day(self.sql, since))
+
+    async def console_requests(self, ids: Sequence[int]) -> dict[int, tuple[str, dict[str, str]]]:
+        return await self.link.read(lambda: console.requests_of(self.sql, ids))
+
+    async def console_hourly(self) -> Hourly:
+        return await self.link.read(lambda: console.hourly(self.sql, self.clock()))
+
+    async def console_act(self, action: Action, queue_id: str, who: str) -> int | None:
+        return await self.link.submit(
+            lambda: console.act(self.sql, self.clock(), action, queue_id, who), wakes=True
+        )
+
+    async def console_failed(self, since: float, until: float, limit: int) -> list[DeliveryLine]:
+        return await self.link.read(lambda: console.failed_between(self.sql, since, until, limit))
+
+    async def console_retry_failed(self, since: float, until: float, who: str) -> int:
+        return await self.link.submit(
+            lambda: console.retry_failed(self.sql, self.clock(), since, until, who), wakes=True
+        )
 
     # --- values kept for the gateways --------------------------------------------------------
 

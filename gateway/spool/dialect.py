@@ -84,6 +84,19 @@ class Dialect(Protocol):
     SENT_SINCE: str  # since -> n
     RECENT_ERRORS: str  # limit
     META_IF_ABSENT: str  # key, value
+    # The console (spool/console.py): parameters as console.find_params gives them
+    CONSOLE_FIND: str
+    CONSOLE_SUBJECT: str  # queue_id -> subject
+    CONSOLE_DAY: str  # id prefix -> domain, shown, reason, n
+    CONSOLE_DAY_SENT: str  # id prefix -> id
+    CONSOLE_ROUTED: str  # id prefix -> message_id, detail
+    CONSOLE_REQUESTS: str  # ids (id_list) -> id, recipient, request, texts
+    CONSOLE_HOURLY_ACCEPTED: str  # id prefix, start -> hour, n, suppressed
+    CONSOLE_HOURLY_EVENTS: str  # start -> hour, kind, n
+    CONSOLE_DROP: str  # now, reason, queue_id -> id
+    CONSOLE_SETTLE: str  # now, queue_id -> id
+    CONSOLE_FAILED: str  # since, until, limit (a line's columns)
+    CONSOLE_RETRY_FAILED: str  # now, since, until -> id
     META_VALUE: str  # key
     # queue_id, content_type, width, height, size, source, source_size, problem, data (media.py)
     INSERT_MEDIA: str
@@ -115,9 +128,9 @@ class Dialect(Protocol):
         deliveries: list[tuple[object, ...]],
         events: list[tuple[object, ...]],
     ) -> list[Query]:
-        """Messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts), their
-        deliveries (message_id, recipient, request, state, last_error, next_attempt_at, spend,
-        now) and events stored
+        """Messages (id, received_at, mail_from, peer, helo, auth_user, size, raw, texts,
+        subject), their deliveries (message_id, recipient, request, state, last_error,
+        next_attempt_at, spend, now) and events stored
         with them (now, kind, detail, message_id, recipient: each delivery of the message to
         that recipient gets it)."""
         ...

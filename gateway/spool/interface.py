@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.spool.budget import Trip
+from gateway.spool.console import Action, ConsoleSearch, Day, FoundLine, Hourly
 from gateway.spool.rows import (
     Accepted,
     DayLimits,
@@ -156,6 +157,33 @@ class SpoolInterface(Protocol):
     async def store_notice(self, trip: Trip, message: IncomingMessage) -> str | None:
         """Store a limit's notice, unless a gateway did already today; gives its queue id."""
         ...
+
+    # --- the console (the status page: spool/console.py)
+    async def console_find(self, search: ConsoleSearch) -> list[FoundLine]: ...
+
+    async def console_subject(self, queue_id: str) -> str | None: ...
+
+    async def console_day(self, since: float) -> Day:
+        """The deliveries of messages received since `since`, and the routes they took."""
+        ...
+
+    async def console_requests(
+        self, ids: Sequence[int]
+    ) -> dict[int, tuple[str, dict[str, str]]]: ...
+
+    async def console_hourly(self) -> Hourly:
+        """Accepted, suppressed, sent and failed per hour, the last 24 hours."""
+        ...
+
+    async def console_act(self, action: Action, queue_id: str, who: str) -> int | None:
+        """Retry, drop or settle; how many deliveries changed, None if no such message."""
+        ...
+
+    async def console_failed(
+        self, since: float, until: float, limit: int
+    ) -> list[DeliveryLine]: ...
+
+    async def console_retry_failed(self, since: float, until: float, who: str) -> int: ...
 
     # --- values kept for the gateways
     async def callback_secret(self) -> str:

@@ -87,6 +87,7 @@ def insert(sql: Dialect, new: list[NewMessage]) -> Job[list[Accepted | LimitReac
                 len(n.message.raw),
                 n.message.raw,
                 texts,
+                n.message.subject,
             )
         )
         for delivery, request in zip(n.message.deliveries, requests, strict=True):

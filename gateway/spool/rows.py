@@ -123,6 +123,7 @@ class IncomingMessage:
     deliveries: tuple[NewDelivery, ...]
     auth_user: str | None = None
     picture: NewPicture | None = None  # stored with it, in the same commit
+    subject: str = ""  # decoded, for the console's listing and search
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,7 @@ from playwright.async_api import Browser
 
 from tests.conftest import Running
 from tests.pictures import camera_jpeg, transparent_png, with_attachment
-from tests.status.test_page import base, browser, watched_page
-
-__all__ = ["browser"]  # the fixture
+from tests.status.test_page import base, watched_page
 
 
 async def test_the_message_page_shows_the_picture_it_sent(

@@ -14,7 +14,7 @@ import asyncpg
 
 from gateway.errors import SpoolError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Any fixed 64-bit number, the same in every gateway: the lock schema changes take.
 MIGRATION_LOCK = 0x5350_4F4F_4C50_4731  # "SPOOLPG1"
 
@@ -128,6 +128,10 @@ CREATE TABLE IF NOT EXISTS media (
     data         bytea
 );
 """,
+    # The console's subject (see sqlite/schema.py's step 8).
+    8: """
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS subject text NOT NULL DEFAULT '';
+""",
 }
 
 
@@ -145,7 +149,7 @@ async def prepare(conn: asyncpg.Connection) -> None:
             return
         await conn.execute(SCHEMA)
         for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-            if MIGRATIONS[step]:
+            if MIGRATIONS[step]:  # (a number kept for another branch may be empty)
                 await conn.execute(MIGRATIONS[step])
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)"

@@ -23,6 +23,7 @@ from gateway.spool.dialect import (
     ResultRow,
     in_list,
 )
+from gateway.spool.pg import console_sql
 from gateway.spool.states import RETRYABLE, BounceState, State, StatusClass
 from gateway.spool.steps import Fetch, Job, Query, Row
 
@@ -43,13 +44,13 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 # Every message a group commit stores in one statement, its deliveries as arrays.
 _INSERT = (
     "WITH message AS (INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user,"
-    " size, raw, texts) SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[],"
-    " $5::text[], $6::text[], $7::int[], $8::bytea[], $9::text[]))"
+    " size, raw, texts, subject) SELECT * FROM unnest($1::text[], $2::float8[], $3::text[],"
+    " $4::text[], $5::text[], $6::text[], $7::int[], $8::bytea[], $9::text[], $10::text[]))"
     " INSERT INTO deliveries (message_id, recipient, request, state, last_error,"
     " next_attempt_at, spend, updated_at)"
     " SELECT message_id, recipient, request, state, last_error, due, spend, at"
-    " FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],"
-    " $15::float8[], $16::text[], $17::float8[])"
+    " FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[],"
+    " $16::float8[], $17::text[], $18::float8[])"
     " AS t(message_id, recipient, request, state, last_error, due, spend, at)"
 )
 # An event stored with a new message's deliveries (see sqlite/sql.py's).
@@ -64,7 +65,7 @@ def insert(
     deliveries: list[tuple[object, ...]],
     events: list[tuple[object, ...]],
 ) -> list[Query]:
-    queries = [Query(_INSERT, [*_columns(messages, 9), *_columns(deliveries, 8)])]
+    queries = [Query(_INSERT, [*_columns(messages, 10), *_columns(deliveries, 8)])]
     if events:
         queries.append(Query(_INSERT_EVENT_BY_RECIPIENT, events, Fetch.MANY))
     return queries
@@ -333,3 +334,19 @@ def rows_changed(status: str) -> int:
 # server process that ran it is gone (until then its COMMIT may still be under way).
 BACKEND_ALIVE = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
 STORED_AMONG = "SELECT id FROM messages WHERE id = ANY($1::text[])"
+
+# --- the console (the status page's search, bill, chart and actions: spool/console.py) ---------
+
+# In their own module (console_sql.py), named here so this module is the whole Dialect.
+CONSOLE_FIND = console_sql.CONSOLE_FIND
+CONSOLE_SUBJECT = console_sql.CONSOLE_SUBJECT
+CONSOLE_DAY = console_sql.CONSOLE_DAY
+CONSOLE_DAY_SENT = console_sql.CONSOLE_DAY_SENT
+CONSOLE_ROUTED = console_sql.CONSOLE_ROUTED
+CONSOLE_REQUESTS = console_sql.CONSOLE_REQUESTS
+CONSOLE_HOURLY_ACCEPTED = console_sql.CONSOLE_HOURLY_ACCEPTED
+CONSOLE_HOURLY_EVENTS = console_sql.CONSOLE_HOURLY_EVENTS
+CONSOLE_DROP = console_sql.CONSOLE_DROP
+CONSOLE_SETTLE = console_sql.CONSOLE_SETTLE
+CONSOLE_FAILED = console_sql.CONSOLE_FAILED
+CONSOLE_RETRY_FAILED = console_sql.CONSOLE_RETRY_FAILED

@@ -17,7 +17,7 @@ from gateway.spool.sqlite import sql
 
 log = logging.getLogger("smtp2pulse.spool")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          TEXT PRIMARY KEY,
@@ -133,6 +133,11 @@ CREATE TABLE IF NOT EXISTS media (
     problem      TEXT,                        -- why none is sent
     data         BLOB
 );
+""",
+    # The console (status page) shows and searches a message's subject: decoded at accept, kept
+    # beside it rather than parsed again from the raw mail for every line of a listing.
+    8: """
+ALTER TABLE messages ADD COLUMN subject TEXT NOT NULL DEFAULT '';
 """,
 }
 

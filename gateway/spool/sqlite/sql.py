@@ -25,6 +25,7 @@ from gateway.spool.dialect import (
     ResultRow,
     in_list,
 )
+from gateway.spool.sqlite import console_sql
 from gateway.spool.states import RETRYABLE, BounceState, State, StatusClass
 from gateway.spool.steps import Fetch, Job, Query
 
@@ -52,7 +53,7 @@ _IDS = "(SELECT value FROM json_each(?{n}))"
 
 # --- the accept path ---------------------------------------------------------------------------
 
-_MESSAGE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_MESSAGE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 # One statement for many rows: every statement the writer thread runs makes it wait for the
 # GIL again afterwards, behind a busy event loop, and that wait is most of a commit's time.
@@ -63,7 +64,7 @@ INSERT_ROWS = 32  # rows per statement at most: a handful of texts in the statem
 def insert_messages(rows: int) -> str:
     return (
         "INSERT INTO messages (id, received_at, mail_from, peer, helo, auth_user, size, raw,"
-        " texts) VALUES " + ", ".join([_MESSAGE_ROW] * rows)
+        " texts, subject) VALUES " + ", ".join([_MESSAGE_ROW] * rows)
     )
 
 
@@ -363,3 +364,19 @@ FORGET_RETRANSMISSIONS = "DELETE FROM retransmissions WHERE at < ?1"
 FORGET_REPEATS = "DELETE FROM repeats WHERE seen_at + window_s < ?1"
 UNCLAIM_RETRANSMISSIONS = f"DELETE FROM retransmissions WHERE queue_id IN {_IDS.format(n=1)}"
 UNCLAIM_REPEATS = f"DELETE FROM repeats WHERE sent_id IN {_IDS.format(n=1)}"
+
+# --- the console (the status page's search, bill, chart and actions: spool/console.py) ---------
+
+# In their own module (console_sql.py), named here so this module is the whole Dialect.
+CONSOLE_FIND = console_sql.CONSOLE_FIND
+CONSOLE_SUBJECT = console_sql.CONSOLE_SUBJECT
+CONSOLE_DAY = console_sql.CONSOLE_DAY
+CONSOLE_DAY_SENT = console_sql.CONSOLE_DAY_SENT
+CONSOLE_ROUTED = console_sql.CONSOLE_ROUTED
+CONSOLE_REQUESTS = console_sql.CONSOLE_REQUESTS
+CONSOLE_HOURLY_ACCEPTED = console_sql.CONSOLE_HOURLY_ACCEPTED
+CONSOLE_HOURLY_EVENTS = console_sql.CONSOLE_HOURLY_EVENTS
+CONSOLE_DROP = console_sql.CONSOLE_DROP
+CONSOLE_SETTLE = console_sql.CONSOLE_SETTLE
+CONSOLE_FAILED = console_sql.CONSOLE_FAILED
+CONSOLE_RETRY_FAILED = console_sql.CONSOLE_RETRY_FAILED

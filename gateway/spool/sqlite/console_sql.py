@@ -1,0 +1,82 @@
+"""The console's statements for the SQLite spool (spool/console.py's jobs; part of sql.py's
+Dialect, which names them). Parameters numbered as in sql.py."""
+
+# Only State members and constant clauses are put into these texts, never a value from outside.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+from gateway.spool.dialect import LINE_COLUMNS, SHOWN_STATE
+from gateway.spool.states import State
+
+# (As sql.py's: a delivery's sent_to, and one line of a listing.)
+_SENT_TO = "json_extract(d.request, '$.sent_to')"
+_LINE = (
+    f"SELECT {LINE_COLUMNS.format(sent_to=_SENT_TO)}"
+    " FROM deliveries d JOIN messages m ON m.id = d.message_id"
+)
+_IDS = "(SELECT value FROM json_each(?{n}))"
+
+# Newest first below the page's cursor (?1 queue id, ?2 delivery id): a range along the index
+# of deliveries by message, so a deep page costs what the first does.
+CONSOLE_FIND = (
+    f"SELECT {LINE_COLUMNS.format(sent_to=_SENT_TO)}, m.mail_from, m.subject"
+    " FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    " WHERE d.message_id <= ?1 AND (?2 IS NULL OR d.message_id < ?1 OR d.id < ?2)"
+    f" AND (?3 IS NULL OR {SHOWN_STATE} = ?3)"
+    " AND (?4 IS NULL OR lower(d.recipient) LIKE ?4 ESCAPE '\\')"
+    # The cheap tests first; a text with a space is no recipient, so no request is read for it.
+    " AND (?8 IS NULL OR d.message_id = ?9 OR lower(m.subject) LIKE ?8 ESCAPE '\\'"
+    " OR lower(m.mail_from) LIKE ?8 ESCAPE '\\' OR (?5 IS NOT NULL AND (lower(d.recipient) = ?5"
+    f" OR lower(d.recipient) LIKE ?7 ESCAPE '\\' OR {_SENT_TO} IN (?5, ?6))))"
+    " ORDER BY d.message_id DESC, d.id DESC LIMIT ?10"
+)
+CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = ?1"
+# Counted here, by domain, state and reason: a day of deliveries is a few rows, not thousands.
+CONSOLE_DAY = (
+    "SELECT lower(substr(d.recipient, instr(d.recipient, '@') + 1)) AS domain,"
+    f" {SHOWN_STATE} AS shown, CASE WHEN d.state = '{State.SUPPRESSED}'"
+    " THEN substr(d.last_error, 1, instr(d.last_error || ' ', ' ') - 1) ELSE '' END AS reason,"
+    " count(*) AS n FROM deliveries d WHERE d.message_id >= ?1 GROUP BY 1, 2, 3"
+)
+CONSOLE_DAY_SENT = f"SELECT id FROM deliveries WHERE message_id >= ?1 AND state = '{State.SENT}'"
+# CROSS JOIN: SQLite keeps this order, today's deliveries along their index and then each one's
+# events, where it would otherwise scan every event of the week.
+CONSOLE_ROUTED = (
+    "SELECT DISTINCT d.message_id, e.detail FROM deliveries d CROSS JOIN events e"
+    " WHERE e.delivery_id = d.id AND d.message_id >= ?1 AND e.kind = 'routed'"
+)
+CONSOLE_REQUESTS = (
+    "SELECT d.id, d.recipient, d.request, m.texts FROM deliveries d"
+    " JOIN messages m ON m.id = d.message_id"
+    f" WHERE d.id IN {_IDS.format(n=1)}"
+)
+CONSOLE_HOURLY_ACCEPTED = (
+    "SELECT CAST((m.received_at - ?2) / 3600 AS INTEGER) AS hour, count(*) AS n,"
+    f" sum(d.state = '{State.SUPPRESSED}') AS suppressed"
+    " FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.message_id >= ?1"
+    " GROUP BY 1"
+)
+# Outcomes by when they happened (a retry of yesterday's mail counts in its own hour).
+CONSOLE_HOURLY_EVENTS = (
+    "SELECT CAST((at - ?1) / 3600 AS INTEGER) AS hour, kind, count(*) AS n FROM events"
+    " WHERE at >= ?1 AND kind IN ('sent', 'failed', 'refused') GROUP BY 1, 2"
+)
+# Kept, never sent (suppressed, with the operator's reason), rather than deleted: its history
+# shows who dropped it. A delivery being sent right now is left to its attempt.
+CONSOLE_DROP = (
+    f"UPDATE deliveries SET state = '{State.SUPPRESSED}', last_error = ?2, updated_at = ?1"
+    f" WHERE message_id = ?3 AND state IN ('{State.QUEUED}', '{State.UNCONFIRMED}') RETURNING id"
+)
+CONSOLE_SETTLE = (
+    f"UPDATE deliveries SET state = '{State.SENT}', last_error = NULL, updated_at = ?1"
+    f" WHERE message_id = ?2 AND state = '{State.UNCONFIRMED}' RETURNING id"
+)
+CONSOLE_FAILED = (
+    _LINE + f" WHERE d.state = '{State.FAILED}' AND d.updated_at >= ?1 AND d.updated_at <= ?2"
+    " ORDER BY d.updated_at DESC LIMIT ?3"
+)
+CONSOLE_RETRY_FAILED = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?1, updated_at = ?1"
+    f" WHERE state = '{State.FAILED}' AND updated_at >= ?2 AND updated_at <= ?3 RETURNING id"
+)
