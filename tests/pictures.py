@@ -57,6 +57,18 @@ def bomb_png(side: int = 100_000) -> bytes:
     return bytes(data)
 
 
+def progressive_bomb(scans: int, side: int = 1000) -> bytes:
+    """A progressive JPEG whose last scan comes again `scans` times: a few bytes each, and each
+    a pass of decoding over the whole picture (libjpeg warns of the bogus progression, and
+    goes on)."""
+    out = io.BytesIO()
+    Image.new("L", (side, side)).save(out, "JPEG", progressive=True, quality=10)
+    data = out.getvalue()
+    assert data.endswith(b"\xff\xd9")
+    last_scan = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last_scan:-2] * scans + b"\xff\xd9"
+
+
 def decoded(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()

@@ -29,6 +29,7 @@ from tests.pictures import (
     camera_jpeg,
     decoded,
     mean_difference,
+    progressive_bomb,
     transparent_png,
     with_attachment,
     with_inline,
@@ -165,8 +166,9 @@ async def test_an_altered_or_unknown_url_gets_403_or_404_and_says_nothing_else(
         (b"%PDF-1.4 this is no picture at all" * 20, "not a picture"),
         (bomb_png(), "a decompression bomb (100000x100000 pixels"),
         (camera_jpeg()[:2000], "a broken picture"),
+        (progressive_bomb(1000), "a JPEG bomb (over 100 scans)"),
     ],
-    ids=["not-a-picture", "bomb", "broken"],
+    ids=["not-a-picture", "bomb", "broken", "progressive-bomb"],
 )
 async def test_what_is_not_a_picture_is_not_sent_and_the_text_is(
     gw: Running, platform: FakePlatform, caplog: pytest.LogCaptureFixture, data: bytes, why: str

@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from email.message import EmailMessage
 
+import pytest
+from PIL import Image
+
 from gateway.config.model import DomainConfig
 from gateway.message import images
 from gateway.message.parse import OFF_LOOP_SIZE, off_loop, parse_message
 from tests.pictures import (
     camera_jpeg,
     decoded,
+    progressive_bomb,
     scene,
     transparent_png,
     with_attachment,
@@ -93,3 +97,38 @@ def test_a_gif_with_a_transparent_colour_becomes_a_png_that_keeps_it() -> None:
     content_type, data, _, _ = images.reencoded(out.getvalue())
     assert content_type == "image/png"
     assert decoded(data).convert("RGBA").getpixel((0, 0))[3] == 0  # type: ignore[index]
+
+
+def test_a_progressive_jpeg_of_a_thousand_scans_is_a_bomb_never_decoded() -> None:
+    # 7000x7000 and a thousand scans (360 KB) cost half a minute of a parser thread's CPU.
+    bomb = progressive_bomb(1000, side=200)
+    assert images.jpeg_scans(bomb) == images.MAX_SCANS + 1
+    with pytest.raises(images.Refused, match=r"^a JPEG bomb \(over 100 scans\)$"):
+        images.reencoded(bomb)
+
+
+def test_a_progressive_jpeg_as_encoders_write_it_is_a_picture() -> None:
+    import io
+
+    out = io.BytesIO()
+    scene(320, 240).save(out, "JPEG", progressive=True, exif=Image.Exif(), quality=90)
+    assert 1 < images.jpeg_scans(out.getvalue()) <= 12
+    assert images.reencoded(out.getvalue())[2:] == (320, 240)
+    assert images.jpeg_scans(progressive_bomb(images.MAX_SCANS - 20, side=64)) <= images.MAX_SCANS
+
+
+def test_an_exif_thumbnail_full_of_scans_is_not_counted_and_a_scan_after_it_is() -> None:
+    # What an APP segment holds is skipped by its length; a marker-like byte pair in it is not
+    # a scan, and cannot end the count early either.
+    import io
+
+    out = io.BytesIO()
+    scene(64, 48).save(out, "JPEG")
+    plain = out.getvalue()
+    filler = (b"\xff\xda\x00\x02" * 200 + b"\xff\xd9")[:60000]
+    app = b"\xff\xe1" + (len(filler) + 2).to_bytes(2, "big") + filler
+    hidden = plain[:2] + app + plain[2:]
+    assert images.jpeg_scans(hidden) == 1
+    assert images.reencoded(hidden)[2:] == (64, 48)
+    bomb = progressive_bomb(500, side=64)
+    assert images.jpeg_scans(bomb[:2] + app + bomb[2:]) == images.MAX_SCANS + 1
