@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from email.message import EmailMessage
 
@@ -24,14 +25,33 @@ from tests.pictures import (
 VIBER = DomainConfig(name="viber.local", type="viber", images=True)
 
 
-async def test_a_small_mail_that_may_carry_a_picture_is_parsed_in_a_parser_thread() -> None:
+async def test_a_small_mail_that_may_carry_a_picture_is_parsed_in_the_picture_thread() -> None:
     # Decoding a picture is CPU work: off the loop however small the mail.
     small = with_attachment(transparent_png(8, 8), "png", "p.png").as_bytes()
     assert len(small) < OFF_LOOP_SIZE
     where = await off_loop(small, lambda: threading.current_thread().name)
-    assert where.startswith("smtp2pulse-parse")
+    assert where.startswith("smtp2pulse-picture")
     text = b"Subject: hi\r\n\r\nplain words\r\n"
     assert await off_loop(text, lambda: threading.current_thread().name) == "MainThread"
+
+
+async def test_large_text_mail_is_not_queued_behind_pictures_being_made() -> None:
+    # A camera storm: pictures wait their turn in their own thread, while a large text mail
+    # (parsed in a parser thread) is parsed at once.
+    release = threading.Event()
+    picture = with_attachment(camera_jpeg()).as_bytes()
+    pictures = [
+        asyncio.ensure_future(off_loop(picture, lambda: release.wait(10))) for _ in range(3)
+    ]
+    try:
+        large = b"Subject: report\r\n\r\n" + b"all well at the gate\r\n" * 2000
+        assert len(large) > OFF_LOOP_SIZE
+        where = await asyncio.wait_for(off_loop(large, lambda: threading.current_thread().name), 5)
+        assert where.startswith("smtp2pulse-parse")
+        assert not any(p.done() for p in pictures)
+    finally:
+        release.set()
+    assert await asyncio.gather(*pictures) == [True, True, True]
 
 
 def test_an_attachment_comes_before_an_inline_picture() -> None:
