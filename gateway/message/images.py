@@ -42,6 +42,8 @@ MAX_SIDE = 2560  # the longest side sent (Telegram and Viber show photos smaller
 JPEG_QUALITY = 85
 # A JPEG marker inside or after a scan's data: 0xFF then anything but a stuffed zero, a restart
 # marker or another fill byte.
+# Modes whose pixels a resize averages well as they are.
+_RESIZED_AS_IS = frozenset({"RGB", "RGBA", "L", "LA"})
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _CID = re.compile(r"""src\s*=\s*["']?\s*cid:([^"'\s>]+)""", re.IGNORECASE)
 
@@ -147,10 +149,15 @@ def reencoded(data: bytes) -> tuple[str, bytes, int, int]:
                     f"a decompression bomb ({width}x{height} pixels, over {MAX_SOURCE_PIXELS})"
                 )
             source.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decoded at a smaller scale
-            image = ImageOps.exif_transpose(source)  # upright as the camera meant, then no EXIF
-            transparent = _transparent(image)
-            image = image.convert("RGBA" if transparent else "RGB")
+            transparent = _transparent(source)
+            mode = "RGBA" if transparent else "RGB"
+            # Made smaller first, then turned and converted: a copy of the picture as it came
+            # is hundreds of megabytes for a large one. A palette is converted before (it
+            # would be resized by its nearest pixel), which costs a copy of what it is.
+            image = source if source.mode in _RESIZED_AS_IS else source.convert(mode)
             image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            image = ImageOps.exif_transpose(image)  # upright as the camera meant, then no EXIF
+            image = image.convert(mode)
             image.info.clear()  # Pillow writes an ICC profile it finds here
             out = io.BytesIO()
             if transparent:
@@ -204,8 +211,8 @@ def _transparent(image: object) -> bool:
 
     assert isinstance(image, Image.Image)
     if image.mode in ("RGBA", "LA", "PA"):
-        alpha = image.getchannel("A").getextrema()
-        return bool(alpha[0] < 255)  # type: ignore[operator]
+        alpha = image.getextrema()[-1]  # each band's, without a copy of the alpha band
+        return bool(alpha[0] < 255)  # type: ignore[index]
     return "transparency" in image.info
 
 

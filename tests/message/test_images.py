@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -13,6 +16,7 @@ from gateway.config.model import DomainConfig
 from gateway.message import images
 from gateway.message.parse import OFF_LOOP_SIZE, off_loop, parse_message
 from tests.pictures import (
+    blank_png,
     camera_jpeg,
     decoded,
     progressive_bomb,
@@ -152,3 +156,25 @@ def test_an_exif_thumbnail_full_of_scans_is_not_counted_and_a_scan_after_it_is()
     assert images.reencoded(hidden)[2:] == (64, 48)
     bomb = progressive_bomb(500, side=64)
     assert images.jpeg_scans(bomb[:2] + app + bomb[2:]) == images.MAX_SCANS + 1
+
+
+def test_a_picture_of_50_megapixels_is_made_without_copies_of_it_as_it_came(tmp_path: Path) -> None:
+    # 7071x7071 RGBA is 200 MB decoded: the decode, one copy for the resize's premultiplied
+    # alpha, and the small one made of it; not also a turned copy, a converted copy and a copy
+    # of its alpha band (670 MB in all, and a picture is made at a time in each such thread).
+    path = tmp_path / "big.png"
+    path.write_bytes(blank_png(7071, 7071))
+    script = (
+        "import resource, sys\n"
+        "from gateway.message.images import reencoded\n"
+        "import PIL.PngImagePlugin\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(reencoded(data)[0])\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    kind, grown = done.stdout.split()
+    assert kind == "image/png" and int(grown) < 550, done.stdout  # MB over the process's start
