@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.message import Message
@@ -138,6 +139,11 @@ def reencoded(data: bytes) -> tuple[str, bytes, int, int]:
     # Checked here against MAX_SOURCE_PIXELS instead: Pillow's own check only warns between its
     # limit and twice it, and a warning is no refusal.
     Image.MAX_IMAGE_PIXELS = None
+    # Pillow warns of what it skips in a broken file (an EXIF tag it cannot read, which cheap
+    # cameras write): a line on stderr past the log, or, where warnings are errors, a picture
+    # refused that is sent elsewhere. The EXIF is dropped anyway: the same picture either way.
+    # Put first on every call, as a test's own filters are put first for each test.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     scans = jpeg_scans(data)
     if scans > MAX_SCANS:
         raise Refused(f"a JPEG bomb (over {MAX_SCANS} scans)")

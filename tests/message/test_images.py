@@ -178,3 +178,26 @@ def test_a_picture_of_50_megapixels_is_made_without_copies_of_it_as_it_came(tmp_
     )
     kind, grown = done.stdout.split()
     assert kind == "image/png" and int(grown) < 550, done.stdout  # MB over the process's start
+
+
+def test_a_camera_jpeg_with_a_broken_exif_is_made_without_a_warning() -> None:
+    # Pillow reads the EXIF when it opens a JPEG, and warns of a tag it cannot read. The
+    # picture is made all the same, where warnings are errors (here) as anywhere else, and
+    # nothing goes to stderr past the log.
+    import io
+    import warnings
+
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    out = io.BytesIO()
+    scene(64, 32).save(out, "JPEG", exif=exif)
+    data = bytearray(out.getvalue())
+    tiff = data.index(b"Exif\x00\x00") + 6
+    data[tiff + 4 : tiff + 8] = (0xFFFF).to_bytes(4, "little")  # IFD0 past the segment's end
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        made = images.reencoded(bytes(data))
+    assert made[0] == "image/jpeg" and made[2:] == (64, 32)  # its orientation unread: as it is
+    assert [str(w.message) for w in seen] == []
