@@ -58,6 +58,19 @@ async def test_large_text_mail_is_not_queued_behind_pictures_being_made() -> Non
     assert await asyncio.gather(*pictures) == [True, True, True]
 
 
+async def test_an_html_of_blanks_after_src_is_read_in_linear_time() -> None:
+    message = EmailMessage()
+    message["Subject"] = "x"
+    message.set_content("see the picture")
+    message.add_alternative("<p>cid: src=" + " " * 64_000 + "x</p>", subtype="html")
+    html = next(part for part in message.iter_parts() if part.get_content_type() == "text/html")
+    assert isinstance(html, EmailMessage)
+    html.add_related(transparent_png(8, 8), "image", "png", cid="<a@b>")
+    raw = message.as_bytes()
+    parsed = await asyncio.wait_for(off_loop(raw, lambda: parse_message(raw)), 2)
+    assert parsed.picture is not None and parsed.picture.content_type == "image/png"
+
+
 def test_an_attachment_comes_before_an_inline_picture() -> None:
     message = with_inline(transparent_png(), transparent_png(16, 16))
     message.add_attachment(camera_jpeg(), maintype="image", subtype="jpeg", filename="a.jpg")
