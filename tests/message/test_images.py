@@ -214,3 +214,14 @@ def test_a_camera_jpeg_with_a_broken_exif_is_made_without_a_warning() -> None:
         made = images.reencoded(bytes(data))
     assert made[0] == "image/jpeg" and made[2:] == (64, 32)  # its orientation unread: as it is
     assert [str(w.message) for w in seen] == []
+
+
+def test_a_jpeg_of_thousands_of_segments_is_refused_before_a_walk_over_each() -> None:
+    import io
+
+    out = io.BytesIO()
+    scene(64, 48).save(out, "JPEG")
+    plain = out.getvalue()
+    comments = b"\xff\xfe\x00\x03x" * 1_000_000  # 5 MB of one-byte comments
+    assert images.jpeg_scans(plain[:2] + comments[:5 * 100] + plain[2:]) == 1
+    assert images.jpeg_scans(plain[:2] + comments + plain[2:]) == images.MAX_SCANS + 1
