@@ -57,6 +57,33 @@ def bomb_png(side: int = 100_000) -> bytes:
     return bytes(data)
 
 
+def progressive_bomb(scans: int, side: int = 1000) -> bytes:
+    """A progressive JPEG whose last scan comes again `scans` times: a few bytes each, and each
+    a pass of decoding over the whole picture (libjpeg warns of the bogus progression, and
+    goes on)."""
+    out = io.BytesIO()
+    Image.new("L", (side, side)).save(out, "JPEG", progressive=True, quality=10)
+    data = out.getvalue()
+    assert data.endswith(b"\xff\xd9")
+    last_scan = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last_scan:-2] * scans + b"\xff\xd9"
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A transparent RGBA PNG made without Pillow, row by row: a process that makes one of 50
+    megapixels has not held its 200 MB of pixels (what tests of memory need)."""
+    squeeze = zlib.compressobj(9)
+    row = bytes(1 + 4 * width)  # filter 0, then transparent black
+    idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def decoded(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()

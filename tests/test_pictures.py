@@ -29,6 +29,7 @@ from tests.pictures import (
     camera_jpeg,
     decoded,
     mean_difference,
+    progressive_bomb,
     transparent_png,
     with_attachment,
     with_inline,
@@ -165,8 +166,9 @@ async def test_an_altered_or_unknown_url_gets_403_or_404_and_says_nothing_else(
         (b"%PDF-1.4 this is no picture at all" * 20, "not a picture"),
         (bomb_png(), "a decompression bomb (100000x100000 pixels"),
         (camera_jpeg()[:2000], "a broken picture"),
+        (progressive_bomb(1000), "a JPEG bomb (over 100 scans)"),
     ],
-    ids=["not-a-picture", "bomb", "broken"],
+    ids=["not-a-picture", "bomb", "broken", "progressive-bomb"],
 )
 async def test_what_is_not_a_picture_is_not_sent_and_the_text_is(
     gw: Running, platform: FakePlatform, caplog: pytest.LogCaptureFixture, data: bytes, why: str
@@ -333,3 +335,18 @@ async def test_in_a_batch_each_message_carries_the_picture(
     url = f"{PUBLIC}/media/{queue_id}/{media_signature(SECRET, queue_id)}.jpg"
     assert [m["image"] for m in request.messages] == [url, url]
     assert (await fetch(local(gw, url)))[:2] == (200, "image/jpeg")
+
+
+async def test_without_a_configured_secret_the_spools_own_signs_the_url(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
+    # http.callback_secret left out: the spool makes one and keeps it (gateway.spool.meta),
+    # and the URL is signed with that, not with an empty secret every URL would fail.
+    http = {k: v for k, v in PICTURES["http"].items() if k != "callback_secret"}
+    gw = await start_gateway({**PICTURES, "http": http})
+    queue_id = await sent(gw, platform, with_attachment(camera_jpeg()), [VIBER])
+    secret = await gw.gateway.spool.callback_secret()
+    assert len(secret) >= 16
+    assert platform.messages[0]["image"].endswith(f"/{media_signature(secret, queue_id)}.jpg")
+    status, content_type, _ = await fetch(local(gw, platform.messages[0]["image"]))
+    assert (status, content_type) == (200, "image/jpeg")

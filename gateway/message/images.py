@@ -7,7 +7,8 @@ Made: decoded by Pillow and encoded anew, so what the platform fetches is pixels
 (a camera's GPS position, its serial number), no ICC profile, no comment, nothing appended to
 the file. JPEG (quality 85) unless the picture has transparency, which only PNG keeps. The
 longest side is at most MAX_SIDE pixels (messengers show less, and fetch and store what we send);
-a picture declaring more than MAX_SOURCE_PIXELS is a decompression bomb and is never decoded.
+a picture declaring more than MAX_SOURCE_PIXELS is a decompression bomb and is never decoded,
+nor is a JPEG of more than MAX_SCANS scans.
 Anything Pillow cannot read — not a picture, broken, cut short — gives no picture, and says why:
 the text is sent all the same.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.message import Message
@@ -33,9 +35,20 @@ from gateway.spool.rows import NewPicture, Picture
 # compressions, PSD, ICO...) are refused as "not a picture we read": less decoder to attack.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 MAX_SOURCE_PIXELS = 50_000_000  # a 50-megapixel camera; more is a bomb, never decoded
+# A progressive JPEG is decoded scan by scan, each over the whole picture: a few bytes a scan
+# buy a full pass of decoding, so thousands of them in a small file are a bomb of their own.
+# Encoders write about ten; the cap leaves room and bounds the work at a few passes more.
+MAX_SCANS = 100
 MAX_SIDE = 2560  # the longest side sent (Telegram and Viber show photos smaller)
 JPEG_QUALITY = 85
-_CID = re.compile(r"""src\s*=\s*["']?\s*cid:([^"'\s>]+)""", re.IGNORECASE)
+# A JPEG marker inside or after a scan's data: 0xFF then anything but a stuffed zero, a restart
+# marker or another fill byte.
+# Modes whose pixels a resize averages well as they are.
+_RESIZED_AS_IS = frozenset({"RGB", "RGBA", "L", "LA"})
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+# Possessive: a run of blanks is never given back, so the time is linear in the HTML (with
+# backtracking, `src=` and 64,000 blanks cost 22 s of a thread).
+_CID = re.compile(r"""src\s*+=\s*+["']?+\s*+cid:([^"'\s>]+)""", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,14 @@ def reencoded(data: bytes) -> tuple[str, bytes, int, int]:
     # Checked here against MAX_SOURCE_PIXELS instead: Pillow's own check only warns between its
     # limit and twice it, and a warning is no refusal.
     Image.MAX_IMAGE_PIXELS = None
+    # Pillow warns of what it skips in a broken file (an EXIF tag it cannot read, which cheap
+    # cameras write): a line on stderr past the log, or, where warnings are errors, a picture
+    # refused that is sent elsewhere. The EXIF is dropped anyway: the same picture either way.
+    # Put first on every call, as a test's own filters are put first for each test.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    scans = jpeg_scans(data)
+    if scans > MAX_SCANS:
+        raise Refused(f"a JPEG bomb (over {MAX_SCANS} scans)")
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as source:
             width, height = source.size
@@ -136,10 +157,15 @@ def reencoded(data: bytes) -> tuple[str, bytes, int, int]:
                     f"a decompression bomb ({width}x{height} pixels, over {MAX_SOURCE_PIXELS})"
                 )
             source.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decoded at a smaller scale
-            image = ImageOps.exif_transpose(source)  # upright as the camera meant, then no EXIF
-            transparent = _transparent(image)
-            image = image.convert("RGBA" if transparent else "RGB")
+            transparent = _transparent(source)
+            mode = "RGBA" if transparent else "RGB"
+            # Made smaller first, then turned and converted: a copy of the picture as it came
+            # is hundreds of megabytes for a large one. A palette is converted before (it
+            # would be resized by its nearest pixel), which costs a copy of what it is.
+            image = source if source.mode in _RESIZED_AS_IS else source.convert(mode)
             image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            image = ImageOps.exif_transpose(image)  # upright as the camera meant, then no EXIF
+            image = image.convert(mode)
             image.info.clear()  # Pillow writes an ICC profile it finds here
             out = io.BytesIO()
             if transparent:
@@ -158,13 +184,43 @@ def reencoded(data: bytes) -> tuple[str, bytes, int, int]:
     return ("image/png" if transparent else "image/jpeg"), out.getvalue(), *image.size
 
 
+def jpeg_scans(data: bytes) -> int:
+    """How many scans a JPEG has (0 for anything else), counted up to one more than MAX_SCANS:
+    its segments walked by their lengths to the end of its first picture, so that what an APP
+    segment holds (an EXIF thumbnail is a JPEG too) is never counted."""
+    if not data.startswith(b"\xff\xd8"):
+        return 0
+    at, scans, segments = 2, 0, 0
+    while scans <= MAX_SCANS and at + 4 <= len(data):
+        segments += 1
+        if data[at] != 0xFF or segments > 20 * MAX_SCANS:
+            # Broken, or segments by the thousand: Pillow refuses the one, the other is refused
+            # here as a bomb, before a pass of Python over each of them costs more.
+            return scans if data[at] != 0xFF else MAX_SCANS + 1
+        kind = data[at + 1]
+        if kind == 0xFF:  # a fill byte before the marker
+            at += 1
+            continue
+        if kind == 0xD9:  # the end of the picture (an MPO's next one is not decoded)
+            break
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        at += 2 + length
+        if kind == 0xDA:  # a scan: its header, then entropy-coded data up to the next marker
+            scans += 1
+            marker = _JPEG_MARKER.search(data, at)
+            if marker is None:
+                break
+            at = marker.start()
+    return scans
+
+
 def _transparent(image: object) -> bool:
     from PIL import Image
 
     assert isinstance(image, Image.Image)
     if image.mode in ("RGBA", "LA", "PA"):
-        alpha = image.getchannel("A").getextrema()
-        return bool(alpha[0] < 255)  # type: ignore[operator]
+        alpha = image.getextrema()[-1]  # each band's, without a copy of the alpha band
+        return bool(alpha[0] < 255)  # type: ignore[index]
     return "transparency" in image.info
 
 

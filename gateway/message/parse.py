@@ -60,6 +60,11 @@ OFF_LOOP_SIZE = 8 * 1024
 # must not queue behind a burst of large mail. Two, because parsing holds the GIL: more threads
 # would only take more turns from the event loop.
 _PARSERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smtp2pulse-parse")
+# Mail that may carry a picture has a thread of its own: re-encoding a camera's snapshot takes
+# a good part of a second (Pillow lets go of the GIL for it), and a storm of them queued in
+# _PARSERS made every large text mail wait its turn behind them. One thread: the pictures get
+# one core at most, and the loop and the text mail the rest.
+_PICTURES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtp2pulse-picture")
 
 # The fast path's shape (see the module docstring). A line FeedParser would see as a header
 # (its headerRE) that is neither folded nor "From ", then the empty line that ends the headers;
@@ -112,8 +117,11 @@ def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage
 
 async def off_loop(raw: bytes, work: Callable[[], T]) -> T:
     """work(), which parses raw: at once for small mail, in a parser thread for large mail
-    and for mail that may carry a picture (decoding one is CPU work: gateway.message.images)."""
-    if len(raw) <= OFF_LOOP_SIZE and _MAY_HAVE_PICTURE.search(raw) is None:
+    and in the picture thread for mail that may carry a picture (decoding one is CPU work:
+    gateway.message.images)."""
+    if _MAY_HAVE_PICTURE.search(raw) is not None:
+        return await asyncio.get_running_loop().run_in_executor(_PICTURES, work)
+    if len(raw) <= OFF_LOOP_SIZE:
         return work()
     return await asyncio.get_running_loop().run_in_executor(_PARSERS, work)
 
