@@ -49,10 +49,8 @@ def camera_mail(megapixels: float) -> bytes:
         b"Subject: Motion detected\r\nFrom: cam@corp.test\r\nMIME-Version: 1.0\r\n"
         b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
         b"Content-Type: text/plain\r\n\r\nCamera 3: motion at the gate\r\n--b\r\n"
-        b'Content-Type: image/jpeg\r\nContent-Transfer-Encoding: base64\r\n'
-        b'Content-Disposition: attachment; filename="snap.jpg"\r\n\r\n'
-        + encoded
-        + b"--b--\r\n"
+        b"Content-Type: image/jpeg\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="snap.jpg"\r\n\r\n' + encoded + b"--b--\r\n"
     )
 
 
@@ -62,9 +60,7 @@ def text_mail(size: int) -> bytes:
     return b"Subject: Door\r\nFrom: acs@corp.test\r\n\r\n" + body
 
 
-async def sender(
-    port: int, rcpt: str, mail: bytes, until: float, waits: list[float]
-) -> None:
+async def sender(port: int, rcpt: str, mail: bytes, until: float, waits: list[float]) -> None:
     """One SMTP connection sending `mail` in lock step until `until`; each 250's wait."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
@@ -135,10 +131,14 @@ async def main(args: argparse.Namespace) -> None:
         text_waits: list[float] = []
         picture_waits: list[float] = []
         await asyncio.gather(
-            *(sender(port, "79001234567@sms.local", text, until, text_waits)
-              for _ in range(args.text)),
-            *(sender(port, "79001234567@viber.local", camera, until, picture_waits)
-              for _ in range(args.cameras)),
+            *(
+                sender(port, "79001234567@sms.local", text, until, text_waits)
+                for _ in range(args.text)
+            ),
+            *(
+                sender(port, "79001234567@viber.local", camera, until, picture_waits)
+                for _ in range(args.cameras)
+            ),
         )
         text_waits.sort()
         print(

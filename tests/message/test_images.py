@@ -223,5 +223,5 @@ def test_a_jpeg_of_thousands_of_segments_is_refused_before_a_walk_over_each() ->
     scene(64, 48).save(out, "JPEG")
     plain = out.getvalue()
     comments = b"\xff\xfe\x00\x03x" * 1_000_000  # 5 MB of one-byte comments
-    assert images.jpeg_scans(plain[:2] + comments[:5 * 100] + plain[2:]) == 1
+    assert images.jpeg_scans(plain[:2] + comments[: 5 * 100] + plain[2:]) == 1
     assert images.jpeg_scans(plain[:2] + comments + plain[2:]) == images.MAX_SCANS + 1
