@@ -163,6 +163,11 @@ class Config:
     log_mask_personal: bool = False  # phone numbers and e-mail addresses in logs
     source: str = "<memory>"
 
+    @property
+    def sends_pictures(self) -> bool:
+        """Whether any domain sends the mail's picture (domains.NAME.images)."""
+        return any(domain.images for domain in self.domains.values())
+
     def domain(self, name: str) -> DomainConfig | None:
         return self.domains.get(name.lower())
 

@@ -115,11 +115,12 @@ def parse_message(raw: bytes, fallback_charset: str = "cp1251") -> ParsedMessage
     return simple if simple is not None else _slow(raw, fallback_charset)
 
 
-async def off_loop(raw: bytes, work: Callable[[], T]) -> T:
+async def off_loop(raw: bytes, work: Callable[[], T], *, pictures: bool = True) -> T:
     """work(), which parses raw: at once for small mail, in a parser thread for large mail
-    and in the picture thread for mail that may carry a picture (decoding one is CPU work:
-    gateway.message.images)."""
-    if _MAY_HAVE_PICTURE.search(raw) is not None:
+    and, when `pictures` may be made (a domain has images: true), in the picture thread for
+    mail that may carry one (decoding one is CPU work: gateway.message.images). Without such a
+    domain a mail's pictures are never decoded, and its attachments must not queue it there."""
+    if pictures and _MAY_HAVE_PICTURE.search(raw) is not None:
         return await asyncio.get_running_loop().run_in_executor(_PICTURES, work)
     if len(raw) <= OFF_LOOP_SIZE:
         return work()

@@ -137,6 +137,7 @@ class Handler:
                 lambda: prepare(
                     raw, recipients, envelope.mail_from or "", config, arrived, route_only
                 ),
+                pictures=config.sends_pictures,
             )
         except Refusal as refusal:
             reply = reply_for(refusal)

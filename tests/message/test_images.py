@@ -37,6 +37,9 @@ async def test_a_small_mail_that_may_carry_a_picture_is_parsed_in_the_picture_th
     assert where.startswith("smtp2pulse-picture")
     text = b"Subject: hi\r\n\r\nplain words\r\n"
     assert await off_loop(text, lambda: threading.current_thread().name) == "MainThread"
+    # Without a domain that sends pictures, an attachment decides nothing: none is decoded.
+    here = await off_loop(small, lambda: threading.current_thread().name, pictures=False)
+    assert here == "MainThread"
 
 
 async def test_large_text_mail_is_not_queued_behind_pictures_being_made() -> None:
