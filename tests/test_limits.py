@@ -37,28 +37,46 @@ def limited(limits: dict[str, Any], **domain: Any) -> dict[str, Any]:
     return {"domains": {"sms.local": sms}}
 
 
+class Starter:
+    """Starts a gateway with `changes` to the base config; `reload` gives it other changes
+    through a config file, as SIGHUP would."""
+
+    def __init__(self, tmp_path: Path, platform: FakePlatform, url: str | None) -> None:
+        self.tmp_path, self.platform, self.url = tmp_path, platform, url
+        self.started: list[Gateway] = []
+
+    def data(self, changes: dict[str, Any] | None) -> dict[str, Any]:
+        data = base_config(self.tmp_path / "spool.sqlite3", self.platform.base_url)
+        if self.url is not None:
+            del data["spool"]["path"]
+            data["spool"]["url"] = self.url
+        data = merge(data, changes or {})
+        data["domains"] = {name: d for name, d in data["domains"].items() if d is not None}
+        return data
+
+    async def __call__(self, changes: dict[str, Any] | None = None) -> Running:
+        gateway = Gateway(parse_config(self.data(changes), env={}))
+        await gateway.start()
+        self.started.append(gateway)
+        return Running(gateway)
+
+    async def reload(self, gw: Running, changes: dict[str, Any]) -> None:
+        path = self.tmp_path / "reloaded.yaml"
+        path.write_text(yaml.safe_dump(self.data(changes), allow_unicode=True))
+        assert await gw.gateway.reload(path) is True
+
+
 @pytest.fixture(params=["sqlite", "pg"])
 async def start(
     request: pytest.FixtureRequest, tmp_path: Path, platform: FakePlatform
-) -> AsyncIterator[Start]:
+) -> AsyncIterator[Starter]:
     """A gateway on each spool: the limits count the same on both."""
-    started: list[Gateway] = []
     url = None
     if request.param == "pg":
         url = await fresh_database(request.getfixturevalue("pg_server"))
-
-    async def run(changes: dict[str, Any] | None = None) -> Running:
-        data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
-        if url is not None:
-            del data["spool"]["path"]
-            data["spool"]["url"] = url
-        gateway = Gateway(parse_config(merge(data, changes or {}), env={}))
-        await gateway.start()
-        started.append(gateway)
-        return Running(gateway)
-
-    yield run
-    for gateway in reversed(started):
+    starter = Starter(tmp_path, platform, url)
+    yield starter
+    for gateway in reversed(starter.started):
         await gateway.stop()
 
 
@@ -435,3 +453,77 @@ async def test_a_notice_to_the_limited_domain_itself_is_exempt_and_cannot_loop(
     used = await gw.gateway.spool.budget_used(today(config, time.time()))
     assert used["sms.local"][0] == 1
     assert len(await in_state(gw, "suppressed")) == 2
+
+
+# --- what the review found (issue 32, adversarial review) ----------------------------------------
+
+
+async def test_a_refusal_at_rcpt_counts_as_held_back_and_sends_the_days_notice(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """One message at a time, the second refused at RCPT: the commit never sees it, yet the
+    limit tripped and the notice (with how many were held back) must go."""
+    gw = await start(
+        limited(
+            {"messages_per_day": 1, "over_limit": "refuse", "notify": "ops=example.com@mail.local"}
+        )
+    )
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    await platform.wait_for(1)
+    for n in range(2):
+        assert (await client(gw, f"7900000000{n}@sms.local", "over"))[:2] == ("rcpt", 452)
+    await platform.wait_for(2)
+    await asyncio.sleep(1.5)  # and once only
+    notices = [m for m in platform.messages if m["type"] == "email"]
+    assert len(notices) == 1, notices
+    text = notices[0]["sent_text"]
+    assert "sms.local: limit messages_per_day 1 reached" in text
+    assert "1 message(s) over it so far" in text  # the second refusal came after the notice
+    assert "refused with 452 4.2.2" in text
+    assert len([m for m in platform.messages if m["type"] == "sms"]) == 1
+
+
+@pytest.mark.parametrize("now", ["lifted", "raised", "domain gone"])
+async def test_a_reload_that_lifts_a_limit_releases_the_held_ones_at_once(
+    start: Starter, platform: FakePlatform, now: str
+) -> None:
+    """Held until the domain's next midnight; the operator raises the limit (or drops it, or
+    the domain): they go now, not tomorrow."""
+    gw = await start(limited({"messages_per_day": 1}))
+    for n in range(3):
+        assert (await client(gw, f"7900000000{n}@sms.local", f"alert {n}"))[1] == 250
+    await platform.wait_for(1)
+    await eventually(lambda: held_count(gw, 2))
+    if now == "lifted":
+        await start.reload(gw, limited({}))
+    elif now == "raised":
+        await start.reload(gw, limited({"messages_per_day": 2}))
+    else:
+        await start.reload(gw, {"domains": {"sms.local": None}})
+    expected = 2 if now == "raised" else 3
+    await platform.wait_for(expected, within=5)
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == expected
+    assert len(await in_state(gw, "held")) == 3 - expected
+
+
+async def test_a_held_delivery_past_give_up_after_fails_unsent(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """Held until the window has room (3 s), by which time it is older than give_up_after
+    (2 s): a storm's message is not sent that late, it is failed (it used to be sent)."""
+    gw = await start(merge(limited({"per_recipient": "1/3s"}), {"spool": {"give_up_after": "2s"}}))
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    queue_id = (await client(gw, f"{PHONE}@sms.local", "second"))[2].split()[-1]
+    await platform.wait_for(1)
+    await eventually(lambda: held_count(gw, 1))
+
+    async def failed() -> bool:
+        return len(await in_state(gw, "failed")) == 1
+
+    await eventually(failed, within=6)
+    detail = await gw.gateway.spool.show_message(queue_id)
+    assert detail is not None
+    assert detail.deliveries[0].last_error == "held by a limit past spool.give_up_after; not sent"
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == 1

@@ -89,14 +89,17 @@ class Dialect(Protocol):
     INSERT_MEDIA: str
     READ_MEDIA: str  # queue_id -> content_type, data
     SHOW_MEDIA: str  # queue_id -> every column but data
-    # limits (budget.py): a row locked by an upsert that gives its counts
+    # limits (budget.py): a row locked by an upsert that gives its counts, after the one lock
+    BUDGET_LOCK: str | None  # taken first (PostgreSQL); None: the one writer needs none
     BUDGET_DAY: str  # domain, day, now -> messages, parts, held_back, tripped, notified
     BUDGET_RECIPIENT: str  # domain, recipient, now -> times
     SET_BUDGET_DAY: str  # domain, day, messages, parts, held_back, tripped, notified
     SET_BUDGET_RECIPIENT: str  # domain, recipient, times, now
     READ_BUDGET_DAY: str  # domain, day -> messages, parts
     READ_BUDGET_RECIPIENT: str  # domain, recipient -> times
-    HELD_DUE: str  # now, limit -> id, spend
+    HELD_DUE: str  # now, limit -> id, spend, received_at
+    HELD_DUE_NOW: str  # now: every held one due now
+    FAIL_HELD: str  # id, last_error, now
     NEXT_HELD: str  # -> due
     RELEASE_HELD: str  # id, now
     HOLD_AGAIN: str  # id, until, last_error, now

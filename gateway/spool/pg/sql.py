@@ -239,6 +239,9 @@ NOTIFY = "NOTIFY smtp2pulse_due"
 
 # --- limits: the budget's counts and held deliveries (gateway.spool.budget) ---------------------
 
+# budget.lock: one advisory lock for the transaction, taken before any budget row (its key is
+# arbitrary, the same in every gateway of the database).
+BUDGET_LOCK: str | None = "SELECT pg_advisory_xact_lock(8318038361634187124)"
 # The upsert takes the row lock (waiting for another gateway's commit that holds it) and gives
 # the counts as that commit left them: each budget job locks its rows so, in one sorted order.
 BUDGET_DAY = (
@@ -261,8 +264,17 @@ READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = $1 AND
 READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = $1 AND recipient = $2"
 # SKIP LOCKED: gateways releasing at once take different ones.
 HELD_DUE = (
-    f"SELECT id, spend FROM deliveries WHERE state = '{State.HELD}' AND next_attempt_at <= $1"
-    " ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    "SELECT d.id, d.spend, m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    f" WHERE d.state = '{State.HELD}' AND d.next_attempt_at <= $1"
+    " ORDER BY d.next_attempt_at, d.id LIMIT $2 FOR UPDATE OF d SKIP LOCKED"
+)
+HELD_DUE_NOW = (
+    f"UPDATE deliveries SET next_attempt_at = $1 WHERE state = '{State.HELD}'"
+    " AND next_attempt_at > $1"
+)
+FAIL_HELD = (
+    f"UPDATE deliveries SET state = '{State.FAILED}', last_error = $2, updated_at = $3"
+    f" WHERE id = $1 AND state = '{State.HELD}'"
 )
 NEXT_HELD = f"SELECT min(next_attempt_at) FROM deliveries WHERE state = '{State.HELD}'"
 RELEASE_HELD = (

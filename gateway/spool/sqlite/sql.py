@@ -278,6 +278,8 @@ SHOW_MEDIA = (
 )
 # --- limits: the budget's counts and held deliveries (gateway.spool.budget) ---------------------
 
+# SQLite's one writer needs no lock of the budget's own (budget.lock).
+BUDGET_LOCK: str | None = None
 # An upsert that changes nothing but takes the row, giving its counts: the budget's lock (the
 # one writer needs none, but the statements are the same shape as PostgreSQL's).
 BUDGET_DAY = (
@@ -299,8 +301,17 @@ SET_BUDGET_RECIPIENT = (
 READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = ?1 AND day = ?2"
 READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = ?1 AND recipient = ?2"
 HELD_DUE = (
-    f"SELECT id, spend FROM deliveries WHERE state = '{State.HELD}' AND next_attempt_at <= ?1"
-    " ORDER BY next_attempt_at, id LIMIT ?2"
+    "SELECT d.id, d.spend, m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    f" WHERE d.state = '{State.HELD}' AND d.next_attempt_at <= ?1"
+    " ORDER BY d.next_attempt_at, d.id LIMIT ?2"
+)
+HELD_DUE_NOW = (
+    f"UPDATE deliveries SET next_attempt_at = ?1 WHERE state = '{State.HELD}'"
+    " AND next_attempt_at > ?1"
+)
+FAIL_HELD = (
+    f"UPDATE deliveries SET state = '{State.FAILED}', last_error = ?2, updated_at = ?3"
+    f" WHERE id = ?1 AND state = '{State.HELD}'"
 )
 NEXT_HELD = f"SELECT min(next_attempt_at) FROM deliveries WHERE state = '{State.HELD}'"
 RELEASE_HELD = (
