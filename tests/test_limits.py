@@ -5,6 +5,7 @@ day's notice, /metrics' budget gauges — and concurrent clients never get past 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import smtplib
 import time
@@ -527,3 +528,113 @@ async def test_a_held_delivery_past_give_up_after_fails_unsent(
     assert detail.deliveries[0].last_error == "held by a limit past spool.give_up_after; not sent"
     await asyncio.sleep(0.5)
     assert len(platform.messages) == 1
+
+
+async def test_two_gateways_accepting_and_releasing_at_once_never_deadlock(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    """Each gateway takes mail for one domain while both release the held ones of both: a
+    commit holding one gateway's accepts (one domain's rows) and a release (the other's)
+    crosses the other gateway's. PostgreSQL's own count of deadlocks must stay 0, and no
+    recipient gets two within its window, whichever gateway admitted them."""
+    import asyncpg
+
+    data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    limits = {"per_recipient": "1/1s"}
+    both = {"domains": {"sms.local": limited(limits)["domains"]["sms.local"]}}
+    both["domains"]["sms2.local"] = {**both["domains"]["sms.local"]}
+    config = parse_config(merge(data, both), env={})
+    gateways = [Gateway(config), Gateway(config)]
+    await asyncio.gather(*(gateway.start() for gateway in gateways))
+    try:
+        gws = [Running(gateway) for gateway in gateways]
+
+        def to(n: int) -> str:
+            return f"790011100{n % 8:02d}@" + ("sms.local" if n % 2 == 0 else "sms2.local")
+
+        async def sender(first: int) -> list[int]:
+            codes = []
+            for n in range(first, first + 80, 8):
+                codes.append((await client(gws[n % 2], to(n), f"storm {n}"))[1])
+            return codes
+
+        codes = await asyncio.gather(*(sender(k) for k in range(8)))
+        assert all(code == 250 for found in codes for code in found)
+        await platform.wait_for(80, within=60)
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await asyncio.sleep(1.0)  # the backends report their counts when idle
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            deadlocks = await conn.fetchval(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        assert deadlocks == 0
+        by_recipient: dict[str, list[float]] = {}
+        for request in platform.requests:
+            by_recipient.setdefault(request.form["sent_to"], []).append(request.at)
+        for times in by_recipient.values():
+            times.sort()
+            assert all(b - a >= 0.5 for a, b in itertools.pairwise(times)), times
+    finally:
+        for gateway in reversed(gateways):
+            await gateway.stop()
+
+
+async def test_crossing_accepts_and_releases_of_two_gateways_never_deadlock(pg_url: str) -> None:
+    """The crossing made on purpose, on two real spools of one database: each gateway's
+    commit holds an accept of one domain (its rows locked first) and a release that takes the
+    oldest due held delivery, which SKIP LOCKED makes the other domain's for one of them. Ten
+    times over; PostgreSQL counts every deadlock it had to break."""
+    import asyncpg
+
+    from gateway.spool import DayLimits, IncomingMessage, NewDelivery, Spend
+    from gateway.spool.pg.store import PgSpool
+
+    spools = [PgSpool(pg_url), PgSpool(pg_url)]
+    for spool in spools:
+        await spool.start()
+    now = time.time()
+    today = {
+        name: DayLimits(name, "2026-01-01", now + 86400, per_recipient=(1, 0.2))
+        for name in ("a.local", "b.local")
+    }
+
+    def message(domain: str, to: str) -> IncomingMessage:
+        spend = Spend(today[domain], to, 1)
+        request = {"sent_to": to, "sent_text": "x"}
+        return IncomingMessage("", "peer", "helo", b"x", (NewDelivery(to, request, spend=spend),))
+
+    async def one_commit(spool: PgSpool, new: IncomingMessage) -> None:
+        """A release and an accept in one group commit, as under load."""
+        release = asyncio.ensure_future(spool.release_held(today, 86400, limit=1))
+        await asyncio.sleep(0)  # its job is queued; the accept's joins it
+        await asyncio.gather(release, spool.accept(new))
+
+    try:
+        for n in range(10):
+            for domain in ("b.local", "a.local"):  # b's held one is the older
+                for _ in range(2):  # the second to one recipient is held for 0.2 s
+                    await spools[0].accept(message(domain, f"held{n}"))
+            await asyncio.sleep(0.25)
+            await asyncio.gather(
+                one_commit(spools[0], message("a.local", f"new{n}")),
+                one_commit(spools[1], message("b.local", f"new{n}")),
+            )
+    finally:
+        for spool in spools:
+            await spool.stop()  # a backend that ends reports its counts
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await asyncio.sleep(0.5)
+        deadlocks = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        held = await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'held'")
+    finally:
+        await conn.close()
+    assert deadlocks == 0
+    assert held == 0  # and every release went through
