@@ -638,3 +638,29 @@ async def test_crossing_accepts_and_releases_of_two_gateways_never_deadlock(pg_u
         await conn.close()
     assert deadlocks == 0
     assert held == 0  # and every release went through
+
+
+async def test_metrics_drop_the_series_of_a_limit_a_reload_removed(
+    start: Starter, platform: FakePlatform
+) -> None:
+    http = {"http": {"listen": "127.0.0.1:0"}}
+    gw = await start(merge(limited({"messages_per_day": 5, "parts_per_day": 9}), http))
+    assert (await client(gw, f"{PHONE}@sms.local", "one"))[1] == 250
+    await platform.wait_for(1)
+    assert gw.gateway.status is not None
+    host, port = gw.gateway.status.addresses[0]
+
+    async def metrics() -> str:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{host}:{port}/metrics") as response,
+        ):
+            return await response.text()
+
+    assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="parts"} 9.0' in await metrics()
+    await start.reload(gw, merge(limited({"messages_per_day": 5}), http))
+    text = await metrics()
+    assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="messages"} 5.0' in text
+    assert 'budget_limit{domain="sms.local",unit="parts"}' not in text  # no stale limit
+    await start.reload(gw, http)  # no limits at all
+    assert "budget_used{" not in await metrics() and "budget_limit{" not in await metrics()
