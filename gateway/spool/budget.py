@@ -122,9 +122,12 @@ class Ledger:
             self.days[key] = Day(
                 row["messages"], row["parts"], row["held_back"], row["tripped"], row["notified"]
             )
-        for key in people:
-            times = yield Query(sql.BUDGET_RECIPIENT, (*key, now), Fetch.VALUE)
-            self.recipients[key] = json.loads(times)
+        if people:
+            rows: list[Row] = yield Query(
+                sql.BUDGET_RECIPIENTS, (json.dumps(people), now), Fetch.ROWS
+            )
+            for found in rows:
+                self.recipients[(found["domain"], found["recipient"])] = json.loads(found["times"])
 
     def day(self, spend: Spend) -> Day:
         return self.days[(spend.limits.domain, spend.limits.day)]

@@ -92,7 +92,7 @@ class Dialect(Protocol):
     # limits (budget.py): a row locked by an upsert that gives its counts, after the one lock
     BUDGET_LOCK: str | None  # taken first (PostgreSQL); None: the one writer needs none
     BUDGET_DAY: str  # domain, day, now -> messages, parts, held_back, tripped, notified
-    BUDGET_RECIPIENT: str  # domain, recipient, now -> times
+    BUDGET_RECIPIENTS: str  # JSON [[domain, recipient], ...], now -> domain, recipient, times
     SET_BUDGET_DAY: str  # domain, day, messages, parts, held_back, tripped, notified
     SET_BUDGET_RECIPIENT: str  # domain, recipient, times, now
     READ_BUDGET_DAY: str  # domain, day -> messages, parts

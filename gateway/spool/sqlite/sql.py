@@ -287,9 +287,14 @@ BUDGET_DAY = (
     " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
     " RETURNING messages, parts, held_back, tripped, notified"
 )
-BUDGET_RECIPIENT = (
-    "INSERT INTO budget_recipients (domain, recipient, times, last_at) VALUES (?1, ?2, '[]', ?3)"
-    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain RETURNING times"
+# Every recipient a commit counts, in one statement (JSON [[domain, recipient], ...], now): the
+# budget's one lock makes their order no matter.
+BUDGET_RECIPIENTS = (
+    "INSERT INTO budget_recipients (domain, recipient, times, last_at)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), '[]', ?2"
+    " FROM json_each(?1) WHERE true"
+    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain"
+    " RETURNING domain, recipient, times"
 )
 SET_BUDGET_DAY = (
     "UPDATE budget_days SET messages = ?3, parts = ?4, held_back = ?5, tripped = ?6, notified = ?7"
