@@ -664,3 +664,38 @@ async def test_metrics_drop_the_series_of_a_limit_a_reload_removed(
     assert 'budget_limit{domain="sms.local",unit="parts"}' not in text  # no stale limit
     await start.reload(gw, http)  # no limits at all
     assert "budget_used{" not in await metrics() and "budget_limit{" not in await metrics()
+
+
+@pytest.mark.parametrize(
+    ("zone", "moments"),
+    [
+        # Clocks go from 24:00 to 23:00 (the hour before midnight twice), then 00:00 is skipped
+        # on the spring day: the day still ends at the first instant of the next date.
+        ("America/Santiago", ["2026-04-05T02:30:00+00:00", "2026-04-05T03:30:00+00:00"]),
+        ("America/Santiago", ["2026-09-06T03:30:00+00:00"]),
+        ("Europe/Berlin", ["2026-03-28T23:30:00+00:00", "2026-10-24T22:30:00+00:00"]),
+        ("Australia/Lord_Howe", ["2026-04-04T13:15:00+00:00", "2026-10-03T13:15:00+00:00"]),
+    ],
+)
+def test_a_domains_day_ends_at_its_next_local_date_across_dst(
+    zone: str, moments: list[str]
+) -> None:
+    """A held delivery is due when its day ends: that must be after now (never a past time the
+    worker would spin on) and the first instant of the next local date."""
+    import datetime
+    import zoneinfo
+
+    from gateway.config.model import DomainConfig, Limits
+    from gateway.message.limits import day_limits
+
+    tz = zoneinfo.ZoneInfo(zone)
+    domain = DomainConfig("sms.local", "sms", timezone=tz, limits=Limits(messages_per_day=1))
+    for moment in moments:
+        now = datetime.datetime.fromisoformat(moment).timestamp()
+        limits = day_limits(domain, now)
+        assert limits is not None
+        date = datetime.datetime.fromtimestamp(now, tz).date()
+        assert limits.day == date.isoformat()
+        assert now < limits.day_ends <= now + 25 * 3600
+        assert datetime.datetime.fromtimestamp(limits.day_ends, tz).date() > date
+        assert datetime.datetime.fromtimestamp(limits.day_ends - 1, tz).date() == date
