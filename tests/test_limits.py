@@ -699,3 +699,31 @@ def test_a_domains_day_ends_at_its_next_local_date_across_dst(
         assert now < limits.day_ends <= now + 25 * 3600
         assert datetime.datetime.fromtimestamp(limits.day_ends, tz).date() > date
         assert datetime.datetime.fromtimestamp(limits.day_ends - 1, tz).date() == date
+
+
+async def test_two_gateways_send_the_days_notice_once(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    """Both gateways see the trip (a burst through each, refused at RCPT and after DATA): one
+    notice between them."""
+    data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    notify = "ops=example.com@mail.local"
+    limits = {"messages_per_day": 2, "over_limit": "refuse", "notify": notify}
+    config = parse_config(merge(data, limited(limits)), env={})
+    gateways = [Gateway(config), Gateway(config)]
+    await asyncio.gather(*(gateway.start() for gateway in gateways))
+    try:
+        gws = [Running(gateway) for gateway in gateways]
+        for _ in range(2):
+            await asyncio.gather(
+                *(client(gws[n % 2], f"7900000000{n}@sms.local", f"burst {n}") for n in range(8))
+            )
+        await platform.wait_for(3)
+        await asyncio.sleep(2.0)
+        assert len([m for m in platform.messages if m["type"] == "sms"]) == 2
+        assert len([m for m in platform.messages if m["type"] == "email"]) == 1
+    finally:
+        for gateway in reversed(gateways):
+            await gateway.stop()
