@@ -171,9 +171,9 @@ class Ledger:
         ]
         if days:
             yield Query(sql.SET_BUDGET_DAY, days, Fetch.MANY)
-        people = [(*key, json.dumps(self.recipients[key]), now) for key in sorted(self.changed)]
+        people = [(*key, json.dumps(self.recipients[key])) for key in sorted(self.changed)]
         if people:
-            yield Query(sql.SET_BUDGET_RECIPIENT, people, Fetch.MANY)
+            yield Query(sql.SET_BUDGET_RECIPIENTS, (json.dumps(people), now))
 
 
 Verdicts = list[tuple[NewDelivery, ...] | LimitReached]

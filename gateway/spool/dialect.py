@@ -94,7 +94,7 @@ class Dialect(Protocol):
     BUDGET_DAY: str  # domain, day, now -> messages, parts, held_back, tripped, notified
     BUDGET_RECIPIENTS: str  # JSON [[domain, recipient], ...], now -> domain, recipient, times
     SET_BUDGET_DAY: str  # domain, day, messages, parts, held_back, tripped, notified
-    SET_BUDGET_RECIPIENT: str  # domain, recipient, times, now
+    SET_BUDGET_RECIPIENTS: str  # JSON [[domain, recipient, times as JSON text], ...], now
     READ_BUDGET_DAY: str  # domain, day -> messages, parts
     READ_BUDGET_RECIPIENT: str  # domain, recipient -> times
     HELD_DUE: str  # now, limit -> id, spend, received_at

@@ -261,8 +261,9 @@ SET_BUDGET_DAY = (
     "UPDATE budget_days SET messages = $3, parts = $4, held_back = $5, tripped = $6, notified = $7"
     " WHERE domain = $1 AND day = $2"
 )
-SET_BUDGET_RECIPIENT = (
-    "UPDATE budget_recipients SET times = $3, last_at = $4 WHERE domain = $1 AND recipient = $2"
+SET_BUDGET_RECIPIENTS = (
+    "UPDATE budget_recipients b SET times = x->>2, last_at = $2::double precision"
+    " FROM jsonb_array_elements($1::jsonb) AS x WHERE b.domain = x->>0 AND b.recipient = x->>1"
 )
 READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = $1 AND day = $2"
 READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = $1 AND recipient = $2"

@@ -300,8 +300,11 @@ SET_BUDGET_DAY = (
     "UPDATE budget_days SET messages = ?3, parts = ?4, held_back = ?5, tripped = ?6, notified = ?7"
     " WHERE domain = ?1 AND day = ?2"
 )
-SET_BUDGET_RECIPIENT = (
-    "UPDATE budget_recipients SET times = ?3, last_at = ?4 WHERE domain = ?1 AND recipient = ?2"
+SET_BUDGET_RECIPIENTS = (
+    "UPDATE budget_recipients SET times = j.t, last_at = ?2 FROM (SELECT"
+    " json_extract(value, '$[0]') AS d, json_extract(value, '$[1]') AS r,"
+    " json_extract(value, '$[2]') AS t FROM json_each(?1)) AS j"
+    " WHERE budget_recipients.domain = j.d AND budget_recipients.recipient = j.r"
 )
 READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = ?1 AND day = ?2"
 READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = ?1 AND recipient = ?2"
