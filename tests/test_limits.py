@@ -727,3 +727,23 @@ async def test_two_gateways_send_the_days_notice_once(
     finally:
         for gateway in reversed(gateways):
             await gateway.stop()
+
+
+async def test_queue_retry_leaves_a_held_delivery_held_and_drop_removes_it(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """The operator's retry is no way past a limit (raise it and reload); a drop forgets the
+    held one, which had spent nothing."""
+    gw = await start(limited({"per_recipient": "1/1h"}))
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    held_id = (await client(gw, f"{PHONE}@sms.local", "second"))[2].split()[-1]
+    await platform.wait_for(1)
+    await eventually(lambda: held_count(gw, 1))
+    spool = gw.gateway.spool
+    assert await spool.retry_message(held_id) == 0
+    await asyncio.sleep(0.5)
+    assert len(await in_state(gw, "held")) == 1 and len(platform.messages) == 1
+    assert await spool.drop_message(held_id) is True
+    assert await in_state(gw, "held") == []
+    used = await spool.budget_used(today(gw.gateway.config, time.time()))
+    assert used == {"sms.local": (1, 1)}
