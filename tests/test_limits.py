@@ -747,3 +747,20 @@ async def test_queue_retry_leaves_a_held_delivery_held_and_drop_removes_it(
     assert await in_state(gw, "held") == []
     used = await spool.budget_used(today(gw.gateway.config, time.time()))
     assert used == {"sms.local": (1, 1)}
+
+
+async def test_a_refusal_after_data_alone_still_sends_the_days_notice(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """4 of 5 parts spent, quietly; then a 2-part text passes RCPT (1 part would fit) and is
+    refused after DATA, and no mail follows. Nothing was stored, yet the trip's notice must go."""
+    limits = {"parts_per_day": 5, "over_limit": "refuse", "notify": "ops=example.com@mail.local"}
+    gw = await start(limited(limits))
+    for n in range(2):
+        assert (await client(gw, f"7900000000{n}@sms.local", CYRILLIC))[1] == 250
+    await platform.wait_for(2)
+    await asyncio.sleep(1.5)  # the gateway's look after those found nothing tripped
+    assert (await client(gw, f"{PHONE}@sms.local", CYRILLIC))[:2] == ("data", 452)
+    await platform.wait_for(3, within=15)
+    notices = [m for m in platform.messages if m["type"] == "email"]
+    assert len(notices) == 1 and "refused with 452 4.2.2" in notices[0]["sent_text"]

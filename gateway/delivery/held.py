@@ -28,6 +28,9 @@ from gateway.spool.interface import SpoolInterface
 log = logging.getLogger("smtp2pulse.worker")
 
 LOOK_EVERY = 1.0
+# With a `notify` set, a look at least this often: a limit's refusal after DATA stores nothing,
+# so no wake-up tells of its trip (PostgreSQL's NOTIFY does; the SQLite spool has none).
+NOTICE_LOOK_EVERY = 10.0
 _WHAT_HAPPENS = {
     "hold": "held in the spool until the limit's window has room, then sent",
     "drop": "accepted and suppressed (never sent)",
@@ -60,11 +63,17 @@ class HeldWatch:
         changed = _limits(config) != self._limits_seen
         return limited or changed or self._next_held is not None
 
+    def _notifying(self) -> bool:
+        domains = self.config().domains.values()
+        return any(d.limits is not None and d.limits.notify is not None for d in domains)
+
     def due(self) -> float | None:
         """When `tick` has something to do next; None: nothing until a message is stored."""
         times = [t for t in (self._next_held,) if t is not None]
         if self._stale and self._watching():
             times.append(self._looked + LOOK_EVERY)
+        if self._notifying():
+            times.append(self._looked + NOTICE_LOOK_EVERY)
         return min(times) if times else None
 
     async def tick(self) -> None:
@@ -74,6 +83,8 @@ class HeldWatch:
         limits = _limits(config)
         if limits != self._limits_seen:
             self._stale = True  # a reload (or the start): what is held under other limits?
+        if now - self._looked >= NOTICE_LOOK_EVERY and self._notifying():
+            self._stale = True  # a trip no stored message told of
         if self._stale and self._watching() and now - self._looked >= LOOK_EVERY:
             self._looked, self._stale = now, False
             self._next_held = await self.spool.next_held()
