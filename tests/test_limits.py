@@ -464,11 +464,9 @@ async def test_a_refusal_at_rcpt_counts_as_held_back_and_sends_the_days_notice(
 ) -> None:
     """One message at a time, the second refused at RCPT: the commit never sees it, yet the
     limit tripped and the notice (with how many were held back) must go."""
-    gw = await start(
-        limited(
-            {"messages_per_day": 1, "over_limit": "refuse", "notify": "ops=example.com@mail.local"}
-        )
-    )
+    limits = {"messages_per_day": 1, "over_limit": "refuse", "notify": "ops=example.com@mail.local"}
+    http = {"http": {"listen": "127.0.0.1:0", "public_url": "https://gw.example/"}}
+    gw = await start(merge(limited(limits), http))
     assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
     await platform.wait_for(1)
     for n in range(2):
@@ -481,6 +479,8 @@ async def test_a_refusal_at_rcpt_counts_as_held_back_and_sends_the_days_notice(
     assert "sms.local: limit messages_per_day 1 reached" in text
     assert "1 message(s) over it so far" in text  # the second refusal came after the notice
     assert "refused with 452 4.2.2" in text
+    # Nothing of a refused one is in the spool: the status page and /metrics tell of them.
+    assert "See: the status page https://gw.example/, /metrics" in text
     assert len([m for m in platform.messages if m["type"] == "sms"]) == 1
 
 

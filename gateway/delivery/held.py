@@ -143,14 +143,17 @@ def notice(trip: Trip, config: Config, address: str, over_limit: str) -> Incomin
     mail["Subject"] = f"smtp2pulse: {trip.domain} limit reached ({trip.tripped})"
     mail["Date"] = email.utils.formatdate(localtime=True)
     mail["Auto-Submitted"] = "auto-generated"
-    state = "suppressed" if over_limit == "drop" else "held"
-    page = config.http.public_url if config.http is not None else None
+    # Where to look: what the limit kept in the spool (a refused one is not there; the log
+    # has each refusal), the status page, the day's budget.
+    kept = {"hold": "held", "drop": "suppressed"}.get(over_limit)
+    where = [f"smtp2pulse queue list --state {kept}"] if kept else []
+    if config.http is not None and config.http.public_url:
+        where.append(f"the status page {config.http.public_url.rstrip('/')}/")
+    where.append("/metrics smtp2pulse_domain_budget_used")
     mail.set_content(
         f"{trip.domain}: limit {trip.tripped} reached on {trip.day}. "
         f"{trip.held_back} message(s) over it so far, {_WHAT_HAPPENS[over_limit]}. "
-        f"See: smtp2pulse queue list --state {state}"
-        + (f", the status page {page.rstrip('/')}/" if page else "")
-        + ", /metrics smtp2pulse_domain_budget_used.\n"
+        f"See: {', '.join(where)}.\n"
     )
     raw = mail.as_bytes()
     recipients = resolve_recipients(address, config)
