@@ -91,7 +91,9 @@ class Dialect(Protocol):
     SHOW_MEDIA: str  # queue_id -> every column but data
     # limits (budget.py): a row locked by an upsert that gives its counts, after the one lock
     BUDGET_LOCK: str | None  # taken first (PostgreSQL); None: the one writer needs none
-    BUDGET_DAY: str  # domain, day, now -> messages, parts, held_back, tripped, notified
+    # JSON [[domain, day], ...], now -> domain, day, messages, parts, held_back, tripped,
+    # notified; takes BUDGET_LOCK first (it is the first budget statement of a job that counts)
+    BUDGET_DAYS: str
     BUDGET_RECIPIENTS: str  # JSON [[domain, recipient], ...], now -> domain, recipient, times
     SET_BUDGET_DAY: str  # domain, day, messages, parts, held_back, tripped, notified
     SET_BUDGET_RECIPIENTS: str  # JSON [[domain, recipient, times as JSON text], ...], now

@@ -241,13 +241,19 @@ NOTIFY = "NOTIFY smtp2pulse_due"
 
 # budget.lock: one advisory lock for the transaction, taken before any budget row (its key is
 # arbitrary, the same in every gateway of the database).
-BUDGET_LOCK: str | None = "SELECT pg_advisory_xact_lock(8318038361634187124)"
+_BUDGET_KEY = 8318038361634187124
+BUDGET_LOCK: str | None = f"SELECT pg_advisory_xact_lock({_BUDGET_KEY})"
 # The upsert takes the row lock (waiting for another gateway's commit that holds it) and gives
 # the counts as that commit left them: each budget job locks its rows so, in one sorted order.
-BUDGET_DAY = (
-    "INSERT INTO budget_days (domain, day, at) VALUES ($1, $2, $3)"
+# Every day a commit counts, in one statement (JSON [[domain, day], ...], now), after the budget's
+# lock: the lock's subquery yields the one row each day's is joined with, so it is taken first.
+BUDGET_DAYS = (
+    "INSERT INTO budget_days (domain, day, at)"
+    " SELECT x->>0, x->>1, $2::double precision FROM"
+    f" (SELECT pg_advisory_xact_lock({_BUDGET_KEY})) AS budget_lock,"
+    " jsonb_array_elements($1::jsonb) AS x"
     " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
-    " RETURNING messages, parts, held_back, tripped, notified"
+    " RETURNING domain, day, messages, parts, held_back, tripped, notified"
 )
 # Every recipient a commit counts, in one statement (JSON [[domain, recipient], ...], now): the
 # budget's one lock makes their order no matter.

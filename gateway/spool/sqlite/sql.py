@@ -282,10 +282,12 @@ SHOW_MEDIA = (
 BUDGET_LOCK: str | None = None
 # An upsert that changes nothing but takes the row, giving its counts: the budget's lock (the
 # one writer needs none, but the statements are the same shape as PostgreSQL's).
-BUDGET_DAY = (
-    "INSERT INTO budget_days (domain, day, at) VALUES (?1, ?2, ?3)"
+BUDGET_DAYS = (
+    "INSERT INTO budget_days (domain, day, at)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?2"
+    " FROM json_each(?1) WHERE true"
     " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
-    " RETURNING messages, parts, held_back, tripped, notified"
+    " RETURNING domain, day, messages, parts, held_back, tripped, notified"
 )
 # Every recipient a commit counts, in one statement (JSON [[domain, recipient], ...], now): the
 # budget's one lock makes their order no matter.
