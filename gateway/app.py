@@ -219,6 +219,7 @@ class Gateway:
             _keep_restart_only(new, self._config), self._spool_secret
         )
         log.info("config reloaded: %d domains", len(new.domains))
+        self.worker.wake()  # held deliveries are looked at again under the new limits
         self.notifier.reloaded(f"accepting mail for {len(new.domains)} domains")
         return True
 

@@ -5,6 +5,7 @@ day's notice, /metrics' budget gauges — and concurrent clients never get past 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import smtplib
 import time
@@ -37,28 +38,46 @@ def limited(limits: dict[str, Any], **domain: Any) -> dict[str, Any]:
     return {"domains": {"sms.local": sms}}
 
 
+class Starter:
+    """Starts a gateway with `changes` to the base config; `reload` gives it other changes
+    through a config file, as SIGHUP would."""
+
+    def __init__(self, tmp_path: Path, platform: FakePlatform, url: str | None) -> None:
+        self.tmp_path, self.platform, self.url = tmp_path, platform, url
+        self.started: list[Gateway] = []
+
+    def data(self, changes: dict[str, Any] | None) -> dict[str, Any]:
+        data = base_config(self.tmp_path / "spool.sqlite3", self.platform.base_url)
+        if self.url is not None:
+            del data["spool"]["path"]
+            data["spool"]["url"] = self.url
+        data = merge(data, changes or {})
+        data["domains"] = {name: d for name, d in data["domains"].items() if d is not None}
+        return data
+
+    async def __call__(self, changes: dict[str, Any] | None = None) -> Running:
+        gateway = Gateway(parse_config(self.data(changes), env={}))
+        await gateway.start()
+        self.started.append(gateway)
+        return Running(gateway)
+
+    async def reload(self, gw: Running, changes: dict[str, Any]) -> None:
+        path = self.tmp_path / "reloaded.yaml"
+        path.write_text(yaml.safe_dump(self.data(changes), allow_unicode=True))
+        assert await gw.gateway.reload(path) is True
+
+
 @pytest.fixture(params=["sqlite", "pg"])
 async def start(
     request: pytest.FixtureRequest, tmp_path: Path, platform: FakePlatform
-) -> AsyncIterator[Start]:
+) -> AsyncIterator[Starter]:
     """A gateway on each spool: the limits count the same on both."""
-    started: list[Gateway] = []
     url = None
     if request.param == "pg":
         url = await fresh_database(request.getfixturevalue("pg_server"))
-
-    async def run(changes: dict[str, Any] | None = None) -> Running:
-        data = base_config(tmp_path / "spool.sqlite3", platform.base_url)
-        if url is not None:
-            del data["spool"]["path"]
-            data["spool"]["url"] = url
-        gateway = Gateway(parse_config(merge(data, changes or {}), env={}))
-        await gateway.start()
-        started.append(gateway)
-        return Running(gateway)
-
-    yield run
-    for gateway in reversed(started):
+    starter = Starter(tmp_path, platform, url)
+    yield starter
+    for gateway in reversed(starter.started):
         await gateway.stop()
 
 
@@ -469,3 +488,313 @@ async def test_a_message_a_limit_refused_is_new_when_sent_again_not_a_retransmis
     await platform.wait_for(2)
     assert platform.messages[1]["sent_to"] == PHONE
     assert await in_state(gw, "suppressed") == []
+
+
+# --- what the review found (issue 32, adversarial review) ----------------------------------------
+
+
+async def test_a_refusal_at_rcpt_counts_as_held_back_and_sends_the_days_notice(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """One message at a time, the second refused at RCPT: the commit never sees it, yet the
+    limit tripped and the notice (with how many were held back) must go."""
+    limits = {"messages_per_day": 1, "over_limit": "refuse", "notify": "ops=example.com@mail.local"}
+    http = {"http": {"listen": "127.0.0.1:0", "public_url": "https://gw.example/"}}
+    gw = await start(merge(limited(limits), http))
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    await platform.wait_for(1)
+    for n in range(2):
+        assert (await client(gw, f"7900000000{n}@sms.local", "over"))[:2] == ("rcpt", 452)
+    await platform.wait_for(2)
+    await asyncio.sleep(1.5)  # and once only
+    notices = [m for m in platform.messages if m["type"] == "email"]
+    assert len(notices) == 1, notices
+    text = notices[0]["sent_text"]
+    assert "sms.local: limit messages_per_day 1 reached" in text
+    assert "1 message(s) over it so far" in text  # the second refusal came after the notice
+    assert "refused with 452 4.2.2" in text
+    # Nothing of a refused one is in the spool: the status page and /metrics tell of them.
+    assert "See: the status page https://gw.example/, /metrics" in text
+    assert len([m for m in platform.messages if m["type"] == "sms"]) == 1
+
+
+@pytest.mark.parametrize("now", ["lifted", "raised", "domain gone"])
+async def test_a_reload_that_lifts_a_limit_releases_the_held_ones_at_once(
+    start: Starter, platform: FakePlatform, now: str
+) -> None:
+    """Held until the domain's next midnight; the operator raises the limit (or drops it, or
+    the domain): they go now, not tomorrow."""
+    gw = await start(limited({"messages_per_day": 1}))
+    for n in range(3):
+        assert (await client(gw, f"7900000000{n}@sms.local", f"alert {n}"))[1] == 250
+    await platform.wait_for(1)
+    await eventually(lambda: held_count(gw, 2))
+    if now == "lifted":
+        await start.reload(gw, limited({}))
+    elif now == "raised":
+        await start.reload(gw, limited({"messages_per_day": 2}))
+    else:
+        await start.reload(gw, {"domains": {"sms.local": None}})
+    expected = 2 if now == "raised" else 3
+    await platform.wait_for(expected, within=5)
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == expected
+    assert len(await in_state(gw, "held")) == 3 - expected
+
+
+async def test_a_held_delivery_past_give_up_after_fails_unsent(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """Held until the window has room (3 s), by which time it is older than give_up_after
+    (2 s): a storm's message is not sent that late, it is failed (it used to be sent)."""
+    gw = await start(merge(limited({"per_recipient": "1/3s"}), {"spool": {"give_up_after": "2s"}}))
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    queue_id = (await client(gw, f"{PHONE}@sms.local", "second"))[2].split()[-1]
+    await platform.wait_for(1)
+    await eventually(lambda: held_count(gw, 1))
+
+    async def failed() -> bool:
+        return len(await in_state(gw, "failed")) == 1
+
+    await eventually(failed, within=6)
+    detail = await gw.gateway.spool.show_message(queue_id)
+    assert detail is not None
+    assert detail.deliveries[0].last_error == "held by a limit past spool.give_up_after; not sent"
+    await asyncio.sleep(0.5)
+    assert len(platform.messages) == 1
+
+
+async def test_two_gateways_accepting_and_releasing_at_once_never_deadlock(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    """Each gateway takes mail for one domain while both release the held ones of both: a
+    commit holding one gateway's accepts (one domain's rows) and a release (the other's)
+    crosses the other gateway's. PostgreSQL's own count of deadlocks must stay 0, and no
+    recipient gets two within its window, whichever gateway admitted them."""
+    import asyncpg
+
+    data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    limits = {"per_recipient": "1/1s"}
+    both = {"domains": {"sms.local": limited(limits)["domains"]["sms.local"]}}
+    both["domains"]["sms2.local"] = {**both["domains"]["sms.local"]}
+    config = parse_config(merge(data, both), env={})
+    gateways = [Gateway(config), Gateway(config)]
+    await asyncio.gather(*(gateway.start() for gateway in gateways))
+    try:
+        gws = [Running(gateway) for gateway in gateways]
+
+        def to(n: int) -> str:
+            return f"790011100{n % 8:02d}@" + ("sms.local" if n % 2 == 0 else "sms2.local")
+
+        async def sender(first: int) -> list[int]:
+            codes = []
+            for n in range(first, first + 80, 8):
+                codes.append((await client(gws[n % 2], to(n), f"storm {n}"))[1])
+            return codes
+
+        codes = await asyncio.gather(*(sender(k) for k in range(8)))
+        assert all(code == 250 for found in codes for code in found)
+        await platform.wait_for(80, within=60)
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await asyncio.sleep(1.0)  # the backends report their counts when idle
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            deadlocks = await conn.fetchval(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        assert deadlocks == 0
+        by_recipient: dict[str, list[float]] = {}
+        for request in platform.requests:
+            by_recipient.setdefault(request.form["sent_to"], []).append(request.at)
+        for times in by_recipient.values():
+            times.sort()
+            assert all(b - a >= 0.5 for a, b in itertools.pairwise(times)), times
+    finally:
+        for gateway in reversed(gateways):
+            await gateway.stop()
+
+
+async def test_crossing_accepts_and_releases_of_two_gateways_never_deadlock(pg_url: str) -> None:
+    """The crossing made on purpose, on two real spools of one database: each gateway's
+    commit holds an accept of one domain (its rows locked first) and a release that takes the
+    oldest due held delivery, which SKIP LOCKED makes the other domain's for one of them. Ten
+    times over; PostgreSQL counts every deadlock it had to break."""
+    import asyncpg
+
+    from gateway.spool import DayLimits, IncomingMessage, NewDelivery, Spend
+    from gateway.spool.pg.store import PgSpool
+
+    spools = [PgSpool(pg_url), PgSpool(pg_url)]
+    for spool in spools:
+        await spool.start()
+    now = time.time()
+    today = {
+        name: DayLimits(name, "2026-01-01", now + 86400, per_recipient=(1, 0.2))
+        for name in ("a.local", "b.local")
+    }
+
+    def message(domain: str, to: str) -> IncomingMessage:
+        spend = Spend(today[domain], to, 1)
+        request = {"sent_to": to, "sent_text": "x"}
+        return IncomingMessage("", "peer", "helo", b"x", (NewDelivery(to, request, spend=spend),))
+
+    async def one_commit(spool: PgSpool, new: IncomingMessage) -> None:
+        """A release and an accept in one group commit, as under load."""
+        release = asyncio.ensure_future(spool.release_held(today, 86400, limit=1))
+        await asyncio.sleep(0)  # its job is queued; the accept's joins it
+        await asyncio.gather(release, spool.accept(new))
+
+    try:
+        for n in range(10):
+            for domain in ("b.local", "a.local"):  # b's held one is the older
+                for _ in range(2):  # the second to one recipient is held for 0.2 s
+                    await spools[0].accept(message(domain, f"held{n}"))
+            await asyncio.sleep(0.25)
+            await asyncio.gather(
+                one_commit(spools[0], message("a.local", f"new{n}")),
+                one_commit(spools[1], message("b.local", f"new{n}")),
+            )
+    finally:
+        for spool in spools:
+            await spool.stop()  # a backend that ends reports its counts
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await asyncio.sleep(0.5)
+        deadlocks = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        held = await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'held'")
+    finally:
+        await conn.close()
+    assert deadlocks == 0
+    assert held == 0  # and every release went through
+
+
+async def test_metrics_drop_the_series_of_a_limit_a_reload_removed(
+    start: Starter, platform: FakePlatform
+) -> None:
+    http = {"http": {"listen": "127.0.0.1:0"}}
+    gw = await start(merge(limited({"messages_per_day": 5, "parts_per_day": 9}), http))
+    assert (await client(gw, f"{PHONE}@sms.local", "one"))[1] == 250
+    await platform.wait_for(1)
+    assert gw.gateway.status is not None
+    host, port = gw.gateway.status.addresses[0]
+
+    async def metrics() -> str:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{host}:{port}/metrics") as response,
+        ):
+            return await response.text()
+
+    assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="parts"} 9.0' in await metrics()
+    await start.reload(gw, merge(limited({"messages_per_day": 5}), http))
+    text = await metrics()
+    assert 'smtp2pulse_domain_budget_limit{domain="sms.local",unit="messages"} 5.0' in text
+    assert 'budget_limit{domain="sms.local",unit="parts"}' not in text  # no stale limit
+    await start.reload(gw, http)  # no limits at all
+    assert "budget_used{" not in await metrics() and "budget_limit{" not in await metrics()
+
+
+@pytest.mark.parametrize(
+    ("zone", "moments"),
+    [
+        # Clocks go from 24:00 to 23:00 (the hour before midnight twice), then 00:00 is skipped
+        # on the spring day: the day still ends at the first instant of the next date.
+        ("America/Santiago", ["2026-04-05T02:30:00+00:00", "2026-04-05T03:30:00+00:00"]),
+        ("America/Santiago", ["2026-09-06T03:30:00+00:00"]),
+        ("Europe/Berlin", ["2026-03-28T23:30:00+00:00", "2026-10-24T22:30:00+00:00"]),
+        ("Australia/Lord_Howe", ["2026-04-04T13:15:00+00:00", "2026-10-03T13:15:00+00:00"]),
+    ],
+)
+def test_a_domains_day_ends_at_its_next_local_date_across_dst(
+    zone: str, moments: list[str]
+) -> None:
+    """A held delivery is due when its day ends: that must be after now (never a past time the
+    worker would spin on) and the first instant of the next local date."""
+    import datetime
+    import zoneinfo
+
+    from gateway.config.model import DomainConfig, Limits
+    from gateway.message.limits import day_limits
+
+    tz = zoneinfo.ZoneInfo(zone)
+    domain = DomainConfig("sms.local", "sms", timezone=tz, limits=Limits(messages_per_day=1))
+    for moment in moments:
+        now = datetime.datetime.fromisoformat(moment).timestamp()
+        limits = day_limits(domain, now)
+        assert limits is not None
+        date = datetime.datetime.fromtimestamp(now, tz).date()
+        assert limits.day == date.isoformat()
+        assert now < limits.day_ends <= now + 25 * 3600
+        assert datetime.datetime.fromtimestamp(limits.day_ends, tz).date() > date
+        assert datetime.datetime.fromtimestamp(limits.day_ends - 1, tz).date() == date
+
+
+async def test_two_gateways_send_the_days_notice_once(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    """Both gateways see the trip (a burst through each, refused at RCPT and after DATA): one
+    notice between them."""
+    data = base_config(tmp_path / "unused.sqlite3", platform.base_url)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    notify = "ops=example.com@mail.local"
+    limits = {"messages_per_day": 2, "over_limit": "refuse", "notify": notify}
+    config = parse_config(merge(data, limited(limits)), env={})
+    gateways = [Gateway(config), Gateway(config)]
+    await asyncio.gather(*(gateway.start() for gateway in gateways))
+    try:
+        gws = [Running(gateway) for gateway in gateways]
+        for _ in range(2):
+            await asyncio.gather(
+                *(client(gws[n % 2], f"7900000000{n}@sms.local", f"burst {n}") for n in range(8))
+            )
+        await platform.wait_for(3)
+        await asyncio.sleep(2.0)
+        assert len([m for m in platform.messages if m["type"] == "sms"]) == 2
+        assert len([m for m in platform.messages if m["type"] == "email"]) == 1
+    finally:
+        for gateway in reversed(gateways):
+            await gateway.stop()
+
+
+async def test_queue_retry_leaves_a_held_delivery_held_and_drop_removes_it(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """The operator's retry is no way past a limit (raise it and reload); a drop forgets the
+    held one, which had spent nothing."""
+    gw = await start(limited({"per_recipient": "1/1h"}))
+    assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
+    held_id = (await client(gw, f"{PHONE}@sms.local", "second"))[2].split()[-1]
+    await platform.wait_for(1)
+    await eventually(lambda: held_count(gw, 1))
+    spool = gw.gateway.spool
+    assert await spool.retry_message(held_id) == 0
+    await asyncio.sleep(0.5)
+    assert len(await in_state(gw, "held")) == 1 and len(platform.messages) == 1
+    assert await spool.drop_message(held_id) is True
+    assert await in_state(gw, "held") == []
+    used = await spool.budget_used(today(gw.gateway.config, time.time()))
+    assert used == {"sms.local": (1, 1)}
+
+
+async def test_a_refusal_after_data_alone_still_sends_the_days_notice(
+    start: Starter, platform: FakePlatform
+) -> None:
+    """4 of 5 parts spent, quietly; then a 2-part text passes RCPT (1 part would fit) and is
+    refused after DATA, and no mail follows. Nothing was stored, yet the trip's notice must go."""
+    limits = {"parts_per_day": 5, "over_limit": "refuse", "notify": "ops=example.com@mail.local"}
+    gw = await start(limited(limits))
+    for n in range(2):
+        assert (await client(gw, f"7900000000{n}@sms.local", CYRILLIC))[1] == 250
+    await platform.wait_for(2)
+    await asyncio.sleep(1.5)  # the gateway's look after those found nothing tripped
+    assert (await client(gw, f"{PHONE}@sms.local", CYRILLIC))[:2] == ("data", 452)
+    await platform.wait_for(3, within=15)
+    notices = [m for m in platform.messages if m["type"] == "email"]
+    assert len(notices) == 1 and "refused with 452 4.2.2" in notices[0]["sent_text"]

@@ -16,7 +16,14 @@ from aiosmtpd.smtp import Envelope, Session
 
 from gateway.config.model import Config
 from gateway.config.recipients import resolve_recipients
-from gateway.errors import BadRecipient, Refusal, RelayDenied, ShuttingDown, SpoolError
+from gateway.errors import (
+    BadRecipient,
+    LimitReached,
+    Refusal,
+    RelayDenied,
+    ShuttingDown,
+    SpoolError,
+)
 from gateway.message.parse import off_loop
 from gateway.message.prepare import Prepared, prepare
 from gateway.message.routing import takes_address
@@ -170,7 +177,9 @@ class Handler:
             queue_id = await self.spool.accept(incoming)
         except ShuttingDown:
             return replies.SHUTTING_DOWN
-        except Refusal as refusal:  # what no spool can store (a NUL byte): for good
+        except Refusal as refusal:  # a NUL byte (for good), or a limit's 452 (for now)
+            if isinstance(refusal, LimitReached):
+                self.on_stored()  # its commit may owe the day's notice: the worker sends it
             reply = reply_for(refusal)
             log.info("refused message from <%s> %s: %s", envelope.mail_from, peer(session), reply)
             return reply

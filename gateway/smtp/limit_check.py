@@ -10,10 +10,12 @@ import logging
 from collections.abc import Sequence
 
 from gateway.config.model import Config, Recipient
+from gateway.delivery.held import send_notice
 from gateway.errors import SpoolError
 from gateway.message.limits import probe
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
+from gateway.spool import Spend
 from gateway.spool.interface import SpoolInterface
 
 log = logging.getLogger("smtp2pulse.smtp")
@@ -35,5 +37,18 @@ async def rcpt_refusal(
             log.warning("limits of %s not read at RCPT: %s", domain.name, exc)
             return None
         if over is not None:
+            await _count(spool, config, spend)
             return replies.LIMIT_REACHED.format(detail=f"{domain.name}: {over}, try again later")
     return None
+
+
+async def _count(spool: SpoolInterface, config: Config, spend: Spend) -> None:
+    """A refusal at RCPT is held back as one after DATA is: counted in the day's `held_back`,
+    and the day's first trip owes its notice (else a sender refused only at RCPT, one message
+    at a time, would never make the notice go: the commit would never see it)."""
+    try:
+        trip = await spool.count_refusal(spend)
+        if trip is not None:
+            await send_notice(spool, trip, config)
+    except SpoolError as exc:  # the refusal stands; only its count is missing
+        log.warning("refusal at RCPT for %s not counted: %s", spend.limits.domain, exc)

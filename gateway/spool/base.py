@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.errors import BadContent
-from gateway.spool import budget, console, jobs, media, meta, queue_view, repeats
+from gateway.spool import budget, console, held, jobs, media, meta, queue_view, repeats
 from gateway.spool.commit import Together
 from gateway.spool.console import Action, ConsoleSearch, Day, FoundLine, Hourly
 from gateway.spool.dialect import Dialect
@@ -225,14 +225,20 @@ class BaseSpool:
     # --- limits (budget.py) ------------------------------------------------------------------
 
     async def release_held(
-        self, today: Mapping[str, DayLimits], limit: int = 500
+        self, today: Mapping[str, DayLimits], give_up_after: float, limit: int = 500
     ) -> tuple[int, float | None]:
         return await self.link.submit(
-            lambda: budget.release(self.sql, self.clock(), today, limit), wakes=True
+            lambda: held.release(self.sql, self.clock(), today, limit, give_up_after), wakes=True
         )
 
+    async def recheck_held(self) -> int:
+        return await self.link.submit(lambda: held.recheck(self.sql, self.clock()))
+
     async def next_held(self) -> float | None:
-        return await self.link.read(lambda: budget.next_held(self.sql))
+        return await self.link.read(lambda: held.next_held(self.sql))
+
+    async def count_refusal(self, spend: Spend) -> budget.Trip | None:
+        return await self.link.submit(lambda: budget.count_refusal(self.sql, spend, self.clock()))
 
     async def over_limit(self, spend: Spend) -> str | None:
         return await self.link.read(lambda: budget.over_limit(self.sql, spend, self.clock()))

@@ -10,12 +10,12 @@ was admitted). Each row a job needs is locked first, all in one order (days, the
 each sorted), by an upsert that returns its counts; the job then decides in Python, in batch
 order, and writes the counts back. So two transactions that need the same rows take turns and
 cannot deadlock, and a limit is never exceeded: the guarantee is exact, not "within what is in
-flight". (A transaction that both accepts and releases takes two such rounds; PostgreSQL's
-deadlock detector then settles the rare crossing with another gateway's, and the commit is run
-again, job by job.)
+flight". A transaction may run several such rounds (a group commit's accepts, a held one's
+release, a notice's claim); each begins with the budget's one lock (`lock`), so rounds of two
+gateways never cross.
 
 Budget is spent when a delivery is admitted to be sent: at accept (stored `queued`) or when a
-held one is released. Suppressed, refused and held deliveries spend nothing.
+held one is released (gateway.spool.held). Suppressed, refused and held deliveries spend nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +51,18 @@ class Trip:
     day: str
     tripped: str
     held_back: int  # how many deliveries a limit held, dropped or refused that day so far
+
+
+def lock(sql: Dialect) -> Job[None]:
+    """The budget's one lock, taken before any budget row in a transaction (PostgreSQL: an
+    advisory lock for the transaction; SQLite's one writer needs none). A commit may run
+    several budget jobs (accepts, a release, a notice's claim, a purge), each locking rows in
+    its own sorted round; two gateways' commits could take those rounds in crossing orders
+    and deadlock. Behind the one lock they cannot: whoever holds it holds every row it will
+    need next, and the others wait for it holding none. (A job that counts takes it in its
+    day statement, BUDGET_DAYS, saving a round trip; the others take it so.)"""
+    if sql.BUDGET_LOCK is not None:
+        yield Query(sql.BUDGET_LOCK)
 
 
 def window_text(seconds: float) -> str:
@@ -100,19 +112,23 @@ class Ledger:
         self.changed: set[tuple[str, str]] = set()
 
     def load(self, sql: Dialect, spends: Sequence[Spend], now: float) -> Job[None]:
-        """Lock and read every row these spends count against, in the one order."""
+        """Lock and read every row these spends count against (the day statement takes the
+        budget's one lock first)."""
         days = sorted({(s.limits.domain, s.limits.day) for s in spends})
         people = sorted(
             {(s.limits.domain, s.recipient) for s in spends if s.limits.per_recipient is not None}
         )
-        for key in days:
-            row: Row = yield Query(sql.BUDGET_DAY, (*key, now), Fetch.ONE)
-            self.days[key] = Day(
+        rows: list[Row] = yield Query(sql.BUDGET_DAYS, (json.dumps(days), now), Fetch.ROWS)
+        for row in rows:
+            self.days[(row["domain"], row["day"])] = Day(
                 row["messages"], row["parts"], row["held_back"], row["tripped"], row["notified"]
             )
-        for key in people:
-            times = yield Query(sql.BUDGET_RECIPIENT, (*key, now), Fetch.VALUE)
-            self.recipients[key] = json.loads(times)
+        if people:
+            found_rows: list[Row] = yield Query(
+                sql.BUDGET_RECIPIENTS, (json.dumps(people), now), Fetch.ROWS
+            )
+            for found in found_rows:
+                self.recipients[(found["domain"], found["recipient"])] = json.loads(found["times"])
 
     def day(self, spend: Spend) -> Day:
         return self.days[(spend.limits.domain, spend.limits.day)]
@@ -156,9 +172,9 @@ class Ledger:
         ]
         if days:
             yield Query(sql.SET_BUDGET_DAY, days, Fetch.MANY)
-        people = [(*key, json.dumps(self.recipients[key]), now) for key in sorted(self.changed)]
+        people = [(*key, json.dumps(self.recipients[key])) for key in sorted(self.changed)]
         if people:
-            yield Query(sql.SET_BUDGET_RECIPIENT, people, Fetch.MANY)
+            yield Query(sql.SET_BUDGET_RECIPIENTS, (json.dumps(people), now))
 
 
 Verdicts = list[tuple[NewDelivery, ...] | LimitReached]
@@ -211,46 +227,21 @@ def admit(sql: Dialect, messages: Sequence[tuple[float, tuple[NewDelivery, ...]]
     return verdicts
 
 
-def release(
-    sql: Dialect, now: float, today: Mapping[str, DayLimits], limit: int
-) -> Job[tuple[int, float | None]]:
-    """Held deliveries that are due looked at again, oldest first: admitted (queued, budget
-    spent) where their limits have room now, else held until they may have. Gives how many were
-    admitted and when the next held one is due."""
-    rows: list[Row] = yield Query(sql.HELD_DUE, (now, limit), Fetch.ROWS)
-    due: list[tuple[int, Spend | None]] = []
-    for row in rows:
-        domain, recipient, parts = json.loads(row["spend"])
-        limits = today.get(domain)  # None: the domain has no limits any more
-        due.append((row["id"], Spend(limits, recipient, parts) if limits else None))
-    spends = [spend for _, spend in due if spend is not None]
+def count_refusal(sql: Dialect, spend: Spend, now: float) -> Job[Trip | None]:
+    """A delivery RCPT refused (over_limit refuse, the count already full): counted as held
+    back, and the day's first trip, as a refusal after DATA is. Gives the trip if its notice
+    is owed (whoever claims it first sends it)."""
     ledger = Ledger()
-    if spends:
-        yield from ledger.load(sql, spends, now)
-    admitted: list[tuple[int, float]] = []
-    again: list[tuple[int, float, str, float]] = []
-    for delivery_id, spend in due:
-        over = None if spend is None else ledger.check(spend, now)
-        if over is None:
-            if spend is not None:
-                ledger.spend(spend, now)
-            admitted.append((delivery_id, now))
-        else:
-            what, until = over
-            again.append((delivery_id, until, held_until(what, until), now))
-    if admitted:
-        yield Query(sql.RELEASE_HELD, admitted, Fetch.MANY)
-        yield sql.insert_events([(i, now, RELEASED, "within its limits now") for i, _ in admitted])
-    if again:
-        yield Query(sql.HOLD_AGAIN, again, Fetch.MANY)
+    yield from ledger.load(sql, [spend], now)
+    over = ledger.check(spend, now)
+    if over is None:
+        return None  # room again meanwhile: the client's next try will find it
+    ledger.trip(spend, over[0])
     yield from ledger.save(sql, now)
-    following = yield Query(sql.NEXT_HELD, (), Fetch.VALUE)
-    return len(admitted), None if following is None else float(following)
-
-
-def next_held(sql: Dialect) -> Job[float | None]:
-    due = yield Query(sql.NEXT_HELD, (), Fetch.VALUE)
-    return None if due is None else float(due)
+    day = ledger.day(spend)
+    if day.notified or day.tripped is None:
+        return None
+    return Trip(spend.limits.domain, spend.limits.day, day.tripped, day.held_back)
 
 
 # --- what the gateways read: RCPT's check, preview, /metrics, the notices owed -----------------
@@ -288,12 +279,14 @@ def trips(sql: Dialect) -> Job[list[Trip]]:
 
 def claim_notice(sql: Dialect, trip: Trip) -> Job[bool]:
     """Whether this gateway is the one to send the day's notice (once, whoever asks)."""
+    yield from lock(sql)
     claimed: int = yield Query(sql.CLAIM_NOTICE, (trip.domain, trip.day))
     return claimed > 0
 
 
 def purge(sql: Dialect, older_than: float) -> Job[int]:
     """Forget the counts no window or day needs any more."""
+    yield from lock(sql)
     days: int = yield Query(sql.PURGE_BUDGET_DAYS, (older_than,))
     people: int = yield Query(sql.PURGE_BUDGET_RECIPIENTS, (older_than,))
     return days + people

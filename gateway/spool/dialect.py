@@ -102,14 +102,19 @@ class Dialect(Protocol):
     INSERT_MEDIA: str
     READ_MEDIA: str  # queue_id -> content_type, data
     SHOW_MEDIA: str  # queue_id -> every column but data
-    # limits (budget.py): a row locked by an upsert that gives its counts
-    BUDGET_DAY: str  # domain, day, now -> messages, parts, held_back, tripped, notified
-    BUDGET_RECIPIENT: str  # domain, recipient, now -> times
+    # limits (budget.py): a row locked by an upsert that gives its counts, after the one lock
+    BUDGET_LOCK: str | None  # taken first (PostgreSQL); None: the one writer needs none
+    # JSON [[domain, day], ...], now -> domain, day, messages, parts, held_back, tripped,
+    # notified; takes BUDGET_LOCK first (it is the first budget statement of a job that counts)
+    BUDGET_DAYS: str
+    BUDGET_RECIPIENTS: str  # JSON [[domain, recipient], ...], now -> domain, recipient, times
     SET_BUDGET_DAY: str  # domain, day, messages, parts, held_back, tripped, notified
-    SET_BUDGET_RECIPIENT: str  # domain, recipient, times, now
+    SET_BUDGET_RECIPIENTS: str  # JSON [[domain, recipient, times as JSON text], ...], now
     READ_BUDGET_DAY: str  # domain, day -> messages, parts
     READ_BUDGET_RECIPIENT: str  # domain, recipient -> times
-    HELD_DUE: str  # now, limit -> id, spend
+    HELD_DUE: str  # now, limit -> id, spend, received_at
+    HELD_DUE_NOW: str  # now: every held one due now
+    FAIL_HELD: str  # id, last_error, now
     NEXT_HELD: str  # -> due
     RELEASE_HELD: str  # id, now
     HOLD_AGAIN: str  # id, until, last_error, now

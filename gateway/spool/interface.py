@@ -136,13 +136,23 @@ class SpoolInterface(Protocol):
 
     # --- limits (gateway.spool.budget)
     async def release_held(
-        self, today: Mapping[str, DayLimits], limit: int = 500
+        self, today: Mapping[str, DayLimits], give_up_after: float, limit: int = 500
     ) -> tuple[int, float | None]:
         """Due held deliveries admitted where their limits (`today`, by domain) have room,
-        else held longer; gives how many were admitted and when the next held one is due."""
+        else held longer, failed once older than `give_up_after`; gives how many were
+        admitted and when the next held one is due."""
+        ...
+
+    async def recheck_held(self) -> int:
+        """Every held delivery due now (the limits changed); how many are held."""
         ...
 
     async def next_held(self) -> float | None: ...
+
+    async def count_refusal(self, spend: Spend) -> Trip | None:
+        """A delivery refused at RCPT by its limit, counted as held back (and as the day's
+        trip); gives the trip when its notice is owed."""
+        ...
 
     async def over_limit(self, spend: Spend) -> str | None:
         """Which limit one more delivery like this would exceed now (a read, no lock)."""

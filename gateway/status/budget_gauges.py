@@ -13,6 +13,10 @@ from gateway.status.metrics import Metrics
 
 
 async def budget_gauges(metrics: Metrics, spool: SpoolInterface, config: Config) -> None:
+    # Drawn afresh each scrape: a limit or a domain a reload removed leaves no stale series
+    # (and the labels stay the configured domains, two units each).
+    metrics.budget_used.clear()
+    metrics.budget_limit.clear()
     days = today(config, time.time())
     if not days:
         return

@@ -279,29 +279,50 @@ SHOW_MEDIA = (
 )
 # --- limits: the budget's counts and held deliveries (gateway.spool.budget) ---------------------
 
+# SQLite's one writer needs no lock of the budget's own (budget.lock).
+BUDGET_LOCK: str | None = None
 # An upsert that changes nothing but takes the row, giving its counts: the budget's lock (the
 # one writer needs none, but the statements are the same shape as PostgreSQL's).
-BUDGET_DAY = (
-    "INSERT INTO budget_days (domain, day, at) VALUES (?1, ?2, ?3)"
+BUDGET_DAYS = (
+    "INSERT INTO budget_days (domain, day, at)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?2"
+    " FROM json_each(?1) WHERE true"
     " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
-    " RETURNING messages, parts, held_back, tripped, notified"
+    " RETURNING domain, day, messages, parts, held_back, tripped, notified"
 )
-BUDGET_RECIPIENT = (
-    "INSERT INTO budget_recipients (domain, recipient, times, last_at) VALUES (?1, ?2, '[]', ?3)"
-    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain RETURNING times"
+# Every recipient a commit counts, in one statement (JSON [[domain, recipient], ...], now): the
+# budget's one lock makes their order no matter.
+BUDGET_RECIPIENTS = (
+    "INSERT INTO budget_recipients (domain, recipient, times, last_at)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), '[]', ?2"
+    " FROM json_each(?1) WHERE true"
+    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain"
+    " RETURNING domain, recipient, times"
 )
 SET_BUDGET_DAY = (
     "UPDATE budget_days SET messages = ?3, parts = ?4, held_back = ?5, tripped = ?6, notified = ?7"
     " WHERE domain = ?1 AND day = ?2"
 )
-SET_BUDGET_RECIPIENT = (
-    "UPDATE budget_recipients SET times = ?3, last_at = ?4 WHERE domain = ?1 AND recipient = ?2"
+SET_BUDGET_RECIPIENTS = (
+    "UPDATE budget_recipients SET times = j.t, last_at = ?2 FROM (SELECT"
+    " json_extract(value, '$[0]') AS d, json_extract(value, '$[1]') AS r,"
+    " json_extract(value, '$[2]') AS t FROM json_each(?1)) AS j"
+    " WHERE budget_recipients.domain = j.d AND budget_recipients.recipient = j.r"
 )
 READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = ?1 AND day = ?2"
 READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = ?1 AND recipient = ?2"
 HELD_DUE = (
-    f"SELECT id, spend FROM deliveries WHERE state = '{State.HELD}' AND next_attempt_at <= ?1"
-    " ORDER BY next_attempt_at, id LIMIT ?2"
+    "SELECT d.id, d.spend, m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    f" WHERE d.state = '{State.HELD}' AND d.next_attempt_at <= ?1"
+    " ORDER BY d.next_attempt_at, d.id LIMIT ?2"
+)
+HELD_DUE_NOW = (
+    f"UPDATE deliveries SET next_attempt_at = ?1 WHERE state = '{State.HELD}'"
+    " AND next_attempt_at > ?1"
+)
+FAIL_HELD = (
+    f"UPDATE deliveries SET state = '{State.FAILED}', last_error = ?2, updated_at = ?3"
+    f" WHERE id = ?1 AND state = '{State.HELD}'"
 )
 NEXT_HELD = f"SELECT min(next_attempt_at) FROM deliveries WHERE state = '{State.HELD}'"
 RELEASE_HELD = (
