@@ -12,8 +12,6 @@ infer its type.
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.spool.dialect import (
     LEASABLE_IN,
     LINE_COLUMNS,
@@ -23,7 +21,8 @@ from gateway.spool.dialect import (
     ResultRow,
     in_list,
 )
-from gateway.spool.pg import console_sql
+from gateway.spool.pg import budget_sql, console_sql, repeats_sql
+from gateway.spool.pg.arrays import columns
 from gateway.spool.states import RETRYABLE, BounceState, State, StatusClass
 from gateway.spool.steps import Fetch, Job, Query, Row
 
@@ -32,11 +31,6 @@ BEGIN_WRITE = "BEGIN"
 
 def id_list(ids: list[int] | list[str]) -> object:
     return ids
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows as the column arrays unnest() takes."""
-    return [[row[i] for row in rows] for i in range(width)]
 
 
 # --- the accept path ---------------------------------------------------------------------------
@@ -65,7 +59,7 @@ def insert(
     deliveries: list[tuple[object, ...]],
     events: list[tuple[object, ...]],
 ) -> list[Query]:
-    queries = [Query(_INSERT, [*_columns(messages, 10), *_columns(deliveries, 8)])]
+    queries = [Query(_INSERT, [*columns(messages, 10), *columns(deliveries, 8)])]
     if events:
         queries.append(Query(_INSERT_EVENT_BY_RECIPIENT, events, Fetch.MANY))
     return queries
@@ -102,7 +96,7 @@ _RECORD_RESULTS = (
 
 
 def record_results(rows: list[ResultRow], now: float) -> Job[set[int]]:
-    taken: list[Row] = yield Query(_RECORD_RESULTS, [*_columns(rows, 5), now], Fetch.ROWS)
+    taken: list[Row] = yield Query(_RECORD_RESULTS, [*columns(rows, 5), now], Fetch.ROWS)
     return {int(row["id"]) for row in taken}
 
 
@@ -113,7 +107,7 @@ _INSERT_EVENTS = (
 
 
 def insert_events(events: list[tuple[int, float, str, str]]) -> Query:
-    return Query(_INSERT_EVENTS, _columns(events, 4))
+    return Query(_INSERT_EVENTS, columns(events, 4))
 
 
 PURGE = (
@@ -238,114 +232,6 @@ SHOW_MEDIA = (
 )
 NOTIFY = "NOTIFY smtp2pulse_due"
 
-# --- limits: the budget's counts and held deliveries (gateway.spool.budget) ---------------------
-
-# budget.lock: one advisory lock for the transaction, taken before any budget row (its key is
-# arbitrary, the same in every gateway of the database).
-_BUDGET_KEY = 8318038361634187124
-BUDGET_LOCK: str | None = f"SELECT pg_advisory_xact_lock({_BUDGET_KEY})"
-# The upsert takes the row lock (waiting for another gateway's commit that holds it) and gives
-# the counts as that commit left them: each budget job locks its rows so, in one sorted order.
-# Every day a commit counts, in one statement (JSON [[domain, day], ...], now), after the budget's
-# lock: the lock's subquery yields the one row each day's is joined with, so it is taken first.
-BUDGET_DAYS = (
-    "INSERT INTO budget_days (domain, day, at)"
-    " SELECT x->>0, x->>1, $2::double precision FROM"
-    f" (SELECT pg_advisory_xact_lock({_BUDGET_KEY})) AS budget_lock,"
-    " jsonb_array_elements($1::jsonb) AS x"
-    " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
-    " RETURNING domain, day, messages, parts, held_back, tripped, notified"
-)
-# Every recipient a commit counts, in one statement (JSON [[domain, recipient], ...], now): the
-# budget's one lock makes their order no matter.
-BUDGET_RECIPIENTS = (
-    "INSERT INTO budget_recipients (domain, recipient, times, last_at)"
-    " SELECT x->>0, x->>1, '[]', $2::double precision FROM jsonb_array_elements($1::jsonb) AS x"
-    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain"
-    " RETURNING domain, recipient, times"
-)
-SET_BUDGET_DAY = (
-    "UPDATE budget_days SET messages = $3, parts = $4, held_back = $5, tripped = $6, notified = $7"
-    " WHERE domain = $1 AND day = $2"
-)
-SET_BUDGET_RECIPIENTS = (
-    "UPDATE budget_recipients b SET times = x->>2, last_at = $2::double precision"
-    " FROM jsonb_array_elements($1::jsonb) AS x WHERE b.domain = x->>0 AND b.recipient = x->>1"
-)
-READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = $1 AND day = $2"
-READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = $1 AND recipient = $2"
-# SKIP LOCKED: gateways releasing at once take different ones.
-HELD_DUE = (
-    "SELECT d.id, d.spend, m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id"
-    f" WHERE d.state = '{State.HELD}' AND d.next_attempt_at <= $1"
-    " ORDER BY d.next_attempt_at, d.id LIMIT $2 FOR UPDATE OF d SKIP LOCKED"
-)
-HELD_DUE_NOW = (
-    f"UPDATE deliveries SET next_attempt_at = $1 WHERE state = '{State.HELD}'"
-    " AND next_attempt_at > $1"
-)
-FAIL_HELD = (
-    f"UPDATE deliveries SET state = '{State.FAILED}', last_error = $2, updated_at = $3"
-    f" WHERE id = $1 AND state = '{State.HELD}'"
-)
-NEXT_HELD = f"SELECT min(next_attempt_at) FROM deliveries WHERE state = '{State.HELD}'"
-RELEASE_HELD = (
-    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = $2, last_error = NULL,"
-    f" spend = NULL, updated_at = $2 WHERE id = $1 AND state = '{State.HELD}'"
-)
-HOLD_AGAIN = (
-    "UPDATE deliveries SET next_attempt_at = $2, last_error = $3, updated_at = $4"
-    f" WHERE id = $1 AND state = '{State.HELD}'"
-)
-TRIPS_OWED = (
-    "SELECT domain, day, tripped, held_back FROM budget_days"
-    " WHERE notified = 0 AND tripped IS NOT NULL ORDER BY domain, day"
-)
-CLAIM_NOTICE = "UPDATE budget_days SET notified = 1 WHERE domain = $1 AND day = $2 AND notified = 0"
-PURGE_BUDGET_DAYS = "DELETE FROM budget_days WHERE at < $1"
-PURGE_BUDGET_RECIPIENTS = "DELETE FROM budget_recipients WHERE last_at < $1"
-
-
-# --- retransmissions and repeats (repeats.py) --------------------------------------------------
-
-# ORDER BY key: the rows are locked in that order, the same in every gateway's commit.
-_CLAIM_RETRANSMISSIONS = (
-    "INSERT INTO retransmissions (key, queue_id, at)"
-    " SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(key, queue_id, at)"
-    " ORDER BY key"
-    " ON CONFLICT (key) DO UPDATE SET queue_id = excluded.queue_id, at = excluded.at"
-    " WHERE retransmissions.at < excluded.at - $4 RETURNING key"
-)
-
-
-def claim_retransmissions(rows: list[tuple[str, str, float]], memory: float) -> Query:
-    return Query(_CLAIM_RETRANSMISSIONS, [*_columns(rows, 3), memory], Fetch.ROWS)
-
-
-# previous_at is a column only so that RETURNING can give the time the row had before.
-_NOTE_REPEATS = (
-    "INSERT INTO repeats (key, sent_id, seen_at, window_s)"
-    " SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[])"
-    " AS t(key, sent_id, seen_at, window_s) ORDER BY key"
-    " ON CONFLICT (key) DO UPDATE SET previous_at = repeats.seen_at,"
-    " seen_at = excluded.seen_at, window_s = excluded.window_s,"
-    " sent_id = CASE WHEN excluded.seen_at - repeats.seen_at < excluded.window_s"
-    " THEN repeats.sent_id ELSE excluded.sent_id END"
-    " RETURNING key, previous_at, sent_id"
-)
-
-
-def note_repeats(rows: list[tuple[str, str, float, float]]) -> Query:
-    return Query(_NOTE_REPEATS, _columns(rows, 4), Fetch.ROWS)
-
-
-RETRANSMISSIONS_OF = "SELECT key, queue_id, at FROM retransmissions WHERE key = ANY($1::text[])"
-REPEATS_OF = "SELECT key, sent_id, seen_at FROM repeats WHERE key = ANY($1::text[])"
-FORGET_RETRANSMISSIONS = "DELETE FROM retransmissions WHERE at < $1"
-FORGET_REPEATS = "DELETE FROM repeats WHERE seen_at + window_s < $1"
-UNCLAIM_RETRANSMISSIONS = "DELETE FROM retransmissions WHERE queue_id = ANY($1::text[])"
-UNCLAIM_REPEATS = "DELETE FROM repeats WHERE sent_id = ANY($1::text[])"
-
 
 def rows_changed(status: str) -> int:
     """The row count from a statement's command tag, such as 'UPDATE 3'."""
@@ -357,6 +243,37 @@ def rows_changed(status: str) -> int:
 # server process that ran it is gone (until then its COMMIT may still be under way).
 BACKEND_ALIVE = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)"
 STORED_AMONG = "SELECT id FROM messages WHERE id = ANY($1::text[])"
+
+
+# --- limits, retransmissions and repeats: in their own modules (budget_sql.py,
+# repeats_sql.py), named here so that this module is the whole Dialect.
+
+BUDGET_LOCK = budget_sql.BUDGET_LOCK
+BUDGET_DAYS = budget_sql.BUDGET_DAYS
+BUDGET_RECIPIENTS = budget_sql.BUDGET_RECIPIENTS
+SET_BUDGET_DAY = budget_sql.SET_BUDGET_DAY
+SET_BUDGET_RECIPIENTS = budget_sql.SET_BUDGET_RECIPIENTS
+READ_BUDGET_DAY = budget_sql.READ_BUDGET_DAY
+READ_BUDGET_RECIPIENT = budget_sql.READ_BUDGET_RECIPIENT
+HELD_DUE = budget_sql.HELD_DUE
+HELD_DUE_NOW = budget_sql.HELD_DUE_NOW
+FAIL_HELD = budget_sql.FAIL_HELD
+NEXT_HELD = budget_sql.NEXT_HELD
+RELEASE_HELD = budget_sql.RELEASE_HELD
+HOLD_AGAIN = budget_sql.HOLD_AGAIN
+TRIPS_OWED = budget_sql.TRIPS_OWED
+CLAIM_NOTICE = budget_sql.CLAIM_NOTICE
+PURGE_BUDGET_DAYS = budget_sql.PURGE_BUDGET_DAYS
+PURGE_BUDGET_RECIPIENTS = budget_sql.PURGE_BUDGET_RECIPIENTS
+
+claim_retransmissions = repeats_sql.claim_retransmissions
+note_repeats = repeats_sql.note_repeats
+RETRANSMISSIONS_OF = repeats_sql.RETRANSMISSIONS_OF
+REPEATS_OF = repeats_sql.REPEATS_OF
+FORGET_RETRANSMISSIONS = repeats_sql.FORGET_RETRANSMISSIONS
+FORGET_REPEATS = repeats_sql.FORGET_REPEATS
+UNCLAIM_RETRANSMISSIONS = repeats_sql.UNCLAIM_RETRANSMISSIONS
+UNCLAIM_REPEATS = repeats_sql.UNCLAIM_REPEATS
 
 # --- the console (the status page's search, bill, chart and actions: spool/console.py) ---------
 

@@ -25,7 +25,7 @@ from gateway.spool.dialect import (
     ResultRow,
     in_list,
 )
-from gateway.spool.sqlite import console_sql
+from gateway.spool.sqlite import budget_sql, console_sql, repeats_sql
 from gateway.spool.states import RETRYABLE, BounceState, State, StatusClass
 from gateway.spool.steps import Fetch, Job, Query
 
@@ -277,114 +277,35 @@ SHOW_MEDIA = (
     "SELECT content_type, width, height, size, source, source_size, problem FROM media"
     " WHERE message_id = ?1"
 )
-# --- limits: the budget's counts and held deliveries (gateway.spool.budget) ---------------------
+# --- limits, retransmissions and repeats: in their own modules (budget_sql.py,
+# repeats_sql.py), named here so that this module is the whole Dialect.
 
-# SQLite's one writer needs no lock of the budget's own (budget.lock).
-BUDGET_LOCK: str | None = None
-# An upsert that changes nothing but takes the row, giving its counts: the budget's lock (the
-# one writer needs none, but the statements are the same shape as PostgreSQL's).
-BUDGET_DAYS = (
-    "INSERT INTO budget_days (domain, day, at)"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?2"
-    " FROM json_each(?1) WHERE true"
-    " ON CONFLICT (domain, day) DO UPDATE SET domain = excluded.domain"
-    " RETURNING domain, day, messages, parts, held_back, tripped, notified"
-)
-# Every recipient a commit counts, in one statement (JSON [[domain, recipient], ...], now): the
-# budget's one lock makes their order no matter.
-BUDGET_RECIPIENTS = (
-    "INSERT INTO budget_recipients (domain, recipient, times, last_at)"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), '[]', ?2"
-    " FROM json_each(?1) WHERE true"
-    " ON CONFLICT (domain, recipient) DO UPDATE SET domain = excluded.domain"
-    " RETURNING domain, recipient, times"
-)
-SET_BUDGET_DAY = (
-    "UPDATE budget_days SET messages = ?3, parts = ?4, held_back = ?5, tripped = ?6, notified = ?7"
-    " WHERE domain = ?1 AND day = ?2"
-)
-SET_BUDGET_RECIPIENTS = (
-    "UPDATE budget_recipients SET times = j.t, last_at = ?2 FROM (SELECT"
-    " json_extract(value, '$[0]') AS d, json_extract(value, '$[1]') AS r,"
-    " json_extract(value, '$[2]') AS t FROM json_each(?1)) AS j"
-    " WHERE budget_recipients.domain = j.d AND budget_recipients.recipient = j.r"
-)
-READ_BUDGET_DAY = "SELECT messages, parts FROM budget_days WHERE domain = ?1 AND day = ?2"
-READ_BUDGET_RECIPIENT = "SELECT times FROM budget_recipients WHERE domain = ?1 AND recipient = ?2"
-HELD_DUE = (
-    "SELECT d.id, d.spend, m.received_at FROM deliveries d JOIN messages m ON m.id = d.message_id"
-    f" WHERE d.state = '{State.HELD}' AND d.next_attempt_at <= ?1"
-    " ORDER BY d.next_attempt_at, d.id LIMIT ?2"
-)
-HELD_DUE_NOW = (
-    f"UPDATE deliveries SET next_attempt_at = ?1 WHERE state = '{State.HELD}'"
-    " AND next_attempt_at > ?1"
-)
-FAIL_HELD = (
-    f"UPDATE deliveries SET state = '{State.FAILED}', last_error = ?2, updated_at = ?3"
-    f" WHERE id = ?1 AND state = '{State.HELD}'"
-)
-NEXT_HELD = f"SELECT min(next_attempt_at) FROM deliveries WHERE state = '{State.HELD}'"
-RELEASE_HELD = (
-    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?2, last_error = NULL,"
-    f" spend = NULL, updated_at = ?2 WHERE id = ?1 AND state = '{State.HELD}'"
-)
-HOLD_AGAIN = (
-    "UPDATE deliveries SET next_attempt_at = ?2, last_error = ?3, updated_at = ?4"
-    f" WHERE id = ?1 AND state = '{State.HELD}'"
-)
-TRIPS_OWED = (
-    "SELECT domain, day, tripped, held_back FROM budget_days"
-    " WHERE notified = 0 AND tripped IS NOT NULL ORDER BY domain, day"
-)
-CLAIM_NOTICE = "UPDATE budget_days SET notified = 1 WHERE domain = ?1 AND day = ?2 AND notified = 0"
-PURGE_BUDGET_DAYS = "DELETE FROM budget_days WHERE at < ?1"
-PURGE_BUDGET_RECIPIENTS = "DELETE FROM budget_recipients WHERE last_at < ?1"
-# --- retransmissions and repeats (repeats.py) --------------------------------------------------
+BUDGET_LOCK = budget_sql.BUDGET_LOCK
+BUDGET_DAYS = budget_sql.BUDGET_DAYS
+BUDGET_RECIPIENTS = budget_sql.BUDGET_RECIPIENTS
+SET_BUDGET_DAY = budget_sql.SET_BUDGET_DAY
+SET_BUDGET_RECIPIENTS = budget_sql.SET_BUDGET_RECIPIENTS
+READ_BUDGET_DAY = budget_sql.READ_BUDGET_DAY
+READ_BUDGET_RECIPIENT = budget_sql.READ_BUDGET_RECIPIENT
+HELD_DUE = budget_sql.HELD_DUE
+HELD_DUE_NOW = budget_sql.HELD_DUE_NOW
+FAIL_HELD = budget_sql.FAIL_HELD
+NEXT_HELD = budget_sql.NEXT_HELD
+RELEASE_HELD = budget_sql.RELEASE_HELD
+HOLD_AGAIN = budget_sql.HOLD_AGAIN
+TRIPS_OWED = budget_sql.TRIPS_OWED
+CLAIM_NOTICE = budget_sql.CLAIM_NOTICE
+PURGE_BUDGET_DAYS = budget_sql.PURGE_BUDGET_DAYS
+PURGE_BUDGET_RECIPIENTS = budget_sql.PURGE_BUDGET_RECIPIENTS
 
-# Rows come as one JSON array of arrays, whatever their number: one statement per commit.
-_FROM_JSON = "SELECT {columns} FROM json_each(?1) WHERE true"  # (WHERE: the upsert's parser)
-
-
-def _json_columns(count: int) -> str:
-    return ", ".join(f"json_extract(value, '$[{n}]')" for n in range(count))
-
-
-_CLAIM_RETRANSMISSIONS = (
-    "INSERT INTO retransmissions (key, queue_id, at) "
-    + _FROM_JSON.format(columns=_json_columns(3))
-    + " ON CONFLICT(key) DO UPDATE SET queue_id = excluded.queue_id, at = excluded.at"
-    " WHERE retransmissions.at < excluded.at - ?2 RETURNING key"
-)
-
-
-def claim_retransmissions(rows: list[tuple[str, str, float]], memory: float) -> Query:
-    return Query(_CLAIM_RETRANSMISSIONS, (json.dumps(rows), memory), Fetch.ROWS)
-
-
-_NOTE_REPEATS = (
-    "INSERT INTO repeats (key, sent_id, seen_at, window_s) "
-    + _FROM_JSON.format(columns=_json_columns(4))
-    + " ON CONFLICT(key) DO UPDATE SET previous_at = repeats.seen_at,"
-    " seen_at = excluded.seen_at, window_s = excluded.window_s,"
-    " sent_id = CASE WHEN excluded.seen_at - repeats.seen_at < excluded.window_s"
-    " THEN repeats.sent_id ELSE excluded.sent_id END"
-    " RETURNING key, previous_at, sent_id"
-)
-
-
-def note_repeats(rows: list[tuple[str, str, float, float]]) -> Query:
-    return Query(_NOTE_REPEATS, (json.dumps(rows),), Fetch.ROWS)
-
-
-RETRANSMISSIONS_OF = (
-    f"SELECT key, queue_id, at FROM retransmissions WHERE key IN {_IDS.format(n=1)}"
-)
-REPEATS_OF = f"SELECT key, sent_id, seen_at FROM repeats WHERE key IN {_IDS.format(n=1)}"
-FORGET_RETRANSMISSIONS = "DELETE FROM retransmissions WHERE at < ?1"
-FORGET_REPEATS = "DELETE FROM repeats WHERE seen_at + window_s < ?1"
-UNCLAIM_RETRANSMISSIONS = f"DELETE FROM retransmissions WHERE queue_id IN {_IDS.format(n=1)}"
-UNCLAIM_REPEATS = f"DELETE FROM repeats WHERE sent_id IN {_IDS.format(n=1)}"
+claim_retransmissions = repeats_sql.claim_retransmissions
+note_repeats = repeats_sql.note_repeats
+RETRANSMISSIONS_OF = repeats_sql.RETRANSMISSIONS_OF
+REPEATS_OF = repeats_sql.REPEATS_OF
+FORGET_RETRANSMISSIONS = repeats_sql.FORGET_RETRANSMISSIONS
+FORGET_REPEATS = repeats_sql.FORGET_REPEATS
+UNCLAIM_RETRANSMISSIONS = repeats_sql.UNCLAIM_RETRANSMISSIONS
+UNCLAIM_REPEATS = repeats_sql.UNCLAIM_REPEATS
 
 # --- the console (the status page's search, bill, chart and actions: spool/console.py) ---------
 
