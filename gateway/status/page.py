@@ -219,7 +219,8 @@ class StatusPage:
                 self._summary = Summary(
                     now,
                     overview,
-                    error_kinds(overview.recent_errors),
+                    # A held one's last_error is a limit's, not the platform's: the bill says it.
+                    error_kinds(e for e in overview.recent_errors if e.state != State.HELD),
                     await self._biller.bill(now, limits, used, sms),
                     charts.chart(await self.spool.console_hourly()),
                 )

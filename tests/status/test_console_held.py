@@ -92,6 +92,7 @@ async def test_the_bill_against_limits_held_and_suppressed_and_what_an_operator_
     card = (await browser_page.inner_text("#limits-card")).split()
     assert card[2:5] == ["1", "reached", "sms.local"]
     assert (await browser_page.inner_text("#held-now")).split()[:3] == ["held", "now", "2"]
+    assert await browser_page.locator("#errors").count() == 0  # a limit is no platform error
     # Against its limits: the gauges' numbers, the rule, a sign in words beside the colour.
     limits = (await browser_page.locator("#limit-sms\\.local").all_inner_texts())[0].split("\t")
     assert limits[2] == "3 of 3 limit reached"  # the same 3 as the gauge
@@ -105,6 +106,7 @@ async def test_the_bill_against_limits_held_and_suppressed_and_what_an_operator_
     cells = row[0].split("\t")
     assert cells[:3] == ["sms.local", "7", "3"]
     assert cells[5].startswith("2 (messages_per_day 3)") and "until" in cells[5]
+    assert re.search(r"\(in \d+ (h|min|s)", cells[5])  # an age still to come
     assert cells[-1] == "2 repeat"
     # The chart: held is a series of its own.
     assert await browser_page.locator("svg#chart polyline.s-held").count() == 1
