@@ -185,6 +185,14 @@ async def test_the_bill_against_limits_held_and_suppressed_and_what_an_operator_
     assert row[0].split("\t")[-1] == "2 repeat, 1 dropped"
     for queue_id in repeats:
         assert await state_of(gw, queue_id) == [State.SUPPRESSED]
+    # At a phone's width the bill and the limits are rows that wrap, the sign in sight.
+    await browser_page.set_viewport_size(PHONE)
+    await browser_page.goto(base(gw) + "/")
+    await fits(browser_page)
+    for sign in ("#limit-sms\\.local td.attention", "#bill td[data-label=held]"):
+        box = await browser_page.locator(sign).first.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= PHONE["width"], sign
+    assert "4 of 3 limit reached" in await browser_page.inner_text("#limit-sms\\.local")
     assert dialogs == []
 
 
