@@ -6,6 +6,12 @@ Playwright; no browser download).
 
     python bench/screenshot.py                 # writes console-*.png into ./screenshots/
     python bench/screenshot.py --out /tmp/shots --mask    # with log.mask_personal_data on
+    python bench/screenshot.py --storm         # and a storm against limits: console-storm-*.png
+
+With --storm a domain with repeat_window and limits (alerts.local) first gets a storm of
+identical alerts (kept suppressed as repeats) and then distinct ones past its per_recipient and
+messages_per_day limits (held), so the pictures show the bill against limits, held and
+suppressed; the held message's page is taken instead of a failed one's.
 """
 
 from __future__ import annotations
@@ -64,21 +70,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(spool: Path, smtp_port: int, http_port: int, mask: bool) -> dict[str, object]:
+# The storm's domain: identical alerts are repeats; distinct ones meet the limits.
+STORM_DOMAIN = {
+    "type": "sms",
+    "sender": "Monitoring",
+    "repeat_window": "10m",
+    "limits": {"messages_per_day": 20, "parts_per_day": 24, "per_recipient": "6/1h"},
+}
+ON_CALL = [f"7916000000{n}@alerts.local" for n in range(4)]
+
+
+def storm(port: int) -> int:
+    """25 identical alerts to each on-call phone, then 7 distinct ones to each."""
+    sent = 0
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        for _ in range(25):
+            for to in ON_CALL:
+                body = "PROBLEM: db1 is unreachable (ping loss 100%)"
+                message = f"Subject: PROBLEM: db1 unreachable\r\n\r\n{body}\r\n"
+                client.sendmail("zabbix@example.com", [to], message.encode())
+                sent += 1
+        for n in range(7):
+            for to in ON_CALL:
+                body = f"PROBLEM: service {n} on app{n} is down since 04:{10 + n:02d}"
+                message = f"Subject: PROBLEM: app{n} down\r\n\r\n{body}\r\n"
+                client.sendmail("zabbix@example.com", [to], message.encode())
+                sent += 1
+    return sent
+
+
+def config(
+    spool: Path, smtp_port: int, http_port: int, mask: bool, stormy: bool = False
+) -> dict[str, object]:
+    domains: dict[str, object] = {
+        "sms.local": {
+            "type": "sms",
+            "sender": "MyShop",
+            "rewrite": [{"match": r"^8(\d{10})$", "replace": r"7\1"}],
+        },
+        "mail.local": {"type": "email", "sender": "shop@example.com"},
+    }
+    if stormy:
+        domains["alerts.local"] = STORM_DOMAIN
     return {
         "smtp": {"listen": f"127.0.0.1:{smtp_port}"},
         "api": {"dry_run": True},
         "spool": {"path": str(spool)},
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "log": {"mask_personal_data": mask},
-        "domains": {
-            "sms.local": {
-                "type": "sms",
-                "sender": "MyShop",
-                "rewrite": [{"match": r"^8(\d{10})$", "replace": r"7\1"}],
-            },
-            "mail.local": {"type": "email", "sender": "shop@example.com"},
-        },
+        "domains": domains,
         "routes": [{"name": "ok-notices", "match": {"subject": "^OK:"}, "drop": True}],
     }
 
@@ -150,31 +190,32 @@ def keep_sending(port: int, stop: threading.Event) -> int:
     return sent
 
 
-async def shoot(base: str, out: Path) -> list[Path]:
+async def shoot(base: str, out: Path, prefix: str = "console", state: str = "failed") -> list[Path]:
+    """The main page, a message's page (the newest in `state`), both at a phone's width."""
     shots = []
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         await page.goto(base + "/")
-        shots.append(out / "console-index.png")
+        shots.append(out / f"{prefix}-index.png")
         await page.screenshot(path=shots[-1], full_page=True)
-        shots.append(out / "console-index-top.png")  # what the first screen shows
+        shots.append(out / f"{prefix}-index-top.png")  # what the first screen shows
         await page.screenshot(path=shots[-1])
-        await page.goto(base + "/?state=failed")
+        await page.goto(base + f"/?state={state}")
         await page.click("#deliveries tr:nth-child(2) a")
-        shots.append(out / "console-message.png")
+        shots.append(out / f"{prefix}-message.png")
         await page.screenshot(path=shots[-1], full_page=True)
         phone = await browser.new_page(viewport={"width": 390, "height": 844})
         await phone.goto(base + "/")
-        shots.append(out / "console-phone.png")
+        shots.append(out / f"{prefix}-phone.png")
         await phone.screenshot(path=shots[-1], full_page=True)
         for n, at in enumerate(("#glance", "#bill-heading", "#chart-heading", "#deliveries")):
             await phone.locator(at).scroll_into_view_if_needed()
             await phone.evaluate(f"document.querySelector('{at}').scrollIntoView()")
-            shots.append(out / f"console-phone-{n + 1}.png")
+            shots.append(out / f"{prefix}-phone-{n + 1}.png")
             await phone.screenshot(path=shots[-1])
         await phone.goto(page.url)
-        shots.append(out / "console-phone-message.png")
+        shots.append(out / f"{prefix}-phone-message.png")
         await phone.screenshot(path=shots[-1], full_page=True)
         await browser.close()
     return shots
@@ -184,6 +225,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("screenshots"))
     parser.add_argument("--mask", action="store_true", help="log.mask_personal_data: true")
+    parser.add_argument("--storm", action="store_true", help="a storm against a domain's limits")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,7 +233,9 @@ def main() -> int:
         path = Path(tmp) / "config.yaml"
         asyncio.run(seed(Path(tmp) / "spool.sqlite3", time.time()))
         path.write_text(
-            yaml.safe_dump(config(Path(tmp) / "spool.sqlite3", smtp_port, http_port, args.mask))
+            yaml.safe_dump(
+                config(Path(tmp) / "spool.sqlite3", smtp_port, http_port, args.mask, args.storm)
+            )
         )
         daemon = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "-c", str(path)], stderr=subprocess.DEVNULL
@@ -199,12 +243,19 @@ def main() -> int:
         try:
             base = f"http://127.0.0.1:{http_port}"
             wait_healthy(base + "/healthz")
+            if args.storm:
+                print(f"{storm(smtp_port)} storm messages sent over SMTP first")
             stop = threading.Event()
             with concurrent.futures.ThreadPoolExecutor() as pool:
                 load = pool.submit(keep_sending, smtp_port, stop)
                 time.sleep(1.0)  # the dry-run sends
                 try:
-                    for shot in asyncio.run(shoot(base, args.out)):
+                    shots = (
+                        shoot(base, args.out, "console-storm", "held")
+                        if args.storm
+                        else shoot(base, args.out)
+                    )
+                    for shot in asyncio.run(shots):
                         print(shot)
                 finally:
                     stop.set()

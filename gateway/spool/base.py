@@ -286,6 +286,13 @@ class BaseSpool:
     async def console_failed(self, since: float, until: float, limit: int) -> list[DeliveryLine]:
         return await self.link.read(lambda: console.failed_between(self.sql, since, until, limit))
 
+    async def console_send_anyway(
+        self, queue_id: str, who: str, today: Mapping[str, DayLimits]
+    ) -> int | None:
+        return await self.link.submit(
+            lambda: console.send_anyway(self.sql, self.clock(), queue_id, who, today), wakes=True
+        )
+
     async def console_retry_failed(self, since: float, until: float, who: str) -> int:
         return await self.link.submit(
             lambda: console.retry_failed(self.sql, self.clock(), since, until, who), wakes=True

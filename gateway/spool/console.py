@@ -9,17 +9,19 @@ the message (its deliveries failed with the operator's reason) instead of deleti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.spool.budget import RELEASED, Ledger
 from gateway.spool.dialect import Dialect
 from gateway.spool.packing import load_texts, unpack_request
 from gateway.spool.queue_view import line
-from gateway.spool.rows import DeliveryLine
+from gateway.spool.rows import DayLimits, DeliveryLine, Spend
 from gateway.spool.steps import Fetch, Job, Query, Row
 
-Action = Literal["retry", "drop", "settle"]
+Action = Literal["retry", "drop", "settle", "release"]
 HOURS = 24
 # Past the last queue id there can be (ids are uppercase hex): the first page's cursor.
 NEWEST = "~"
@@ -44,6 +46,7 @@ class FoundLine:
     line: DeliveryLine
     mail_from: str
     subject: str
+    picture: bool = False  # the message had a picture (a media row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +55,11 @@ class DayCount:
 
     domain: str
     state: str  # shown state
-    reason: str  # a suppressed one's reason (route | repeat | limit | dropped ...), else ""
+    # A suppressed one's reason (route | repeat | limit | dropped ...), a held one's limit
+    # ("limit messages_per_day 5 reached"), else "".
+    reason: str
     count: int
+    until: float | None = None  # held ones: the latest of when they are looked at again
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class Hourly:
     suppressed: list[int]
     sent: list[int]
     failed: list[int]  # failed or refused attempts' final outcomes
+    held: list[int]  # deliveries received in the hour that are held now
 
 
 def _like(text: str) -> str:
@@ -100,7 +107,10 @@ def find_params(search: ConsoleSearch) -> tuple[object, ...]:
 
 def find(sql: Dialect, search: ConsoleSearch) -> Job[list[FoundLine]]:
     rows: list[Row] = yield Query(sql.CONSOLE_FIND, find_params(search), Fetch.ROWS)
-    return [FoundLine(line(row), row["mail_from"], row["subject"] or "") for row in rows]
+    return [
+        FoundLine(line(row), row["mail_from"], row["subject"] or "", bool(row["picture"]))
+        for row in rows
+    ]
 
 
 def subject(sql: Dialect, queue_id: str) -> Job[str | None]:
@@ -119,7 +129,16 @@ def day(sql: Dialect, since: float) -> Job[Day]:
         name = str(row["detail"]).removeprefix("route ").split(":", 1)[0]
         routed.setdefault(name, set()).add(row["message_id"])
     return Day(
-        [DayCount(r["domain"], r["shown"], r["reason"] or "", int(r["n"])) for r in counts],
+        [
+            DayCount(
+                r["domain"],
+                r["shown"],
+                r["reason"] or "",
+                int(r["n"]),
+                None if r["until"] is None else float(r["until"]),
+            )
+            for r in counts
+        ],
         [row["id"] for row in sent],
         {name: len(ids) for name, ids in routed.items()},
     )
@@ -138,7 +157,7 @@ def requests_of(sql: Dialect, ids: Sequence[int]) -> Job[dict[int, tuple[str, di
 
 def hourly(sql: Dialect, now: float) -> Job[Hourly]:
     start = (int(now // 3600) - HOURS + 1) * 3600.0  # the current hour is the last bar
-    accepted, suppressed, sent, failed = ([0] * HOURS for _ in range(4))
+    accepted, suppressed, sent, failed, held = ([0] * HOURS for _ in range(5))
     rows: list[Row] = yield Query(
         sql.CONSOLE_HOURLY_ACCEPTED, (id_prefix(start), start), Fetch.ROWS
     )
@@ -146,11 +165,12 @@ def hourly(sql: Dialect, now: float) -> Job[Hourly]:
         if 0 <= row["hour"] < HOURS:
             accepted[row["hour"]] += int(row["n"])
             suppressed[row["hour"]] += int(row["suppressed"])
+            held[row["hour"]] += int(row["held"])
     rows = yield Query(sql.CONSOLE_HOURLY_EVENTS, (start,), Fetch.ROWS)
     for row in rows:
         if 0 <= row["hour"] < HOURS:
             (sent if row["kind"] == "sent" else failed)[row["hour"]] += int(row["n"])
-    return Hourly(start, accepted, suppressed, sent, failed)
+    return Hourly(start, accepted, suppressed, sent, failed, held)
 
 
 def act(sql: Dialect, now: float, action: Action, queue_id: str, who: str) -> Job[int | None]:
@@ -165,6 +185,11 @@ def act(sql: Dialect, now: float, action: Action, queue_id: str, who: str) -> Jo
         reason = f"dropped from the console by {who}"
         rows = yield Query(sql.CONSOLE_DROP, (now, reason, queue_id), Fetch.ROWS)
         kind, detail = "dropped", reason
+    elif action == "release":
+        # Due now, still held: the held watch (delivery/held.py) looks at its limits again and
+        # sends it only if they have room; a retry never bypasses a limit (see send_anyway).
+        rows = yield Query(sql.CONSOLE_RELEASE, (now, queue_id), Fetch.ROWS)
+        kind, detail = "release", f"release within its limits requested from the console by {who}"
     else:
         rows = yield Query(sql.CONSOLE_SETTLE, (now, queue_id), Fetch.ROWS)
         kind, detail = "settled", f"settled as sent from the console by {who}"
@@ -186,4 +211,36 @@ def retry_failed(sql: Dialect, now: float, since: float, until: float, who: str)
     if ids:
         detail = f"retry of every failed delivery requested from the console by {who}"
         yield sql.insert_events([(i, now, "retry", detail) for i in ids])
+    return len(ids)
+
+
+def send_anyway(
+    sql: Dialect, now: float, queue_id: str, who: str, today: Mapping[str, DayLimits]
+) -> Job[int | None]:
+    """A message's held deliveries queued now over their limits, an operator's explicit choice:
+    each spends its domain's budget as a release does (the platform bills it, and the gauges
+    and the bill say so), and its history says who sent it over which limit."""
+    if (yield Query(sql.MESSAGE_EXISTS, (queue_id,), Fetch.ONE)) is None:
+        return None
+    held: list[Row] = yield Query(sql.CONSOLE_HELD_SPENDS, (queue_id,), Fetch.ROWS)
+    rows: list[Row] = yield Query(sql.CONSOLE_SEND_ANYWAY, (now, queue_id), Fetch.ROWS)
+    changed = {row["id"] for row in rows}
+    spends: list[Spend] = []
+    for row in held:
+        if row["id"] not in changed or not row["spend"]:
+            continue
+        domain, recipient, parts = json.loads(row["spend"])
+        limits = today.get(domain)  # None: the domain has no limits any more
+        if limits is not None:
+            spends.append(Spend(limits, recipient, parts))
+    if spends:
+        ledger = Ledger()
+        yield from ledger.load(sql, spends, now)
+        for spend in spends:
+            ledger.spend(spend, now)
+        yield from ledger.save(sql, now)
+    ids = [row["id"] for row in rows]
+    if ids:
+        detail = f"sent now over its limit from the console by {who}"
+        yield sql.insert_events([(i, now, RELEASED, detail) for i in ids])
     return len(ids)

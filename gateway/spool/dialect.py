@@ -87,16 +87,19 @@ class Dialect(Protocol):
     # The console (spool/console.py): parameters as console.find_params gives them
     CONSOLE_FIND: str
     CONSOLE_SUBJECT: str  # queue_id -> subject
-    CONSOLE_DAY: str  # id prefix -> domain, shown, reason, n
+    CONSOLE_DAY: str  # id prefix -> domain, shown, reason, n, until
     CONSOLE_DAY_SENT: str  # id prefix -> id
     CONSOLE_ROUTED: str  # id prefix -> message_id, detail
     CONSOLE_REQUESTS: str  # ids (id_list) -> id, recipient, request, texts
-    CONSOLE_HOURLY_ACCEPTED: str  # id prefix, start -> hour, n, suppressed
+    CONSOLE_HOURLY_ACCEPTED: str  # id prefix, start -> hour, n, suppressed, held
     CONSOLE_HOURLY_EVENTS: str  # start -> hour, kind, n
     CONSOLE_DROP: str  # now, reason, queue_id -> id
     CONSOLE_SETTLE: str  # now, queue_id -> id
     CONSOLE_FAILED: str  # since, until, limit (a line's columns)
     CONSOLE_RETRY_FAILED: str  # now, since, until -> id
+    CONSOLE_RELEASE: str  # now, queue_id -> id (held ones due now)
+    CONSOLE_HELD_SPENDS: str  # queue_id -> id, spend (held ones)
+    CONSOLE_SEND_ANYWAY: str  # now, queue_id -> id (held ones queued over their limits)
     META_VALUE: str  # key
     # queue_id, content_type, width, height, size, source, source_size, problem, data (media.py)
     INSERT_MEDIA: str

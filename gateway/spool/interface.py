@@ -186,7 +186,8 @@ class SpoolInterface(Protocol):
         ...
 
     async def console_act(self, action: Action, queue_id: str, who: str) -> int | None:
-        """Retry, drop or settle; how many deliveries changed, None if no such message."""
+        """Retry, drop, settle or release (held ones due now, their limits looked at again);
+        how many deliveries changed, None if no such message."""
         ...
 
     async def console_failed(
@@ -194,6 +195,13 @@ class SpoolInterface(Protocol):
     ) -> list[DeliveryLine]: ...
 
     async def console_retry_failed(self, since: float, until: float, who: str) -> int: ...
+
+    async def console_send_anyway(
+        self, queue_id: str, who: str, today: Mapping[str, DayLimits]
+    ) -> int | None:
+        """Queue a message's held deliveries now over their limits, spending their budget;
+        how many, None if no such message."""
+        ...
 
     # --- values kept for the gateways
     async def callback_secret(self) -> str:

@@ -7,9 +7,12 @@ Counted from the spool (the deliveries of messages received since local midnight
 (gateway.message.cost, as `preview` and /metrics count them); its request never changes, so the
 parts are counted once per delivery and kept until the day ends.
 
-Limits (a domain's budget) and `held` deliveries are not known here yet: a state the bill does
-not name (such as a future `held`) still gets its own column, and a domain's limit goes in
-DomainBill.limit, shown when one is set.
+A domain with `limits` is shown against them with the numbers /metrics' budget gauges show
+(smtp2pulse_domain_budget_used, read by the same spool call, `budget_used`, from the spool's
+budget counts): those are what the limits decide by, on the domain's own calendar day, so the
+page and the gauges cannot disagree. Held deliveries are counted by the limit that holds them,
+with the latest time one is looked at again. A state the bill does not name gets its own
+column.
 """
 
 from __future__ import annotations
@@ -17,22 +20,70 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway import shown
 from gateway.message.cost import request_segments
+from gateway.spool.budget import window_text
 from gateway.spool.interface import SpoolInterface
-from gateway.spool.rows import DeliveryLine
+from gateway.spool.rows import DayLimits, DeliveryLine
 
 # Shown states the bill groups into its columns; any other gets a column of its own.
 SENT = ("sent", "delivered", "failed", "unknown")  # the platform took it: billed
 WAITING = ("queued", "sending", "unconfirmed")
 NOT_SENT = ("refused",)
 SUPPRESSED = "suppressed"
-_NAMED = {*SENT, *WAITING, *NOT_SENT, SUPPRESSED}
+HELD = "held"
+_NAMED = {*SENT, *WAITING, *NOT_SENT, SUPPRESSED, HELD}
 CHUNK = 500  # deliveries whose parts are counted per read
 MAX_KEPT = 200_000  # parts remembered at most (a day busier than this recounts the rest)
+NEAR = 0.8  # a day's count this share of its limit is near it
+
+
+@dataclass(frozen=True, slots=True)
+class Against:
+    """One of a domain's daily counts against its limit, as the budget gauges show it."""
+
+    used: int
+    limit: int | None  # None: no such limit (the count is still shown)
+
+    @property
+    def level(self) -> str:
+        """"reached", "near" or "" (the page says it in words, and colours only "reached")."""
+        if self.limit is None:
+            return ""
+        if self.used >= self.limit:
+            return "reached"
+        return "near" if self.used >= NEAR * self.limit else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A domain's limits and its day's counts against them (gateway.spool.budget)."""
+
+    day: str  # the domain's calendar day the counts are of
+    messages: Against
+    parts: Against | None  # None: a domain that is no SMS and has no parts limit
+    per_recipient: str | None  # the rule, e.g. "3 per 1h"
+    over_limit: str  # hold | drop | refuse
+
+    @property
+    def level(self) -> str:
+        levels = {self.messages.level, self.parts.level if self.parts else ""}
+        return "reached" if "reached" in levels else "near" if "near" in levels else ""
+
+
+def budget(limits: DayLimits, used: tuple[int, int], sms: bool) -> Budget:
+    messages, parts = used
+    rule = limits.per_recipient
+    return Budget(
+        limits.day,
+        Against(messages, limits.messages_per_day),
+        Against(parts, limits.parts_per_day) if sms or limits.parts_per_day else None,
+        None if rule is None else f"{rule[0]} per {window_text(rule[1])}",
+        limits.over_limit,
+    )
 
 
 @dataclass
@@ -44,8 +95,10 @@ class DomainBill:
     waiting: int = 0
     refused: int = 0
     suppressed: Counter[str] = field(default_factory=Counter)  # by reason
+    held: Counter[str] = field(default_factory=Counter)  # by the limit that holds them
+    held_until: float | None = None  # the latest time a held one is looked at again
     other: Counter[str] = field(default_factory=Counter)  # states the bill does not name
-    limit: str | None = None  # the domain's limit, once limits exist
+    budget: Budget | None = None  # its limits, for a domain with some
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +118,9 @@ class Bill:
             every.waiting += d.waiting
             every.refused += d.refused
             every.suppressed.update(d.suppressed)
+            every.held.update(d.held)
+            if d.held_until is not None:
+                every.held_until = max(every.held_until or 0.0, d.held_until)
             every.other.update(d.other)
         return every
 
@@ -83,7 +139,16 @@ class Biller:
         self._day = 0.0
         self._parts: dict[int, tuple[str, int]] = {}  # delivery id -> (domain, SMS parts)
 
-    async def bill(self, now: float) -> Bill:
+    async def bill(
+        self,
+        now: float,
+        limits: Mapping[str, DayLimits] | None = None,
+        used: Mapping[str, tuple[int, int]] | None = None,
+        sms: frozenset[str] = frozenset(),
+    ) -> Bill:
+        """Today's bill; `limits` (gateway.message.limits.today) and `used` (the spool's
+        budget_used of them) put each limited domain against its limits; `sms`: the domains
+        whose type sends SMS."""
         since = midnight(now)
         if since != self._day:
             self._day, self._parts = since, {}
@@ -108,12 +173,20 @@ class Biller:
                 d.refused += row.count
             elif row.state == SUPPRESSED:
                 d.suppressed[row.reason or "unknown"] += row.count
+            elif row.state == HELD:
+                limit = row.reason.removeprefix("limit ").removesuffix(" reached")
+                d.held[limit or "?"] += row.count
+                if row.until is not None:
+                    d.held_until = max(d.held_until or 0.0, row.until)
             else:
                 d.other[row.state] += row.count
         for delivery_id in day.sent:
             domain, parts = self._parts.get(delivery_id, ("", 0))
             if parts:
                 of(domain).parts += parts
+        for name, day_limits in (limits or {}).items():
+            counted = (used or {}).get(name, (0, 0))
+            of(name).budget = budget(day_limits, counted, name in sms)
         others = sorted({state for d in domains.values() for state in d.other})
         routes = sorted(day.routed.items(), key=lambda item: (-item[1], item[0]))
         return Bill(since, sorted(domains.values(), key=lambda d: d.domain), routes, others)

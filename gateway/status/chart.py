@@ -22,7 +22,7 @@ LABEL_EVERY = 4  # hours between the time labels under the chart
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    key: str  # accepted | sent | failed | suppressed: the CSS class that draws it
+    key: str  # accepted | sent | failed | suppressed | held: the CSS class that draws it
     label: str
     points: str  # the polyline's "x,y x,y ..."
     values: list[int]
@@ -37,7 +37,8 @@ class Chart:
     series: list[Series]
     grid: list[tuple[float, str]]  # (y, label) of each horizontal line
     hours: list[tuple[float, str]]  # (x, "HH:00") under the chart
-    rows: list[tuple[str, int, int, int, int]]  # the table: hour, accepted, sent, failed, supp.
+    # The table: hour, accepted, sent, failed, suppressed, held.
+    rows: list[tuple[str, int, int, int, int, int]]
     summary: str  # the SVG's title: what it shows in words
 
 
@@ -57,6 +58,9 @@ def chart(hourly: Hourly) -> Chart:
         ("sent", "sent", hourly.sent),
         ("failed", "failed or refused", hourly.failed),
         ("suppressed", "suppressed", hourly.suppressed),
+        # Its own series (not within suppressed): a held one is still to be sent. Those
+        # received in the hour and held now; once released they count as accepted and sent.
+        ("held", "held now", hourly.held),
     ]
     hours = len(hourly.accepted)
     top = _ceiling(max([1, *(max(values, default=0) for _, _, values in named)]))
@@ -94,6 +98,7 @@ def chart(hourly: Hourly) -> Chart:
             hourly.sent[h],
             hourly.failed[h],
             hourly.suppressed[h],
+            hourly.held[h],
         )
         for h, start in enumerate(starts)
     ]

@@ -10,19 +10,26 @@ from gateway.times import iso_time, local_time
 
 
 def ago(timestamp: float | None, now: float | None = None) -> str:
-    """How long ago, as a person says it: "40 s ago", "3 min ago", "2 h 5 min ago"."""
+    """How long ago, as a person says it: "40 s ago", "3 min ago", "2 h 5 min ago"; a time
+    still to come (a held delivery's until) as "in 2 h 5 min"."""
     if timestamp is None:
         return "-"
-    seconds = max(0, int((time.time() if now is None else now) - timestamp))
+    seconds = int((time.time() if now is None else now) - timestamp)
+    if seconds < -1:  # a second's difference is the clock between two reads, not the future
+        return f"in {_span(-seconds)}"
+    return f"{_span(max(0, seconds))} ago"
+
+
+def _span(seconds: int) -> str:
     if seconds < 60:
-        return f"{seconds} s ago"
+        return f"{seconds} s"
     if seconds < 3600:
-        return f"{seconds // 60} min ago"
+        return f"{seconds // 60} min"
     if seconds < 86400:
         hours, minutes = divmod(seconds // 60, 60)
-        return f"{hours} h {minutes} min ago" if minutes else f"{hours} h ago"
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days = seconds // 86400
-    return f"{days} day{'s' if days > 1 else ''} ago"
+    return f"{days} day{'s' if days > 1 else ''}"
 
 
 def age_html(timestamp: float | None, now: float | None = None) -> Markup:

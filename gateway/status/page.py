@@ -29,13 +29,14 @@ from gateway import shown
 from gateway.config.domains import SMS_TYPES
 from gateway.config.model import Config
 from gateway.config.recipients import shown_recipient
+from gateway.message.limits import today
 from gateway.privacy import mask_personal
 from gateway.spool.console import ConsoleSearch
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import Overview
 from gateway.spool.states import RETRYABLE, SHOWN, State
 from gateway.status import chart as charts
-from gateway.status.bill import Bill, Biller, ErrorKind, error_kinds
+from gateway.status.bill import NEAR, Bill, Biller, ErrorKind, error_kinds
 from gateway.status.console import Console
 from gateway.status.csrf import Tokens
 from gateway.status.filters import age_html, ago, state_html
@@ -107,7 +108,7 @@ def _templates() -> dict[str, jinja2.Template]:
         personal=personal,
         picture=shown.picture_text,
     )
-    names = ("index.html", "message.html", "confirm.html", "refused.html")
+    names = ("index.html", "message.html", "confirm.html", "refused.html", "send_anyway.html")
     return {name: env.get_template(name) for name in names}
 
 
@@ -130,7 +131,14 @@ class StatusPage:
         self.pace = Pace()  # one for every page of the console
         # A search of words reads every delivery until it has a page of them: fewer of those.
         self.search_pace = Pace(SEARCH_RATE, SEARCH_BURST)
-        self.console = Console(spool, self.tokens, self._render, self._forget_summary, self.pace)
+        self.console = Console(
+            spool,
+            self.tokens,
+            self._render,
+            self._forget_summary,
+            self.pace,
+            lambda: today(self.config(), time.time()),
+        )
         self._biller = Biller(spool)
         self._summary: Summary | None = None
         self._summary_lock = asyncio.Lock()
@@ -190,6 +198,7 @@ class StatusPage:
             waiting=sum(overview.by_state.get(s, 0) for s in ("queued", "sending")),
             errors=summary.errors,
             bill=summary.bill,
+            near=NEAR,
             chart=summary.chart,
             states=SHOWN,
             ready=self.ready(),
@@ -202,11 +211,17 @@ class StatusPage:
             now = time.time()
             if self._summary is None or now - self._summary.at >= SUMMARY_SECONDS:
                 overview = await self.spool.overview(errors=ERRORS)
+                config = self.config()
+                # The limits' own counts, as /metrics' budget gauges read them.
+                limits = today(config, now)
+                used = await self.spool.budget_used(limits) if limits else {}
+                sms = frozenset(n for n, d in config.domains.items() if d.type in SMS_TYPES)
                 self._summary = Summary(
                     now,
                     overview,
-                    error_kinds(overview.recent_errors),
-                    await self._biller.bill(now),
+                    # A held one's last_error is a limit's, not the platform's: the bill says it.
+                    error_kinds(e for e in overview.recent_errors if e.state != State.HELD),
+                    await self._biller.bill(now, limits, used, sms),
                     charts.chart(await self.spool.console_hourly()),
                 )
             return self._summary
@@ -236,8 +251,9 @@ class StatusPage:
             deliveries=deliveries,
             # What the actions would change (spool/console.py, queue_view.retry_message).
             can_retry=any(s in RETRYABLE for s in states),
-            can_drop=any(s in (State.QUEUED, State.UNCONFIRMED) for s in states),
+            can_drop=any(s in (State.QUEUED, State.UNCONFIRMED, State.HELD) for s in states),
             can_settle=State.UNCONFIRMED in states,
+            can_release=State.HELD in states,
             done=self.console.done_note(request),
             picture_url=thumbnail_url(self.config(), detail),
         )

@@ -4,11 +4,12 @@ and routes; the 24 hours per hour; retry, drop and settle written into the histo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from gateway.spool.base import BaseSpool
 from gateway.spool.console import ConsoleSearch
-from gateway.spool.rows import IncomingMessage, NewDelivery, Result, Suppressed
+from gateway.spool.rows import DayLimits, IncomingMessage, NewDelivery, Result, Spend, Suppressed
 from gateway.spool.states import State
 from tests.spool.conftest import OpenSpool
 
@@ -161,3 +162,53 @@ async def test_actions_change_what_they_say_and_write_who_into_the_history(
         ("dropped", "dropped from the console by 10.1.2.5"),
     ]
     assert await spool.console_act("retry", queue_id, "x") == 0  # suppressed stays so
+
+
+def limited(limits: DayLimits, *to: str) -> IncomingMessage:
+    base = message("over", *to)
+    spent = tuple(
+        dataclasses.replace(d, spend=Spend(limits, d.request["sent_to"], 1))
+        for d in base.deliveries
+    )
+    return dataclasses.replace(base, deliveries=spent)
+
+
+async def test_held_deliveries_counted_released_within_limits_sent_anyway_or_dropped(
+    spool: BaseSpool,
+) -> None:
+    now = time.time()
+    limits = DayLimits("sms.local", "2026-12-07", now + 3600, messages_per_day=1)
+    today = {"sms.local": limits}
+    await spool.accept(limited(limits, "79001@sms.local"))
+    held = await spool.accept(limited(limits, "79002@sms.local"))
+    other = await spool.accept(limited(limits, "79003@sms.local"))
+    day = await spool.console_day(now - 60)
+    [counted] = [c for c in day.counts if c.state == "held"]
+    assert (counted.domain, counted.reason, counted.count) == (
+        "sms.local",
+        "limit messages_per_day 1 reached",
+        2,
+    )
+    assert counted.until == limits.day_ends
+    assert (await spool.console_hourly()).held[-1] == 2
+    assert [f.picture for f in await spool.console_find(ConsoleSearch())] == [False] * 3
+    assert await spool.console_act("retry", held, "10.0.0.1") == 0  # a retry never sends it
+    assert await spool.console_act("release", held, "10.0.0.1") == 1
+    detail = await spool.show_message(held)
+    assert detail is not None
+    [delivery] = detail.deliveries
+    assert delivery.state == State.HELD and delivery.next_attempt_at <= time.time()
+    assert await spool.console_send_anyway(held, "10.0.0.2", today) == 1
+    assert await spool.console_send_anyway(held, "10.0.0.2", today) == 0
+    assert await spool.console_send_anyway("0NOSUCH", "10.0.0.2", today) is None
+    detail = await spool.show_message(held)
+    assert detail is not None
+    [delivery] = detail.deliveries
+    assert delivery.state == State.QUEUED and delivery.last_error is None
+    assert [e[1:] for e in delivery.events[-2:]] == [
+        ("release", "release within its limits requested from the console by 10.0.0.1"),
+        ("released", "sent now over its limit from the console by 10.0.0.2"),
+    ]
+    assert await spool.budget_used(today) == {"sms.local": (2, 2)}  # spent, as a release does
+    assert await spool.console_act("drop", other, "10.0.0.3") == 1  # a held one, dropped
+    assert await spool.budget_used(today) == {"sms.local": (2, 2)}  # spends nothing

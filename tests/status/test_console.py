@@ -232,8 +232,9 @@ async def test_the_bill_counts_no_sms_parts_for_a_domain_that_is_not_sms(
     status, html = await page(base(gw) + "/")
     assert status == 200
     bill = html.split('id="bill"', 1)[1].split("</table>", 1)[0]
+    number = re.compile(r'<td class="n"[^>]*>([^<]*)</td>')  # (a phone's data-label beside)
     cells = {
-        row.split("</th>", 1)[0].rsplit(">", 1)[-1]: re.findall(r'<td class="n">([^<]*)</td>', row)
+        row.split("</th>", 1)[0].rsplit(">", 1)[-1]: number.findall(row)
         for row in bill.split("<tr")[2:]
     }
     assert cells["mail.local"][:3] == ["1", "1", "-"]  # messages, sent, SMS parts

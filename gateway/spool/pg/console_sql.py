@@ -14,6 +14,8 @@ _SENT_TO = (
     "CASE WHEN jsonb_typeof(d.request::jsonb -> 'sent_to') = 'string'"
     " THEN d.request::jsonb ->> 'sent_to' END"
 )
+_PICTURE = "EXISTS (SELECT 1 FROM media x WHERE x.message_id = m.id) AS picture"
+_HELD_UNTIL = f"max(CASE WHEN d.state = '{State.HELD}' THEN d.next_attempt_at END)"
 _LINE = (
     f"SELECT {LINE_COLUMNS.format(sent_to=_SENT_TO)}"
     " FROM deliveries d JOIN messages m ON m.id = d.message_id"
@@ -21,7 +23,7 @@ _LINE = (
 
 # (See sqlite/sql.py's: newest first below the page's cursor, a range along the index.)
 CONSOLE_FIND = (
-    f"SELECT {LINE_COLUMNS.format(sent_to=_SENT_TO)}, m.mail_from, m.subject"
+    f"SELECT {LINE_COLUMNS.format(sent_to=_SENT_TO)}, m.mail_from, m.subject, {_PICTURE}"
     " FROM deliveries d JOIN messages m ON m.id = d.message_id"
     " WHERE d.message_id <= $1::text"
     " AND ($2::bigint IS NULL OR d.message_id < $1::text OR d.id < $2::bigint)"
@@ -37,8 +39,10 @@ CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = $1"
 CONSOLE_DAY = (
     "SELECT lower(split_part(d.recipient, '@', 2)) AS domain,"
     f" {SHOWN_STATE} AS shown, CASE WHEN d.state = '{State.SUPPRESSED}'"
-    " THEN split_part(d.last_error, ' ', 1) ELSE '' END AS reason,"
-    " count(*) AS n FROM deliveries d WHERE d.message_id >= $1 GROUP BY 1, 2, 3"
+    " THEN split_part(d.last_error, ' ', 1)"
+    f" WHEN d.state = '{State.HELD}' THEN split_part(d.last_error, ';', 1)"
+    f" ELSE '' END AS reason, count(*) AS n, {_HELD_UNTIL} AS until"
+    f" FROM deliveries d WHERE d.message_id >= $1 GROUP BY 1, 2, 3"
 )
 CONSOLE_DAY_SENT = f"SELECT id FROM deliveries WHERE message_id >= $1 AND state = '{State.SENT}'"
 CONSOLE_ROUTED = (
@@ -52,7 +56,8 @@ CONSOLE_REQUESTS = (
 )
 CONSOLE_HOURLY_ACCEPTED = (
     "SELECT floor((m.received_at - $2) / 3600)::int AS hour, count(*) AS n,"
-    f" count(*) FILTER (WHERE d.state = '{State.SUPPRESSED}') AS suppressed"
+    f" count(*) FILTER (WHERE d.state = '{State.SUPPRESSED}') AS suppressed,"
+    f" count(*) FILTER (WHERE d.state = '{State.HELD}') AS held"
     " FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.message_id >= $1"
     " GROUP BY 1"
 )
@@ -62,7 +67,20 @@ CONSOLE_HOURLY_EVENTS = (
 )
 CONSOLE_DROP = (
     f"UPDATE deliveries SET state = '{State.SUPPRESSED}', last_error = $2, updated_at = $1"
-    f" WHERE message_id = $3 AND state IN ('{State.QUEUED}', '{State.UNCONFIRMED}') RETURNING id"
+    f" WHERE message_id = $3 AND state IN ('{State.QUEUED}', '{State.UNCONFIRMED}', '{State.HELD}')"
+    " RETURNING id"
+)
+CONSOLE_RELEASE = (
+    "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1"
+    f" WHERE message_id = $2 AND state = '{State.HELD}' RETURNING id"
+)
+CONSOLE_HELD_SPENDS = (
+    f"SELECT id, spend FROM deliveries WHERE message_id = $1 AND state = '{State.HELD}'"
+)
+CONSOLE_SEND_ANYWAY = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = $1, updated_at = $1,"
+    " last_error = NULL, spend = NULL"
+    f" WHERE message_id = $2 AND state = '{State.HELD}' RETURNING id"
 )
 CONSOLE_SETTLE = (
     f"UPDATE deliveries SET state = '{State.SENT}', last_error = NULL, updated_at = $1"

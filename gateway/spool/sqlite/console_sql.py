@@ -16,11 +16,13 @@ _LINE = (
     " FROM deliveries d JOIN messages m ON m.id = d.message_id"
 )
 _IDS = "(SELECT value FROM json_each(?{n}))"
+_PICTURE = "EXISTS (SELECT 1 FROM media x WHERE x.message_id = m.id) AS picture"
+_HELD_UNTIL = f"max(CASE WHEN d.state = '{State.HELD}' THEN d.next_attempt_at END)"
 
 # Newest first below the page's cursor (?1 queue id, ?2 delivery id): a range along the index
 # of deliveries by message, so a deep page costs what the first does.
 CONSOLE_FIND = (
-    f"SELECT {LINE_COLUMNS.format(sent_to=_SENT_TO)}, m.mail_from, m.subject"
+    f"SELECT {LINE_COLUMNS.format(sent_to=_SENT_TO)}, m.mail_from, m.subject, {_PICTURE}"
     " FROM deliveries d JOIN messages m ON m.id = d.message_id"
     " WHERE d.message_id <= ?1 AND (?2 IS NULL OR d.message_id < ?1 OR d.id < ?2)"
     f" AND (?3 IS NULL OR {SHOWN_STATE} = ?3)"
@@ -36,8 +38,12 @@ CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = ?1"
 CONSOLE_DAY = (
     "SELECT lower(substr(d.recipient, instr(d.recipient, '@') + 1)) AS domain,"
     f" {SHOWN_STATE} AS shown, CASE WHEN d.state = '{State.SUPPRESSED}'"
-    " THEN substr(d.last_error, 1, instr(d.last_error || ' ', ' ') - 1) ELSE '' END AS reason,"
-    " count(*) AS n FROM deliveries d WHERE d.message_id >= ?1 GROUP BY 1, 2, 3"
+    " THEN substr(d.last_error, 1, instr(d.last_error || ' ', ' ') - 1)"
+    # A held one's last_error is "limit WHAT reached; held until WHEN" (spool.budget): by limit.
+    f" WHEN d.state = '{State.HELD}'"
+    " THEN substr(d.last_error, 1, instr(d.last_error || ';', ';') - 1)"
+    f" ELSE '' END AS reason, count(*) AS n, {_HELD_UNTIL} AS until"
+    f" FROM deliveries d WHERE d.message_id >= ?1 GROUP BY 1, 2, 3"
 )
 CONSOLE_DAY_SENT = f"SELECT id FROM deliveries WHERE message_id >= ?1 AND state = '{State.SENT}'"
 # CROSS JOIN: SQLite keeps this order, today's deliveries along their index and then each one's
@@ -53,7 +59,7 @@ CONSOLE_REQUESTS = (
 )
 CONSOLE_HOURLY_ACCEPTED = (
     "SELECT CAST((m.received_at - ?2) / 3600 AS INTEGER) AS hour, count(*) AS n,"
-    f" sum(d.state = '{State.SUPPRESSED}') AS suppressed"
+    f" sum(d.state = '{State.SUPPRESSED}') AS suppressed, sum(d.state = '{State.HELD}') AS held"
     " FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.message_id >= ?1"
     " GROUP BY 1"
 )
@@ -66,7 +72,23 @@ CONSOLE_HOURLY_EVENTS = (
 # shows who dropped it. A delivery being sent right now is left to its attempt.
 CONSOLE_DROP = (
     f"UPDATE deliveries SET state = '{State.SUPPRESSED}', last_error = ?2, updated_at = ?1"
-    f" WHERE message_id = ?3 AND state IN ('{State.QUEUED}', '{State.UNCONFIRMED}') RETURNING id"
+    f" WHERE message_id = ?3 AND state IN ('{State.QUEUED}', '{State.UNCONFIRMED}', '{State.HELD}')"
+    " RETURNING id"
+)
+# Due now but still held: the held watch decides against its limits (spool.budget.release).
+CONSOLE_RELEASE = (
+    "UPDATE deliveries SET next_attempt_at = ?1, updated_at = ?1"
+    f" WHERE message_id = ?2 AND state = '{State.HELD}' RETURNING id"
+)
+# Over its limits, an operator's choice: queued as RELEASE_HELD does; the job counts the spends
+# read just before (CONSOLE_HELD_SPENDS) of those this changed.
+CONSOLE_HELD_SPENDS = (
+    f"SELECT id, spend FROM deliveries WHERE message_id = ?1 AND state = '{State.HELD}'"
+)
+CONSOLE_SEND_ANYWAY = (
+    f"UPDATE deliveries SET state = '{State.QUEUED}', next_attempt_at = ?1, updated_at = ?1,"
+    " last_error = NULL, spend = NULL"
+    f" WHERE message_id = ?2 AND state = '{State.HELD}' RETURNING id"
 )
 CONSOLE_SETTLE = (
     f"UPDATE deliveries SET state = '{State.SENT}', last_error = NULL, updated_at = ?1"
