@@ -50,7 +50,7 @@ class Against:
 
     @property
     def level(self) -> str:
-        """"reached", "near" or "" (the page says it in words, and colours only "reached")."""
+        """One of reached, near or "" (the page says it in words, and colours only reached)."""
         if self.limit is None:
             return ""
         if self.used >= self.limit:

@@ -102,7 +102,7 @@ async def test_the_bill_against_limits_held_and_suppressed_and_what_an_operator_
     reached = browser_page.locator("#limit-sms\\.local td.attention")
     assert await reached.count() == 1  # only the limit reached is coloured; near is words
     # The bill: held by limit with until when, suppressed by reason.
-    row = (await browser_page.locator("#bill tr", has_text="sms.local").first.all_inner_texts())
+    row = await browser_page.locator("#bill tr", has_text="sms.local").first.all_inner_texts()
     cells = row[0].split("\t")
     assert cells[:3] == ["sms.local", "7", "3"]
     assert cells[5].startswith("2 (messages_per_day 3)") and "until" in cells[5]
@@ -181,7 +181,7 @@ async def test_the_bill_against_limits_held_and_suppressed_and_what_an_operator_
     limits = (await browser_page.locator("#limit-sms\\.local").all_inner_texts())[0].split("\t")
     assert limits[2] == "4 of 3 limit reached"
     assert (await browser_page.inner_text("#held-now")).split()[:3] == ["held", "now", "0"]
-    row = (await browser_page.locator("#bill tr", has_text="sms.local").first.all_inner_texts())
+    row = await browser_page.locator("#bill tr", has_text="sms.local").first.all_inner_texts()
     assert row[0].split("\t")[-1] == "2 repeat, 1 dropped"
     for queue_id in repeats:
         assert await state_of(gw, queue_id) == [State.SUPPRESSED]
