@@ -21,7 +21,7 @@ from gateway.errors import SpoolError
 from gateway.spool.backends import describe, make_spool
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import NewDelivery, Search
-from gateway.spool.states import SHOWN
+from gateway.spool.states import SHOWN, State
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 LIST_LIMIT = 1000
@@ -131,6 +131,16 @@ async def _action(spool: SpoolInterface, args: argparse.Namespace, search: Searc
         if count is None:
             return _not_found(args.queue_id)
         print(f"{args.queue_id}: {count} deliveries queued for a new attempt")
+        if count == 0:
+            detail = await spool.show_message(args.queue_id)
+            held = [d for d in detail.deliveries if d.state == State.HELD] if detail else []
+            if held:
+                # A retry never sends past a limit (docs/operations.md): say what does.
+                print(
+                    f"{len(held)} held by a limit ({held[0].last_error}): they go when it has"
+                    " room; raise it and reload to send them sooner, or use the status page's"
+                    " 'Send now anyway'"
+                )
         return EX_OK
     if not await spool.drop_message(args.queue_id):
         return _not_found(args.queue_id)

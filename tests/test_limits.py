@@ -764,16 +764,25 @@ async def test_two_gateways_send_the_days_notice_once(
 
 
 async def test_queue_retry_leaves_a_held_delivery_held_and_drop_removes_it(
-    start: Starter, platform: FakePlatform
+    start: Starter, platform: FakePlatform, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The operator's retry is no way past a limit (raise it and reload); a drop forgets the
-    held one, which had spent nothing."""
-    gw = await start(limited({"per_recipient": "1/1h"}))
+    """The operator's retry is no way past a limit (raise it and reload), and `queue retry`
+    says so; a drop forgets the held one, which had spent nothing."""
+    changes = limited({"per_recipient": "1/1h"})
+    gw = await start(changes)
     assert (await client(gw, f"{PHONE}@sms.local", "first"))[1] == 250
     held_id = (await client(gw, f"{PHONE}@sms.local", "second"))[2].split()[-1]
     await platform.wait_for(1)
     await eventually(lambda: held_count(gw, 1))
     spool = gw.gateway.spool
+    config = start.tmp_path / "queue.yaml"
+    config.write_text(yaml.safe_dump(start.data(changes), allow_unicode=True))
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["queue", "-c", str(config), "retry", held_id]) == 0
+    said = capsys.readouterr().out
+    assert "0 deliveries queued" in said
+    assert "1 held by a limit (limit per_recipient 1/1h reached; held until" in said
+    assert "raise it and reload" in said
     assert await spool.retry_message(held_id) == 0
     await asyncio.sleep(0.5)
     assert len(await in_state(gw, "held")) == 1 and len(platform.messages) == 1
