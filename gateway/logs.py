@@ -124,3 +124,27 @@ def setup_logging(level: str = "info", style: str = "plain") -> None:
     logging.getLogger("mail.log").setLevel(logging.DEBUG if debug else logging.WARNING)
     for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+class Throttle:
+    """At most `burst` lines a `period` for one kind of line that anyone on the network can
+    cause (a forged callback, a wrong picture URL): a flood of them must not fill the disk. The
+    lines held back are counted and told by the next line let through."""
+
+    def __init__(self, burst: int = 10, period: float = 60.0) -> None:
+        self.burst, self.period = burst, period
+        self._opened = -period
+        self._told = 0
+        self._held = 0
+
+    def allow(self) -> tuple[bool, str]:
+        """Whether to log this one, and what to add to it: how many were held back before."""
+        now = time.monotonic()
+        if now - self._opened >= self.period:
+            self._opened, self._told = now, 0
+        if self._told >= self.burst:
+            self._held += 1
+            return False, ""
+        self._told += 1
+        held, self._held = self._held, 0
+        return True, f" ({held} more like it not logged)" if held else ""

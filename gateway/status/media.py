@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.config.model import Config
 from gateway.delivery.signing import media_signature
+from gateway.logs import Throttle
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.media import EXTENSIONS, TYPES
 from gateway.spool.rows import MessageDetail
@@ -42,6 +43,7 @@ class MediaRoute:
     def __init__(self, config: Callable[[], Config], spool: SpoolInterface) -> None:
         self.config = config
         self.spool = spool
+        self._refused_lines = Throttle()  # a flood of made-up URLs must not fill the log
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get(PREFIX + "{queue_id}/{name}", self.picture)  # HEAD too
@@ -59,7 +61,11 @@ class MediaRoute:
         http = self.config().http
         secret = http.callback_secret.reveal() if http is not None else ""
         if not secret or not hmac.compare_digest(media_signature(secret, queue_id), shape[1]):
-            log.info("picture URL with a wrong signature refused (from %s)", request.remote)
+            told, more = self._refused_lines.allow()
+            if told:
+                log.info(
+                    "picture URL with a wrong signature refused (from %s)%s", request.remote, more
+                )
             return _answer(403)
         found = await self.spool.picture(queue_id)
         if found is None or found[0] != TYPES[shape[2]]:

@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.config.model import Config, HttpConfig, Listener
 from gateway.config.networks import allowed
 from gateway.errors import GatewayError
+from gateway.logs import Throttle
 from gateway.spool.interface import SpoolInterface
 from gateway.spool.states import State
 from gateway.status import callbacks as tracking
@@ -54,6 +55,7 @@ class StatusServer:
         self.ready = ready
         self.not_sending = not_sending  # why nothing leaves now; None when it does
         self.on_failed_status = on_failed_status
+        self._refused_lines = Throttle()  # each is counted in /metrics; the log needs a few
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.gate: Gate | None = None
@@ -235,11 +237,15 @@ class StatusServer:
         """400 for ids of a shape we never sign, 403 for a wrong signature, else None."""
         if not _ID_DIGITS.fullmatch(delivery) or not _QUEUE_ID.fullmatch(queue_id):
             self.metrics.callbacks.labels("malformed").inc()
-            log.warning("malformed callback from %s refused", request.remote)
+            told, more = self._refused_lines.allow()
+            if told:
+                log.warning("malformed callback from %s refused%s", request.remote, more)
             return web.json_response({"error": "bad d or q"}, status=400)
         if not tracking.verify(secret, int(delivery), queue_id, signature):
             self.metrics.callbacks.labels("forged").inc()
-            log.warning("forged or unsigned callback from %s refused", request.remote)
+            told, more = self._refused_lines.allow()
+            if told:
+                log.warning("forged or unsigned callback from %s refused%s", request.remote, more)
             return web.json_response({"error": "forbidden"}, status=403)
         return None
 

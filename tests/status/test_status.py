@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -168,6 +169,27 @@ async def test_forged_callbacks_get_403_and_change_nothing(
     assert (await get(forged))[0] == 403
     detail = await gw.gateway.spool.show_message(queue_id)
     assert detail is not None and detail.deliveries[0].status is None
+
+
+async def test_a_flood_of_forged_callbacks_logs_a_few_lines_and_counts_them_all(
+    gw: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can send made-up callback URLs: each is refused and counted in /metrics, but the
+    log takes a few lines a minute, the next one saying how many it left out."""
+    caplog.set_level(logging.INFO, logger="smtp2pulse")
+    forged = base(gw) + "/callback?d=1&q=1A2B3C4D5E6F7A8B9&sig=" + "0" * 32 + "&id=1&status=x"
+    for _ in range(40):
+        assert (await get(forged))[0] == 403
+    lines = [r.getMessage() for r in caplog.records if "forged or unsigned" in r.getMessage()]
+    assert len(lines) == 10
+    exposition = gw.gateway.metrics.exposition().decode()
+    assert 'smtp2pulse_callbacks_total{result="forged"} 40.0' in exposition
+    throttle = gw.gateway.status._refused_lines if gw.gateway.status else None
+    assert throttle is not None
+    throttle._opened -= throttle.period  # a minute later
+    assert (await get(forged))[0] == 403
+    lines = [r.getMessage() for r in caplog.records if "forged or unsigned" in r.getMessage()]
+    assert len(lines) == 11 and lines[-1].endswith("(30 more like it not logged)")
 
 
 async def test_signed_callback_for_an_unknown_delivery(gw: Running) -> None:
