@@ -30,7 +30,9 @@ from gateway.spool.interface import SpoolInterface
 from gateway.spool.rows import DayLimits, DeliveryLine
 
 # Shown states the bill groups into its columns; any other gets a column of its own.
-SENT = ("sent", "delivered", "failed", "unknown")  # the platform took it: billed
+# The platform took it: billed, and its SMS parts counted ("failed" here is a sent one whose
+# platform status says so; one we gave up on comes as "gave up", in a column of its own).
+SENT = ("sent", "delivered", "failed", "unknown")
 WAITING = ("queued", "sending", "unconfirmed")
 NOT_SENT = ("refused",)
 SUPPRESSED = "suppressed"

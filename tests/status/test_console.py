@@ -239,3 +239,27 @@ async def test_the_bill_counts_no_sms_parts_for_a_domain_that_is_not_sms(
     }
     assert cells["mail.local"][:3] == ["1", "1", "-"]  # messages, sent, SMS parts
     assert cells["sms.local"][:3] == ["1", "1", "3"]  # 400 x's are three parts
+
+
+async def test_the_bill_counts_as_sent_only_what_the_platform_took_with_its_parts(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
+    """A delivery given up on (the platform never took it) is shown failed in the queue, but the
+    bill neither counts it as sent nor has parts for it: sent and SMS parts are the same rows."""
+    gw = await start_gateway(FAILING)
+    await failed_message(gw, platform)
+    platform.default = Reply()
+    sent = await gw.submit(text_message("Code", "x" * 400), "79001234568@sms.local")
+    assert await gw.wait_final(sent) == ["sent"]
+    status, html = await page(base(gw) + "/")
+    assert status == 200
+    bill = html.split('id="bill"', 1)[1].split("</table>", 1)[0]
+    assert '<th class="n" scope="col">gave up</th>' in bill
+    number = re.compile(r'<td class="n"[^>]*>([^<]*)</td>')
+    cells = {
+        row.split("</th>", 1)[0].rsplit(">", 1)[-1]: number.findall(row)
+        for row in bill.split("<tr")[2:]
+    }
+    # messages, sent, SMS parts, waiting, refused, gave up
+    assert cells["sms.local"] == ["2", "1", "3", "0", "0", "1"]
+    assert cells["all domains"] == ["2", "1", "3", "0", "0", "1"]

@@ -38,7 +38,10 @@ CONSOLE_FIND = (
 CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = $1"
 CONSOLE_DAY = (
     "SELECT lower(split_part(d.recipient, '@', 2)) AS domain,"
-    f" {SHOWN_STATE} AS shown, CASE WHEN d.state = '{State.SUPPRESSED}'"
+    # A delivery given up on (state failed) was never taken by the platform: not shown as the
+    # "failed" a platform status makes of a sent one, which the bill counts as sent and billed.
+    f" CASE WHEN d.state = '{State.FAILED}' THEN 'gave up' ELSE {SHOWN_STATE} END AS shown,"
+    f" CASE WHEN d.state = '{State.SUPPRESSED}'"
     " THEN split_part(d.last_error, ' ', 1)"
     f" WHEN d.state = '{State.HELD}' THEN split_part(d.last_error, ';', 1)"
     f" ELSE '' END AS reason, count(*) AS n, {_HELD_UNTIL} AS until"

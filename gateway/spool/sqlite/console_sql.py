@@ -37,7 +37,10 @@ CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = ?1"
 # Counted here, by domain, state and reason: a day of deliveries is a few rows, not thousands.
 CONSOLE_DAY = (
     "SELECT lower(substr(d.recipient, instr(d.recipient, '@') + 1)) AS domain,"
-    f" {SHOWN_STATE} AS shown, CASE WHEN d.state = '{State.SUPPRESSED}'"
+    # A delivery given up on (state failed) was never taken by the platform: not shown as the
+    # "failed" a platform status makes of a sent one, which the bill counts as sent and billed.
+    f" CASE WHEN d.state = '{State.FAILED}' THEN 'gave up' ELSE {SHOWN_STATE} END AS shown,"
+    f" CASE WHEN d.state = '{State.SUPPRESSED}'"
     " THEN substr(d.last_error, 1, instr(d.last_error || ' ', ' ') - 1)"
     # A held one's last_error is "limit WHAT reached; held until WHEN" (spool.budget): by limit.
     f" WHEN d.state = '{State.HELD}'"
