@@ -65,7 +65,9 @@ class DayCount:
 @dataclass(frozen=True, slots=True)
 class Day:
     counts: list[DayCount]
-    sent: list[int]  # the ids of those the platform took (state sent), for their SMS parts
+    # Those the platform took (state sent), id -> domain, for their SMS parts: the same rows,
+    # read at the same moment, as the counts of their states.
+    sent: dict[int, str]
     routed: dict[str, int]  # route name -> messages it routed
 
 
@@ -120,28 +122,28 @@ def subject(sql: Dialect, queue_id: str) -> Job[str | None]:
 
 def day(sql: Dialect, since: float) -> Job[Day]:
     prefix = id_prefix(since)
-    counts: list[Row] = yield Query(sql.CONSOLE_DAY, (prefix,), Fetch.ROWS)
-    sent: list[Row] = yield Query(sql.CONSOLE_DAY_SENT, (prefix,), Fetch.ROWS)
+    rows: list[Row] = yield Query(sql.CONSOLE_DAY, (prefix,), Fetch.ROWS)
     routed_rows: list[Row] = yield Query(sql.CONSOLE_ROUTED, (prefix,), Fetch.ROWS)
     routed: dict[str, set[str]] = {}
     for row in routed_rows:
         # "route NAME: dropped" or "route NAME: from via" (message.prepare); a message once.
         name = str(row["detail"]).removeprefix("route ").split(":", 1)[0]
         routed.setdefault(name, set()).add(row["message_id"])
-    return Day(
-        [
-            DayCount(
-                r["domain"],
-                r["shown"],
-                r["reason"] or "",
-                int(r["n"]),
-                None if r["until"] is None else float(r["until"]),
-            )
-            for r in counts
-        ],
-        [row["id"] for row in sent],
-        {name: len(ids) for name, ids in routed.items()},
-    )
+    counts: dict[tuple[str, str, str], DayCount] = {}
+    sent: dict[int, str] = {}
+    for r in rows:
+        if r["id"] is not None:  # one the platform took, counted here with its domain's others
+            sent[int(r["id"])] = r["domain"]
+        key = (r["domain"], r["shown"], r["reason"] or "")
+        until = None if r["until"] is None else float(r["until"])
+        known = counts.get(key)
+        if known is not None:
+            if until is None or (known.until is not None and known.until > until):
+                until = known.until
+            counts[key] = DayCount(*key, known.count + int(r["n"]), until)
+        else:
+            counts[key] = DayCount(*key, int(r["n"]), until)
+    return Day(list(counts.values()), sent, {name: len(ids) for name, ids in routed.items()})
 
 
 def requests_of(sql: Dialect, ids: Sequence[int]) -> Job[dict[int, tuple[str, dict[str, str]]]]:

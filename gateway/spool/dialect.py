@@ -87,8 +87,7 @@ class Dialect(Protocol):
     # The console (spool/console.py): parameters as console.find_params gives them
     CONSOLE_FIND: str
     CONSOLE_SUBJECT: str  # queue_id -> subject
-    CONSOLE_DAY: str  # id prefix -> domain, shown, reason, n, until
-    CONSOLE_DAY_SENT: str  # id prefix -> id
+    CONSOLE_DAY: str  # id prefix -> domain, shown, reason, n, until, id (of a sent one)
     CONSOLE_ROUTED: str  # id prefix -> message_id, detail
     CONSOLE_REQUESTS: str  # ids (id_list) -> id, recipient, request, texts
     CONSOLE_HOURLY_ACCEPTED: str  # id prefix, start -> hour, n, suppressed, held

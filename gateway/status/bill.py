@@ -5,7 +5,9 @@ platform's latest errors grouped by kind.
 Counted from the spool (the deliveries of messages received since local midnight), not from
 /metrics, so a restart forgets nothing. A delivery's SMS parts are those of its text as sent
 (gateway.message.cost, as `preview` and /metrics count them); its request never changes, so the
-parts are counted once per delivery and kept until the day ends.
+parts are counted once per delivery and kept until the day ends. Sent and SMS parts are counted
+from the same rows, read in one statement (spool.console.day): a delivery is in both or in
+neither, and a sent SMS has at least one part, so on an SMS domain parts >= sent always.
 
 A domain with `limits` is shown against them with the numbers /metrics' budget gauges show
 (smtp2pulse_domain_budget_used, read by the same spool call, `budget_used`, from the spool's
@@ -39,7 +41,7 @@ SUPPRESSED = "suppressed"
 HELD = "held"
 _NAMED = {*SENT, *WAITING, *NOT_SENT, SUPPRESSED, HELD}
 CHUNK = 500  # deliveries whose parts are counted per read
-MAX_KEPT = 200_000  # parts remembered at most (a day busier than this recounts the rest)
+MAX_KEPT = 200_000  # parts remembered at most (a day busier than this reads the rest each time)
 NEAR = 0.8  # a day's count this share of its limit is near it
 
 
@@ -134,12 +136,12 @@ def midnight(now: float) -> float:
 
 
 class Biller:
-    """Makes the bill, remembering each sent delivery's domain and parts until the day ends."""
+    """Makes the bill, remembering each sent delivery's SMS parts until the day ends."""
 
     def __init__(self, spool: SpoolInterface) -> None:
         self.spool = spool
         self._day = 0.0
-        self._parts: dict[int, tuple[str, int]] = {}  # delivery id -> (domain, SMS parts)
+        self._parts: dict[int, int] = {}  # delivery id -> SMS parts
 
     async def bill(
         self,
@@ -155,7 +157,7 @@ class Biller:
         if since != self._day:
             self._day, self._parts = since, {}
         day = await self.spool.console_day(since)
-        await self._count([i for i in day.sent if i not in self._parts])
+        parts = await self._count(list(day.sent))
         domains: dict[str, DomainBill] = {}
 
         def of(name: str) -> DomainBill:
@@ -182,10 +184,8 @@ class Biller:
                     d.held_until = max(d.held_until or 0.0, row.until)
             else:
                 d.other[row.state] += row.count
-        for delivery_id in day.sent:
-            domain, parts = self._parts.get(delivery_id, ("", 0))
-            if parts:
-                of(domain).parts += parts
+        for delivery_id, domain in day.sent.items():
+            of(domain).parts += parts.get(delivery_id, 0)
         for name, day_limits in (limits or {}).items():
             counted = (used or {}).get(name, (0, 0))
             of(name).budget = budget(day_limits, counted, name in sms)
@@ -193,16 +193,18 @@ class Biller:
         routes = sorted(day.routed.items(), key=lambda item: (-item[1], item[0]))
         return Bill(since, sorted(domains.values(), key=lambda d: d.domain), routes, others)
 
-    async def _count(self, ids: list[int]) -> None:
-        for start in range(0, len(ids), CHUNK):
-            requests = await self.spool.console_requests(ids[start : start + CHUNK])
-            for delivery_id, (recipient, request) in requests.items():
+    async def _count(self, ids: list[int]) -> dict[int, int]:
+        """The SMS parts of these deliveries (0 for one that is no SMS), remembered or read."""
+        parts = {i: self._parts[i] for i in ids if i in self._parts}
+        unknown = [i for i in ids if i not in parts]
+        for start in range(0, len(unknown), CHUNK):
+            requests = await self.spool.console_requests(unknown[start : start + CHUNK])
+            for delivery_id, (_, request) in requests.items():
+                segments = request_segments(request)
+                parts[delivery_id] = segments.parts if segments is not None else 0
                 if len(self._parts) < MAX_KEPT:
-                    segments = request_segments(request)
-                    self._parts[delivery_id] = (
-                        recipient.rpartition("@")[2].lower(),
-                        segments.parts if segments is not None else 0,
-                    )
+                    self._parts[delivery_id] = parts[delivery_id]
+        return parts
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,12 +104,15 @@ async def test_the_day_counts_states_reasons_and_routes(spool: BaseSpool) -> Non
         ("sms.local", "suppressed", "repeat", 1),
         ("sms.local", "suppressed", "route", 1),
     ]
-    assert day.sent == [] and day.routed == {"ok-notices": 1, "duty": 1}
+    assert day.sent == {} and day.routed == {"ok-notices": 1, "duty": 1}
     later = await spool.console_day(time.time() + 60)
     assert later.counts == [] and later.routed == {}
     [queued] = await spool.lease(10, 60)
     await spool.record(Result(queued.id, State.SENT, time.time(), "sent", "p"))
-    assert (await spool.console_day(time.time() - 60)).sent == [queued.id]
+    day = await spool.console_day(time.time() - 60)
+    assert day.sent == {queued.id: "sms.local"}
+    counts = sorted((c.domain, c.state, c.reason, c.count) for c in day.counts)
+    assert ("sms.local", "sent", "", 1) in counts  # the same row, counted by its state
     requests = await spool.console_requests([queued.id])
     assert requests == {queued.id: ("79003@sms.local", {"type": "sms", "sent_text": "hi"})}
     assert queue_id

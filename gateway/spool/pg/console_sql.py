@@ -36,18 +36,26 @@ CONSOLE_FIND = (
     " ORDER BY d.message_id DESC, d.id DESC LIMIT $10"
 )
 CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = $1"
+_DOMAIN = "lower(split_part(d.recipient, '@', 2))"
+# Today's deliveries counted by domain, shown state and reason (a few rows, not thousands),
+# but for those the platform took (state sent): a row each with its id, for its SMS parts.
+# One statement, so one snapshot (a PostgreSQL reader runs each statement in its own): the
+# bill's sent and SMS parts are counted from the same rows at one moment.
 CONSOLE_DAY = (
-    "SELECT lower(split_part(d.recipient, '@', 2)) AS domain,"
+    f"SELECT {_DOMAIN} AS domain,"
     # A delivery given up on (state failed) was never taken by the platform: not shown as the
     # "failed" a platform status makes of a sent one, which the bill counts as sent and billed.
     f" CASE WHEN d.state = '{State.FAILED}' THEN 'gave up' ELSE {SHOWN_STATE} END AS shown,"
     f" CASE WHEN d.state = '{State.SUPPRESSED}'"
     " THEN split_part(d.last_error, ' ', 1)"
     f" WHEN d.state = '{State.HELD}' THEN split_part(d.last_error, ';', 1)"
-    f" ELSE '' END AS reason, count(*) AS n, {_HELD_UNTIL} AS until"
-    f" FROM deliveries d WHERE d.message_id >= $1 GROUP BY 1, 2, 3"
+    f" ELSE '' END AS reason, count(*) AS n, {_HELD_UNTIL} AS until,"
+    " NULL AS id"
+    f" FROM deliveries d WHERE d.message_id >= $1 AND d.state != '{State.SENT}'"
+    " GROUP BY 1, 2, 3"
+    f" UNION ALL SELECT {_DOMAIN}, {SHOWN_STATE}, '', 1, NULL, d.id FROM deliveries d"
+    f" WHERE d.message_id >= $1 AND d.state = '{State.SENT}'"
 )
-CONSOLE_DAY_SENT = f"SELECT id FROM deliveries WHERE message_id >= $1 AND state = '{State.SENT}'"
 CONSOLE_ROUTED = (
     "SELECT DISTINCT d.message_id, e.detail FROM deliveries d"
     " JOIN events e ON e.delivery_id = d.id WHERE d.message_id >= $1 AND e.kind = 'routed'"

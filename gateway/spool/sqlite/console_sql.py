@@ -34,9 +34,13 @@ CONSOLE_FIND = (
     " ORDER BY d.message_id DESC, d.id DESC LIMIT ?10"
 )
 CONSOLE_SUBJECT = "SELECT subject FROM messages WHERE id = ?1"
-# Counted here, by domain, state and reason: a day of deliveries is a few rows, not thousands.
+_DOMAIN = "lower(substr(d.recipient, instr(d.recipient, '@') + 1))"
+# Today's deliveries counted by domain, shown state and reason (a few rows, not thousands),
+# but for those the platform took (state sent): a row each with its id, for its SMS parts.
+# One statement, so one snapshot (a PostgreSQL reader runs each statement in its own): the
+# bill's sent and SMS parts are counted from the same rows at one moment.
 CONSOLE_DAY = (
-    "SELECT lower(substr(d.recipient, instr(d.recipient, '@') + 1)) AS domain,"
+    f"SELECT {_DOMAIN} AS domain,"
     # A delivery given up on (state failed) was never taken by the platform: not shown as the
     # "failed" a platform status makes of a sent one, which the bill counts as sent and billed.
     f" CASE WHEN d.state = '{State.FAILED}' THEN 'gave up' ELSE {SHOWN_STATE} END AS shown,"
@@ -45,10 +49,13 @@ CONSOLE_DAY = (
     # A held one's last_error is "limit WHAT reached; held until WHEN" (spool.budget): by limit.
     f" WHEN d.state = '{State.HELD}'"
     " THEN substr(d.last_error, 1, instr(d.last_error || ';', ';') - 1)"
-    f" ELSE '' END AS reason, count(*) AS n, {_HELD_UNTIL} AS until"
-    f" FROM deliveries d WHERE d.message_id >= ?1 GROUP BY 1, 2, 3"
+    f" ELSE '' END AS reason, count(*) AS n, {_HELD_UNTIL} AS until,"
+    " NULL AS id"
+    f" FROM deliveries d WHERE d.message_id >= ?1 AND d.state != '{State.SENT}'"
+    " GROUP BY 1, 2, 3"
+    f" UNION ALL SELECT {_DOMAIN}, {SHOWN_STATE}, '', 1, NULL, d.id FROM deliveries d"
+    f" WHERE d.message_id >= ?1 AND d.state = '{State.SENT}'"
 )
-CONSOLE_DAY_SENT = f"SELECT id FROM deliveries WHERE message_id >= ?1 AND state = '{State.SENT}'"
 # CROSS JOIN: SQLite keeps this order, today's deliveries along their index and then each one's
 # events, where it would otherwise scan every event of the week.
 CONSOLE_ROUTED = (
