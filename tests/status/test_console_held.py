@@ -17,7 +17,7 @@ from playwright.async_api import Browser, Page
 
 from gateway.spool.states import State
 from tests.conftest import Running, eventually, text_message
-from tests.fakeplatform import FakePlatform
+from tests.fakeplatform import FakePlatform, Reply
 from tests.pictures import camera_jpeg, with_attachment
 from tests.status.test_console import history, page, post, token_of
 from tests.status.test_console_page import CONTRAST, OVERFLOW, PHONE, no_script
@@ -237,3 +237,40 @@ async def test_a_masked_console_shows_no_picture(
     assert await gw.wait_final(pictured) == ["sent"]
     status, html = await page(f"{base(gw)}/queue/{pictured}")
     assert status == 200 and "picture-row" in html and "<img" not in html
+
+
+async def explained(gw: Running, queue_id: str) -> tuple[set[str], set[str], str]:
+    """A message page's offered actions, the actions its explanation explains, and its words."""
+    status, html = await page(f"{base(gw)}/queue/{queue_id}")
+    assert status == 200, html
+    actions = html.split("<h3>Actions</h3>", 1)[1].split("<h3>Delivery", 1)[0]
+    offered = set(re.findall(r'action="/queue/[0-9A-F]+/([a-z-]+)"', actions))
+    if 'id="send-anyway"' in actions:
+        offered.add("send-anyway")
+    text = actions.split('id="actions-help">', 1)[1].split("</p>", 1)[0]
+    return offered, set(re.findall(r'data-explains="([a-z-]+)"', text)), re.sub("<[^>]+>", "", text)
+
+
+async def test_a_message_page_explains_only_the_actions_it_offers(
+    start_gateway: Callable[..., Awaitable[Running]], platform: FakePlatform
+) -> None:
+    gw = await start_gateway({**LIMITED, "spool": {"retry": ["1s"], "give_up_after": "1s"}})
+    platform.default = Reply(status=503)
+    failed = await gw.submit(text_message("Alert 0", "Disk 0 full"), "79001234560@sms.local")
+    assert await gw.wait_final(failed) == ["failed"]
+    platform.default = Reply()
+    for n in (1, 2):
+        sent = await gw.submit(text_message(f"Alert {n}", f"Disk {n}"), f"7900123456{n}@sms.local")
+        assert await gw.wait_final(sent) == ["sent"]
+    held = await gw.submit(text_message("Alert 3", "Disk 3 full"), "79001234563@sms.local")
+    assert await state_of(gw, held) == [State.HELD]
+
+    offered, explains, words = await explained(gw, held)
+    assert offered == explains == {"release", "send-anyway", "drop"}
+    assert "Release" in words and "Send now anyway" in words and "Drop" in words
+    assert "Retry" not in words and "retry" not in words and "Settle" not in words
+
+    offered, explains, words = await explained(gw, failed)
+    assert offered == explains == {"retry"}
+    assert "Retry" in words
+    assert "Release" not in words and "Drop" not in words and "Settle" not in words
