@@ -6,16 +6,21 @@ behind its confirmation, and pages of deliveries that hold every one once."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from gateway.app import Gateway
+from gateway.config.loader import parse_config
 from gateway.spool.states import State
+from gateway.status.bill import Biller, DomainBill
 from gateway.status.csrf import Tokens
-from tests.conftest import Running, eventually, text_message
+from tests.conftest import Running, base_config, eventually, merge, text_message
 from tests.fakeplatform import FakePlatform, Reply
 from tests.status.test_page import HTTP, base
 
@@ -263,3 +268,61 @@ async def test_the_bill_counts_as_sent_only_what_the_platform_took_with_its_part
     # messages, sent, SMS parts, waiting, refused, gave up
     assert cells["sms.local"] == ["2", "1", "3", "0", "0", "1"]
     assert cells["all domains"] == ["2", "1", "3", "0", "0", "1"]
+
+
+def bill_row(html: str, domain: str) -> list[int]:
+    """A domain's bill row: messages, sent, SMS parts, waiting, refused (and any other column)."""
+    bill = html.split('id="bill"', 1)[1].split("</table>", 1)[0]
+    for row in bill.split("<tr")[2:]:
+        if row.split("</th>", 1)[0].rsplit(">", 1)[-1] == domain:
+            return [int(n) for n in re.findall(r'<td class="n"[^>]*>(\d+)</td>', row)]
+    return []
+
+
+async def test_sent_and_sms_parts_agree_on_every_page_under_smtp_load_on_postgresql(
+    tmp_path: Path, platform: FakePlatform, pg_url: str
+) -> None:
+    """Deliveries are sent while the page is read again and again, on PostgreSQL (where each
+    statement of a read has its own snapshot): every bill counts as many one-part texts sent as
+    SMS parts, from the same rows at one moment."""
+    data = merge(base_config(tmp_path / "unused.sqlite3", platform.base_url), HTTP)
+    del data["spool"]["path"]
+    data["spool"]["url"] = pg_url
+    data["smtp"]["max_recipients"] = 30
+    gateway = Gateway(parse_config(data, env={}))
+    await gateway.start()
+    try:
+        await sent_while_read(Running(gateway), platform)
+    finally:
+        await gateway.stop()
+
+
+async def sent_while_read(gw: Running, platform: FakePlatform) -> None:
+    platform.default = Reply(delay=0.05)
+
+    async def send() -> None:  # one message after another, each to ten: sent in many batches
+        for n in range(40):
+            to = [f"790020{n:02d}{i:03d}@sms.local" for i in range(10)]
+            await gw.submit(text_message(f"Alert {n}"), to)
+            await asyncio.sleep(0.02)
+
+    sending = asyncio.create_task(send())
+    # The page keeps its bill for SUMMARY_SECONDS: the biller it uses is asked directly, as
+    # often as it can be, on the running gateway's spool.
+    biller = Biller(gw.gateway.spool)
+    seen: list[tuple[int, int]] = []
+
+    async def all_sent() -> bool:
+        bill = await biller.bill(time.time())
+        [sms] = [d for d in bill.domains if d.domain == "sms.local"] or [DomainBill("sms.local")]
+        seen.append((sms.sent, sms.parts))
+        assert sms.parts == sms.sent <= sms.messages, (sms, seen)
+        return sms.sent == 400
+
+    await eventually(all_sent, 60.0, every=0.0)
+    await sending
+    assert len(set(seen)) > 10, seen  # counted again and again while sending
+    status, html = await page(base(gw) + "/")
+    assert status == 200
+    row = bill_row(html, "sms.local")  # the page's bill (as old as SUMMARY_SECONDS at most)
+    assert not row or row[1] == row[2] <= row[0], row
