@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from gateway import privacy
 from gateway.component import Component
+from gateway.config import restart_only
 from gateway.config.loader import load_config
 from gateway.config.model import Config
 from gateway.delivery.bounce import Bouncer
@@ -40,20 +40,6 @@ if TYPE_CHECKING:
     from gateway.status.server import StatusServer
 
 log = logging.getLogger("smtp2pulse")
-
-# Settings a running daemon cannot change in place: a reload warns about each one that changed and
-# keeps its running value, both from this list. An http section added or removed waits too.
-_RESTART_ONLY = (
-    "smtp.listen",
-    "spool.path",
-    "spool.url",
-    "api.base_url",
-    "api.timeout",
-    "api.dry_run",
-    "api.max_concurrency",
-    "api.sender",
-    "http.listen",
-)
 
 
 class SenderComponent(Sender, Component, Protocol):
@@ -212,39 +198,15 @@ class Gateway:
             log.exception("reload failed, keeping the running config")
             self.notifier.reloaded("reload failed; running the previous config")
             return False
-        for key in _RESTART_ONLY:
-            if _dig(new, key) != _dig(self._config, key):
-                log.warning("reload: %s changed; that takes effect only after a restart", key)
+        for key in restart_only.changed_keys(new, self._config):
+            log.warning("reload: %s changed; that takes effect only after a restart", key)
         self._config = meta.with_callback_secret(
-            _keep_restart_only(new, self._config), self._spool_secret
+            restart_only.keep_running(new, self._config), self._spool_secret
         )
         log.info("config reloaded: %d domains", len(new.domains))
         self.worker.wake()  # held deliveries are looked at again under the new limits
         self.notifier.reloaded(f"accepting mail for {len(new.domains)} domains")
         return True
-
-
-def _dig(config: Config, dotted: str) -> object:
-    section, key = dotted.split(".")
-    return getattr(getattr(config, section), key, None)
-
-
-def _keep_restart_only(new: Config, old: Config) -> Config:
-    """`new` with the running value of every _RESTART_ONLY key."""
-    kept: dict[str, dict[str, object]] = {}
-    for dotted in _RESTART_ONLY:
-        section, key = dotted.split(".")
-        kept.setdefault(section, {})[key] = _dig(old, dotted)
-    sections: dict[str, object] = {}
-    for section, keys in kept.items():
-        new_part, old_part = getattr(new, section), getattr(old, section)
-        # The status server keeps its socket: an http section added or removed waits too.
-        sections[section] = (
-            dataclasses.replace(new_part, **keys)
-            if new_part is not None and old_part is not None
-            else old_part
-        )
-    return dataclasses.replace(new, **sections)  # type: ignore[arg-type]
 
 
 def _make_sender(

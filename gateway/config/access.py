@@ -1,6 +1,6 @@
 """Who may send: the `smtp.tls` and `smtp.auth` settings, and the policy each listener gets.
 
-Read by gateway.config.loader for its `smtp` section; the settings themselves are frozen in
+Read by gateway.config.smtp for the `smtp` section; the settings themselves are frozen in
 gateway.config.model. A listener is a plain "host:port" (the section defaults apply)
 or a mapping `{address, require_starttls, require_auth}`; implicit-TLS listeners come from
 `smtp.tls.implicit_listen`.

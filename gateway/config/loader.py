@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import validation as v
-from gateway.config.access import check_access, listener_entry, read_auth, read_tls
+from gateway.config.access import check_access
 from gateway.config.api import read_api
 from gateway.config.domains import parse_domains
 from gateway.config.environment import substitute_env
@@ -25,10 +25,10 @@ from gateway.config.model import (
     HttpConfig,
     Listener,
     Secret,
-    SmtpConfig,
     SpoolConfig,
 )
 from gateway.config.routes import parse_routes
+from gateway.config.smtp import read_smtp
 from gateway.config.units import parse_duration, parse_hostport
 from gateway.errors import ConfigError
 
@@ -109,7 +109,7 @@ def parse_config(
         },
         problems,
     )
-    smtp = _smtp(v.section(top, "smtp", problems), problems, env, secrets)
+    smtp = read_smtp(v.section(top, "smtp", problems), problems, env, secrets)
     api = read_api(v.section(top, "api", problems), problems, dry_run, env, secrets)
     spool = _spool(v.section(top, "spool", problems), problems)
     http = _http(v.section(top, "http", problems), problems) if top.get("http") else None
@@ -141,95 +141,6 @@ def parse_config(
         log_format=log_format,
         log_mask_personal=log_mask,
         source=source,
-    )
-
-
-def _listeners(value: Any) -> tuple[Listener, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ValueError("at least one host:port is needed")
-    return tuple(listener_entry(item) for item in items)
-
-
-def _smtp(
-    data: dict[str, Any], problems: v.Problems, env: Mapping[str, str], secrets: bool
-) -> SmtpConfig:
-    path = "smtp"
-    v.keys(
-        data,
-        path,
-        {
-            "listen",
-            "hostname",
-            "max_message_size",
-            "max_recipients",
-            "allow_networks",
-            "tls",
-            "auth",
-            "timeout",
-            "fallback_charset",
-            "max_connections",
-            "max_connections_per_address",
-            "max_messages_per_minute_per_user",
-            "max_messages_per_minute_per_address",
-            "null_sender",
-            "auto_submitted",
-            "ipv6_prefix",
-            "max_session_duration",
-        },
-        problems,
-    )
-    defaults = SmtpConfig()
-    tls_data, auth_data = (v.section(data, key, problems, path) for key in ("tls", "auth"))
-    hygiene = ("refuse", "drop", "accept")
-    return SmtpConfig(
-        tls=read_tls(tls_data, problems, secrets) if tls_data else None,
-        auth=read_auth(auth_data, problems, env, secrets) if auth_data else None,
-        max_connections=v.value(
-            data, "max_connections", path, v.integer(1, 100_000), defaults.max_connections, problems
-        ),
-        max_connections_per_address=v.value(
-            data,
-            "max_connections_per_address",
-            path,
-            v.integer(1, 100_000),
-            defaults.max_connections_per_address,
-            problems,
-        ),
-        max_messages_per_minute_per_user=v.value(
-            data, "max_messages_per_minute_per_user", path, v.integer(0), 0, problems
-        ),
-        max_messages_per_minute_per_address=v.value(
-            data, "max_messages_per_minute_per_address", path, v.integer(0), 0, problems
-        ),
-        null_sender=v.choice(data, "null_sender", path, hygiene, defaults.null_sender, problems),
-        auto_submitted=v.choice(
-            data, "auto_submitted", path, hygiene, defaults.auto_submitted, problems
-        ),
-        listen=v.value(data, "listen", path, _listeners, defaults.listen, problems),
-        hostname=v.value(data, "hostname", path, v.hostname, defaults.hostname, problems),
-        max_message_size=v.value(
-            data, "max_message_size", path, v.positive_size, defaults.max_message_size, problems
-        ),
-        max_recipients=v.value(
-            data, "max_recipients", path, v.integer(1, 100_000), defaults.max_recipients, problems
-        ),
-        allow_networks=v.value(data, "allow_networks", path, v.networks, (), problems),
-        timeout=v.value(data, "timeout", path, v.positive_duration, defaults.timeout, problems),
-        fallback_charset=v.value(
-            data, "fallback_charset", path, v.charset_name, defaults.fallback_charset, problems
-        ),
-        ipv6_prefix=v.value(
-            data, "ipv6_prefix", path, v.integer(32, 128), defaults.ipv6_prefix, problems
-        ),
-        max_session_duration=v.value(
-            data,
-            "max_session_duration",
-            path,
-            v.positive_duration,
-            defaults.max_session_duration,
-            problems,
-        ),
     )
 
 

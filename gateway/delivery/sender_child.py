@@ -1,5 +1,5 @@
 """The sender process itself: `python -m gateway.delivery.sender_child FD`, started by
-SenderProcess (sender_process.py) with FD its end of a socket pair.
+SenderProcess (sender_process.py, through child_handle.py) with FD its end of a socket pair.
 
 It runs the real PulseClient (or the dry-run one) and answers each Send with its outcomes. It
 takes orders only from its parent: it ignores SIGTERM, SIGINT and SIGHUP (a terminal's Ctrl-C

@@ -27,33 +27,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway.config.model import ApiConfig
-from gateway.delivery.child_protocol import (
-    Answer,
-    Batcher,
-    Failed,
-    Mask,
-    Message,
-    Ping,
-    Pong,
-    Ready,
-    Send,
-    Start,
-    Stop,
-    frame,
-    read,
-)
+from gateway.delivery.child_handle import Child
+from gateway.delivery.child_protocol import Answer, Mask, Ping, Pong, Send, Start, Stop, read
 from gateway.delivery.request import Outcome
 from gateway.errors import SenderProcessError
 
 log = logging.getLogger("smtp2pulse.sender")
 
-START_TIMEOUT = 30.0
 STOP_MARGIN = 10.0  # past the drain's grace, before the child is killed
 ANSWER_MARGIN = 10.0  # past api.timeout: a child that has not answered by then is stuck
 # A request the child has not begun this long after it was handed over is not sent at all: the
@@ -88,9 +73,7 @@ class SenderProcess:
         self.log_level = log_level
         self.log_format = log_format
         self.restarts = 0
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._out: Batcher | None = None
+        self._child: Child | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._last_pong = 0.0
@@ -102,16 +85,11 @@ class SenderProcess:
 
     @property
     def running(self) -> bool:
-        return (
-            self._process is not None
-            and self._process.returncode is None
-            and self._out is not None
-            and not self._out.writer.is_closing()
-        )
+        return self._child is not None and self._child.running
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._child.process.pid if self._child is not None else None
 
     async def start(self) -> None:
         await self._spawn()
@@ -134,16 +112,17 @@ class SenderProcess:
                 await asyncio.wait_for(self._up.wait(), self.api.timeout)
         if not self.ready():
             return (Outcome("retry", detail="sender process is not running"),) * len(requests)
-        assert self._out is not None
+        assert self._child is not None and self._child.out is not None
+        out = self._child.out
         mask = self.mask_personal()
         if mask != self._mask_sent:  # follows a reload, for the dry run's log lines
-            self._out.send(Mask(mask))
+            out.send(Mask(mask))
             self._mask_sent = mask
         number = next(self._ids)
         answer: asyncio.Future[tuple[Outcome, ...]] = asyncio.get_running_loop().create_future()
         self._waiting[number] = answer
         now = time.monotonic()
-        self._out.send(
+        out.send(
             Send(
                 number,
                 tuple(dict(r) for r in requests),
@@ -170,11 +149,11 @@ class SenderProcess:
     async def stop(self) -> None:
         """Stop the child once the worker has finished (or given up on) its sends."""
         self._stopping = True
-        process = self._process
-        if process is None:
+        if self._child is None:
             return
-        if self._out is not None:
-            self._out.send(Stop())
+        process = self._child.process
+        if self._child.out is not None:
+            self._child.out.send(Stop())
         try:
             await asyncio.wait_for(process.wait(), STOP_MARGIN)
         except TimeoutError:
@@ -192,59 +171,24 @@ class SenderProcess:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        self._close()
+        self._child.close()
 
     async def _spawn(self) -> None:
-        parent_end, child_end = socket.socketpair()
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway.delivery.sender_child",
-                str(child_end.fileno()),
-                pass_fds=(child_end.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-        self._reader, writer = await asyncio.open_connection(sock=parent_end)
-        self._out = Batcher(writer)
+        self._child = await Child.spawn()
+        await self._child.connect()
         self._mask_sent = self.mask_personal()
-        writer.write(frame(Start(self.api, self.log_level, self.log_format, self._mask_sent)))
-        reply: Message | None
-        try:
-            reply = await asyncio.wait_for(read(self._reader), START_TIMEOUT)
-        except TimeoutError:
-            reply = Failed(f"not ready within {START_TIMEOUT:.0f}s")
-        if not isinstance(reply, Ready):
-            reason = reply.reason if isinstance(reply, Failed) else "it exited"
-            await self._reap()
-            raise SenderProcessError(f"sender process did not start: {reason}")
+        await self._child.handshake(
+            Start(self.api, self.log_level, self.log_format, self._mask_sent)
+        )
         self._last_pong = time.monotonic()
         self.trouble = None
         self._up.set()
-        log.debug("sender process %d started", self._process.pid)
-
-    async def _reap(self) -> None:
-        process = self._process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-        self._close()
-
-    def _close(self) -> None:
-        if self._out is not None:
-            self._out.writer.close()
-            self._out = None
+        log.debug("sender process %d started", self._child.process.pid)
 
     async def _watch(self) -> None:
         while True:
-            assert self._reader is not None
-            message = await read(self._reader)
+            assert self._child is not None and self._child.reader is not None
+            message = await read(self._child.reader)
             if message is not None:
                 if isinstance(message, Answer):
                     answer = self._waiting.get(message.number)
@@ -253,10 +197,9 @@ class SenderProcess:
                 elif isinstance(message, Pong):
                     self._last_pong = time.monotonic()
                 continue
-            assert self._process is not None
-            code = await self._process.wait()
+            code = await self._child.process.wait()
             self._up.clear()
-            self._close()
+            self._child.close()
             self._abandon(code)
             if self._stopping or not await self._respawn(code):
                 return
@@ -272,9 +215,10 @@ class SenderProcess:
             if now - asked > 2 * PING_EVERY:
                 # This loop was held up itself: the child's answers may be waiting unread.
                 self._last_pong = now
-            process = self._process
-            if not self.running or self.trouble is not None or process is None:
+            child = self._child
+            if not self.running or self.trouble is not None or child is None:
                 continue
+            process = child.process
             silent = now - self._last_pong
             if silent > self.stuck_after:
                 self.trouble = (
@@ -286,8 +230,8 @@ class SenderProcess:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 continue
-            assert self._out is not None
-            self._out.send(Ping())
+            assert child.out is not None
+            child.out.send(Ping())
 
     def _abandon(self, code: int) -> None:
         # The platform may have taken some of them: sent again, at least once.
