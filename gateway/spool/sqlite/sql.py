@@ -25,7 +25,12 @@ from gateway.spool.dialect import (
     ResultRow,
     in_list,
 )
-from gateway.spool.sqlite import budget_sql, console_sql, repeats_sql
+
+# The statements of limits, retransmissions and repeats, and the console live in modules of
+# their own; imported whole here, so that this module is the whole Dialect (dialect.py).
+from gateway.spool.sqlite.budget_sql import *  # noqa: F403
+from gateway.spool.sqlite.console_sql import *  # noqa: F403
+from gateway.spool.sqlite.repeats_sql import *  # noqa: F403
 from gateway.spool.states import RETRYABLE, BounceState, State, StatusClass
 from gateway.spool.steps import Fetch, Job, Query
 
@@ -277,50 +282,3 @@ SHOW_MEDIA = (
     "SELECT content_type, width, height, size, source, source_size, problem FROM media"
     " WHERE message_id = ?1"
 )
-# --- limits, retransmissions and repeats: in their own modules (budget_sql.py,
-# repeats_sql.py), named here so that this module is the whole Dialect.
-
-BUDGET_LOCK = budget_sql.BUDGET_LOCK
-BUDGET_DAYS = budget_sql.BUDGET_DAYS
-BUDGET_RECIPIENTS = budget_sql.BUDGET_RECIPIENTS
-SET_BUDGET_DAY = budget_sql.SET_BUDGET_DAY
-SET_BUDGET_RECIPIENTS = budget_sql.SET_BUDGET_RECIPIENTS
-READ_BUDGET_DAY = budget_sql.READ_BUDGET_DAY
-READ_BUDGET_RECIPIENT = budget_sql.READ_BUDGET_RECIPIENT
-HELD_DUE = budget_sql.HELD_DUE
-HELD_DUE_NOW = budget_sql.HELD_DUE_NOW
-FAIL_HELD = budget_sql.FAIL_HELD
-NEXT_HELD = budget_sql.NEXT_HELD
-RELEASE_HELD = budget_sql.RELEASE_HELD
-HOLD_AGAIN = budget_sql.HOLD_AGAIN
-TRIPS_OWED = budget_sql.TRIPS_OWED
-CLAIM_NOTICE = budget_sql.CLAIM_NOTICE
-PURGE_BUDGET_DAYS = budget_sql.PURGE_BUDGET_DAYS
-PURGE_BUDGET_RECIPIENTS = budget_sql.PURGE_BUDGET_RECIPIENTS
-
-claim_retransmissions = repeats_sql.claim_retransmissions
-note_repeats = repeats_sql.note_repeats
-RETRANSMISSIONS_OF = repeats_sql.RETRANSMISSIONS_OF
-REPEATS_OF = repeats_sql.REPEATS_OF
-FORGET_RETRANSMISSIONS = repeats_sql.FORGET_RETRANSMISSIONS
-FORGET_REPEATS = repeats_sql.FORGET_REPEATS
-UNCLAIM_RETRANSMISSIONS = repeats_sql.UNCLAIM_RETRANSMISSIONS
-UNCLAIM_REPEATS = repeats_sql.UNCLAIM_REPEATS
-
-# --- the console (the status page's search, bill, chart and actions: spool/console.py) ---------
-
-# In their own module (console_sql.py), named here so this module is the whole Dialect.
-CONSOLE_FIND = console_sql.CONSOLE_FIND
-CONSOLE_SUBJECT = console_sql.CONSOLE_SUBJECT
-CONSOLE_DAY = console_sql.CONSOLE_DAY
-CONSOLE_ROUTED = console_sql.CONSOLE_ROUTED
-CONSOLE_REQUESTS = console_sql.CONSOLE_REQUESTS
-CONSOLE_HOURLY_ACCEPTED = console_sql.CONSOLE_HOURLY_ACCEPTED
-CONSOLE_HOURLY_EVENTS = console_sql.CONSOLE_HOURLY_EVENTS
-CONSOLE_DROP = console_sql.CONSOLE_DROP
-CONSOLE_SETTLE = console_sql.CONSOLE_SETTLE
-CONSOLE_FAILED = console_sql.CONSOLE_FAILED
-CONSOLE_RETRY_FAILED = console_sql.CONSOLE_RETRY_FAILED
-CONSOLE_RELEASE = console_sql.CONSOLE_RELEASE
-CONSOLE_HELD_SPENDS = console_sql.CONSOLE_HELD_SPENDS
-CONSOLE_SEND_ANYWAY = console_sql.CONSOLE_SEND_ANYWAY
