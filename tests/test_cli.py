@@ -38,6 +38,29 @@ def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes
     )
 
 
+def test_preview_needs_no_token_it_cannot_read_but_still_no_broken_config(
+    tmp_path: Path,
+) -> None:
+    """The operator's shell has no CREDENTIALS_DIRECTORY (systemd gives it to the unit only):
+    preview works without the token, shown masked, and says so; a real mistake still fails."""
+    data = base_config(tmp_path / "spool.sqlite3", "https://pulse.invalid/api/v1/bulk")
+    data["api"].pop("token", None)
+    data["api"]["token_credential"] = "pulse-token"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    raw = text_message("Alert", "disk full").as_bytes()
+    result = run_cli("preview", "-c", str(path), "--to", "79001234567@sms.local", stdin=raw)
+    assert result.returncode == 0, result.stderr
+    assert b"the token was not read here" in result.stderr
+    (request,) = json.loads(result.stdout)
+    assert request["form"]["token"] == "***"
+    assert request["form"]["sent_text"] == "Alert\ndisk full"
+    data["api"]["timeout"] = "soon"
+    path.write_text(yaml.safe_dump(data))
+    result = run_cli("preview", "-c", str(path), "--to", "79001234567@sms.local", stdin=raw)
+    assert result.returncode == 78 and b"api.timeout" in result.stderr
+
+
 def test_preview_prints_the_exact_requests_token_masked(config_file: Path) -> None:
     raw = text_message("Заказ 42", "Готов к выдаче").as_bytes()
     result = run_cli(
