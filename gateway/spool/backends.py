@@ -11,9 +11,11 @@ from gateway.spool.sqlite.store import SqliteSpool
 
 
 def make_spool(config: SpoolConfig, *, wake: Callable[[], None] | None = None) -> SpoolInterface:
-    """`wake` is called when another gateway of a shared spool made something due."""
+    """`wake` is called when something became due that nobody here was told of: another
+    gateway of a shared spool made it so, or a commit ended after its caller stopped waiting
+    (a client that hung up after the final dot; PostgreSQL's NOTIFY reaches us for that too)."""
     if config.url is None:
-        return SqliteSpool(config.path)
+        return SqliteSpool(config.path, on_wake=wake)
     # asyncpg is imported only for a PostgreSQL spool: the SQLite default loads nothing new.
     from gateway.spool.pg.store import PgSpool
 

@@ -155,10 +155,14 @@ def _rollback() -> Job[None]:
         yield ROLLBACK
 
 
-def settle(outcomes: list[Outcome]) -> None:
-    """Hand results to their futures, on the futures' own loop (see the backends' links)."""
+def settle(outcomes: list[Outcome]) -> bool:
+    """Hand results to their futures, on the futures' own loop (see the backends' links).
+    True when a job that makes something due committed after its caller gave up waiting: the
+    caller would have woken the worker, so now the link must."""
+    unheard = False
     for job, result, error in outcomes:
         if job.future.done():  # its caller gave up waiting (the write still happened)
+            unheard = unheard or (job.wakes and error is None)
             continue
         if error is None and isinstance(result, Exception):
             error = result  # one item's own answer (a message a limit refused), not a failure
@@ -166,3 +170,4 @@ def settle(outcomes: list[Outcome]) -> None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
+    return unheard

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 
@@ -15,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config.loader import parse_config
+from gateway.delivery.worker import MAX_IDLE_SLEEP
 from gateway.smtp.admission import Admission
 from gateway.smtp.data_reader import TooBig, read_data
 from gateway.smtp.server import Sessions
 from gateway.smtp.session import GatewaySession
 from gateway.status.metrics import Metrics
-from tests.conftest import Running
+from tests.conftest import Running, eventually
 from tests.fakeplatform import FakePlatform
 from tests.spool.statements import run_sql
 
@@ -204,6 +206,34 @@ async def test_client_hanging_up_mid_data_stores_nothing(
     assert request.form["sent_text"] == "whole\nnext client"
     assert await run_sql(gw.sqlite, "SELECT count(*) FROM messages") == [(1,)]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_client_hanging_up_during_the_commit_has_its_message_sent_at_once(
+    gw: Running, platform: FakePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The final dot, then the connection dropped while the spool commits: the message is
+    stored (its 250 lost, as with any client that hangs up) and sent now, not at the worker's
+    next idle look, although the session that would have woken the worker was cancelled."""
+    caplog.set_level(logging.INFO, logger="mail.log")
+    blocker = sqlite3.connect(gw.sqlite.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the spool's writer waits for this lock
+
+    def run() -> None:
+        with socket.create_connection((gw.host, gw.port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(ENVELOPE + b"Subject: dropped\r\n\r\nafter the dot" + END)
+            while not reader.readline().startswith(b"354"):
+                pass
+
+    try:
+        await asyncio.to_thread(run)
+        # aiosmtpd cancels the session's handler on EOF: the wait for the commit is gone.
+        await eventually(lambda: any("EOF received" in r.getMessage() for r in caplog.records))
+    finally:
+        blocker.rollback()
+        blocker.close()
+    [request] = await platform.wait_for(1, within=MAX_IDLE_SLEEP / 2)
+    assert request.form["sent_text"] == "dropped\nafter the dot"
 
 
 async def test_a_reader_limit_below_the_size_limit_keeps_aiosmtpds_loop() -> None:

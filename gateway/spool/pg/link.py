@@ -182,7 +182,7 @@ class PgLink:
             _fail(batch, SpoolError(f"spool database connection lost: {exc}"))
             return
         self.commits += committed
-        settle(outcomes)
+        settle(outcomes)  # one whose caller gave up waiting: the NOTIFY reaches our listener too
 
     async def _stored_after_loss(
         self, batch: list[Pending], backend: int

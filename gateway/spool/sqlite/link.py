@@ -52,22 +52,32 @@ def execute(conn: sqlite3.Connection, query: Query) -> Any:
     return cursor.rowcount
 
 
-def _settle_all(outcomes: list[Outcome]) -> None:
+def _settle_all(outcomes: list[Outcome], on_wake: Callable[[], None] | None = None) -> None:
     """Hand results to their loops: one wake-up per loop for a whole batch, not one per job."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for outcome in outcomes:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
     for loop, mine in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
-            loop.call_soon_threadsafe(settle, mine)
+            loop.call_soon_threadsafe(_settle, mine, on_wake)
+
+
+def _settle(outcomes: list[Outcome], on_wake: Callable[[], None] | None) -> None:
+    # Checked on the loop, where a caller's cancellation happens: a client that hung up after
+    # the final dot must not leave its message to the worker's next idle look.
+    if settle(outcomes) and on_wake is not None:
+        on_wake()
 
 
 class SqliteLink:
     """The thread owning the spool's one writing connection, and the readers."""
 
-    def __init__(self, path: Path, max_batch: int = 512) -> None:
+    def __init__(
+        self, path: Path, max_batch: int = 512, on_wake: Callable[[], None] | None = None
+    ) -> None:
         self.path = path
         self.max_batch = max_batch
+        self.on_wake = on_wake
         self.commits = 0
         # A local file has no connection to lose; a full disk shows in /healthz's probe write.
         self.healthy = True
@@ -98,12 +108,14 @@ class SqliteLink:
         await asyncio.to_thread(self._readers.close)
 
     def submit(self, make: Callable[[], Job[T]], *, wakes: bool = False) -> asyncio.Future[T]:
-        return self._queue(Pending(make, *self._future()))
+        return self._queue(Pending(make, *self._future(), wakes=wakes))
 
     def submit_together(
         self, run_all: Together, item: Any, *, wakes: bool = False
     ) -> asyncio.Future[Any]:
-        return self._queue(Pending(alone(run_all, item), *self._future(), run_all, item))
+        return self._queue(
+            Pending(alone(run_all, item), *self._future(), run_all, item, wakes=wakes)
+        )
 
     def _future(self) -> tuple[asyncio.Future[Any], asyncio.AbstractEventLoop]:
         if not self.running:
@@ -157,7 +169,7 @@ class SqliteLink:
             group_commit(batch, Query(sql.BEGIN_WRITE)), lambda query: execute(conn, query)
         )
         self.commits += committed
-        _settle_all(outcomes)
+        _settle_all(outcomes, self.on_wake)
 
     def _fail_pending(self) -> None:
         while True:

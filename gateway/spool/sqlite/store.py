@@ -26,10 +26,15 @@ class SqliteSpool(BaseSpool):
     link: SqliteLink
 
     def __init__(
-        self, path: Path, *, clock: Callable[[], float] = time.time, max_batch: int = 512
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_batch: int = 512,
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(path)
-        super().__init__(sql, SqliteLink(self.path, max_batch), clock)
+        super().__init__(sql, SqliteLink(self.path, max_batch, on_wake), clock)
 
     def __repr__(self) -> str:
         return f"SqliteSpool({str(self.path)!r})"
