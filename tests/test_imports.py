@@ -114,6 +114,7 @@ LAYERS = [
     "smtp",
     "app",
     "queue_cli",
+    "preview_cli",
     "cli",
 ]
 # Anyone may import these: the exception tree, the component protocol, logging, the loop
@@ -129,7 +130,11 @@ FOR_EVERYONE = {
     "status.metrics",
 }
 # Commands above a part of the tree only: what each may import besides FOR_EVERYONE.
-COMMANDS = {"queue_cli": {"config", "spool", "shown"}, "__main__": {"cli"}}
+COMMANDS = {
+    "queue_cli": {"config", "spool", "shown"},
+    "preview_cli": {"config", "spool", "message", "delivery", "smtp", "queue_cli"},
+    "__main__": {"cli"},
+}
 
 
 def _unit(module: str) -> str:
