@@ -1,4 +1,4 @@
-"""Who may send: the `smtp.tls` and `smtp.auth` settings, and the policy each listener gets.
+"""Who may send: the `smtp.auth` settings, and the policy each listener gets.
 
 Read by gateway.config.smtp for the `smtp` section; the settings themselves are frozen in
 gateway.config.model. A listener is a plain "host:port" (the section defaults apply)
@@ -11,21 +11,17 @@ from __future__ import annotations
 import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gateway.config import validation as v
 from gateway.config.credentials import TOKEN_KEYS, read_token
 from gateway.config.model import (
-    HANDSHAKE_TIMEOUT,
     AuthSettings,
     Listener,
     Secret,
     SmtpConfig,
-    TlsSettings,
     User,
 )
-from gateway.config.tls import MIN_VERSIONS, server_context, unloaded_context
 from gateway.config.units import parse_duration, parse_hostport
 
 
@@ -95,62 +91,6 @@ def listener_entry(item: Any, implicit_tls: bool = False) -> Listener:
         require_auth=auth,
         implicit_tls=implicit_tls,
         accept_any_credentials=accept_any,
-    )
-
-
-def read_tls(
-    data: dict[str, Any], problems: v.Problems, secrets: bool = True
-) -> TlsSettings | None:
-    path = "smtp.tls"
-    v.keys(
-        data,
-        path,
-        {"cert", "key", "min_version", "require_starttls", "implicit_listen", "handshake_timeout"},
-        problems,
-    )
-    for key in ("cert", "key"):
-        if not data.get(key):
-            problems.add(f"{path}.{key}", "is required when the tls section is present")
-    if isinstance(data.get("min_version"), float):
-        # YAML reads an unquoted 1.3 as a number; str() gives back what was written.
-        data = {**data, "min_version": str(data["min_version"])}
-    min_version = v.choice(data, "min_version", path, tuple(MIN_VERSIONS), "1.2", problems)
-    no_listeners: tuple[Listener, ...] = ()
-    implicit = v.value(
-        data,
-        "implicit_listen",
-        path,
-        lambda raw: tuple(
-            listener_entry(item, implicit_tls=True)
-            for item in (raw if isinstance(raw, list) else [raw])
-        ),
-        no_listeners,
-        problems,
-    )
-    require = v.value(data, "require_starttls", path, v.boolean, False, problems)
-    handshake_timeout = v.value(
-        data, "handshake_timeout", path, v.positive_duration, HANDSHAKE_TIMEOUT, problems
-    )
-    if not data.get("cert") or not data.get("key"):
-        return None
-    cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
-    try:
-        context = (
-            server_context(cert_path, key_path, min_version)
-            if secrets
-            else unloaded_context(min_version)
-        )
-    except ValueError as exc:
-        problems.add(f"{path}.cert", str(exc))
-        return None
-    return TlsSettings(
-        cert=cert_path,
-        key=key_path,
-        context=context,
-        min_version=min_version,
-        require_starttls=require,
-        implicit_listen=implicit,
-        handshake_timeout=handshake_timeout,
     )
 
 

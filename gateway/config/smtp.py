@@ -1,16 +1,19 @@
 """The `smtp:` section: where to listen, what a session may send, and who may connect.
 
-Its `tls` and `auth` subsections and each listener's policy are read by gateway.config.access.
+Its `tls` subsection is read here (the context is built, so checked, at load: config/tls.py);
+`auth` and each listener's policy by gateway.config.access.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from gateway.config import validation as v
-from gateway.config.access import listener_entry, read_auth, read_tls
-from gateway.config.model import Listener, SmtpConfig
+from gateway.config.access import listener_entry, read_auth
+from gateway.config.model import HANDSHAKE_TIMEOUT, Listener, SmtpConfig, TlsSettings
+from gateway.config.tls import MIN_VERSIONS, server_context, unloaded_context
 
 
 def _listeners(value: Any) -> tuple[Listener, ...]:
@@ -99,4 +102,60 @@ def read_smtp(
             defaults.max_session_duration,
             problems,
         ),
+    )
+
+
+def read_tls(
+    data: dict[str, Any], problems: v.Problems, secrets: bool = True
+) -> TlsSettings | None:
+    path = "smtp.tls"
+    v.keys(
+        data,
+        path,
+        {"cert", "key", "min_version", "require_starttls", "implicit_listen", "handshake_timeout"},
+        problems,
+    )
+    for key in ("cert", "key"):
+        if not data.get(key):
+            problems.add(f"{path}.{key}", "is required when the tls section is present")
+    if isinstance(data.get("min_version"), float):
+        # YAML reads an unquoted 1.3 as a number; str() gives back what was written.
+        data = {**data, "min_version": str(data["min_version"])}
+    min_version = v.choice(data, "min_version", path, tuple(MIN_VERSIONS), "1.2", problems)
+    no_listeners: tuple[Listener, ...] = ()
+    implicit = v.value(
+        data,
+        "implicit_listen",
+        path,
+        lambda raw: tuple(
+            listener_entry(item, implicit_tls=True)
+            for item in (raw if isinstance(raw, list) else [raw])
+        ),
+        no_listeners,
+        problems,
+    )
+    require = v.value(data, "require_starttls", path, v.boolean, False, problems)
+    handshake_timeout = v.value(
+        data, "handshake_timeout", path, v.positive_duration, HANDSHAKE_TIMEOUT, problems
+    )
+    if not data.get("cert") or not data.get("key"):
+        return None
+    cert_path, key_path = Path(v.text(data["cert"])), Path(v.text(data["key"]))
+    try:
+        context = (
+            server_context(cert_path, key_path, min_version)
+            if secrets
+            else unloaded_context(min_version)
+        )
+    except ValueError as exc:
+        problems.add(f"{path}.cert", str(exc))
+        return None
+    return TlsSettings(
+        cert=cert_path,
+        key=key_path,
+        context=context,
+        min_version=min_version,
+        require_starttls=require,
+        implicit_listen=implicit,
+        handshake_timeout=handshake_timeout,
     )

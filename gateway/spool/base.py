@@ -14,11 +14,11 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.errors import BadContent
 from gateway.spool import budget, console, held, jobs, media, meta, queue_view, repeats
-from gateway.spool.commit import Together
+from gateway.spool.commit import Link, Together
 from gateway.spool.console import Action, ConsoleSearch, Day, FoundLine, Hourly
 from gateway.spool.dialect import Dialect
 from gateway.spool.rows import (
@@ -44,37 +44,6 @@ if TYPE_CHECKING:
     from gateway.spool.interface import SpoolInterface
 
 T = TypeVar("T")
-
-
-class Link(Protocol):
-    """A backend's connections: writes in group commits, reads beside them."""
-
-    commits: int  # how many group commits ran, for tests and metrics
-
-    @property
-    def healthy(self) -> bool: ...
-
-    async def start(self) -> None:
-        """Connect, creating or upgrading the tables; raises SpoolError if it cannot."""
-        ...
-
-    async def stop(self) -> None: ...
-
-    def submit(self, make: Callable[[], Job[T]], *, wakes: bool = False) -> asyncio.Future[T]:
-        """Queue a job for the next group commit; the future resolves after its COMMIT.
-        Cancelling it only stops the waiting. `wakes`: it makes something due (PostgreSQL
-        then tells every gateway)."""
-        ...
-
-    def submit_together(
-        self, run_all: Together, item: Any, *, wakes: bool = False
-    ) -> asyncio.Future[Any]:
-        """`submit` for an item that run_all stores together with the others of its commit."""
-        ...
-
-    async def read(self, make: Callable[[], Job[T]]) -> T:
-        """Run a job that changes nothing on a reader, beside the writer."""
-        ...
 
 
 # A counter from a random start: unique within a process for 16 million ids a millisecond, and

@@ -13,6 +13,8 @@ path's inserts) are handed to their function all at once, and alone on the secon
 
 A connection lost mid-commit (PostgreSQL) is not a bad job: `lost` says so, and the error goes
 up to the backend, for which the outcome of the whole batch is unknown.
+
+Each backend's link (its connections, and the thread or task that commits) meets `Link`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from gateway.errors import SpoolError
 from gateway.spool.steps import Job, Query
 
 log = logging.getLogger("smtp2pulse.spool")
+T = TypeVar("T")
 
 # Runs many jobs' items in one go: the job gives each item's result, in order.
 Together = Callable[[list[Any]], Job[list[Any]]]
@@ -37,6 +40,38 @@ ROLLBACK_TO_SAVEPOINT = Query("ROLLBACK TO SAVEPOINT job")
 RELEASE_SAVEPOINT = Query("RELEASE SAVEPOINT job")
 COMMIT = Query("COMMIT")
 ROLLBACK = Query("ROLLBACK")
+
+
+class Link(Protocol):
+    """A backend's connections: writes in group commits, reads beside them."""
+
+    commits: int  # how many group commits ran, for tests and metrics
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def start(self) -> None:
+        """Connect, creating or upgrading the tables; raises SpoolError if it cannot."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, make: Callable[[], Job[T]], *, wakes: bool = False) -> asyncio.Future[T]:
+        """Queue a job for the next group commit; the future resolves after its COMMIT.
+        Cancelling it only stops the waiting. `wakes`: it makes something due (PostgreSQL
+        then tells every gateway; a commit whose caller stopped waiting wakes this one's
+        worker, as that caller would have)."""
+        ...
+
+    def submit_together(
+        self, run_all: Together, item: Any, *, wakes: bool = False
+    ) -> asyncio.Future[Any]:
+        """`submit` for an item that run_all stores together with the others of its commit."""
+        ...
+
+    async def read(self, make: Callable[[], Job[T]]) -> T:
+        """Run a job that changes nothing on a reader, beside the writer."""
+        ...
 
 
 @dataclass(slots=True, eq=False)

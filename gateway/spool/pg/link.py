@@ -4,8 +4,8 @@ one listener for wake-ups, each re-opened with backoff when the server goes away
 The writer task runs each batch of waiting jobs as one group commit (commit.py), so the server
 flushes its WAL once for all of them. If the connection breaks during the transaction, or
 during the COMMIT itself, the outcome is unknown: the messages of the batch are looked up on a
-new connection (for up to LOOKUP_PATIENCE), and those the COMMIT did store are answered as
-stored, so a 4xx never goes to a message that was taken. Every other job fails with
+new connection (lost_commit.py), and those the COMMIT did store are answered as stored, so a
+4xx never goes to a message that was taken. Every other job fails with
 `SpoolError` (451 4.3.0). Only a database that stays away longer than that leaves the outcome
 unknown; then a message that was in fact committed may be stored twice, never lost.
 """
@@ -25,9 +25,10 @@ import asyncpg
 from gateway.errors import ShuttingDown, SpoolError
 from gateway.spool.commit import Pending, Together, alone, as_spool_error, group_commit, settle
 from gateway.spool.pg import sql
+from gateway.spool.pg.lost_commit import stored_after_loss
 from gateway.spool.pg.schema import prepare
 from gateway.spool.pg.wire import LOST, execute, is_lost, safe_url
-from gateway.spool.rows import Accepted, NewMessage
+from gateway.spool.rows import Accepted
 from gateway.spool.steps import Job, Query, drive_async
 
 log = logging.getLogger("smtp2pulse.spool")
@@ -37,8 +38,6 @@ CHANNEL = "smtp2pulse_due"  # sql.NOTIFY's
 CONNECT_TIMEOUT = 5.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 READERS = 4
-# How long a commit whose answer was lost looks for the messages it held (the client waits).
-LOOKUP_PATIENCE = 10.0
 
 
 class PgLink:
@@ -177,56 +176,14 @@ class PgLink:
             with contextlib.suppress(Exception):
                 conn.terminate()
             self._writer = None
-            for job, queue_id in await self._stored_after_loss(batch, backend):
+            for job, queue_id in await stored_after_loss(
+                self._connect, lambda: self._closed, batch, backend
+            ):
                 job.future.set_result(Accepted(queue_id))
             _fail(batch, SpoolError(f"spool database connection lost: {exc}"))
             return
         self.commits += committed
         settle(outcomes)  # one whose caller gave up waiting: the NOTIFY reaches our listener too
-
-    async def _stored_after_loss(
-        self, batch: list[Pending], backend: int
-    ) -> list[tuple[Pending, str]]:
-        """The accepts of a commit whose answer was lost that it did store, with their queue
-        ids, asked on a new connection once the server process that ran it (`backend`) is gone;
-        none if the database cannot be asked in time."""
-        accepts = {
-            job.item.queue_id: job
-            for job in batch
-            if isinstance(job.item, NewMessage) and not job.future.done()
-        }
-        if not accepts:
-            return []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOOKUP_PATIENCE
-        while not self._closed and loop.time() < deadline:
-            try:
-                conn = await self._connect()
-                try:
-                    while await conn.fetchval(sql.BACKEND_ALIVE, backend):
-                        if loop.time() >= deadline:
-                            raise TimeoutError("the commit's server process is still there")
-                        await asyncio.sleep(0.1)
-                    rows = await conn.fetch(sql.STORED_AMONG, list(accepts))
-                finally:
-                    await conn.close()
-            except LOST:
-                await asyncio.sleep(0.5)
-                continue
-            stored = [(accepts[row["id"]], row["id"]) for row in rows]
-            log.warning(
-                "spool database connection lost during a commit of %d messages: %d of "
-                "them were stored",
-                len(accepts),
-                len(stored),
-            )
-            return stored
-        log.error(
-            "spool database connection lost during a commit of %d messages, and it could"
-            " not be asked which were stored: answered 451 (one stored may come again)",
-            len(accepts),
-        )
-        return []
 
     def _fail_pending(self, error: BaseException) -> None:
         while not self._jobs.empty():
